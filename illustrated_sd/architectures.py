@@ -1,0 +1,81 @@
+"""Stable Diffusion pipelines built from configs with random weights.
+
+Two uses: tests and benchmarks need the real architectures (speed and memory do not depend on the
+weights' values, and no weights can be downloaded here), and the package needs a model before its
+own tiny one is trained. ``tiny`` layouts are small enough to run on a laptop CPU in a second;
+``sd15`` and ``sd21`` are the real sizes (UNet 860M / 865M parameters).
+"""
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .paths import CLIP_TOKENIZER
+
+# The noise schedule every Stable Diffusion 1.x/2.x model was trained with.
+SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                   clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+LAYOUTS = {
+    # 1.x: CLIP ViT-L/14 text tower (quick_gelu), 8 heads everywhere, conv projections in the transformers
+    "tiny-sd1": dict(
+        unet=dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64,
+                  attention_head_dim=4, norm_num_groups=16,
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, hidden_act="quick_gelu"),
+        vae=dict(block_out_channels=(16, 32, 32, 32), norm_num_groups=8),
+        prediction_type="epsilon", pad_token="<|endoftext|>",
+    ),
+    # 2.x: OpenCLIP ViT-H text tower (gelu), head size 64 instead of a head count, linear projections,
+    # v-prediction as in the 768-v checkpoints
+    "tiny-sd2": dict(
+        unet=dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64,
+                  attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=16,
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, hidden_act="gelu"),
+        vae=dict(block_out_channels=(16, 32, 32, 32), norm_num_groups=8),
+        prediction_type="v_prediction", pad_token="!",
+    ),
+    "sd15": dict(
+        unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
+        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu"),
+        vae=dict(block_out_channels=(128, 256, 512, 512), norm_num_groups=32),
+        prediction_type="epsilon", pad_token="<|endoftext|>",
+    ),
+    "sd21-base": dict(
+        unet=dict(sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True),
+        text=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu"),
+        vae=dict(block_out_channels=(128, 256, 512, 512), norm_num_groups=32),
+        prediction_type="epsilon", pad_token="!",
+    ),
+}
+
+
+def build_random_pipeline(layout: str = "tiny-sd1", seed: int = 0, dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` of the given layout with random (seeded) weights.
+
+    Args:
+        layout: one of ``LAYOUTS``: ``"tiny-sd1"``, ``"tiny-sd2"`` (fast, for tests) or ``"sd15"``,
+            ``"sd21-base"`` (real sizes, for benchmarks).
+        seed: weights are drawn from ``torch.manual_seed(seed)``, so the same call gives the same model.
+    Returns:
+        a pipeline with a DDIM scheduler on SD's noise schedule and no safety checker.
+    Example:
+        >>> pipe = build_random_pipeline("tiny-sd2")   # v-prediction, linear projections
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
+    spec = LAYOUTS[layout]
+    tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER, pad_token=spec["pad_token"])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), max_position_embeddings=77,
+                                                    bos_token_id=49406, eos_token_id=49407, **spec["text"]))
+        unet = UNet2DConditionModel(in_channels=4, out_channels=4, **spec["unet"])
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1 if layout.startswith("tiny") else 2,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, **spec["vae"])
+    scheduler = DDIMScheduler(prediction_type=spec["prediction_type"], **SD_SCHEDULE)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)

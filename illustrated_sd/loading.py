@@ -1,0 +1,108 @@
+"""Getting a pipeline: the embedded default, a local diffusers folder, or a Hugging Face Hub id."""
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from .architectures import build_random_pipeline
+from .pipeline import IllustratedPipeline
+from .paths import TINY_SD
+
+PIPELINE_FILES = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "owner/name"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to pass instead."""
+
+
+def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32, scheduler: str | None = None) -> IllustratedPipeline:
+    """Load a Stable Diffusion pipeline, ready to trace.
+
+    Args:
+        model: ``None`` for the embedded default model (offline, CPU-sized); a local folder in
+            diffusers layout (``model_index.json``, ``unet/``, ``vae/``, …); or a Hub id such as
+            ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` (needs a network or a cached copy).
+        device: where the model runs: ``"cpu"``, ``"cuda"``, …
+        dtype: ``torch.float32`` (default, exact) or ``torch.float16`` / ``torch.bfloat16`` on a GPU.
+        scheduler: optionally swap the sampler (see ``IllustratedPipeline.set_scheduler``).
+    Returns:
+        an :class:`IllustratedPipeline`.
+    Raises:
+        FileNotFoundError: ``model`` looks like a path and nothing is there.
+        ModelLoadError: the folder is not a complete pipeline, or a Hub id cannot be fetched.
+    Example:
+        >>> pipe = load_pipeline()                                   # embedded default
+        >>> pipe = load_pipeline("path/to/sd-1-5", device="cuda", dtype=torch.float16)
+    """
+    if model is None:
+        pipe = _load_default()
+        name = "illustrated_sd tiny-sd" if TINY_SD.is_dir() else "illustrated_sd random tiny-sd1 (untrained)"
+    else:
+        path = Path(model).expanduser()
+        if path.is_dir():
+            pipe = _load_folder(path, dtype)
+        elif path.exists() or not HUB_ID.match(str(model)):
+            raise FileNotFoundError(f"no model folder at {path}; pass a folder in diffusers layout ({PIPELINE_FILES}) or a Hub id")
+        else:
+            pipe = _load_hub(str(model), dtype)
+        name = str(model)
+    if model is None and dtype != torch.float32:
+        pipe = pipe.to(dtype=dtype)  # folders are loaded in `dtype` already
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    illustrated = IllustratedPipeline(pipe, name=name)
+    if scheduler is not None:
+        illustrated.set_scheduler(scheduler)
+    return illustrated
+
+
+def _load_default() -> StableDiffusionPipeline:
+    if TINY_SD.is_dir():
+        return _load_folder(TINY_SD, torch.float32)
+    return build_random_pipeline("tiny-sd1", seed=0)
+
+
+def _load_folder(path: Path, dtype: torch.dtype, **kwargs) -> StableDiffusionPipeline:
+    if not (path / "model_index.json").is_file():
+        raise ModelLoadError(f"{path} is not a diffusers pipeline folder: model_index.json is missing (expected {PIPELINE_FILES})")
+    try:
+        return StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+                                                       local_files_only=True, **kwargs)
+    except Exception as err:  # diffusers raises OSError, ValueError, safetensors errors, … for a damaged folder
+        raise ModelLoadError(
+            f"could not load the pipeline in {path}: {type(err).__name__}: {err}. "
+            f"Check that the folder is complete ({PIPELINE_FILES}, each with its config and weights) and not cut short."
+        ) from err
+
+
+def _load_hub(model_id: str, dtype: torch.dtype) -> StableDiffusionPipeline:
+    kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    try:  # a copy in the local Hugging Face cache works offline
+        return StableDiffusionPipeline.from_pretrained(model_id, local_files_only=True, **kwargs)
+    except Exception:
+        pass
+    advice = (f"pass a local folder instead: download it where there is a network "
+              f"(`hf download {model_id} --local-dir sd-model`) and call load_pipeline('sd-model')")
+    if not _hub_reachable():
+        raise ModelLoadError(f"cannot fetch {model_id!r} from the Hugging Face Hub: no network here (and no cached copy); {advice}")
+    try:
+        return StableDiffusionPipeline.from_pretrained(model_id, **kwargs)
+    except Exception as err:
+        raise ModelLoadError(f"could not load {model_id!r} from the Hugging Face Hub: {type(err).__name__}: {err}; {advice}") from err
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """False at once when offline mode is on, else whether the Hub answers within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,243 @@
+"""IllustratedPipeline: Stable Diffusion's text-to-image loop, written out, with recorders watching.
+
+Read ``__call__`` beside diffusers' ``pipeline_stable_diffusion.py`` (and notebook 05): it is the same
+sequence of calls on the same components, so for the same seed it makes the same image. The only
+additions are the recorders, which observe and write into a :class:`~illustrated_sd.trace.Trace`.
+"""
+
+import math
+import numbers
+import warnings
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+
+from .attention_layers import attention_layers
+from .recorders import RecordOptions, StepRecorder, record_attention
+from .sampling import alpha_bars_for, classifier_free_guidance, pred_x0
+from .text import encode_tokens, tokenize_prompt
+from .trace import Trace
+
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "ddpm": DDPMScheduler,
+    "pndm": PNDMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler_ancestral": EulerAncestralDiscreteScheduler,
+    "heun": HeunDiscreteScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+}
+
+
+class IllustratedPipeline:
+    """A diffusers ``StableDiffusionPipeline`` that returns a :class:`Trace` of everything it did.
+
+    The wrapped pipeline's components are used as they are; nothing is copied or patched, and after a
+    call the pipeline is exactly as it was (recorders are removed even when a call fails).
+
+    Example:
+        >>> pipe = IllustratedPipeline(StableDiffusionPipeline.from_pretrained("path/to/sd"))
+        >>> trace = pipe("a red circle on the left", num_inference_steps=20, seed=0)
+        >>> trace.image, trace.cross_attention("circle").shape   # PIL image, [h, w]
+    """
+
+    def __init__(self, pipeline: StableDiffusionPipeline, record: RecordOptions | None = None, name: str | None = None):
+        if not isinstance(pipeline, StableDiffusionPipeline):
+            raise TypeError(
+                f"IllustratedPipeline wraps a diffusers StableDiffusionPipeline, got {type(pipeline).__name__}; "
+                "load one with isd.load_pipeline(path) or StableDiffusionPipeline.from_pretrained(path)"
+            )
+        self.pipeline = pipeline
+        self.record = record or RecordOptions()
+        self.name = name or pipeline.name_or_path or "StableDiffusionPipeline"
+
+    # The components, under the names diffusers gives them.
+    unet = property(lambda self: self.pipeline.unet)
+    vae = property(lambda self: self.pipeline.vae)
+    text_encoder = property(lambda self: self.pipeline.text_encoder)
+    tokenizer = property(lambda self: self.pipeline.tokenizer)
+    scheduler = property(lambda self: self.pipeline.scheduler)
+    device = property(lambda self: self.pipeline.device)
+    dtype = property(lambda self: self.pipeline.unet.dtype)
+    vae_scale_factor = property(lambda self: self.pipeline.vae_scale_factor)
+
+    @property
+    def cross_attention_layers(self) -> list[str]:
+        """Names of the UNet's cross-attention layers, in the order it runs them."""
+        return list(attention_layers(self.unet)["cross"])
+
+    @property
+    def default_size(self) -> int:
+        """The image side the UNet was trained for, in pixels (``sample_size × 8``)."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    def set_scheduler(self, name: str) -> None:
+        """Swap the sampler, keeping the model's noise schedule: one of ``SCHEDULERS`` (``"ddim"``, ``"euler"``, ``"dpm++"``, …)."""
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
+        self.pipeline.scheduler = SCHEDULERS[name].from_config(self.scheduler.config)
+
+    def __repr__(self) -> str:
+        return f"IllustratedPipeline({self.name!r}, {type(self.scheduler).__name__}, {self.device}, {self.dtype})"
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        seed: int | None = 0,
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | None = None,
+        eta: float = 0.0,
+        record: RecordOptions | None = None,
+        progress: bool = True,
+    ) -> Trace:
+        """Generate one image from ``prompt`` and record how it was made.
+
+        Args:
+            prompt: what to draw; at most 77 CLIP tokens are used (the rest is dropped with a warning).
+            num_inference_steps: denoising steps ``S`` (≥ 1). Some samplers (PNDM, Heun) call the UNet
+                a few extra times; the trace has one entry per UNet call.
+            guidance_scale: classifier-free guidance ``s``; ``s ≤ 1`` turns guidance off.
+            seed: makes the initial noise, as ``torch.Generator("cpu").manual_seed(seed)`` would in
+                diffusers. Pass ``generator=`` instead for your own generator.
+            negative_prompt: what to steer away from (the unconditional branch); ``None`` = "".
+            height, width: image size in pixels, multiples of 8; default the model's native size.
+            eta: DDIM's η (0 = deterministic); ignored by other schedulers.
+            record: what to record; defaults to ``self.record`` (see :class:`RecordOptions`).
+            progress: show a progress bar over the denoising steps.
+        Returns:
+            a :class:`Trace` whose ``image`` equals ``StableDiffusionPipeline(...)`` for the same settings.
+        Example:
+            >>> trace = pipe("a red circle on the left", num_inference_steps=20, guidance_scale=7.5, seed=0)
+            >>> trace.latents.shape        # [S + 1, 4, h, w]
+        """
+        record = record or self.record
+        height, width = height or self.default_size, width or self.default_size
+        self._check_inputs(prompt, num_inference_steps, guidance_scale, seed, generator, height, width, negative_prompt)
+        if generator is None:
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+        else:
+            seed = None
+        device, unet, scheduler = self.device, self.unet, self.scheduler
+        # Guidance doubles the batch: row 0 answers "what does an image look like?", row 1 "…of this prompt?"
+        guided = guidance_scale > 1 and unet.config.time_cond_proj_dim is None
+
+        # 1. Prompt → tokens → 77 embedding vectors (and the empty/negative prompt for guidance).
+        text = tokenize_prompt(self.tokenizer, prompt)
+        text_embeddings, hidden_states = encode_tokens(self.text_encoder, text, device)
+        text_embeddings = text_embeddings.to(self.text_encoder.dtype)
+        uncond_embeddings = None
+        encoder_hidden_states = text_embeddings
+        if guided:
+            uncond = tokenize_prompt(self.tokenizer, negative_prompt or "")
+            uncond_embeddings = encode_tokens(self.text_encoder, uncond, device)[0].to(self.text_encoder.dtype)
+            encoder_hidden_states = torch.cat([uncond_embeddings, text_embeddings])
+
+        # 2. The timesteps the sampler will visit, from noisy (t ≈ 999) to clean.
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = scheduler.timesteps
+        alpha_bars = alpha_bars_for(scheduler, timesteps).to(device)
+
+        # 3. Pure Gaussian noise in latent space, scaled to the sampler's starting noise level.
+        latent_shape = (1, unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=encoder_hidden_states.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        initial_latents = latents
+        step_kwargs = self.pipeline.prepare_extra_step_kwargs(generator, eta)
+
+        # 4. The denoising loop: predict the noise, combine with guidance, let the scheduler step.
+        steps = StepRecorder(len(timesteps))
+        latent_hw = latent_shape[-2:]
+        with record_attention(unet, record, latent_hw, len(timesteps), batch_index=1 if guided else 0) as attention:
+            for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
+                attention.set_step(i)
+                model_input = torch.cat([latents] * 2) if guided else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                noise_pred = unet(model_input, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+                if guided:
+                    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                    noise_pred = classifier_free_guidance(noise_pred_uncond, noise_pred_text, guidance_scale)
+                else:
+                    noise_pred_uncond, noise_pred_text = None, noise_pred
+                x0 = pred_x0(model_input[:1], noise_pred, alpha_bars[i], scheduler.config.prediction_type)
+                latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                recorded = dict(latents=latents[0], noise_pred=noise_pred[0], noise_pred_text=noise_pred_text[0], pred_x0=x0[0])
+                if guided:
+                    recorded["noise_pred_uncond"] = noise_pred_uncond[0]
+                steps(i, **recorded)
+
+        # 5. Latent → pixels with the VAE decoder, then to a PIL image exactly as diffusers does.
+        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+        decoded, nsfw = self.pipeline.run_safety_checker(decoded, device, encoder_hidden_states.dtype)
+        denormalize = [True] if nsfw is None else [not flagged for flagged in nsfw]
+        image = self.pipeline.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)[0]
+
+        # One transfer per tensor, after the loop: recording never made the GPU wait.
+        keep = (lambda x: x.cpu()) if record.to_cpu else (lambda x: x)
+        buffers = {name: keep(x) for name, x in steps.buffers.items()}
+        return Trace(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            tokens=text.tokens,
+            token_ids=text.input_ids[0],
+            truncated_text=text.truncated_text,
+            text_embeddings=keep(text_embeddings[0]),
+            uncond_embeddings=keep(uncond_embeddings[0]) if guided else None,
+            text_hidden_states=keep(hidden_states),
+            timesteps=keep(timesteps),
+            alpha_bars=keep(alpha_bars),
+            latents=torch.cat([keep(initial_latents), buffers["latents"]]),
+            noise_pred=buffers["noise_pred"],
+            noise_pred_text=buffers["noise_pred_text"],
+            noise_pred_uncond=buffers.get("noise_pred_uncond"),
+            pred_x0=buffers["pred_x0"],
+            image=image,
+            guidance_scale=float(guidance_scale),
+            seed=seed,
+            height=height,
+            width=width,
+            scheduler=type(scheduler).__name__,
+            prediction_type=scheduler.config.prediction_type,
+            model=self.name,
+            per_head=record.per_head,
+            attention_maps=attention.maps("cross", record.to_cpu),
+            self_attention_maps=attention.maps("self", record.to_cpu),
+        )
+
+    def _check_inputs(self, prompt, num_inference_steps, guidance_scale, seed, generator, height, width, negative_prompt):
+        """Refuse bad input before any work, with the fix in the message."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}; one trace is one prompt")
+        if not prompt.strip():
+            raise ValueError("the prompt is empty; describe the image, e.g. pipe('a red circle on the left')")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a whole number ≥ 1 (got {num_inference_steps!r}); try 20–50")
+        if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number (got {guidance_scale!r}); 7.5 is usual, ≤ 1 turns guidance off")
+        if generator is not None and seed not in (None, 0):
+            raise ValueError("pass either seed= or generator=, not both")
+        if generator is None and not isinstance(seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer (got {seed!r}), or pass generator=torch.Generator().manual_seed(...)")
+        m = self.vae_scale_factor  # the VAE shrinks each side by this factor
+        for side, size in (("height", height), ("width", width)):
+            if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < m or size % m:
+                near = int(size) if isinstance(size, numbers.Real) else self.default_size
+                lower = max(m, near // m * m)
+                raise ValueError(f"{side} must be a multiple of {m} (got {size!r}); try {lower} or {lower + m}")
+        if negative_prompt is not None and guidance_scale <= 1:
+            warnings.warn("negative_prompt is ignored when guidance_scale ≤ 1 (guidance is off)", stacklevel=3)

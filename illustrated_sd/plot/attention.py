@@ -1,0 +1,52 @@
+"""Where each prompt token was looked at: cross-attention heatmaps over the generated image."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..trace import Trace
+
+
+def upsample(heat: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """``[h, w]`` latent-resolution heatmap → ``[H, W]`` image-resolution array (bilinear)."""
+    return F.interpolate(heat[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def token_heatmaps(trace: Trace, tokens=None, step=None, layer=None, head=None, cmap: str = "inferno", cols: int = 6):
+    """One panel per prompt token: its cross-attention heatmap laid over the image (DAAM style).
+
+    Args:
+        trace: a recorded generation with cross-attention maps.
+        tokens: words or slot indices to show; ``None`` = every token between the start and end markers.
+        step, layer, head: how to aggregate, as in :meth:`Trace.cross_attention` (``None`` = mean).
+        cmap: a perceptual colormap. cols: panels per row.
+    Returns:
+        a ``matplotlib.figure.Figure`` with the image first, then one panel per token
+        (each title is the token; colour = share of that pixel's attention going to the token).
+    Example:
+        >>> fig = token_heatmaps(trace, ["red", "circle"]); fig.savefig("heatmaps.png")
+    """
+    if tokens is None:
+        tokens = list(range(1, len(trace.tokens) - 1))
+    labels = [trace.tokens[t] if isinstance(t, int) and t < len(trace.tokens) else str(t) for t in tokens]
+    heats = [trace.cross_attention(t, step=step, layer=layer, head=head) for t in tokens]
+    image = np.asarray(trace.image.convert("RGB"))
+    n = len(tokens) + 1
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.set_axis_off()
+    axes.flat[0].imshow(image)
+    axes.flat[0].set_title("image", fontsize=10)
+    vmax = max(float(h.max()) for h in heats) if heats else 1.0
+    for ax, label, heat in zip(axes.flat[1:], labels, heats):
+        ax.imshow(image)
+        im = ax.imshow(upsample(heat, image.shape[:2]), cmap=cmap, alpha=0.6, vmin=0, vmax=vmax)
+        ax.set_title(label, fontsize=10)
+    if heats:
+        fig.colorbar(im, ax=axes, shrink=0.6, label="attention probability")
+    where = "all steps" if step is None else f"step {step}"
+    fig.suptitle(f"Cross-attention per token — {trace.prompt!r} ({where}, {'all layers' if layer is None else layer})", fontsize=11)
+    return fig
