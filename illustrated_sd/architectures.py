@@ -14,7 +14,7 @@ from .paths import CLIP_TOKENIZER
 
 # The noise schedule every Stable Diffusion 1.x/2.x model was trained with.
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                   clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+                   clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
 
 LAYOUTS = {
     # 1.x: CLIP ViT-L/14 text tower (quick_gelu), 8 heads everywhere, conv projections in the transformers

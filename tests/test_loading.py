@@ -1,0 +1,65 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import illustrated_sd as isd
+from illustrated_sd.loading import ModelLoadError
+
+from .conftest import PROMPT
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "tiny-sd2"
+    isd.build_random_pipeline("tiny-sd2", seed=4).save_pretrained(folder)
+    return folder
+
+
+def test_default_pipeline_is_offline_and_on_cpu(pipe):
+    assert pipe.device.type == "cpu" and pipe.dtype == torch.float32
+    assert isinstance(pipe, isd.IllustratedPipeline)
+
+
+def test_local_folder_loads_and_traces_like_the_original(saved_folder):
+    loaded = isd.load_pipeline(saved_folder, scheduler="euler")
+    assert loaded.scheduler.config.prediction_type == "v_prediction"
+    assert type(loaded.scheduler).__name__ == "EulerDiscreteScheduler"
+    original = isd.IllustratedPipeline(isd.build_random_pipeline("tiny-sd2", seed=4))
+    original.set_scheduler("euler")
+    a = loaded(PROMPT, num_inference_steps=3, progress=False)
+    b = original(PROMPT, num_inference_steps=3, progress=False)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.model == str(saved_folder)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        isd.load_pipeline(tmp_path / "nowhere" / "sd")
+
+
+def test_folder_without_model_index(tmp_path):
+    with pytest.raises(ModelLoadError, match="model_index.json is missing"):
+        isd.load_pipeline(tmp_path)
+
+
+def test_corrupt_folder_names_the_problem(saved_folder, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_folder, broken)
+    weights = next((broken / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="could not load the pipeline.*complete"):
+        isd.load_pipeline(broken)
+    (broken / "model_index.json").write_text("{not json")
+    with pytest.raises(ModelLoadError):
+        isd.load_pipeline(broken)
+
+
+def test_hub_id_without_network_says_to_pass_a_local_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    with pytest.raises(ModelLoadError, match="no network.*local folder"):
+        isd.load_pipeline("someone/stable-diffusion-that-is-not-cached")

@@ -1,0 +1,163 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+import illustrated_sd as isd
+from illustrated_sd.sampling import pred_x0
+
+from .conftest import PROMPT, plain_image
+
+
+def max_pixel_diff(a, b) -> int:
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
+@pytest.mark.parametrize("layout", ["pipe", "sd2_pipe"])
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpm++", "pndm"])
+def test_image_equals_plain_diffusers(layout, scheduler, request):
+    illustrated = request.getfixturevalue(layout)
+    original = illustrated.pipeline.scheduler
+    illustrated.set_scheduler(scheduler)
+    try:
+        trace = illustrated(PROMPT, num_inference_steps=5, guidance_scale=7.5, seed=3, progress=False)
+        plain = plain_image(illustrated, PROMPT, 5, 7.5, 3)
+        latents = illustrated.pipeline(PROMPT, num_inference_steps=5, guidance_scale=7.5, output_type="latent",
+                                       generator=torch.Generator().manual_seed(3)).images
+    finally:
+        illustrated.pipeline.scheduler = original
+    assert max_pixel_diff(trace.image, plain) == 0
+    assert torch.equal(trace.latents[-1], latents[0])
+
+
+def test_image_equals_plain_diffusers_without_guidance_and_with_negative_prompt(pipe):
+    trace = pipe(PROMPT, num_inference_steps=4, guidance_scale=1.0, seed=5, progress=False)
+    assert max_pixel_diff(trace.image, plain_image(pipe, PROMPT, 4, 1.0, 5)) == 0
+    assert trace.noise_pred_uncond is None and trace.uncond_embeddings is None
+    assert torch.equal(trace.noise_pred, trace.noise_pred_text)
+    negative = pipe(PROMPT, num_inference_steps=4, guidance_scale=5.0, seed=5, negative_prompt="a blue square", progress=False)
+    assert max_pixel_diff(negative.image, plain_image(pipe, PROMPT, 4, 5.0, 5, negative_prompt="a blue square")) == 0
+
+
+def test_generator_argument_equals_seed(pipe, trace):
+    again = pipe(PROMPT, num_inference_steps=6, generator=torch.Generator().manual_seed(0), progress=False)
+    assert max_pixel_diff(again.image, trace.image) == 0
+    assert again.seed is None and trace.seed == 0
+
+
+def test_trace_shapes(pipe, trace):
+    S, C, (h, w) = 6, 4, trace.latent_hw
+    D = pipe.text_encoder.config.hidden_size
+    assert trace.tokens == ["<|startoftext|>", "a", "red", "circle", "on", "the", "left", "<|endoftext|>"]
+    assert trace.token_ids.shape == (77,) and trace.token_ids[:8].tolist() == [49406, 320, 736, 7117, 525, 518, 1823, 49407]
+    assert trace.text_embeddings.shape == trace.uncond_embeddings.shape == (77, D)
+    assert trace.text_hidden_states.shape == (pipe.text_encoder.config.num_hidden_layers + 1, 77, D)
+    assert trace.timesteps.shape == trace.alpha_bars.shape == (S,)
+    assert trace.latents.shape == (S + 1, C, h, w)
+    for name in ("noise_pred", "noise_pred_text", "noise_pred_uncond", "pred_x0"):
+        assert getattr(trace, name).shape == (S, C, h, w), name
+    assert (h, w) == (trace.height // 8, trace.width // 8) == (pipe.default_size // 8,) * 2
+    assert set(trace.attention_maps) == set(pipe.cross_attention_layers)
+    assert trace.image.size == (trace.width, trace.height)
+
+
+def test_recorded_values_are_what_the_loop_used(pipe, trace):
+    # guidance: ε̂ = ε_u + s (ε_c − ε_u)
+    guided = trace.noise_pred_uncond + 7.5 * (trace.noise_pred_text - trace.noise_pred_uncond)
+    torch.testing.assert_close(trace.noise_pred, guided)
+    # the first latent is the seeded noise itself (DDIM starts at σ = 1)
+    assert torch.equal(trace.latents[0], torch.randn((1, 4, *trace.latent_hw), generator=torch.Generator().manual_seed(0))[0])
+    # pred_x0 at each step follows from that step's latent and noise prediction
+    for i in range(trace.num_steps):
+        expected = pred_x0(trace.latents[i], trace.noise_pred[i], trace.alpha_bars[i], "epsilon")
+        torch.testing.assert_close(trace.pred_x0[i], expected)
+    # the final layer of text_hidden_states, after CLIP's final LayerNorm, is the embedding
+    clip = getattr(pipe.text_encoder, "text_model", pipe.text_encoder)  # transformers 4 nests it one level deeper
+    final = clip.final_layer_norm(trace.text_hidden_states[-1])
+    torch.testing.assert_close(final, trace.text_embeddings)
+
+
+def test_pred_x0_approaches_the_final_latent(trace):
+    errors = [(x0 - trace.latents[-1]).pow(2).mean().item() for x0 in trace.pred_x0]
+    assert errors[-1] < errors[0]
+
+
+def test_v_prediction_trace(sd2_pipe):
+    trace = sd2_pipe(PROMPT, num_inference_steps=4, seed=0, progress=False)
+    assert trace.prediction_type == "v_prediction"
+    assert trace.tokens[-1] == "<|endoftext|>"  # SD 2.x pads with "!", the end marker is still there
+    expected = pred_x0(trace.latents[1], trace.noise_pred[1], trace.alpha_bars[1], "v_prediction")
+    torch.testing.assert_close(trace.pred_x0[1], expected)
+
+
+def test_recorders_are_removed_and_processors_untouched(pipe):
+    processors = dict(pipe.unet.attn_processors)
+    assert all(isinstance(p, AttnProcessor2_0) for p in processors.values())
+    pipe(PROMPT, num_inference_steps=2, seed=0, progress=False)
+    assert pipe.unet.attn_processors == processors
+    assert all(not m._forward_hooks for m in pipe.unet.modules())
+
+
+def test_recorders_are_removed_when_the_call_fails(pipe, monkeypatch):
+    def broken_step(*args, **kwargs):
+        raise RuntimeError("scheduler exploded")
+
+    monkeypatch.setattr(pipe.scheduler, "step", broken_step)
+    with pytest.raises(RuntimeError, match="exploded"):
+        pipe(PROMPT, num_inference_steps=2, seed=0, progress=False)
+    assert all(not m._forward_hooks for m in pipe.unet.modules())
+
+
+def test_every_attention_output_still_comes_from_sdpa(pipe, monkeypatch):
+    """Recording must not force the slow attention path: every UNet attention layer still calls SDPA."""
+    calls, inside_unet = [], [False]
+    sdpa = F.scaled_dot_product_attention
+
+    def counting_sdpa(*args, **kwargs):
+        calls.append(inside_unet[0])
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting_sdpa)
+    enter = pipe.unet.register_forward_pre_hook(lambda *_: inside_unet.__setitem__(0, True))
+    leave = pipe.unet.register_forward_hook(lambda *_: inside_unet.__setitem__(0, False))
+    try:
+        pipe(PROMPT, num_inference_steps=3, seed=0, progress=False)
+    finally:
+        enter.remove(), leave.remove()
+    assert sum(calls) == len(pipe.unet.attn_processors) * 3
+
+
+def test_progress_bar_over_steps(pipe, capsys):
+    pipe(PROMPT, num_inference_steps=3, seed=0, progress=True)
+    assert "denoising" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt=""), "prompt is empty"),
+        (dict(prompt="   "), "prompt is empty"),
+        (dict(num_inference_steps=0), "≥ 1"),
+        (dict(num_inference_steps=2.5), "whole number"),
+        (dict(height=100), "multiple of 8.*96 or 104"),
+        (dict(width=4), "multiple of 8"),
+        (dict(guidance_scale=float("nan")), "finite"),
+        (dict(seed=1, generator=torch.Generator()), "either seed= or generator="),
+        (dict(seed="zero"), "seed must be an integer"),
+    ],
+)
+def test_bad_input_is_refused_with_the_fix(pipe, kwargs, message):
+    args = dict(prompt=PROMPT, num_inference_steps=2, progress=False) | kwargs
+    with pytest.raises(ValueError, match=message):
+        pipe(**args)
+
+
+def test_wrapping_something_else_is_refused():
+    with pytest.raises(TypeError, match="StableDiffusionPipeline"):
+        isd.IllustratedPipeline(object())
+
+
+def test_unknown_scheduler_lists_the_known_ones(pipe):
+    with pytest.raises(ValueError, match="dpm\\+\\+"):
+        pipe.set_scheduler("warp-drive")

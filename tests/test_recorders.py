@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+import illustrated_sd as isd
+from illustrated_sd.attention_layers import attention_layers
+from illustrated_sd.recorders import StepRecorder, record_attention
+
+from .conftest import PROMPT
+
+
+def test_maps_are_probabilities_over_tokens(trace):
+    for name, maps in trace.attention_maps.items():
+        assert maps.shape[:2] == (trace.num_steps, 1) and maps.shape[-1] == 77, name
+        torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]))
+        assert (maps >= 0).all()
+
+
+def test_maps_equal_the_classic_attention_computation(pipe):
+    """softmax(QKᵀ/√d) from the hooks equals diffusers' own get_attention_scores for the same layer."""
+    unet = pipe.unet
+    name, attn = next(iter(attention_layers(unet)["cross"].items()))
+    seen = {}
+    handle = attn.register_forward_pre_hook(lambda m, args, kwargs: seen.update(h=args[0], enc=kwargs["encoder_hidden_states"]), with_kwargs=True)
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    options = isd.RecordOptions(layers=[name], per_head=True)
+    try:
+        with torch.no_grad(), record_attention(unet, options, (16, 16), num_steps=1, batch_index=1) as recording:
+            unet(latents, 500, encoder_hidden_states=text)
+    finally:
+        handle.remove()
+    recorded = recording.cross[name].maps[0]  # [heads, H, W, 77]
+    with torch.no_grad():
+        q = attn.head_to_batch_dim(attn.to_q(seen["h"][1:]))
+        k = attn.head_to_batch_dim(attn.to_k(seen["enc"][1:]))
+        classic = attn.get_attention_scores(q, k)  # [heads, H·W, 77]
+    torch.testing.assert_close(recorded.flatten(1, 2), classic, atol=1e-6, rtol=1e-5)
+
+
+def test_per_head_maps_average_to_the_head_mean(pipe, head_trace):
+    mean_trace = pipe(PROMPT, num_inference_steps=3, seed=0, progress=False)
+    for name, maps in head_trace.attention_maps.items():
+        heads = dict(pipe.unet.named_modules())[name].heads
+        assert maps.shape[1] == heads
+        torch.testing.assert_close(maps.mean(1, keepdim=True), mean_trace.attention_maps[name])
+
+
+def test_self_attention_maps_at_chosen_resolution(head_trace):
+    assert head_trace.self_attention_maps, "the 8×8 middle block has self-attention"
+    for name, maps in head_trace.self_attention_maps.items():
+        assert "attn1" in name
+        assert maps.shape[2:] == (8, 8, 64)
+        torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]))
+
+
+def test_layer_subset_dtype_and_device_options(pipe):
+    layer = pipe.cross_attention_layers[-1]
+    options = isd.RecordOptions(layers=[layer], map_dtype=torch.float16, to_cpu=False)
+    trace = pipe(PROMPT, num_inference_steps=2, seed=0, progress=False, record=options)
+    assert list(trace.attention_maps) == [layer]
+    assert trace.attention_maps[layer].dtype == torch.float16
+    assert not pipe(PROMPT, num_inference_steps=2, progress=False, record=isd.RecordOptions(cross_attention=False)).attention_maps
+
+
+def test_unknown_layer_is_refused_with_the_list(pipe):
+    with pytest.raises(ValueError, match="the UNet has: .*attn2"):
+        pipe(PROMPT, num_inference_steps=2, progress=False, record=isd.RecordOptions(layers=["up_blocks.9.attn2"]))
+
+
+def test_step_recorder_allocates_once_and_fills_each_step():
+    recorder = StepRecorder(3)
+    for i in range(3):
+        recorder(i, x=torch.full((2,), float(i)))
+    assert recorder.buffers["x"].tolist() == [[0, 0], [1, 1], [2, 2]]
