@@ -17,6 +17,17 @@ SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                    clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
 
 LAYOUTS = {
+    # The embedded default model that illustrated_sd trains itself (see illustrated_sd/train): SD's classes
+    # and wiring at a size that runs 25 guided steps on a laptop CPU in about a second.
+    "tiny-sd": dict(
+        unet=dict(sample_size=16, block_out_channels=(64, 128, 192), layers_per_block=2, cross_attention_dim=128,
+                  attention_head_dim=8, norm_num_groups=32,
+                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
+        text=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, hidden_act="quick_gelu"),
+        vae=dict(block_out_channels=(32, 64, 128, 128), norm_num_groups=32),
+        prediction_type="epsilon", pad_token="<|endoftext|>",
+    ),
     # 1.x: CLIP ViT-L/14 text tower (quick_gelu), 8 heads everywhere, conv projections in the transformers
     "tiny-sd1": dict(
         unet=dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64,

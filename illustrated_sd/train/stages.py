@@ -1,0 +1,197 @@
+"""The three training stages. Each takes a time budget, resumes from the checkpoint folder, logs
+its loss every few steps and saves its weights at the end."""
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..architectures import build_random_pipeline
+from .checkpoint import load_weights, read_log, save_weights, write_log
+from .data import world_batch
+
+
+class ImageTower(torch.nn.Module):
+    """CLIP's image side, small: strided convolutions down to 4×4, then a linear map to the shared space.
+
+    Flattening the 4×4 grid (instead of pooling it away) keeps *where* things are, which the captions
+    talk about. ``[B, 3, 128, 128]`` → ``[B, dim]``.
+    """
+
+    def __init__(self, dim: int = 128):
+        super().__init__()
+        layers, ch = [], 3
+        for out in (32, 64, 128, 128, 128):  # 128 → 4
+            layers += [torch.nn.Conv2d(ch, out, 3, stride=2, padding=1), torch.nn.GroupNorm(8, out), torch.nn.SiLU()]
+            ch = out
+        self.features = torch.nn.Sequential(*layers)
+        self.proj = torch.nn.Linear(128 * 4 * 4, dim)
+
+    def forward(self, images):
+        return self.proj(self.features(images).flatten(1))
+
+
+class ClipHead(torch.nn.Module):
+    """The text projection and the learned temperature of CLIP's contrastive loss."""
+
+    def __init__(self, text_dim: int, dim: int = 128):
+        super().__init__()
+        self.text_projection = torch.nn.Linear(text_dim, dim, bias=False)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+
+def text_features(text_encoder, head, ids):
+    """CLIP's text embedding: the hidden state at the end-of-text token, projected. ``[B, 77]`` → ``[B, dim]``."""
+    out = text_encoder(ids)
+    return head.text_projection(out.pooler_output)
+
+
+def clip_loss(image_emb, text_emb, logit_scale):
+    """Symmetric InfoNCE: in a batch of B pairs, each image must pick its own caption among B, and back.
+
+    logits[i, j] = exp(τ) · cos(image_i, text_j);  loss = (CE(logits, diag) + CE(logitsᵀ, diag)) / 2
+    """
+    image_emb, text_emb = F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)
+    logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+class Budget:
+    """Stop after ``minutes`` of wall time or ``max_steps`` steps, whichever comes first."""
+
+    def __init__(self, minutes: float, max_steps: int | None):
+        self.deadline, self.max_steps = time.time() + 60 * minutes, max_steps
+
+    def more(self, step: int) -> bool:
+        return time.time() < self.deadline and (self.max_steps is None or step < self.max_steps)
+
+
+def _autocast(device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_step=None):
+    """A generic loop: AdamW with linear warm-up, loss logged to the checkpoint's JSON every ``log_every`` steps."""
+    log = read_log(ckpt)
+    curve = log.setdefault(stage, {"step": [], "loss": [], "seconds": []})
+    start_step = curve["step"][-1] + 1 if curve["step"] else 0
+    elapsed0 = curve["seconds"][-1] if curve["seconds"] else 0.0
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    step, t0, running = start_step, time.time(), []
+    bar = tqdm(desc=stage, unit="step")
+    while budget.more(step - start_step):
+        for group in optimizer.param_groups:  # warm up again on resume: Adam's moments start from zero
+            group["lr"] = lr * min(1.0, (step - start_step + 1) / warmup)
+        loss = step_fn(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if after_step is not None:
+            after_step(step - start_step)
+        running.append(loss.detach())
+        if (step + 1) % log_every == 0:
+            curve["step"].append(step)
+            curve["loss"].append(torch.stack(running).mean().item())
+            curve["seconds"].append(elapsed0 + time.time() - t0)
+            bar.set_postfix(loss=f"{curve['loss'][-1]:.4f}")
+            running = []
+        step += 1
+        bar.update()
+    bar.close()
+    write_log(ckpt, log)
+    return step - start_step
+
+
+def train_clip(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20):
+    pipe = build_random_pipeline("tiny-sd", seed=seed)
+    text_encoder, tokenizer = pipe.text_encoder.to(device).train(), pipe.tokenizer
+    tower, head = ImageTower().to(device), ClipHead(text_encoder.config.hidden_size).to(device)
+    for module, name in ((text_encoder, "text_encoder"), (tower, "clip_image_tower"), (head, "clip_head")):
+        if load_weights(module, ckpt, name):
+            module.float()
+
+    def step_fn(step):
+        images, ids, _ = world_batch([seed, 1, step], batch_size, device, tokenizer)
+        with _autocast(device):
+            return clip_loss(tower(images), text_features(text_encoder, head, ids), head.logit_scale).float()
+
+    params = [*text_encoder.parameters(), *tower.parameters(), *head.parameters()]
+    steps = _run("clip", step_fn, params, 5e-4, ckpt, Budget(minutes, max_steps), log_every)
+    for module, name in ((text_encoder, "text_encoder"), (tower, "clip_image_tower"), (head, "clip_head")):
+        save_weights(module, ckpt, name)
+    return steps
+
+
+def train_vae(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20):
+    pipe = build_random_pipeline("tiny-sd", seed=seed)
+    vae, tokenizer = pipe.vae.to(device).train(), pipe.tokenizer
+    load_weights(vae, ckpt, "vae")
+
+    def step_fn(step):
+        images, _, _ = world_batch([seed, 2, step], batch_size, device, tokenizer)
+        with _autocast(device):
+            posterior = vae.encode(images).latent_dist
+            recon = vae.decode(posterior.sample()).sample.float()
+        # pixels first (MSE drives PSNR, L1 keeps edges crisp); a tiny KL term keeps the latent tame, as in SD
+        return F.mse_loss(recon, images) + 0.5 * F.l1_loss(recon, images) + 1e-6 * posterior.kl().mean()
+
+    steps = _run("vae", step_fn, list(vae.parameters()), 4e-4, ckpt, Budget(minutes, max_steps), log_every)
+    save_weights(vae, ckpt, "vae")
+    # SD scales latents to unit variance before diffusion (0.18215 for its VAE); measure ours the same way
+    vae.eval()
+    with torch.no_grad(), _autocast(device):
+        images, _, _ = world_batch([seed, 2, 10**6], 256 if device.type == "cuda" else 8, device, tokenizer)
+        std = vae.encode(images).latent_dist.mean.float().std().item()
+    log = read_log(ckpt)
+    log["vae_scaling_factor"] = 1.0 / std
+    write_log(ckpt, log)
+    return steps
+
+
+def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20, ema_decay=0.999):
+    pipe = build_random_pipeline("tiny-sd", seed=seed)
+    unet, vae, text_encoder, tokenizer, scheduler = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
+    if not (load_weights(vae, ckpt, "vae") and load_weights(text_encoder, ckpt, "text_encoder")):
+        raise RuntimeError(f"{ckpt} has no trained VAE and text encoder yet: run the clip and vae stages first")
+    scaling = read_log(ckpt)["vae_scaling_factor"]
+    vae, text_encoder = vae.to(device).eval().requires_grad_(False), text_encoder.to(device).eval().requires_grad_(False)
+    unet = unet.to(device).train()
+    load_weights(unet, ckpt, "unet")
+    unet.float()
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    alphas_cumprod = scheduler.alphas_cumprod.to(device)
+
+    def step_fn(step):
+        images, ids, _ = world_batch([seed, 3, step], batch_size, device, tokenizer, drop_caption=0.1)
+        gen = torch.Generator(device).manual_seed(seed * 100003 + step)
+        with torch.no_grad(), _autocast(device):
+            latents = vae.encode(images).latent_dist.sample(generator=gen).float() * scaling
+            context = text_encoder(ids)[0]
+        # Forward diffusion in one jump: x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, with t uniform over the 1000 steps
+        noise = torch.randn(latents.shape, generator=gen, device=device)
+        t = torch.randint(0, len(alphas_cumprod), (len(latents),), generator=gen, device=device)
+        a = alphas_cumprod[t][:, None, None, None]
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        with _autocast(device):
+            pred = unet(noisy, t, encoder_hidden_states=context).sample.float()
+        return F.mse_loss(pred, noise)  # the model learns to name the noise
+
+    @torch.no_grad()
+    def update_ema(n):
+        # an exponential moving average of the weights samples better than the last step's weights;
+        # its decay ramps up so that the random initial weights are forgotten quickly
+        decay = min(ema_decay, (1 + n) / (10 + n))
+        for k, v in unet.state_dict().items():
+            if v.is_floating_point():
+                ema[k].lerp_(v, 1 - decay)
+
+    steps = _run("unet", step_fn, list(unet.parameters()), 3e-4, ckpt, Budget(minutes, max_steps), log_every, after_step=update_ema)
+    if steps:
+        unet.load_state_dict(ema)  # the averaged weights are what we ship
+    save_weights(unet, ckpt, "unet")
+    return steps
