@@ -40,7 +40,8 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     batch, max_steps = (4, 3) if args.smoke else (args.batch_size, None)
     for stage, budget in zip(stages, minutes):
-        steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20)
+        extra = {"dataset_size": 12} if args.smoke and stage == "unet" else {}
+        steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20, **extra)
         print(f"{stage}: {steps} steps on {device}", flush=True)
     return 0
 

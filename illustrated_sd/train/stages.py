@@ -78,7 +78,7 @@ def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_
     """A generic loop: AdamW with linear warm-up, loss logged to the checkpoint's JSON every ``log_every`` steps."""
     log = read_log(ckpt)
     curve = log.setdefault(stage, {"step": [], "loss": [], "seconds": []})
-    start_step = curve["step"][-1] + 1 if curve["step"] else 0
+    start_step = curve.get("total_steps", 0)
     elapsed0 = curve["seconds"][-1] if curve["seconds"] else 0.0
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     step, t0, running = start_step, time.time(), []
@@ -103,6 +103,7 @@ def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_
         step += 1
         bar.update()
     bar.close()
+    curve["total_steps"] = step
     write_log(ckpt, log)
     return step - start_step
 
@@ -153,28 +154,53 @@ def train_vae(ckpt: Path, minutes: float, batch_size: int, device, seed: int, ma
     return steps
 
 
-def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20, ema_decay=0.999):
+@torch.no_grad()
+def encode_world(vae, text_encoder, tokenizer, seed, n: int, device, chunk: int = 1000):
+    """Draw ``n`` scenes once and keep what the UNet needs, on ``device``.
+
+    The VAE and the text encoder are frozen while the UNet trains (as in Stable Diffusion), so their
+    outputs can be computed once: the latent posterior ``(mean, std) [n, 4, 16, 16]`` of each image
+    and the ``[n, 77, D]`` hidden states of its caption. Training then samples a fresh latent from
+    the posterior and fresh noise every time it sees an example.
+    """
+    means, stds, contexts = [], [], []
+    for start in tqdm(range(0, n, chunk), desc="encoding the world", unit="chunk"):
+        images, ids, _ = world_batch([seed, 3, start], min(chunk, n - start), device, tokenizer)
+        with _autocast(device):
+            posterior = vae.encode(images).latent_dist
+            contexts.append(text_encoder(ids)[0].to(torch.bfloat16 if device.type == "cuda" else torch.float32))
+        means.append(posterior.mean.float())
+        stds.append(posterior.std.float())
+    empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
+    return torch.cat(means), torch.cat(stds), torch.cat(contexts), text_encoder(empty)[0].to(contexts[0].dtype)
+
+
+def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
+               ema_decay=0.999, dataset_size: int = 100_000, drop_caption: float = 0.1):
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     unet, vae, text_encoder, tokenizer, scheduler = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
     if not (load_weights(vae, ckpt, "vae") and load_weights(text_encoder, ckpt, "text_encoder")):
         raise RuntimeError(f"{ckpt} has no trained VAE and text encoder yet: run the clip and vae stages first")
     scaling = read_log(ckpt)["vae_scaling_factor"]
-    vae, text_encoder = vae.to(device).eval().requires_grad_(False), text_encoder.to(device).eval().requires_grad_(False)
+    vae, text_encoder = vae.to(device).float().eval(), text_encoder.to(device).float().eval()
+    means, stds, contexts, empty = encode_world(vae, text_encoder, tokenizer, seed, dataset_size, device)
+    del vae, text_encoder
     unet = unet.to(device).train()
     load_weights(unet, ckpt, "unet")
     unet.float()
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    gen = torch.Generator(device).manual_seed(seed * 1_000_003 + len(read_log(ckpt).get("unet", {}).get("step", [])))
 
     def step_fn(step):
-        images, ids, _ = world_batch([seed, 3, step], batch_size, device, tokenizer, drop_caption=0.1)
-        gen = torch.Generator(device).manual_seed(seed * 100003 + step)
-        with torch.no_grad(), _autocast(device):
-            latents = vae.encode(images).latent_dist.sample(generator=gen).float() * scaling
-            context = text_encoder(ids)[0]
+        idx = torch.randint(0, len(means), (batch_size,), generator=gen, device=device)
+        latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen, device=device)) * scaling
+        # caption dropout: 10% of examples see the empty prompt, so the model also learns ε(x_t, "")
+        dropped = torch.rand(batch_size, generator=gen, device=device) < drop_caption
+        context = torch.where(dropped[:, None, None], empty, contexts[idx])
         # Forward diffusion in one jump: x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, with t uniform over the 1000 steps
         noise = torch.randn(latents.shape, generator=gen, device=device)
-        t = torch.randint(0, len(alphas_cumprod), (len(latents),), generator=gen, device=device)
+        t = torch.randint(0, len(alphas_cumprod), (batch_size,), generator=gen, device=device)
         a = alphas_cumprod[t][:, None, None, None]
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         with _autocast(device):
