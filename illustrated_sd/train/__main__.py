@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     run.add_argument("--out", type=Path, required=True, help="checkpoint folder (created, or resumed from)")
     run.add_argument("--batch-size", type=int, default=256)
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--anneal", action="store_true", help="unet: let the learning rate fall over the second half of the budget (the last run)")
     run.add_argument("--smoke", action="store_true", help="a few tiny steps per stage on the CPU, to check the machinery")
     exp = sub.add_parser("export", help="write a diffusers pipeline folder from a checkpoint")
     exp.add_argument("checkpoint", type=Path)
@@ -40,7 +41,9 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     batch, max_steps = (4, 3) if args.smoke else (args.batch_size, None)
     for stage, budget in zip(stages, minutes):
-        extra = {"dataset_size": 12} if args.smoke and stage == "unet" else {}
+        extra = {"anneal": args.anneal} if stage == "unet" else {}
+        if args.smoke and stage == "unet":
+            extra["dataset_size"] = 12
         steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20, **extra)
         print(f"{stage}: {steps} steps on {device}", flush=True)
     return 0

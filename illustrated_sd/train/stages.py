@@ -64,7 +64,12 @@ class Budget:
     """Stop after ``minutes`` of wall time or ``max_steps`` steps, whichever comes first."""
 
     def __init__(self, minutes: float, max_steps: int | None):
-        self.deadline, self.max_steps = time.time() + 60 * minutes, max_steps
+        self.start, self.deadline, self.max_steps = time.time(), time.time() + 60 * minutes, max_steps
+
+    def used(self, step: int) -> float:
+        """The fraction of the budget spent, in [0, 1]."""
+        by_time = (time.time() - self.start) / max(self.deadline - self.start, 1e-9)
+        return min(1.0, max(by_time, step / self.max_steps if self.max_steps else 0.0))
 
     def more(self, step: int) -> bool:
         return time.time() < self.deadline and (self.max_steps is None or step < self.max_steps)
@@ -74,8 +79,11 @@ def _autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
-def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_step=None):
-    """A generic loop: AdamW with linear warm-up, loss logged to the checkpoint's JSON every ``log_every`` steps."""
+def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_step=None, anneal=False):
+    """A generic loop: AdamW with linear warm-up, loss logged to the checkpoint's JSON every ``log_every`` steps.
+
+    With ``anneal``, the learning rate falls linearly to 10% over the second half of the budget.
+    """
     log = read_log(ckpt)
     curve = log.setdefault(stage, {"step": [], "loss": [], "seconds": []})
     start_step = curve.get("total_steps", 0)
@@ -84,8 +92,11 @@ def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_
     step, t0, running = start_step, time.time(), []
     bar = tqdm(desc=stage, unit="step")
     while budget.more(step - start_step):
-        for group in optimizer.param_groups:  # warm up again on resume: Adam's moments start from zero
-            group["lr"] = lr * min(1.0, (step - start_step + 1) / warmup)
+        factor = min(1.0, (step - start_step + 1) / warmup)  # warm up again on resume: Adam's moments start from zero
+        if anneal:
+            factor *= max(0.1, min(1.0, 2 * (1 - budget.used(step - start_step))))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * factor
         loss = step_fn(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -176,7 +187,7 @@ def encode_world(vae, text_encoder, tokenizer, seed, n: int, device, chunk: int 
 
 
 def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
-               ema_decay=0.999, dataset_size: int = 100_000, drop_caption: float = 0.1):
+               ema_decay=0.999, dataset_size: int = 100_000, drop_caption: float = 0.1, anneal: bool = False):
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     unet, vae, text_encoder, tokenizer, scheduler = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
     if not (load_weights(vae, ckpt, "vae") and load_weights(text_encoder, ckpt, "text_encoder")):
@@ -216,7 +227,7 @@ def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
             if v.is_floating_point():
                 ema[k].lerp_(v, 1 - decay)
 
-    steps = _run("unet", step_fn, list(unet.parameters()), 3e-4, ckpt, Budget(minutes, max_steps), log_every, after_step=update_ema)
+    steps = _run("unet", step_fn, list(unet.parameters()), 3e-4, ckpt, Budget(minutes, max_steps), log_every, after_step=update_ema, anneal=anneal)
     if steps:
         unet.load_state_dict(ema)  # the averaged weights are what we ship
     save_weights(unet, ckpt, "unet")
