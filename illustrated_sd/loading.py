@@ -1,11 +1,15 @@
 """Getting a pipeline: the embedded default, a local diffusers folder, or a Hugging Face Hub id."""
 
+import json
 import os
 import re
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 from diffusers import StableDiffusionPipeline
 
 from .architectures import build_random_pipeline
@@ -40,13 +44,18 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         >>> pipe = load_pipeline()                                   # embedded default
         >>> pipe = load_pipeline("path/to/sd-1-5", device="cuda", dtype=torch.float16)
     """
+    known_words = None
     if model is None:
-        pipe = _load_default()
+        with _quiet():
+            pipe = _load_default()
         name = "illustrated_sd tiny-sd" if TINY_SD.is_dir() else "illustrated_sd random tiny-sd1 (untrained)"
+        known_words = _known_words(TINY_SD)
     else:
         path = Path(model).expanduser()
         if path.is_dir():
-            pipe = _load_folder(path, dtype)
+            with _quiet():
+                pipe = _load_folder(path, dtype)
+            known_words = _known_words(path)
         elif path.exists() or not HUB_ID.match(str(model)):
             raise FileNotFoundError(f"no model folder at {path}; pass a folder in diffusers layout ({PIPELINE_FILES}) or a Hub id")
         else:
@@ -56,10 +65,33 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         pipe = pipe.to(dtype=dtype)  # folders are loaded in `dtype` already
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    illustrated = IllustratedPipeline(pipe, name=name)
+    illustrated = IllustratedPipeline(pipe, name=name, known_words=known_words)
     if scheduler is not None:
         illustrated.set_scheduler(scheduler)
     return illustrated
+
+
+@contextmanager
+def _quiet():
+    """Loading a local folder takes a second: no progress bars or advice about optional packages."""
+    levels = diffusers.utils.logging.get_verbosity(), transformers.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers.utils.logging.set_verbosity(levels[0])
+        transformers.logging.set_verbosity(levels[1])
+        diffusers.utils.logging.enable_progress_bar()
+        transformers.logging.enable_progress_bar()
+
+
+def _known_words(folder: Path) -> set[str] | None:
+    """The vocabulary of a model trained by illustrated_sd (its ``illustrated_sd.json``), else None."""
+    info = folder / "illustrated_sd.json"
+    return set(json.loads(info.read_text())["known_words"]) if info.is_file() else None
 
 
 def _load_default() -> StableDiffusionPipeline:
@@ -72,7 +104,7 @@ def _load_folder(path: Path, dtype: torch.dtype, **kwargs) -> StableDiffusionPip
     if not (path / "model_index.json").is_file():
         raise ModelLoadError(f"{path} is not a diffusers pipeline folder: model_index.json is missing (expected {PIPELINE_FILES})")
     try:
-        return StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+        return StableDiffusionPipeline.from_pretrained(path, dtype=dtype, safety_checker=None, requires_safety_checker=False,
                                                        local_files_only=True, **kwargs)
     except Exception as err:  # diffusers raises OSError, ValueError, safetensors errors, … for a damaged folder
         raise ModelLoadError(
@@ -82,7 +114,7 @@ def _load_folder(path: Path, dtype: torch.dtype, **kwargs) -> StableDiffusionPip
 
 
 def _load_hub(model_id: str, dtype: torch.dtype) -> StableDiffusionPipeline:
-    kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
     try:  # a copy in the local Hugging Face cache works offline
         return StableDiffusionPipeline.from_pretrained(model_id, local_files_only=True, **kwargs)
     except Exception:

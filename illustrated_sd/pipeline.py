@@ -7,6 +7,7 @@ additions are the recorders, which observe and write into a :class:`~illustrated
 
 import math
 import numbers
+import re
 import warnings
 
 import torch
@@ -52,7 +53,8 @@ class IllustratedPipeline:
         >>> trace.image, trace.cross_attention("circle").shape   # PIL image, [h, w]
     """
 
-    def __init__(self, pipeline: StableDiffusionPipeline, record: RecordOptions | None = None, name: str | None = None):
+    def __init__(self, pipeline: StableDiffusionPipeline, record: RecordOptions | None = None, name: str | None = None,
+                 known_words: set[str] | None = None):
         if not isinstance(pipeline, StableDiffusionPipeline):
             raise TypeError(
                 f"IllustratedPipeline wraps a diffusers StableDiffusionPipeline, got {type(pipeline).__name__}; "
@@ -61,6 +63,8 @@ class IllustratedPipeline:
         self.pipeline = pipeline
         self.record = record or RecordOptions()
         self.name = name or pipeline.name_or_path or "StableDiffusionPipeline"
+        # A model trained on a small world (the embedded default) knows few words; say so when a prompt strays.
+        self.known_words = set(known_words) if known_words else None
 
     # The components, under the names diffusers gives them.
     unet = property(lambda self: self.pipeline.unet)
@@ -239,5 +243,10 @@ class IllustratedPipeline:
                 near = int(size) if isinstance(size, numbers.Real) else self.default_size
                 lower = max(m, near // m * m)
                 raise ValueError(f"{side} must be a multiple of {m} (got {size!r}); try {lower} or {lower + m}")
+        if self.known_words:
+            unknown = sorted({w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in self.known_words})
+            if unknown:
+                warnings.warn(f"the model never saw {unknown} in training, so it cannot draw them; the words it knows are: "
+                              f"{', '.join(sorted(self.known_words))}", stacklevel=4)
         if negative_prompt is not None and guidance_scale <= 1:
-            warnings.warn("negative_prompt is ignored when guidance_scale ≤ 1 (guidance is off)", stacklevel=3)
+            warnings.warn("negative_prompt is ignored when guidance_scale ≤ 1 (guidance is off)", stacklevel=4)

@@ -52,7 +52,7 @@ def tokenize_prompt(tokenizer, prompt: str) -> TokenizedPrompt:
         warnings.warn(
             f"the prompt is longer than CLIP's {max_length} tokens; these words were dropped: {truncated_text.split()}. "
             "Shorten the prompt to keep them.",
-            stacklevel=3,
+            stacklevel=4,
         )
     pieces = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     end = pieces.index(END) if END in pieces else len(pieces) - 1

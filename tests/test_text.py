@@ -26,6 +26,7 @@ def test_tokens_are_readable_and_padded_to_77(tokenizer):
     assert readable("circle</w>") == "circle" and readable("cyber") == "cyber"
 
 
+@pytest.mark.filterwarnings("ignore:the model never saw")
 def test_long_prompt_warns_with_the_dropped_words(tokenizer, pipe):
     prompt = " ".join(["red circle"] * 37) + " and a purple elephant"
     with pytest.warns(UserWarning, match=r"dropped: \[.*'purple', 'elephant'\]"):

@@ -86,6 +86,7 @@ def test_all_slots_share_each_pixels_attention(trace):
     torch.testing.assert_close(total, torch.ones(trace.latent_hw))
 
 
+@pytest.mark.filterwarnings("ignore:the model never saw")
 def test_words_split_into_several_pieces_are_summed(pipe):
     trace = pipe("a photorealistic star", num_inference_steps=2, progress=False)
     pieces = trace.token_index("photorealistic")

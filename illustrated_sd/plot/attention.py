@@ -13,13 +13,16 @@ def upsample(heat: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(heat[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def token_heatmaps(trace: Trace, tokens=None, step=None, layer=None, head=None, cmap: str = "inferno", cols: int = 6):
+def token_heatmaps(trace: Trace, tokens=None, step=None, layer=None, head=None, normalize: bool = True,
+                   cmap: str = "inferno", cols: int = 6):
     """One panel per prompt token: its cross-attention heatmap laid over the image (DAAM style).
 
     Args:
         trace: a recorded generation with cross-attention maps.
         tokens: words or slot indices to show; ``None`` = every token between the start and end markers.
         step, layer, head: how to aggregate, as in :meth:`Trace.cross_attention` (``None`` = mean).
+        normalize: scale each panel to its own maximum (as DAAM does), so that where a token is looked
+            at shows even for tokens that get little attention overall; ``False`` shares one scale.
         cmap: a perceptual colormap. cols: panels per row.
     Returns:
         a ``matplotlib.figure.Figure`` with the image first, then one panel per token
@@ -40,13 +43,15 @@ def token_heatmaps(trace: Trace, tokens=None, step=None, layer=None, head=None, 
         ax.set_axis_off()
     axes.flat[0].imshow(image)
     axes.flat[0].set_title("image", fontsize=10)
-    vmax = max(float(h.max()) for h in heats) if heats else 1.0
+    shared = max(float(h.max()) for h in heats) if heats else 1.0
     for ax, label, heat in zip(axes.flat[1:], labels, heats):
-        ax.imshow(image)
-        im = ax.imshow(upsample(heat, image.shape[:2]), cmap=cmap, alpha=0.6, vmin=0, vmax=vmax)
-        ax.set_title(label, fontsize=10)
+        ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)  # grey image underneath, so the colours are the heat
+        scale = float(heat.max()) if normalize else shared
+        im = ax.imshow(upsample(heat, image.shape[:2]) / (scale if normalize else 1), cmap=cmap, alpha=0.65,
+                       vmin=0, vmax=1 if normalize else shared)
+        ax.set_title(f"{label}\n(max {float(heat.max()):.2f})" if normalize else label, fontsize=9)
     if heats:
-        fig.colorbar(im, ax=axes, shrink=0.6, label="attention probability")
+        fig.colorbar(im, ax=axes, shrink=0.6, label="attention ÷ its maximum" if normalize else "attention probability")
     where = "all steps" if step is None else f"step {step}"
     fig.suptitle(f"Cross-attention per token — {trace.prompt!r} ({where}, {'all layers' if layer is None else layer})", fontsize=11)
     return fig

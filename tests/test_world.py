@@ -1,0 +1,86 @@
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from illustrated_sd.world import HELD_OUT, POSITIONS, SHAPES, known_words, render, sample_scenes
+from illustrated_sd.world.detect import detect
+from illustrated_sd.world.vocabulary import PAIR_FORMS, SINGLE_FORMS
+
+
+def test_scenes_are_deterministic_per_seed():
+    a, b, c = sample_scenes(7, 20), sample_scenes(7, 20), sample_scenes(8, 20)
+    assert [s.caption for s in a] == [s.caption for s in b] != [s.caption for s in c]
+    images_a, _ = render(a[:4])
+    images_b, _ = render(b[:4])
+    assert torch.equal(images_a, images_b)
+
+
+def test_captions_use_the_world_words_in_at_least_ten_forms():
+    assert len(SINGLE_FORMS) + len(PAIR_FORMS) >= 10
+    words = set(known_words())
+    for needed in ("red", "green", "blue", "yellow", "purple", "orange", "white", "circle", "square", "triangle", "star",
+                   "heart", "small", "big", "large", "left", "right", "top", "bottom", "center", "background"):
+        assert needed in words
+    for scene in sample_scenes(1, 300):
+        assert set(re.findall(r"[a-z]+", scene.caption)) <= words, scene.caption
+        assert "a o" not in scene.caption  # "an orange"
+        for obj in scene.objects:
+            assert obj.color in scene.caption and obj.shape in scene.caption
+
+
+def test_held_out_pairs_never_appear_in_training_scenes():
+    for scene in sample_scenes(2, 2000):
+        assert all((o.color, o.shape) not in HELD_OUT for o in scene.objects)
+    held = sample_scenes(3, 50, held_out=True, n_objects=1)
+    assert all((s.objects[0].color, s.objects[0].shape) in HELD_OUT for s in held)
+
+
+def test_render_shapes_ranges_and_masks():
+    scenes = sample_scenes(4, 6)
+    images, masks = render(scenes, size=64)
+    assert images.shape == (6, 3, 64, 64) and masks.shape == (6, 2, 64, 64)
+    assert images.min() >= -1 and images.max() <= 1
+    for scene, m in zip(scenes, masks):
+        for k in range(2):
+            assert (m[k].sum() > 0) == (k < len(scene.objects))
+
+
+def test_objects_are_where_their_caption_says():
+    scenes = sample_scenes(5, 40)
+    _, masks = render(scenes)
+    for scene, m in zip(scenes, masks):
+        for k, obj in enumerate(scene.objects):
+            ys, xs = torch.nonzero(m[k] > 0.5, as_tuple=True)
+            cx, cy = (xs.float().mean() + 0.5) / 128, (ys.float().mean() + 0.5) / 128
+            nearest = min(POSITIONS, key=lambda p: (POSITIONS[p][0] - cx) ** 2 + (POSITIONS[p][1] - cy) ** 2)
+            assert nearest == obj.position
+
+
+def test_detector_reads_the_worlds_own_pictures():
+    scenes = sample_scenes(6, 60)
+    images, _ = render(scenes)
+    pixels = ((images + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    right = total = 0
+    for scene, image in zip(scenes, pixels):
+        found = detect(image)
+        for obj in scene.objects:
+            d = min(found, key=lambda e: (e.center[0] - obj.center[0]) ** 2 + (e.center[1] - obj.center[1]) ** 2)
+            right += (d.color, d.shape, d.position) == (obj.color, obj.shape, obj.position)
+            total += 1
+    assert right == total
+
+
+def test_detector_finds_nothing_in_a_blank_image():
+    assert detect(np.full((128, 128, 3), 120, dtype=np.uint8)) == []
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_shape_is_drawn(shape):
+    from illustrated_sd.world import inside
+
+    c = torch.linspace(-1.2, 1.2, 64)
+    v, u = torch.meshgrid(c, c, indexing="ij")
+    area = inside(shape, u, v).float().mean()
+    assert 0.1 < area < 0.7
