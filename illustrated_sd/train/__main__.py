@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .export import export
+from .export import export, import_folder
 from .stages import train_clip, train_unet, train_vae
 
 STAGES = {"clip": train_clip, "vae": train_vae, "unet": train_unet}
@@ -26,8 +26,14 @@ def main(argv=None) -> int:
     exp = sub.add_parser("export", help="write a diffusers pipeline folder from a checkpoint")
     exp.add_argument("checkpoint", type=Path)
     exp.add_argument("folder", type=Path)
+    imp = sub.add_parser("import", help="make a checkpoint from a pipeline folder, to train it further")
+    imp.add_argument("folder", type=Path)
+    imp.add_argument("checkpoint", type=Path)
     args = parser.parse_args(argv)
 
+    if args.command == "import":
+        print(f"wrote {import_folder(args.folder, args.checkpoint)}")
+        return 0
     if args.command == "export":
         print(f"wrote {export(args.checkpoint, args.folder)}")
         return 0

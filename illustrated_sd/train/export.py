@@ -9,7 +9,7 @@ import torch
 from ..architectures import build_random_pipeline
 from ..paths import CLIP_TOKENIZER
 from ..world import HELD_OUT, known_words
-from .checkpoint import load_weights, read_log
+from .checkpoint import load_weights, read_log, save_weights
 
 MAX_SHARD = "14MB"  # keeps every file under 15 MiB
 
@@ -46,3 +46,16 @@ def export(ckpt: Path, folder: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
+
+
+def import_folder(folder: Path, ckpt: Path) -> Path:
+    """The inverse of :func:`export`: a checkpoint to resume training from, made from a pipeline folder."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    for module, name in ((pipe.text_encoder, "text_encoder"), (pipe.vae, "vae"), (pipe.unet, "unet")):
+        save_weights(module, ckpt, name)
+    for path in (folder / "clip").glob("*.safetensors"):
+        shutil.copy(path, ckpt / path.name)
+    shutil.copy(folder / "train_log.json", ckpt / "train_log.json")
+    return ckpt
