@@ -99,6 +99,23 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
                                              "scheduler": type(pipe.scheduler).__name__}, "cases": rows}
 
 
+@torch.no_grad()
+def vae_psnr(pipe, n: int = 256, seed: int = 424242) -> dict:
+    """Round-trip ``n`` world images (a seed training never used) through the VAE: PSNR in dB on [0, 1] pixels."""
+    from .world import render, sample_scenes
+
+    images, _ = render(sample_scenes(seed, n))
+    vae = pipe.vae
+    scores = []
+    for batch in images.split(32):
+        batch = batch.to(pipe.device, vae.dtype)
+        recon = vae.decode(vae.encode(batch).latent_dist.mode()).sample.clamp(-1, 1).float()
+        mse = (((recon + 1) / 2 - (batch.float() + 1) / 2) ** 2).mean(dim=(1, 2, 3))
+        scores.append(10 * torch.log10(1 / mse))
+    scores = torch.cat(scores)
+    return {"vae_psnr_db_mean": round(scores.mean().item(), 2), "vae_psnr_db_min": round(scores.min().item(), 2), "vae_images": n}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m illustrated_sd.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="diffusers folder (default: the embedded model)")
@@ -115,6 +132,7 @@ def main(argv=None) -> int:
     start = time.time()
     result = evaluate(pipe, cases, steps=args.steps, guidance=args.guidance, examples_dir=args.examples)
     result["settings"]["seconds"] = round(time.time() - start, 1)
+    result["summary"].update(vae_psnr(pipe))
     result["settings"]["torch_threads"] = torch.get_num_threads()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -52,3 +52,9 @@ def test_evaluation_grades_generated_images(pipe):
     assert summary["single_prompts"] == 2 and summary["pair_prompts"] == 1
     for key in ("single_color_accuracy", "single_shape_accuracy", "pointing_game"):
         assert 0 <= summary[key] <= 1
+
+
+def test_vae_reconstructs_unseen_world_images_above_28_db(pipe):
+    from illustrated_sd.evaluate import vae_psnr
+
+    assert vae_psnr(pipe, n=32)["vae_psnr_db_mean"] >= 28
