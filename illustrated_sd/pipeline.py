@@ -92,6 +92,13 @@ class IllustratedPipeline:
             raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
         self.pipeline.scheduler = SCHEDULERS[name].from_config(self.scheduler.config)
 
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> list:
+        """Decode latents (``[N, C, h, w]``, as stored in a trace) with the VAE into PIL images, as the pipeline does."""
+        latents = latents.to(self.device, self.vae.dtype)
+        images = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        return self.pipeline.image_processor.postprocess(images, output_type="pil")
+
     def __repr__(self) -> str:
         return f"IllustratedPipeline({self.name!r}, {type(self.scheduler).__name__}, {self.device}, {self.dtype})"
 

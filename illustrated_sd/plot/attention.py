@@ -55,3 +55,32 @@ def token_heatmaps(trace: Trace, tokens=None, step=None, layer=None, head=None, 
     where = "all steps" if step is None else f"step {step}"
     fig.suptitle(f"Cross-attention per token — {trace.prompt!r} ({where}, {'all layers' if layer is None else layer})", fontsize=11)
     return fig
+
+
+def attention_grid(trace: Trace, token, steps: int = 4, cmap: str = "inferno"):
+    """One token's heatmap in every recorded cross-attention layer (rows) at a few steps (columns).
+
+    Each map is shown at its own resolution (4×4 … 64×64), so the panels show what each layer sees.
+    Returns:
+        a Figure with ``layers × steps`` panels; row labels are short layer names with their grid.
+    """
+    from ..attention_layers import short_name
+    from .denoising import _pick_steps
+
+    slots = trace.token_index(token)
+    chosen = _pick_steps(trace.num_steps, steps)
+    names = list(trace.attention_maps)
+    fig, axes = plt.subplots(len(names), len(chosen), figsize=(1.6 * len(chosen) + 1, 1.5 * len(names)), squeeze=False,
+                             layout="constrained")
+    for r, name in enumerate(names):
+        maps = trace.attention_maps[name].float()[..., slots].sum(-1).mean(1)  # [S, H, W]
+        for c, step in enumerate(chosen):
+            ax = axes[r, c]
+            ax.imshow(maps[step].numpy(), cmap=cmap, vmin=0)
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"step {step}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"{short_name(name)}\n{maps.shape[1]}×{maps.shape[2]}", fontsize=8)
+    fig.suptitle(f"attention to {token!r} per layer and step", fontsize=11)
+    return fig

@@ -1,0 +1,107 @@
+"""The walk from noise to image: latents, predicted x0 and noise per step, and the noise schedule."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from ..trace import Trace
+
+
+def _pick_steps(num_steps: int, n: int) -> list[int]:
+    """``n`` step indices spread evenly from the first to the last."""
+    return sorted({round(i) for i in np.linspace(0, num_steps - 1, min(n, num_steps))})
+
+
+def _as_rgb(latent: torch.Tensor) -> np.ndarray:
+    """``[C, h, w]`` → ``[h, w, 3]`` in [0, 1]: channels 0–2 shown as red, green, blue, each stretched to its range."""
+    x = latent[:3].float()
+    lo, hi = x.amin(dim=(1, 2), keepdim=True), x.amax(dim=(1, 2), keepdim=True)
+    return ((x - lo) / (hi - lo).clamp_min(1e-8)).permute(1, 2, 0).numpy()
+
+
+def denoising_filmstrip(trace: Trace, what: str = "pred_x0", n: int = 8, decode=None):
+    """A row of snapshots of the denoising, from pure noise (left) to the finished latent (right).
+
+    Args:
+        trace: a recorded generation.
+        what: ``"latents"`` (x_t after each step, with the starting noise first), ``"pred_x0"`` (the
+            clean latent the model believes in at each step) or ``"noise"`` (the guided noise prediction).
+        n: how many snapshots.
+        decode: optional callable ``[N, C, h, w] latents → list of PIL images`` (e.g.
+            ``pipe.decode_latents``) to show pictures; without it, latent channels 0–2 are shown as
+            RGB (labelled as such) and nothing runs a model.
+    Returns:
+        a Figure with ``n`` panels titled by step and timestep.
+    """
+    series = {"latents": trace.latents, "pred_x0": trace.pred_x0, "noise": trace.noise_pred}
+    if what not in series:
+        raise ValueError(f"what must be one of {list(series)}, got {what!r}")
+    data = series[what]
+    steps = _pick_steps(len(data), n)
+    pictures = decode(data[steps]) if decode is not None and what != "noise" else None
+    fig, axes = plt.subplots(1, len(steps), figsize=(1.9 * len(steps), 2.4), squeeze=False, layout="constrained")
+    for ax, k, i in zip(axes[0], steps, range(len(steps))):
+        ax.imshow(pictures[i] if pictures is not None else _as_rgb(data[k]))
+        # latents[0] is the starting noise; latents[k] is after step k-1
+        step, t = (k - 1, None) if what == "latents" else (k, None)
+        t = trace.timesteps[step].item() if step >= 0 else None
+        ax.set_title("noise" if step < 0 else f"step {step}\nt = {t:.0f}", fontsize=9)
+        ax.set_axis_off()
+    how = "decoded by the VAE" if pictures is not None else "latent channels 0–2 as RGB"
+    names = {"latents": "x_t, the latent after each step", "pred_x0": "predicted x0, the clean latent the model believes in",
+             "noise": "predicted noise ε̂"}
+    fig.suptitle(f"{names[what]} ({how})", fontsize=11)
+    return fig
+
+
+def latent_channels(trace: Trace, step: int = -1, what: str = "latents", cmap: str = "RdBu_r"):
+    """The 4 (or C) channels of one latent as separate heat maps.
+
+    Args:
+        step: index into ``trace.latents`` (``-1`` = the final latent) or into ``pred_x0``/``noise``.
+        what: ``"latents"``, ``"pred_x0"`` or ``"noise"``.
+    Returns:
+        a Figure with one panel per channel on a shared, zero-centred diverging scale.
+    """
+    series = {"latents": trace.latents, "pred_x0": trace.pred_x0, "noise": trace.noise_pred}
+    latent = series[what][step].float()
+    limit = float(latent.abs().max())
+    fig, axes = plt.subplots(1, len(latent), figsize=(2.3 * len(latent), 2.6), squeeze=False, layout="constrained")
+    for c, ax in enumerate(axes[0]):
+        im = ax.imshow(latent[c].numpy(), cmap=cmap, vmin=-limit, vmax=limit)
+        ax.set_title(f"channel {c}", fontsize=10)
+        ax.set_xlabel("latent x")
+        ax.set_ylabel("latent y") if c == 0 else ax.set_yticks([])
+    fig.colorbar(im, ax=axes, shrink=0.8, label="value")
+    h, w = latent.shape[-2:]
+    fig.suptitle(f"{what}[{step}]: {len(latent)} channels × {h}×{w} = {latent.numel()} numbers", fontsize=11)
+    return fig
+
+
+def noise_schedule(scheduler, trace: Trace | None = None):
+    """β_t, ᾱ_t and the signal-to-noise ratio ᾱ/(1−ᾱ) over the training timesteps, with the timesteps a sampler visits.
+
+    Args:
+        scheduler: a diffusers scheduler (or an ``IllustratedPipeline``, whose scheduler is used).
+        trace: optional; its ``timesteps`` are marked on the curves.
+    Returns:
+        a Figure with three panels, each with labelled axes.
+    """
+    scheduler = getattr(scheduler, "scheduler", scheduler)
+    betas, alpha_bar = scheduler.betas.float().numpy(), scheduler.alphas_cumprod.float().numpy()
+    t = np.arange(len(betas))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained")
+    curves = [(betas, "β_t (noise added at step t)", "linear"), (alpha_bar, "ᾱ_t (signal variance left)", "linear"),
+              (alpha_bar / (1 - alpha_bar), "SNR = ᾱ/(1−ᾱ)", "log")]
+    for ax, (y, label, scale) in zip(axes, curves):
+        ax.plot(t, y, color="C0")
+        ax.set_yscale(scale)
+        ax.set_xlabel("timestep t")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if trace is not None:
+            visited = trace.timesteps.long().clamp(0, len(t) - 1).numpy()
+            ax.plot(visited, y[visited], "o", color="C1", markersize=3, label="visited by the sampler")
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{type(scheduler).__name__}: {scheduler.config.beta_schedule} schedule over {len(t)} steps", fontsize=11)
+    return fig

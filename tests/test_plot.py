@@ -1,0 +1,75 @@
+"""Every plot renders to PNG from a real trace, with the panels, titles and contents it promises."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import illustrated_sd as isd
+
+
+def png(fig) -> np.ndarray:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=50)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def image_axes(fig):
+    return [ax for ax in fig.axes if ax.images]
+
+
+def test_token_heatmaps_one_panel_per_token(trace):
+    fig = isd.plot.token_heatmaps(trace)
+    panels = image_axes(fig)
+    assert len(panels) == len(trace.tokens) - 2 + 1  # the image, then each token between the markers
+    assert [ax.get_title().split("\n")[0] for ax in panels[1:]] == trace.tokens[1:-1]
+    heat = panels[2].images[-1].get_array()
+    assert float(heat.max()) > float(heat.min())  # not constant
+    assert png(fig).std() > 10
+    assert len(image_axes(isd.plot.token_heatmaps(trace, ["red", "circle"], normalize=False))) == 3
+
+
+def test_attention_grid_layers_by_steps(trace):
+    fig = isd.plot.attention_grid(trace, "circle", steps=3)
+    assert len(image_axes(fig)) == len(trace.attention_maps) * 3
+    assert "circle" in fig._suptitle.get_text()
+    assert png(fig).std() > 10
+
+
+@pytest.mark.parametrize("what", ["latents", "pred_x0", "noise"])
+def test_denoising_filmstrip(trace, what):
+    fig = isd.plot.denoising_filmstrip(trace, what, n=4)
+    panels = image_axes(fig)
+    assert len(panels) == 4 and "latent channels 0–2 as RGB" in fig._suptitle.get_text()
+    first, last = (np.asarray(ax.images[0].get_array()) for ax in (panels[0], panels[-1]))
+    assert not np.allclose(first, last)
+    if what == "latents":
+        assert panels[0].get_title() == "noise"
+
+
+def test_filmstrip_decoded_by_the_vae(pipe, trace):
+    fig = isd.plot.denoising_filmstrip(trace, "latents", n=3, decode=pipe.decode_latents)
+    assert "decoded by the VAE" in fig._suptitle.get_text()
+    last = np.asarray(image_axes(fig)[-1].images[0].get_array())
+    # the last latent decodes to the trace's image (decoded in a batch of 3, so float rounding may move a level)
+    assert np.abs(last.astype(int) - np.asarray(trace.image, dtype=int)).max() <= 1
+    with pytest.raises(ValueError, match="latents"):
+        isd.plot.denoising_filmstrip(trace, "x1")
+
+
+def test_latent_channels_and_noise_schedule(pipe, trace):
+    fig = isd.plot.latent_channels(trace, step=-1)
+    assert len(image_axes(fig)) == trace.latents.shape[1]
+    assert "4 channels × 16×16 = 1024 numbers" in fig._suptitle.get_text()
+    fig = isd.plot.noise_schedule(pipe, trace)
+    assert len(fig.axes) == 3 and all(ax.get_xlabel() == "timestep t" and ax.get_ylabel() for ax in fig.axes)
+    assert len(fig.axes[1].lines[1].get_xdata()) == trace.num_steps
+
+
+def test_text_embeddings_plot(trace):
+    fig = isd.plot.text_embeddings(trace)
+    panels = image_axes(fig)
+    assert len(panels) == 2
+    assert panels[0].images[0].get_array().shape == tuple(trace.text_embeddings.shape)
+    assert [t.get_text() for t in panels[1].get_xticklabels()] == trace.tokens
