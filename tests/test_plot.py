@@ -73,3 +73,24 @@ def test_text_embeddings_plot(trace):
     assert len(panels) == 2
     assert panels[0].images[0].get_array().shape == tuple(trace.text_embeddings.shape)
     assert [t.get_text() for t in panels[1].get_xticklabels()] == trace.tokens
+
+
+def test_generating_figures(pipe, trace, tmp_path):
+    fig, traces = isd.plot.guidance_sweep(pipe, "a red circle", scales=(1.0, 7.5), steps=3)
+    assert [ax.get_title() for ax in image_axes(fig)] == ["guidance 1 (off)", "guidance 7.5"]
+    assert [t.guidance_scale for t in traces] == [1.0, 7.5]
+    fig = isd.plot.vae_roundtrip(pipe, trace.image)
+    assert len(image_axes(fig)) == 4 and "48×" in fig._suptitle.get_text() and "PSNR" in image_axes(fig)[3].get_title()
+    fig = isd.plot.prompt_similarity(pipe, ["a red circle", "a red circle", "a blue square"])
+    sim = image_axes(fig)[0].images[0].get_array()
+    assert sim.shape == (3, 3) and abs(sim[0, 1] - 1) < 1e-5 and sim[0, 2] < 1
+
+
+def test_animate_writes_a_gif_with_one_frame_per_step(pipe, trace, tmp_path):
+    path = isd.plot.animate(trace, tmp_path / "walk.gif", token="circle", size=64)
+    with Image.open(path) as gif:
+        assert gif.n_frames == trace.num_steps and gif.size == (128, 64)
+    decoded = isd.plot.animate(trace, tmp_path / "decoded.gif", decode=pipe.decode_latents, size=64)
+    with Image.open(decoded) as gif:
+        assert gif.n_frames == trace.num_steps
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,8 +1,12 @@
-"""Matplotlib figures drawn from a Trace. Every helper only reads the trace and returns the Figure
-(``denoising_filmstrip`` runs the VAE decoder only when you hand it a ``decode`` function)."""
+"""Matplotlib figures drawn from a Trace. Helpers that read a trace never run a model
+(``denoising_filmstrip`` and ``animate`` run the VAE decoder only when you hand them ``decode``);
+``guidance_sweep``, ``vae_roundtrip`` and ``prompt_similarity`` take a pipeline and say that they run it."""
 
+from .animation import animate
 from .attention import attention_grid, token_heatmaps
 from .denoising import denoising_filmstrip, latent_channels, noise_schedule
+from .generate import guidance_sweep, prompt_similarity, vae_roundtrip
 from .text import text_embeddings
 
-__all__ = ["attention_grid", "denoising_filmstrip", "latent_channels", "noise_schedule", "text_embeddings", "token_heatmaps"]
+__all__ = ["animate", "attention_grid", "denoising_filmstrip", "guidance_sweep", "latent_channels", "noise_schedule",
+           "prompt_similarity", "text_embeddings", "token_heatmaps", "vae_roundtrip"]

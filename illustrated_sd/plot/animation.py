@@ -1,0 +1,41 @@
+"""The denoising as an animated GIF."""
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from PIL import Image
+
+from ..trace import Trace
+from .attention import upsample
+from .denoising import _as_rgb
+
+
+def animate(trace: Trace, path, decode=None, token=None, what: str = "pred_x0", size: int = 256, ms_per_frame: int = 150) -> Path:
+    """Write the walk from noise to image as a GIF (pillow), one frame per step.
+
+    Args:
+        decode: ``pipe.decode_latents`` for decoded pictures; without it latent channels 0–2 as RGB.
+        token: optionally show that token's heatmap at each step beside the picture.
+        what: ``"pred_x0"`` or ``"latents"``.
+    Returns:
+        the path written (written to a temporary name first, then renamed).
+    """
+    data = {"pred_x0": trace.pred_x0, "latents": trace.latents[1:]}[what]
+    pictures = decode(data) if decode is not None else [Image.fromarray((_as_rgb(x) * 255).astype(np.uint8)) for x in data]
+    cmap = matplotlib.colormaps["inferno"]
+    frames = []
+    for step, picture in enumerate(pictures):
+        frame = picture.convert("RGB").resize((size, size), Image.NEAREST if decode is None else Image.BILINEAR)
+        if token is not None:
+            heat = upsample(trace.cross_attention(token, step=step), (size, size))
+            heat = Image.fromarray((cmap(heat / max(heat.max(), 1e-8))[..., :3] * 255).astype(np.uint8))
+            both = Image.new("RGB", (2 * size, size))
+            both.paste(frame, (0, 0)), both.paste(heat, (size, 0))
+            frame = both
+        frames.append(frame)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=ms_per_frame, loop=0)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,149 @@
+"""Jupyter widgets (ipywidgets) around a Trace: scrub through the steps, pick tokens and layers, generate.
+
+TraceExplorer only reads a trace. PromptPlayground and GuidanceSlider exist to generate, and say so.
+"""
+
+import io
+
+import ipywidgets as W
+import matplotlib
+import numpy as np
+from PIL import Image
+
+from .plot.attention import upsample
+from .plot.denoising import _as_rgb
+
+SIZE = 192  # pixels of each view
+
+
+def _png(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _heat_image(heat: np.ndarray, under: Image.Image) -> Image.Image:
+    """A heatmap (scaled to its maximum) over a grey copy of the image."""
+    colors = matplotlib.colormaps["inferno"](heat / max(float(heat.max()), 1e-8))[..., :3]
+    grey = np.asarray(under.convert("L").resize(heat.shape[::-1]), dtype=np.float32)[..., None] / 255
+    return Image.fromarray(((0.35 * grey + 0.65 * colors) * 255).astype(np.uint8))
+
+
+class TraceExplorer(W.VBox):
+    """Scrub through a trace: a step slider (with play), token, layer and head selectors, and four
+    views that update together: the final image, the latent x_t, the predicted x0, the token's heatmap.
+
+    Args:
+        trace: a recorded generation.
+        decode: optional ``pipe.decode_latents`` to show latents as pictures (else channels 0–2 as RGB).
+    Example:
+        >>> TraceExplorer(trace, decode=pipe.decode_latents)   # last line of a notebook cell
+    """
+
+    def __init__(self, trace, decode=None):
+        self.trace, self.decode = trace, decode
+        self._decoded = {}
+        last = trace.num_steps - 1
+        self.step = W.IntSlider(value=last, min=0, max=last, description="step")
+        self.play = W.Play(value=last, min=0, max=last, interval=300)
+        W.jslink((self.play, "value"), (self.step, "value"))
+        words = trace.tokens[1:-1]
+        self.token = W.Dropdown(options=[(f"{i}: {w}", i) for i, w in enumerate(trace.tokens)], value=1 if words else 0, description="token")
+        self.layer = W.Dropdown(options=[("all layers", None)] + [(name, name) for name in trace.attention_maps], description="layer")
+        heads = next(iter(trace.attention_maps.values())).shape[1] if trace.attention_maps else 1
+        self.head = W.Dropdown(options=[("mean", None)] + ([(str(h), h) for h in range(heads)] if trace.per_head else []), description="head")
+        self.views = {name: W.Image(format="png", width=SIZE, height=SIZE) for name in ("image", "latent", "pred_x0", "heatmap")}
+        self.caption = W.HTML()
+        labelled = [W.VBox([W.HTML(f"<b>{name}</b>"), view]) for name, view in self.views.items()]
+        super().__init__([W.HBox([self.play, self.step]), W.HBox([self.token, self.layer, self.head]), self.caption, W.HBox(labelled)])
+        self.views["image"].value = _png(trace.image.resize((SIZE, SIZE)))
+        for control in (self.step, self.token, self.layer, self.head):
+            control.observe(lambda change: self.update(), names="value")
+        self.update()
+
+    def _picture(self, which: str, step: int) -> Image.Image:
+        latent = (self.trace.latents[step + 1] if which == "latent" else self.trace.pred_x0[step])
+        if self.decode is None:
+            return Image.fromarray((_as_rgb(latent) * 255).astype(np.uint8)).resize((SIZE, SIZE), Image.NEAREST)
+        if (which, step) not in self._decoded:
+            self._decoded[(which, step)] = self.decode(latent[None])[0].resize((SIZE, SIZE))
+        return self._decoded[(which, step)]
+
+    def update(self) -> None:
+        """Redraw the views for the current selections."""
+        step, trace = self.step.value, self.trace
+        self.views["latent"].value = _png(self._picture("latent", step))
+        self.views["pred_x0"].value = _png(self._picture("pred_x0", step))
+        if trace.attention_maps:
+            heat = upsample(trace.cross_attention(self.token.value, step=step, layer=self.layer.value, head=self.head.value), (SIZE, SIZE))
+            self.views["heatmap"].value = _png(_heat_image(heat, trace.image))
+        t = trace.timesteps[step].item()
+        self.caption.value = (f"step {step + 1} of {trace.num_steps}, t = {t:.0f}, ᾱ = {trace.alpha_bars[step].item():.3f}: "
+                              f"the model believes the clean picture is <i>predicted x0</i>")
+
+
+class PromptPlayground(W.VBox):
+    """Generates: type a prompt, set steps, guidance and seed, press Generate; the explorer of the new
+    trace appears below. Bad input is reported in the widget, not as a traceback.
+
+    Args:
+        pipe: an ``IllustratedPipeline``.
+    """
+
+    def __init__(self, pipe, prompt: str = "a red circle on the left"):
+        self.pipe = pipe
+        self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="420px"))
+        self.steps = W.IntSlider(value=25, min=1, max=100, description="steps")
+        self.guidance = W.FloatSlider(value=7.5, min=0.0, max=20.0, step=0.5, description="guidance")
+        self.seed = W.IntText(value=0, description="seed")
+        self.button = W.Button(description="Generate", button_style="primary")
+        self.status = W.HTML()
+        self.progress = W.Output()
+        self.explorer_box = W.VBox()
+        self.trace = None
+        self.button.on_click(self.generate)
+        super().__init__([self.prompt, W.HBox([self.steps, self.guidance, self.seed, self.button]), self.status, self.progress, self.explorer_box])
+
+    def generate(self, _button=None) -> None:
+        """Run the pipeline with the current settings (the Generate button calls this)."""
+        self.button.disabled = True
+        self.status.value = "generating…"
+        self.progress.clear_output()
+        try:
+            with self.progress:  # the pipeline's progress bar shows here
+                trace = self.pipe(self.prompt.value, num_inference_steps=self.steps.value, guidance_scale=self.guidance.value,
+                                  seed=self.seed.value)
+        except (ValueError, TypeError) as err:
+            self.status.value = f"<span style='color:#d33'>⚠ {err}</span>"
+        else:
+            self.trace = trace
+            self.status.value = f"done: {trace!r}"
+            self.explorer_box.children = [TraceExplorer(trace, decode=self.pipe.decode_latents)]
+        finally:
+            self.button.disabled = False
+
+
+class GuidanceSlider(W.VBox):
+    """Generates the same prompt and seed at each guidance scale (on first view, then cached) and shows
+    the one the slider picks, beside the unguided image."""
+
+    def __init__(self, pipe, prompt: str, scales=(1.0, 2.0, 4.0, 7.5, 12.0), seed: int = 0, steps: int = 25):
+        self.pipe, self.prompt, self.seed, self.steps = pipe, prompt, seed, steps
+        self.traces = {}
+        self.scale = W.SelectionSlider(options=list(scales), value=scales[len(scales) // 2], description="guidance")
+        self.baseline, self.view = W.Image(format="png", width=SIZE), W.Image(format="png", width=SIZE)
+        self.caption = W.HTML()
+        self.scale.observe(lambda change: self.update(), names="value")
+        super().__init__([W.HTML(f"<b>{prompt}</b> (seed {seed})"), self.scale, W.HBox([
+            W.VBox([W.HTML(f"guidance {scales[0]:g}"), self.baseline]), W.VBox([self.caption, self.view])])])
+        self.baseline.value = _png(self._trace(scales[0]).image.resize((SIZE, SIZE)))
+        self.update()
+
+    def _trace(self, scale):
+        if scale not in self.traces:
+            self.traces[scale] = self.pipe(self.prompt, num_inference_steps=self.steps, guidance_scale=scale, seed=self.seed, progress=False)
+        return self.traces[scale]
+
+    def update(self) -> None:
+        self.view.value = _png(self._trace(self.scale.value).image.resize((SIZE, SIZE)))
+        self.caption.value = f"guidance {self.scale.value:g}"
