@@ -15,9 +15,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="illustrated-sd", description="Stable Diffusion that shows its work.")
     sub = parser.add_subparsers(dest="command", required=True)
-    explain = sub.add_parser("explain", help="generate one image and write it with its trace and per-token heatmaps",
-                             description="Generate one image, record how it was made, and write the image, the trace "
-                                         "(trace.safetensors, readable with isd.Trace.load) and per-token attention heatmaps to --out.")
+    explain = sub.add_parser("explain", help="generate one image and write an explained report (report.html) of how it was made",
+                             description="Generate one image, record how it was made, and write to --out: report.html (one "
+                                         "self-contained page explaining each part), the figures as PNGs, the image, "
+                                         "and the trace (trace.safetensors, readable with isd.Trace.load).")
     explain.add_argument("prompt", help='what to draw, e.g. "a red circle on the left"')
     explain.add_argument("--out", default="outputs/explain", help="folder to write into (default: %(default)s)")
     explain.add_argument("--steps", type=int, default=25, help="denoising steps (default: %(default)s)")
@@ -36,6 +37,7 @@ def explain(args) -> Path:
 
     matplotlib.use("Agg")
     import illustrated_sd as isd
+    from illustrated_sd.report import write_report
 
     pipe = isd.load_pipeline(args.model, device=args.device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
     trace = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, negative_prompt=args.negative)
@@ -44,10 +46,8 @@ def explain(args) -> Path:
     # Write everything into a scratch folder first and move it in at the end: no half-written output.
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         tmp = Path(tmp)
-        trace.image.save(tmp / "image.png")
         trace.save(tmp / "trace.safetensors")
-        fig = isd.plot.token_heatmaps(trace)
-        fig.savefig(tmp / "heatmaps.png", dpi=110)
+        write_report(trace, tmp, scheduler=pipe.scheduler, decode=pipe.decode_latents)
         (tmp / "summary.txt").write_text(summary(trace) + "\n")
         out.mkdir(exist_ok=True)
         for f in tmp.iterdir():
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
         print(f"illustrated-sd: error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/")
+    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/\nopen {out / 'report.html'} in a browser")
     return 0
 
 

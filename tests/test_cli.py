@@ -4,10 +4,10 @@ import illustrated_sd as isd
 from illustrated_sd.cli import main
 
 
-def test_explain_writes_image_trace_and_heatmaps(tmp_path, capsys):
+def test_explain_writes_report_image_trace_and_figures(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["explain", "a red circle on the left", "--steps", "3", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["heatmaps.png", "image.png", "summary.txt", "trace.safetensors"]
+    assert {"report.html", "image.png", "token_heatmaps.png", "summary.txt", "trace.safetensors"} <= {p.name for p in out.iterdir()}
     trace = isd.Trace.load(out / "trace.safetensors")
     assert trace.prompt == "a red circle on the left" and trace.num_steps == 3
     assert "circle" in (out / "summary.txt").read_text()
