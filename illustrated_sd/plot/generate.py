@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..text import encode_tokens, tokenize_prompt
+from .denoising import _as_rgb
 
 
 def guidance_sweep(pipe, prompt: str, scales=(1.0, 3.0, 7.5, 12.0), seed: int = 0, steps: int = 25):
@@ -41,10 +42,8 @@ def vae_roundtrip(pipe, image: Image.Image):
     original, rebuilt = ((pixels[0].float().cpu() + 1) / 2), ((recon[0].float().cpu() + 1) / 2)
     error = (original - rebuilt).abs().mean(0)
     psnr = 10 * torch.log10(1 / F.mse_loss(rebuilt, original)).item()
-    lat = latent[0, :3].float().cpu()
-    lat = (lat - lat.amin((1, 2), keepdim=True)) / (lat.amax((1, 2), keepdim=True) - lat.amin((1, 2), keepdim=True)).clamp_min(1e-8)
     fig, axes = plt.subplots(1, 4, figsize=(11, 3), layout="constrained")
-    panels = [(original.permute(1, 2, 0), f"image 3×{size}×{size}"), (lat.permute(1, 2, 0), f"latent {tuple(latent.shape[1:])} (ch 0–2)"),
+    panels = [(original.permute(1, 2, 0), f"image 3×{size}×{size}"), (torch.from_numpy(_as_rgb(latent[0].cpu())), f"latent {tuple(latent.shape[1:])} (ch 0–2)"),
               (rebuilt.permute(1, 2, 0), "reconstruction"), (error, f"|error|, PSNR {psnr:.1f} dB")]
     for ax, (data, title) in zip(axes, panels):
         im = ax.imshow(data.numpy(), cmap="magma" if data.ndim == 2 else None, interpolation="nearest")
