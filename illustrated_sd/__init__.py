@@ -17,10 +17,11 @@ transformers.logging.set_verbosity(_verbosity)
 
 from . import plot
 from .architectures import build_random_pipeline
+from .forward_diffusion import ForwardDiffusion, forward_diffusion, training_step
 from .loading import ModelLoadError, load_pipeline
 from .pipeline import SCHEDULERS, IllustratedPipeline
 from .recorders import RecordOptions
 from .trace import Trace
 
-__all__ = ["IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "build_random_pipeline", "load_pipeline"]
+__all__ = ["ForwardDiffusion", "forward_diffusion", "training_step", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "build_random_pipeline", "load_pipeline"]
 __version__ = "0.1.0"

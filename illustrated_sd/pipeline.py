@@ -10,7 +10,10 @@ import numbers
 import re
 import warnings
 
+from dataclasses import dataclass
+
 import torch
+from PIL import Image
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -27,7 +30,7 @@ from tqdm.auto import tqdm
 from .attention_layers import attention_layers
 from .recorders import RecordOptions, StepRecorder, record_attention
 from .sampling import alpha_bars_for, classifier_free_guidance, pred_x0
-from .text import encode_tokens, tokenize_prompt
+from .text import TokenizedPrompt, encode_tokens, tokenize_prompt
 from .trace import Trace
 
 SCHEDULERS = {
@@ -39,6 +42,19 @@ SCHEDULERS = {
     "heun": HeunDiscreteScheduler,
     "dpm++": DPMSolverMultistepScheduler,
 }
+
+
+@dataclass
+class _EncodedPrompt:
+    """The text side of one generation: ``embeddings [1, 77, D]``, ``context`` = what the UNet reads
+    (``[uncond; prompt]`` with guidance, ``[2, 77, D]``), and the tokenized prompt for the trace."""
+
+    tokenized: TokenizedPrompt
+    embeddings: torch.Tensor
+    hidden_states: torch.Tensor
+    uncond: torch.Tensor | None
+    context: torch.Tensor
+    guided: bool
 
 
 class IllustratedPipeline:
@@ -140,46 +156,118 @@ class IllustratedPipeline:
         record = record or self.record
         height, width = height or self.default_size, width or self.default_size
         self._check_inputs(prompt, num_inference_steps, guidance_scale, seed, generator, height, width, negative_prompt)
-        if generator is None:
-            generator = torch.Generator(device="cpu").manual_seed(seed)
-        else:
-            seed = None
-        device, unet, scheduler = self.device, self.unet, self.scheduler
-        # Guidance doubles the batch: row 0 answers "what does an image look like?", row 1 "…of this prompt?"
-        guided = guidance_scale > 1 and unet.config.time_cond_proj_dim is None
+        generator, seed = (torch.Generator(device="cpu").manual_seed(seed), seed) if generator is None else (generator, None)
+        device, scheduler = self.device, self.scheduler
 
         # 1. Prompt → tokens → 77 embedding vectors (and the empty/negative prompt for guidance).
-        text = tokenize_prompt(self.tokenizer, prompt)
-        text_embeddings, hidden_states = encode_tokens(self.text_encoder, text, device)
-        text_embeddings = text_embeddings.to(self.text_encoder.dtype)
-        uncond_embeddings = None
-        encoder_hidden_states = text_embeddings
-        if guided:
-            uncond = tokenize_prompt(self.tokenizer, negative_prompt or "")
-            uncond_embeddings = encode_tokens(self.text_encoder, uncond, device)[0].to(self.text_encoder.dtype)
-            encoder_hidden_states = torch.cat([uncond_embeddings, text_embeddings])
+        text = self._encode_prompt(prompt, negative_prompt, guidance_scale)
 
         # 2. The timesteps the sampler will visit, from noisy (t ≈ 999) to clean.
         scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scheduler.timesteps
-        alpha_bars = alpha_bars_for(scheduler, timesteps).to(device)
 
         # 3. Pure Gaussian noise in latent space, scaled to the sampler's starting noise level.
-        latent_shape = (1, unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=encoder_hidden_states.dtype)
+        latent_shape = (1, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=text.context.dtype)
         latents = latents * scheduler.init_noise_sigma
-        initial_latents = latents
+
+        # 4.–5. Denoise, decode, and gather the records into a Trace.
+        return self._denoise(latents, timesteps, text, guidance_scale, generator, eta, record, progress,
+                             prompt=prompt, negative_prompt=negative_prompt, seed=seed, height=height, width=width)
+
+    @torch.no_grad()
+    def img2img(
+        self,
+        prompt: str,
+        image: Image.Image,
+        strength: float = 0.6,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        seed: int | None = 0,
+        negative_prompt: str | None = None,
+        generator: torch.Generator | None = None,
+        eta: float = 0.0,
+        record: RecordOptions | None = None,
+        progress: bool = True,
+    ) -> Trace:
+        """Alter ``image`` toward ``prompt``: encode it, noise it part of the way, and denoise from there.
+
+        ``strength`` ∈ (0, 1] is how far back into the noise the image is pushed: 1 starts from (almost)
+        pure noise and keeps little of the image; 0.3 keeps its layout and colours. Of the
+        ``num_inference_steps`` timesteps, only the last ``int(steps × strength)`` are visited.
+
+        Args:
+            image: an RGB ``PIL.Image`` whose sides are multiples of 8 (other modes are converted, with a warning).
+            Others as in :meth:`__call__`.
+        Returns:
+            a :class:`Trace` with ``mode="img2img"``, ``strength``, ``init_latents [C, h, w]`` (the encoded
+            image), ``skipped_timesteps`` and ``latents[0]`` = the noised start. Its image equals diffusers'
+            ``StableDiffusionImg2ImgPipeline`` for the same settings.
+        Example:
+            >>> trace = pipe.img2img("a blue circle on the left", start.image, strength=0.6, seed=0)
+        """
+        record = record or self.record
+        image = self._check_image(image, "image")
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1] (got {strength!r}); 0.3 keeps the picture, 0.9 mostly redraws it")
+        self._check_inputs(prompt, num_inference_steps, guidance_scale, seed, generator, image.height, image.width, negative_prompt)
+        visited = min(int(num_inference_steps * strength), num_inference_steps)
+        if visited < 1:
+            raise ValueError(f"strength × steps = {strength} × {num_inference_steps} leaves no step to take; "
+                             f"raise strength to ≥ {1 / num_inference_steps:.2f} or use more steps")
+        generator, seed = (torch.Generator(device="cpu").manual_seed(seed), seed) if generator is None else (generator, None)
+        device, scheduler = self.device, self.scheduler
+
+        text = self._encode_prompt(prompt, negative_prompt, guidance_scale)
+
+        # Skip the noisiest timesteps: start where strength says, as diffusers' get_timesteps does.
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        t_start = (num_inference_steps - visited) * scheduler.order
+        timesteps, skipped = scheduler.timesteps[t_start:], scheduler.timesteps[:t_start]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start)
+
+        # Encode the picture, then jump straight to timestep t_start by forward diffusion:
+        # x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε  (scheduler.add_noise, in the scheduler's own parametrisation)
+        pixels = self.pipeline.image_processor.preprocess(image).to(device=device, dtype=text.context.dtype)  # [1, 3, H, W] in [-1, 1]
+        init_latents = self.vae.encode(pixels).latent_dist.sample(generator) * self.vae.config.scaling_factor
+        noise = randn_tensor(init_latents.shape, generator=generator, device=device, dtype=text.context.dtype)
+        latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
+
+        keep = (lambda x: x.cpu()) if record.to_cpu else (lambda x: x)
+        return self._denoise(latents, timesteps, text, guidance_scale, generator, eta, record, progress,
+                             prompt=prompt, negative_prompt=negative_prompt, seed=seed, height=image.height, width=image.width,
+                             mode="img2img", strength=float(strength), init_latents=keep(init_latents[0]), skipped_timesteps=keep(skipped))
+
+    def _encode_prompt(self, prompt: str, negative_prompt: str | None, guidance_scale: float) -> "_EncodedPrompt":
+        """Tokenize and encode the prompt, and with guidance the negative (or empty) prompt too."""
+        # Guidance doubles the batch: row 0 answers "what does an image look like?", row 1 "…of this prompt?"
+        guided = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+        text = tokenize_prompt(self.tokenizer, prompt)
+        embeddings, hidden_states = encode_tokens(self.text_encoder, text, self.device)
+        embeddings = embeddings.to(self.text_encoder.dtype)
+        uncond = None
+        if guided:
+            uncond = encode_tokens(self.text_encoder, tokenize_prompt(self.tokenizer, negative_prompt or ""), self.device)[0]
+            uncond = uncond.to(self.text_encoder.dtype)
+        context = torch.cat([uncond, embeddings]) if guided else embeddings
+        return _EncodedPrompt(text, embeddings, hidden_states, uncond, context, guided)
+
+    def _denoise(self, latents, timesteps, text: "_EncodedPrompt", guidance_scale, generator, eta, record, progress, **fields) -> Trace:
+        """Steps 4 and 5 of every mode: the denoising loop with recorders, the VAE decode, the Trace."""
+        unet, scheduler, device, guided = self.unet, self.scheduler, self.device, text.guided
+        alpha_bars = alpha_bars_for(scheduler, timesteps).to(device)
         step_kwargs = self.pipeline.prepare_extra_step_kwargs(generator, eta)
+        initial_latents = latents
 
         # 4. The denoising loop: predict the noise, combine with guidance, let the scheduler step.
         steps = StepRecorder(len(timesteps))
-        latent_hw = latent_shape[-2:]
-        with record_attention(unet, record, latent_hw, len(timesteps), batch_index=1 if guided else 0) as attention:
+        with record_attention(unet, record, tuple(latents.shape[-2:]), len(timesteps), batch_index=1 if guided else 0) as attention:
             for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
                 attention.set_step(i)
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
-                noise_pred = unet(model_input, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+                noise_pred = unet(model_input, t, encoder_hidden_states=text.context, return_dict=False)[0]
                 if guided:
                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                     noise_pred = classifier_free_guidance(noise_pred_uncond, noise_pred_text, guidance_scale)
@@ -194,7 +282,7 @@ class IllustratedPipeline:
 
         # 5. Latent → pixels with the VAE decoder, then to a PIL image exactly as diffusers does.
         decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-        decoded, nsfw = self.pipeline.run_safety_checker(decoded, device, encoder_hidden_states.dtype)
+        decoded, nsfw = self.pipeline.run_safety_checker(decoded, device, text.context.dtype)
         denormalize = [True] if nsfw is None else [not flagged for flagged in nsfw]
         image = self.pipeline.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)[0]
 
@@ -202,14 +290,12 @@ class IllustratedPipeline:
         keep = (lambda x: x.cpu()) if record.to_cpu else (lambda x: x)
         buffers = {name: keep(x) for name, x in steps.buffers.items()}
         return Trace(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            tokens=text.tokens,
-            token_ids=text.input_ids[0],
-            truncated_text=text.truncated_text,
-            text_embeddings=keep(text_embeddings[0]),
-            uncond_embeddings=keep(uncond_embeddings[0]) if guided else None,
-            text_hidden_states=keep(hidden_states),
+            tokens=text.tokenized.tokens,
+            token_ids=text.tokenized.input_ids[0],
+            truncated_text=text.tokenized.truncated_text,
+            text_embeddings=keep(text.embeddings[0]),
+            uncond_embeddings=keep(text.uncond[0]) if guided else None,
+            text_hidden_states=keep(text.hidden_states),
             timesteps=keep(timesteps),
             alpha_bars=keep(alpha_bars),
             latents=torch.cat([keep(initial_latents), buffers["latents"]]),
@@ -219,16 +305,27 @@ class IllustratedPipeline:
             pred_x0=buffers["pred_x0"],
             image=image,
             guidance_scale=float(guidance_scale),
-            seed=seed,
-            height=height,
-            width=width,
             scheduler=type(scheduler).__name__,
             prediction_type=scheduler.config.prediction_type,
             model=self.name,
             per_head=record.per_head,
             attention_maps=attention.maps("cross", record.to_cpu),
             self_attention_maps=attention.maps("self", record.to_cpu),
+            **fields,
         )
+
+    def _check_image(self, image, name: str) -> Image.Image:
+        """An RGB PIL image whose sides are multiples of 8, or a clear error (other modes are converted, with a warning)."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"{name} must be a PIL.Image (got {type(image).__name__}); open a file with PIL.Image.open(path)")
+        if image.mode != "RGB":
+            warnings.warn(f"{name} is {image.mode}, not RGB; converting it to RGB", stacklevel=4)
+            image = image.convert("RGB")
+        m = self.vae_scale_factor
+        if image.width % m or image.height % m or min(image.size) < m:
+            raise ValueError(f"{name} is {image.width}×{image.height}; both sides must be multiples of {m}: "
+                             f"resize it, e.g. image.resize(({max(m, image.width // m * m)}, {max(m, image.height // m * m)}))")
+        return image
 
     def _check_inputs(self, prompt, num_inference_steps, guidance_scale, seed, generator, height, width, negative_prompt):
         """Refuse bad input before any work, with the fix in the message."""

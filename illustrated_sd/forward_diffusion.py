@@ -1,0 +1,83 @@
+"""The other direction: how training makes noisy examples, and what one training step measures.
+
+Training never runs the sampling loop. It takes a clean latent x0, picks a timestep t, and jumps
+there in one go with x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε; the UNet is then asked to name ε.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+@dataclass
+class ForwardDiffusion:
+    """One image noised to several timesteps. ``T`` timesteps, latent ``C×h×w``.
+
+    Attributes:
+        latent: ``[C, h, w]`` the clean latent x0 (VAE mean × scaling factor).
+        timesteps, alpha_bars: ``[T]``.
+        noise: ``[C, h, w]`` the ε added (the same at every t, so only the amount changes).
+        noised: ``[T, C, h, w]`` x_t at each timestep.
+        images: the noised latents decoded by the VAE, one PIL image per timestep.
+    """
+
+    latent: torch.Tensor
+    timesteps: torch.Tensor
+    alpha_bars: torch.Tensor
+    noise: torch.Tensor
+    noised: torch.Tensor
+    images: list
+
+
+def _encode(pipe, image: Image.Image) -> torch.Tensor:
+    image = pipe._check_image(image, "image")
+    pixels = pipe.pipeline.image_processor.preprocess(image).to(pipe.device, pipe.vae.dtype)
+    return pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor  # [1, C, h, w]
+
+
+def _timesteps(pipe, timesteps) -> torch.Tensor:
+    t = torch.as_tensor(timesteps, dtype=torch.long).reshape(-1)
+    n = len(pipe.scheduler.alphas_cumprod)
+    if len(t) == 0 or t.min() < 0 or t.max() >= n:
+        raise ValueError(f"timesteps must be integers in [0, {n - 1}] (got {timesteps!r})")
+    return t
+
+
+@torch.no_grad()
+def forward_diffusion(pipe, image: Image.Image, timesteps=(0, 100, 250, 500, 750, 999), seed: int = 0) -> ForwardDiffusion:
+    """Noise ``image`` to each of ``timesteps`` as training does, and decode what that looks like.
+
+    Example:
+        >>> fd = forward_diffusion(pipe, trace.image, [0, 250, 500, 999]); fd.images[-1]   # almost pure noise
+    """
+    t = _timesteps(pipe, timesteps)
+    latent = _encode(pipe, image)[0].float().cpu()
+    alpha_bars = pipe.scheduler.alphas_cumprod[t].float()
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    a = alpha_bars[:, None, None, None]
+    noised = a.sqrt() * latent + (1 - a).sqrt() * noise  # x_t = √ᾱ·x0 + √(1−ᾱ)·ε for every t at once
+    return ForwardDiffusion(latent, t, alpha_bars, noise, noised, pipe.decode_latents(noised))
+
+
+@torch.no_grad()
+def training_step(pipe, image: Image.Image, caption: str, t: int, seed: int = 0) -> dict:
+    """The loss of one training example, as Stable Diffusion is trained (no optimizer, nothing changes).
+
+    Returns:
+        ``{"loss", "t", "noised" [C, h, w], "target" [C, h, w], "prediction" [C, h, w]}``: the target is
+        the noise ε for epsilon models (v = √ᾱ·ε − √(1−ᾱ)·x0 for v-prediction), the loss their mean squared error.
+    """
+    t_ = _timesteps(pipe, [t])
+    latent = _encode(pipe, image)
+    a = pipe.scheduler.alphas_cumprod[t_].to(pipe.device, latent.dtype)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed)).to(pipe.device, latent.dtype)
+    noised = a.sqrt() * latent + (1 - a).sqrt() * noise
+    tokens = pipe.tokenizer(caption, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids.to(pipe.device)
+    context = pipe.text_encoder(tokens)[0]
+    prediction = pipe.unet(noised, t_.to(pipe.device), encoder_hidden_states=context).sample
+    target = noise if pipe.scheduler.config.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * latent
+    return {"loss": F.mse_loss(prediction.float(), target.float()).item(), "t": int(t_[0]), "noised": noised[0].cpu(),
+            "target": target[0].cpu(), "prediction": prediction[0].cpu()}
