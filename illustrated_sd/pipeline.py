@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from diffusers import (
     DDIMScheduler,
@@ -24,6 +25,7 @@ from diffusers import (
     PNDMScheduler,
     StableDiffusionPipeline,
 )
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
@@ -208,29 +210,19 @@ class IllustratedPipeline:
         """
         record = record or self.record
         image = self._check_image(image, "image")
-        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1] (got {strength!r}); 0.3 keeps the picture, 0.9 mostly redraws it")
         self._check_inputs(prompt, num_inference_steps, guidance_scale, seed, generator, image.height, image.width, negative_prompt)
-        visited = min(int(num_inference_steps * strength), num_inference_steps)
-        if visited < 1:
-            raise ValueError(f"strength × steps = {strength} × {num_inference_steps} leaves no step to take; "
-                             f"raise strength to ≥ {1 / num_inference_steps:.2f} or use more steps")
+        visited = self._check_strength(strength, num_inference_steps)
         generator, seed = (torch.Generator(device="cpu").manual_seed(seed), seed) if generator is None else (generator, None)
         device, scheduler = self.device, self.scheduler
 
         text = self._encode_prompt(prompt, negative_prompt, guidance_scale)
 
-        # Skip the noisiest timesteps: start where strength says, as diffusers' get_timesteps does.
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        t_start = (num_inference_steps - visited) * scheduler.order
-        timesteps, skipped = scheduler.timesteps[t_start:], scheduler.timesteps[:t_start]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(t_start)
+        timesteps, skipped = self._strength_timesteps(num_inference_steps, visited)
 
         # Encode the picture, then jump straight to timestep t_start by forward diffusion:
         # x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε  (scheduler.add_noise, in the scheduler's own parametrisation)
         pixels = self.pipeline.image_processor.preprocess(image).to(device=device, dtype=text.context.dtype)  # [1, 3, H, W] in [-1, 1]
-        init_latents = self.vae.encode(pixels).latent_dist.sample(generator) * self.vae.config.scaling_factor
+        init_latents = self._encode_image(pixels, generator)
         noise = randn_tensor(init_latents.shape, generator=generator, device=device, dtype=text.context.dtype)
         latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
 
@@ -238,6 +230,121 @@ class IllustratedPipeline:
         return self._denoise(latents, timesteps, text, guidance_scale, generator, eta, record, progress,
                              prompt=prompt, negative_prompt=negative_prompt, seed=seed, height=image.height, width=image.width,
                              mode="img2img", strength=float(strength), init_latents=keep(init_latents[0]), skipped_timesteps=keep(skipped))
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        prompt: str,
+        image: Image.Image,
+        mask: Image.Image,
+        strength: float = 1.0,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        seed: int | None = 0,
+        negative_prompt: str | None = None,
+        generator: torch.Generator | None = None,
+        eta: float = 0.0,
+        record: RecordOptions | None = None,
+        progress: bool = True,
+    ) -> Trace:
+        """Repaint the white part of ``mask`` in ``image`` to match ``prompt``; keep the black part.
+
+        Works with any text-to-image UNet (4 input channels) by *latent blending*: after every step
+        the kept region is replaced by the original latent noised to the next timestep, so only the
+        masked region is invented. A dedicated inpainting UNet (9 input channels: latent, mask,
+        masked-image latent, as in SD inpainting checkpoints) reads the mask directly instead.
+
+        Args:
+            mask: a PIL image of the same size; white (≥ 0.5) = repaint, black = keep.
+            strength: 1 (default) starts the masked region from pure noise; lower keeps more of the image there.
+            Others as in :meth:`img2img`.
+        Returns:
+            a :class:`Trace` with ``mode="inpaint"`` and ``mask [h, w]`` at latent resolution; its image
+            equals diffusers' ``StableDiffusionInpaintPipeline`` for the same settings.
+        """
+        record = record or self.record
+        image = self._check_image(image, "image")
+        if not isinstance(mask, Image.Image):
+            raise TypeError(f"mask must be a PIL.Image (got {type(mask).__name__}): white = repaint, black = keep")
+        if mask.size != image.size:
+            raise ValueError(f"mask is {mask.width}×{mask.height} but image is {image.width}×{image.height}; they must match")
+        self._check_inputs(prompt, num_inference_steps, guidance_scale, seed, generator, image.height, image.width, negative_prompt)
+        visited = self._check_strength(strength, num_inference_steps)
+        generator, seed = (torch.Generator(device="cpu").manual_seed(seed), seed) if generator is None else (generator, None)
+        device, scheduler = self.device, self.scheduler
+        height, width = image.height, image.width
+        nine_channels = self.unet.config.in_channels == 9
+
+        text = self._encode_prompt(prompt, negative_prompt, guidance_scale)
+        dtype = text.context.dtype
+        timesteps, skipped = self._strength_timesteps(num_inference_steps, visited)
+
+        pixels = self.pipeline.image_processor.preprocess(image, height=height, width=width).to(dtype=torch.float32)
+        mask_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=False, do_binarize=True,
+                                           do_convert_grayscale=True)  # as diffusers' inpainting pipeline makes it
+        mask_pixels = mask_processor.preprocess(mask, height=height, width=width)  # [1, 1, H, W] in {0, 1}
+        share = float(mask_pixels.mean())
+        if share == 0:
+            warnings.warn("the mask is all black: nothing will be repainted (white marks what to repaint)", stacklevel=3)
+        elif share == 1:
+            warnings.warn("the mask is all white: the whole image is repainted, as text-to-image would", stacklevel=3)
+
+        # The same random draws, in the same order, as diffusers: image latent, noise, masked-image latent.
+        image_latents = None
+        if not nine_channels or strength < 1:
+            # contiguous, as diffusers' copy of it is: the VAE hands back a channels-last tensor, and
+            # the UNet's convolutions round differently on the two layouts
+            image_latents = self._encode_image(pixels.to(device, dtype), generator).contiguous()
+        latent_shape = (1, self.vae.config.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        noise = randn_tensor(latent_shape, generator=generator, device=device, dtype=dtype)
+        latents = noise * scheduler.init_noise_sigma if strength == 1 else scheduler.add_noise(image_latents, noise, timesteps[:1])
+        masked_latents = self._encode_image((pixels * (mask_pixels < 0.5)).to(device, dtype), generator)
+        mask_latent = F.interpolate(mask_pixels, size=latent_shape[-2:]).to(device, dtype)  # [1, 1, h, w]
+
+        unet_extra, after_step = None, None
+        if nine_channels:  # the inpainting UNet sees [x_t, mask, masked image] stacked as 9 channels
+            repeat = 2 if text.guided else 1
+            unet_extra = torch.cat([mask_latent.repeat(repeat, 1, 1, 1), masked_latents.repeat(repeat, 1, 1, 1)], dim=1)
+        else:
+            def after_step(i, latents):
+                # keep the unmasked region on the original image's own noisy trajectory:
+                # there x_{t_next} = √ᾱ·x0_image + √(1−ᾱ)·ε, only the masked region is left to the model
+                known = image_latents
+                if i < len(timesteps) - 1:
+                    known = scheduler.add_noise(image_latents, noise, torch.tensor([timesteps[i + 1]]))
+                # (.contiguous: broadcasting the [1, 1, h, w] mask can yield a channels-last tensor, see above)
+                return ((1 - mask_latent) * known + mask_latent * latents).contiguous()
+
+        keep = (lambda x: x.cpu()) if record.to_cpu else (lambda x: x)
+        return self._denoise(latents, timesteps, text, guidance_scale, generator, eta, record, progress,
+                             unet_extra=unet_extra, after_step=after_step,
+                             prompt=prompt, negative_prompt=negative_prompt, seed=seed, height=height, width=width,
+                             mode="inpaint", strength=float(strength), mask=keep(mask_latent[0, 0].float()),
+                             init_latents=keep(image_latents[0]) if image_latents is not None else None,
+                             skipped_timesteps=keep(skipped))
+
+    def _encode_image(self, pixels: torch.Tensor, generator) -> torch.Tensor:
+        """``[1, 3, H, W]`` in [-1, 1] → a latent sample ``[1, C, h, w]``, scaled as the UNet expects."""
+        return self.vae.encode(pixels).latent_dist.sample(generator) * self.vae.config.scaling_factor
+
+    def _check_strength(self, strength, num_inference_steps: int) -> int:
+        """How many of the timesteps ``strength`` leaves to visit; refuses values that leave none."""
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1] (got {strength!r}); 0.3 keeps the picture, 0.9 mostly redraws it")
+        visited = min(int(num_inference_steps * strength), num_inference_steps)
+        if visited < 1:
+            raise ValueError(f"strength × steps = {strength} × {num_inference_steps} leaves no step to take; "
+                             f"raise strength to ≥ {1 / num_inference_steps:.2f} or use more steps")
+        return visited
+
+    def _strength_timesteps(self, num_inference_steps: int, visited: int):
+        """Skip the noisiest timesteps: start where strength says, as diffusers' ``get_timesteps`` does."""
+        scheduler = self.scheduler
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        t_start = (num_inference_steps - visited) * scheduler.order
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start)
+        return scheduler.timesteps[t_start:], scheduler.timesteps[:t_start]
 
     def _encode_prompt(self, prompt: str, negative_prompt: str | None, guidance_scale: float) -> "_EncodedPrompt":
         """Tokenize and encode the prompt, and with guidance the negative (or empty) prompt too."""
@@ -253,8 +360,14 @@ class IllustratedPipeline:
         context = torch.cat([uncond, embeddings]) if guided else embeddings
         return _EncodedPrompt(text, embeddings, hidden_states, uncond, context, guided)
 
-    def _denoise(self, latents, timesteps, text: "_EncodedPrompt", guidance_scale, generator, eta, record, progress, **fields) -> Trace:
-        """Steps 4 and 5 of every mode: the denoising loop with recorders, the VAE decode, the Trace."""
+    def _denoise(self, latents, timesteps, text: "_EncodedPrompt", guidance_scale, generator, eta, record, progress,
+                 unet_extra=None, after_step=None, **fields) -> Trace:
+        """Steps 4 and 5 of every mode: the denoising loop with recorders, the VAE decode, the Trace.
+
+        ``unet_extra`` (``[B, k, h, w]``) is appended to the UNet's input channels (inpainting UNets read
+        the mask and the masked image there); ``after_step(i, latents)`` may replace the latents after
+        each scheduler step (latent-blending inpainting).
+        """
         unet, scheduler, device, guided = self.unet, self.scheduler, self.device, text.guided
         alpha_bars = alpha_bars_for(scheduler, timesteps).to(device)
         step_kwargs = self.pipeline.prepare_extra_step_kwargs(generator, eta)
@@ -267,7 +380,8 @@ class IllustratedPipeline:
                 attention.set_step(i)
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
-                noise_pred = unet(model_input, t, encoder_hidden_states=text.context, return_dict=False)[0]
+                unet_input = model_input if unet_extra is None else torch.cat([model_input, unet_extra], dim=1)
+                noise_pred = unet(unet_input, t, encoder_hidden_states=text.context, return_dict=False)[0]
                 if guided:
                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                     noise_pred = classifier_free_guidance(noise_pred_uncond, noise_pred_text, guidance_scale)
@@ -275,6 +389,8 @@ class IllustratedPipeline:
                     noise_pred_uncond, noise_pred_text = None, noise_pred
                 x0 = pred_x0(model_input[:1], noise_pred, alpha_bars[i], scheduler.config.prediction_type)
                 latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+                if after_step is not None:
+                    latents = after_step(i, latents)
                 recorded = dict(latents=latents[0], noise_pred=noise_pred[0], noise_pred_text=noise_pred_text[0], pred_x0=x0[0])
                 if guided:
                     recorded["noise_pred_uncond"] = noise_pred_uncond[0]

@@ -23,7 +23,7 @@ FORMAT = "illustrated_sd.trace/1"
 # Tensors saved under their own name; None (e.g. no unconditional branch without guidance) is skipped.
 _TENSORS = (
     "token_ids", "text_embeddings", "uncond_embeddings", "text_hidden_states", "timesteps", "alpha_bars",
-    "latents", "noise_pred", "noise_pred_text", "noise_pred_uncond", "pred_x0", "init_latents", "skipped_timesteps",
+    "latents", "noise_pred", "noise_pred_text", "noise_pred_uncond", "pred_x0", "init_latents", "skipped_timesteps", "mask",
 )
 _MAP_DICTS = ("attention_maps", "self_attention_maps")
 
@@ -50,8 +50,9 @@ class Trace:
             (``heads`` = 1 when head-averaged); each ``[..., :]`` row sums to 1 over the 77 tokens.
         self_attention_maps: ``{layer: [S, heads, H, W, H·W]}`` when recorded, else empty.
         per_head: whether ``attention_maps`` keep every head (else their mean, ``heads`` = 1).
-        mode: ``"text2img"`` or ``"img2img"``; for img2img also ``strength``, ``init_latents [C, h, w]``
+        mode: ``"text2img"``, ``"img2img"`` or ``"inpaint"``; for img2img also ``strength``, ``init_latents [C, h, w]``
             (the encoded input image, before noising) and ``skipped_timesteps`` (the noisiest ones, not visited).
+            ``"inpaint"`` adds ``mask [h, w]``: 1 where the model repainted, at latent resolution.
         image: the generated ``PIL.Image``.
         guidance_scale, seed, height, width, scheduler, prediction_type, model: the settings.
     """
@@ -84,6 +85,7 @@ class Trace:
     strength: float | None = None
     init_latents: torch.Tensor | None = None
     skipped_timesteps: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
     attention_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     self_attention_maps: dict[str, torch.Tensor] = field(default_factory=dict)
 

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+from PIL import Image, ImageDraw
+
+import illustrated_sd as isd
+
+PROMPT = "a red circle on the left and a blue star on the right"
+
+
+@pytest.fixture(scope="module")
+def start(trace):
+    return trace.image
+
+
+@pytest.fixture(scope="module")
+def right_half():
+    mask = Image.new("L", (128, 128), 0)
+    ImageDraw.Draw(mask).rectangle([64, 0, 127, 127], fill=255)
+    return mask
+
+
+def plain_inpaint(illustrated, image, mask, strength, seed=2, steps=6):
+    plain = StableDiffusionInpaintPipeline(**illustrated.pipeline.components)
+    plain.set_progress_bar_config(disable=True)
+    return plain(PROMPT, image=image, mask_image=mask, strength=strength, num_inference_steps=steps, guidance_scale=7.5,
+                 height=image.height, width=image.width, generator=torch.Generator().manual_seed(seed)).images[0]
+
+
+def max_diff(a, b):
+    return np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max()
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "dpm++"])
+@pytest.mark.parametrize("strength", [1.0, 0.7])
+def test_latent_blending_inpaint_equals_diffusers(pipe, start, right_half, scheduler, strength):
+    original = pipe.pipeline.scheduler
+    pipe.set_scheduler(scheduler)
+    try:
+        trace = pipe.inpaint(PROMPT, start, right_half, strength=strength, num_inference_steps=6, seed=2, progress=False)
+        reference = plain_inpaint(pipe, start, right_half, strength)
+    finally:
+        pipe.pipeline.scheduler = original
+    assert max_diff(trace.image, reference) == 0
+
+
+def test_kept_region_stays_and_mask_is_recorded(pipe, start, right_half, tmp_path):
+    trace = pipe.inpaint(PROMPT, start, right_half, num_inference_steps=6, seed=2, progress=False)
+    assert trace.mode == "inpaint" and trace.mask.shape == trace.latent_hw
+    assert trace.mask[:, :8].sum() == 0 and trace.mask[:, 8:].min() == 1
+    # the kept (left) half of the final latent is the original image's latent
+    torch.testing.assert_close(trace.latents[-1][:, :, :8], trace.init_latents[:, :, :8])
+    loaded = isd.Trace.load(trace.save(tmp_path / "inpaint.safetensors"))
+    assert torch.equal(loaded.mask, trace.mask)
+
+
+def test_nine_channel_inpainting_unet_equals_diffusers(start, right_half):
+    sd = isd.build_random_pipeline("tiny-sd1", seed=3)
+    config = dict(sd.unet.config)
+    config["in_channels"] = 9
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        sd.unet = UNet2DConditionModel.from_config(config)
+    sd.register_modules(unet=sd.unet)
+    illustrated = isd.IllustratedPipeline(sd)
+    trace = illustrated.inpaint(PROMPT, start, right_half, num_inference_steps=4, seed=2, progress=False)
+    assert max_diff(trace.image, plain_inpaint(illustrated, start, right_half, 1.0, steps=4)) == 0
+    assert trace.init_latents is None and trace.latents.shape[1] == 4
+
+
+def test_inpaint_bad_masks(pipe, start, right_half):
+    with pytest.warns(UserWarning, match="all black"):
+        pipe.inpaint(PROMPT, start, Image.new("L", (128, 128), 0), num_inference_steps=2, progress=False)
+    with pytest.warns(UserWarning, match="all white"):
+        pipe.inpaint(PROMPT, start, Image.new("L", (128, 128), 255), num_inference_steps=2, progress=False)
+    with pytest.raises(ValueError, match="must match"):
+        pipe.inpaint(PROMPT, start, right_half.resize((64, 64)), progress=False)
+    with pytest.raises(TypeError, match="white = repaint"):
+        pipe.inpaint(PROMPT, start, np.zeros((128, 128)), progress=False)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        pipe.inpaint(PROMPT, start, right_half, strength=0, progress=False)
