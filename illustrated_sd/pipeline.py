@@ -46,6 +46,16 @@ SCHEDULERS = {
 }
 
 
+def _generator(seed: int | None, generator: torch.Generator | None) -> tuple[torch.Generator, int | None]:
+    """diffusers users write ``generator=torch.Generator("cpu").manual_seed(seed)``; a given generator wins (seed unknown)."""
+    return (torch.Generator(device="cpu").manual_seed(seed), seed) if generator is None else (generator, None)
+
+
+def _keeper(record: RecordOptions):
+    """Where recorded tensors end up: one move to the CPU after the loop, or left on the device."""
+    return (lambda x: x.cpu()) if record.to_cpu else (lambda x: x)
+
+
 @dataclass
 class _EncodedPrompt:
     """The text side of one generation: ``embeddings [1, 77, D]``, ``context`` = what the UNet reads
@@ -158,7 +168,7 @@ class IllustratedPipeline:
         record = record or self.record
         height, width = height or self.default_size, width or self.default_size
         self._check_inputs(prompt, num_inference_steps, guidance_scale, seed, generator, height, width, negative_prompt)
-        generator, seed = (torch.Generator(device="cpu").manual_seed(seed), seed) if generator is None else (generator, None)
+        generator, seed = _generator(seed, generator)
         device, scheduler = self.device, self.scheduler
 
         # 1. Prompt → tokens → 77 embedding vectors (and the empty/negative prompt for guidance).
@@ -212,7 +222,7 @@ class IllustratedPipeline:
         image = self._check_image(image, "image")
         self._check_inputs(prompt, num_inference_steps, guidance_scale, seed, generator, image.height, image.width, negative_prompt)
         visited = self._check_strength(strength, num_inference_steps)
-        generator, seed = (torch.Generator(device="cpu").manual_seed(seed), seed) if generator is None else (generator, None)
+        generator, seed = _generator(seed, generator)
         device, scheduler = self.device, self.scheduler
 
         text = self._encode_prompt(prompt, negative_prompt, guidance_scale)
@@ -226,7 +236,7 @@ class IllustratedPipeline:
         noise = randn_tensor(init_latents.shape, generator=generator, device=device, dtype=text.context.dtype)
         latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
 
-        keep = (lambda x: x.cpu()) if record.to_cpu else (lambda x: x)
+        keep = _keeper(record)
         return self._denoise(latents, timesteps, text, guidance_scale, generator, eta, record, progress,
                              prompt=prompt, negative_prompt=negative_prompt, seed=seed, height=image.height, width=image.width,
                              mode="img2img", strength=float(strength), init_latents=keep(init_latents[0]), skipped_timesteps=keep(skipped))
@@ -270,7 +280,7 @@ class IllustratedPipeline:
             raise ValueError(f"mask is {mask.width}×{mask.height} but image is {image.width}×{image.height}; they must match")
         self._check_inputs(prompt, num_inference_steps, guidance_scale, seed, generator, image.height, image.width, negative_prompt)
         visited = self._check_strength(strength, num_inference_steps)
-        generator, seed = (torch.Generator(device="cpu").manual_seed(seed), seed) if generator is None else (generator, None)
+        generator, seed = _generator(seed, generator)
         device, scheduler = self.device, self.scheduler
         height, width = image.height, image.width
         nine_channels = self.unet.config.in_channels == 9
@@ -315,7 +325,7 @@ class IllustratedPipeline:
                 # (.contiguous: broadcasting the [1, 1, h, w] mask can yield a channels-last tensor, see above)
                 return ((1 - mask_latent) * known + mask_latent * latents).contiguous()
 
-        keep = (lambda x: x.cpu()) if record.to_cpu else (lambda x: x)
+        keep = _keeper(record)
         return self._denoise(latents, timesteps, text, guidance_scale, generator, eta, record, progress,
                              unet_extra=unet_extra, after_step=after_step,
                              prompt=prompt, negative_prompt=negative_prompt, seed=seed, height=height, width=width,
@@ -403,7 +413,7 @@ class IllustratedPipeline:
         image = self.pipeline.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)[0]
 
         # One transfer per tensor, after the loop: recording never made the GPU wait.
-        keep = (lambda x: x.cpu()) if record.to_cpu else (lambda x: x)
+        keep = _keeper(record)
         buffers = {name: keep(x) for name, x in steps.buffers.items()}
         return Trace(
             tokens=text.tokenized.tokens,
