@@ -23,5 +23,5 @@ from .pipeline import SCHEDULERS, IllustratedPipeline
 from .recorders import RecordOptions
 from .trace import Trace
 
-__all__ = ["ForwardDiffusion", "forward_diffusion", "training_step", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "build_random_pipeline", "load_pipeline"]
+__all__ = ["plot", "ForwardDiffusion", "forward_diffusion", "training_step", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "build_random_pipeline", "load_pipeline"]
 __version__ = "0.1.0"

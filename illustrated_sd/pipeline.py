@@ -316,12 +316,14 @@ class IllustratedPipeline:
             repeat = 2 if text.guided else 1
             unet_extra = torch.cat([mask_latent.repeat(repeat, 1, 1, 1), masked_latents.repeat(repeat, 1, 1, 1)], dim=1)
         else:
+            next_timesteps = timesteps.cpu()  # read once here: indexing a GPU tensor in the loop would wait for the GPU
+
             def after_step(i, latents):
                 # keep the unmasked region on the original image's own noisy trajectory:
                 # there x_{t_next} = √ᾱ·x0_image + √(1−ᾱ)·ε, only the masked region is left to the model
                 known = image_latents
                 if i < len(timesteps) - 1:
-                    known = scheduler.add_noise(image_latents, noise, torch.tensor([timesteps[i + 1]]))
+                    known = scheduler.add_noise(image_latents, noise, next_timesteps[i + 1 : i + 2])
                 # (.contiguous: broadcasting the [1, 1, h, w] mask can yield a channels-last tensor, see above)
                 return ((1 - mask_latent) * known + mask_latent * latents).contiguous()
 

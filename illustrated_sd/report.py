@@ -2,7 +2,6 @@
 
 import base64
 import html
-import io
 import os
 from pathlib import Path
 

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline
-from PIL import Image
 
 PROMPT = "a blue square on the right"
 

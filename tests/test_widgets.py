@@ -1,6 +1,5 @@
 """Widgets are built from real objects and driven by setting their values, as a notebook user would."""
 
-import pytest
 
 from illustrated_sd.widgets import GuidanceSlider, PromptPlayground, TraceExplorer
 
