@@ -1,16 +1,31 @@
-"""Traced vs plain diffusers on a GPU, same process, same seed, alternating runs.
+"""Traced vs plain diffusers on a GPU: same process, same seed and settings, alternating runs.
 
-Builds the real SD 1.5 architecture with random weights (speed does not depend on the weights),
-fp16, 512×512, 50 steps, guidance 7.5, and reports seconds per image (min, median), the ratio, peak
-GPU memory, the size of the trace, and whether the images are identical.
+Builds a real Stable Diffusion architecture with random weights (speed does not depend on the weights'
+values), float16, 512×512, 50 DDIM steps, guidance 7.5, and times, in rounds after a warm-up:
 
-    python benchmarks/gpu_speed.py --layout sd15 --repeats 3 --out docs/gpu_speed.json
+    plain             diffusers' StableDiffusionPipeline (SDPA attention)
+    traced            IllustratedPipeline, default full trace (head-averaged cross-attention maps, ...)
+    traced_no_maps    the same without attention maps (latents, noise, x0, text only): where time goes
+    traced_per_head   one map per head
+    traced_self       plus self-attention maps of the lowest-resolution (8×8) layers
+    naive             DAAM-style recorder: classic softmax attention everywhere, host copy every step
+    *_compiled        the same after ``unet.compile()`` (torch.compile), where it works
+
+It reports seconds per image (min and median), the ratio to ``plain`` of the same run, peak GPU
+memory, the trace's size, whether the images match plain diffusers, and how many times each pipeline
+made the CPU wait for the GPU (``torch.cuda.set_sync_debug_mode``). Results are written after every
+variant, so a run cut short still leaves its figures.
+
+    python benchmarks/gpu_speed.py --layout sd15 --out docs/gpu_speed_sd15.json
+    python benchmarks/gpu_speed.py --layout sd21-base --out docs/gpu_speed_sd21-base.json
 """
 
 import argparse
 import json
 import statistics
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,56 +33,138 @@ import torch
 
 import illustrated_sd as isd
 
+from naive_recorder import naive_recording
+
+EAGER = ["plain", "traced", "traced_no_maps", "traced_per_head", "traced_self", "naive"]
+COMPILED = ["plain_compiled", "traced_compiled", "traced_per_head_compiled"]
+RECORDS = {
+    "traced": isd.RecordOptions(),
+    "traced_no_maps": isd.RecordOptions(cross_attention=False),
+    "traced_per_head": isd.RecordOptions(per_head=True),
+    "traced_self": isd.RecordOptions(self_attention_resolutions=(8,)),
+}
+
+
+def make_runner(pipe, variant, steps, size, prompt="a red circle on the left"):
+    """A function generating one image for ``variant``; returns ``(image, trace or None)``."""
+    base = variant.removesuffix("_compiled")
+    settings = dict(num_inference_steps=steps, guidance_scale=7.5, height=size, width=size)
+
+    def plain():
+        return pipe.pipeline(prompt, generator=torch.Generator().manual_seed(0), **settings).images[0], None
+
+    def naive():
+        with naive_recording(pipe.unet):
+            return plain()
+
+    def traced():
+        trace = pipe(prompt, seed=0, progress=False, record=RECORDS[base], **settings)
+        return trace.image, trace
+
+    return {"plain": plain, "naive": naive}.get(base, traced)
+
+
+CUDA = torch.cuda.is_available()  # without a GPU (a smoke run of this script) memory and waits are not measured
+
+
+def timed(fn):
+    if CUDA:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    image, trace = fn()
+    if CUDA:
+        torch.cuda.synchronize()
+    return image, trace, time.perf_counter() - start, torch.cuda.max_memory_allocated() if CUDA else 0
+
+
+def host_waits(fn) -> int:
+    """How many times ``fn`` made the CPU wait for the GPU (each is a warning in sync-debug mode)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def bench(pipe, variants, args, result, out):
+    """Warm each variant up, then time them in alternating rounds; record failures with their reason."""
+    runners, failed = {}, {}
+    for v in variants:
+        runner = make_runner(pipe, v, args.steps, args.size)
+        try:
+            start = time.perf_counter()
+            runner()  # warm-up (and compilation for *_compiled)
+            result.setdefault("warmup_s", {})[v] = round(time.perf_counter() - start, 1)
+            runners[v] = runner
+        except Exception as error:  # noqa: BLE001 — a benchmark reports what fails and goes on
+            failed[v] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            traceback.print_exc()
+    result.setdefault("failed", {}).update(failed)
+    times = {v: [] for v in runners}
+    for _ in range(args.repeats):
+        for v, runner in runners.items():
+            image, trace, seconds, peak = timed(runner)
+            times[v].append(seconds)
+            row = result["variants"].setdefault(v, {})
+            row["peak_gib"] = round(peak / 2**30, 2)
+            if trace is not None:
+                row["trace_mib"] = round(trace.nbytes / 2**20, 1)
+            row["image"] = image
+        for v, seconds in times.items():
+            result["variants"][v].update(s_min=round(min(seconds), 3), s_median=round(statistics.median(seconds), 3), runs=len(seconds))
+        write(result, out)
+
+
+def write(result, out):
+    rows = result["variants"]
+    for group in ("", "_compiled"):
+        plain = rows.get("plain" + group) or {}
+        if "image" not in plain:
+            continue
+        for name, row in rows.items():
+            if name.endswith("_compiled") == bool(group) and plain.get("s_median") and row.get("s_median"):
+                row["over_plain"] = round(row["s_median"] / plain["s_median"], 3)
+                if "image" in row and "image" in plain:
+                    row["max_pixel_difference_vs_plain"] = int(np.abs(np.asarray(row["image"], int) - np.asarray(plain["image"], int)).max())
+    if rows.get("plain", {}).get("s_median"):
+        for name, row in rows.items():
+            if name.endswith("_compiled") and row.get("s_median"):
+                row["over_plain_eager"] = round(row["s_median"] / rows["plain"]["s_median"], 3)
+    clean = {**result, "variants": {n: {k: v for k, v in r.items() if k != "image"} for n, r in rows.items()}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(clean, indent=1))
+    print(json.dumps(clean, indent=1), flush=True)
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layout", default="sd15")
+    parser.add_argument("--layout", default="sd15", help="an architecture from isd.architectures.LAYOUTS")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=Path("docs/gpu_speed.json"))
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--out", type=Path, default=Path("docs/gpu_speed_sd15.json"))
     args = parser.parse_args()
-    pipe = isd.IllustratedPipeline(isd.build_random_pipeline(args.layout, dtype=torch.float16).to("cuda"))
-    prompt, size = "a red circle on the left", 512
 
-    def plain():
-        return pipe.pipeline(prompt, num_inference_steps=args.steps, guidance_scale=7.5, height=size, width=size,
-                             generator=torch.Generator().manual_seed(0)).images[0]
-
-    def traced():
-        return pipe(prompt, num_inference_steps=args.steps, guidance_scale=7.5, height=size, width=size, seed=0, progress=False)
-
-    def timed(fn):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        out = fn()
-        torch.cuda.synchronize()
-        return out, time.perf_counter() - start, torch.cuda.max_memory_allocated()
-
-    plain(), traced()  # warm-up
-    runs = {"plain": [], "traced": []}
-    peaks = {}
-    for _ in range(args.repeats):
-        image, seconds, peaks["plain"] = timed(plain)
-        runs["plain"].append(seconds)
-        trace, seconds, peaks["traced"] = timed(traced)
-        runs["traced"].append(seconds)
-    trace_bytes = sum(t.numel() * t.element_size() for t in [*trace.attention_maps.values(), trace.latents, trace.noise_pred,
-                                                            trace.noise_pred_text, trace.noise_pred_uncond, trace.pred_x0,
-                                                            trace.text_hidden_states])
-    result = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "layout": args.layout, "dtype": "float16",
-        "size": size, "steps": args.steps, "repeats": args.repeats,
-        **{f"{k}_s_min": round(min(v), 3) for k, v in runs.items()},
-        **{f"{k}_s_median": round(statistics.median(v), 3) for k, v in runs.items()},
-        "traced_over_plain_median": round(statistics.median(runs["traced"]) / statistics.median(runs["plain"]), 3),
-        "peak_gib": {k: round(v / 2**30, 2) for k, v in peaks.items()},
-        "trace_mib": round(trace_bytes / 2**20, 1),
-        "max_abs_pixel_difference": int(np.abs(np.asarray(image, dtype=int) - np.asarray(trace.image, dtype=int)).max()),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    dtype, device = (torch.float16, "cuda") if CUDA else (torch.float32, "cpu")
+    pipe = isd.IllustratedPipeline(isd.build_random_pipeline(args.layout, dtype=dtype).to(device))
+    result = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__, "layout": args.layout, "dtype": str(dtype),
+              "size": args.size, "steps": args.steps, "guidance_scale": 7.5, "repeats": args.repeats, "variants": {}}
+    bench(pipe, EAGER, args, result, args.out)
+    # Waits for the GPU inside one generation (the loop's own and diffusers' schedulers' alike).
+    if CUDA:
+        result["host_waits"] = {v: host_waits(make_runner(pipe, v, args.steps, args.size)) for v in ("plain", "traced")}
+        write(result, args.out)
+    if not args.no_compile:
+        pipe.unet.compile()  # in place: the module and its layer names stay as they are, hooks included
+        bench(pipe, COMPILED, args, result, args.out)
+        # The naive peer compiled, timed on its own last: its per-step host copies break the graph at
+        # every layer, so it compiles slowly, if at all.
+        bench(pipe, ["naive_compiled"], args, result, args.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from .attention_layers import attention_layers
-from .recorders import RecordOptions, StepRecorder, record_attention
+from .budget import check_budget, estimate_trace
+from .recorders import RecordOptions, StepRecorder, record_attention, to_host
 from .sampling import alpha_bars_for, classifier_free_guidance, pred_x0
 from .text import TokenizedPrompt, encode_tokens, tokenize_prompt
 from .trace import Trace
@@ -52,8 +53,8 @@ def _generator(seed: int | None, generator: torch.Generator | None) -> tuple[tor
 
 
 def _keeper(record: RecordOptions):
-    """Where recorded tensors end up: one move to the CPU after the loop, or left on the device."""
-    return (lambda x: x.cpu()) if record.to_cpu else (lambda x: x)
+    """Where recorded tensors end up: one (non-blocking) move to the CPU after the loop, or left on the device."""
+    return to_host if record.to_cpu else (lambda x: x)
 
 
 @dataclass
@@ -381,6 +382,9 @@ class IllustratedPipeline:
         each scheduler step (latent-blending inpainting).
         """
         unet, scheduler, device, guided = self.unet, self.scheduler, self.device, text.guided
+        # Before any UNet call: would the recording fit the memory budget? (refuses with advice if not)
+        check_budget(estimate_trace(unet, self.text_encoder, record, tuple(latents.shape[1:]), len(timesteps), guided,
+                                    text.context.shape[1]), record)
         alpha_bars = alpha_bars_for(scheduler, timesteps).to(device)
         step_kwargs = self.pipeline.prepare_extra_step_kwargs(generator, eta)
         initial_latents = latents
@@ -389,11 +393,11 @@ class IllustratedPipeline:
         steps = StepRecorder(len(timesteps))
         with record_attention(unet, record, tuple(latents.shape[-2:]), len(timesteps), batch_index=1 if guided else 0) as attention:
             for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
-                attention.set_step(i)
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 unet_input = model_input if unet_extra is None else torch.cat([model_input, unet_extra], dim=1)
                 noise_pred = unet(unet_input, t, encoder_hidden_states=text.context, return_dict=False)[0]
+                attention.collect(i)  # file this call's maps under step i
                 if guided:
                     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
                     noise_pred = classifier_free_guidance(noise_pred_uncond, noise_pred_text, guidance_scale)
@@ -408,16 +412,19 @@ class IllustratedPipeline:
                     recorded["noise_pred_uncond"] = noise_pred_uncond[0]
                 steps(i, **recorded)
 
+        # The records start their way to the host now (one transfer per tensor, not waited for), so
+        # they travel while the GPU goes on to the VAE: recording never made the GPU wait.
+        keep = _keeper(record)
+        steps.buffers["latents"] = torch.cat([initial_latents, steps.buffers["latents"]])  # on the device, before the move
+        buffers = {name: keep(x) for name, x in steps.buffers.items()}
+        cross_maps, self_maps = attention.maps("cross", record.to_cpu), attention.maps("self", record.to_cpu)
+
         # 5. Latent → pixels with the VAE decoder, then to a PIL image exactly as diffusers does.
         decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
         decoded, nsfw = self.pipeline.run_safety_checker(decoded, device, text.context.dtype)
         denormalize = [True] if nsfw is None else [not flagged for flagged in nsfw]
         image = self.pipeline.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)[0]
-
-        # One transfer per tensor, after the loop: recording never made the GPU wait.
-        keep = _keeper(record)
-        buffers = {name: keep(x) for name, x in steps.buffers.items()}
-        return Trace(
+        trace = Trace(
             tokens=text.tokenized.tokens,
             token_ids=text.tokenized.input_ids[0],
             truncated_text=text.tokenized.truncated_text,
@@ -426,7 +433,7 @@ class IllustratedPipeline:
             text_hidden_states=keep(text.hidden_states),
             timesteps=keep(timesteps),
             alpha_bars=keep(alpha_bars),
-            latents=torch.cat([keep(initial_latents), buffers["latents"]]),
+            latents=buffers["latents"],
             noise_pred=buffers["noise_pred"],
             noise_pred_text=buffers["noise_pred_text"],
             noise_pred_uncond=buffers.get("noise_pred_uncond"),
@@ -437,10 +444,13 @@ class IllustratedPipeline:
             prediction_type=scheduler.config.prediction_type,
             model=self.name,
             per_head=record.per_head,
-            attention_maps=attention.maps("cross", record.to_cpu),
-            self_attention_maps=attention.maps("self", record.to_cpu),
+            attention_maps=cross_maps,
+            self_attention_maps=self_maps,
             **fields,
         )
+        if device.type == "cuda":  # the one wait: every non-blocking copy above has landed before anyone reads it
+            torch.cuda.current_stream(device).synchronize()
+        return trace
 
     def _check_image(self, image, name: str) -> Image.Image:
         """An RGB PIL image whose sides are multiples of 8, or a clear error (other modes are converted, with a warning)."""

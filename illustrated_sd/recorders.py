@@ -6,6 +6,7 @@ makes. Each recorder is installed for one call and removed after it (``with`` bl
 spirit of DAAM's ``trace(pipe)``.
 """
 
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -30,7 +31,11 @@ class RecordOptions:
             Off by default: at 64×64 one map is 4096×4096.
         to_cpu: move the recorded maps to the CPU once generation ends (one transfer). ``False`` keeps
             them on the model's device.
-        map_dtype: dtype of the stored maps; probabilities are always computed in float32 first.
+        map_dtype: dtype of the stored maps; ``None`` = the model's own (float16 maps for a float16 model,
+            which halves the trace). The softmax is always computed in float32 first.
+        memory_budget_gib: the most a trace may take (GiB, on the host, or on the GPU with
+            ``to_cpu=False``). The pipeline estimates the recording before it starts and refuses one
+            that would not fit, saying what to change (see :mod:`illustrated_sd.budget`). ``None``: no limit.
     """
 
     cross_attention: bool = True
@@ -38,7 +43,12 @@ class RecordOptions:
     per_head: bool = False
     self_attention_resolutions: tuple[int, ...] = ()
     to_cpu: bool = True
-    map_dtype: torch.dtype = torch.float32
+    map_dtype: torch.dtype | None = None
+    memory_budget_gib: float | None = 2.0
+
+    def dtype_for(self, model_dtype: torch.dtype) -> torch.dtype:
+        """The dtype maps are stored in for a model of ``model_dtype``."""
+        return self.map_dtype or model_dtype
 
 
 class StepRecorder:
@@ -61,80 +71,112 @@ class StepRecorder:
 
 
 class AttentionRecorder:
-    """Records the attention probabilities of one diffusers ``Attention`` layer.
+    """Watches one diffusers ``Attention`` layer: keeps its queries and keys, fills its maps.
 
     Instead of replacing the layer's processor (which would force the slow path that materializes
-    the whole attention matrix for every layer), it hooks the layer's query and key projections,
-    keeps their outputs, and once the layer has run computes
+    the whole attention matrix in every layer), it hooks the layer's query and key projections and
+    keeps their outputs for the prompt's half of the batch. The layer's own output still comes from
+    the fused ``scaled_dot_product_attention``. The probabilities themselves are computed after the
+    UNet call, for all layers of one shape at once (:meth:`AttentionRecording.collect`).
 
-        P = softmax(Q Kᵀ / √d)          # [heads, queries, keys]
+    The hooks do nothing but keep two tensors, and do not know which step it is: that keeps them cheap
+    and lets them be traced into a ``torch.compile``-d UNet without recompiling at every step.
 
-    for the prompt's half of the batch only. For cross-attention there are just 77 keys, so this is
-    cheap; the layer's own output still comes from ``scaled_dot_product_attention``.
-
-    The maps go into ``self.maps``: ``[num_steps, heads or 1, H, W, keys]`` on the model's device.
+    ``self.maps``: ``[num_steps, heads or 1, H, W, keys]`` on the model's device.
     """
 
-    def __init__(self, name: str, attn, latent_hw: tuple[int, int], num_steps: int, batch_index: int, options: RecordOptions):
-        self.name, self.attn, self.latent_hw = name, attn, latent_hw
-        self.num_steps, self.batch_index, self.options = num_steps, batch_index, options
-        self.step = 0
+    def __init__(self, name: str, attn, num_steps: int, batch_index: int):
+        self.name, self.attn, self.num_steps, self.batch_index = name, attn, num_steps, batch_index
         self.maps: torch.Tensor | None = None
-        self._query = self._key = None
+        self.query = self.key = None
         self._handles = []
 
     def install(self) -> None:
-        self._handles = [
-            self.attn.to_q.register_forward_hook(self._keep_query),
-            self.attn.to_k.register_forward_hook(self._keep_key),
-            self.attn.register_forward_hook(self._record),
-        ]
+        if self.attn.norm_q is not None:  # SD's UNets have none; later models (SD3, Flux) normalise q and k
+            raise NotImplementedError(f"{self.name} normalises its queries and keys; recording such layers is not supported")
+        self._handles = [self.attn.to_q.register_forward_hook(self._keep_query),
+                         self.attn.to_k.register_forward_hook(self._keep_key)]
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._query = self._key = None
+        self.query = self.key = None
 
     def _keep_query(self, module, inputs, output):
-        self._query = output[self.batch_index]  # [queries, heads·d] of the prompt's half
+        self.query = output[self.batch_index]  # [queries, heads·d] of the prompt's half (a view, no copy)
 
     def _keep_key(self, module, inputs, output):
-        self._key = output[self.batch_index]  # [keys, heads·d]
+        self.key = output[self.batch_index]  # [keys, heads·d]
 
-    def _record(self, module, inputs, output):
-        heads = self.attn.heads
-        q = rearrange(self._query, "n (h d) -> h n d", h=heads).float()
-        k = rearrange(self._key, "m (h d) -> h m d", h=heads).float()
-        if self.attn.norm_q is not None:  # SD has none; later models normalise q and k per head
-            q, k = self.attn.norm_q(q), self.attn.norm_k(k)
-        # scaled_dot_product_attention's default scale is 1/√d with d the head size: use the same
-        probs = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)  # [heads, n, m]
-        if not self.options.per_head:
-            probs = probs.mean(dim=0, keepdim=True)
-        h, w = grid_from_queries(q.shape[1], self.latent_hw)
-        probs = rearrange(probs, "h (y x) m -> h y x m", y=h, x=w).to(self.options.map_dtype)
+    def file(self, step: int, probs: torch.Tensor) -> None:
+        """Store ``probs`` (``[heads or 1, H, W, keys]``) as this layer's map of ``step``."""
         if self.maps is None:
             self.maps = probs.new_zeros((self.num_steps, *probs.shape))
-        self.maps[self.step] = probs
-        self._query = self._key = None
+        self.maps[step] = probs
+        self.query = self.key = None
+
+
+def attention_probabilities(query: torch.Tensor, key: torch.Tensor, heads: int, per_head: bool) -> torch.Tensor:
+    """softmax(Q Kᵀ / √d) for ``L`` layers of one shape at once.
+
+    Args:
+        query: ``[L, n, heads·d]`` (``n`` = pixels), key: ``[L, m, heads·d]`` (``m`` = tokens), any float dtype.
+        per_head: keep the heads apart, else average them.
+    Returns:
+        ``[L, heads or 1, n, m]`` in float32; each row sums to 1 over the ``m`` keys.
+    """
+    # float32 before the product: fp16 logits near 50 are off by ~0.03, which is 3% after exp()
+    q = rearrange(query, "l n (h d) -> (l h) n d", h=heads).float()
+    k = rearrange(key, "l m (h d) -> (l h) d m", h=heads).float()
+    # scaled_dot_product_attention's default scale is 1/√d with d the head size: use the same
+    logits = torch.baddbmm(q.new_empty(()), q, k, beta=0, alpha=q.shape[-1] ** -0.5)  # [(l h), n, m], scale fused
+    probs = rearrange(torch.softmax(logits, dim=-1), "(l h) n m -> l h n m", h=heads)
+    return probs if per_head else probs.mean(dim=1, keepdim=True)
+
+
+def to_host(x: torch.Tensor) -> torch.Tensor:
+    """Start copying ``x`` to the CPU without waiting for it.
+
+    From a GPU, ``non_blocking=True`` copies into page-locked memory (which PyTorch caches between calls),
+    about twice as fast as ordinary memory, and returns at once; whoever reads the result must first
+    wait for the GPU (the pipeline does so once, see ``IllustratedPipeline._denoise``).
+    """
+    return x.to("cpu", non_blocking=True)
 
 
 @dataclass
 class AttentionRecording:
-    """The attention recorders of one generation; the loop sets ``step`` before each UNet call."""
+    """The attention recorders of one generation; the loop calls ``collect(step)`` after each UNet call."""
 
+    options: RecordOptions
+    latent_hw: tuple[int, int]
     cross: dict[str, AttentionRecorder] = field(default_factory=dict)
     self_: dict[str, AttentionRecorder] = field(default_factory=dict)
 
-    def set_step(self, step: int) -> None:
-        for recorder in (*self.cross.values(), *self.self_.values()):
-            recorder.step = step
+    def collect(self, step: int) -> None:
+        """Turn the queries and keys the UNet call just left into maps, filed under ``step``.
+
+        Layers at the same resolution have queries and keys of the same shape, so they are stacked
+        and go through one product and one softmax: SD 1.5's 16 cross-attention layers make 4 groups.
+        Every launch saved counts, because the GPU must not wait for Python between UNet calls.
+        """
+        groups = defaultdict(list)
+        for r in (*self.cross.values(), *self.self_.values()):
+            if r.query is not None and r.key is not None:
+                groups[(r.attn.heads, tuple(r.query.shape), tuple(r.key.shape), r.query.dtype)].append(r)
+        for (heads, *_), recorders in groups.items():
+            query, key = torch.stack([r.query for r in recorders]), torch.stack([r.key for r in recorders])
+            probs = attention_probabilities(query, key, heads, self.options.per_head)
+            y, x = grid_from_queries(query.shape[1], self.latent_hw)
+            probs = rearrange(probs, "l h (y x) m -> l h y x m", y=y, x=x).to(self.options.dtype_for(query.dtype))
+            for r, layer_probs in zip(recorders, probs):
+                r.file(step, layer_probs)
 
     def maps(self, which: str, to_cpu: bool) -> dict[str, torch.Tensor]:
         recorders = self.cross if which == "cross" else self.self_
         maps = {name: r.maps for name, r in recorders.items() if r.maps is not None}
-        return {name: m.cpu() for name, m in maps.items()} if to_cpu else maps
+        return {name: to_host(m) for name, m in maps.items()} if to_cpu else maps
 
 
 @contextmanager
@@ -152,17 +194,17 @@ def record_attention(unet, options: RecordOptions, latent_hw: tuple[int, int], n
         an :class:`AttentionRecording`; the hooks are removed when the block exits, even on error.
     """
     layers = attention_layers(unet)
-    recording = AttentionRecording()
+    recording = AttentionRecording(options, latent_hw)
     if options.cross_attention:
         wanted = options.layers if options.layers is not None else list(layers["cross"])
         unknown = [name for name in wanted if name not in layers["cross"]]
         if unknown:
             raise ValueError(f"unknown cross-attention layers {unknown}; the UNet has: {list(layers['cross'])}")
-        recording.cross = {name: AttentionRecorder(name, layers["cross"][name], latent_hw, num_steps, batch_index, options) for name in wanted}
+        recording.cross = {name: AttentionRecorder(name, layers["cross"][name], num_steps, batch_index) for name in wanted}
     if options.self_attention_resolutions:
         for name, attn in layers["self"].items():
             if layer_grid(name, unet, latent_hw)[0] in options.self_attention_resolutions:
-                recording.self_[name] = AttentionRecorder(name, attn, latent_hw, num_steps, batch_index, options)
+                recording.self_[name] = AttentionRecorder(name, attn, num_steps, batch_index)
     recorders = [*recording.cross.values(), *recording.self_.values()]
     try:
         for recorder in recorders:

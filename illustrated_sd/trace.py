@@ -94,6 +94,13 @@ class Trace:
         return len(self.timesteps)
 
     @property
+    def nbytes(self) -> int:
+        """Bytes held by the trace's tensors (the image aside); compare ``budget.estimate_trace``."""
+        tensors = [getattr(self, name) for name in _TENSORS]
+        tensors += [m for maps in (self.attention_maps, self.self_attention_maps) for m in maps.values()]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    @property
     def latent_hw(self) -> tuple[int, int]:
         return tuple(self.latents.shape[-2:])
 

@@ -27,6 +27,7 @@ def test_maps_equal_the_classic_attention_computation(pipe):
     try:
         with torch.no_grad(), record_attention(unet, options, (16, 16), num_steps=1, batch_index=1) as recording:
             unet(latents, 500, encoder_hidden_states=text)
+            recording.collect(0)
     finally:
         handle.remove()
     recorded = recording.cross[name].maps[0]  # [heads, H, W, 77]
