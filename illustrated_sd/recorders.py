@@ -109,11 +109,11 @@ class AttentionRecorder:
     def _keep_key(self, module, inputs, output):
         self.key = output[self.batch_index]  # [keys, heads·d]
 
-    def file(self, step: int, probs: torch.Tensor) -> None:
-        """Store ``probs`` (``[heads or 1, H, W, keys]``) as this layer's map of ``step``."""
+    def file(self, step: int, probs: torch.Tensor, dtype: torch.dtype) -> None:
+        """Store ``probs`` (``[heads or 1, H, W, keys]``) as this layer's map of ``step``, in ``dtype``."""
         if self.maps is None:
-            self.maps = probs.new_zeros((self.num_steps, *probs.shape))
-        self.maps[step] = probs
+            self.maps = probs.new_zeros((self.num_steps, *probs.shape), dtype=dtype)
+        self.maps[step] = probs  # the copy converts to the buffer's dtype: no extra kernel
         self.query = self.key = None
 
 
@@ -166,12 +166,15 @@ class AttentionRecording:
             if r.query is not None and r.key is not None:
                 groups[(r.attn.heads, tuple(r.query.shape), tuple(r.key.shape), r.query.dtype)].append(r)
         for (heads, *_), recorders in groups.items():
-            query, key = torch.stack([r.query for r in recorders]), torch.stack([r.key for r in recorders])
+            if len(recorders) == 1:
+                query, key = recorders[0].query[None], recorders[0].key[None]
+            else:
+                query, key = torch.stack([r.query for r in recorders]), torch.stack([r.key for r in recorders])
             probs = attention_probabilities(query, key, heads, self.options.per_head)
             y, x = grid_from_queries(query.shape[1], self.latent_hw)
-            probs = rearrange(probs, "l h (y x) m -> l h y x m", y=y, x=x).to(self.options.dtype_for(query.dtype))
+            probs = rearrange(probs, "l h (y x) m -> l h y x m", y=y, x=x)
             for r, layer_probs in zip(recorders, probs):
-                r.file(step, layer_probs)
+                r.file(step, layer_probs, self.options.dtype_for(query.dtype))
 
     def maps(self, which: str, to_cpu: bool) -> dict[str, torch.Tensor]:
         recorders = self.cross if which == "cross" else self.self_
