@@ -396,27 +396,33 @@ class IllustratedPipeline:
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 unet_input = model_input if unet_extra is None else torch.cat([model_input, unet_extra], dim=1)
-                noise_pred = unet(unet_input, t, encoder_hidden_states=text.context, return_dict=False)[0]
+                unet_output = unet(unet_input, t, encoder_hidden_states=text.context, return_dict=False)[0]
                 attention.collect(i)  # file this call's maps under step i
+                noise_pred = unet_output
                 if guided:
-                    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                    noise_pred_uncond, noise_pred_text = unet_output.chunk(2)
                     noise_pred = classifier_free_guidance(noise_pred_uncond, noise_pred_text, guidance_scale)
-                else:
-                    noise_pred_uncond, noise_pred_text = None, noise_pred
-                x0 = pred_x0(model_input[:1], noise_pred, alpha_bars[i], scheduler.config.prediction_type)
                 latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
                 if after_step is not None:
                     latents = after_step(i, latents)
-                recorded = dict(latents=latents[0], noise_pred=noise_pred[0], noise_pred_text=noise_pred_text[0], pred_x0=x0[0])
-                if guided:
-                    recorded["noise_pred_uncond"] = noise_pred_uncond[0]
-                steps(i, **recorded)
+                # four copies into preallocated buffers; everything derived waits until after the loop
+                steps(i, latents=latents[0], noise_pred=noise_pred[0], unet_output=unet_output, model_input=model_input[0])
+
+        # What the loop saw, taken apart: the UNet's rows are [unconditional, prompt] with guidance.
+        buffers = steps.buffers
+        unet_outputs = buffers.pop("unet_output")  # [S, B, C, h, w]
+        buffers["noise_pred_text"] = unet_outputs[:, -1]
+        if guided:
+            buffers["noise_pred_uncond"] = unet_outputs[:, 0]
+        # x0 at every step at once: x_t (as the UNet saw it) and its prediction give the clean latent
+        buffers["pred_x0"] = pred_x0(buffers.pop("model_input"), buffers["noise_pred"], alpha_bars[:, None, None, None],
+                                     scheduler.config.prediction_type)
+        buffers["latents"] = torch.cat([initial_latents, buffers["latents"]])
 
         # The records start their way to the host now (one transfer per tensor, not waited for), so
         # they travel while the GPU goes on to the VAE: recording never made the GPU wait.
         keep = _keeper(record)
-        steps.buffers["latents"] = torch.cat([initial_latents, steps.buffers["latents"]])  # on the device, before the move
-        buffers = {name: keep(x) for name, x in steps.buffers.items()}
+        buffers = {name: keep(x.contiguous()) for name, x in buffers.items()}
         cross_maps, self_maps = attention.maps("cross", record.to_cpu), attention.maps("self", record.to_cpu)
 
         # 5. Latent → pixels with the VAE decoder, then to a PIL image exactly as diffusers does.

@@ -71,24 +71,20 @@ class StepRecorder:
 
 
 class AttentionRecorder:
-    """Watches one diffusers ``Attention`` layer: keeps its queries and keys, fills its maps.
+    """Watches one diffusers ``Attention`` layer: keeps the outputs of its query and key projections.
 
     Instead of replacing the layer's processor (which would force the slow path that materializes
-    the whole attention matrix in every layer), it hooks the layer's query and key projections and
-    keeps their outputs for the prompt's half of the batch. The layer's own output still comes from
-    the fused ``scaled_dot_product_attention``. The probabilities themselves are computed after the
-    UNet call, for all layers of one shape at once (:meth:`AttentionRecording.collect`).
+    the whole attention matrix in every layer), it hooks ``to_q`` and ``to_k``; the layer's own output
+    still comes from the fused ``scaled_dot_product_attention``. The probabilities are computed after
+    the UNet call, for all layers of one shape at once (:meth:`AttentionRecording.collect`).
 
-    The hooks do nothing but keep two tensors, and do not know which step it is: that keeps them cheap
-    and lets them be traced into a ``torch.compile``-d UNet without recompiling at every step.
-
-    ``self.maps``: ``[num_steps, heads or 1, H, W, keys]`` on the model's device.
+    The hooks only keep a reference (no tensor operation, no copy) and do not know which step it is:
+    that keeps them cheap and lets them be traced into a ``torch.compile``-d UNet without recompiling.
     """
 
-    def __init__(self, name: str, attn, num_steps: int, batch_index: int):
-        self.name, self.attn, self.num_steps, self.batch_index = name, attn, num_steps, batch_index
-        self.maps: torch.Tensor | None = None
-        self.query = self.key = None
+    def __init__(self, name: str, attn):
+        self.name, self.attn = name, attn
+        self.query = self.key = None  # [batch, queries, heads·d], [batch, keys, heads·d]
         self._handles = []
 
     def install(self) -> None:
@@ -104,17 +100,10 @@ class AttentionRecorder:
         self.query = self.key = None
 
     def _keep_query(self, module, inputs, output):
-        self.query = output[self.batch_index]  # [queries, heads·d] of the prompt's half (a view, no copy)
+        self.query = output
 
     def _keep_key(self, module, inputs, output):
-        self.key = output[self.batch_index]  # [keys, heads·d]
-
-    def file(self, step: int, probs: torch.Tensor, dtype: torch.dtype) -> None:
-        """Store ``probs`` (``[heads or 1, H, W, keys]``) as this layer's map of ``step``, in ``dtype``."""
-        if self.maps is None:
-            self.maps = probs.new_zeros((self.num_steps, *probs.shape), dtype=dtype)
-        self.maps[step] = probs  # the copy converts to the buffer's dtype: no extra kernel
-        self.query = self.key = None
+        self.key = output
 
 
 def attention_probabilities(query: torch.Tensor, key: torch.Tensor, heads: int, per_head: bool) -> torch.Tensor:
@@ -147,38 +136,49 @@ def to_host(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class AttentionRecording:
-    """The attention recorders of one generation; the loop calls ``collect(step)`` after each UNet call."""
+    """The attention recorders of one generation and their maps; the loop calls ``collect(step)`` after each UNet call.
+
+    Layers at the same resolution have queries and keys of the same shape, so they are stacked and go
+    through one product, one softmax and one copy into a shared ``[S, L, heads or 1, H, W, keys]``
+    buffer: SD 1.5's 16 cross-attention layers make 4 groups. Every launch saved counts, because in
+    eager mode the GPU can only be as busy as Python keeps it.
+    """
 
     options: RecordOptions
     latent_hw: tuple[int, int]
+    num_steps: int
+    batch_index: int  # which row of the UNet batch is the prompt
     cross: dict[str, AttentionRecorder] = field(default_factory=dict)
     self_: dict[str, AttentionRecorder] = field(default_factory=dict)
+    buffers: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)  # layer names → maps
 
     def collect(self, step: int) -> None:
-        """Turn the queries and keys the UNet call just left into maps, filed under ``step``.
-
-        Layers at the same resolution have queries and keys of the same shape, so they are stacked
-        and go through one product and one softmax: SD 1.5's 16 cross-attention layers make 4 groups.
-        Every launch saved counts, because the GPU must not wait for Python between UNet calls.
-        """
+        """Turn the queries and keys the UNet call just left into maps, filed under ``step``."""
         groups = defaultdict(list)
         for r in (*self.cross.values(), *self.self_.values()):
             if r.query is not None and r.key is not None:
                 groups[(r.attn.heads, tuple(r.query.shape), tuple(r.key.shape), r.query.dtype)].append(r)
         for (heads, *_), recorders in groups.items():
             if len(recorders) == 1:
-                query, key = recorders[0].query[None], recorders[0].key[None]
-            else:
-                query, key = torch.stack([r.query for r in recorders]), torch.stack([r.key for r in recorders])
+                query, key = recorders[0].query[self.batch_index, None], recorders[0].key[self.batch_index, None]
+            else:  # [L, queries, heads·d] and [L, keys, heads·d] of the prompt's half
+                query = torch.stack([r.query for r in recorders], dim=1)[self.batch_index]
+                key = torch.stack([r.key for r in recorders], dim=1)[self.batch_index]
             probs = attention_probabilities(query, key, heads, self.options.per_head)
             y, x = grid_from_queries(query.shape[1], self.latent_hw)
             probs = rearrange(probs, "l h (y x) m -> l h y x m", y=y, x=x)
-            for r, layer_probs in zip(recorders, probs):
-                r.file(step, layer_probs, self.options.dtype_for(query.dtype))
+            names = tuple(r.name for r in recorders)
+            if names not in self.buffers:
+                self.buffers[names] = probs.new_zeros((self.num_steps, *probs.shape), dtype=self.options.dtype_for(query.dtype))
+            self.buffers[names][step] = probs  # one copy for the group; it converts to the buffer's dtype
+            for r in recorders:
+                r.query = r.key = None
 
     def maps(self, which: str, to_cpu: bool) -> dict[str, torch.Tensor]:
-        recorders = self.cross if which == "cross" else self.self_
-        maps = {name: r.maps for name, r in recorders.items() if r.maps is not None}
+        """``{layer: [S, heads or 1, H, W, keys]}`` for ``which`` = ``"cross"`` or ``"self"``, in the UNet's order."""
+        wanted = self.cross if which == "cross" else self.self_
+        maps = {name: buffer[:, i].contiguous() for names, buffer in self.buffers.items() for i, name in enumerate(names) if name in wanted}
+        maps = {name: maps[name] for name in wanted if name in maps}
         return {name: to_host(m) for name, m in maps.items()} if to_cpu else maps
 
 
@@ -197,17 +197,17 @@ def record_attention(unet, options: RecordOptions, latent_hw: tuple[int, int], n
         an :class:`AttentionRecording`; the hooks are removed when the block exits, even on error.
     """
     layers = attention_layers(unet)
-    recording = AttentionRecording(options, latent_hw)
+    recording = AttentionRecording(options, latent_hw, num_steps, batch_index)
     if options.cross_attention:
         wanted = options.layers if options.layers is not None else list(layers["cross"])
         unknown = [name for name in wanted if name not in layers["cross"]]
         if unknown:
             raise ValueError(f"unknown cross-attention layers {unknown}; the UNet has: {list(layers['cross'])}")
-        recording.cross = {name: AttentionRecorder(name, layers["cross"][name], num_steps, batch_index) for name in wanted}
+        recording.cross = {name: AttentionRecorder(name, layers["cross"][name]) for name in wanted}
     if options.self_attention_resolutions:
         for name, attn in layers["self"].items():
             if layer_grid(name, unet, latent_hw)[0] in options.self_attention_resolutions:
-                recording.self_[name] = AttentionRecorder(name, attn, num_steps, batch_index)
+                recording.self_[name] = AttentionRecorder(name, attn)
     recorders = [*recording.cross.values(), *recording.self_.values()]
     try:
         for recorder in recorders:

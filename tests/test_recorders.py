@@ -30,7 +30,7 @@ def test_maps_equal_the_classic_attention_computation(pipe):
             recording.collect(0)
     finally:
         handle.remove()
-    recorded = recording.cross[name].maps[0]  # [heads, H, W, 77]
+    recorded = recording.maps("cross", to_cpu=True)[name][0]  # [heads, H, W, 77]
     with torch.no_grad():
         q = attn.head_to_batch_dim(attn.to_q(seen["h"][1:]))
         k = attn.head_to_batch_dim(attn.to_k(seen["enc"][1:]))
