@@ -6,7 +6,7 @@ from .animation import animate
 from .attention import attention_grid, token_heatmaps
 from .denoising import denoising_filmstrip, latent_channels, noise_schedule
 from .generate import guidance_sweep, prompt_similarity, vae_roundtrip
-from .text import text_embeddings
+from .text import similarity_matrix, text_embeddings
 
 __all__ = ["animate", "attention_grid", "denoising_filmstrip", "guidance_sweep", "latent_channels", "noise_schedule",
-           "prompt_similarity", "text_embeddings", "token_heatmaps", "vae_roundtrip"]
+           "prompt_similarity", "similarity_matrix", "text_embeddings", "token_heatmaps", "vae_roundtrip"]

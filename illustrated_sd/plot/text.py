@@ -31,3 +31,34 @@ def text_embeddings(trace: Trace, cmap: str = "RdBu_r"):
     fig.colorbar(sim, ax=right, shrink=0.8)
     fig.suptitle(repr(trace.prompt), fontsize=11)
     return fig
+
+
+def similarity_matrix(similarity, captions: list[str], images=None, title: str = "image–caption similarity"):
+    """CLIP's similarity matrix: rows = images, columns = captions; a trained CLIP lights the diagonal.
+
+    Args:
+        similarity: ``[N, M]`` cosine similarities (from ``illustrated_sd.clip.clip_similarity``).
+        captions: the ``M`` captions, written under the columns.
+        images: optional ``[N, 3, H, W]`` in [-1, 1], drawn as thumbnails beside the rows.
+    Returns:
+        a Figure; each row's best caption is ringed (a correct match sits on the diagonal).
+    """
+    sim = similarity.float().numpy()
+    n, m = sim.shape
+    fig = plt.figure(figsize=(1.0 + 0.55 * m, 1.5 + 0.55 * n), layout="constrained")
+    grid = fig.add_gridspec(n, 2, width_ratios=(1, m)) if images is not None else fig.add_gridspec(n, 1)
+    ax = fig.add_subplot(grid[:, -1])
+    im = ax.imshow(sim, cmap="viridis", vmin=-1, vmax=1)
+    best = sim.argmax(1)
+    ax.scatter(best, range(n), s=180, facecolors="none", edgecolors="white", linewidths=1.5)
+    ax.set_xticks(range(m), captions, rotation=70, ha="right", fontsize=7)
+    ax.set_yticks(range(n), [f"image {i}" for i in range(n)], fontsize=7)
+    correct = int((best == range(n)).sum()) if n == m else None
+    ax.set_title(title + (f": {correct}/{n} images pick their own caption" if correct is not None else ""), fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.6)
+    if images is not None:
+        for i in range(n):
+            thumb = fig.add_subplot(grid[i, 0])
+            thumb.imshow(((images[i].permute(1, 2, 0).float() + 1) / 2).clamp(0, 1).numpy())
+            thumb.axis("off")
+    return fig
