@@ -81,3 +81,45 @@ def training_step(pipe, image: Image.Image, caption: str, t: int, seed: int = 0)
     target = noise if pipe.scheduler.config.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * latent
     return {"loss": F.mse_loss(prediction.float(), target.float()).item(), "t": int(t_[0]), "noised": noised[0].cpu(),
             "target": target[0].cpu(), "prediction": prediction[0].cpu()}
+
+
+def diffusion_loss(unet, latents: torch.Tensor, context: torch.Tensor, alphas_cumprod: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stable Diffusion's training objective on a batch, with gradients (this is what training minimises).
+
+    Each example gets its own random timestep t and fresh noise ε, is noised in one jump,
+    x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, and the UNet must name the noise: loss = mean ‖ε − ε_θ(x_t, t, text)‖².
+
+    Args:
+        unet: an epsilon-predicting ``UNet2DConditionModel``.
+        latents: ``[B, C, h, w]`` clean latents (already multiplied by the VAE's scaling factor).
+        context: ``[B, 77, D]`` text encoder hidden states of the captions.
+        alphas_cumprod: ``[T]`` ᾱ of the noise schedule (``scheduler.alphas_cumprod``).
+    Returns:
+        the scalar loss (float32).
+    """
+    device = latents.device
+    alphas_cumprod = alphas_cumprod.to(device)
+    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    t = torch.randint(0, len(alphas_cumprod), (len(latents),), generator=generator, device=device)
+    a = alphas_cumprod[t][:, None, None, None].to(latents.dtype)
+    noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+    prediction = unet(noisy, t, encoder_hidden_states=context).sample
+    return F.mse_loss(prediction.float(), noise.float())
+
+
+@torch.no_grad()
+def encode_examples(pipe, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training examples as the UNet sees them, through the frozen VAE and text encoder.
+
+    Args:
+        images: ``[B, 3, H, W]`` in [-1, 1] (e.g. from ``world.render``); captions: ``B`` strings.
+    Returns:
+        ``(latents [B, C, H/8, W/8], context [B, 77, D])`` on the pipeline's device.
+    """
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions; give one caption per image")
+    latents = pipe.vae.encode(images.to(pipe.device, pipe.vae.dtype)).latent_dist.mode() * pipe.vae.config.scaling_factor
+    ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids.to(pipe.device)
+    return latents, pipe.text_encoder(ids)[0]

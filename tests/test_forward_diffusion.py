@@ -23,3 +23,29 @@ def test_training_step_measures_the_noise_prediction(pipe, trace):
     torch.testing.assert_close(torch.tensor(step["loss"]), ((step["prediction"] - step["target"]) ** 2).mean(), rtol=1e-4, atol=1e-6)
     # the trained model names the noise far better than guessing zero (whose loss is E[ε²] ≈ 1)
     assert step["loss"] < 0.5 * step["target"].pow(2).mean()
+
+
+def test_diffusion_loss_trains_a_unet(pipe):
+    from illustrated_sd.world import render, sample_scenes
+    scenes = sample_scenes(3, 4)
+    images, _ = render(scenes)
+    latents, context = isd.encode_examples(pipe, images, [s.caption for s in scenes])
+    assert latents.shape == (4, 4, 16, 16) and context.shape == (4, 77, pipe.text_encoder.config.hidden_size)
+    alphas = pipe.scheduler.alphas_cumprod
+    fixed = lambda unet: isd.diffusion_loss(unet, latents, context, alphas, torch.Generator().manual_seed(0)).item()
+    with torch.no_grad():
+        trained = fixed(pipe.unet)
+        fresh_unet = isd.build_random_pipeline("tiny-sd", seed=5).unet
+        untrained = fixed(fresh_unet)
+    assert trained < 0.5 * untrained, "the shipped UNet must name the noise far better than a random one"
+    opt = torch.optim.AdamW(fresh_unet.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        loss = isd.diffusion_loss(fresh_unet, latents, context, alphas, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert fixed(fresh_unet) < untrained, "a few optimizer steps lower the loss on the same examples"
+    with pytest.raises(ValueError, match="one caption per image"):
+        isd.encode_examples(pipe, images, ["a red circle"])

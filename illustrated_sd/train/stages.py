@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..architectures import build_random_pipeline
+from ..forward_diffusion import diffusion_loss
 from .checkpoint import load_weights, read_log, save_weights, write_log
 from .data import world_batch
 
@@ -209,14 +210,8 @@ def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
         # caption dropout: 10% of examples see the empty prompt, so the model also learns ε(x_t, "")
         dropped = torch.rand(batch_size, generator=gen, device=device) < drop_caption
         context = torch.where(dropped[:, None, None], empty, contexts[idx])
-        # Forward diffusion in one jump: x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, with t uniform over the 1000 steps
-        noise = torch.randn(latents.shape, generator=gen, device=device)
-        t = torch.randint(0, len(alphas_cumprod), (batch_size,), generator=gen, device=device)
-        a = alphas_cumprod[t][:, None, None, None]
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-        with _autocast(device):
-            pred = unet(noisy, t, encoder_hidden_states=context).sample.float()
-        return F.mse_loss(pred, noise)  # the model learns to name the noise
+        with _autocast(device):  # forward diffusion in one jump, then the UNet names the noise
+            return diffusion_loss(unet, latents, context, alphas_cumprod, generator=gen)
 
     @torch.no_grad()
     def update_ema(n):
