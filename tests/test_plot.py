@@ -2,6 +2,7 @@
 
 import io
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
@@ -94,3 +95,15 @@ def test_animate_writes_a_gif_with_one_frame_per_step(pipe, trace, tmp_path):
     with Image.open(decoded) as gif:
         assert gif.n_frames == trace.num_steps
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_image_row_takes_pil_and_tensors(trace):
+    from illustrated_sd.world import render, sample_scenes
+    images, _ = render(sample_scenes(0, 2))
+    fig = isd.plot.image_row([trace.image, *images], titles=["generated", "world 0", "world 1"])
+    assert len(fig.axes) == 3 and fig.axes[1].get_title() == "world 0"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="2 images but 1 titles"):
+        isd.plot.image_row(images, titles=["one"])
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        isd.plot.image_row([images[0, 0]])

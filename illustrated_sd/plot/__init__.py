@@ -5,8 +5,9 @@
 from .animation import animate
 from .attention import attention_grid, token_heatmaps
 from .denoising import denoising_filmstrip, latent_channels, noise_schedule
+from .images import image_row
 from .generate import guidance_sweep, prompt_similarity, vae_roundtrip
 from .text import similarity_matrix, text_embeddings
 
-__all__ = ["animate", "attention_grid", "denoising_filmstrip", "guidance_sweep", "latent_channels", "noise_schedule",
+__all__ = ["animate", "attention_grid", "denoising_filmstrip", "guidance_sweep", "image_row", "latent_channels", "noise_schedule",
            "prompt_similarity", "similarity_matrix", "text_embeddings", "token_heatmaps", "vae_roundtrip"]
