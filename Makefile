@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PROMPT ?= a red circle on the left
 OUT ?= outputs/demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test docs notebooks lab clean
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,24 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/illustrated-sd explain "$(PROMPT)" --out $(OUT)
 
+# The tests (the notebooks run top to bottom among them), then the docs site in strict mode: the build
+# executes every notebook again and fails on any error or broken link.
 test: setup
 	$(BIN)/python -m pytest -q
+	$(MAKE) docs
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "docs site: build/site/index.html"
+
+# Step through the course in JupyterLab (installs it into .venv the first time)
+lab: setup
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[course]"
+	$(BIN)/jupyter lab notebooks/
+
+# Run the course notebooks, keep executed copies in build/notebooks/ and their times in docs/notebook_times.json
+notebooks: setup
+	$(BIN)/python scripts/run_notebooks.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs build .cache .pytest_cache

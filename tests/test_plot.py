@@ -63,6 +63,9 @@ def test_latent_channels_and_noise_schedule(pipe, trace):
     fig = isd.plot.latent_channels(trace, step=-1)
     assert len(image_axes(fig)) == trace.latents.shape[1]
     assert "4 channels × 16×16 = 1024 numbers" in fig._suptitle.get_text()
+    assert isd.plot.latent_channels(trace, step=0, what="noise_pred")._suptitle.get_text().startswith("noise_pred[0]")
+    with pytest.raises(ValueError, match="choose one of"):
+        isd.plot.latent_channels(trace, what="noise_pred_text")
     fig = isd.plot.noise_schedule(pipe, trace)
     assert len(fig.axes) == 3 and all(ax.get_xlabel() == "timestep t" and ax.get_ylabel() for ax in fig.axes)
     assert len(fig.axes[1].lines[1].get_xdata()) == trace.num_steps

@@ -21,6 +21,8 @@ def test_smoke_run_resume_and_export(tmp_path):
     assert log["vae_scaling_factor"] > 0
     assert train_main(["run", "--smoke", "--stages", "unet", "--minutes", "1", "--out", str(ckpt)]) == 0  # resumes
     assert json.loads((ckpt / "train_log.json").read_text())["unet"]["total_steps"] == 6
+    assert train_main(["run", "--smoke", "--stages", "ground", "--minutes", "1", "--out", str(ckpt)]) == 0  # fine-tunes
+    assert json.loads((ckpt / "train_log.json").read_text())["ground"]["total_steps"] == 3
     assert train_main(["export", str(ckpt), str(folder)]) == 0
     plain = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     assert plain.vae.config.scaling_factor == log["vae_scaling_factor"]
@@ -42,3 +44,36 @@ def test_weights_round_trip_through_fp16_shards(tmp_path):
 def test_clip_loss_rewards_matching_pairs():
     a = torch.randn(8, 16)
     assert clip_loss(a, a, torch.tensor(3.0)) < clip_loss(a, torch.randn(8, 16), torch.tensor(3.0))
+
+
+def test_object_token_slots_find_each_objects_words():
+    from illustrated_sd.train.grounding import object_token_slots
+    from illustrated_sd.world import sample_scenes
+
+    pipe = isd.load_pipeline()
+    scenes = sample_scenes(3, 20)
+    ids = pipe.tokenizer([s.caption for s in scenes], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    slots = object_token_slots(ids, scenes, pipe.tokenizer)
+    assert slots.shape == (20, 2, 2)
+    for b, scene in enumerate(scenes):
+        tokens = pipe.tokenizer.convert_ids_to_tokens(ids[b].tolist())
+        for k, obj in enumerate(scene.objects):
+            color, shape = slots[b, k].tolist()
+            assert (tokens[color], tokens[shape]) == (obj.color + "</w>", obj.shape + "</w>"), scene.caption
+        assert (slots[b, len(scene.objects):] == -1).all()
+
+
+def test_grounding_loss_rewards_attention_inside_the_mask():
+    from types import SimpleNamespace
+
+    from illustrated_sd.train.grounding import grounding_loss
+
+    unet = SimpleNamespace(named_modules=lambda: [("layer", SimpleNamespace(heads=1))])
+    masks = torch.zeros(1, 2, 4, 4)
+    masks[0, 0, :2, :2] = 1  # object 0 in the top-left corner; no object 1
+    slots = torch.tensor([[[2, 3], [-1, -1]]])
+    inside, outside = torch.zeros(1, 16, 77), torch.zeros(1, 16, 77)
+    inside[0, [0, 1, 4, 5], 2:4] = 1.0  # tokens 2 and 3 looked at in the corner
+    outside[0, [10, 11, 14, 15], 2:4] = 1.0
+    loss = lambda probs: grounding_loss({"layer": probs}, unet, slots, masks, (4, 4)).item()
+    assert loss(inside) == 0.0 and loss(outside) == 1.0

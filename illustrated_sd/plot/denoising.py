@@ -59,11 +59,13 @@ def latent_channels(trace: Trace, step: int = -1, what: str = "latents", cmap: s
 
     Args:
         step: index into ``trace.latents`` (``-1`` = the final latent) or into ``pred_x0``/``noise``.
-        what: ``"latents"``, ``"pred_x0"`` or ``"noise"``.
+        what: ``"latents"``, ``"pred_x0"`` or ``"noise_pred"`` (also ``"noise"``).
     Returns:
         a Figure with one panel per channel on a shared, zero-centred diverging scale.
     """
-    series = {"latents": trace.latents, "pred_x0": trace.pred_x0, "noise": trace.noise_pred}
+    series = {"latents": trace.latents, "pred_x0": trace.pred_x0, "noise_pred": trace.noise_pred, "noise": trace.noise_pred}
+    if what not in series:
+        raise ValueError(f"what={what!r} is not recorded per step; choose one of {list(series)}")
     latent = series[what][step].float()
     limit = float(latent.abs().max())
     fig, axes = plt.subplots(1, len(latent), figsize=(2.3 * len(latent), 2.6), squeeze=False, layout="constrained")

@@ -7,9 +7,11 @@ from pathlib import Path
 import torch
 
 from .export import export, import_folder
+from .grounding import train_grounding
 from .stages import train_clip, train_unet, train_vae
 
-STAGES = {"clip": train_clip, "vae": train_vae, "unet": train_unet}
+# "ground" is optional: it fine-tunes a trained UNet so that each object's words are looked at on the object
+STAGES = {"clip": train_clip, "vae": train_vae, "unet": train_unet, "ground": train_grounding}
 
 
 def main(argv=None) -> int:
@@ -47,8 +49,8 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     batch, max_steps = (4, 3) if args.smoke else (args.batch_size, None)
     for stage, budget in zip(stages, minutes):
-        extra = {"anneal": args.anneal} if stage == "unet" else {}
-        if args.smoke and stage == "unet":
+        extra = {"anneal": args.anneal} if stage in ("unet", "ground") else {}
+        if args.smoke and stage in ("unet", "ground"):
             extra["dataset_size"] = 12
         steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20, **extra)
         print(f"{stage}: {steps} steps on {device}", flush=True)

@@ -1,0 +1,42 @@
+"""Execute the course notebooks top to bottom, save the executed copies, and time each one.
+
+    python scripts/run_notebooks.py                       # → build/notebooks/*.ipynb, docs/notebook_times.json
+    python scripts/run_notebooks.py notebooks/04_*.ipynb  # just one
+
+The committed notebooks stay without outputs. The times are this machine's (CI's: 2 CPU cores).
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, default=sorted((ROOT / "notebooks").glob("*.ipynb")))
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "notebooks")
+    parser.add_argument("--times", type=Path, default=ROOT / "docs" / "notebook_times.json")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    times = {}
+    for path in args.notebooks:
+        nb = nbformat.read(path, as_version=4)
+        start = time.perf_counter()
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(args.out)}}).execute()
+        times[path.stem] = round(time.perf_counter() - start, 1)
+        nbformat.write(nb, args.out / path.name)
+        print(f"{path.stem}: {times[path.stem]} s", flush=True)
+    record = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "seconds": times}
+    args.times.write_text(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()

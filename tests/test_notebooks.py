@@ -1,0 +1,37 @@
+"""The course: every notebook is committed clean, ends with a summary and exercises, and runs top to bottom."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+COURSE = ["00_quickstart", "01_text_encoder", "02_vae_latent_space", "03_forward_diffusion_training", "04_unet_cross_attention",
+          "05_sampling_loop", "06_classifier_free_guidance", "07_img2img_inpainting", "08_real_stable_diffusion"]
+
+
+def test_the_course_has_every_notebook():
+    assert [p.stem for p in NOTEBOOKS] == COURSE
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_without_outputs_and_ends_with_exercises(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "clear the outputs before committing"
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "## What you saw" in text and "## Exercises" in text
+    assert nb.cells[0].source.startswith(f"# {path.stem[:2]} ·"), "the first cell is the numbered title"
+    assert any("import illustrated_sd as isd" in c.source for c in code)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_top_to_bottom(path, tmp_path):
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert images >= (1 if path.stem.startswith("08") else 3), "the notebook shows its pictures"
