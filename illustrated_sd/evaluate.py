@@ -124,10 +124,11 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--limit", type=int, default=None, help="grade only the first N prompts (a quick check)")
     parser.add_argument("--examples", type=Path, default=None, help="save every 10th image here")
+    parser.add_argument("--device", default="cpu", help="where to generate (cuda is faster; figures differ from the CPU's in rare cases)")
     args = parser.parse_args(argv)
     from .loading import load_pipeline
 
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, device=args.device)
     cases = prompt_set()[: args.limit]
     start = time.time()
     result = evaluate(pipe, cases, steps=args.steps, guidance=args.guidance, examples_dir=args.examples)
