@@ -64,16 +64,13 @@ def test_object_token_slots_find_each_objects_words():
 
 
 def test_grounding_loss_rewards_attention_inside_the_mask():
-    from types import SimpleNamespace
-
     from illustrated_sd.train.grounding import grounding_loss
 
-    unet = SimpleNamespace(named_modules=lambda: [("layer", SimpleNamespace(heads=1))])
     masks = torch.zeros(1, 2, 4, 4)
     masks[0, 0, :2, :2] = 1  # object 0 in the top-left corner; no object 1
     slots = torch.tensor([[[2, 3], [-1, -1]]])
     inside, outside = torch.zeros(1, 16, 77), torch.zeros(1, 16, 77)
     inside[0, [0, 1, 4, 5], 2:4] = 1.0  # tokens 2 and 3 looked at in the corner
     outside[0, [10, 11, 14, 15], 2:4] = 1.0
-    loss = lambda probs: grounding_loss({"layer": probs}, unet, slots, masks, (4, 4)).item()
+    loss = lambda probs: grounding_loss({"layer": probs}, {"layer": 1}, slots, masks).item()
     assert loss(inside) == 0.0 and loss(outside) == 1.0

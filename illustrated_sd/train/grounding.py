@@ -73,11 +73,12 @@ def attention_with_gradients(unet):
             attn.set_processor(AttnProcessor2_0())
 
 
-def grounding_loss(store: dict, unet, slots: torch.Tensor, masks: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+def grounding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """TokenCompose's token loss, averaged over layers and the (object, token) pairs present.
 
     Args:
         store: from :func:`attention_with_gradients` after a UNet call on ``B`` examples.
+        heads: each layer's head count.
         slots: ``[B, 2, 2]`` from :func:`object_token_slots` (on the device).
         masks: ``[B, 2, H, W]`` object coverage in [0, 1] at latent resolution.
     """
@@ -85,8 +86,7 @@ def grounding_loss(store: dict, unet, slots: torch.Tensor, masks: torch.Tensor, 
     index = slots.clamp_min(0).flatten(1)  # [B, 4]
     losses = []
     for name, probs in store.items():
-        heads = dict(unet.named_modules())[name].heads
-        probs = probs.float().unflatten(0, (-1, heads)).mean(1)  # [B, n, 77], heads averaged
+        probs = probs.float().unflatten(0, (-1, heads[name])).mean(1)  # [B, n, 77], heads averaged
         n = probs.shape[1]
         h = w = int(n**0.5)
         grid = F.adaptive_avg_pool2d(masks, (h, w)).flatten(2)  # [B, 2, n]
@@ -130,6 +130,7 @@ def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: i
     unet = unet.to(device).float().train()
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    heads = {name: attn.heads for name, attn in attention_layers(unet)["cross"].items()}
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 7 + len(read_log(ckpt).get("ground", {}).get("step", [])))
 
     with attention_with_gradients(unet) as store:
@@ -141,7 +142,7 @@ def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: i
             a = alphas_cumprod[t][:, None, None, None]
             with _autocast(device):
                 pred = unet(a.sqrt() * latents + (1 - a).sqrt() * noise, t, encoder_hidden_states=contexts[idx]).sample.float()
-                ground = grounding_loss(store, unet, slots[idx], masks[idx], latent_hw)
+                ground = grounding_loss(store, heads, slots[idx], masks[idx])
             return F.mse_loss(pred, noise) + weight * ground
 
         @torch.no_grad()
