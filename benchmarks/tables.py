@@ -19,7 +19,7 @@ LABELS = {
 
 def table(path: Path) -> str:
     result = json.loads(path.read_text())
-    lines = [f"**{result['layout']}** — {result['device']}, torch {result['torch']}, {result['dtype']}, {result['size']}², "
+    lines = [f"**{result['layout']}** (`{path.name}`) — {result['device']}, torch {result['torch']}, {result['dtype']}, {result['size']}², "
              f"{result['steps']} DDIM steps, guidance {result['guidance_scale']}, {result['repeats']} alternating rounds after a warm-up",
              "", "| variant | min s | median s | × plain (median) | peak GPU GiB | trace MiB | max pixel diff vs plain |",
              "|---|---|---|---|---|---|---|"]

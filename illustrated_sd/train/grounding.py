@@ -24,7 +24,8 @@ from ..architectures import build_random_pipeline
 from ..attention_layers import attention_layers
 from ..world import render, sample_scenes
 from .checkpoint import load_weights, read_log, save_weights
-from .stages import Budget, _autocast, _run
+from ..forward_diffusion import diffusion_loss
+from .stages import EMA, Budget, _autocast, _run
 
 
 def object_token_slots(ids: torch.Tensor, scenes, tokenizer) -> torch.Tensor:
@@ -128,7 +129,7 @@ def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: i
     means, stds, contexts, masks, slots = encode_grounded_world(vae, text_encoder, tokenizer, seed, dataset_size, device, latent_hw)
     del vae, text_encoder
     unet = unet.to(device).float().train()
-    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    ema = EMA(unet, ema_decay)
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     heads = {name: attn.heads for name, attn in attention_layers(unet)["cross"].items()}
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 7 + len(read_log(ckpt).get("ground", {}).get("step", [])))
@@ -137,24 +138,14 @@ def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: i
         def step_fn(step):
             idx = torch.randint(0, len(means), (batch_size,), generator=gen, device=device)
             latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen, device=device)) * scaling
-            noise = torch.randn(latents.shape, generator=gen, device=device)
-            t = torch.randint(0, len(alphas_cumprod), (batch_size,), generator=gen, device=device)
-            a = alphas_cumprod[t][:, None, None, None]
-            with _autocast(device):
-                pred = unet(a.sqrt() * latents + (1 - a).sqrt() * noise, t, encoder_hidden_states=contexts[idx]).sample.float()
+            with _autocast(device):  # the UNet call of the denoising loss also fills `store` with its attention
+                denoising = diffusion_loss(unet, latents, contexts[idx], alphas_cumprod, generator=gen)
                 ground = grounding_loss(store, heads, slots[idx], masks[idx])
-            return F.mse_loss(pred, noise) + weight * ground
-
-        @torch.no_grad()
-        def update_ema(n):
-            decay = min(ema_decay, (1 + n) / (10 + n))
-            for k, v in unet.state_dict().items():
-                if v.is_floating_point():
-                    ema[k].lerp_(v, 1 - decay)
+            return denoising + weight * ground
 
         steps = _run("ground", step_fn, list(unet.parameters()), 1e-4, ckpt, Budget(minutes, max_steps), log_every,
-                     warmup=50, after_step=update_ema, anneal=anneal)
+                     warmup=50, after_step=ema.update, anneal=anneal)
     if steps:
-        unet.load_state_dict(ema)
+        unet.load_state_dict(ema.weights)
     save_weights(unet, ckpt, "unet")
     return steps

@@ -76,6 +76,25 @@ class Budget:
         return time.time() < self.deadline and (self.max_steps is None or step < self.max_steps)
 
 
+class EMA:
+    """An exponential moving average of a module's weights: it samples better than the last step's weights.
+
+    Its decay ramps up, min(decay, (1 + n) / (10 + n)) after n updates, so that the starting weights
+    are forgotten quickly.
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.module, self.decay = module, decay
+        self.weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, n: int) -> None:
+        decay = min(self.decay, (1 + n) / (10 + n))
+        for k, v in self.module.state_dict().items():
+            if v.is_floating_point():
+                self.weights[k].lerp_(v, 1 - decay)
+
+
 def _autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
@@ -200,7 +219,7 @@ def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
     unet = unet.to(device).train()
     load_weights(unet, ckpt, "unet")
     unet.float()
-    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    ema = EMA(unet, ema_decay)
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + len(read_log(ckpt).get("unet", {}).get("step", [])))
 
@@ -213,17 +232,8 @@ def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
         with _autocast(device):  # forward diffusion in one jump, then the UNet names the noise
             return diffusion_loss(unet, latents, context, alphas_cumprod, generator=gen)
 
-    @torch.no_grad()
-    def update_ema(n):
-        # an exponential moving average of the weights samples better than the last step's weights;
-        # its decay ramps up so that the random initial weights are forgotten quickly
-        decay = min(ema_decay, (1 + n) / (10 + n))
-        for k, v in unet.state_dict().items():
-            if v.is_floating_point():
-                ema[k].lerp_(v, 1 - decay)
-
-    steps = _run("unet", step_fn, list(unet.parameters()), 3e-4, ckpt, Budget(minutes, max_steps), log_every, after_step=update_ema, anneal=anneal)
+    steps = _run("unet", step_fn, list(unet.parameters()), 3e-4, ckpt, Budget(minutes, max_steps), log_every, after_step=ema.update, anneal=anneal)
     if steps:
-        unet.load_state_dict(ema)  # the averaged weights are what we ship
+        unet.load_state_dict(ema.weights)  # the averaged weights are what we ship
     save_weights(unet, ckpt, "unet")
     return steps
