@@ -2,12 +2,15 @@
 
 import json
 
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
 
 import illustrated_sd as isd
 from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.train.checkpoint import load_weights, save_weights
+from illustrated_sd.train.decoder import decoder_loss, object_weights, train_decoder
 from illustrated_sd.train.stages import clip_loss
 
 
@@ -23,6 +26,13 @@ def test_smoke_run_resume_and_export(tmp_path):
     assert json.loads((ckpt / "train_log.json").read_text())["unet"]["total_steps"] == 6
     assert train_main(["run", "--smoke", "--stages", "ground", "--minutes", "1", "--out", str(ckpt)]) == 0  # fine-tunes
     assert json.loads((ckpt / "train_log.json").read_text())["ground"]["total_steps"] == 3
+    before = load_file(ckpt / "vae-0.safetensors")
+    assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--out", str(ckpt)]) == 0
+    after = load_file(ckpt / "vae-0.safetensors")
+    assert json.loads((ckpt / "train_log.json").read_text())["decoder"]["total_steps"] == 3
+    # the encoder is frozen, so the latents the UNet learned stay the same; only the decoder moves
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
     assert train_main(["export", str(ckpt), str(folder)]) == 0
     plain = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     assert plain.vae.config.scaling_factor == log["vae_scaling_factor"]
@@ -74,3 +84,23 @@ def test_grounding_loss_rewards_attention_inside_the_mask():
     outside[0, [10, 11, 14, 15], 2:4] = 1.0
     loss = lambda probs: grounding_loss({"layer": probs}, {"layer": 1}, slots, masks).item()
     assert loss(inside) == 0.0 and loss(outside) == 1.0
+
+
+def test_decoder_loss_weighs_pixels_on_and_around_objects_more():
+    masks = torch.zeros(1, 2, 32, 32)
+    masks[0, 1, 10:14, 10:14] = 1  # one object, in slot 1
+    weights = object_weights(masks)
+    assert weights.shape == (1, 1, 32, 32)
+    assert weights[0, 0, 12, 12] == 10 and weights[0, 0, 7, 7] == 10  # on it, and on its 4-pixel edge
+    assert weights[0, 0, 0, 0] == 1 and weights[0, 0, 20, 20] == 1
+    images = torch.zeros(1, 3, 32, 32)
+    on_object, on_background = images.clone(), images.clone()
+    on_object[..., 12, 12] = 1.0
+    on_background[..., 25, 25] = 1.0
+    assert decoder_loss(images, images, weights) == 0
+    assert decoder_loss(on_object, images, weights) == pytest.approx(10 * decoder_loss(on_background, images, weights).item())
+
+
+def test_decoder_stage_needs_a_trained_vae(tmp_path):
+    with pytest.raises(RuntimeError, match="run the vae stage first"):
+        train_decoder(tmp_path, 1, 2, torch.device("cpu"), 0, max_steps=1)

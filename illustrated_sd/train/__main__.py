@@ -7,11 +7,13 @@ from pathlib import Path
 import torch
 
 from .export import export, import_folder
+from .decoder import train_decoder
 from .grounding import train_grounding
 from .stages import train_clip, train_unet, train_vae
 
-# "ground" is optional: it fine-tunes a trained UNet so that each object's words are looked at on the object
-STAGES = {"clip": train_clip, "vae": train_vae, "unet": train_unet, "ground": train_grounding}
+# "ground" and "decoder" are optional: "ground" fine-tunes a trained UNet so that each object's words are
+# looked at on the object; "decoder" sharpens the VAE's decoder while its encoder (and so the UNet) stays valid
+STAGES = {"clip": train_clip, "vae": train_vae, "unet": train_unet, "ground": train_grounding, "decoder": train_decoder}
 
 
 def main(argv=None) -> int:
