@@ -59,13 +59,22 @@ def _points_inside(trace, word, mask) -> bool:
     return bool(grown[y : y + 5, x : x + 5].any())
 
 
-def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0, examples_dir: Path | None = None) -> dict:
-    """Generate each case and grade it; returns the summary figures and every case's result."""
+def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0, examples_dir: Path | None = None,
+             seeds: int = 1) -> dict:
+    """Generate each case and grade it; returns the summary figures and every case's result.
+
+    Case ``i`` is drawn with seed ``seed + i``; with ``seeds`` = k > 1 every case is drawn k times (seeds
+    ``seed + i + 10_000·j``), so that the figures rest on k× as many pictures.
+    """
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     rows = []
-    for i, (text, objects, held_out) in enumerate(tqdm(cases, desc="evaluating", unit="prompt")):
-        trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i, progress=False)
+    draws = [(i, j) for j in range(seeds) for i in range(len(cases))]
+    for i, j in tqdm(draws, desc="evaluating", unit="prompt"):
+        text, objects, held_out = cases[i]
+        trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i + 10_000 * j, progress=False)
         found = detect(trace.image)
-        row = {"prompt": text, "held_out": held_out, "objects": []}
+        row = {"prompt": text, "held_out": held_out, "seed": seed + i + 10_000 * j, "objects": []}
         for color, shape, position in objects:
             d = _nearest(found, position) if len(objects) > 1 else (found[0] if found else None)
             row["objects"].append({
@@ -75,7 +84,7 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
                 "points": {w: d is not None and _points_inside(trace, w, d.mask) for w in (color, shape)},
             })
         rows.append(row)
-        if examples_dir is not None and i % 10 == 0:
+        if examples_dir is not None and i % 10 == 0 and j == 0:
             examples_dir.mkdir(parents=True, exist_ok=True)
             trace.image.save(examples_dir / f"{i:03d}.png")
 
@@ -98,7 +107,7 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
     for kind, words in (("color", COLORS), ("shape", SHAPES)):  # which words find their object
         summary[f"pointing_game_{kind}_words"] = rate(p for r in rows if not r["held_out"] for o in r["objects"]
                                                       for w, p in o["points"].items() if w in words)
-    return {"summary": summary, "settings": {"steps": steps, "guidance": guidance, "seed": seed, "model": pipe.name,
+    return {"summary": summary, "settings": {"steps": steps, "guidance": guidance, "seed": seed, "seeds": seeds, "model": pipe.name,
                                              "scheduler": type(pipe.scheduler).__name__}, "cases": rows}
 
 
@@ -138,6 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("outputs/evaluation.json"))
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--seeds", type=int, default=1, help="draw every prompt this many times (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="grade only the first N prompts (a quick check)")
     parser.add_argument("--examples", type=Path, default=None, help="save every 10th image here")
     parser.add_argument("--device", default="cpu", help="where to generate (cuda is faster; figures differ from the CPU's in rare cases)")
@@ -147,7 +157,7 @@ def main(argv=None) -> int:
     pipe = load_pipeline(args.model, device=args.device)
     cases = prompt_set()[: args.limit]
     start = time.time()
-    result = evaluate(pipe, cases, steps=args.steps, guidance=args.guidance, examples_dir=args.examples)
+    result = evaluate(pipe, cases, steps=args.steps, guidance=args.guidance, examples_dir=args.examples, seeds=args.seeds)
     result["settings"]["seconds"] = round(time.time() - start, 1)
     result["summary"].update(vae_psnr(pipe))
     result["settings"]["torch_threads"] = torch.get_num_threads()

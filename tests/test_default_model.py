@@ -54,6 +54,15 @@ def test_evaluation_grades_generated_images(pipe):
         assert 0 <= summary[key] <= 1
 
 
+def test_evaluation_with_several_seeds_draws_each_prompt_again(pipe):
+    cases = prompt_set()[:2]
+    result = evaluate(pipe, cases, steps=2, seeds=2)
+    assert [row["seed"] for row in result["cases"]] == [0, 1, 10_000, 10_001]
+    assert result["summary"]["single_prompts"] == 4 and result["settings"]["seeds"] == 2
+    with pytest.raises(ValueError, match="seeds must be at least 1"):
+        evaluate(pipe, cases, seeds=0)
+
+
 def test_vae_reconstructs_unseen_world_images_above_28_db(pipe):
     from illustrated_sd.evaluate import vae_psnr
 
