@@ -54,6 +54,17 @@ def test_evaluation_grades_generated_images(pipe):
         assert 0 <= summary[key] <= 1
 
 
+def test_prompt_groups_split_the_evaluation():
+    from illustrated_sd.evaluate import prompt_group
+
+    cases = prompt_set()
+    groups = {g: prompt_group(cases, g) for g in ("single", "held-out", "pairs")}
+    assert [len(g) for g in groups.values()] == [93, 36, 40] and sum(map(len, groups.values())) == len(cases)
+    assert all(len(objects) == 2 for _, objects, _ in groups["pairs"]) and all(held for *_, held in groups["held-out"])
+    with pytest.raises(ValueError, match="choose from"):
+        prompt_group(cases, "triples")
+
+
 def test_evaluation_with_several_seeds_draws_each_prompt_again(pipe):
     cases = prompt_set()[:2]
     result = evaluate(pipe, cases, steps=2, seeds=2)

@@ -24,7 +24,8 @@ def test_smoke_run_resume_and_export(tmp_path):
     assert log["vae_scaling_factor"] > 0
     assert train_main(["run", "--smoke", "--stages", "unet", "--minutes", "1", "--out", str(ckpt)]) == 0  # resumes
     assert json.loads((ckpt / "train_log.json").read_text())["unet"]["total_steps"] == 6
-    assert train_main(["run", "--smoke", "--stages", "ground", "--minutes", "1", "--out", str(ckpt)]) == 0  # fine-tunes
+    assert train_main(["run", "--smoke", "--stages", "ground", "--minutes", "1", "--binding", "0.1", "--two-objects", "0.6",
+                       "--out", str(ckpt)]) == 0  # fine-tunes
     assert json.loads((ckpt / "train_log.json").read_text())["ground"]["total_steps"] == 3
     before = load_file(ckpt / "vae-0.safetensors")
     assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--out", str(ckpt)]) == 0
@@ -104,3 +105,27 @@ def test_decoder_loss_weighs_pixels_on_and_around_objects_more():
 def test_decoder_stage_needs_a_trained_vae(tmp_path):
     with pytest.raises(RuntimeError, match="run the vae stage first"):
         train_decoder(tmp_path, 1, 2, torch.device("cpu"), 0, max_steps=1)
+
+
+def test_binding_loss_penalises_attention_on_the_other_objects_words():
+    from illustrated_sd.train.grounding import binding_loss
+
+    masks = torch.zeros(1, 2, 4, 4)
+    masks[0, 0, :, :2], masks[0, 1, :, 2:] = 1, 1  # object 0 on the left half, object 1 on the right
+    slots = torch.tensor([[[2, 3], [5, 6]]])
+    bound, swapped = torch.zeros(1, 16, 77), torch.zeros(1, 16, 77)
+    left, right = [i for i in range(16) if i % 4 < 2], [i for i in range(16) if i % 4 >= 2]
+    bound[0, left, 2:4], bound[0, right, 5:7] = 0.5, 0.5  # each half looks at its own object's words
+    swapped[0, left, 5:7], swapped[0, right, 2:4] = 0.5, 0.5  # … at the other object's words
+    loss = lambda probs, s=slots: binding_loss({"layer": probs}, {"layer": 1}, s, masks).item()
+    assert loss(bound) == 0.0 and loss(swapped) == 1.0
+    one_object = torch.tensor([[[2, 3], [-1, -1]]])
+    assert loss(swapped, one_object) == 0.0  # nothing to bind with a single object
+
+
+def test_two_objects_sets_the_share_of_two_object_scenes():
+    from illustrated_sd.world import sample_scenes
+
+    share = lambda p: sum(len(s.objects) == 2 for s in sample_scenes(1, 400, two_objects=p)) / 400
+    assert share(0.0) == 0.0 and share(1.0) == 1.0 and 0.5 < share(0.6) < 0.7
+    assert [s.caption for s in sample_scenes(1, 20)] == [s.caption for s in sample_scenes(1, 20, two_objects=0.3)]

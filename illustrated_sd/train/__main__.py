@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     run.add_argument("--batch-size", type=int, default=256)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--anneal", action="store_true", help="unet: let the learning rate fall over the second half of the budget (the last run)")
+    run.add_argument("--binding", type=float, default=0.0, help="ground: weight of the binding loss (default: %(default)s, off)")
+    run.add_argument("--two-objects", type=float, default=0.3, help="ground: share of two-object scenes (default: %(default)s)")
     run.add_argument("--smoke", action="store_true", help="a few tiny steps per stage on the CPU, to check the machinery")
     exp = sub.add_parser("export", help="write a diffusers pipeline folder from a checkpoint")
     exp.add_argument("checkpoint", type=Path)
@@ -52,6 +54,8 @@ def main(argv=None) -> int:
     batch, max_steps = (4, 3) if args.smoke else (args.batch_size, None)
     for stage, budget in zip(stages, minutes):
         extra = {"anneal": args.anneal} if stage in ("unet", "ground") else {}
+        if stage == "ground":
+            extra.update(binding=args.binding, two_objects=args.two_objects)
         if args.smoke and stage in ("unet", "ground"):
             extra["dataset_size"] = 12
         steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20, **extra)

@@ -34,16 +34,17 @@ def _pick(rng, options):
     return options[rng.integers(len(options))]
 
 
-def sample_scene(rng: np.random.Generator, held_out: bool = False, n_objects: int | None = None) -> Scene:
+def sample_scene(rng: np.random.Generator, held_out: bool = False, n_objects: int | None = None, two_objects: float = 0.3) -> Scene:
     """Draw a random scene and caption it.
 
     Args:
         rng: the random source (``np.random.default_rng(seed)``), so a seed fixes the whole scene.
         held_out: ``False`` never draws a held-out colour+shape pair (training data); ``True`` draws
             only held-out pairs for the one-object scenes (evaluation).
-        n_objects: 1 or 2; ``None`` picks 1 (70%) or 2 (30%).
+        n_objects: 1 or 2; ``None`` picks 2 with probability ``two_objects``, else 1.
+        two_objects: how often ``n_objects=None`` draws two objects (default 30%).
     """
-    n_objects = n_objects or (1 if rng.random() < 0.7 else 2)
+    n_objects = n_objects or (1 if rng.random() < 1 - two_objects else 2)
     background = _pick(rng, list(BACKGROUNDS))
     positions = [_pick(rng, list(POSITIONS))] if n_objects == 1 else list(_pick(rng, PAIRS))
     if n_objects == 2 and rng.random() < 0.5:
@@ -91,7 +92,7 @@ def _caption(scene: Scene, rng: np.random.Generator) -> str:
                        obj2=_object_phrase(b, rng, with_size), where2=_pick(rng, POSITION_PHRASES[b.position]), bg=scene.background)
 
 
-def sample_scenes(seed, n: int, held_out: bool = False, n_objects: int | None = None) -> list[Scene]:
+def sample_scenes(seed, n: int, held_out: bool = False, n_objects: int | None = None, two_objects: float = 0.3) -> list[Scene]:
     """``n`` scenes, the same ones for the same ``seed`` (an int or a sequence of ints, e.g. ``[run, step]``)."""
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng, held_out, n_objects) for _ in range(n)]
+    return [sample_scene(rng, held_out, n_objects, two_objects) for _ in range(n)]
