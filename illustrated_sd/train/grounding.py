@@ -79,6 +79,19 @@ def attention_with_gradients(unet):
             attn.set_processor(AttnProcessor2_0())
 
 
+def _word_maps(store: dict, heads: dict[str, int], slots: torch.Tensor, masks: torch.Tensor):
+    """For each layer: the heads-averaged attention maps of each object's colour and shape words,
+    ``[B, 4 (colour₀, shape₀, colour₁, shape₁), n]``, and the object masks pooled to that layer's
+    ``n = h·w`` pixels, ``[B, 2, n]``."""
+    index = slots.clamp_min(0).flatten(1)  # [B, 4]; absent objects read slot 0 and are masked out by the callers
+    for name, probs in store.items():
+        probs = probs.float().unflatten(0, (-1, heads[name])).mean(1)  # [B, n, 77], heads averaged
+        n = probs.shape[1]
+        h = w = int(n**0.5)
+        grid = F.adaptive_avg_pool2d(masks, (h, w)).flatten(2)  # [B, 2, n]
+        yield torch.gather(probs, 2, index[:, None, :].expand(-1, n, -1)).transpose(1, 2), grid
+
+
 def grounding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """TokenCompose's token loss, averaged over layers and the (object, token) pairs present.
 
@@ -89,14 +102,8 @@ def grounding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, mask
         masks: ``[B, 2, H, W]`` object coverage in [0, 1] at latent resolution.
     """
     valid = slots >= 0  # [B, 2, 2]
-    index = slots.clamp_min(0).flatten(1)  # [B, 4]
     losses = []
-    for name, probs in store.items():
-        probs = probs.float().unflatten(0, (-1, heads[name])).mean(1)  # [B, n, 77], heads averaged
-        n = probs.shape[1]
-        h = w = int(n**0.5)
-        grid = F.adaptive_avg_pool2d(masks, (h, w)).flatten(2)  # [B, 2, n]
-        token_maps = torch.gather(probs, 2, index[:, None, :].expand(-1, n, -1)).transpose(1, 2)  # [B, 4, n]
+    for token_maps, grid in _word_maps(store, heads, slots, masks):
         object_masks = grid.repeat_interleave(2, dim=1)  # [B, 4, n]: the colour and shape token share the mask
         inside = (token_maps * object_masks).sum(-1) / token_maps.sum(-1).clamp_min(1e-8)
         losses.append(((1 - inside) ** 2)[valid.flatten(1)])
@@ -111,15 +118,9 @@ def binding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, masks:
     arguments as :func:`grounding_loss`; zero when no scene has two objects.
     """
     two = (slots[:, 1, 0] >= 0) & (slots[:, 0, 0] >= 0)  # [B]
-    index = slots.clamp_min(0).flatten(1)  # [B, 4]: colour₀, shape₀, colour₁, shape₁
     losses = []
-    for name, probs in store.items():
-        probs = probs.float().unflatten(0, (-1, heads[name])).mean(1)  # [B, n, 77], heads averaged
-        n = probs.shape[1]
-        h = w = int(n**0.5)
-        grid = F.adaptive_avg_pool2d(masks, (h, w)).flatten(2)  # [B, 2, n]
-        words = torch.gather(probs, 2, index[:, None, :].expand(-1, n, -1))  # [B, n, 4]
-        per_object = words.unflatten(2, (2, 2)).sum(-1).transpose(1, 2)  # [B, 2, n]: on object 0's words, object 1's
+    for words, grid in _word_maps(store, heads, slots, masks):
+        per_object = words.unflatten(1, (2, 2)).sum(2)  # [B, 2, n]: attention on object 0's words, on object 1's
         own = (grid * per_object).sum(-1)  # [B, 2]: at object k's pixels, attention on k's words
         other = (grid * per_object.flip(1)).sum(-1)  # … and on the other object's words
         share = other / (own + other).clamp_min(1e-8)
