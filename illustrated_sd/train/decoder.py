@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..architectures import build_random_pipeline
 from ..world import render, sample_scenes
-from .checkpoint import load_weights, save_weights
+from .checkpoint import load_weights, read_log, save_weights
 from .stages import Budget, _autocast, _run
 
 OBJECT_WEIGHT = 10.0  # a pixel on or near an object counts this much more than a background pixel
@@ -52,19 +52,16 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
     if not load_weights(vae, ckpt, "vae"):
         raise RuntimeError(f"{ckpt} has no trained VAE yet: run the vae stage first")
     vae.float().train()
-    frozen = [vae.encoder, vae.quant_conv]
-    for module in frozen:
-        module.eval().requires_grad_(False)
+    for frozen in (vae.encoder, vae.quant_conv):
+        frozen.eval().requires_grad_(False)
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 5)
+    gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 5 + len(read_log(ckpt).get("decoder", {}).get("step", [])))
 
     def step_fn(step):
         images, masks = render(sample_scenes([seed, 5, step], batch_size), device=device)
         with _autocast(device):
-            with torch.no_grad():
-                moments = vae.quant_conv(vae.encoder(images)).float()
-            mean, logvar = moments.chunk(2, dim=1)
-            latents = mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * torch.randn(mean.shape, generator=gen, device=device)
+            with torch.no_grad():  # the frozen half: image → posterior → a latent sample
+                latents = vae.encode(images).latent_dist.sample(generator=gen)
             recon = vae.decode(latents).sample.float()
         return decoder_loss(recon, images, object_weights(masks))
 
