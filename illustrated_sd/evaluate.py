@@ -61,9 +61,15 @@ def prompt_group(cases, group: str):
     return [case for case in cases if GROUPS[group](case)]
 
 
-def _nearest(detections, position):
+def _match(detections, position: str, n_objects: int):
+    """The detection that stands for the object meant to be at ``position``: with one object, the
+    largest found; with two, the one nearest the named position (``None`` if nothing was found)."""
+    if not detections:
+        return None
+    if n_objects == 1:
+        return detections[0]
     cx, cy = POSITIONS[position]
-    return min(detections, key=lambda d: (d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2) if detections else None
+    return min(detections, key=lambda d: (d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2)
 
 
 def _points_inside(trace, word, mask) -> bool:
@@ -91,7 +97,7 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
         found = detect(trace.image)
         row = {"prompt": text, "held_out": held_out, "seed": seed + i + 10_000 * j, "objects": []}
         for color, shape, position in objects:
-            d = _nearest(found, position) if len(objects) > 1 else (found[0] if found else None)
+            d = _match(found, position, len(objects))
             row["objects"].append({
                 "color": d is not None and d.color == color,
                 "shape": d is not None and d.shape == shape,
@@ -149,7 +155,7 @@ def vae_psnr(pipe, n: int = 256, seed: int = 424242) -> dict:
         for scene, picture in zip(scenes[start : start + 32], pixels):
             found = detect(picture)
             for obj in scene.objects:
-                d = _nearest(found, obj.position) if len(scene.objects) > 1 else (found[0] if found else None)
+                d = _match(found, obj.position, len(scene.objects))
                 right.append(d is not None and (d.color, d.shape) == (obj.color, obj.shape))
     scores = torch.cat(scores)
     return {"vae_psnr_db_mean": round(scores.mean().item(), 2), "vae_psnr_db_min": round(scores.min().item(), 2), "vae_images": n,
