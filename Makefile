@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PROMPT ?= a red circle on the left
 OUT ?= outputs/demo
 
-.PHONY: setup demo test docs notebooks lab clean
+.PHONY: setup browser demo test docs notebooks lab clean
 
 setup: $(VENV)/.installed
 
@@ -23,9 +23,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/illustrated-sd explain "$(PROMPT)" --out $(OUT)
 
-# The tests (the notebooks run top to bottom among them), then the docs site in strict mode: the build
+# The report test drives Debian's Chromium through Playwright (Playwright's own browser download does not
+# work offline). Installed once, when missing, where apt-get is; elsewhere install Chromium yourself.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser test (once)"; \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "no chromium and no apt-get: install Chromium to run the browser test (it is skipped without one, outside CI)"; fi; }
+
+# The tests (the notebooks and the browser among them), then the docs site in strict mode: the build
 # executes every notebook again and fails on any error or broken link.
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 	$(MAKE) docs
 

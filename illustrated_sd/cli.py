@@ -3,33 +3,75 @@
 import argparse
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
+from . import checks
+from .files import atomic_write, check_output_folder, check_writable_folder, publish_folder, scratch_folder_beside
+from .pipeline import SCHEDULERS
+from .report import FILES
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake prints one line (what was wrong, and where help is) instead of the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def parse(parser: argparse.ArgumentParser, argv) -> argparse.Namespace | int:
+    """``parser.parse_args(argv)``, or the exit code when argparse exits (a mistake, or ``--help``)."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 2
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="illustrated-sd", description="Stable Diffusion that shows its work.")
+    parser = OneLineParser(prog="illustrated-sd", description="Stable Diffusion that shows its work.")
     sub = parser.add_subparsers(dest="command", required=True)
     explain = sub.add_parser("explain", help="generate one image and write an explained report (report.html) of how it was made",
                              description="Generate one image, record how it was made, and write to --out: report.html (one "
                                          "self-contained page explaining each part), the figures as PNGs, the image, "
-                                         "and the trace (trace.safetensors, readable with isd.Trace.load).")
+                                         "and the trace (trace.safetensors, readable with isd.Trace.load). An existing --out "
+                                         "that holds an earlier report is replaced as a whole once the new one is complete.")
     explain.add_argument("prompt", help='what to draw, e.g. "a red circle on the left"')
     explain.add_argument("--out", default="outputs/explain", help="folder to write into (default: %(default)s)")
-    explain.add_argument("--steps", type=int, default=25, help="denoising steps (default: %(default)s)")
-    explain.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: %(default)s)")
-    explain.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: %(default)s)")
+    explain.add_argument("--steps", type=checks.positive_int, default=25, help="denoising steps (default: %(default)s)")
+    explain.add_argument("--guidance", type=checks.finite_float, default=7.5, help="classifier-free guidance scale (default: %(default)s)")
+    explain.add_argument("--seed", type=checks.any_int, default=0, help="seed of the initial noise (default: %(default)s)")
     explain.add_argument("--negative", default=None, help="negative prompt")
     explain.add_argument("--model", default=None, help="diffusers folder or Hub id (default: the embedded tiny model)")
-    explain.add_argument("--device", default="cpu", help="cpu, cuda, … (default: %(default)s)")
+    explain.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: %(default)s)")
     explain.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="(default: %(default)s)")
-    explain.add_argument("--scheduler", default=None, help="ddim, euler, dpm++, pndm, … (default: the model's)")
+    explain.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="the sampler (default: the model's)")
     return parser
+
+
+def check_device(name: str) -> torch.device:
+    """``name`` as a ``torch.device`` that exists on this machine, or ``ValueError`` saying what to use instead."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device {name!r} is not a device torch knows ({err}); use cpu, cuda, cuda:0 or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA GPU visible"
+            raise ValueError(f"--device {name}: CUDA is not available here ({build}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0–cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: Apple's MPS is not available here; use --device cpu")
+    return device
+
+
+def _ours(name: str) -> bool:
+    """Whether ``name`` is a file that ``explain`` writes (so an earlier report may be replaced)."""
+    return name in (*FILES, "summary.txt", "trace.safetensors")
 
 
 def explain(args) -> Path:
@@ -39,19 +81,25 @@ def explain(args) -> Path:
     import illustrated_sd as isd
     from illustrated_sd.report import write_report
 
-    pipe = isd.load_pipeline(args.model, device=args.device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
-    trace = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, negative_prompt=args.negative)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Write everything into a scratch folder first and move it in at the end: no half-written output.
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        tmp = Path(tmp)
-        trace.save(tmp / "trace.safetensors")
-        write_report(trace, tmp, scheduler=pipe.scheduler, decode=pipe.decode_latents)
-        (tmp / "summary.txt").write_text(summary(trace) + "\n")
-        out.mkdir(exist_ok=True)
-        for f in tmp.iterdir():
-            shutil.move(str(f), out / f.name)
+    # Everything that can be refused is refused before the model is loaded: the device, and --out.
+    device = check_device(args.device)
+    out = check_output_folder(Path(args.out), _ours)
+    check_writable_folder(out.parent)
+    # Everything is written into a scratch folder beside --out, which replaces --out in one step at
+    # the end: a failure leaves the old report or the new one, never a mix.
+    staging = scratch_folder_beside(out)
+    try:
+        pipe = isd.load_pipeline(args.model, device=device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
+        trace = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+                     negative_prompt=args.negative)
+        trace.save(staging / "trace.safetensors")
+        write_report(trace, staging, scheduler=pipe.scheduler, decode=pipe.decode_latents)
+        with atomic_write(staging / "summary.txt") as tmp:
+            tmp.write_text(summary(trace) + "\n", encoding="utf-8")
+        check_output_folder(out, _ours)  # again: something may have appeared there while we generated
+        publish_folder(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -66,15 +114,25 @@ def summary(trace) -> str:
     return "\n".join(lines)
 
 
+def one_line(err: BaseException) -> str:
+    """An error as the one line a command line prints."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             out = explain(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
-        print(f"illustrated-sd: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, RuntimeError) as err:  # (FileNotFoundError and ModelLoadError among them)
+        print(f"illustrated-sd: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("illustrated-sd: interrupted; nothing was written", file=sys.stderr)
+        return 130
     print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/\nopen {out / 'report.html'} in a browser")
     return 0
 

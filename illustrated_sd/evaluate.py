@@ -14,7 +14,6 @@ Reports, over prompts in the world's plainest sentence forms:
   heatmap (all steps, all layers) fall inside that object's detected mask?
 """
 
-import argparse
 import json
 import sys
 import time
@@ -25,6 +24,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import checks
+from .cli import OneLineParser, check_device, one_line, parse
+from .files import atomic_write, check_replaceable, check_writable_folder
+from .loading import ModelLoadError, load_pipeline
 from .world import COLORS, HELD_OUT, POSITIONS, SHAPES
 from .world.detect import detect
 from .world.vocabulary import PAIRS, POSITION_PHRASES
@@ -106,8 +109,8 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
             })
         rows.append(row)
         if examples_dir is not None and i % 10 == 0 and j == 0:
-            examples_dir.mkdir(parents=True, exist_ok=True)
-            trace.image.save(examples_dir / f"{i:03d}.png")
+            with atomic_write(Path(examples_dir) / f"{i:03d}.png", "example image") as tmp:
+                trace.image.save(tmp, format="png")
 
     def rate(values):
         values = list(values)
@@ -163,21 +166,36 @@ def vae_psnr(pipe, n: int = 256, seed: int = 424242) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m illustrated_sd.evaluate", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m illustrated_sd.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="diffusers folder (default: the embedded model)")
     parser.add_argument("--out", type=Path, default=Path("outputs/evaluation.json"))
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--seed", type=int, default=0, help="prompt i is drawn with seed SEED + i (default: %(default)s)")
+    parser.add_argument("--steps", type=checks.positive_int, default=25)
+    parser.add_argument("--guidance", type=checks.finite_float, default=7.5)
+    parser.add_argument("--seed", type=checks.natural_int, default=0, help="prompt i is drawn with seed SEED + i (default: %(default)s)")
     parser.add_argument("--only", choices=list(GROUPS), default=None, help="grade one group of prompts only")
-    parser.add_argument("--seeds", type=int, default=3, help="draw every prompt this many times (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=None, help="grade only the first N prompts (a quick check)")
+    parser.add_argument("--seeds", type=checks.positive_int, default=3, help="draw every prompt this many times (default: %(default)s)")
+    parser.add_argument("--limit", type=checks.positive_int, default=None, help="grade only the first N prompts (a quick check)")
     parser.add_argument("--examples", type=Path, default=None, help="save every 10th image here")
     parser.add_argument("--device", default="cpu", help="where to generate (cuda is faster; figures differ from the CPU's in rare cases)")
-    args = parser.parse_args(argv)
-    from .loading import load_pipeline
+    args = parse(parser, argv)
+    if isinstance(args, int):
+        return args
+    try:
+        run(args)
+    except (ValueError, TypeError, OSError, ModelLoadError) as err:
+        print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
 
-    pipe = load_pipeline(args.model, device=args.device)
+
+def run(args) -> None:
+    """Grade the model as ``args`` say and write ``args.out``; every path is checked before the first picture."""
+    device = check_device(args.device)
+    check_replaceable(args.out, "--out file")
+    check_writable_folder(args.out.parent)
+    if args.examples is not None:
+        check_writable_folder(args.examples)
+    pipe = load_pipeline(args.model, device=device)
     cases = prompt_set() if args.only is None else prompt_group(prompt_set(), args.only)
     cases = cases[: args.limit]
     start = time.time()
@@ -186,10 +204,9 @@ def main(argv=None) -> int:
     result["settings"]["seconds"] = round(time.time() - start, 1)
     result["summary"].update(vae_psnr(pipe))
     result["settings"]["torch_threads"] = torch.get_num_threads()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    with atomic_write(args.out, "--out file") as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
     print(json.dumps(result["summary"], indent=1))
-    return 0
 
 
 if __name__ == "__main__":

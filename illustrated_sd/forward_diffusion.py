@@ -4,11 +4,14 @@ Training never runs the sampling loop. It takes a clean latent x0, picks a times
 there in one go with x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε; the UNet is then asked to name ε.
 """
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from . import checks
 
 
 @dataclass
@@ -38,11 +41,14 @@ def _encode(pipe, image: Image.Image) -> torch.Tensor:
 
 
 def _timesteps(pipe, timesteps) -> torch.Tensor:
-    t = torch.as_tensor(timesteps, dtype=torch.long).reshape(-1)
+    """Training timesteps as a ``[T]`` long tensor; each must be a whole number in [0, T_train − 1] (2.7 is refused, not cut to 2)."""
+    values = timesteps.tolist() if hasattr(timesteps, "tolist") else timesteps
+    values = [values] if isinstance(values, numbers.Number) else list(values)
     n = len(pipe.scheduler.alphas_cumprod)
-    if len(t) == 0 or t.min() < 0 or t.max() >= n:
-        raise ValueError(f"timesteps must be integers in [0, {n - 1}] (got {timesteps!r})")
-    return t
+    if not values:
+        raise ValueError(f"timesteps is empty; pass training timesteps in [0, {n - 1}], e.g. [0, 250, 500, 999]")
+    hint = f"the model was trained on timesteps 0–{n - 1}"
+    return torch.tensor([checks.whole_number("timestep", v, minimum=0, maximum=n - 1, hint=hint) for v in values], dtype=torch.long)
 
 
 @torch.no_grad()
@@ -53,6 +59,7 @@ def forward_diffusion(pipe, image: Image.Image, timesteps=(0, 100, 250, 500, 750
         >>> fd = forward_diffusion(pipe, trace.image, [0, 250, 500, 999]); fd.images[-1]   # almost pure noise
     """
     t = _timesteps(pipe, timesteps)
+    seed = checks.whole_number("seed", seed)
     latent = _encode(pipe, image)[0].float().cpu()
     alpha_bars = pipe.scheduler.alphas_cumprod[t].float()
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
@@ -69,7 +76,11 @@ def training_step(pipe, image: Image.Image, caption: str, t: int, seed: int = 0)
         ``{"loss", "t", "noised" [C, h, w], "target" [C, h, w], "prediction" [C, h, w]}``: the target is
         the noise ε for epsilon models (v = √ᾱ·ε − √(1−ᾱ)·x0 for v-prediction), the loss their mean squared error.
     """
+    if not isinstance(t, numbers.Number) or isinstance(t, bool):
+        raise TypeError(f"t must be one training timestep, a whole number (got {t!r}); forward_diffusion takes several")
     t_ = _timesteps(pipe, [t])
+    checks.text("caption", caption, hint="the text that goes with the image")
+    seed = checks.whole_number("seed", seed)
     latent = _encode(pipe, image)
     a = pipe.scheduler.alphas_cumprod[t_].to(pipe.device, latent.dtype)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed)).to(pipe.device, latent.dtype)

@@ -29,6 +29,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from . import checks
 from .attention_layers import attention_layers
 from .budget import check_budget, estimate_trace
 from .recorders import RecordOptions, StepRecorder, record_attention, to_host
@@ -166,9 +167,10 @@ class IllustratedPipeline:
             >>> trace = pipe("a red circle on the left", num_inference_steps=20, guidance_scale=7.5, seed=0)
             >>> trace.latents.shape        # [S + 1, 4, h, w]
         """
-        record = record or self.record
-        height, width = height or self.default_size, width or self.default_size
-        self._check_inputs(prompt, num_inference_steps, guidance_scale, seed, generator, height, width, negative_prompt)
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+        num_inference_steps, guidance_scale, seed, height, width, eta, record = self._check_inputs(
+            prompt, num_inference_steps, guidance_scale, seed, generator, height, width, negative_prompt, eta, record, progress)
         generator, seed = _generator(seed, generator)
         device, scheduler = self.device, self.scheduler
 
@@ -219,9 +221,9 @@ class IllustratedPipeline:
         Example:
             >>> trace = pipe.img2img("a blue circle on the left", start.image, strength=0.6, seed=0)
         """
-        record = record or self.record
         image = self._check_image(image, "image")
-        self._check_inputs(prompt, num_inference_steps, guidance_scale, seed, generator, image.height, image.width, negative_prompt)
+        num_inference_steps, guidance_scale, seed, _, _, eta, record = self._check_inputs(
+            prompt, num_inference_steps, guidance_scale, seed, generator, image.height, image.width, negative_prompt, eta, record, progress)
         visited = self._check_strength(strength, num_inference_steps)
         generator, seed = _generator(seed, generator)
         device, scheduler = self.device, self.scheduler
@@ -273,13 +275,13 @@ class IllustratedPipeline:
             a :class:`Trace` with ``mode="inpaint"`` and ``mask [h, w]`` at latent resolution; its image
             equals diffusers' ``StableDiffusionInpaintPipeline`` for the same settings.
         """
-        record = record or self.record
         image = self._check_image(image, "image")
         if not isinstance(mask, Image.Image):
             raise TypeError(f"mask must be a PIL.Image (got {type(mask).__name__}): white = repaint, black = keep")
         if mask.size != image.size:
             raise ValueError(f"mask is {mask.width}×{mask.height} but image is {image.width}×{image.height}; they must match")
-        self._check_inputs(prompt, num_inference_steps, guidance_scale, seed, generator, image.height, image.width, negative_prompt)
+        num_inference_steps, guidance_scale, seed, _, _, eta, record = self._check_inputs(
+            prompt, num_inference_steps, guidance_scale, seed, generator, image.height, image.width, negative_prompt, eta, record, progress)
         visited = self._check_strength(strength, num_inference_steps)
         generator, seed = _generator(seed, generator)
         device, scheduler = self.device, self.scheduler
@@ -342,7 +344,7 @@ class IllustratedPipeline:
 
     def _check_strength(self, strength, num_inference_steps: int) -> int:
         """How many of the timesteps ``strength`` leaves to visit; refuses values that leave none."""
-        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:  # (NaN fails too)
             raise ValueError(f"strength must be in (0, 1] (got {strength!r}); 0.3 keeps the picture, 0.9 mostly redraws it")
         visited = min(int(num_inference_steps * strength), num_inference_steps)
         if visited < 1:
@@ -432,6 +434,7 @@ class IllustratedPipeline:
         image = self.pipeline.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)[0]
         trace = Trace(
             tokens=text.tokenized.tokens,
+            words=text.tokenized.words,
             token_ids=text.tokenized.input_ids[0],
             truncated_text=text.tokenized.truncated_text,
             text_embeddings=keep(text.embeddings[0]),
@@ -471,26 +474,45 @@ class IllustratedPipeline:
                              f"resize it, e.g. image.resize(({max(m, image.width // m * m)}, {max(m, image.height // m * m)}))")
         return image
 
-    def _check_inputs(self, prompt, num_inference_steps, guidance_scale, seed, generator, height, width, negative_prompt):
-        """Refuse bad input before any work, with the fix in the message."""
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}; one trace is one prompt")
+    def _check_inputs(self, prompt, num_inference_steps, guidance_scale, seed, generator, height, width, negative_prompt,
+                      eta, record, progress) -> tuple:
+        """Refuse bad input before any work, with the fix in the message.
+
+        Returns the settings as plain Python numbers (numpy's integers and floats are accepted):
+        ``(num_inference_steps, guidance_scale, seed, height, width, eta, record)``.
+        """
+        checks.text("prompt", prompt, hint="one trace is one prompt")
         if not prompt.strip():
             raise ValueError("the prompt is empty; describe the image, e.g. pipe('a red circle on the left')")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a whole number ≥ 1 (got {num_inference_steps!r}); try 20–50")
-        if not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number (got {guidance_scale!r}); 7.5 is usual, ≤ 1 turns guidance off")
-        if generator is not None and seed not in (None, 0):
-            raise ValueError("pass either seed= or generator=, not both")
-        if generator is None and not isinstance(seed, numbers.Integral):
-            raise ValueError(f"seed must be an integer (got {seed!r}), or pass generator=torch.Generator().manual_seed(...)")
+        checks.text("negative_prompt", negative_prompt, allow_none=True, hint="None means the empty prompt")
+        steps = checks.whole_number("num_inference_steps", num_inference_steps, minimum=1, hint="try 20–50")
+        if isinstance(self.scheduler, PNDMScheduler) and steps < 4:
+            raise ValueError(f"PNDM needs at least 4 steps (got {steps}): its multistep formula starts from 4 earlier "
+                             "predictions; use more steps, or a one-step sampler: pipe.set_scheduler('ddim')")
+        guidance_scale = checks.real_number("guidance_scale", guidance_scale, hint="7.5 is usual, ≤ 1 turns guidance off")
+        eta = checks.real_number("eta", eta, minimum=0, hint="DDIM's η: 0 is deterministic, 1 adds DDPM's noise")
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise TypeError(f"generator must be a torch.Generator (got {type(generator).__name__}); or pass seed=")
+            if seed not in (None, 0):
+                raise ValueError("pass either seed= or generator=, not both")
+        elif seed is None:
+            raise ValueError("seed is None and no generator was given; pass seed=0 (any integer), or generator=torch.Generator().manual_seed(...)")
+        else:
+            seed = checks.whole_number("seed", seed, minimum=-(2**63), maximum=2**64 - 1,
+                                       hint="or pass generator=torch.Generator().manual_seed(...)")
         m = self.vae_scale_factor  # the VAE shrinks each side by this factor
+        sizes = []
         for side, size in (("height", height), ("width", width)):
             if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < m or size % m:
-                near = int(size) if isinstance(size, numbers.Real) else self.default_size
+                near = int(size) if isinstance(size, numbers.Real) and math.isfinite(size) else self.default_size
                 lower = max(m, near // m * m)
-                raise ValueError(f"{side} must be a multiple of {m} (got {size!r}); try {lower} or {lower + m}")
+                raise ValueError(f"{side} must be a multiple of {m}, at least {m} (got {size!r}); try {lower} or {lower + m}")
+            sizes.append(int(size))
+        if record is not None and not isinstance(record, RecordOptions):
+            raise TypeError(f"record must be a RecordOptions (got {record!r}); e.g. record=isd.RecordOptions(per_head=True), "
+                            "or RecordOptions(cross_attention=False) to record no maps")
+        checks.flag("progress", progress)
         if self.known_words:
             unknown = sorted({w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in self.known_words})
             if unknown:
@@ -498,3 +520,4 @@ class IllustratedPipeline:
                               f"{', '.join(sorted(self.known_words))}", stacklevel=4)
         if negative_prompt is not None and guidance_scale <= 1:
             warnings.warn("negative_prompt is ignored when guidance_scale ≤ 1 (guidance is off)", stacklevel=4)
+        return steps, guidance_scale, seed, sizes[0], sizes[1], eta, record or self.record

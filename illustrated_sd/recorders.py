@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from einops import rearrange
 
+from . import checks
 from .attention_layers import attention_layers, grid_from_queries, layer_grid
 
 
@@ -45,6 +46,28 @@ class RecordOptions:
     to_cpu: bool = True
     map_dtype: torch.dtype | None = None
     memory_budget_gib: float | None = 2.0
+
+    def __post_init__(self):
+        # Checked here, when the options are made, so a typo fails at once and not deep inside a generation.
+        for name in ("cross_attention", "per_head", "to_cpu"):
+            checks.flag(name, getattr(self, name))
+        if self.layers is not None:
+            if isinstance(self.layers, str) or not all(isinstance(n, str) for n in self.layers):
+                raise TypeError(f"layers must be a list of layer names (got {self.layers!r}), e.g. "
+                                "layers=[pipe.cross_attention_layers[0]]; None records every layer")
+            self.layers = list(self.layers)
+            if not self.layers:
+                raise ValueError("layers=[] records no layer; to record no maps say RecordOptions(cross_attention=False)")
+        if isinstance(self.self_attention_resolutions, (str, int)) or not hasattr(self.self_attention_resolutions, "__iter__"):
+            raise TypeError(f"self_attention_resolutions must be a tuple of grid sizes such as (8,) (got {self.self_attention_resolutions!r})")
+        self.self_attention_resolutions = tuple(checks.whole_number("self_attention_resolutions", r, minimum=1)
+                                                for r in self.self_attention_resolutions)
+        if self.map_dtype is not None:
+            checks.float_dtype("map_dtype", self.map_dtype)
+        if self.memory_budget_gib is not None:
+            self.memory_budget_gib = checks.real_number("memory_budget_gib", self.memory_budget_gib, hint="in GiB, e.g. 2.0; None for no limit")
+            if self.memory_budget_gib <= 0:
+                raise ValueError(f"memory_budget_gib must be > 0 GiB (got {self.memory_budget_gib:g}); None for no limit")
 
     def dtype_for(self, model_dtype: torch.dtype) -> torch.dtype:
         """The dtype maps are stored in for a model of ``model_dtype``."""

@@ -2,12 +2,12 @@
 
 import base64
 import html
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
 from . import plot
+from .files import atomic_write
 from .trace import Trace
 
 SECTIONS = [
@@ -37,9 +37,16 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+# Every file write_report makes: the page, the image, and one PNG per figure.
+FILES = ("report.html", "image.png", *(f"{key}.png" for key, _, _ in SECTIONS if key != "tokens"))
+
+
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        with atomic_write(path, "figure") as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -55,7 +62,8 @@ def write_report(trace: Trace, folder, scheduler=None, decode=None) -> Path:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    trace.image.save(folder / "image.png")
+    with atomic_write(folder / "image.png", "image") as tmp:
+        trace.image.save(tmp, format="png")
     figures = {
         "text_embeddings": plot.text_embeddings(trace),
         "token_heatmaps": plot.token_heatmaps(trace),
@@ -87,7 +95,6 @@ def write_report(trace: Trace, folder, scheduler=None, decode=None) -> Path:
             "image-rendering:pixelated;border:1px solid #ccc}table{border-collapse:collapse}td,th{border:1px solid #ddd;"
             "padding:2px 8px}.settings{color:#555}</style></head><body>" + "\n".join(body) + "</body></html>")
     path = folder / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path, "report") as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path

@@ -22,13 +22,28 @@ class TokenizedPrompt:
         attention_mask: ``[1, 77]`` 1 for real tokens, 0 for padding (only a few text encoders use it).
         tokens: readable pieces from the start marker up to and including the end marker,
             e.g. ``["<|startoftext|>", "a", "red", "circle", "<|endoftext|>"]``.
+        words: the prompt's words and the slots their pieces fill, ``(word, first, end)`` with ``end``
+            exclusive: ``("cercle", 2, 4)`` for the pieces ``"cer"``, ``"cle"``.
         truncated_text: the part of the prompt that did not fit into 77 slots (``""`` if none).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     tokens: list[str]
+    words: list[tuple[str, int, int]]
     truncated_text: str
+
+
+def _byte_table() -> dict[str, int]:
+    """CLIP's (and GPT-2's) byte-level BPE writes each of the 256 bytes as one printable character:
+    printable ASCII and Latin-1 bytes stand for themselves, the other 68 are moved to U+0100 onwards.
+    So 'à' (bytes C3 A0) is the piece 'Ãł', and the emoji '🔴' (F0 9F 94 B4) is 'ðŁĶ´'."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = [b for b in range(256) if b not in kept]
+    return {chr(b): b for b in kept} | {chr(256 + i): b for i, b in enumerate(moved)}
+
+
+_CHAR_TO_BYTE = _byte_table()
 
 
 def readable(token: str) -> str:
@@ -36,11 +51,57 @@ def readable(token: str) -> str:
     return token[: -len("</w>")] if token.endswith("</w>") else token
 
 
+def piece_bytes(piece: str) -> bytes:
+    """The UTF-8 bytes a BPE piece stands for: ``"Ãł</w>"`` → ``b"\\xc3\\xa0"`` (``"à"``)."""
+    return bytes(_CHAR_TO_BYTE[c] for c in readable(piece))
+
+
+def readable_pieces(pieces: list[str]) -> tuple[list[str], list[tuple[str, int, int]]]:
+    """Turn CLIP's byte-level pieces into text a person can read, and group them into words.
+
+    A piece that is whole characters is shown as them (``"ðŁĶ´</w>"`` → ``"🔴"``). A character whose bytes
+    are split over ``n`` pieces (rare emoji) is shown on each of them as ``"🦩[1/2]"``, ``"🦩[2/2]"``.
+    The start and end markers stay as they are and belong to no word.
+
+    Returns:
+        ``(labels, words)``: one label per piece, and ``(word, first, end)`` for each word (a word
+        ends at a piece carrying ``</w>``).
+    """
+    labels, words = list(pieces), []
+    run, run_bytes = [], b""  # pieces whose bytes do not yet decode on their own
+    word_start, word_bytes = None, b""
+    for i, piece in enumerate(pieces):
+        if piece in (START, END):
+            if word_start is not None:  # a word cut short by truncation or by a marker
+                words.append((word_bytes.decode("utf-8", "replace"), word_start, i))
+                word_start, word_bytes = None, b""
+            continue
+        data = piece_bytes(piece)
+        word_start = i if word_start is None else word_start
+        word_bytes += data
+        run.append(i)
+        run_bytes += data
+        try:
+            decoded = run_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            if not piece.endswith("</w>"):
+                continue
+            decoded = run_bytes.decode("utf-8", "replace")  # a word cannot end inside a character; be safe anyway
+        for k, j in enumerate(run):
+            labels[j] = decoded if len(run) == 1 else f"{decoded}[{k + 1}/{len(run)}]"
+        run, run_bytes = [], b""
+        if piece.endswith("</w>"):
+            words.append((word_bytes.decode("utf-8", "replace"), word_start, i + 1))
+            word_start, word_bytes = None, b""
+    return labels, words
+
+
 def tokenize_prompt(tokenizer, prompt: str) -> TokenizedPrompt:
     """Tokenize ``prompt`` exactly as ``StableDiffusionPipeline`` does, keeping what a student wants to see.
 
     Warns (``UserWarning``) when the prompt is longer than the tokenizer's 77 slots, listing the
-    words that were dropped, as diffusers would silently log.
+    words that were dropped, as diffusers would silently log; and when the prompt spells out one of
+    CLIP's markers, which the tokenizer reads as the marker itself.
     """
     max_length = tokenizer.model_max_length
     inputs = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
@@ -54,9 +115,21 @@ def tokenize_prompt(tokenizer, prompt: str) -> TokenizedPrompt:
             "Shorten the prompt to keep them.",
             stacklevel=4,
         )
+    for marker in (START, END):
+        if marker in prompt:
+            warnings.warn(
+                f"the prompt spells out {marker!r}, which CLIP's tokenizer reads as its own "
+                f"{'start' if marker == START else 'end'} marker (id {tokenizer.convert_tokens_to_ids(marker)}), not as text. "
+                "The words after it are still encoded and the UNet still reads them, but CLIP's pooled text "
+                "embedding is taken at the first end marker. Remove it unless that is what you want to see.",
+                stacklevel=4,
+            )
     pieces = tokenizer.convert_ids_to_tokens(ids[0].tolist())
-    end = pieces.index(END) if END in pieces else len(pieces) - 1
-    return TokenizedPrompt(ids, inputs.attention_mask, [readable(p) for p in pieces[: end + 1]], truncated_text)
+    # Real tokens are the unmasked ones (SD 1's tokenizer pads with the end marker itself, so the first end
+    # marker is not always the end: a prompt may spell one out).
+    n = int(inputs.attention_mask[0].sum())
+    labels, words = readable_pieces(pieces[:n])
+    return TokenizedPrompt(ids, inputs.attention_mask, labels, words, truncated_text)
 
 
 @torch.no_grad()

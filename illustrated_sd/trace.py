@@ -6,9 +6,10 @@ safetensors file whose header carries the non-tensor fields as JSON.
 """
 
 import json
+import math
+import numbers
 import os
-import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
+
+from . import checks
+from .files import atomic_write, check_replaceable
 
 FORMAT = "illustrated_sd.trace/1"
 
@@ -34,7 +38,8 @@ class Trace:
 
     Attributes:
         prompt, negative_prompt: the text asked for (``negative_prompt`` is ``None`` for the empty one).
-        tokens: readable CLIP pieces from ``<|startoftext|>`` to ``<|endoftext|>``.
+        tokens: readable CLIP pieces from ``<|startoftext|>`` to ``<|endoftext|>`` (bytes decoded: ``"🔴"``, ``"à"``).
+        words: the prompt's words and the slots their pieces fill, ``(word, first, end)``, ``end`` exclusive.
         token_ids: ``[77]`` the ids the text encoder read (padded).
         truncated_text: what did not fit into 77 tokens and was dropped (``""`` if nothing).
         text_embeddings: ``[77, D]`` final hidden states of the prompt (what cross-attention reads).
@@ -88,6 +93,7 @@ class Trace:
     mask: torch.Tensor | None = None
     attention_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     self_attention_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    words: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def num_steps(self) -> int:
@@ -116,22 +122,36 @@ class Trace:
     def token_index(self, token: str | int) -> list[int]:
         """The positions (in the 77 slots) that ``token`` names.
 
-        ``token`` is a position (``int``) or a word of the prompt; a word split into several BPE
-        pieces gives all of them, a word that occurs twice gives its first occurrence. Raises
-        ``ValueError`` listing the prompt's tokens when the word is not there.
+        ``token`` is a slot index (``int``), a word or a few words of the prompt (``"red"``, ``"red circle"``,
+        ``"🔴"``), or one piece as shown in ``tokens`` (``"<|endoftext|>"``). A word split into several BPE
+        pieces gives all of them; a word that occurs twice gives its first occurrence. Raises
+        ``ValueError`` listing the prompt's words when ``token`` is not there.
         """
-        if isinstance(token, (int, np.integer)):
+        if isinstance(token, numbers.Integral) and not isinstance(token, bool):
             if not 0 <= token < len(self.token_ids):
-                raise ValueError(f"token index {token} is outside the {len(self.token_ids)} text slots")
+                raise ValueError(f"token index {token} is outside the {len(self.token_ids)} text slots (0–{len(self.token_ids) - 1})")
             return [int(token)]
-        word = token.lower().strip()
-        tokens = [t.lower() for t in self.tokens]
-        for start in range(len(tokens)):
-            for end in range(start + 1, len(tokens) + 1):
-                if "".join(tokens[start:end]) == word:
-                    return list(range(start, end))
-        words = [t for t in self.tokens[1:-1]]
-        raise ValueError(f"{token!r} is not a token of the prompt {self.prompt!r}; its tokens are {words} (or pass an index 0–76)")
+        if not isinstance(token, str):
+            raise TypeError(f"token must be a word of the prompt or a slot index (got {token!r})")
+        wanted = " ".join(token.lower().split())
+        if not wanted:
+            raise ValueError(f"token is empty; pass a word of the prompt, e.g. {self._words()[:1] or ['red']}[0]")
+        words = self.words or [(t, i, i + 1) for i, t in enumerate(self.tokens[1:-1], start=1)]  # older traces: one piece a word
+        for start in range(len(words)):  # whole words only: "redcircle" is not "red" + "circle"
+            for end in range(start + 1, len(words) + 1):
+                phrase = " ".join(w for w, _, _ in words[start:end]).lower()
+                if phrase == wanted:
+                    return list(range(words[start][1], words[end - 1][2]))
+                if len(phrase) > len(wanted):
+                    break
+        pieces = [t.lower() for t in self.tokens]
+        if wanted in pieces:  # one piece, as the tokens show it (a marker, or part of a split word)
+            return [pieces.index(wanted)]
+        raise ValueError(f"{token!r} is not a word of the prompt {self.prompt!r}; its words are {self._words()} "
+                         f"(a piece as shown in trace.tokens, or a slot index 0–{len(self.token_ids) - 1}, works too)")
+
+    def _words(self) -> list[str]:
+        return [w for w, _, _ in self.words] if self.words else self.tokens[1:-1]
 
     def layers_at(self, resolution: int) -> list[str]:
         """Names of the recorded cross-attention layers whose grid is ``resolution`` high."""
@@ -142,7 +162,7 @@ class Trace:
 
         Args:
             token: a word of the prompt (its BPE pieces are summed, as DAAM does) or a slot index.
-            step: an int, a list of ints, or ``None`` for the mean over all steps.
+            step: an int (``-1`` = the last), a non-empty list of ints, or ``None`` for the mean over all steps.
             layer: a layer name, a grid resolution (``16`` = every 16×16 layer), or ``None`` for all
                 recorded layers; each layer's map is upsampled (bilinear) to the latent size first.
             head: an int (needs maps recorded with ``per_head=True``) or ``None`` for the mean.
@@ -156,8 +176,8 @@ class Trace:
         slots = self.token_index(token)
         if layer is None:
             names = list(self.attention_maps)
-        elif isinstance(layer, int):
-            names = self.layers_at(layer)
+        elif isinstance(layer, numbers.Integral) and not isinstance(layer, bool):
+            names = self.layers_at(int(layer))
             if not names:
                 sizes = sorted({m.shape[2] for m in self.attention_maps.values()})
                 raise ValueError(f"no recorded layer works at {layer}×{layer}; recorded resolutions are {sizes}")
@@ -165,7 +185,9 @@ class Trace:
             names = [layer]
         else:
             raise ValueError(f"layer {layer!r} was not recorded; recorded layers: {list(self.attention_maps)}")
-        steps = slice(None) if step is None else ([step] if isinstance(step, int) else list(step))
+        steps = checks.step_indices(step, self.num_steps)
+        if head is not None:
+            head = checks.whole_number("head", head)
         heat = []
         for name in names:
             maps = self.attention_maps[name][steps].float()  # [s, heads, H, W, 77]
@@ -184,10 +206,11 @@ class Trace:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the trace to one ``.safetensors`` file (tensors + JSON header); returns the path.
 
-        The file is written to a temporary name and renamed, so an interrupted save never leaves a
-        half-written trace behind.
+        Written through :func:`~illustrated_sd.files.atomic_write`: an interrupted save never leaves a
+        half-written trace, the file gets your usual permissions, and a folder, device or read-only
+        file at ``path`` is refused (``ValueError``) rather than replaced.
         """
-        path = Path(path)
+        path = check_replaceable(path, "trace file")
         tensors = {name: getattr(self, name).contiguous() for name in _TENSORS if getattr(self, name) is not None}
         for group in _MAP_DICTS:
             for layer, m in getattr(self, group).items():
@@ -195,21 +218,19 @@ class Trace:
         tensors["image"] = torch.from_numpy(np.array(self.image.convert("RGB")))  # [H, W, 3] uint8
         meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in (*_TENSORS, *_MAP_DICTS, "image")}
         meta["map_layers"] = {group: list(getattr(self, group)) for group in _MAP_DICTS}
-        header = {"format": FORMAT, "trace": json.dumps(meta)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        header = {"format": FORMAT, "trace": json.dumps(meta, default=_plain_number)}
+        with atomic_write(path, "trace file") as tmp:
             save_file({k: v.cpu() for k, v in tensors.items()}, tmp, metadata=header)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Trace":
-        """Read a trace written by :meth:`save`. Raises ``ValueError`` naming the file if it is not one."""
+        """Read a trace written by :meth:`save`.
+
+        Every header field is checked (types, ranges, and the tensors' shapes against each other), since
+        a header is text anyone can edit. Raises ``ValueError("… is not a valid trace: …")`` naming
+        the file and the first problem found; ``FileNotFoundError`` when there is no file.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no trace file at {path}")
@@ -221,13 +242,120 @@ class Trace:
             meta = json.loads(header["trace"])
             tensors = load_file(path)
         except (SafetensorError, ValueError, KeyError, OSError, json.JSONDecodeError) as err:
-            raise ValueError(
-                f"{path} is not a readable illustrated_sd trace ({err}); it may be corrupt or cut short. "
-                "Re-create it with trace.save(path)."
-            ) from err
+            raise ValueError(f"{path} is not a valid trace: {err}. It may be corrupt or cut short, or not a trace at all; "
+                             "re-create it with trace.save(path)") from err
+        try:
+            _check_header(meta, tensors)
+        except ValueError as err:
+            raise ValueError(f"{path} is not a valid trace: {err}. Was the file edited? Re-create it with trace.save(path)") from None
         layers = meta.pop("map_layers")
+        meta["words"] = [tuple(w) for w in meta.get("words", [])]
         kwargs = {name: tensors.get(name) for name in _TENSORS}
         for group in _MAP_DICTS:
             kwargs[group] = {layer: tensors[f"{group}/{layer}"] for layer in layers[group]}
         kwargs["image"] = Image.fromarray(tensors["image"].numpy())
         return cls(**meta, **kwargs)
+
+
+def _plain_number(x):
+    """JSON for numpy's numbers (a trace made with ``height=np.int64(128)`` saves like any other)."""
+    if isinstance(x, (np.integer, np.floating, np.bool_)):
+        return x.item()
+    raise TypeError(f"a trace field holds {type(x).__name__}, which cannot be saved; use plain Python values")
+
+
+# What a header may hold: field → (check, what it must be). Required unless the Trace gives it a default.
+_is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+_is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+_HEADER = {
+    "prompt": (lambda v: isinstance(v, str), "a string"),
+    "negative_prompt": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "tokens": (lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(t, str) for t in v), "a list of at least 2 strings"),
+    "truncated_text": (lambda v: isinstance(v, str), "a string"),
+    "guidance_scale": (_is_number, "a finite number"),
+    "seed": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "height": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "width": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "scheduler": (lambda v: isinstance(v, str), "a string"),
+    "prediction_type": (lambda v: v in ("epsilon", "v_prediction", "sample"), "'epsilon', 'v_prediction' or 'sample'"),
+    "model": (lambda v: isinstance(v, str), "a string"),
+    "per_head": (lambda v: isinstance(v, bool), "true or false"),
+    "mode": (lambda v: v in ("text2img", "img2img", "inpaint"), "'text2img', 'img2img' or 'inpaint'"),
+    "strength": (lambda v: v is None or (_is_number(v) and 0 < v <= 1), "null or a number in (0, 1]"),
+    "words": (lambda v: isinstance(v, list) and all(isinstance(w, list) and len(w) == 3 and isinstance(w[0], str)
+                                                    and _is_int(w[1]) and _is_int(w[2]) for w in v), "a list of [word, first, end]"),
+    "map_layers": (lambda v: isinstance(v, dict) and set(v) == set(_MAP_DICTS)
+                   and all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in v.values()),
+                   f"an object with lists of layer names under {list(_MAP_DICTS)}"),
+}
+
+
+def _check_header(meta, tensors: dict[str, torch.Tensor]) -> None:
+    """Raise ``ValueError(reason)`` unless ``meta`` and ``tensors`` make a consistent trace."""
+    if not isinstance(meta, dict):
+        raise ValueError("its header is not a JSON object")
+    optional = {f.name for f in fields(Trace) if f.default is not MISSING or f.default_factory is not MISSING}
+    unknown = sorted(set(meta) - set(_HEADER))
+    missing = sorted(name for name in _HEADER if name not in meta and name not in optional)
+    if unknown or missing:
+        raise ValueError(f"header fields {unknown} are unknown" if unknown else f"header fields {missing} are missing")
+    for name, value in meta.items():
+        ok, what = _HEADER[name]
+        if not ok(value):
+            raise ValueError(f"{name} must be {what} (got {value!r})")
+
+    def shape(name, *expected):
+        x = tensors.get(name)
+        if x is None or tuple(x.shape) != expected:
+            got = "nothing" if x is None else list(x.shape)
+            raise ValueError(f"{name} must have shape {list(expected)} (got {got})")
+
+    for name in ("token_ids", "timesteps", "latents", "text_embeddings", "image"):
+        if name not in tensors:
+            raise ValueError(f"the tensor {name!r} is missing")
+    steps, length = len(tensors["timesteps"]), len(tensors["token_ids"])
+    latents = tensors["latents"]
+    if latents.ndim != 4 or len(latents) != steps + 1 or steps < 1:
+        raise ValueError(f"latents must be [steps + 1, C, h, w] with {steps} timesteps (got {list(latents.shape)})")
+    latent = tuple(latents.shape[1:])
+    shape("timesteps", steps), shape("alpha_bars", steps), shape("token_ids", length)
+    for name in ("noise_pred", "noise_pred_text", "pred_x0"):
+        shape(name, steps, *latent)
+    width = tensors["text_embeddings"].shape[-1]
+    shape("text_embeddings", length, width)
+    hidden = tensors.get("text_hidden_states")
+    if hidden is None or hidden.ndim != 3 or tuple(hidden.shape[1:]) != (length, width):
+        raise ValueError(f"text_hidden_states must be [layers + 1, {length}, {width}] (got {'nothing' if hidden is None else list(hidden.shape)})")
+    for name, expected in (("noise_pred_uncond", (steps, *latent)), ("uncond_embeddings", (length, width)),
+                           ("init_latents", latent), ("mask", latent[1:])):
+        if name in tensors:
+            shape(name, *expected)
+    if "skipped_timesteps" in tensors and tensors["skipped_timesteps"].ndim != 1:
+        raise ValueError("skipped_timesteps must be one-dimensional")
+    shape("image", meta["height"], meta["width"], 3)
+    if tensors["image"].dtype != torch.uint8:
+        raise ValueError(f"image must hold uint8 pixels (got {tensors['image'].dtype})")
+    if len(meta["tokens"]) > length:
+        raise ValueError(f"{len(meta['tokens'])} tokens do not fit into {length} text slots")
+    if meta.get("mode", "text2img") != "text2img" and meta.get("strength") is None:
+        raise ValueError(f"a {meta['mode']} trace needs a strength")
+    if meta.get("mode") == "inpaint" and "mask" not in tensors:
+        raise ValueError("an inpaint trace needs its mask")
+    for word, first, end in meta.get("words", []):
+        if not 1 <= first < end <= len(meta["tokens"]):
+            raise ValueError(f"the word {word!r} claims slots {first}–{end}, outside the {len(meta['tokens'])} tokens")
+    expected_keys = set()
+    for group, names in meta["map_layers"].items():
+        for layer in names:
+            key = f"{group}/{layer}"
+            maps = tensors.get(key)
+            if maps is None or maps.ndim != 5 or len(maps) != steps:
+                raise ValueError(f"{key} must be [{steps}, heads, H, W, keys] (got {'nothing' if maps is None else list(maps.shape)})")
+            keys = length if group == "attention_maps" else maps.shape[2] * maps.shape[3]
+            if maps.shape[-1] != keys or (not meta.get("per_head", False) and maps.shape[1] != 1):
+                raise ValueError(f"{key} has shape {list(maps.shape)}, which does not fit {keys} keys "
+                                 f"{'and per_head' if meta.get('per_head') else 'and one (head-averaged) map per step'}")
+            expected_keys.add(key)
+    stray = sorted(set(tensors) - set(_TENSORS) - {"image"} - expected_keys)
+    if stray:
+        raise ValueError(f"it holds tensors no trace field names: {stray[:4]}")

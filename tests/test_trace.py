@@ -44,7 +44,7 @@ def test_corrupt_or_foreign_files_are_refused(trace, tmp_path):
     noise = tmp_path / "noise.safetensors"
     noise.write_bytes(os.urandom(1000))
     for bad in (cut, noise):
-        with pytest.raises(ValueError, match="not a readable illustrated_sd trace.*trace.save"):
+        with pytest.raises(ValueError, match="not a valid trace.*trace.save"):
             isd.Trace.load(bad)
     foreign = tmp_path / "foreign.safetensors"
     from safetensors.torch import save_file
@@ -95,7 +95,7 @@ def test_words_split_into_several_pieces_are_summed(pipe):
 
 
 def test_cross_attention_bad_requests_name_the_fix(trace, head_trace):
-    with pytest.raises(ValueError, match=r"'dog' is not a token.*\['a', 'red', 'circle', 'on', 'the', 'left'\]"):
+    with pytest.raises(ValueError, match=r"'dog' is not a word.*\['a', 'red', 'circle', 'on', 'the', 'left'\]"):
         trace.cross_attention("dog")
     with pytest.raises(ValueError, match="outside the 77"):
         trace.cross_attention(77)

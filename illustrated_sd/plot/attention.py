@@ -5,7 +5,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import checks
 from ..trace import Trace
+from .labels import literal, quoted
 
 
 def upsample(heat: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -32,8 +34,13 @@ def token_heatmaps(trace: Trace, tokens=None, step=None, layer=None, head=None, 
     """
     if tokens is None:
         tokens = list(range(1, len(trace.tokens) - 1))
-    labels = [trace.tokens[t] if isinstance(t, int) and t < len(trace.tokens) else str(t) for t in tokens]
-    heats = [trace.cross_attention(t, step=step, layer=layer, head=head) for t in tokens]
+    if isinstance(tokens, (str, int)):
+        tokens = [tokens]
+    tokens = list(tokens)
+    if not tokens:
+        raise ValueError("tokens is empty; pass words of the prompt, e.g. ['red', 'circle'], or None for all of them")
+    heats = [trace.cross_attention(t, step=step, layer=layer, head=head) for t in tokens]  # (checks each token)
+    labels = [literal(trace.tokens[t] if isinstance(t, int) and t < len(trace.tokens) else t) for t in tokens]
     image = np.asarray(trace.image.convert("RGB"))
     n = len(tokens) + 1
     cols = min(cols, n)
@@ -53,7 +60,7 @@ def token_heatmaps(trace: Trace, tokens=None, step=None, layer=None, head=None, 
     if heats:
         fig.colorbar(im, ax=axes, shrink=0.6, label="attention ÷ its maximum" if normalize else "attention probability")
     where = "all steps" if step is None else f"step {step}"
-    fig.suptitle(f"Cross-attention per token — {trace.prompt!r} ({where}, {'all layers' if layer is None else layer})", fontsize=11)
+    fig.suptitle(f"Cross-attention per token — {quoted(trace.prompt)} ({where}, {'all layers' if layer is None else layer})", fontsize=11)
     return fig
 
 
@@ -67,7 +74,10 @@ def attention_grid(trace: Trace, token, steps: int = 4, cmap: str = "inferno"):
     from ..attention_layers import short_name
     from .denoising import _pick_steps
 
+    if not trace.attention_maps:
+        raise ValueError("this trace has no cross-attention maps; generate with RecordOptions(cross_attention=True)")
     slots = trace.token_index(token)
+    steps = checks.whole_number("steps", steps, minimum=1, hint="how many steps to show as columns, e.g. 4")
     chosen = _pick_steps(trace.num_steps, steps)
     names = list(trace.attention_maps)
     fig, axes = plt.subplots(len(names), len(chosen), figsize=(1.6 * len(chosen) + 1, 1.5 * len(names)), squeeze=False,
@@ -82,5 +92,5 @@ def attention_grid(trace: Trace, token, steps: int = 4, cmap: str = "inferno"):
                 ax.set_title(f"step {step}", fontsize=9)
             if c == 0:
                 ax.set_ylabel(f"{short_name(name)}\n{maps.shape[1]}×{maps.shape[2]}", fontsize=8)
-    fig.suptitle(f"attention to {token!r} per layer and step", fontsize=11)
+    fig.suptitle(f"attention to {quoted(token)} per layer and step", fontsize=11)
     return fig

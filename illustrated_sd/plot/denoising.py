@@ -4,6 +4,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .. import checks
 from ..trace import Trace
 
 
@@ -37,6 +38,7 @@ def denoising_filmstrip(trace: Trace, what: str = "pred_x0", n: int = 8, decode=
     if what not in series:
         raise ValueError(f"what must be one of {list(series)}, got {what!r}")
     data = series[what]
+    n = checks.whole_number("n", n, minimum=1, hint="how many snapshots to show, e.g. 8")
     steps = _pick_steps(len(data), n)
     pictures = decode(data[steps]) if decode is not None and what != "noise" else None
     fig, axes = plt.subplots(1, len(steps), figsize=(1.9 * len(steps), 2.4), squeeze=False, layout="constrained")
@@ -66,7 +68,8 @@ def latent_channels(trace: Trace, step: int = -1, what: str = "latents", cmap: s
     series = {"latents": trace.latents, "pred_x0": trace.pred_x0, "noise_pred": trace.noise_pred, "noise": trace.noise_pred}
     if what not in series:
         raise ValueError(f"what={what!r} is not recorded per step; choose one of {list(series)}")
-    latent = series[what][step].float()
+    data = series[what]
+    latent = data[checks.step_index(step, len(data))].float()
     limit = float(latent.abs().max())
     fig, axes = plt.subplots(1, len(latent), figsize=(2.3 * len(latent), 2.6), squeeze=False, layout="constrained")
     for c, ax in enumerate(axes[0]):

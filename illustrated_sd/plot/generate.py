@@ -8,6 +8,7 @@ from PIL import Image
 
 from ..text import encode_tokens, tokenize_prompt
 from .denoising import _as_rgb
+from .labels import literal, quoted
 
 
 def guidance_sweep(pipe, prompt: str, scales=(1.0, 3.0, 7.5, 12.0), seed: int = 0, steps: int = 25):
@@ -16,13 +17,16 @@ def guidance_sweep(pipe, prompt: str, scales=(1.0, 3.0, 7.5, 12.0), seed: int = 
     Returns:
         ``(figure, traces)``: a Figure with one panel per scale, and the traces it made.
     """
+    scales = list(scales)
+    if not scales:
+        raise ValueError("scales is empty; pass the guidance scales to compare, e.g. (1.0, 3.0, 7.5)")
     traces = [pipe(prompt, num_inference_steps=steps, guidance_scale=s, seed=seed, progress=False) for s in scales]
     fig, axes = plt.subplots(1, len(scales), figsize=(2.4 * len(scales), 2.8), squeeze=False, layout="constrained")
     for ax, s, trace in zip(axes[0], scales, traces):
         ax.imshow(trace.image)
         ax.set_title(f"guidance {s:g}" + (" (off)" if s <= 1 else ""), fontsize=10)
         ax.set_axis_off()
-    fig.suptitle(f"classifier-free guidance: ε̂ = ε_uncond + s·(ε_text − ε_uncond) — {prompt!r}, seed {seed}", fontsize=10)
+    fig.suptitle(f"classifier-free guidance: ε̂ = ε_uncond + s·(ε_text − ε_uncond) — {quoted(prompt)}, seed {seed}", fontsize=10)
     return fig, traces
 
 
@@ -63,6 +67,9 @@ def prompt_similarity(pipe, prompts: list[str]):
     Returns:
         a Figure with one ``len(prompts) × len(prompts)`` panel, prompts as tick labels.
     """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if len(prompts) < 2 or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompt_similarity compares at least two prompts (strings); got {prompts!r}")
     vectors = []
     for prompt in prompts:
         emb, _ = encode_tokens(pipe.text_encoder, tokenize_prompt(pipe.tokenizer, prompt), pipe.device)
@@ -71,8 +78,9 @@ def prompt_similarity(pipe, prompts: list[str]):
     sim = (unit @ unit.T).numpy()
     fig, ax = plt.subplots(figsize=(1.2 * len(prompts) + 3, 0.8 * len(prompts) + 2), layout="constrained")
     im = ax.imshow(sim, cmap="viridis", vmin=float(np.min(sim)), vmax=1)
-    ax.set_xticks(range(len(prompts)), prompts, rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(len(prompts)), prompts, fontsize=8)
+    labels = [literal(p) for p in prompts]
+    ax.set_xticks(range(len(prompts)), labels, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(prompts)), labels, fontsize=8)
     for i in range(len(prompts)):
         for j in range(len(prompts)):
             ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if sim[i, j] < 0.9 else "black")

@@ -4,6 +4,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .labels import literal
+
 
 def _to_array(image) -> np.ndarray:
     if isinstance(image, torch.Tensor):  # [3, H, W] in [-1, 1], as the world and the VAE use
@@ -24,14 +26,16 @@ def image_row(images, titles=None, size: float = 2.2, suptitle: str | None = Non
         a Figure with one panel per image.
     """
     images = list(images)
+    if not images:
+        raise ValueError("no images to show; pass at least one PIL image or [3, H, W] tensor")
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"{len(images)} images but {len(titles)} titles")
     fig, axes = plt.subplots(1, len(images), figsize=(size * len(images), size + 0.4), squeeze=False, layout="constrained")
     for i, (ax, image) in enumerate(zip(axes[0], images)):
         ax.imshow(_to_array(image), interpolation="nearest")
         if titles is not None:
-            ax.set_title(titles[i], fontsize=9)
+            ax.set_title(literal(titles[i]), fontsize=9)
         ax.set_axis_off()
     if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+        fig.suptitle(literal(suptitle), fontsize=10)
     return fig

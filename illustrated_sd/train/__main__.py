@@ -1,10 +1,13 @@
 """python -m illustrated_sd.train run|export … (see ``illustrated_sd.train``)."""
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
+
+from .. import checks
+from ..cli import OneLineParser, one_line, parse
+from ..loading import ModelLoadError
 
 from .export import export, import_folder
 from .decoder import train_decoder
@@ -17,42 +20,74 @@ STAGES = {"clip": train_clip, "vae": train_vae, "unet": train_unet, "ground": tr
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m illustrated_sd.train", description="Train the embedded tiny Stable Diffusion.")
+    parser = OneLineParser(prog="python -m illustrated_sd.train", description="Train the embedded tiny Stable Diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train stages for a time budget each, resuming from --out")
     run.add_argument("--stages", default="clip,vae,unet", help="comma-separated, in order (default: %(default)s)")
     run.add_argument("--minutes", default="1.5,4,3.5", help="time budget per stage, comma-separated (default: %(default)s)")
     run.add_argument("--out", type=Path, required=True, help="checkpoint folder (created, or resumed from)")
-    run.add_argument("--batch-size", type=int, default=256)
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--batch-size", type=checks.positive_int, default=256)
+    run.add_argument("--seed", type=checks.natural_int, default=0)
     run.add_argument("--anneal", action="store_true", help="unet: let the learning rate fall over the second half of the budget (the last run)")
-    run.add_argument("--binding", type=float, default=0.0, help="ground: weight of the binding loss (default: %(default)s, off)")
-    run.add_argument("--two-objects", type=float, default=0.3, help="ground: share of two-object scenes (default: %(default)s)")
+    run.add_argument("--binding", type=checks.finite_float, default=0.0, help="ground: weight of the binding loss (default: %(default)s, off)")
+    run.add_argument("--two-objects", type=checks.finite_float, default=0.3, help="ground: share of two-object scenes (default: %(default)s)")
     run.add_argument("--smoke", action="store_true", help="a few tiny steps per stage on the CPU, to check the machinery")
     exp = sub.add_parser("export", help="write a diffusers pipeline folder from a checkpoint")
     exp.add_argument("checkpoint", type=Path)
     exp.add_argument("folder", type=Path)
+    exp.add_argument("--force", action="store_true", help="replace FOLDER even if it holds other files (they are deleted)")
     imp = sub.add_parser("import", help="make a checkpoint from a pipeline folder, to train it further")
     imp.add_argument("folder", type=Path)
     imp.add_argument("checkpoint", type=Path)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
+    if isinstance(args, int):
+        return args
+    try:
+        if args.command == "import":
+            print(f"wrote {import_folder(args.folder, args.checkpoint)}")
+        elif args.command == "export":
+            print(f"wrote {export(args.checkpoint, args.folder, force=args.force)}")
+        else:
+            run_stages(args)
+    except (ValueError, TypeError, OSError, ModelLoadError) as err:  # a user's mistake: one line; a bug keeps its traceback
+        print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    return 0
 
-    if args.command == "import":
-        print(f"wrote {import_folder(args.folder, args.checkpoint)}")
-        return 0
-    if args.command == "export":
-        print(f"wrote {export(args.checkpoint, args.folder)}")
-        return 0
-    stages = args.stages.split(",")
-    minutes = [float(m) for m in args.minutes.split(",")]
-    if len(minutes) != len(stages) or any(s not in STAGES for s in stages):
-        parser.error(f"--stages takes names from {list(STAGES)} and --minutes one number per stage")
+
+def stage_plan(stages: str, minutes: str) -> list[tuple[str, float]]:
+    """``"clip,vae"`` and ``"1.5,4"`` → ``[("clip", 1.5), ("vae", 4.0)]``, or ``ValueError`` saying what is wrong."""
+    names = [s.strip() for s in stages.split(",")]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown:
+        raise ValueError(f"--stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    budgets = []
+    for m in minutes.split(","):
+        try:
+            budgets.append(checks.real_number("--minutes", float(m)))
+        except ValueError:
+            raise ValueError(f"--minutes: {m.strip()!r} is not a number of minutes; give one per stage, e.g. --minutes 1.5,4") from None
+        if budgets[-1] <= 0:
+            raise ValueError(f"--minutes: every stage needs a budget > 0 minutes (got {m.strip()})")
+    if len(budgets) != len(names):
+        raise ValueError(f"--minutes gives {len(budgets)} budget(s) for {len(names)} stage(s) ({','.join(names)}); give one per stage")
+    return list(zip(names, budgets))
+
+
+def run_stages(args) -> None:
+    plan = stage_plan(args.stages, args.minutes)
+    if not 0 <= args.two_objects <= 1:
+        raise ValueError(f"--two-objects is a share of scenes, in [0, 1] (got {args.two_objects:g})")
+    if args.binding < 0:
+        raise ValueError(f"--binding is a loss weight, ≥ 0 (got {args.binding:g})")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; the checkpoint is a folder: choose a new folder name")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     batch, max_steps = (4, 3) if args.smoke else (args.batch_size, None)
-    for stage, budget in zip(stages, minutes):
+    for stage, budget in plan:
         extra = {"anneal": args.anneal} if stage in ("unet", "ground") else {}
         if stage == "ground":
             extra.update(binding=args.binding, two_objects=args.two_objects)
@@ -60,7 +95,6 @@ def main(argv=None) -> int:
             extra["dataset_size"] = 12
         steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20, **extra)
         print(f"{stage}: {steps} steps on {device}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
