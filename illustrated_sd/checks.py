@@ -66,8 +66,10 @@ def step_indices(value, num_steps: int) -> list[int] | slice:
     """``None`` (all steps), one step, or a non-empty list of steps, checked against ``num_steps``."""
     if value is None:
         return slice(None)
-    if isinstance(value, (list, tuple, range, torch.Tensor)) or hasattr(value, "__array__"):
-        steps = [step_index(s, num_steps) for s in (value.tolist() if hasattr(value, "tolist") else value)]
+    if hasattr(value, "tolist"):  # a numpy array or tensor, or a numpy scalar
+        value = value.tolist()
+    if isinstance(value, (list, tuple, range)):
+        steps = [step_index(s, num_steps) for s in value]
         if not steps:
             raise ValueError("step is an empty list; pass None for the mean over all steps, or at least one step")
         return steps

@@ -3,6 +3,7 @@
 TraceExplorer only reads a trace. PromptPlayground and GuidanceSlider exist to generate, and say so.
 """
 
+import html
 import io
 
 import ipywidgets as W
@@ -114,10 +115,10 @@ class PromptPlayground(W.VBox):
                 trace = self.pipe(self.prompt.value, num_inference_steps=self.steps.value, guidance_scale=self.guidance.value,
                                   seed=self.seed.value)
         except (ValueError, TypeError) as err:
-            self.status.value = f"<span style='color:#d33'>⚠ {err}</span>"
+            self.status.value = f"<span style='color:#d33'>⚠ {html.escape(str(err))}</span>"
         else:
             self.trace = trace
-            self.status.value = f"done: {trace!r}"
+            self.status.value = f"done: {html.escape(repr(trace))}"
             self.explorer_box.children = [TraceExplorer(trace, decode=self.pipe.decode_latents)]
         finally:
             self.button.disabled = False
@@ -134,7 +135,7 @@ class GuidanceSlider(W.VBox):
         self.baseline, self.view = W.Image(format="png", width=SIZE), W.Image(format="png", width=SIZE)
         self.caption = W.HTML()
         self.scale.observe(lambda change: self.update(), names="value")
-        super().__init__([W.HTML(f"<b>{prompt}</b> (seed {seed})"), self.scale, W.HBox([
+        super().__init__([W.HTML(f"<b>{html.escape(prompt)}</b> (seed {seed})"), self.scale, W.HBox([
             W.VBox([W.HTML(f"guidance {scales[0]:g}"), self.baseline]), W.VBox([self.caption, self.view])])])
         self.baseline.value = _png(self._trace(scales[0]).image.resize((SIZE, SIZE)))
         self.update()

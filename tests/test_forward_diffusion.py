@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -49,3 +50,27 @@ def test_diffusion_loss_trains_a_unet(pipe):
         assert fixed(fresh_unet) < untrained, "a few optimizer steps lower the loss on the same examples"
     with pytest.raises(ValueError, match="one caption per image"):
         isd.encode_examples(pipe, images, ["a red circle"])
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda p, img: isd.forward_diffusion(p, img, [2.7]), TypeError, "timestep must be a whole number \\(got 2.7\\)"),
+    (lambda p, img: isd.forward_diffusion(p, img, []), ValueError, "timesteps is empty.*e.g."),
+    (lambda p, img: isd.forward_diffusion(p, img, [-1]), ValueError, "between 0 and 999.*trained on timesteps 0–999"),
+    (lambda p, img: isd.forward_diffusion(p, img, ["late"]), TypeError, "whole number"),
+    (lambda p, img: isd.forward_diffusion(p, img, [10], seed=0.5), TypeError, "seed must be a whole number"),
+    (lambda p, img: isd.forward_diffusion(p, "image.png", [10]), TypeError, "PIL.Image.*PIL.Image.open"),
+    (lambda p, img: isd.training_step(p, img, "a red circle", t=500.7), TypeError, "whole number \\(got 500.7\\)"),
+    (lambda p, img: isd.training_step(p, img, "a red circle", t=[1, 2]), TypeError, "one training timestep.*forward_diffusion"),
+    (lambda p, img: isd.training_step(p, img, "a red circle", t=1000), ValueError, "between 0 and 999"),
+    (lambda p, img: isd.training_step(p, img, None, t=10), TypeError, "caption must be a string"),
+])
+def test_bad_requests_are_refused_not_rounded(pipe, trace, call, error, message):
+    with pytest.raises(error, match=message):
+        call(pipe, trace.image)
+
+
+def test_numpy_timesteps_are_welcome(pipe, trace):
+    plain = isd.training_step(pipe, trace.image, "a red circle", t=500)
+    assert isd.training_step(pipe, trace.image, "a red circle", t=np.int64(500))["loss"] == plain["loss"]
+    fd = isd.forward_diffusion(pipe, trace.image, np.array([0, 500]))
+    assert fd.timesteps.tolist() == [0, 500]

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
+from PIL import Image
 
 import illustrated_sd as isd
 from illustrated_sd.sampling import pred_x0
@@ -133,24 +134,91 @@ def test_progress_bar_over_steps(pipe, capsys):
     assert "denoising" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(prompt=""), "prompt is empty"),
-        (dict(prompt="   "), "prompt is empty"),
-        (dict(num_inference_steps=0), "≥ 1"),
-        (dict(num_inference_steps=2.5), "whole number"),
-        (dict(height=100), "multiple of 8.*96 or 104"),
-        (dict(width=4), "multiple of 8"),
-        (dict(guidance_scale=float("nan")), "finite"),
-        (dict(seed=1, generator=torch.Generator()), "either seed= or generator="),
-        (dict(seed="zero"), "seed must be an integer"),
-    ],
-)
-def test_bad_input_is_refused_with_the_fix(pipe, kwargs, message):
+# Every row: what a user might pass, the error it must raise, and words of the fix the message must name.
+BAD_CALLS = [
+    (dict(prompt=""), ValueError, "prompt is empty.*e.g."),
+    (dict(prompt="   "), ValueError, "prompt is empty"),
+    (dict(prompt=None), TypeError, "prompt must be a string"),
+    (dict(prompt=["a red circle", "a blue square"]), TypeError, "prompt must be a string.*one trace is one prompt"),
+    (dict(negative_prompt=3), TypeError, "negative_prompt must be a string"),
+    (dict(num_inference_steps=0), ValueError, "≥ 1.*try 20–50"),
+    (dict(num_inference_steps=-3), ValueError, "≥ 1"),
+    (dict(num_inference_steps=2.5), TypeError, "whole number"),
+    (dict(num_inference_steps="5"), TypeError, "whole number"),
+    (dict(num_inference_steps=True), TypeError, "whole number"),
+    (dict(height=100), ValueError, "multiple of 8.*96 or 104"),
+    (dict(width=4), ValueError, "multiple of 8"),
+    (dict(height=0, width=0), ValueError, "height must be a multiple of 8, at least 8 \\(got 0\\)"),
+    (dict(height=-16), ValueError, "at least 8"),
+    (dict(height=128.5), ValueError, "multiple of 8.*try 128 or 136"),
+    (dict(guidance_scale=float("nan")), ValueError, "finite"),
+    (dict(guidance_scale=float("inf")), ValueError, "finite"),
+    (dict(guidance_scale="7.5"), TypeError, "guidance_scale must be a number"),
+    (dict(eta=float("nan")), ValueError, "eta must be a finite number"),
+    (dict(eta=-0.5), ValueError, "eta must be ≥ 0.*deterministic"),
+    (dict(eta="0"), TypeError, "eta must be a number"),
+    (dict(seed=1, generator=torch.Generator()), ValueError, "either seed= or generator="),
+    (dict(seed="zero"), TypeError, "seed must be a whole number.*generator="),
+    (dict(seed=1.5), TypeError, "seed must be a whole number"),
+    (dict(seed=None), ValueError, "seed is None.*seed=0"),
+    (dict(seed=2**70), ValueError, "seed must be between"),
+    (dict(seed=None, generator="cpu"), TypeError, "generator must be a torch.Generator"),
+    (dict(record="yes"), TypeError, "record must be a RecordOptions.*RecordOptions\\("),
+    (dict(record=True), TypeError, "record must be a RecordOptions"),
+    (dict(progress="no"), TypeError, "progress must be True or False"),
+]
+
+
+def count_unet_calls(unet):
+    """A forward pre-hook that counts UNet calls: a refusal must come before any of them."""
+    calls = []
+    return calls, unet.register_forward_pre_hook(lambda *args: calls.append(1))
+
+
+@pytest.mark.parametrize("kwargs, error, message", BAD_CALLS, ids=[str(row[0]) for row in BAD_CALLS])
+def test_bad_input_is_refused_before_any_work_naming_the_fix(pipe, kwargs, error, message):
     args = dict(prompt=PROMPT, num_inference_steps=2, progress=False) | kwargs
-    with pytest.raises(ValueError, match=message):
-        pipe(**args)
+    calls, hook = count_unet_calls(pipe.unet)
+    try:
+        with pytest.raises(error, match=message) as caught:
+            pipe(**args)
+    finally:
+        hook.remove()
+    assert calls == [] and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", ["img2img", "inpaint"])
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(eta=float("nan")), ValueError, "eta must be a finite"),
+    (dict(strength=float("nan")), ValueError, "strength must be in \\(0, 1\\]"),
+    (dict(record="yes"), TypeError, "record must be a RecordOptions"),
+    (dict(seed=np.float64(2.5)), TypeError, "seed must be a whole number"),
+])
+def test_img2img_and_inpaint_refuse_the_same_mistakes(pipe, trace, mode, kwargs, error, message):
+    extra = dict(mask=Image.new("L", trace.image.size, 255)) if mode == "inpaint" else {}
+    with pytest.raises(error, match=message):
+        getattr(pipe, mode)(PROMPT, trace.image, num_inference_steps=2, progress=False, **extra, **kwargs)
+
+
+def test_numpy_numbers_are_as_good_as_pythons(pipe, tmp_path):
+    plain = pipe(PROMPT, num_inference_steps=2, guidance_scale=7.5, seed=5, height=128, progress=False)
+    numpy = pipe(PROMPT, num_inference_steps=np.int64(2), guidance_scale=np.float32(7.5), seed=np.int64(5),
+                 height=np.int64(128), eta=np.float64(0), progress=False)
+    assert torch.equal(plain.latents, numpy.latents)
+    assert type(numpy.seed) is int and type(numpy.height) is int and type(numpy.guidance_scale) is float
+    loaded = isd.Trace.load(numpy.save(tmp_path / "numpy.safetensors"))
+    assert loaded.seed == 5 and loaded.height == 128
+
+
+def test_pndm_with_too_few_steps_is_refused_with_the_fix(pipe):
+    before = pipe.scheduler
+    try:
+        pipe.set_scheduler("pndm")
+        with pytest.raises(ValueError, match="PNDM needs at least 4 steps.*set_scheduler\\('ddim'\\)"):
+            pipe(PROMPT, num_inference_steps=3, progress=False)
+        assert pipe(PROMPT, num_inference_steps=4, progress=False).num_steps > 0
+    finally:
+        pipe.pipeline.scheduler = before
 
 
 def test_wrapping_something_else_is_refused():

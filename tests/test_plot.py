@@ -2,9 +2,11 @@
 
 import io
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import illustrated_sd as isd
@@ -110,3 +112,64 @@ def test_image_row_takes_pil_and_tensors(trace):
         isd.plot.image_row(images, titles=["one"])
     with pytest.raises(ValueError, match=r"\[3, H, W\]"):
         isd.plot.image_row([images[0, 0]])
+
+
+@pytest.fixture(scope="module")
+def mapless(pipe):
+    return pipe("a red circle on the left", num_inference_steps=2, progress=False, record=isd.RecordOptions(cross_attention=False))
+
+
+BAD_PLOTS = [
+    (lambda t, m, p: isd.plot.attention_grid(m, "red"), ValueError, "no cross-attention maps.*RecordOptions\\(cross_attention=True\\)"),
+    (lambda t, m, p: isd.plot.token_heatmaps(m), ValueError, "no cross-attention maps"),
+    (lambda t, m, p: isd.plot.token_heatmaps(t, tokens=[]), ValueError, "tokens is empty.*None for all"),
+    (lambda t, m, p: isd.plot.token_heatmaps(t, ["dog"]), ValueError, "'dog' is not a word of the prompt"),
+    (lambda t, m, p: isd.plot.token_heatmaps(t, step=100), ValueError, "step 100 does not exist"),
+    (lambda t, m, p: isd.plot.attention_grid(t, "red", steps=0), ValueError, "steps must be ≥ 1"),
+    (lambda t, m, p: isd.plot.latent_channels(t, step=100), ValueError, "step 100 does not exist.*7 steps"),
+    (lambda t, m, p: isd.plot.latent_channels(t, step=1.5), TypeError, "step must be a whole number"),
+    (lambda t, m, p: isd.plot.latent_channels(t, what="x"), ValueError, "choose one of"),
+    (lambda t, m, p: isd.plot.denoising_filmstrip(t, n=0), ValueError, "n must be ≥ 1"),
+    (lambda t, m, p: isd.plot.denoising_filmstrip(t, what="x"), ValueError, "what must be one of"),
+    (lambda t, m, p: isd.plot.animate(t, p, what="noise"), ValueError, "what must be one of"),
+    (lambda t, m, p: isd.plot.animate(t, p, token="dog"), ValueError, "'dog' is not a word"),
+    (lambda t, m, p: isd.plot.animate(t, p, size=0), ValueError, "size must be ≥ 8"),
+    (lambda t, m, p: isd.plot.animate(t, p.parent), ValueError, "is a folder"),
+    (lambda t, m, p: isd.plot.image_row([]), ValueError, "no images to show"),
+    (lambda t, m, p: isd.plot.similarity_matrix(torch.zeros(2, 3), ["a", "b"]), ValueError, "\\[2, 3\\] but there are 2 captions"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD_PLOTS)
+def test_plots_refuse_bad_requests_naming_the_fix(trace, mapless, tmp_path, call, error, message):
+    with pytest.raises(error, match=message):
+        call(trace, mapless, tmp_path / "a.gif")
+    assert not (tmp_path / "a.gif").exists()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p: isd.plot.guidance_sweep(p, "a red circle", scales=[]), "scales is empty"),
+    (lambda p: isd.plot.prompt_similarity(p, ["a red circle"]), "at least two prompts"),
+])
+def test_generating_plots_refuse_before_generating(pipe, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(pipe)
+
+
+def test_animate_makes_missing_folders(trace, tmp_path):
+    path = isd.plot.animate(trace, tmp_path / "no" / "dir" / "a.gif", size=32)
+    with Image.open(path) as gif:
+        assert gif.n_frames == trace.num_steps
+
+
+@pytest.mark.filterwarnings("ignore:the model never saw")
+@pytest.mark.parametrize("prompt", ["$5 and $6", "a red circle $\\frac$"])
+def test_prompts_are_printed_letter_for_letter_never_as_maths(pipe, prompt):
+    trace = pipe(prompt, num_inference_steps=1, progress=False)
+    for fig in (isd.plot.token_heatmaps(trace), isd.plot.text_embeddings(trace), isd.plot.image_row([trace.image], [prompt])):
+        png(fig)  # mathtext would fail here on "\frac", or eat the "$"s
+        texts = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
+        shown = (prompt.replace("$", "\\$"), repr(prompt).replace("$", "\\$"))  # as a caption, or quoted in a title
+        assert any(form in t for t in texts for form in shown)
+        assert all(t.count("$") == t.count("\\$") for t in texts)  # every $ escaped
+        plt.close(fig)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -73,3 +74,27 @@ def test_step_recorder_allocates_once_and_fills_each_step():
     for i in range(3):
         recorder(i, x=torch.full((2,), float(i)))
     assert recorder.buffers["x"].tolist() == [[0, 0], [1, 1], [2, 2]]
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(map_dtype=torch.int8), ValueError, "floating-point dtype.*round to 0.*torch.float16"),
+    (dict(map_dtype="float16"), TypeError, "torch dtype such as torch.float16"),
+    (dict(layers="mid_block.attentions.0.transformer_blocks.0.attn2"), TypeError, "list of layer names"),
+    (dict(layers=[3]), TypeError, "list of layer names"),
+    (dict(layers=[]), ValueError, "cross_attention=False"),
+    (dict(memory_budget_gib="2"), TypeError, "memory_budget_gib must be a number.*GiB"),
+    (dict(memory_budget_gib=0), ValueError, "> 0 GiB.*None for no limit"),
+    (dict(memory_budget_gib=float("nan")), ValueError, "finite"),
+    (dict(per_head="yes"), TypeError, "per_head must be True or False"),
+    (dict(cross_attention=1), TypeError, "cross_attention must be True or False"),
+    (dict(self_attention_resolutions=8), TypeError, "tuple of grid sizes such as \\(8,\\)"),
+    (dict(self_attention_resolutions=(8.5,)), TypeError, "whole number"),
+])
+def test_record_options_refuse_mistakes_when_made(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        isd.RecordOptions(**kwargs)
+
+
+def test_record_options_take_numpy_numbers_and_tuples():
+    options = isd.RecordOptions(memory_budget_gib=np.float32(1.5), self_attention_resolutions=[np.int64(8)], layers=("a",))
+    assert options.memory_budget_gib == 1.5 and options.self_attention_resolutions == (8,) and options.layers == ["a"]

@@ -1,15 +1,17 @@
 """The training machinery, in its tiny CPU smoke mode: every stage runs, logs, saves, resumes and exports."""
 
 import json
+import re
 
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
+from safetensors.torch import save_file as real_save_file
 
 import illustrated_sd as isd
 from illustrated_sd.train.__main__ import main as train_main
-from illustrated_sd.train.checkpoint import load_weights, save_weights
+from illustrated_sd.train.checkpoint import load_weights, read_log, save_weights, write_log
 from illustrated_sd.train.decoder import decoder_loss, object_weights, train_decoder
 from illustrated_sd.train.stages import clip_loss
 
@@ -129,3 +131,117 @@ def test_two_objects_sets_the_share_of_two_object_scenes():
     share = lambda p: sum(len(s.objects) == 2 for s in sample_scenes(1, 400, two_objects=p)) / 400
     assert share(0.0) == 0.0 and share(1.0) == 1.0 and 0.5 < share(0.6) < 0.7
     assert [s.caption for s in sample_scenes(1, 20)] == [s.caption for s in sample_scenes(1, 20, two_objects=0.3)]
+
+
+# ---- refusing mistakes, and never touching what the package did not write ---------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A checkpoint holding every component (random weights, as after a first short run)."""
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    pipe = isd.build_random_pipeline("tiny-sd")
+    for module, name in ((pipe.text_encoder, "text_encoder"), (pipe.vae, "vae"), (pipe.unet, "unet")):
+        save_weights(module, ckpt, name)
+    write_log(ckpt, {"vae_scaling_factor": 0.5})
+    return ckpt
+
+
+def refused(argv, capsys) -> str:
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--out", "{tmp}/c", "--minutes", "abc"], "--minutes: 'abc' is not a number of minutes"),
+    (["run", "--out", "{tmp}/c", "--minutes=-1,1,1"], "every stage needs a budget > 0 minutes \\(got -1\\)"),
+    (["run", "--out", "{tmp}/c", "--minutes", "0,1,1"], "budget > 0"),
+    (["run", "--out", "{tmp}/c", "--minutes", "nan,1,1"], "not a number of minutes"),
+    (["run", "--out", "{tmp}/c", "--stages", "clip", "--minutes", "1,2"], "2 budget\\(s\\) for 1 stage\\(s\\)"),
+    (["run", "--out", "{tmp}/c", "--stages", "clip,paint"], "unknown stage\\(s\\) \\['paint'\\]; choose from"),
+    (["run", "--out", "{tmp}/c", "--batch-size", "0"], "argument --batch-size: must be ≥ 1"),
+    (["run", "--out", "{tmp}/c", "--seed", "-1"], "argument --seed: must be ≥ 0"),
+    (["run", "--out", "{tmp}/c", "--two-objects", "2"], "--two-objects is a share of scenes, in \\[0, 1\\]"),
+    (["run", "--out", "{tmp}/c", "--binding=-1"], "--binding is a loss weight, ≥ 0"),
+    (["run", "--out", "{tmp}/afile"], "is a file; the checkpoint is a folder"),
+    (["run"], "the following arguments are required: --out"),
+    (["import", "{tmp}/nofolder", "{tmp}/ck"], "no pipeline folder at .*nofolder"),
+    (["import", "{tmp}", "{tmp}/ck"], "has no train_log.json"),
+    (["export", "{tmp}/no_ckpt", "{tmp}/model"], "no checkpoint folder at .*no_ckpt.*train run --out"),
+    (["export", "{tmp}", "{tmp}/model"], "has no trained VAE"),
+    (["export", "{tmp}/c", "{tmp}/afile"], "is a file; export writes a folder"),
+])
+def test_training_mistakes_give_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "c").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    assert re.search(message, refused([a.format(tmp=tmp_path) for a in argv], capsys))
+    assert sorted(tmp_path.rglob("*")) == before  # nothing made, nothing lost
+
+
+def test_export_never_replaces_a_folder_of_the_users(checkpoint, tmp_path, capsys):
+    mywork = tmp_path / "mywork"
+    mywork.mkdir()
+    (mywork / "notes.txt").write_text("the user's")
+    message = refused(["export", str(checkpoint), str(mywork)], capsys)
+    assert "not empty (notes.txt" in message and "--force" in message
+    assert [p.name for p in mywork.iterdir()] == ["notes.txt"] and (mywork / "notes.txt").read_text() == "the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mywork"]  # no scratch folder left either
+
+
+def test_export_replaces_an_earlier_export_whole_and_force_replaces_anything(checkpoint, tmp_path):
+    model = tmp_path / "model"
+    assert train_main(["export", str(checkpoint), str(model)]) == 0
+    (model / "unet" / "stale.bin").write_bytes(b"from the old export")
+    assert train_main(["export", str(checkpoint), str(model)]) == 0  # an earlier export: replaced as a whole
+    assert not (model / "unet" / "stale.bin").exists() and (model / "illustrated_sd.json").is_file()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    assert train_main(["export", str(checkpoint), str(other), "--force"]) == 0
+    assert not (other / "notes.txt").exists() and isd.load_pipeline(other).unet is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "other"]
+
+
+def test_a_failed_checkpoint_save_keeps_the_old_weights(tmp_path, monkeypatch):
+    big = torch.nn.Sequential(torch.nn.Linear(600, 9000), torch.nn.Linear(9000, 600))  # two shards
+    save_weights(big, tmp_path, "m")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    writes = []
+
+    def second_write_fails(tensors, path, **kwargs):
+        writes.append(path)
+        if len(writes) == 2:
+            raise OSError(28, "No space left on device")
+        real_save_file(tensors, path, **kwargs)
+
+    with torch.no_grad():
+        big[0].weight.add_(1)
+    monkeypatch.setattr("illustrated_sd.train.checkpoint.save_file", second_write_fails)
+    with pytest.raises(OSError):
+        save_weights(big, tmp_path, "m")
+    assert len(writes) == 2  # the first new shard was complete when the second failed
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # both old shards, untouched; no temporaries
+
+
+def test_fewer_shards_remove_the_stale_ones(tmp_path):
+    save_weights(torch.nn.Sequential(torch.nn.Linear(600, 9000), torch.nn.Linear(9000, 600)), tmp_path, "m")
+    save_weights(torch.nn.Linear(2, 2), tmp_path, "m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-0.safetensors"]
+
+
+def test_the_training_log_is_written_atomically(tmp_path, monkeypatch):
+    write_log(tmp_path, {"unet": {"loss": [1.0]}})
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pathlib.Path.write_text", broken)
+    with pytest.raises(OSError):
+        write_log(tmp_path, {"unet": {"loss": [1.0, 0.5]}})
+    monkeypatch.undo()
+    assert read_log(tmp_path) == {"unet": {"loss": [1.0]}} and [p.name for p in tmp_path.iterdir()] == ["train_log.json"]
+    (tmp_path / "train_log.json").write_text("{cut sho")
+    with pytest.raises(ValueError, match="not a readable training log.*new --out folder"):
+        read_log(tmp_path)

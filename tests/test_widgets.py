@@ -1,5 +1,6 @@
 """Widgets are built from real objects and driven by setting their values, as a notebook user would."""
 
+import pytest
 
 from illustrated_sd.widgets import GuidanceSlider, PromptPlayground, TraceExplorer
 
@@ -45,3 +46,13 @@ def test_guidance_slider_generates_each_scale_once(pipe):
     assert slider.view.value != shown and sorted(slider.traces) == [1.0, 5.0, 9.0]
     slider.scale.value = 5.0
     assert slider.view.value == shown
+
+
+@pytest.mark.filterwarnings("ignore:the model never saw")
+def test_prompts_and_errors_are_shown_as_text_not_html(pipe):
+    playground = PromptPlayground(pipe, prompt="a <b>red</b> circle")
+    playground.steps.value = 1
+    playground.button.click()
+    assert "&lt;b&gt;red&lt;/b&gt;" in playground.status.value and "<b>red</b>" not in playground.status.value
+    slider = GuidanceSlider(pipe, "a <i>circle</i>", scales=(1.0,), steps=1)
+    assert "&lt;i&gt;circle&lt;/i&gt;" in slider.children[0].value
