@@ -96,6 +96,25 @@ def _hint(hint: str) -> str:
     return f"; {hint}" if hint else ""
 
 
+def device(name) -> torch.device:
+    """``name`` as a ``torch.device`` that exists on this machine, or ``ValueError`` saying what to use instead."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    try:
+        found = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {name!r} is not a device torch knows ({err}); use cpu, cuda, cuda:0 or mps") from None
+    if found.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA GPU visible"
+            raise ValueError(f"device {name}: CUDA is not available here ({build}); use device cpu")
+        if found.index is not None and found.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0–cuda:{torch.cuda.device_count() - 1}")
+    elif found.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name}: Apple's MPS is not available here; use device cpu")
+    return found
+
+
 # ---- argparse types: the same checks for the command lines, as one clean error line from argparse --------
 
 def _positive(x: float) -> float:

@@ -52,23 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_device(name: str) -> torch.device:
-    """``name`` as a ``torch.device`` that exists on this machine, or ``ValueError`` saying what to use instead."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"--device {name!r} is not a device torch knows ({err}); use cpu, cuda, cuda:0 or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA GPU visible"
-            raise ValueError(f"--device {name}: CUDA is not available here ({build}); use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0–cuda:{torch.cuda.device_count() - 1}")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: Apple's MPS is not available here; use --device cpu")
-    return device
-
-
 def _ours(name: str) -> bool:
     """Whether ``name`` is a file that ``explain`` writes (so an earlier report may be replaced)."""
     return name in (*FILES, "summary.txt", "trace.safetensors")
@@ -82,7 +65,7 @@ def explain(args) -> Path:
     from illustrated_sd.report import write_report
 
     # Everything that can be refused is refused before the model is loaded: the device, and --out.
-    device = check_device(args.device)
+    device = checks.device(args.device)
     out = check_output_folder(Path(args.out), _ours)
     check_writable_folder(out.parent)
     # Everything is written into a scratch folder beside --out, which replaces --out in one step at

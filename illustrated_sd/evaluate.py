@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checks
-from .cli import OneLineParser, check_device, one_line, parse
+from .cli import OneLineParser, one_line, parse
 from .files import atomic_write, check_replaceable, check_writable_folder
 from .loading import ModelLoadError, load_pipeline
 from .world import COLORS, HELD_OUT, POSITIONS, SHAPES
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
 
 def run(args) -> None:
     """Grade the model as ``args`` say and write ``args.out``; every path is checked before the first picture."""
-    device = check_device(args.device)
+    device = checks.device(args.device)
     check_replaceable(args.out, "--out file")
     check_writable_folder(args.out.parent)
     if args.examples is not None:

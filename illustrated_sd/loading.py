@@ -13,7 +13,8 @@ import transformers
 from diffusers import StableDiffusionPipeline
 
 from .architectures import build_random_pipeline
-from .pipeline import IllustratedPipeline
+from . import checks
+from .pipeline import SCHEDULERS, IllustratedPipeline
 from .paths import TINY_SD
 
 PIPELINE_FILES = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"
@@ -44,6 +45,11 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         >>> pipe = load_pipeline()                                   # embedded default
         >>> pipe = load_pipeline("path/to/sd-1-5", device="cuda", dtype=torch.float16)
     """
+    device = checks.device(device)
+    dtype = checks.float_dtype("dtype", dtype)
+    checks.text("scheduler", scheduler, allow_none=True, hint=f"one of {sorted(SCHEDULERS)}")
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a folder path or a Hub id (got {type(model).__name__}); None loads the embedded model")
     known_words = None
     if model is None:
         with _quiet():

@@ -118,7 +118,7 @@ class IllustratedPipeline:
 
     def set_scheduler(self, name: str) -> None:
         """Swap the sampler, keeping the model's noise schedule: one of ``SCHEDULERS`` (``"ddim"``, ``"euler"``, ``"dpm++"``, …)."""
-        if name not in SCHEDULERS:
+        if not isinstance(name, str) or name not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
         self.pipeline.scheduler = SCHEDULERS[name].from_config(self.scheduler.config)
 

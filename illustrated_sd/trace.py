@@ -232,6 +232,8 @@ class Trace:
         the file and the first problem found; ``FileNotFoundError`` when there is no file.
         """
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, not a trace file; pass the .safetensors file inside it (e.g. {path / 'trace.safetensors'})")
         if not path.is_file():
             raise FileNotFoundError(f"no trace file at {path}")
         try:

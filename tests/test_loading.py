@@ -62,3 +62,16 @@ def test_hub_id_without_network_says_to_pass_a_local_folder(monkeypatch, tmp_pat
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
     with pytest.raises(ModelLoadError, match="no network.*local folder"):
         isd.load_pipeline("someone/stable-diffusion-that-is-not-cached")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(device="banana"), ValueError, "not a device torch knows.*use cpu"),
+    (dict(dtype="float16"), TypeError, "dtype must be a torch dtype such as torch.float16"),
+    (dict(dtype=torch.int8), ValueError, "floating-point dtype"),
+    (dict(scheduler=3), TypeError, "scheduler must be a string.*ddim"),
+    (dict(scheduler="fastest"), ValueError, "unknown scheduler 'fastest'; choose one of"),
+    (dict(model=123), TypeError, "model must be a folder path or a Hub id"),
+] + ([(dict(device="cuda"), ValueError, "CUDA is not available here")] if not torch.cuda.is_available() else []))
+def test_bad_loading_requests_name_the_fix(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        isd.load_pipeline(**kwargs)
