@@ -6,7 +6,7 @@ import torch
 
 from illustrated_sd.world import HELD_OUT, POSITIONS, SHAPES, known_words, render, sample_scenes
 from illustrated_sd.world.detect import detect
-from illustrated_sd.world.vocabulary import PAIR_FORMS, SINGLE_FORMS
+from illustrated_sd.world.vocabulary import PAIR_FORMS, PATTERNS, POSITION_PHRASES, SHAPES_2, SINGLE_FORMS, STYLES, known_words_2
 
 
 def test_scenes_are_deterministic_per_seed():
@@ -78,6 +78,72 @@ def test_detector_finds_nothing_in_a_blank_image():
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_shape_is_drawn(shape):
+    from illustrated_sd.world import inside
+
+    c = torch.linspace(-1.2, 1.2, 64)
+    v, u = torch.meshgrid(c, c, indexing="ij")
+    area = inside(shape, u, v).float().mean()
+    assert 0.1 < area < 0.7
+
+
+# ---- version 2: captions that say only part of the picture ---------------------------------------------
+
+def test_version_2_scenes_are_deterministic_and_version_1_is_unchanged():
+    a, b = sample_scenes(7, 30, version=2), sample_scenes(7, 30, version=2)
+    assert [s.caption for s in a] == [s.caption for s in b]
+    assert torch.equal(render(a[:6])[0], render(b[:6])[0])
+    assert [s.caption for s in sample_scenes(7, 20)] == [s.caption for s in sample_scenes(7, 20, version=1)]
+    with pytest.raises(ValueError, match="versions 1 and 2"):
+        sample_scenes(0, 1, version=3)
+
+
+def test_version_2_captions_name_only_part_of_the_scene():
+    words = set(known_words_2())
+    scenes = sample_scenes(12, 600, version=2)
+    for scene in scenes:
+        assert set(re.findall(r"[a-z]+", scene.caption)) <= words, scene.caption
+        assert 1 <= len(scene.named) <= len(scene.objects) <= 4
+        for obj in scene.named:
+            assert obj.shape in scene.caption and "shape" in obj.said
+            if "color" in obj.said:
+                assert obj.color in scene.caption
+            if "position" in obj.said:
+                assert any(phrase in scene.caption for phrase in POSITION_PHRASES[obj.position])
+        assert all((o.color, o.shape) not in HELD_OUT for o in scene.objects)  # mentioned or not
+    # the world is varied: unmentioned objects, every style and pattern, short and long captions
+    assert sum(len(s.named) < len(s.objects) for s in scenes) > 100
+    assert {s.style for s in scenes} == set(STYLES) and {s.pattern for s in scenes} == set(PATTERNS)
+    assert {o.shape for s in scenes for o in s.objects} == set(SHAPES_2)
+    lengths = [len(s.caption.split()) for s in scenes]
+    assert min(lengths) == 2 and max(lengths) >= 20  # "a heart" … a long sentence
+
+
+def test_version_2_objects_never_touch_and_masks_hold_each():
+    scenes = sample_scenes(13, 40, version=2)
+    _, masks = render(scenes)
+    assert masks.shape == (40, 4, 128, 128)
+    for scene, m in zip(scenes, masks):
+        for k in range(4):
+            assert (m[k].sum() > 0) == (k < len(scene.objects))
+        assert (m > 0.5).sum(0).max() <= 1  # no pixel belongs to two objects
+
+
+def test_detector_reads_the_version_2_pictures():
+    scenes = sample_scenes(14, 60, version=2)
+    images, _ = render(scenes)
+    pixels = ((images + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    right = total = 0
+    for scene, image in zip(scenes, pixels):
+        found = detect(image, version=2)
+        for obj in scene.objects:
+            d = min(found, key=lambda e: (e.center[0] - obj.center[0]) ** 2 + (e.center[1] - obj.center[1]) ** 2)
+            right += (d.color, d.shape, d.position) == (obj.color, obj.shape, obj.position)
+            total += 1
+    assert right / total >= 0.98, (right, total)
+
+
+@pytest.mark.parametrize("shape", SHAPES_2[len(SHAPES):])
+def test_every_new_shape_is_drawn(shape):
     from illustrated_sd.world import inside
 
     c = torch.linspace(-1.2, 1.2, 64)

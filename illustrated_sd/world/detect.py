@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .render import inside
-from .vocabulary import COLORS, POSITIONS, SHAPES
+from .vocabulary import COLORS, POSITIONS, SHAPES, SHAPES_2
 
 PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # [7, 3]
 NAMES = list(COLORS)
@@ -62,7 +62,7 @@ def _unit_shapes(n: int = 256):
     c = torch.linspace(-1.5, 1.5, n)
     v, u = torch.meshgrid(c, c, indexing="ij")
     stats = {}
-    for shape in SHAPES:
+    for shape in SHAPES_2:
         m = inside(shape, u, v).float()
         cell = (3 / n) ** 2
         stats[shape] = (float(m.sum()) * cell, float((u * m).sum() / m.sum()), float((v * m).sum() / m.sum()))
@@ -72,15 +72,15 @@ def _unit_shapes(n: int = 256):
 UNIT = _unit_shapes()
 
 
-def classify_shape(mask: np.ndarray) -> str:
-    """The world shape whose outline, scaled to the same area and centred the same, overlaps ``mask`` best."""
+def classify_shape(mask: np.ndarray, shapes=SHAPES) -> str:
+    """The shape of ``shapes`` whose outline, scaled to the same area and centred the same, overlaps ``mask`` best."""
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
     cy, cx, area = ys.mean() + 0.5, xs.mean() + 0.5, len(xs)
     y, x = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
     target = torch.from_numpy(mask)
-    best, best_iou = SHAPES[0], -1.0
-    for shape in SHAPES:
+    best, best_iou = shapes[0], -1.0
+    for shape in shapes:
         unit_area, ucx, ucy = UNIT[shape]
         r = (area / unit_area) ** 0.5
         template = inside(shape, (x - cx) / r + ucx, (y - cy) / r + ucy)
@@ -90,18 +90,43 @@ def classify_shape(mask: np.ndarray) -> str:
     return best
 
 
-def detect(image, min_area: int = 40, max_objects: int = 3) -> list[Detection]:
-    """Find the objects in an RGB image (PIL or ``[H, W, 3]`` uint8), largest first."""
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every enclosed hole filled: the pixels that the outside cannot reach."""
+    outside = _components(np.pad(~mask, 1))[0]  # the padding ring is one connected piece of the outside
+    return ~outside[1:-1, 1:-1]
+
+
+def detect(image, min_area: int = 40, max_objects: int | None = None, version: int = 1) -> list[Detection]:
+    """Find the objects in an RGB image (PIL or ``[H, W, 3]`` uint8), largest first.
+
+    ``version=2`` reads the richer world of tiny-sd 2: its nine shapes, up to four objects, patterned
+    backgrounds and shadows (a pixel belongs to an object only when it is near a palette colour), and
+    outline drawings (a shape is judged by its outline with the inside filled; a filled circle with a
+    hole of 12–50% of its area is a ring). ``max_objects`` defaults to 3 (version 1) or 4.
+    """
     pixels = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image).astype(np.float32)
     h, w, _ = pixels.shape
     border = np.concatenate([pixels[:3].reshape(-1, 3), pixels[-3:].reshape(-1, 3), pixels[:, :3].reshape(-1, 3), pixels[:, -3:].reshape(-1, 3)])
     background = np.median(border, axis=0)
     foreground = np.linalg.norm(pixels - background, axis=-1) > 60
-    nearest = np.linalg.norm(pixels[:, :, None] - PALETTE, axis=-1).argmin(-1)  # [H, W] palette index
+    distances = np.linalg.norm(pixels[:, :, None] - PALETTE, axis=-1)  # [H, W, colours]
+    nearest = distances.argmin(-1)  # [H, W] palette index
+    if version == 2:  # shadows and patterns are grey: far from every palette colour
+        foreground &= distances.min(-1) <= 90
+    shapes = SHAPES_2 if version == 2 else SHAPES
     found = []
     for k, name in enumerate(NAMES):
         for part in _components(foreground & (nearest == k)):
             if part.sum() >= min_area:
                 ys, xs = np.nonzero(part)
-                found.append(Detection(name, classify_shape(part), ((xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h), int(part.sum()), part))
-    return sorted(found, key=lambda d: -d.area)[:max_objects]
+                shape = classify_shape(part, shapes) if version == 1 else _classify_2(part)
+                found.append(Detection(name, shape, ((xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h), int(part.sum()), part))
+    return sorted(found, key=lambda d: -d.area)[: max_objects or (4 if version == 2 else 3)]
+
+
+def _classify_2(part: np.ndarray) -> str:
+    """A version-2 shape: the filled outline decides, and a hole of the right size makes a circle a ring."""
+    filled = fill_holes(part)
+    shape = classify_shape(filled, [s for s in SHAPES_2 if s != "ring"])
+    hole = 1 - part.sum() / filled.sum()
+    return "ring" if shape == "circle" and 0.12 <= hole <= 0.5 else shape

@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .vocabulary import BACKGROUNDS, COLORS, HELD_OUT, PAIR_FORMS, PAIRS, POSITION_PHRASES, POSITIONS, SHAPES, SINGLE_FORMS, SIZE_WORDS, SIZES
+from .vocabulary import (BACKGROUNDS, COLORS, HELD_OUT, MAX_OBJECTS_2, PAIR_FORMS, PAIRS, PATTERNS, POSITION_PHRASES, POSITIONS, SHAPES,
+                         SHAPES_2, SINGLE_FORMS, SIZE_WORDS, SIZE_WORDS_2, SIZES, SIZES_2, STYLES)
 
 
 @dataclass
@@ -17,6 +18,8 @@ class WorldObject:
     size: str
     position: str
     center: tuple[float, float]
+    said: tuple[str, ...] | None = None  # version 2: what the caption says of it ("shape", "color", …); () = not mentioned
+    texture: tuple[float, ...] = ()  # version 2, painting style: brush-stroke direction and phases
 
 
 @dataclass
@@ -28,6 +31,15 @@ class Scene:
     gradient: tuple[float, float, float] = (0.0, 0.0, 0.0)  # (strength in RGB levels, direction x, direction y)
     caption: str = ""
     mentioned: dict = field(default_factory=dict)  # which optional attributes the caption states
+    pattern: str = "plain"  # version 2: the background's pattern (see vocabulary.PATTERNS) and its parameters
+    pattern_params: tuple[float, ...] = ()
+    style: str = "flat"  # version 2: how the objects are drawn (see vocabulary.STYLES)
+    version: int = 1
+
+    @property
+    def named(self) -> list[WorldObject]:
+        """The objects the caption mentions (in version 1, all of them)."""
+        return [o for o in self.objects if o.said is None or o.said]
 
 
 def _pick(rng, options):
@@ -92,7 +104,98 @@ def _caption(scene: Scene, rng: np.random.Generator) -> str:
                        obj2=_object_phrase(b, rng, with_size), where2=_pick(rng, POSITION_PHRASES[b.position]), bg=scene.background)
 
 
-def sample_scenes(seed, n: int, held_out: bool = False, n_objects: int | None = None, two_objects: float = 0.3) -> list[Scene]:
-    """``n`` scenes, the same ones for the same ``seed`` (an int or a sequence of ints, e.g. ``[run, step]``)."""
+def sample_scenes(seed, n: int, held_out: bool = False, n_objects: int | None = None, two_objects: float = 0.3,
+                  version: int = 1) -> list[Scene]:
+    """``n`` scenes, the same ones for the same ``seed`` (an int or a sequence of ints, e.g. ``[run, step]``).
+
+    ``version=2`` draws the richer world of tiny-sd 2 (:func:`sample_scene_2`; ``two_objects`` is not used there).
+    """
+    if version not in (1, 2):
+        raise ValueError(f"the world has versions 1 and 2 (got {version!r})")
     rng = np.random.default_rng(seed)
+    if version == 2:
+        return [sample_scene_2(rng, held_out, n_objects) for _ in range(n)]
     return [sample_scene(rng, held_out, n_objects, two_objects) for _ in range(n)]
+
+
+# ---- version 2 -------------------------------------------------------------------------------------------
+
+def _colour_and_shape(rng, background: str, held_out: bool) -> tuple[str, str]:
+    """A colour and shape that show on ``background``; held-out pairs only when asked for, never otherwise."""
+    while True:
+        color, shape = _pick(rng, list(COLORS)), _pick(rng, SHAPES_2)
+        if color == background == "white":
+            continue
+        if ((color, shape) in HELD_OUT) == held_out:
+            return color, shape
+
+
+def sample_scene_2(rng: np.random.Generator, held_out: bool = False, n_objects: int | None = None) -> Scene:
+    """Draw a version-2 scene: 1–4 objects that do not touch, a patterned background, a style, and a caption
+    that names some of the objects and some of their attributes (see :func:`caption_2`).
+
+    ``held_out=True`` makes the first object a held-out colour+shape pair (for evaluation); training
+    scenes never hold one, mentioned or not.
+    """
+    n = n_objects or int(rng.choice([1, 2, 3, 4], p=[0.35, 0.3, 0.2, 0.15]))
+    n = min(n, MAX_OBJECTS_2)
+    background = _pick(rng, list(BACKGROUNDS))
+    objects = []
+    for k in range(n):
+        for _ in range(100):  # a free place for it: objects never overlap, so each one's truth is clear
+            size, position = _pick(rng, list(SIZES_2)), _pick(rng, list(POSITIONS))
+            cx, cy = np.add(POSITIONS[position], rng.uniform(-0.04, 0.04, size=2))
+            if all(np.hypot(cx - o.center[0], cy - o.center[1]) >= SIZES_2[size] + SIZES_2[o.size] + 0.03 for o in objects):
+                break
+        else:
+            break
+        color, shape = _colour_and_shape(rng, background, held_out and k == 0)
+        texture = (float(rng.uniform(0, np.pi)), *rng.uniform(0, 2 * np.pi, size=3).tolist())
+        objects.append(WorldObject(color, shape, size, position, (float(cx), float(cy)), said=(), texture=texture))
+    pattern = _pick(rng, list(PATTERNS))
+    # period (fraction of the side), angle, and phases / frequencies for the pattern, all drawn here so that
+    # rendering is a pure function of the scene
+    params = (float(rng.uniform(0.06, 0.12)), float(rng.uniform(0, np.pi)), *rng.uniform(0, 2 * np.pi, size=6).tolist(),
+              *rng.uniform(6, 22, size=6).tolist(), float(rng.uniform(12, 30)))
+    style = str(rng.choice(list(STYLES), p=[0.4, 0.2, 0.2, 0.2]))
+    scene = Scene(objects, background, caption="", pattern=pattern, pattern_params=params, style=style, version=2)
+    scene.caption = caption_2(scene, rng)
+    return scene
+
+
+def caption_2(scene: Scene, rng: np.random.Generator) -> str:
+    """A caption that says only part of what ``scene`` shows, and records what it said.
+
+    It names 1 to all of the objects; of each named object always its shape, its colour 80% of the time,
+    its place 60%, its size 35%; the style (when not flat) 60% of the time; the background 40%. So "a heart"
+    and "a painting of a big purple heart at the top left and a small orange star on a striped
+    background" are both captions. Each object's ``said`` lists what was said of it (``()`` = not mentioned).
+    """
+    k = int(rng.integers(1, len(scene.objects) + 1))
+    named = sorted(rng.choice(len(scene.objects), size=k, replace=False).tolist())
+    phrases = []
+    for i in named:
+        obj, said, words = scene.objects[i], ["shape"], []
+        if rng.random() < 0.35:
+            words.append(_pick(rng, SIZE_WORDS_2[obj.size]))
+            said.append("size")
+        if rng.random() < 0.8:
+            words.append(obj.color)
+            said.append("color")
+        phrase = "a " + " ".join([*words, obj.shape])
+        if rng.random() < 0.6:
+            phrase += " " + _pick(rng, POSITION_PHRASES[obj.position])
+            said.append("position")
+        obj.said = tuple(said)
+        phrases.append(phrase)
+    text = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    scene.mentioned = {"style": False, "background": False}
+    if (scene.style != "flat" and rng.random() < 0.6) or (scene.style == "flat" and rng.random() < 0.1):
+        text = f"{STYLES[scene.style]} {text}"
+        scene.mentioned["style"] = True
+    if rng.random() < 0.4:
+        say = int(rng.integers(3))  # the colour, the pattern, or both
+        words = [PATTERNS[scene.pattern]] * (say != 0) + [scene.background] * (say != 1)
+        text += f" on a {' '.join(words)} background"
+        scene.mentioned["background"] = True
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)

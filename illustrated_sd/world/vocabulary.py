@@ -55,3 +55,28 @@ def known_words() -> list[str]:
     words |= {"an"} | set(COLORS) | set(SHAPES) | {w for ws in SIZE_WORDS.values() for w in ws} | set(BACKGROUNDS)
     words |= {w for phrases in POSITION_PHRASES.values() for p in phrases for w in p.split()}
     return sorted(words)
+
+
+# ---- Version 2 (tiny-sd 2): pictures that their captions describe only in part -------------------------
+# Real Stable Diffusion learned from LAION captions that name a few things in a picture and leave the rest
+# open; that is what gives classifier-free guidance something to do. A version-2 scene holds 1–4 objects on a
+# patterned background, drawn in one of four styles, and its caption may name only some of the objects and
+# only some of their attributes. Version 1 above stays as it was (the first tiny-sd was trained on it).
+SHAPES_2 = SHAPES + ("ring", "cross", "moon", "diamond")
+SIZES_2 = {"small": 0.08, "medium": 0.12, "big": 0.18}
+SIZE_WORDS_2 = {"small": ("small", "tiny"), "medium": ("medium",), "big": ("big", "large")}
+# Background patterns are grey-level offsets on the background colour (never saturated, so objects stand out
+# and the detector can still tell them apart); the word is how a caption says it.
+PATTERNS = {"plain": "plain", "gradient": "shaded", "stripes": "striped", "dots": "dotted", "noise": "noisy"}
+# How an object is drawn, and the caption prefix that names it ("a photo of …"); "flat" is the default look.
+STYLES = {"flat": "a picture of", "drawing": "a drawing of", "photo": "a photo of", "painting": "a painting of"}
+MAX_OBJECTS_2 = 4
+
+
+def known_words_2() -> list[str]:
+    """Every word a version-2 caption can contain, sorted."""
+    words = {"a", "an", "and", "on", "background"} | set(COLORS) | set(SHAPES_2) | set(BACKGROUNDS)
+    words |= {w for ws in SIZE_WORDS_2.values() for w in ws} | set(PATTERNS.values())
+    words |= {w for prefix in STYLES.values() for w in prefix.split()}
+    words |= {w for phrases in POSITION_PHRASES.values() for p in phrases for w in p.split()}
+    return sorted(words)
