@@ -9,6 +9,7 @@ from .. import checks
 from ..cli import OneLineParser, one_line, parse
 from ..loading import ModelLoadError
 
+from .checkpoint import read_log, write_log
 from .export import export, import_folder
 from .decoder import train_decoder
 from .grounding import train_grounding
@@ -31,6 +32,11 @@ def main(argv=None) -> int:
     run.add_argument("--anneal", action="store_true", help="unet: let the learning rate fall over the second half of the budget (the last run)")
     run.add_argument("--binding", type=checks.finite_float, default=0.0, help="ground: weight of the binding loss (default: %(default)s, off)")
     run.add_argument("--two-objects", type=checks.finite_float, default=0.3, help="ground: share of two-object scenes (default: %(default)s)")
+    run.add_argument("--world", type=int, choices=(1, 2), default=None,
+                     help="the world to learn: 1 (tiny-sd) or 2 (tiny-sd 2); default: the checkpoint's, or 1 for a new one")
+    run.add_argument("--dataset-size", type=checks.positive_int, default=None,
+                     help="unet: how many scenes to draw and encode once for the stage (default: 100,000)")
+    run.add_argument("--compile", action="store_true", help="unet: torch.compile the UNet (GPU; faster after a minute of compiling)")
     run.add_argument("--smoke", action="store_true", help="a few tiny steps per stage on the CPU, to check the machinery")
     exp = sub.add_parser("export", help="write a diffusers pipeline folder from a checkpoint")
     exp.add_argument("checkpoint", type=Path)
@@ -74,6 +80,20 @@ def stage_plan(stages: str, minutes: str) -> list[tuple[str, float]]:
     return list(zip(names, budgets))
 
 
+def checkpoint_world(ckpt: Path, asked: int | None) -> int:
+    """The world version a checkpoint learns: fixed by its first run (and written to its log), never mixed."""
+    log = read_log(ckpt)
+    if "world" in log or any(stage in log for stage in STAGES):
+        world = log.get("world", 1)  # checkpoints from before version 2 learned version 1
+        if asked not in (None, world):
+            raise ValueError(f"{ckpt} learned the version-{world} world; a checkpoint learns one world: "
+                             f"train --world {asked} into a new --out folder")
+        return world
+    world = asked or 1
+    write_log(ckpt, {**log, "world": world})
+    return world
+
+
 def run_stages(args) -> None:
     plan = stage_plan(args.stages, args.minutes)
     if not 0 <= args.two_objects <= 1:
@@ -82,6 +102,7 @@ def run_stages(args) -> None:
         raise ValueError(f"--binding is a loss weight, ≥ 0 (got {args.binding:g})")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; the checkpoint is a folder: choose a new folder name")
+    world = checkpoint_world(args.out, args.world)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -89,6 +110,11 @@ def run_stages(args) -> None:
     batch, max_steps = (4, 3) if args.smoke else (args.batch_size, None)
     for stage, budget in plan:
         extra = {"anneal": args.anneal} if stage in ("unet", "ground") else {}
+        extra["world"] = world
+        if stage == "unet":
+            extra["compile"] = args.compile
+            if args.dataset_size:
+                extra["dataset_size"] = args.dataset_size
         if stage == "ground":
             extra.update(binding=args.binding, two_objects=args.two_objects)
         if args.smoke and stage in ("unet", "ground"):

@@ -41,7 +41,7 @@ def decoder_loss(recon: torch.Tensor, images: torch.Tensor, weights: torch.Tenso
 
 
 def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
-                  anneal: bool = True):
+                  anneal: bool = True, world: int = 1):
     """Fine-tune ``vae.decoder`` and ``vae.post_quant_conv`` on world pictures; the encoder stays frozen.
 
     Each step encodes a fresh batch, *samples* a latent from the posterior (the UNet's latents are never
@@ -58,7 +58,7 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 5 + len(read_log(ckpt).get("decoder", {}).get("step", [])))
 
     def step_fn(step):
-        images, masks = render(sample_scenes([seed, 5, step], batch_size), device=device)
+        images, masks = render(sample_scenes([seed, 5, step], batch_size, version=world), device=device)
         with _autocast(device):
             with torch.no_grad():  # the frozen half: image → posterior → a latent sample
                 latents = vae.encode(images).latent_dist.sample(generator=gen)

@@ -9,7 +9,7 @@ import torch
 from ..architectures import build_random_pipeline
 from ..files import publish_folder, scratch_folder_beside
 from ..paths import CLIP_TOKENIZER
-from ..world import HELD_OUT, known_words
+from ..world import HELD_OUT, known_words, known_words_2
 from .checkpoint import load_weights, read_log, save_weights, write_log
 
 MAX_SHARD = "14MB"  # keeps every file under 15 MiB
@@ -76,7 +76,9 @@ def _write_folder(pipe, ckpt: Path, tmp: Path) -> None:
             for path in sorted(ckpt.glob(f"{name}-*.safetensors")):
                 shutil.copy(path, clip / path.name)
     shutil.copy(ckpt / "train_log.json", tmp / "train_log.json")
-    (tmp / "illustrated_sd.json").write_text(json.dumps({"known_words": known_words(), "held_out": HELD_OUT, "image_size": 128}, indent=1))
+    world = read_log(ckpt).get("world", 1)
+    words = known_words_2() if world == 2 else known_words()
+    (tmp / "illustrated_sd.json").write_text(json.dumps({"known_words": words, "held_out": HELD_OUT, "image_size": 128, "world": world}, indent=1))
 
 
 def import_folder(folder: Path, ckpt: Path) -> Path:

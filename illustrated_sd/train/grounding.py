@@ -153,9 +153,12 @@ def encode_grounded_world(vae, text_encoder, tokenizer, seed, n: int, device, la
 
 def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
                     ema_decay=0.999, dataset_size: int = 50_000, weight: float = 0.05, anneal: bool = False,
-                    binding: float = 0.0, two_objects: float = 0.3):
+                    binding: float = 0.0, two_objects: float = 0.3, world: int = 1):
     """Fine-tune the trained UNet: denoising loss + ``weight`` × token loss + ``binding`` × binding loss,
     on scenes of which a share ``two_objects`` has two objects."""
+    if world != 1:
+        raise ValueError("the grounding stage knows the version-1 world only (one or two objects, every one named); "
+                         "leave it out of --stages for --world 2")
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     unet, vae, text_encoder, tokenizer, scheduler = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
     if not all(load_weights(m, ckpt, name) for m, name in ((vae, "vae"), (text_encoder, "text_encoder"), (unet, "unet"))):

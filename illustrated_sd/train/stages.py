@@ -108,7 +108,8 @@ def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_
     curve = log.setdefault(stage, {"step": [], "loss": [], "seconds": []})
     start_step = curve.get("total_steps", 0)
     elapsed0 = curve["seconds"][-1] if curve["seconds"] else 0.0
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    # fused: one kernel updates every parameter (on a GPU), instead of several per parameter tensor
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=all(p.is_cuda for p in params))
     step, t0, running = start_step, time.time(), []
     bar = tqdm(desc=stage, unit="step")
     while budget.more(step - start_step):
@@ -139,7 +140,7 @@ def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_
     return step - start_step
 
 
-def train_clip(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20):
+def train_clip(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20, world: int = 1):
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     text_encoder, tokenizer = pipe.text_encoder.to(device).train(), pipe.tokenizer
     tower, head = ImageTower().to(device), ClipHead(text_encoder.config.hidden_size).to(device)
@@ -148,7 +149,7 @@ def train_clip(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
             module.float()
 
     def step_fn(step):
-        images, ids, _ = world_batch([seed, 1, step], batch_size, device, tokenizer)
+        images, ids, _ = world_batch([seed, 1, step], batch_size, device, tokenizer, world=world)
         with _autocast(device):
             return clip_loss(tower(images), text_features(text_encoder, head, ids), head.logit_scale).float()
 
@@ -159,13 +160,13 @@ def train_clip(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
     return steps
 
 
-def train_vae(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20):
+def train_vae(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20, world: int = 1):
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     vae, tokenizer = pipe.vae.to(device).train(), pipe.tokenizer
     load_weights(vae, ckpt, "vae")
 
     def step_fn(step):
-        images, _, _ = world_batch([seed, 2, step], batch_size, device, tokenizer)
+        images, _, _ = world_batch([seed, 2, step], batch_size, device, tokenizer, world=world)
         with _autocast(device):
             posterior = vae.encode(images).latent_dist
             recon = vae.decode(posterior.sample()).sample.float()
@@ -177,7 +178,7 @@ def train_vae(ckpt: Path, minutes: float, batch_size: int, device, seed: int, ma
     # SD scales latents to unit variance before diffusion (0.18215 for its VAE); measure ours the same way
     vae.eval()
     with torch.no_grad(), _autocast(device):
-        images, _, _ = world_batch([seed, 2, 10**6], 256 if device.type == "cuda" else 8, device, tokenizer)
+        images, _, _ = world_batch([seed, 2, 10**6], 256 if device.type == "cuda" else 8, device, tokenizer, world=world)
         std = vae.encode(images).latent_dist.mean.float().std().item()
     log = read_log(ckpt)
     log["vae_scaling_factor"] = 1.0 / std
@@ -186,7 +187,7 @@ def train_vae(ckpt: Path, minutes: float, batch_size: int, device, seed: int, ma
 
 
 @torch.no_grad()
-def encode_world(vae, text_encoder, tokenizer, seed, n: int, device, chunk: int = 1000):
+def encode_world(vae, text_encoder, tokenizer, seed, n: int, device, chunk: int = 1000, world: int = 1):
     """Draw ``n`` scenes once and keep what the UNet needs, on ``device``.
 
     The VAE and the text encoder are frozen while the UNet trains (as in Stable Diffusion), so their
@@ -196,7 +197,7 @@ def encode_world(vae, text_encoder, tokenizer, seed, n: int, device, chunk: int 
     """
     means, stds, contexts = [], [], []
     for start in tqdm(range(0, n, chunk), desc="encoding the world", unit="chunk"):
-        images, ids, _ = world_batch([seed, 3, start], min(chunk, n - start), device, tokenizer)
+        images, ids, _ = world_batch([seed, 3, start], min(chunk, n - start), device, tokenizer, world=world)
         with _autocast(device):
             posterior = vae.encode(images).latent_dist
             contexts.append(text_encoder(ids)[0].to(torch.bfloat16 if device.type == "cuda" else torch.float32))
@@ -207,19 +208,27 @@ def encode_world(vae, text_encoder, tokenizer, seed, n: int, device, chunk: int 
 
 
 def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
-               ema_decay=0.999, dataset_size: int = 100_000, drop_caption: float = 0.1, anneal: bool = False):
+               ema_decay=0.999, dataset_size: int = 100_000, drop_caption: float = 0.1, anneal: bool = False, world: int = 1,
+               compile: bool = False):
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     unet, vae, text_encoder, tokenizer, scheduler = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
     if not (load_weights(vae, ckpt, "vae") and load_weights(text_encoder, ckpt, "text_encoder")):
         raise RuntimeError(f"{ckpt} has no trained VAE and text encoder yet: run the clip and vae stages first")
     scaling = read_log(ckpt)["vae_scaling_factor"]
     vae, text_encoder = vae.to(device).float().eval(), text_encoder.to(device).float().eval()
-    means, stds, contexts, empty = encode_world(vae, text_encoder, tokenizer, seed, dataset_size, device)
+    means, stds, contexts, empty = encode_world(vae, text_encoder, tokenizer, seed, dataset_size, device, world=world)
     del vae, text_encoder
     unet = unet.to(device).train()
     load_weights(unet, ckpt, "unet")
     unet.float()
     ema = EMA(unet, ema_decay)
+    forward = unet
+    if device.type == "cuda":
+        # convolutions in bf16 run fastest with channels last (NHWC) on tensor cores; compiling fuses the
+        # many small GroupNorm/SiLU/attention kernels of a small UNet, whose steps are launch-bound
+        unet.to(memory_format=torch.channels_last)
+        if compile:
+            forward = torch.compile(unet)
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + len(read_log(ckpt).get("unet", {}).get("step", [])))
 
@@ -230,7 +239,7 @@ def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
         dropped = torch.rand(batch_size, generator=gen, device=device) < drop_caption
         context = torch.where(dropped[:, None, None], empty, contexts[idx])
         with _autocast(device):  # forward diffusion in one jump, then the UNet names the noise
-            return diffusion_loss(unet, latents, context, alphas_cumprod, generator=gen)
+            return diffusion_loss(forward, latents, context, alphas_cumprod, generator=gen)
 
     steps = _run("unet", step_fn, list(unet.parameters()), 3e-4, ckpt, Budget(minutes, max_steps), log_every, after_step=ema.update, anneal=anneal)
     if steps:
