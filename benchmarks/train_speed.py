@@ -19,8 +19,12 @@ import json
 import statistics
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python benchmarks/train_speed.py
 from illustrated_sd.architectures import build_random_pipeline
 from illustrated_sd.forward_diffusion import diffusion_loss
 

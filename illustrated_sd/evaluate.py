@@ -28,15 +28,15 @@ from . import checks
 from .cli import OneLineParser, one_line, parse
 from .files import atomic_write, check_replaceable, check_writable_folder
 from .loading import ModelLoadError, load_pipeline
-from .world import COLORS, HELD_OUT, POSITIONS, SHAPES
+from .world import COLORS, HELD_OUT, POSITIONS, SHAPES, SHAPES_2
 from .world.detect import detect
 from .world.vocabulary import PAIRS, POSITION_PHRASES
 
 
-def prompt_set(seed: int = 0, single_positions: int = 3, pairs: int = 40):
-    """The evaluation prompts: ``(prompt, [(color, shape, position), …], held_out)``."""
+def prompt_set(seed: int = 0, single_positions: int = 3, pairs: int = 40, world: int = 1):
+    """The evaluation prompts: ``(prompt, [(color, shape, position), …], held_out)``; ``world=2`` uses its nine shapes."""
     rng = np.random.default_rng(seed)
-    combos = [(c, s) for c in COLORS for s in SHAPES]
+    combos = [(c, s) for c in COLORS for s in (SHAPES_2 if world == 2 else SHAPES)]
     seen = [cs for cs in combos if cs not in HELD_OUT]
     cases = []
     for color, shape in seen:
@@ -64,12 +64,13 @@ def prompt_group(cases, group: str):
     return [case for case in cases if GROUPS[group](case)]
 
 
-def _match(detections, position: str, n_objects: int):
-    """The detection that stands for the object meant to be at ``position``: with one object, the
-    largest found; with two, the one nearest the named position (``None`` if nothing was found)."""
+def _match(detections, position: str, n_objects: int, world: int = 1):
+    """The detection that stands for the object meant to be at ``position``: with one object in world 1,
+    the largest found; otherwise the one nearest the named position (``None`` if nothing was found).
+    (World 2's pictures may hold objects the prompt does not name, so size says nothing there.)"""
     if not detections:
         return None
-    if n_objects == 1:
+    if n_objects == 1 and world == 1:
         return detections[0]
     cx, cy = POSITIONS[position]
     return min(detections, key=lambda d: (d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2)
@@ -83,13 +84,20 @@ def _points_inside(trace, word, mask) -> bool:
     return bool(grown[y : y + 5, x : x + 5].any())
 
 
+def world_of(pipe) -> int:
+    """The version of the synthetic world ``pipe``'s model learned (1 for models that do not say)."""
+    return getattr(pipe, "world", None) or 1
+
+
 def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0, examples_dir: Path | None = None,
              seeds: int = 1) -> dict:
     """Generate each case and grade it; returns the summary figures and every case's result.
 
     Case ``i`` is drawn with seed ``seed + i``; with ``seeds`` = k > 1 every case is drawn k times (seeds
-    ``seed + i + 10_000·j``), so that the figures rest on k× as many pictures.
+    ``seed + i + 10_000·j``), so that the figures rest on k× as many pictures. Pictures are read with the
+    detector of the world the model learned (:func:`world_of`).
     """
+    world = world_of(pipe)
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     rows = []
@@ -97,10 +105,10 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
     for i, j in tqdm(draws, desc="evaluating", unit="prompt"):
         text, objects, held_out = cases[i]
         trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i + 10_000 * j, progress=False)
-        found = detect(trace.image)
+        found = detect(trace.image, version=world)
         row = {"prompt": text, "held_out": held_out, "seed": seed + i + 10_000 * j, "objects": []}
         for color, shape, position in objects:
-            d = _match(found, position, len(objects))
+            d = _match(found, position, len(objects), world)
             row["objects"].append({
                 "color": d is not None and d.color == color,
                 "shape": d is not None and d.shape == shape,
@@ -132,7 +140,108 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
         summary[f"pointing_game_{kind}_words"] = rate(p for r in rows if not r["held_out"] for o in r["objects"]
                                                       for w, p in o["points"].items() if w in words)
     return {"summary": summary, "settings": {"steps": steps, "guidance": guidance, "seed": seed, "seeds": seeds, "model": pipe.name,
-                                             "scheduler": type(pipe.scheduler).__name__}, "cases": rows}
+                                             "scheduler": type(pipe.scheduler).__name__, "world": world}, "cases": rows}
+
+
+# ---- the phenomena the course shows: guidance, the blurry first x̂₀, samplers -------------------------------
+
+def adherence(found, objects, world: int) -> tuple[bool, int]:
+    """Whether every named ``(color, shape, position)`` object is in the picture as named, and how many
+    detected objects the prompt did not name (each named object claims the detection nearest its place)."""
+    claimed, right = set(), True
+    for color, shape, position in objects:
+        d = _match(found, position, len(objects), world)
+        right &= d is not None and (d.color, d.shape, d.position) == (color, shape, position)
+        if d is not None:
+            claimed.add(id(d))
+    return right, sum(id(d) not in claimed for d in found)
+
+
+def diversity(images) -> float:
+    """How different pictures of one prompt are: the mean RMS pixel distance (in [0, 1]) over all pairs."""
+    x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255) for im in images])
+    pairs = [(a, b) for a in range(len(x)) for b in range(a + 1, len(x))]
+    return float(np.mean([((x[a] - x[b]) ** 2).mean().sqrt().item() for a, b in pairs])) if pairs else 0.0
+
+
+def sharpness(image) -> float:
+    """The variance of the image's Laplacian (grey levels 0–255): high for crisp edges, low for a blur."""
+    grey = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32))[None, None]
+    kernel = torch.tensor([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=torch.float32)[None, None]
+    return float(F.conv2d(grey, kernel).var())
+
+
+def guidance_curve(pipe, cases, scales=(1.0, 2.0, 4.0, 7.5, 12.0, 20.0), seeds: int = 3, steps: int = 25, seed: int = 0) -> dict:
+    """Prompt adherence, unmentioned objects and diversity across seeds at each guidance scale.
+
+    Returns ``{scale: {"adherence", "unmentioned_objects", "diversity"}}``: the share of pictures with every
+    named object right, the mean number of objects the prompt did not name, and :func:`diversity` of a
+    prompt's ``seeds`` pictures (mean over prompts). Case ``i`` uses seeds ``seed + i + 10_000·j``.
+    """
+    world, curve = world_of(pipe), {}
+    for scale in tqdm(scales, desc="guidance scales"):
+        right, extra, spread = [], [], []
+        for i, (text, objects, _) in enumerate(cases):
+            images = []
+            for j in range(seeds):
+                trace = pipe(text, num_inference_steps=steps, guidance_scale=scale, seed=seed + i + 10_000 * j, progress=False)
+                ok, unnamed = adherence(detect(trace.image, version=world), objects, world)
+                right.append(ok)
+                extra.append(unnamed)
+                images.append(trace.image)
+            spread.append(diversity(images))
+        curve[float(scale)] = {"adherence": round(float(np.mean(right)), 4), "unmentioned_objects": round(float(np.mean(extra)), 3),
+                               "diversity": round(float(np.mean(spread)), 4)}
+    return curve
+
+
+def x0_sharpness(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0, every: int = 4) -> dict:
+    """How sharp the decoded predicted x̂₀ is along the way, against the final image (:func:`sharpness`).
+
+    Returns the median over prompts of ``sharpness(x̂₀ at step k) / sharpness(final image)`` for
+    ``k = 0, every, 2·every, …``: below 1 means blurrier than the result.
+    """
+    ratios = []
+    for i, (text, _, _) in enumerate(tqdm(cases, desc="x̂₀ sharpness")):
+        trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i, progress=False)
+        chosen = list(range(0, trace.num_steps, every))
+        final = sharpness(trace.image)
+        ratios.append([sharpness(im) / final for im in pipe.decode_latents(trace.pred_x0[chosen])])
+    chosen = list(range(0, steps, every))
+    return {"steps": chosen, "median_ratio": [round(float(np.median([r[k] for r in ratios])), 3) for k in range(len(chosen))],
+            "prompts": len(cases)}
+
+
+def sampler_agreement(pipe, cases, samplers=("ddim", "euler", "dpm++", "euler_ancestral"), steps: int = 25, guidance: float = 7.5,
+                      seed: int = 0) -> dict:
+    """Do samplers, from the same seed, draw the same named objects in the same places, and how much do
+    their pictures differ otherwise?
+
+    Returns ``agreement`` (share of prompts and samplers whose detected named objects — colour, shape,
+    position — equal the first sampler's) and ``mean_pixel_difference`` (mean |Δ| in grey levels 0–255
+    against the first sampler's picture), overall and per sampler. The pipeline's sampler is restored.
+    """
+    world, before = world_of(pipe), pipe.scheduler
+    readings, images = {}, {}
+    try:
+        for name in samplers:
+            pipe.set_scheduler(name)
+            for i, (text, objects, _) in enumerate(tqdm(cases, desc=name)):
+                trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i, progress=False)
+                found = detect(trace.image, version=world)
+                readings[name, i] = [(d.color, d.shape, d.position) if (d := _match(found, p, len(objects), world)) else None
+                                     for _, _, p in objects]
+                images[name, i] = np.asarray(trace.image.convert("RGB"), dtype=np.float32)
+    finally:
+        pipe.pipeline.scheduler = before
+    first, result = samplers[0], {}
+    for name in samplers[1:]:
+        result[name] = {"agreement": round(float(np.mean([readings[name, i] == readings[first, i] for i in range(len(cases))])), 4),
+                        "mean_pixel_difference": round(float(np.mean([np.abs(images[name, i] - images[first, i]).mean()
+                                                                      for i in range(len(cases))])), 2)}
+    return {"reference": first, "agreement": round(float(np.mean([r["agreement"] for r in result.values()])), 4),
+            "mean_pixel_difference": round(float(np.mean([r["mean_pixel_difference"] for r in result.values()])), 2),
+            "samplers": result, "prompts": len(cases)}
 
 
 @torch.no_grad()
@@ -145,7 +254,8 @@ def vae_psnr(pipe, n: int = 256, seed: int = 424242) -> dict:
     """
     from .world import render, sample_scenes
 
-    scenes = sample_scenes(seed, n)
+    world = world_of(pipe)
+    scenes = sample_scenes(seed, n, version=world)
     images, _ = render(scenes)
     vae = pipe.vae
     scores, right = [], []
@@ -156,9 +266,9 @@ def vae_psnr(pipe, n: int = 256, seed: int = 424242) -> dict:
         scores.append(10 * torch.log10(1 / mse))
         pixels = ((recon + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
         for scene, picture in zip(scenes[start : start + 32], pixels):
-            found = detect(picture)
+            found = detect(picture, version=world)
             for obj in scene.objects:
-                d = _match(found, obj.position, len(scene.objects))
+                d = _match(found, obj.position, len(scene.objects), world)
                 right.append(d is not None and (d.color, d.shape) == (obj.color, obj.shape))
     scores = torch.cat(scores)
     return {"vae_psnr_db_mean": round(scores.mean().item(), 2), "vae_psnr_db_min": round(scores.min().item(), 2), "vae_images": n,
@@ -176,6 +286,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=checks.positive_int, default=3, help="draw every prompt this many times (default: %(default)s)")
     parser.add_argument("--limit", type=checks.positive_int, default=None, help="grade only the first N prompts (a quick check)")
     parser.add_argument("--examples", type=Path, default=None, help="save every 10th image here")
+    parser.add_argument("--phenomena", type=checks.positive_int, default=0, metavar="N",
+                        help="also measure, on N single-object prompts, the guidance curve, the x̂₀ sharpness and the "
+                             "samplers' agreement (what the course shows); 0 = skip (default)")
     parser.add_argument("--device", default="cpu", help="where to generate (cuda is faster; figures differ from the CPU's in rare cases)")
     args = parse(parser, argv)
     if isinstance(args, int):
@@ -196,17 +309,28 @@ def run(args) -> None:
     if args.examples is not None:
         check_writable_folder(args.examples)
     pipe = load_pipeline(args.model, device=device)
-    cases = prompt_set() if args.only is None else prompt_group(prompt_set(), args.only)
+    everything = prompt_set(world=world_of(pipe))
+    cases = everything if args.only is None else prompt_group(everything, args.only)
     cases = cases[: args.limit]
     start = time.time()
     result = evaluate(pipe, cases, steps=args.steps, guidance=args.guidance, examples_dir=args.examples, seeds=args.seeds,
                       seed=args.seed)
     result["settings"]["seconds"] = round(time.time() - start, 1)
     result["summary"].update(vae_psnr(pipe))
+    if args.phenomena:
+        # spread over the colour+shape pairs: every k-th single-object prompt
+        single = prompt_group(everything, "single")
+        chosen = single[:: max(1, len(single) // args.phenomena)][: args.phenomena]
+        start = time.time()
+        result["phenomena"] = {"guidance_curve": guidance_curve(pipe, chosen, seeds=args.seeds, steps=args.steps, seed=args.seed),
+                               "x0_sharpness": x0_sharpness(pipe, chosen, steps=args.steps, guidance=args.guidance, seed=args.seed),
+                               "x0_sharpness_unguided": x0_sharpness(pipe, chosen, steps=args.steps, guidance=1.0, seed=args.seed),
+                               "sampler_agreement": sampler_agreement(pipe, chosen, steps=args.steps, guidance=args.guidance, seed=args.seed),
+                               "prompts": [text for text, _, _ in chosen], "seconds": round(time.time() - start, 1)}
     result["settings"]["torch_threads"] = torch.get_num_threads()
     with atomic_write(args.out, "--out file") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result["summary"], indent=1))
+    print(json.dumps({"summary": result["summary"], **({"phenomena": result["phenomena"]} if "phenomena" in result else {})}, indent=1))
 
 
 if __name__ == "__main__":

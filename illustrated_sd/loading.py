@@ -50,18 +50,18 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     checks.text("scheduler", scheduler, allow_none=True, hint=f"one of {sorted(SCHEDULERS)}")
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a folder path or a Hub id (got {type(model).__name__}); None loads the embedded model")
-    known_words = None
+    known_words = world = None
     if model is None:
         with _quiet():
             pipe = _load_default()
         name = "illustrated_sd tiny-sd" if TINY_SD.is_dir() else "illustrated_sd random tiny-sd1 (untrained)"
-        known_words = _known_words(TINY_SD)
+        known_words, world = _model_info(TINY_SD)
     else:
         path = Path(model).expanduser()
         if path.is_dir():
             with _quiet():
                 pipe = _load_folder(path, dtype)
-            known_words = _known_words(path)
+            known_words, world = _model_info(path)
         elif path.exists() or not HUB_ID.match(str(model)):
             raise FileNotFoundError(f"no model folder at {path}; pass a folder in diffusers layout ({PIPELINE_FILES}) or a Hub id")
         else:
@@ -71,7 +71,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         pipe = pipe.to(dtype=dtype)  # folders are loaded in `dtype` already
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    illustrated = IllustratedPipeline(pipe, name=name, known_words=known_words)
+    illustrated = IllustratedPipeline(pipe, name=name, known_words=known_words, world=world)
     if scheduler is not None:
         illustrated.set_scheduler(scheduler)
     return illustrated
@@ -94,10 +94,13 @@ def _quiet():
         transformers.logging.enable_progress_bar()
 
 
-def _known_words(folder: Path) -> set[str] | None:
-    """The vocabulary of a model trained by illustrated_sd (its ``illustrated_sd.json``), else None."""
+def _model_info(folder: Path) -> tuple[set[str] | None, int | None]:
+    """The vocabulary and world version of a model trained by illustrated_sd (its ``illustrated_sd.json``), else Nones."""
     info = folder / "illustrated_sd.json"
-    return set(json.loads(info.read_text())["known_words"]) if info.is_file() else None
+    if not info.is_file():
+        return None, None
+    data = json.loads(info.read_text())
+    return set(data["known_words"]), data.get("world", 1)
 
 
 def _load_default() -> StableDiffusionPipeline:

@@ -84,7 +84,7 @@ class IllustratedPipeline:
     """
 
     def __init__(self, pipeline: StableDiffusionPipeline, record: RecordOptions | None = None, name: str | None = None,
-                 known_words: set[str] | None = None):
+                 known_words: set[str] | None = None, world: int | None = None):
         if not isinstance(pipeline, StableDiffusionPipeline):
             raise TypeError(
                 f"IllustratedPipeline wraps a diffusers StableDiffusionPipeline, got {type(pipeline).__name__}; "
@@ -95,6 +95,7 @@ class IllustratedPipeline:
         self.name = name or pipeline.name_or_path or "StableDiffusionPipeline"
         # A model trained on a small world (the embedded default) knows few words; say so when a prompt strays.
         self.known_words = set(known_words) if known_words else None
+        self.world = world  # which version of the synthetic world a model trained by illustrated_sd learned (else None)
 
     # The components, under the names diffusers gives them.
     unet = property(lambda self: self.pipeline.unet)

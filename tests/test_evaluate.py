@@ -2,6 +2,7 @@
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +44,54 @@ def test_evaluation_mistakes_give_one_line_and_exit_code_2(tmp_path, capsys, no_
 def test_cuda_without_a_gpu_is_refused(tmp_path, capsys, no_generation):
     assert main(["--device", "cuda", "--out", str(tmp_path / "e.json")]) == 2
     assert "CUDA is not available here" in capsys.readouterr().err
+
+
+# ---- the measures of what the course shows ------------------------------------------------------------
+
+def detection(color, shape, position):
+    from illustrated_sd.world import POSITIONS
+    from illustrated_sd.world.detect import Detection
+    return Detection(color, shape, POSITIONS[position], 100, None)
+
+
+def test_adherence_needs_every_named_object_and_counts_the_others():
+    from illustrated_sd.evaluate import adherence
+    found = [detection("red", "circle", "left"), detection("blue", "star", "right"), detection("green", "moon", "top")]
+    assert adherence(found, [("red", "circle", "left")], world=2) == (True, 2)
+    assert adherence(found, [("red", "circle", "left"), ("blue", "star", "right")], world=2) == (True, 1)
+    assert adherence(found, [("red", "square", "left")], world=2) == (False, 2)
+    assert adherence([], [("red", "circle", "left")], world=2) == (False, 0)
+
+
+def test_in_world_2_the_object_at_the_named_place_is_graded_not_the_largest():
+    from illustrated_sd.evaluate import _match
+    big, named = detection("green", "moon", "right"), detection("red", "circle", "left")
+    big.area = 5000
+    assert _match([big, named], "left", 1, world=2) is named
+    assert _match([big, named], "left", 1, world=1) is big  # version 1's rule is unchanged
+
+
+def test_diversity_and_sharpness_measure_what_they_say():
+    from PIL import Image
+
+    from illustrated_sd.evaluate import diversity, sharpness
+    black, white = Image.new("RGB", (16, 16), (0, 0, 0)), Image.new("RGB", (16, 16), (255, 255, 255))
+    assert diversity([black, black]) == 0 and diversity([black, white]) == pytest.approx(1.0)
+    assert diversity([black, white, white]) == pytest.approx(2 / 3)
+    stripes = Image.fromarray(((np.indices((16, 16))[1] % 2) * 255).astype(np.uint8)).convert("RGB")
+    blurred = stripes.resize((4, 4)).resize((16, 16), Image.BILINEAR)
+    assert sharpness(black) == 0 and sharpness(stripes) > 10 * sharpness(blurred)
+
+
+def test_samplers_agree_with_themselves_and_the_sampler_is_restored(pipe):
+    from illustrated_sd.evaluate import prompt_set, sampler_agreement
+    before = type(pipe.scheduler)
+    result = sampler_agreement(pipe, prompt_set()[:1], samplers=("ddim", "ddim"), steps=2)
+    assert result["agreement"] == 1 and result["mean_pixel_difference"] == 0
+    assert type(pipe.scheduler) is before
+
+
+def test_version_2_prompts_use_its_nine_shapes():
+    from illustrated_sd.evaluate import prompt_set
+    from illustrated_sd.world import SHAPES_2
+    assert {shape for _, objects, _ in prompt_set(world=2) for _, shape, _ in objects} == set(SHAPES_2)

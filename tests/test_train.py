@@ -245,3 +245,28 @@ def test_the_training_log_is_written_atomically(tmp_path, monkeypatch):
     (tmp_path / "train_log.json").write_text("{cut sho")
     with pytest.raises(ValueError, match="not a readable training log.*new --out folder"):
         read_log(tmp_path)
+
+
+def test_a_checkpoint_learns_one_world(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    assert train_main(["run", "--smoke", "--world", "2", "--stages", "vae", "--minutes", "1", "--out", str(ckpt)]) == 0
+    assert read_log(ckpt)["world"] == 2 and read_log(ckpt)["vae"]["total_steps"] == 3
+    assert train_main(["run", "--smoke", "--stages", "vae", "--minutes", "1", "--out", str(ckpt)]) == 0  # resumes in its world
+    assert read_log(ckpt)["vae"]["total_steps"] == 6
+    capsys.readouterr()  # (the progress bars so far)
+    message = refused(["run", "--smoke", "--world", "1", "--stages", "vae", "--minutes", "1", "--out", str(ckpt)], capsys)
+    assert "learned the version-2 world" in message and "new --out folder" in message
+    assert "knows the version-1 world only" in refused(
+        ["run", "--smoke", "--stages", "ground", "--minutes", "1", "--out", str(ckpt)], capsys)
+
+
+def test_an_export_says_which_world_its_model_learned(checkpoint, tmp_path):
+    ckpt = tmp_path / "ckpt2"
+    for path in checkpoint.glob("*.safetensors"):
+        (ckpt / path.name).parent.mkdir(exist_ok=True)
+        (ckpt / path.name).write_bytes(path.read_bytes())
+    write_log(ckpt, {"vae_scaling_factor": 0.5, "world": 2})
+    assert train_main(["export", str(ckpt), str(tmp_path / "model")]) == 0
+    pipe = isd.load_pipeline(tmp_path / "model")
+    assert pipe.world == 2 and {"moon", "striped", "painting"} <= pipe.known_words
+    assert isd.load_pipeline().world == 1  # the shipped model learned version 1

@@ -92,8 +92,15 @@ def classify_shape(mask: np.ndarray, shapes=SHAPES) -> str:
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """``mask`` with every enclosed hole filled: the pixels that the outside cannot reach."""
-    outside = _components(np.pad(~mask, 1))[0]  # the padding ring is one connected piece of the outside
-    return ~outside[1:-1, 1:-1]
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return mask.copy()
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1  # holes lie inside the bounding box
+    box = np.pad(~mask[y0:y1, x0:x1], 1)
+    outside = _components(box)[0]  # the padding ring is one connected piece of the outside
+    filled = mask.copy()
+    filled[y0:y1, x0:x1] = ~outside[1:-1, 1:-1]
+    return filled
 
 
 def detect(image, min_area: int = 40, max_objects: int | None = None, version: int = 1) -> list[Detection]:
