@@ -35,6 +35,30 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+TRAIN_LABELS = {
+    "before": "as the UNet stage was: fp32 weights under bf16 autocast, NCHW, AdamW one kernel per tensor",
+    "channels_last": "+ channels-last (NHWC) UNet",
+    "fused_adamw": "+ fused AdamW",
+    "compile": "+ `torch.compile`",
+    "batch_512": "all of the above, batch 512",
+    "batch_1024": "all of the above, batch 1024",
+}
+
+
+def train_table(path: Path) -> str:
+    result = json.loads(path.read_text())
+    before = result["variants"]["before"]["images_per_s"]
+    lines = [f"`{path.name}` — {result['device']}, torch {result['torch']}, tiny-sd's UNet, "
+             f"{result['rounds']} alternating rounds after a warm-up", "",
+             "| variant | batch | steps/s (median) | images/s | × before |", "|---|---|---|---|---|"]
+    for name, row in result["variants"].items():
+        lines.append(f"| {TRAIN_LABELS.get(name, name)} | {row['batch']} | {row['steps_per_s']:.2f} | {row['images_per_s']:,} | "
+                     f"{row['images_per_s'] / before:.2f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     for path in sorted(DOCS.glob("gpu_speed_*.json")):
         print(table(path), end="\n\n")
+    if (DOCS / "train_speed.json").is_file():
+        print(train_table(DOCS / "train_speed.json"))

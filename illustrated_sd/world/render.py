@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .scenes import Scene
-from .vocabulary import BACKGROUNDS, COLORS, SHAPES, SHAPES_2, SIZES, SIZES_2
+from .vocabulary import BACKGROUNDS, COLORS, SHAPES_2, SIZES, SIZES_2
 
 
 def inside(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
