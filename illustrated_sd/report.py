@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 
 from . import plot
 from .files import atomic_write
-from .trace import Trace
+from .trace import Trace, require_trace
 
 SECTIONS = [
     ("tokens", "1. From words to tokens",
@@ -60,6 +60,7 @@ def write_report(trace: Trace, folder, scheduler=None, decode=None) -> Path:
     Returns:
         the path of ``report.html``.
     """
+    require_trace(trace, "write_report")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_write(folder / "image.png", "image") as tmp:

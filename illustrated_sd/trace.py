@@ -259,6 +259,14 @@ class Trace:
         return cls(**meta, **kwargs)
 
 
+def require_trace(value, who: str) -> "Trace":
+    """``value`` if it is a :class:`Trace`; else a ``TypeError`` saying where one comes from (a common slip: the prompt)."""
+    if not isinstance(value, Trace):
+        raise TypeError(f"{who} takes a Trace, got {type(value).__name__} {value!r:.60}; make one with trace = pipe(prompt) "
+                        "or isd.Trace.load(path)")
+    return value
+
+
 def _plain_number(x):
     """JSON for numpy's numbers (a trace made with ``height=np.int64(128)`` saves like any other)."""
     if isinstance(x, (np.integer, np.floating, np.bool_)):

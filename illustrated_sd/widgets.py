@@ -13,6 +13,7 @@ from PIL import Image
 
 from .plot.attention import upsample
 from .plot.denoising import _as_rgb
+from .trace import require_trace
 
 SIZE = 192  # pixels of each view
 
@@ -42,6 +43,7 @@ class TraceExplorer(W.VBox):
     """
 
     def __init__(self, trace, decode=None):
+        require_trace(trace, "TraceExplorer")
         self.trace, self.decode = trace, decode
         self._decoded = {}
         last = trace.num_steps - 1

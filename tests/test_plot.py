@@ -173,3 +173,13 @@ def test_prompts_are_printed_letter_for_letter_never_as_maths(pipe, prompt):
         assert any(form in t for t in texts for form in shown)
         assert all(t.count("$") == t.count("\\$") for t in texts)  # every $ escaped
         plt.close(fig)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: isd.plot.token_heatmaps("a red circle"), lambda: isd.plot.attention_grid("a red circle", "red"),
+    lambda: isd.plot.denoising_filmstrip(None), lambda: isd.plot.latent_channels([1, 2]),
+    lambda: isd.plot.text_embeddings("a red circle"), lambda: isd.plot.animate("a red circle", "a.gif"),
+])
+def test_plots_given_a_prompt_instead_of_a_trace_say_where_a_trace_comes_from(call):
+    with pytest.raises(TypeError, match="takes a Trace.*trace = pipe\\(prompt\\) or isd.Trace.load"):
+        call()

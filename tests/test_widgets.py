@@ -56,3 +56,8 @@ def test_prompts_and_errors_are_shown_as_text_not_html(pipe):
     assert "&lt;b&gt;red&lt;/b&gt;" in playground.status.value and "<b>red</b>" not in playground.status.value
     slider = GuidanceSlider(pipe, "a <i>circle</i>", scales=(1.0,), steps=1)
     assert "&lt;i&gt;circle&lt;/i&gt;" in slider.children[0].value
+
+
+def test_the_explorer_needs_a_trace():
+    with pytest.raises(TypeError, match="TraceExplorer takes a Trace"):
+        TraceExplorer("a red circle on the left")

@@ -8,7 +8,7 @@ from PIL import Image
 
 from .. import checks
 from ..files import atomic_write, check_replaceable
-from ..trace import Trace
+from ..trace import Trace, require_trace
 from .attention import upsample
 from .denoising import _as_rgb
 
@@ -24,6 +24,7 @@ def animate(trace: Trace, path, decode=None, token=None, what: str = "pred_x0", 
     Returns:
         the path written (through ``atomic_write``: missing folders are made, a failure leaves no file).
     """
+    require_trace(trace, "plot.animate")
     series = {"pred_x0": trace.pred_x0, "latents": trace.latents[1:]}
     if what not in series:
         raise ValueError(f"what must be one of {list(series)}, got {what!r}")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import checks
-from ..trace import Trace
+from ..trace import Trace, require_trace
 from .labels import literal, quoted
 
 
@@ -32,6 +32,7 @@ def token_heatmaps(trace: Trace, tokens=None, step=None, layer=None, head=None, 
     Example:
         >>> fig = token_heatmaps(trace, ["red", "circle"]); fig.savefig("heatmaps.png")
     """
+    require_trace(trace, "plot.token_heatmaps")
     if tokens is None:
         tokens = list(range(1, len(trace.tokens) - 1))
     if isinstance(tokens, (str, int)):
@@ -74,6 +75,7 @@ def attention_grid(trace: Trace, token, steps: int = 4, cmap: str = "inferno"):
     from ..attention_layers import short_name
     from .denoising import _pick_steps
 
+    require_trace(trace, "plot.attention_grid")
     if not trace.attention_maps:
         raise ValueError("this trace has no cross-attention maps; generate with RecordOptions(cross_attention=True)")
     slots = trace.token_index(token)

@@ -3,7 +3,7 @@
 import matplotlib.pyplot as plt
 import torch.nn.functional as F
 
-from ..trace import Trace
+from ..trace import Trace, require_trace
 from .labels import literal, quoted
 
 
@@ -14,6 +14,7 @@ def text_embeddings(trace: Trace, cmap: str = "RdBu_r"):
     Returns:
         a Figure with two panels; tick labels name the prompt's tokens (the rest is padding).
     """
+    require_trace(trace, "plot.text_embeddings")
     emb = trace.text_embeddings.float()  # [77, D]
     n = len(trace.tokens)
     tokens = [literal(t) for t in trace.tokens]
