@@ -150,3 +150,13 @@ def test_every_new_shape_is_drawn(shape):
     v, u = torch.meshgrid(c, c, indexing="ij")
     area = inside(shape, u, v).float().mean()
     assert 0.1 < area < 0.7
+
+
+def test_fill_holes_fills_enclosed_holes_only():
+    from illustrated_sd.world.detect import fill_holes
+    yy, xx = np.mgrid[:40, :40]
+    r = np.hypot(yy - 20, xx - 20)
+    ring = (r <= 12) & (r >= 7)
+    assert (fill_holes(ring) == (r <= 12)).all()
+    cup = ring & ~((xx > 20) & (abs(yy - 20) < 3))  # a ring with a gap: its inside reaches the outside
+    assert (fill_holes(cup) == cup).all()

@@ -96,8 +96,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     if len(ys) == 0:
         return mask.copy()
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1  # holes lie inside the bounding box
-    box = np.pad(~mask[y0:y1, x0:x1], 1)
-    outside = _components(box)[0]  # the padding ring is one connected piece of the outside
+    box = np.pad(~mask[y0:y1, x0:x1], 1, constant_values=True)
+    outside = _components(box)[0]  # the padding ring (outside, True) is one connected piece, found first
     filled = mask.copy()
     filled[y0:y1, x0:x1] = ~outside[1:-1, 1:-1]
     return filled
