@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from illustrated_sd.world import HELD_OUT, POSITIONS, SHAPES, known_words, render, sample_scenes
+from illustrated_sd.world import HELD_OUT, POSITIONS, known_words, render, sample_scenes
 from illustrated_sd.world.detect import detect
 from illustrated_sd.world.vocabulary import PAIR_FORMS, PATTERNS, POSITION_PHRASES, SHAPES_2, SINGLE_FORMS, STYLES, known_words_2
 
@@ -81,7 +81,7 @@ def test_detector_finds_nothing_in_a_blank_image():
     assert detect(np.full((128, 128, 3), 120, dtype=np.uint8)) == []
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES_2)  # version 1's five, then version 2's four
 def test_every_shape_is_drawn(shape):
     from illustrated_sd.world import inside
 
@@ -136,16 +136,6 @@ def test_version_2_objects_never_touch_and_masks_hold_each():
 def test_detector_reads_the_version_2_pictures():
     right, total = detector_reads(sample_scenes(14, 60, version=2), version=2)
     assert right / total >= 0.98, (right, total)
-
-
-@pytest.mark.parametrize("shape", SHAPES_2[len(SHAPES):])
-def test_every_new_shape_is_drawn(shape):
-    from illustrated_sd.world import inside
-
-    c = torch.linspace(-1.2, 1.2, 64)
-    v, u = torch.meshgrid(c, c, indexing="ij")
-    area = inside(shape, u, v).float().mean()
-    assert 0.1 < area < 0.7
 
 
 def test_fill_holes_fills_enclosed_holes_only():
