@@ -136,7 +136,7 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
     summary["pair_prompts"] = len(pairs)
     summary["pointing_game"] = rate(p for r in rows if not r["held_out"] for o in r["objects"] for p in o["points"].values())
     summary["pointing_game_held_out"] = rate(p for r in held for o in r["objects"] for p in o["points"].values())
-    for kind, words in (("color", COLORS), ("shape", SHAPES)):  # which words find their object
+    for kind, words in (("color", COLORS), ("shape", SHAPES_2 if world == 2 else SHAPES)):  # which words find their object
         summary[f"pointing_game_{kind}_words"] = rate(p for r in rows if not r["held_out"] for o in r["objects"]
                                                       for w, p in o["points"].items() if w in words)
     return {"summary": summary, "settings": {"steps": steps, "guidance": guidance, "seed": seed, "seeds": seeds, "model": pipe.name,

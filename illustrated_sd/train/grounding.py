@@ -28,20 +28,36 @@ from tqdm.auto import tqdm
 from ..architectures import build_random_pipeline
 from ..attention_layers import attention_layers
 from ..world import render, sample_scenes
+from ..world.vocabulary import MAX_OBJECTS_2
 from .checkpoint import load_weights, read_log, save_weights
 from ..forward_diffusion import diffusion_loss
 from .stages import EMA, Budget, _autocast, _run
 
 
-def object_token_slots(ids: torch.Tensor, scenes, tokenizer) -> torch.Tensor:
+def object_token_slots(ids: torch.Tensor, scenes, tokenizer, objects: int = 2) -> torch.Tensor:
     """Where each object's colour and shape words sit among the 77 slots.
 
-    Captions say "<colour> <shape>" next to each other for every object, so the pair is found by its
-    two token ids. Returns ``[B, 2 objects, 2 (colour, shape)]`` slot indices, ``-1`` where absent.
+    Captions say "<colour> <shape>" next to each other. In world 1 every object is named with both, so
+    the pair is found by its two token ids. In world 2 a caption names only some objects, in the order
+    of ``scene.objects``, always by their shape and sometimes by their colour ("a heart and a red star"),
+    so each named object's shape word is the next one of its kind, and its colour word (when said) the
+    token before it. Returns ``[B, objects, 2 (colour, shape)]`` slot indices, ``-1`` where absent (an
+    unnamed object, a colour not said).
     """
-    slots = torch.full((len(scenes), 2, 2), -1, dtype=torch.long)
+    slots = torch.full((len(scenes), objects, 2), -1, dtype=torch.long)
     for b, scene in enumerate(scenes):
         row = ids[b].tolist()
+        if scene.version == 2:
+            cursor = 0
+            for k, obj in enumerate(scene.objects):
+                if not obj.said:
+                    continue
+                shape = tokenizer.convert_tokens_to_ids(obj.shape + "</w>")
+                j = row.index(shape, cursor)
+                color = j - 1 if "color" in obj.said else -1
+                slots[b, k] = torch.tensor([color, j])
+                cursor = j + 1
+            continue
         used = set()
         for k, obj in enumerate(scene.objects):
             color, shape = tokenizer.convert_tokens_to_ids([obj.color + "</w>", obj.shape + "</w>"])
@@ -81,15 +97,16 @@ def attention_with_gradients(unet):
 
 def _word_maps(store: dict, heads: dict[str, int], slots: torch.Tensor, masks: torch.Tensor):
     """For each layer: the heads-averaged attention maps of each object's colour and shape words,
-    ``[B, 4 (colour₀, shape₀, colour₁, shape₁), n]``, and the object masks pooled to that layer's
-    ``n = h·w`` pixels, ``[B, 2, n]``."""
-    index = slots.clamp_min(0).flatten(1)  # [B, 4]; absent objects read slot 0 and are masked out by the callers
+    ``[B, 2K (colour₀, shape₀, colour₁, shape₁, …), n]`` (zero for an absent word), and the ``K`` object
+    masks pooled to that layer's ``n = h·w`` pixels, ``[B, K, n]``."""
+    index = slots.clamp_min(0).flatten(1)  # [B, 2K]; absent words read slot 0 (<|startoftext|>) …
+    present = (slots >= 0).flatten(1)[:, :, None]  # … and are zeroed here
     for name, probs in store.items():
         probs = probs.float().unflatten(0, (-1, heads[name])).mean(1)  # [B, n, 77], heads averaged
         n = probs.shape[1]
         h = w = int(n**0.5)
         grid = F.adaptive_avg_pool2d(masks, (h, w)).flatten(2)  # [B, 2, n]
-        yield torch.gather(probs, 2, index[:, None, :].expand(-1, n, -1)).transpose(1, 2), grid
+        yield torch.gather(probs, 2, index[:, None, :].expand(-1, n, -1)).transpose(1, 2) * present, grid
 
 
 def grounding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -98,8 +115,8 @@ def grounding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, mask
     Args:
         store: from :func:`attention_with_gradients` after a UNet call on ``B`` examples.
         heads: each layer's head count.
-        slots: ``[B, 2, 2]`` from :func:`object_token_slots` (on the device).
-        masks: ``[B, 2, H, W]`` object coverage in [0, 1] at latent resolution.
+        slots: ``[B, K, 2]`` from :func:`object_token_slots` (on the device).
+        masks: ``[B, K, H, W]`` object coverage in [0, 1] at latent resolution.
     """
     valid = slots >= 0  # [B, 2, 2]
     losses = []
@@ -111,34 +128,38 @@ def grounding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, mask
 
 
 def binding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Attribute binding, seen from the pixels, averaged over layers and the objects of two-object scenes.
+    """Attribute binding, seen from the pixels, averaged over the named objects of scenes naming two or more.
 
     At object k's pixels (weighted by its mask), the attention on object k's colour and shape words is
-    ``own`` and on the other object's words ``other``; the loss is ``(other / (own + other))²``. Same
-    arguments as :func:`grounding_loss`; zero when no scene has two objects.
+    ``own`` and on the other named objects' words ``other``; the loss is ``(other / (own + other))²``.
+    Same arguments as :func:`grounding_loss`; zero when no scene names two objects.
     """
-    two = (slots[:, 1, 0] >= 0) & (slots[:, 0, 0] >= 0)  # [B]
+    named = slots[:, :, 1] >= 0  # [B, K]: the caption says this object's shape
+    counted = named & (named.sum(1, keepdim=True) >= 2)
     losses = []
     for words, grid in _word_maps(store, heads, slots, masks):
-        per_object = words.unflatten(1, (2, 2)).sum(2)  # [B, 2, n]: attention on object 0's words, on object 1's
-        own = (grid * per_object).sum(-1)  # [B, 2]: at object k's pixels, attention on k's words
-        other = (grid * per_object.flip(1)).sum(-1)  # … and on the other object's words
+        per_object = words.unflatten(1, (-1, 2)).sum(2)  # [B, K, n]: attention on each object's words
+        own = (grid * per_object).sum(-1)  # [B, K]: at object k's pixels, attention on k's words
+        other = (grid * (per_object.sum(1, keepdim=True) - per_object)).sum(-1)  # … and on the others' words
         share = other / (own + other).clamp_min(1e-8)
-        losses.append((share**2)[two].flatten())
+        losses.append((share**2)[counted])
     losses = torch.cat(losses)
     return losses.mean() if losses.numel() else masks.new_zeros(())
 
 
 @torch.no_grad()
 def encode_grounded_world(vae, text_encoder, tokenizer, seed, n: int, device, latent_hw, chunk: int = 1000,
-                          two_objects: float = 0.3):
-    """Like ``stages.encode_world``, plus each example's object masks ``[n, 2, h, w]`` and token slots ``[n, 2, 2]``.
+                          two_objects: float = 0.3, world: int = 1):
+    """Like ``stages.encode_world``, plus each example's object masks ``[n, K, h, w]`` and token slots
+    ``[n, K, 2]`` (``K`` = 2 in world 1, 4 in world 2).
 
-    ``two_objects`` is the share of two-object scenes (the world's default 30%, or more to practise binding).
+    ``two_objects`` is world 1's share of two-object scenes (its default 30%, or more to practise binding);
+    world 2 keeps its own mix of one to four objects.
     """
+    objects = MAX_OBJECTS_2 if world == 2 else 2
     means, stds, contexts, masks, slots = [], [], [], [], []
     for start in tqdm(range(0, n, chunk), desc="encoding the world with masks", unit="chunk"):
-        scenes = sample_scenes([seed, 4, start], min(chunk, n - start), two_objects=two_objects)
+        scenes = sample_scenes([seed, 4, start], min(chunk, n - start), two_objects=two_objects, version=world)
         images, object_masks = render(scenes, device=device)
         ids = tokenizer([s.caption for s in scenes], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         with _autocast(device):
@@ -146,19 +167,23 @@ def encode_grounded_world(vae, text_encoder, tokenizer, seed, n: int, device, la
             contexts.append(text_encoder(ids.to(device))[0].float())
         means.append(posterior.mean.float())
         stds.append(posterior.std.float())
-        masks.append(F.adaptive_avg_pool2d(object_masks, latent_hw))
-        slots.append(object_token_slots(ids, scenes, tokenizer).to(device))
-    return torch.cat(means), torch.cat(stds), torch.cat(contexts), torch.cat(masks), torch.cat(slots)
+        pooled = F.adaptive_avg_pool2d(object_masks, latent_hw)  # [chunk, K', h, w], K' = most objects in this chunk
+        masks.append(F.pad(pooled, (0, 0, 0, 0, 0, objects - pooled.shape[1])))
+        slots.append(object_token_slots(ids, scenes, tokenizer, objects).to(device))
+    empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
+    return torch.cat(means), torch.cat(stds), torch.cat(contexts), torch.cat(masks), torch.cat(slots), text_encoder(empty)[0].float()
 
 
 def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
                     ema_decay=0.999, dataset_size: int = 50_000, weight: float = 0.05, anneal: bool = False,
                     binding: float = 0.0, two_objects: float = 0.3, world: int = 1):
-    """Fine-tune the trained UNet: denoising loss + ``weight`` × token loss + ``binding`` × binding loss,
-    on scenes of which a share ``two_objects`` has two objects."""
-    if world != 1:
-        raise ValueError("the grounding stage knows the version-1 world only (one or two objects, every one named); "
-                         "leave it out of --stages for --world 2")
+    """Fine-tune the trained UNet: denoising loss + ``weight`` × token loss + ``binding`` × binding loss.
+
+    World 1 draws scenes of which a share ``two_objects`` has two objects. World 2 keeps the caption
+    dropout of the UNet stage (10% of examples see the empty prompt and have no words to ground), so
+    that the unconditional model that guidance needs is not forgotten while the words are taught.
+    """
+    drop_caption = 0.1 if world == 2 else 0.0  # world 1's shipped weights were fine-tuned without it
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     unet, vae, text_encoder, tokenizer, scheduler = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
     if not all(load_weights(m, ckpt, name) for m, name in ((vae, "vae"), (text_encoder, "text_encoder"), (unet, "unet"))):
@@ -166,8 +191,8 @@ def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: i
     scaling = read_log(ckpt)["vae_scaling_factor"]
     vae, text_encoder = vae.to(device).float().eval(), text_encoder.to(device).float().eval()
     latent_hw = (unet.config.sample_size, unet.config.sample_size)
-    means, stds, contexts, masks, slots = encode_grounded_world(vae, text_encoder, tokenizer, seed, dataset_size, device, latent_hw,
-                                                                 two_objects=two_objects)
+    means, stds, contexts, masks, slots, empty = encode_grounded_world(vae, text_encoder, tokenizer, seed, dataset_size, device,
+                                                                        latent_hw, two_objects=two_objects, world=world)
     del vae, text_encoder
     unet = unet.to(device).float().train()
     ema = EMA(unet, ema_decay)
@@ -179,11 +204,16 @@ def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: i
         def step_fn(step):
             idx = torch.randint(0, len(means), (batch_size,), generator=gen, device=device)
             latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen, device=device)) * scaling
+            context, words = contexts[idx], slots[idx]
+            if drop_caption:
+                dropped = torch.rand(batch_size, generator=gen, device=device) < drop_caption
+                context = torch.where(dropped[:, None, None], empty, context)
+                words = words.masked_fill(dropped[:, None, None], -1)
             with _autocast(device):  # the UNet call of the denoising loss also fills `store` with its attention
-                denoising = diffusion_loss(unet, latents, contexts[idx], alphas_cumprod, generator=gen)
-                ground = weight * grounding_loss(store, heads, slots[idx], masks[idx])
+                denoising = diffusion_loss(unet, latents, context, alphas_cumprod, generator=gen)
+                ground = weight * grounding_loss(store, heads, words, masks[idx])
                 if binding:
-                    ground = ground + binding * binding_loss(store, heads, slots[idx], masks[idx])
+                    ground = ground + binding * binding_loss(store, heads, words, masks[idx])
             return denoising + ground
 
         steps = _run("ground", step_fn, list(unet.parameters()), 1e-4, ckpt, Budget(minutes, max_steps), log_every,
