@@ -1,20 +1,34 @@
 #!/usr/bin/env bash
 # The exact commands that trained tiny-sd 2 (the version-2 world) on one GPU; see docs/model-card.md.
-#   bash scripts/train_tiny_sd2.sh CHECKPOINT_DIR MODEL_DIR [--compile]     (PYTHON=python3 to choose the interpreter)
-# Every stage resumes from CHECKPOINT_DIR, so a run cut short can be started again with the same command
-# (a stage that already ran trains on for its budget once more). The whole run takes about 25 GPU minutes.
-# The first candidate (model card, "tiny-sd 2") was trained by this script as of commit 7973c37, that is
-# the UNet stage with --batch-size 512, without --compile and without grounding (5,428 steps).
-# benchmarks/train_speed.py then showed that the compiled stage takes a step of batch 1024 in the same
-# time, and the candidate's pointing game (22.6%) and pairs (40%) showed that world 2 needs the grounding
-# stage that fixed them in world 1, so the second run adds it (3.5 minutes after the UNet).
+#   bash scripts/train_tiny_sd2.sh CHECKPOINT_DIR MODEL_DIR [--compile] [PART]    (PYTHON=python3 to choose the interpreter)
+# The shipped weights took two GPU sessions of about 26 minutes each (a device machine is lent for 30):
+#   part 1  clip, vae, unet, ground, decoder from scratch, exported to MODEL_DIR;
+#   part 2  MODEL_DIR imported into CHECKPOINT_DIR.2 and trained on (more unet, ground and decoder), exported again.
+# PART is 1, 2 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
+# with the same command (a stage that already ran trains on for its budget once more).
+# History: the first candidate (model card) was part 1 as of commit 7973c37: the UNet stage at batch 512,
+# without --compile and without grounding. benchmarks/train_speed.py then showed that the compiled stage takes
+# a step of batch 1024 in the same time, and the candidate's pointing game (22.6%) and pairs (40%) showed that
+# world 2 needs the grounding stage that fixed them in world 1; part 1 as below gave pointing 51% and pairs 25%
+# with a VAE round trip of 90% (1 seed), so part 2 trains the UNet, the grounding and the decoder on.
 set -euo pipefail
 ckpt=${1:?checkpoint folder}
 model=${2:?folder to export the pipeline to}
 compile=${3:-}
-train() { "${PYTHON:-python}" -m illustrated_sd.train run --world 2 --out "$ckpt" "$@"; }
-train --stages clip,vae --minutes 1.5,3.5
-train --stages unet --minutes 10 --batch-size 1024 --dataset-size 200000 --anneal $compile
-train --stages ground --minutes 3.5 --anneal
-train --stages decoder --minutes 3
-"${PYTHON:-python}" -m illustrated_sd.train export "$ckpt" "$model" --force
+part=${4:-all}
+python=${PYTHON:-python}
+train() { "$python" -m illustrated_sd.train run --world 2 "$@"; }
+if [[ $part == 1 || $part == all ]]; then
+  train --out "$ckpt" --stages clip,vae --minutes 1.5,3.5
+  train --out "$ckpt" --stages unet --minutes 10 --batch-size 1024 --dataset-size 200000 --anneal $compile
+  train --out "$ckpt" --stages ground --minutes 3.5 --anneal
+  train --out "$ckpt" --stages decoder --minutes 3
+  "$python" -m illustrated_sd.train export "$ckpt" "$model" --force
+fi
+if [[ $part == 2 || $part == all ]]; then
+  "$python" -m illustrated_sd.train import "$model" "$ckpt.2"
+  train --out "$ckpt.2" --stages unet --minutes 11 --batch-size 1024 --dataset-size 200000 --anneal $compile
+  train --out "$ckpt.2" --stages ground --minutes 4 --anneal
+  train --out "$ckpt.2" --stages decoder --minutes 5
+  "$python" -m illustrated_sd.train export "$ckpt.2" "$model" --force
+fi
