@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The exact commands that trained tiny-sd 2 (the version-2 world) on one GPU; see docs/model-card.md.
 #   bash scripts/train_tiny_sd2.sh CHECKPOINT_DIR MODEL_DIR [--compile] [PART]    (PYTHON=python3 to choose the interpreter)
-# The shipped weights took two GPU sessions of about 26 minutes each (a device machine is lent for 30):
+# The second candidate (model card) took two GPU sessions of about 26 minutes each (a device machine is lent for 30):
 #   part 1  clip, vae, unet, ground, decoder from scratch, exported to MODEL_DIR;
 #   part 2  MODEL_DIR imported into CHECKPOINT_DIR.2 and trained on (more unet, ground and decoder), exported again.
 # PART is 1, 2 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again

@@ -31,7 +31,7 @@ from ..world import render, sample_scenes
 from ..world.vocabulary import MAX_OBJECTS_2
 from .checkpoint import load_weights, read_log, save_weights
 from ..forward_diffusion import diffusion_loss
-from .stages import EMA, Budget, _autocast, _run
+from .stages import EMA, Budget, _autocast, _run, empty_context
 
 
 def object_token_slots(ids: torch.Tensor, scenes, tokenizer, objects: int = 2) -> torch.Tensor:
@@ -105,7 +105,7 @@ def _word_maps(store: dict, heads: dict[str, int], slots: torch.Tensor, masks: t
         probs = probs.float().unflatten(0, (-1, heads[name])).mean(1)  # [B, n, 77], heads averaged
         n = probs.shape[1]
         h = w = int(n**0.5)
-        grid = F.adaptive_avg_pool2d(masks, (h, w)).flatten(2)  # [B, 2, n]
+        grid = F.adaptive_avg_pool2d(masks, (h, w)).flatten(2)  # [B, K, n]
         yield torch.gather(probs, 2, index[:, None, :].expand(-1, n, -1)).transpose(1, 2) * present, grid
 
 
@@ -118,7 +118,7 @@ def grounding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, mask
         slots: ``[B, K, 2]`` from :func:`object_token_slots` (on the device).
         masks: ``[B, K, H, W]`` object coverage in [0, 1] at latent resolution.
     """
-    valid = slots >= 0  # [B, 2, 2]
+    valid = slots >= 0  # [B, K, 2]
     losses = []
     for token_maps, grid in _word_maps(store, heads, slots, masks):
         object_masks = grid.repeat_interleave(2, dim=1)  # [B, 4, n]: the colour and shape token share the mask
@@ -170,8 +170,8 @@ def encode_grounded_world(vae, text_encoder, tokenizer, seed, n: int, device, la
         pooled = F.adaptive_avg_pool2d(object_masks, latent_hw)  # [chunk, K', h, w], K' = most objects in this chunk
         masks.append(F.pad(pooled, (0, 0, 0, 0, 0, objects - pooled.shape[1])))
         slots.append(object_token_slots(ids, scenes, tokenizer, objects).to(device))
-    empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
-    return torch.cat(means), torch.cat(stds), torch.cat(contexts), torch.cat(masks), torch.cat(slots), text_encoder(empty)[0].float()
+    return (torch.cat(means), torch.cat(stds), torch.cat(contexts), torch.cat(masks), torch.cat(slots),
+            empty_context(text_encoder, tokenizer, device).float())
 
 
 def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,

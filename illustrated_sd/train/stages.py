@@ -203,8 +203,13 @@ def encode_world(vae, text_encoder, tokenizer, seed, n: int, device, chunk: int 
             contexts.append(text_encoder(ids)[0].to(torch.bfloat16 if device.type == "cuda" else torch.float32))
         means.append(posterior.mean.float())
         stds.append(posterior.std.float())
+    return torch.cat(means), torch.cat(stds), torch.cat(contexts), empty_context(text_encoder, tokenizer, device).to(contexts[0].dtype)
+
+
+def empty_context(text_encoder, tokenizer, device) -> torch.Tensor:
+    """The ``[1, 77, D]`` hidden states of the empty prompt "": what a dropped caption is replaced by."""
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
-    return torch.cat(means), torch.cat(stds), torch.cat(contexts), text_encoder(empty)[0].to(contexts[0].dtype)
+    return text_encoder(empty)[0]
 
 
 def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
