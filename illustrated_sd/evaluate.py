@@ -171,8 +171,10 @@ def sharpness(image) -> float:
     return float(F.conv2d(grey, kernel).var())
 
 
-def guidance_curve(pipe, cases, scales=(1.0, 2.0, 4.0, 7.5, 12.0, 20.0), seeds: int = 3, steps: int = 25, seed: int = 0) -> dict:
+def guidance_curve(pipe, cases, scales=(0.0, 1.0, 2.0, 4.0, 7.5, 12.0, 20.0), seeds: int = 3, steps: int = 25, seed: int = 0) -> dict:
     """Prompt adherence, unmentioned objects and diversity across seeds at each guidance scale.
+
+    Scale 0 is the unconditional model alone (ε̂ = ε_u): how often the named objects appear by chance.
 
     Returns ``{scale: {"adherence", "unmentioned_objects", "diversity"}}``: the share of pictures with every
     named object right, the mean number of objects the prompt did not name, and :func:`diversity` of a

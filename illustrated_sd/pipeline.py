@@ -154,7 +154,10 @@ class IllustratedPipeline:
             prompt: what to draw; at most 77 CLIP tokens are used (the rest is dropped with a warning).
             num_inference_steps: denoising steps ``S`` (≥ 1). Some samplers (PNDM, Heun) call the UNet
                 a few extra times; the trace has one entry per UNet call.
-            guidance_scale: classifier-free guidance ``s``; ``s ≤ 1`` turns guidance off.
+            guidance_scale: classifier-free guidance ``s`` in ε̂ = ε_u + s·(ε_c − ε_u). ``s = 1`` is the prompt
+                alone (one UNet row, no guidance); ``s = 0`` the unconditional model alone ("no prompt at
+                all"); ``0 < s < 1`` blends the two, ``s < 0`` pushes away from the prompt. (diffusers turns
+                guidance off for every ``s ≤ 1``; here every ``s`` means what the formula says.)
             seed: makes the initial noise, as ``torch.Generator("cpu").manual_seed(seed)`` would in
                 diffusers. Pass ``generator=`` instead for your own generator.
             negative_prompt: what to steer away from (the unconditional branch); ``None`` = "".
@@ -365,7 +368,9 @@ class IllustratedPipeline:
     def _encode_prompt(self, prompt: str, negative_prompt: str | None, guidance_scale: float) -> "_EncodedPrompt":
         """Tokenize and encode the prompt, and with guidance the negative (or empty) prompt too."""
         # Guidance doubles the batch: row 0 answers "what does an image look like?", row 1 "…of this prompt?"
-        guided = guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+        # At s = 1 the formula gives row 1 exactly, so that row alone is computed (as diffusers does for s ≤ 1;
+        # below 1 diffusers ignores s, while here s = 0 is the unconditional model and s < 0 pushes away).
+        guided = guidance_scale != 1 and self.unet.config.time_cond_proj_dim is None
         text = tokenize_prompt(self.tokenizer, prompt)
         embeddings, hidden_states = encode_tokens(self.text_encoder, text, self.device)
         embeddings = embeddings.to(self.text_encoder.dtype)
@@ -490,7 +495,7 @@ class IllustratedPipeline:
         if isinstance(self.scheduler, PNDMScheduler) and steps < 4:
             raise ValueError(f"PNDM needs at least 4 steps (got {steps}): its multistep formula starts from 4 earlier "
                              "predictions; use more steps, or a one-step sampler: pipe.set_scheduler('ddim')")
-        guidance_scale = checks.real_number("guidance_scale", guidance_scale, hint="7.5 is usual, ≤ 1 turns guidance off")
+        guidance_scale = checks.real_number("guidance_scale", guidance_scale, hint="7.5 is usual, 1 turns guidance off, 0 is the unconditional model")
         eta = checks.real_number("eta", eta, minimum=0, hint="DDIM's η: 0 is deterministic, 1 adds DDPM's noise")
         if generator is not None:
             if not isinstance(generator, torch.Generator):
@@ -519,6 +524,6 @@ class IllustratedPipeline:
             if unknown:
                 warnings.warn(f"the model never saw {unknown} in training, so it cannot draw them; the words it knows are: "
                               f"{', '.join(sorted(self.known_words))}", stacklevel=4)
-        if negative_prompt is not None and guidance_scale <= 1:
-            warnings.warn("negative_prompt is ignored when guidance_scale ≤ 1 (guidance is off)", stacklevel=4)
+        if negative_prompt is not None and guidance_scale == 1:
+            warnings.warn("negative_prompt is ignored when guidance_scale = 1 (guidance is off)", stacklevel=4)
         return steps, guidance_scale, seed, sizes[0], sizes[1], eta, record or self.record

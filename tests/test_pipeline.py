@@ -63,6 +63,19 @@ def test_trace_shapes(pipe, trace):
     assert trace.image.size == (trace.width, trace.height)
 
 
+def test_every_guidance_scale_means_what_the_formula_says(pipe):
+    # s = 0 is the unconditional model alone: its first noise prediction is the empty prompt's
+    uncond = pipe(PROMPT, num_inference_steps=2, guidance_scale=0.0, seed=5, progress=False)
+    torch.testing.assert_close(uncond.noise_pred, uncond.noise_pred_uncond)
+    empty_row = pipe("a", num_inference_steps=2, guidance_scale=0.0, seed=5, progress=False)
+    torch.testing.assert_close(uncond.noise_pred[0], empty_row.noise_pred[0])  # the same first latent, the same ε_u
+    # 0 < s < 1 blends, s < 0 pushes away; neither is the s = 1 picture (diffusers would silently give that one)
+    for s in (0.5, -2.0):
+        trace = pipe(PROMPT, num_inference_steps=2, guidance_scale=s, seed=5, progress=False)
+        torch.testing.assert_close(trace.noise_pred, trace.noise_pred_uncond + s * (trace.noise_pred_text - trace.noise_pred_uncond))
+    assert pipe(PROMPT, num_inference_steps=2, guidance_scale=1.0, seed=5, progress=False).noise_pred_uncond is None
+
+
 def test_recorded_values_are_what_the_loop_used(pipe, trace):
     # guidance: ε̂ = ε_u + s (ε_c − ε_u)
     guided = trace.noise_pred_uncond + 7.5 * (trace.noise_pred_text - trace.noise_pred_uncond)

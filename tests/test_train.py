@@ -179,6 +179,19 @@ def test_two_objects_sets_the_share_of_two_object_scenes():
     assert [s.caption for s in sample_scenes(1, 20)] == [s.caption for s in sample_scenes(1, 20, two_objects=0.3)]
 
 
+def test_two_objects_in_world_2_adds_scenes_like_the_pair_prompts():
+    from illustrated_sd.world import sample_scenes
+
+    plain = sample_scenes(1, 400, version=2)
+    assert [s.caption for s in plain] == [s.caption for s in sample_scenes(1, 400, two_objects=0.0, version=2)]
+    fully_named = lambda s: len(s.objects) == 2 and all({"shape", "color", "position"} <= set(o.said) for o in s.objects)
+    practice = sample_scenes(1, 400, two_objects=0.5, version=2)
+    assert sum(map(fully_named, plain)) < 0.15 * 400 < 0.4 * 400 < sum(map(fully_named, practice))
+    for scene in filter(fully_named, practice):  # the caption says both colours and both places
+        for obj in scene.objects:
+            assert f"{obj.color} " in scene.caption and obj.shape in scene.caption
+
+
 # ---- refusing mistakes, and never touching what the package did not write ---------------------------
 
 @pytest.fixture(scope="module")

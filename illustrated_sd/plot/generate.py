@@ -24,7 +24,7 @@ def guidance_sweep(pipe, prompt: str, scales=(1.0, 3.0, 7.5, 12.0), seed: int = 
     fig, axes = plt.subplots(1, len(scales), figsize=(2.4 * len(scales), 2.8), squeeze=False, layout="constrained")
     for ax, s, trace in zip(axes[0], scales, traces):
         ax.imshow(trace.image)
-        ax.set_title(f"guidance {s:g}" + (" (off)" if s <= 1 else ""), fontsize=10)
+        ax.set_title(f"guidance {s:g}" + {1: " (off)", 0: " (no prompt)"}.get(s, ""), fontsize=10)
         ax.set_axis_off()
     fig.suptitle(f"classifier-free guidance: ε̂ = ε_uncond + s·(ε_text − ε_uncond) — {quoted(prompt)}, seed {seed}", fontsize=10)
     return fig, traces

@@ -31,7 +31,9 @@ def main(argv=None) -> int:
     run.add_argument("--seed", type=checks.natural_int, default=0)
     run.add_argument("--anneal", action="store_true", help="unet: let the learning rate fall over the second half of the budget (the last run)")
     run.add_argument("--binding", type=checks.finite_float, default=0.0, help="ground: weight of the binding loss (default: %(default)s, off)")
-    run.add_argument("--two-objects", type=checks.finite_float, default=0.3, help="ground: share of two-object scenes (default: %(default)s)")
+    run.add_argument("--two-objects", type=checks.finite_float, default=None,
+                     help="ground: share of scenes that practise binding: two-object scenes in world 1 (default 0.3), "
+                          "two objects both named with colour and place in world 2 (default 0)")
     run.add_argument("--world", type=int, choices=(1, 2), default=None,
                      help="the world to learn: 1 (tiny-sd) or 2 (tiny-sd 2); default: the checkpoint's, or 1 for a new one")
     run.add_argument("--dataset-size", type=checks.positive_int, default=None,
@@ -96,7 +98,7 @@ def checkpoint_world(ckpt: Path, asked: int | None) -> int:
 
 def run_stages(args) -> None:
     plan = stage_plan(args.stages, args.minutes)
-    if not 0 <= args.two_objects <= 1:
+    if args.two_objects is not None and not 0 <= args.two_objects <= 1:
         raise ValueError(f"--two-objects is a share of scenes, in [0, 1] (got {args.two_objects:g})")
     if args.binding < 0:
         raise ValueError(f"--binding is a loss weight, ≥ 0 (got {args.binding:g})")

@@ -149,12 +149,12 @@ def binding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, masks:
 
 @torch.no_grad()
 def encode_grounded_world(vae, text_encoder, tokenizer, seed, n: int, device, latent_hw, chunk: int = 1000,
-                          two_objects: float = 0.3, world: int = 1):
+                          two_objects: float | None = None, world: int = 1):
     """Like ``stages.encode_world``, plus each example's object masks ``[n, K, h, w]`` and token slots
     ``[n, K, 2]`` (``K`` = 2 in world 1, 4 in world 2).
 
-    ``two_objects`` is world 1's share of two-object scenes (its default 30%, or more to practise binding);
-    world 2 keeps its own mix of one to four objects.
+    ``two_objects`` practises binding (see ``world.sample_scenes``): world 1's share of two-object scenes
+    (default 30%), or world 2's share of scenes of two objects both named with colour and place (default 0).
     """
     objects = MAX_OBJECTS_2 if world == 2 else 2
     means, stds, contexts, masks, slots = [], [], [], [], []
@@ -176,10 +176,10 @@ def encode_grounded_world(vae, text_encoder, tokenizer, seed, n: int, device, la
 
 def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
                     ema_decay=0.999, dataset_size: int = 50_000, weight: float = 0.05, anneal: bool = False,
-                    binding: float = 0.0, two_objects: float = 0.3, world: int = 1):
+                    binding: float = 0.0, two_objects: float | None = None, world: int = 1):
     """Fine-tune the trained UNet: denoising loss + ``weight`` × token loss + ``binding`` × binding loss.
 
-    World 1 draws scenes of which a share ``two_objects`` has two objects. World 2 keeps the caption
+    A share ``two_objects`` of the scenes practises binding (see ``encode_grounded_world``). World 2 keeps the caption
     dropout of the UNet stage (10% of examples see the empty prompt and have no words to ground), so
     that the unconditional model that guidance needs is not forgotten while the words are taught.
     """

@@ -104,18 +104,24 @@ def _caption(scene: Scene, rng: np.random.Generator) -> str:
                        obj2=_object_phrase(b, rng, with_size), where2=_pick(rng, POSITION_PHRASES[b.position]), bg=scene.background)
 
 
-def sample_scenes(seed, n: int, held_out: bool = False, n_objects: int | None = None, two_objects: float = 0.3,
+def sample_scenes(seed, n: int, held_out: bool = False, n_objects: int | None = None, two_objects: float | None = None,
                   version: int = 1) -> list[Scene]:
     """``n`` scenes, the same ones for the same ``seed`` (an int or a sequence of ints, e.g. ``[run, step]``).
 
-    ``version=2`` draws the richer world of tiny-sd 2 (:func:`sample_scene_2`; ``two_objects`` is not used there).
+    ``version=2`` draws the richer world of tiny-sd 2 (:func:`sample_scene_2`).
+    ``two_objects`` practises binding: in version 1 it is the share of two-object scenes (default 30%);
+    in version 2 it is the share of scenes drawn like the pair prompts instead, two objects that the
+    caption names both with colour and place (default none: the world's own mix).
     """
     if version not in (1, 2):
         raise ValueError(f"the world has versions 1 and 2 (got {version!r})")
     rng = np.random.default_rng(seed)
     if version == 2:
-        return [sample_scene_2(rng, held_out, n_objects) for _ in range(n)]
-    return [sample_scene(rng, held_out, n_objects, two_objects) for _ in range(n)]
+        # no draw at all without a share, so the default mix stays the same scenes for the same seed
+        pair = (lambda: rng.random() < two_objects) if two_objects else (lambda: False)
+        return [sample_scene_2(rng, held_out, 2, say_all=True) if pair() else sample_scene_2(rng, held_out, n_objects)
+                for _ in range(n)]
+    return [sample_scene(rng, held_out, n_objects, 0.3 if two_objects is None else two_objects) for _ in range(n)]
 
 
 # ---- version 2 -------------------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ def _colour_and_shape(rng, background: str, held_out: bool) -> tuple[str, str]:
             return color, shape
 
 
-def sample_scene_2(rng: np.random.Generator, held_out: bool = False, n_objects: int | None = None) -> Scene:
+def sample_scene_2(rng: np.random.Generator, held_out: bool = False, n_objects: int | None = None, say_all: bool = False) -> Scene:
     """Draw a version-2 scene: 1–4 objects that do not touch, a patterned background, a style, and a caption
     that names some of the objects and some of their attributes (see :func:`caption_2`).
 
@@ -159,19 +165,20 @@ def sample_scene_2(rng: np.random.Generator, held_out: bool = False, n_objects: 
               *rng.uniform(6, 22, size=6).tolist(), float(rng.uniform(12, 30)))
     style = str(rng.choice(list(STYLES), p=[0.4, 0.2, 0.2, 0.2]))
     scene = Scene(objects, background, caption="", pattern=pattern, pattern_params=params, style=style, version=2)
-    scene.caption = caption_2(scene, rng)
+    scene.caption = caption_2(scene, rng, say_all)
     return scene
 
 
-def caption_2(scene: Scene, rng: np.random.Generator) -> str:
+def caption_2(scene: Scene, rng: np.random.Generator, say_all: bool = False) -> str:
     """A caption that says only part of what ``scene`` shows, and records what it said.
 
     It names 1 to all of the objects; of each named object always its shape, its colour 80% of the time,
     its place 60%, its size 35%; the style (when not flat) 60% of the time; the background 40%. So "a heart"
     and "a painting of a big purple heart at the top left and a small orange star on a striped
     background" are both captions. Each object's ``said`` lists what was said of it (``()`` = not mentioned).
+    ``say_all=True`` names every object with its colour and place, as the pair prompts of the evaluation do.
     """
-    k = int(rng.integers(1, len(scene.objects) + 1))
+    k = len(scene.objects) if say_all else int(rng.integers(1, len(scene.objects) + 1))
     named = sorted(rng.choice(len(scene.objects), size=k, replace=False).tolist())
     phrases = []
     for i in named:
@@ -179,11 +186,11 @@ def caption_2(scene: Scene, rng: np.random.Generator) -> str:
         if rng.random() < 0.35:
             words.append(_pick(rng, SIZE_WORDS_2[obj.size]))
             said.append("size")
-        if rng.random() < 0.8:
+        if rng.random() < 0.8 or say_all:
             words.append(obj.color)
             said.append("color")
         phrase = "a " + " ".join([*words, obj.shape])
-        if rng.random() < 0.6:
+        if rng.random() < 0.6 or say_all:
             phrase += " " + _pick(rng, POSITION_PHRASES[obj.position])
             said.append("position")
         obj.said = tuple(said)
