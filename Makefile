@@ -33,13 +33,22 @@ browser:
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	  else echo "no chromium and no apt-get: install Chromium to run the browser test (it is skipped without one, outside CI)"; fi; }
 
-# The tests (the notebooks and the browser among them), then the docs site in strict mode: the build
-# executes every notebook again and fails on any error or broken link.
+# The tests (the notebooks and the browser among them), then the docs site in strict mode, which fails on
+# any broken link and on anything a classroom without internet could not load.
 test: setup browser
 	$(BIN)/python -m pytest -q
 	$(MAKE) docs
 
-docs: setup
+# The site shows the executed notebooks in build/notebooks/. The notebook tests write them, so after
+# `pytest` nothing runs twice; a copy older than its notebook or the package is executed again here.
+NOTEBOOK_FILES := $(wildcard notebooks/*.ipynb)
+EXECUTED := $(patsubst notebooks/%,build/notebooks/%,$(NOTEBOOK_FILES))
+PACKAGE_FILES := $(shell find illustrated_sd -type f -not -path '*/__pycache__/*')
+
+build/notebooks/%.ipynb: notebooks/%.ipynb $(PACKAGE_FILES) | setup
+	$(BIN)/python scripts/run_notebooks.py $< --times build/notebook_times.json
+
+docs: setup $(EXECUTED)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	@echo "docs site: build/site/index.html"
 
