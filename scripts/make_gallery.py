@@ -18,7 +18,9 @@ PROMPT = "a yellow triangle on the left and a purple heart on the right"
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     pipe = isd.load_pipeline()
-    trace = pipe(PROMPT, num_inference_steps=25, guidance_scale=7.5, seed=0, progress=False)
+    # self-attention too, at the 16×16 grid of the 128-pixel model (the finest), for the self_attention panel
+    trace = pipe(PROMPT, num_inference_steps=25, guidance_scale=7.5, seed=0, progress=False,
+                 record=isd.RecordOptions(self_attention_resolutions=(16,)))
     figures = {
         "token_heatmaps": isd.plot.token_heatmaps(trace),
         "attention_grid": isd.plot.attention_grid(trace, "heart"),
@@ -27,6 +29,9 @@ def main():
         "latent_channels": isd.plot.latent_channels(trace),
         "noise_schedule": isd.plot.noise_schedule(pipe, trace),
         "text_embeddings": isd.plot.text_embeddings(trace),
+        "guidance_map": isd.plot.guidance_map(trace),
+        # on the triangle, on the heart, and on the background between them
+        "self_attention": isd.plot.self_attention(trace, points=[(0.25, 0.5), (0.75, 0.5), (0.5, 0.15)]),
         "guidance_sweep": isd.plot.guidance_sweep(pipe, PROMPT, scales=(1.0, 3.0, 7.5, 12.0))[0],
         "vae_roundtrip": isd.plot.vae_roundtrip(pipe, trace.image),
         "prompt_similarity": isd.plot.prompt_similarity(pipe, ["a red circle", "a blue circle", "a red square",

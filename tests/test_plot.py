@@ -102,6 +102,42 @@ def test_animate_writes_a_gif_with_one_frame_per_step(pipe, trace, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_guidance_map_shows_the_prompts_pull_on_one_scale(trace):
+    fig = isd.plot.guidance_map(trace, n=3)
+    panels = image_axes(fig)
+    assert len(panels) == 4 and [ax.get_title().split("\n")[0] for ax in panels[1:]] == ["step 0", "step 2", "step 5"]
+    pull = (trace.noise_pred_text - trace.noise_pred_uncond).norm(dim=1)  # [S, h, w]
+    shown = [ax.images[-1] for ax in panels[1:]]
+    assert [im.get_clim() for im in shown] == [(0, pytest.approx(float(pull[[0, 2, 5]].max())))] * 3  # one shared scale
+    # the panel of step 0 is ‖ε_text − ε_uncond‖ of step 0, upsampled
+    from illustrated_sd.plot.attention import upsample
+    np.testing.assert_allclose(shown[0].get_array(), upsample(pull[0], trace.image.size[::-1]), rtol=1e-5)
+    assert png(fig).std() > 10
+
+
+def test_guidance_map_needs_a_guided_trace_and_self_attention_points_in_the_image(pipe, head_trace):
+    unguided = pipe("a red circle", num_inference_steps=1, guidance_scale=1.0, progress=False)
+    with pytest.raises(ValueError, match="guidance_scale = 1.*guidance_scale=7.5"):
+        isd.plot.guidance_map(unguided)
+    for points in ([], [(1.5, 0.5)], [(0.5,)]):
+        with pytest.raises(ValueError, match="fractions of the image in \\[0, 1\\]"):
+            isd.plot.self_attention(head_trace, points=points)
+    with pytest.raises(ValueError, match="has no recorded self-attention; recorded: \\['"):
+        isd.plot.self_attention(head_trace, layer="nope")
+
+
+def test_self_attention_one_panel_per_point_each_a_distribution(head_trace):
+    fig = isd.plot.self_attention(head_trace, points=[(0.1, 0.1), (0.9, 0.9)])
+    panels = image_axes(fig)
+    assert len(panels) == 3 and panels[1].get_title().startswith("pixel (0.1, 0.1)")
+    # the mean over steps, heads and the recorded layers (all 8×8 here)
+    probs = torch.stack([m.float().mean(dim=(0, 1)) for m in head_trace.self_attention_maps.values()]).mean(0)  # [8, 8, 64]
+    torch.testing.assert_close(probs.sum(-1), torch.ones(8, 8))  # each pixel's row sums to 1 over the grid
+    top_left, bottom_right = (float(probs[r, c].max()) for r, c in ((0, 0), (7, 7)))
+    assert [ax.get_title().split("max ")[1] for ax in panels[1:]] == [f"{top_left:.2f})", f"{bottom_right:.2f})"]
+    assert png(fig).std() > 10
+
+
 def test_image_row_takes_pil_and_tensors(trace):
     from illustrated_sd.world import render, sample_scenes
     images, _ = render(sample_scenes(0, 2))
@@ -137,6 +173,8 @@ BAD_PLOTS = [
     (lambda t, m, p: isd.plot.animate(t, p.parent), ValueError, "is a folder"),
     (lambda t, m, p: isd.plot.image_row([]), ValueError, "no images to show"),
     (lambda t, m, p: isd.plot.similarity_matrix(torch.zeros(2, 3), ["a", "b"]), ValueError, "\\[2, 3\\] but there are 2 captions"),
+    (lambda t, m, p: isd.plot.self_attention(t), ValueError, "no self-attention maps.*self_attention_resolutions=\\(16,\\)"),
+    (lambda t, m, p: isd.plot.guidance_map(t, n=0), ValueError, "n must be ≥ 1"),
 ]
 
 

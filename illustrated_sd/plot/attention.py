@@ -96,3 +96,56 @@ def attention_grid(trace: Trace, token, steps: int = 4, cmap: str = "inferno"):
                 ax.set_ylabel(f"{short_name(name)}\n{maps.shape[1]}×{maps.shape[2]}", fontsize=8)
     fig.suptitle(f"attention to {quoted(token)} per layer and step", fontsize=11)
     return fig
+
+
+def self_attention(trace: Trace, points=((0.25, 0.25), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.75, 0.75)), layer=None,
+                   step=None, cmap: str = "inferno"):
+    """Where a few pixels look in *self*-attention: the image's pixels asking each other, not the words.
+
+    For each query point, its row of the self-attention map (``H·W`` probabilities over the grid) is
+    reshaped to ``[H, W]`` and laid over the image; the point is marked. Pixels of one object tend to
+    look at that object (that is how SD keeps a shape together), background pixels at the background.
+
+    Args:
+        trace: a generation recorded with ``RecordOptions(self_attention_resolutions=(…,))``.
+        points: query points as ``(x, y)`` fractions of the image width and height (``(0, 0)`` = top left).
+        layer: a recorded self-attention layer name, or ``None`` for the mean of the recorded layers of
+            the finest recorded grid. step: as in :meth:`Trace.cross_attention` (``None`` = mean over steps).
+    Returns:
+        a Figure with the image, then one panel per point (each on its own scale, maximum noted).
+    """
+    require_trace(trace, "plot.self_attention")
+    maps = trace.self_attention_maps
+    if not maps:
+        raise ValueError("this trace has no self-attention maps; generate with "
+                         "record=RecordOptions(self_attention_resolutions=(16,)) (the grid sizes to record)")
+    if layer is None:
+        finest = max(m.shape[2] for m in maps.values())
+        names = [name for name, m in maps.items() if m.shape[2] == finest]
+    elif layer in maps:
+        names = [layer]
+    else:
+        raise ValueError(f"layer {layer!r} has no recorded self-attention; recorded: {list(maps)}")
+    points = [tuple(p) for p in points]
+    if not points or not all(len(p) == 2 and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in p) for p in points):
+        raise ValueError(f"points are (x, y) fractions of the image in [0, 1], e.g. [(0.25, 0.5)] (got {points!r})")
+    steps = checks.step_indices(step, trace.num_steps)
+    grid = maps[names[0]].shape[2:4]  # (H, W): every chosen layer works at this grid
+    probs = torch.stack([maps[name][steps].float().mean(dim=(0, 1)) for name in names]).mean(0)  # [H, W, H·W]
+    image = np.asarray(trace.image.convert("RGB"))
+    fig, axes = plt.subplots(1, len(points) + 1, figsize=(2.1 * (len(points) + 1), 2.5), squeeze=False, layout="constrained")
+    axes = axes[0]
+    axes[0].imshow(image)
+    axes[0].set_title("image", fontsize=9)
+    for ax, (x, y) in zip(axes[1:], points):
+        row, col = min(int(y * grid[0]), grid[0] - 1), min(int(x * grid[1]), grid[1] - 1)
+        heat = probs[row, col].reshape(grid)
+        ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)
+        ax.imshow(upsample(heat, image.shape[:2]) / float(heat.max()), cmap=cmap, alpha=0.65, vmin=0, vmax=1)
+        ax.plot(x * image.shape[1], y * image.shape[0], marker="+", color="cyan", markersize=12, mew=2)
+        ax.set_title(f"pixel ({x:g}, {y:g})\n(max {float(heat.max()):.2f})", fontsize=9)
+    for ax in axes:
+        ax.set_axis_off()
+    where = "all steps" if step is None else f"step {step}"
+    fig.suptitle(f"self-attention: where each marked pixel looks ({grid[0]}×{grid[1]} grid, {where})", fontsize=10)
+    return fig
