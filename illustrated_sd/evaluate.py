@@ -290,7 +290,7 @@ def main(argv=None) -> int:
     parser.add_argument("--examples", type=Path, default=None, help="save every 10th image here")
     parser.add_argument("--phenomena", type=checks.positive_int, default=0, metavar="N",
                         help="also measure, on N single-object prompts, the guidance curve, the x̂₀ sharpness and the "
-                             "samplers' agreement (what the course shows); 0 = skip (default)")
+                             "samplers' agreement (what the course shows), and the guidance curve on N pair prompts; 0 = skip (default)")
     parser.add_argument("--device", default="cpu", help="where to generate (cuda is faster; figures differ from the CPU's in rare cases)")
     args = parse(parser, argv)
     if isinstance(args, int):
@@ -301,6 +301,13 @@ def main(argv=None) -> int:
         print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def phenomena_prompts(cases, n: int) -> tuple[list, list]:
+    """``n`` single-object and ``n`` two-object prompts of ``cases`` for the phenomena, spread evenly over each
+    group (every k-th), so they cover the colours, shapes and places."""
+    groups = [prompt_group(cases, group) for group in ("single", "pairs")]
+    return tuple(g[:: max(1, len(g) // n)][:n] for g in groups)
 
 
 def run(args) -> None:
@@ -320,15 +327,16 @@ def run(args) -> None:
     result["settings"]["seconds"] = round(time.time() - start, 1)
     result["summary"].update(vae_psnr(pipe))
     if args.phenomena:
-        # spread over the colour+shape pairs: every k-th single-object prompt
-        single = prompt_group(everything, "single")
-        chosen = single[:: max(1, len(single) // args.phenomena)][: args.phenomena]
         start = time.time()
+        chosen, pairs = phenomena_prompts(everything, args.phenomena)
         result["phenomena"] = {"guidance_curve": guidance_curve(pipe, chosen, seeds=args.seeds, steps=args.steps, seed=args.seed),
+                               # with two objects to get right, the prompt's words matter more: guidance too
+                               "guidance_curve_pairs": guidance_curve(pipe, pairs, seeds=args.seeds, steps=args.steps, seed=args.seed),
                                "x0_sharpness": x0_sharpness(pipe, chosen, steps=args.steps, guidance=args.guidance, seed=args.seed),
                                "x0_sharpness_unguided": x0_sharpness(pipe, chosen, steps=args.steps, guidance=1.0, seed=args.seed),
                                "sampler_agreement": sampler_agreement(pipe, chosen, steps=args.steps, guidance=args.guidance, seed=args.seed),
-                               "prompts": [text for text, _, _ in chosen], "seconds": round(time.time() - start, 1)}
+                               "prompts": [text for text, _, _ in chosen], "pair_prompts": [text for text, _, _ in pairs],
+                               "seconds": round(time.time() - start, 1)}
     result["settings"]["torch_threads"] = torch.get_num_threads()
     with atomic_write(args.out, "--out file") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
