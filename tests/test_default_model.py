@@ -81,3 +81,4 @@ def test_vae_reconstructs_unseen_world_images_above_28_db(pipe):
     assert scores["vae_psnr_db_mean"] >= 28
     # after the round trip the detector still reads (nearly) every object: the decoder keeps shapes
     assert scores["vae_roundtrip_objects_right"] >= 0.95
+    assert scores["originals_objects_right"] >= scores["vae_roundtrip_objects_right"]  # the detector's own ceiling

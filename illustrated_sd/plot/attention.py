@@ -103,8 +103,9 @@ def self_attention(trace: Trace, points=((0.25, 0.25), (0.75, 0.25), (0.5, 0.5),
     """Where a few pixels look in *self*-attention: the image's pixels asking each other, not the words.
 
     For each query point, its row of the self-attention map (``H·W`` probabilities over the grid) is
-    reshaped to ``[H, W]`` and laid over the image; the point is marked. Pixels of one object tend to
-    look at that object (that is how SD keeps a shape together), background pixels at the background.
+    reshaped to ``[H, W]`` and laid over the image; the point is marked. Pixels on an object look mostly
+    at object pixels (in SD, mostly at their own object, which keeps a shape together), background pixels
+    at the background.
 
     Args:
         trace: a generation recorded with ``RecordOptions(self_attention_resolutions=(…,))``.
