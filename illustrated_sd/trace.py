@@ -201,6 +201,29 @@ class Trace:
             heat.append(F.interpolate(m[None, None], size=self.latent_hw, mode="bilinear", align_corners=False)[0, 0])
         return torch.stack(heat).mean(0)
 
+    def attention_shares(self, step=None) -> dict[str, float]:
+        """Where the cross-attention goes, in total: the share of all pixels' attention (mean over
+        pixels, heads, recorded layers and ``step``, as in :meth:`cross_attention`) that each word takes.
+
+        Every pixel's attention sums to 1 over the 77 slots, so the shares sum to 1. Returns
+        ``{label: share}`` in slot order: ``"<|startoftext|>"``, each word of the prompt, ``"<|endoftext|>"``,
+        then ``"padding"`` for the remaining slots together. In SD most of it goes to the start marker, which
+        every prompt has: an "attention sink" that pixels use when no word concerns them.
+        """
+        if not self.attention_maps:
+            raise ValueError("this trace has no cross-attention maps; generate with RecordOptions(cross_attention=True)")
+        steps = checks.step_indices(step, self.num_steps)
+        per_slot = torch.stack([m[steps].float().mean(dim=(0, 1, 2, 3)) for m in self.attention_maps.values()]).mean(0)  # [77]
+        end = len(self.tokens) - 1  # the end marker's slot
+        words = self.words or [(t, i, i + 1) for i, t in enumerate(self.tokens[1:-1], start=1)]
+        shares = {self.tokens[0]: per_slot[0]}
+        for word, first, last in words:
+            label = word if word not in shares else f"{word} ({first})"  # a word said twice gets its slot
+            shares[label] = per_slot[first:last].sum()
+        shares[self.tokens[-1]] = per_slot[end]
+        shares["padding"] = per_slot[end + 1 :].sum()
+        return {label: float(v) for label, v in shares.items()}
+
     # ---- saving ------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -24,6 +24,7 @@ def main():
     figures = {
         "token_heatmaps": isd.plot.token_heatmaps(trace),
         "attention_grid": isd.plot.attention_grid(trace, "heart"),
+        "attention_shares": isd.plot.attention_shares(trace),
         "filmstrip_pred_x0": isd.plot.denoising_filmstrip(trace, "pred_x0", decode=pipe.decode_latents),
         "filmstrip_latents": isd.plot.denoising_filmstrip(trace, "latents"),
         "latent_channels": isd.plot.latent_channels(trace),

@@ -32,7 +32,8 @@ def test_notebook_and_page_maths_become_mathml():
 def test_a_page_that_needs_the_internet_fails_the_build(tmp_path, html, what):
     (tmp_path / "page").mkdir()
     (tmp_path / "page" / "index.html").write_text(f"<html><body>{html}</body></html>")
-    (tmp_path / "fine.html").write_text('<script src="assets/bundle.js"></script><a href="https://github.com">a link is fine</a>')
+    (tmp_path / "fine.html").write_text('<script src="assets/bundle.js"></script><a href="https://github.com">a link is fine</a>'
+                                        "<script>MathJax.Hub.Config({displayMath: [['$$', '$$']]})</script>")  # settings, not maths
     with pytest.raises(PluginError, match=f"offline: page/index.html .*{what}"):
         offline.on_post_build({"site_dir": str(tmp_path)})
     (tmp_path / "page" / "index.html").unlink()

@@ -35,7 +35,12 @@ def test_token_heatmaps_one_panel_per_token(trace):
 
 def test_attention_grid_layers_by_steps(trace):
     fig = isd.plot.attention_grid(trace, "circle", steps=3)
-    assert len(image_axes(fig)) == len(trace.attention_maps) * 3
+    panels = image_axes(fig)
+    assert len(panels) == len(trace.attention_maps) * 3
+    assert all(len(ax.images) == 2 for ax in panels)  # the grey picture, and the map over it
+    first_row = [np.ma.filled(ax.images[1].get_array(), 0) for ax in panels[:3]]
+    assert max(float(m.max()) for m in first_row) == pytest.approx(1)  # each row on its own scale
+    assert "max " in panels[0].get_ylabel() and any(ax.get_label() == "<colorbar>" for ax in fig.axes)
     assert "circle" in fig._suptitle.get_text()
     assert png(fig).std() > 10
 
@@ -100,6 +105,20 @@ def test_animate_writes_a_gif_with_one_frame_per_step(pipe, trace, tmp_path):
     with Image.open(decoded) as gif:
         assert gif.n_frames == trace.num_steps
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_attention_shares_sum_to_one_and_show_the_markers(trace):
+    shares = trace.attention_shares()
+    assert list(shares) == [trace.tokens[0], *[w for w, _, _ in trace.words], trace.tokens[-1], "padding"]
+    assert sum(shares.values()) == pytest.approx(1, abs=1e-4)  # each pixel's attention sums to 1 over the 77 slots
+    mean = torch.stack([m.float().mean(dim=(0, 1, 2, 3)) for m in trace.attention_maps.values()]).mean(0)  # [77]
+    assert shares[trace.tokens[0]] == pytest.approx(float(mean[0]))
+    assert shares["padding"] == pytest.approx(float(mean[len(trace.tokens):].sum()))
+    assert trace.attention_shares(step=-1) != shares  # one step differs from the mean of all
+    fig = isd.plot.attention_shares(trace)
+    bars = fig.axes[0].patches
+    assert len(bars) == len(shares) and bars[0].get_height() == pytest.approx(100 * shares[trace.tokens[0]])
+    assert png(fig).std() > 10
 
 
 def test_guidance_map_shows_the_prompts_pull_on_one_scale(trace):
@@ -173,6 +192,8 @@ BAD_PLOTS = [
     (lambda t, m, p: isd.plot.animate(t, p.parent), ValueError, "is a folder"),
     (lambda t, m, p: isd.plot.image_row([]), ValueError, "no images to show"),
     (lambda t, m, p: isd.plot.similarity_matrix(torch.zeros(2, 3), ["a", "b"]), ValueError, "\\[2, 3\\] but there are 2 captions"),
+    (lambda t, m, p: isd.plot.attention_shares(m), ValueError, "no cross-attention maps"),
+    (lambda t, m, p: isd.plot.attention_shares(t, step=100), ValueError, "step 100 does not exist"),
     (lambda t, m, p: isd.plot.self_attention(t), ValueError, "no self-attention maps.*self_attention_resolutions=\\(16,\\)"),
     (lambda t, m, p: isd.plot.guidance_map(t, n=0), ValueError, "n must be ≥ 1"),
 ]
@@ -217,6 +238,8 @@ def test_prompts_are_printed_letter_for_letter_never_as_maths(pipe, prompt):
     lambda: isd.plot.token_heatmaps("a red circle"), lambda: isd.plot.attention_grid("a red circle", "red"),
     lambda: isd.plot.denoising_filmstrip(None), lambda: isd.plot.latent_channels([1, 2]),
     lambda: isd.plot.text_embeddings("a red circle"), lambda: isd.plot.animate("a red circle", "a.gif"),
+    lambda: isd.plot.attention_shares("a red circle"), lambda: isd.plot.guidance_map("a red circle"),
+    lambda: isd.plot.self_attention("a red circle"),
 ])
 def test_plots_given_a_prompt_instead_of_a_trace_say_where_a_trace_comes_from(call):
     with pytest.raises(TypeError, match="takes a Trace.*trace = pipe\\(prompt\\) or isd.Trace.load"):

@@ -66,11 +66,15 @@ def token_heatmaps(trace: Trace, tokens=None, step=None, layer=None, head=None, 
 
 
 def attention_grid(trace: Trace, token, steps: int = 4, cmap: str = "inferno"):
-    """One token's heatmap in every recorded cross-attention layer (rows) at a few steps (columns).
+    """One token's heatmap in every recorded cross-attention layer (rows) at a few steps (columns),
+    laid over the image.
 
-    Each map is shown at its own resolution (4×4 … 64×64), so the panels show what each layer sees.
+    Each map keeps its own resolution (4×4 … 64×64, drawn as blocks), so the panels show what each layer
+    sees. Layers differ a lot in how much attention they give a word, so each row has its own scale: 1 is
+    the row's largest value, which the row label gives as a probability.
     Returns:
-        a Figure with ``layers × steps`` panels; row labels are short layer names with their grid.
+        a Figure with ``layers × steps`` panels and a colourbar; row labels are short layer names with
+        their grid and maximum.
     """
     from ..attention_layers import short_name
     from .denoising import _pick_steps
@@ -82,18 +86,25 @@ def attention_grid(trace: Trace, token, steps: int = 4, cmap: str = "inferno"):
     steps = checks.whole_number("steps", steps, minimum=1, hint="how many steps to show as columns, e.g. 4")
     chosen = _pick_steps(trace.num_steps, steps)
     names = list(trace.attention_maps)
-    fig, axes = plt.subplots(len(names), len(chosen), figsize=(1.6 * len(chosen) + 1, 1.5 * len(names)), squeeze=False,
+    grey = np.asarray(trace.image.convert("L"))
+    extent = (0, grey.shape[1], grey.shape[0], 0)  # each map stretched over the whole picture
+    fig, axes = plt.subplots(len(names), len(chosen), figsize=(1.6 * len(chosen) + 1.6, 1.5 * len(names)), squeeze=False,
                              layout="constrained")
     for r, name in enumerate(names):
         maps = trace.attention_maps[name].float()[..., slots].sum(-1).mean(1)  # [S, H, W]
+        top = float(maps[chosen].max()) or 1.0
         for c, step in enumerate(chosen):
             ax = axes[r, c]
-            ax.imshow(maps[step].numpy(), cmap=cmap, vmin=0)
+            ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
+            # blocks of almost no attention stay see-through, so the picture shows where the word is not looked at
+            heat = np.ma.masked_less(maps[step].numpy() / top, 0.02)
+            im = ax.imshow(heat, cmap=cmap, vmin=0, vmax=1, alpha=0.75, extent=extent, interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title(f"step {step}", fontsize=9)
             if c == 0:
-                ax.set_ylabel(f"{short_name(name)}\n{maps.shape[1]}×{maps.shape[2]}", fontsize=8)
+                ax.set_ylabel(f"{short_name(name)}\n{maps.shape[1]}×{maps.shape[2]}, max {top:.2g}", fontsize=8)
+    fig.colorbar(im, ax=axes, shrink=0.5, label="attention ÷ the row's maximum")
     fig.suptitle(f"attention to {quoted(token)} per layer and step", fontsize=11)
     return fig
 
@@ -149,4 +160,27 @@ def self_attention(trace: Trace, points=((0.25, 0.25), (0.75, 0.25), (0.5, 0.5),
         ax.set_axis_off()
     where = "all steps" if step is None else f"step {step}"
     fig.suptitle(f"self-attention: where each marked pixel looks ({grid[0]}×{grid[1]} grid, {where})", fontsize=10)
+    return fig
+
+
+def attention_shares(trace: Trace, step=None):
+    """A bar per word: the share of all cross-attention it takes (:meth:`Trace.attention_shares`), the
+    start marker and the padding included, so the heatmaps' small maxima make sense.
+
+    Returns:
+        a Figure with one bar per label (the markers and padding in grey, the prompt's words in colour),
+        each bar labelled with its percentage.
+    """
+    require_trace(trace, "plot.attention_shares")
+    shares = trace.attention_shares(step=step)
+    labels, values = list(shares), [100 * v for v in shares.values()]
+    special = {trace.tokens[0], trace.tokens[-1], "padding"}
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(labels) + 1.5), 3.2), layout="constrained")
+    bars = ax.bar(range(len(labels)), values, color=["#999" if label in special else "#d95f02" for label in labels])
+    ax.bar_label(bars, [f"{v:.1f}%" for v in values], fontsize=8)
+    ax.set_xticks(range(len(labels)), [literal(label) for label in labels], rotation=45, ha="right", fontsize=9)
+    ax.set_ylabel("share of all attention (%)")
+    ax.set_ylim(0, max(values) * 1.15)
+    where = "all steps" if step is None else f"step {step}"
+    ax.set_title(f"where cross-attention goes — {quoted(trace.prompt)} ({where}, all layers)", fontsize=10)
     return fig
