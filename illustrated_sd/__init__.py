@@ -17,11 +17,11 @@ transformers.logging.set_verbosity(_verbosity)
 
 from . import budget, clip, plot, world  # widgets load on request: from illustrated_sd import widgets
 from .architectures import build_random_pipeline
-from .forward_diffusion import ForwardDiffusion, diffusion_loss, encode_examples, forward_diffusion, training_step
+from .forward_diffusion import ForwardDiffusion, cpu_threads, diffusion_loss, encode_examples, forward_diffusion, training_step
 from .loading import ModelLoadError, load_pipeline
 from .pipeline import SCHEDULERS, IllustratedPipeline
 from .recorders import RecordOptions
 from .trace import Trace
 
-__all__ = ["budget", "clip", "plot", "world", "ForwardDiffusion", "diffusion_loss", "encode_examples", "forward_diffusion", "training_step", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "build_random_pipeline", "load_pipeline"]
+__all__ = ["budget", "clip", "plot", "world", "ForwardDiffusion", "cpu_threads", "diffusion_loss", "encode_examples", "forward_diffusion", "training_step", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "build_random_pipeline", "load_pipeline"]
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@ Training never runs the sampling loop. It takes a clean latent x0, picks a times
 there in one go with x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε; the UNet is then asked to name ε.
 """
 
+import contextlib
 import numbers
 from dataclasses import dataclass
 
@@ -117,6 +118,25 @@ def diffusion_loss(unet, latents: torch.Tensor, context: torch.Tensor, alphas_cu
     noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
     prediction = unet(noisy, t, encoder_hidden_states=context).sample
     return F.mse_loss(prediction.float(), noise.float())
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int = 1):
+    """Run the ``with`` block on ``n`` torch CPU threads, then restore the previous number.
+
+    Why one thread for a small training loop on a laptop: two threads on two cores are faster only while
+    nothing else runs. Beside any other busy process they wait for each other at every operation, and a
+    step takes several times longer. On the 2-core CI machine, notebook 03's loop took 1.1–1.25 s/step with
+    2 threads and 1.8–1.9 with 1 when idle, but 4.3–6.1 against 2.1–2.7 beside one busy process (two runs
+    of ``benchmarks/threads.py``). One thread is the choice that never goes badly.
+    """
+    n = checks.whole_number("n", n, minimum=1, hint="torch CPU threads, e.g. 1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.no_grad()

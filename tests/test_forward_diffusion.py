@@ -74,3 +74,15 @@ def test_numpy_timesteps_are_welcome(pipe, trace):
     assert isd.training_step(pipe, trace.image, "a red circle", t=np.int64(500))["loss"] == plain["loss"]
     fd = isd.forward_diffusion(pipe, trace.image, np.array([0, 500]))
     assert fd.timesteps.tolist() == [0, 500]
+
+
+def test_cpu_threads_sets_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    with isd.cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), isd.cpu_threads(1):  # restored after an error in the block too
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="n must be ≥ 1"), isd.cpu_threads(0):
+        pass
