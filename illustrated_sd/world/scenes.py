@@ -117,10 +117,12 @@ def sample_scenes(seed, n: int, held_out: bool = False, n_objects: int | None = 
         raise ValueError(f"the world has versions 1 and 2 (got {version!r})")
     rng = np.random.default_rng(seed)
     if version == 2:
-        # no draw at all without a share, so the default mix stays the same scenes for the same seed
-        pair = (lambda: rng.random() < two_objects) if two_objects else (lambda: False)
-        return [sample_scene_2(rng, held_out, 2, say_all=True) if pair() else sample_scene_2(rng, held_out, n_objects)
-                for _ in range(n)]
+        scenes = []
+        for _ in range(n):
+            # no draw at all without a share, so the default mix stays the same scenes for the same seed
+            practice = bool(two_objects) and rng.random() < two_objects
+            scenes.append(sample_scene_2(rng, held_out, 2 if practice else n_objects, say_all=practice))
+        return scenes
     return [sample_scene(rng, held_out, n_objects, 0.3 if two_objects is None else two_objects) for _ in range(n)]
 
 
