@@ -133,6 +133,15 @@ def test_decoder_loss_weighs_pixels_on_and_around_objects_more():
     assert decoder_loss(on_object, images, weights) == pytest.approx(10 * decoder_loss(on_background, images, weights).item())
 
 
+def test_equal_objects_weighs_a_small_object_like_a_big_one():
+    masks = torch.zeros(1, 2, 128, 128)
+    masks[0, 0, 10:20, 10:20] = 1  # small: 100 pixels → the largest boost
+    masks[0, 1, 60:100, 60:100] = 1  # big: 1,600 pixels → no boost
+    plain, equal = object_weights(masks), object_weights(masks, equal_objects=True)
+    assert plain[0, 0, 15, 15] == plain[0, 0, 80, 80] == 10
+    assert equal[0, 0, 15, 15] == 1 + 9 * 4 and equal[0, 0, 80, 80] == 10 and equal[0, 0, 40, 40] == 1
+
+
 def test_decoder_stage_needs_a_trained_vae(tmp_path):
     with pytest.raises(RuntimeError, match="run the vae stage first"):
         train_decoder(tmp_path, 1, 2, torch.device("cpu"), 0, max_steps=1)

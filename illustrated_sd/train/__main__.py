@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     run.add_argument("--two-objects", type=checks.finite_float, default=None,
                      help="ground: share of scenes that practise binding: two-object scenes in world 1 (default 0.3), "
                           "two objects both named with colour and place in world 2 (default 0)")
+    run.add_argument("--equal-objects", action="store_true",
+                     help="decoder: a small object weighs as much in the loss as a big one (its pixels up to 4× more)")
     run.add_argument("--world", type=int, choices=(1, 2), default=None,
                      help="the world to learn: 1 (tiny-sd) or 2 (tiny-sd 2); default: the checkpoint's, or 1 for a new one")
     run.add_argument("--dataset-size", type=checks.positive_int, default=None,
@@ -117,6 +119,8 @@ def run_stages(args) -> None:
             extra["compile"] = args.compile
             if args.dataset_size:
                 extra["dataset_size"] = args.dataset_size
+        if stage == "decoder":
+            extra["equal_objects"] = args.equal_objects
         if stage == "ground":
             extra.update(binding=args.binding, two_objects=args.two_objects)
         if args.smoke and stage in ("unet", "ground"):
