@@ -7,7 +7,8 @@
 # The third candidate added a third session:
 #   part 3  MODEL_DIR imported into CHECKPOINT_DIR.3; grounding with half of its scenes like the pair prompts
 #           (two objects, both named with colour and place: --two-objects 0.5), and more decoder; exported again.
-# The fourth candidate added a fourth session:
+# A fourth candidate is planned (its first run, on 2026-11-23, was lost with the device machine before its export
+# came back):
 #   part 4  MODEL_DIR imported into CHECKPOINT_DIR.4; more grounding on pair-like scenes (--two-objects 0.6), and
 #           more decoder with every object weighing the same however small (--equal-objects); exported again.
 # PART is 1, 2, 3, 4 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
