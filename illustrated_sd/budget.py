@@ -7,13 +7,18 @@ and step (over 25 GiB for a whole generation). So the pipeline adds up the bill 
 recording over ``RecordOptions.memory_budget_gib``, with the changes that would make it fit.
 """
 
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .attention_layers import attention_layers, layer_grid
-from .recorders import RecordOptions
+
+if TYPE_CHECKING:  # (recorders imports this module: its recording checks the budget first)
+    from .recorders import RecordOptions
 
 GiB = 2**30
 

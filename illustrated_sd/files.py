@@ -13,6 +13,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
@@ -135,3 +138,15 @@ def check_output_folder(folder: Path, ours) -> Path:
             raise ValueError(f"{folder} holds things this command did not write ({shown}); refusing to replace them: "
                              "choose a new or empty folder")
     return folder
+
+
+def load_weights(module: torch.nn.Module, folder: Path, name: str) -> bool:
+    """Load shards written by ``train.checkpoint.save_weights`` (``NAME-0.safetensors``, …) into ``module`` (cast to its dtype); False if none."""
+    paths = sorted(folder.glob(f"{name}-*.safetensors"))
+    if not paths:
+        return False
+    state = {}
+    for path in paths:
+        state.update(load_file(path))
+    module.load_state_dict(state)
+    return True

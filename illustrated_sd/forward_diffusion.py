@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import checks
+from .inputs import check_image
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ForwardDiffusion:
 
 
 def _encode(pipe, image: Image.Image) -> torch.Tensor:
-    image = pipe._check_image(image, "image")
+    image = check_image(image, "image", pipe.vae_scale_factor)
     pixels = pipe.pipeline.image_processor.preprocess(image).to(pipe.device, pipe.vae.dtype)
     return pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor  # [1, C, h, w]
 

@@ -15,6 +15,7 @@ from einops import rearrange
 
 from . import checks
 from .attention_layers import attention_layers, grid_from_queries, layer_grid
+from .budget import check_budget, estimate_trace
 
 
 @dataclass
@@ -159,7 +160,7 @@ def to_host(x: torch.Tensor) -> torch.Tensor:
 
     From a GPU, ``non_blocking=True`` copies into page-locked memory (which PyTorch caches between calls),
     about twice as fast as ordinary memory, and returns at once; whoever reads the result must first
-    wait for the GPU (the pipeline does so once, see ``IllustratedPipeline._denoise``).
+    wait for the GPU (the pipeline does so once, at the end of ``IllustratedPipeline.__call__``).
     """
     return x.to("cpu", non_blocking=True)
 
@@ -254,3 +255,33 @@ def record_attention(unet, options: RecordOptions, latent_hw: tuple[int, int], n
         for recorder in recorders:
             recorder.remove()
 
+
+
+@dataclass
+class Recording:
+    """What one generation's loop hands its observations to: ``steps(i, name=tensor, ...)`` per step,
+    ``attention.collect(i)`` after each UNet call."""
+
+    steps: StepRecorder
+    attention: AttentionRecording
+
+
+@contextmanager
+def recording(unet, text_encoder, options: RecordOptions, latent_shape: tuple[int, int, int], num_steps: int,
+              guided: bool, context_tokens: int):
+    """Everything one generation records, installed for one ``with`` block and removed after it.
+
+    First the bill: a recording that would not fit ``options.memory_budget_gib`` is refused before any UNet
+    call (``TraceBudgetError`` names what to change). Then the step recorder and the attention recorders.
+
+    Args:
+        latent_shape: ``(C, h, w)`` of one latent.
+        num_steps: UNet calls the loop will make.
+        guided: the UNet batch is ``[unconditional, prompt]`` (classifier-free guidance), else ``[prompt]``.
+        context_tokens: how many text tokens the UNet reads (77 for CLIP).
+    Yields:
+        a :class:`Recording`.
+    """
+    check_budget(estimate_trace(unet, text_encoder, options, latent_shape, num_steps, guided, context_tokens), options)
+    with record_attention(unet, options, latent_shape[-2:], num_steps, batch_index=1 if guided else 0) as attention:
+        yield Recording(StepRecorder(num_steps), attention)

@@ -147,3 +147,39 @@ def encode_tokens(text_encoder, prompt: TokenizedPrompt, device) -> tuple[torch.
     mask = prompt.attention_mask.to(device) if use_mask else None  # SD's CLIP never masks the padding
     out = text_encoder(prompt.input_ids.to(device), attention_mask=mask, output_hidden_states=True)
     return out[0], torch.stack([h[0] for h in out.hidden_states])
+
+
+@dataclass
+class EncodedPrompt:
+    """The text side of one generation.
+
+    Attributes:
+        tokenized: the prompt as CLIP sees it.
+        embeddings: ``[1, 77, D]``, the prompt's vectors the UNet reads.
+        hidden_states: ``[layers + 1, 77, D]``, every layer of the text encoder on the prompt.
+        uncond: ``[1, 77, D]``, the negative (or empty) prompt's vectors; ``None`` without guidance.
+        context: what the UNet reads: ``[uncond; prompt]`` ``[2, 77, D]`` with guidance, else the prompt's ``[1, 77, D]``.
+        guided: whether the UNet runs both rows (classifier-free guidance).
+    """
+
+    tokenized: TokenizedPrompt
+    embeddings: torch.Tensor
+    hidden_states: torch.Tensor
+    uncond: torch.Tensor | None
+    context: torch.Tensor
+    guided: bool
+
+
+def encode_prompt(tokenizer, text_encoder, prompt: str, negative_prompt: str | None, guided: bool, device) -> EncodedPrompt:
+    """Tokenize and encode ``prompt``, and with guidance the negative (or empty) prompt too, as diffusers does.
+
+    Guidance doubles the UNet's batch: row 0 answers "what does an image look like?", row 1 "…of this prompt?".
+    """
+    text = tokenize_prompt(tokenizer, prompt)
+    embeddings, hidden_states = encode_tokens(text_encoder, text, device)
+    embeddings = embeddings.to(text_encoder.dtype)
+    uncond = None
+    if guided:
+        uncond = encode_tokens(text_encoder, tokenize_prompt(tokenizer, negative_prompt or ""), device)[0].to(text_encoder.dtype)
+    context = torch.cat([uncond, embeddings]) if guided else embeddings
+    return EncodedPrompt(text, embeddings, hidden_states, uncond, context, guided)

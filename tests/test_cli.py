@@ -9,7 +9,7 @@ import torch
 import illustrated_sd as isd
 from illustrated_sd import cli
 from illustrated_sd.cli import main
-from illustrated_sd.pipeline import IllustratedPipeline
+from illustrated_sd import pipeline
 
 
 def test_explain_writes_report_image_trace_and_figures(tmp_path, capsys):
@@ -33,9 +33,9 @@ def cli_umask() -> int:
 @pytest.fixture
 def no_generation(monkeypatch):
     """Any generation fails the test: a refusal must come before the model runs."""
-    def denoise(*args, **kwargs):
+    def recording(*args, **kwargs):  # the denoising loop starts inside it
         raise AssertionError("generated before refusing")
-    monkeypatch.setattr(IllustratedPipeline, "_denoise", denoise)
+    monkeypatch.setattr(pipeline, "recording", recording)
 
 
 def refused(args, capsys) -> str:

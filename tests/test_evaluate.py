@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from illustrated_sd.evaluate import main
-from illustrated_sd.pipeline import IllustratedPipeline
+from illustrated_sd import pipeline
 
 
 @pytest.fixture
 def no_generation(monkeypatch):
-    def denoise(*args, **kwargs):
+    def recording(*args, **kwargs):  # the denoising loop starts inside it
         raise AssertionError("generated before refusing")
-    monkeypatch.setattr(IllustratedPipeline, "_denoise", denoise)
+    monkeypatch.setattr(pipeline, "recording", recording)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -26,6 +26,14 @@ def test_img2img_equals_diffusers(pipe, start, scheduler):
     assert np.abs(np.asarray(reference, dtype=int) - np.asarray(trace.image, dtype=int)).max() == 0
 
 
+def test_img2img_is_the_call_with_an_image(pipe, start):
+    """One loop: ``pipe.img2img`` is ``pipe(prompt, image=…, strength=…)``, and strength defaults to 0.6."""
+    named = pipe.img2img(PROMPT, start, num_inference_steps=4, seed=2, progress=False)
+    called = pipe(PROMPT, num_inference_steps=4, seed=2, progress=False, image=start)
+    assert called.mode == named.mode == "img2img" and called.strength == 0.6
+    assert torch.equal(called.latents, named.latents) and torch.equal(called.init_latents, named.init_latents)
+
+
 def test_img2img_trace_records_the_start(pipe, start):
     trace = pipe.img2img(PROMPT, start, strength=0.5, num_inference_steps=10, seed=0, progress=False)
     assert trace.mode == "img2img" and trace.strength == 0.5

@@ -179,6 +179,10 @@ BAD_CALLS = [
     (dict(record="yes"), TypeError, "record must be a RecordOptions.*RecordOptions\\("),
     (dict(record=True), TypeError, "record must be a RecordOptions"),
     (dict(progress="no"), TypeError, "progress must be True or False"),
+    (dict(mask=Image.new("L", (128, 128), 255)), ValueError, "mask and strength belong to an input image: pass image="),
+    (dict(strength=0.5), ValueError, "mask and strength belong to an input image"),
+    (dict(image=Image.new("RGB", (128, 128)), height=128), ValueError, "height and width come from the input image"),
+    (dict(image=Image.new("RGB", (128, 128)), mask=Image.new("L", (64, 64))), ValueError, "mask is 64×64 but image is 128×128"),
 ]
 
 

@@ -53,7 +53,13 @@ def test_denoising_filmstrip(trace, what):
     first, last = (np.asarray(ax.images[0].get_array()) for ax in (panels[0], panels[-1]))
     assert not np.allclose(first, last)
     if what == "latents":
-        assert panels[0].get_title() == "noise"
+        assert panels[0].get_title() == "start\npure noise"
+
+
+def test_an_img2img_filmstrip_starts_from_the_noised_picture(pipe, trace):
+    edited = pipe.img2img("a blue square on the right", trace.image, strength=0.5, num_inference_steps=4, progress=False)
+    first = image_axes(isd.plot.denoising_filmstrip(edited, "latents", n=3))[0]
+    assert first.get_title() == f"start: picture\nnoised to t = {edited.timesteps[0].item():.0f}"
 
 
 def test_filmstrip_decoded_by_the_vae(pipe, trace):

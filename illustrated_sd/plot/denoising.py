@@ -20,6 +20,13 @@ def _as_rgb(latent: torch.Tensor) -> np.ndarray:
     return ((x - lo) / (hi - lo).clamp_min(1e-8)).permute(1, 2, 0).numpy()
 
 
+def _start_title(trace: Trace) -> str:
+    """What ``latents[0]`` is: pure noise, or (img2img, inpainting below strength 1) the picture noised to the first timestep."""
+    if trace.mode == "text2img" or trace.strength == 1:
+        return "start\npure noise"
+    return f"start: picture\nnoised to t = {trace.timesteps[0].item():.0f}"
+
+
 def denoising_filmstrip(trace: Trace, what: str = "pred_x0", n: int = 8, decode=None):
     """A row of snapshots of the denoising, from pure noise (left) to the finished latent (right).
 
@@ -48,7 +55,7 @@ def denoising_filmstrip(trace: Trace, what: str = "pred_x0", n: int = 8, decode=
         # latents[0] is the starting noise; latents[k] is after step k-1
         step, t = (k - 1, None) if what == "latents" else (k, None)
         t = trace.timesteps[step].item() if step >= 0 else None
-        ax.set_title("noise" if step < 0 else f"step {step}\nt = {t:.0f}", fontsize=9)
+        ax.set_title(_start_title(trace) if step < 0 else f"step {step}\nt = {t:.0f}", fontsize=9)
         ax.set_axis_off()
     how = "decoded by the VAE" if pictures is not None else "latent channels 0–2 as RGB"
     names = {"latents": "x_t, the latent after each step", "pred_x0": "predicted x0, the clean latent the model believes in",

@@ -5,7 +5,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..files import atomic_write
 
@@ -37,18 +37,6 @@ def save_weights(module: torch.nn.Module, folder: Path, name: str) -> list[Path]
     for stale in old - set(paths):
         stale.unlink()
     return paths
-
-
-def load_weights(module: torch.nn.Module, folder: Path, name: str) -> bool:
-    """Load shards written by :func:`save_weights` into ``module`` (cast to its dtype); False if none."""
-    paths = sorted(folder.glob(f"{name}-*.safetensors"))
-    if not paths:
-        return False
-    state = {}
-    for path in paths:
-        state.update(load_file(path))
-    module.load_state_dict(state)
-    return True
 
 
 def read_log(folder: Path) -> dict:

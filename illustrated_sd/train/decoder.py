@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ..architectures import build_random_pipeline
 from ..world import render, sample_scenes
-from .checkpoint import load_weights, read_log, save_weights
+from ..files import load_weights
+from .checkpoint import read_log, save_weights
 from .stages import Budget, _autocast, _run
 
 OBJECT_WEIGHT = 10.0  # a pixel on or near an object counts this much more than a background pixel

@@ -10,7 +10,8 @@ from ..architectures import build_random_pipeline
 from ..files import publish_folder, scratch_folder_beside
 from ..paths import CLIP_TOKENIZER
 from ..world import HELD_OUT, known_words, known_words_2
-from .checkpoint import load_weights, read_log, save_weights, write_log
+from ..files import load_weights
+from .checkpoint import read_log, save_weights, write_log
 
 MAX_SHARD = "14MB"  # keeps every file under 15 MiB
 

@@ -29,7 +29,8 @@ from ..architectures import build_random_pipeline
 from ..attention_layers import attention_layers
 from ..world import render, sample_scenes
 from ..world.vocabulary import MAX_OBJECTS_2
-from .checkpoint import load_weights, read_log, save_weights
+from ..files import load_weights
+from .checkpoint import read_log, save_weights
 from ..forward_diffusion import diffusion_loss
 from .stages import EMA, Budget, _autocast, _run, empty_context
 

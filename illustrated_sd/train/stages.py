@@ -1,7 +1,6 @@
 """The three training stages. Each takes a time budget, resumes from the checkpoint folder, logs
 its loss every few steps and saves its weights at the end."""
 
-import math
 import time
 from pathlib import Path
 
@@ -10,44 +9,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..architectures import build_random_pipeline
+from ..clip import ClipHead, ImageTower, text_features
 from ..forward_diffusion import diffusion_loss
-from .checkpoint import load_weights, read_log, save_weights, write_log
+from ..files import load_weights
+from .checkpoint import read_log, save_weights, write_log
 from .data import world_batch
-
-
-class ImageTower(torch.nn.Module):
-    """CLIP's image side, small: strided convolutions down to 4×4, then a linear map to the shared space.
-
-    Flattening the 4×4 grid (instead of pooling it away) keeps *where* things are, which the captions
-    talk about. ``[B, 3, 128, 128]`` → ``[B, dim]``.
-    """
-
-    def __init__(self, dim: int = 128):
-        super().__init__()
-        layers, ch = [], 3
-        for out in (32, 64, 128, 128, 128):  # 128 → 4
-            layers += [torch.nn.Conv2d(ch, out, 3, stride=2, padding=1), torch.nn.GroupNorm(8, out), torch.nn.SiLU()]
-            ch = out
-        self.features = torch.nn.Sequential(*layers)
-        self.proj = torch.nn.Linear(128 * 4 * 4, dim)
-
-    def forward(self, images):
-        return self.proj(self.features(images).flatten(1))
-
-
-class ClipHead(torch.nn.Module):
-    """The text projection and the learned temperature of CLIP's contrastive loss."""
-
-    def __init__(self, text_dim: int, dim: int = 128):
-        super().__init__()
-        self.text_projection = torch.nn.Linear(text_dim, dim, bias=False)
-        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-
-
-def text_features(text_encoder, head, ids):
-    """CLIP's text embedding: the hidden state at the end-of-text token, projected. ``[B, 77]`` → ``[B, dim]``."""
-    out = text_encoder(ids)
-    return head.text_projection(out.pooler_output)
 
 
 def clip_loss(image_emb, text_emb, logit_scale):

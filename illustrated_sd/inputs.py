@@ -1,0 +1,119 @@
+"""Stage 1 of a generation: check what the user passed, before any work, with the fix in every message.
+
+Kept apart from the loop so that ``IllustratedPipeline.__call__`` reads like the generation it is; the
+checks come back as one small :class:`Settings` of plain Python numbers (numpy's integers and floats are
+accepted on the way in).
+"""
+
+import math
+import numbers
+import re
+import warnings
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from diffusers import PNDMScheduler
+
+from . import checks
+from .recorders import RecordOptions
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One generation's checked settings: steps ``S``, guidance ``s``, seed (``None`` when a generator was
+    given), image size in pixels, DDIM's η, and the recording options."""
+
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int | None
+    height: int
+    width: int
+    eta: float
+    record: RecordOptions
+
+
+def check_inputs(pipe, prompt, num_inference_steps, guidance_scale, seed, generator, height, width, negative_prompt,
+                 eta, record, progress) -> Settings:
+    """Refuse bad input to ``pipe`` (an ``IllustratedPipeline``) before any work; return the :class:`Settings`.
+
+    ``height`` and ``width`` ``None`` mean the model's native size; ``record`` ``None`` means ``pipe.record``.
+    """
+    checks.text("prompt", prompt, hint="one trace is one prompt")
+    if not prompt.strip():
+        raise ValueError("the prompt is empty; describe the image, e.g. pipe('a red circle on the left')")
+    checks.text("negative_prompt", negative_prompt, allow_none=True, hint="None means the empty prompt")
+    steps = checks.whole_number("num_inference_steps", num_inference_steps, minimum=1, hint="try 20–50")
+    if isinstance(pipe.scheduler, PNDMScheduler) and steps < 4:
+        raise ValueError(f"PNDM needs at least 4 steps (got {steps}): its multistep formula starts from 4 earlier "
+                         "predictions; use more steps, or a one-step sampler: pipe.set_scheduler('ddim')")
+    guidance_scale = checks.real_number("guidance_scale", guidance_scale, hint="7.5 is usual, 1 turns guidance off, 0 is the unconditional model")
+    eta = checks.real_number("eta", eta, minimum=0, hint="DDIM's η: 0 is deterministic, 1 adds DDPM's noise")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (got {type(generator).__name__}); or pass seed=")
+        if seed not in (None, 0):
+            raise ValueError("pass either seed= or generator=, not both")
+        seed = None  # the generator's own seed is not known
+    elif seed is None:
+        raise ValueError("seed is None and no generator was given; pass seed=0 (any integer), or generator=torch.Generator().manual_seed(...)")
+    else:
+        seed = checks.whole_number("seed", seed, minimum=-(2**63), maximum=2**64 - 1,
+                                   hint="or pass generator=torch.Generator().manual_seed(...)")
+    m = pipe.vae_scale_factor  # the VAE shrinks each side by this factor
+    sizes = []
+    for side, size in (("height", height), ("width", width)):
+        size = pipe.default_size if size is None else size
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < m or size % m:
+            near = int(size) if isinstance(size, numbers.Real) and math.isfinite(size) else pipe.default_size
+            lower = max(m, near // m * m)
+            raise ValueError(f"{side} must be a multiple of {m}, at least {m} (got {size!r}); try {lower} or {lower + m}")
+        sizes.append(int(size))
+    if record is not None and not isinstance(record, RecordOptions):
+        raise TypeError(f"record must be a RecordOptions (got {record!r}); e.g. record=isd.RecordOptions(per_head=True), "
+                        "or RecordOptions(cross_attention=False) to record no maps")
+    checks.flag("progress", progress)
+    if pipe.known_words:
+        unknown = sorted({w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in pipe.known_words})
+        if unknown:
+            warnings.warn(f"the model never saw {unknown} in training, so it cannot draw them; the words it knows are: "
+                          f"{', '.join(sorted(pipe.known_words))}", stacklevel=4)
+    if negative_prompt is not None and guidance_scale == 1:
+        warnings.warn("negative_prompt is ignored when guidance_scale = 1 (guidance is off)", stacklevel=4)
+    return Settings(steps, guidance_scale, seed, sizes[0], sizes[1], eta, record or pipe.record)
+
+
+def check_image(image, name: str, multiple: int) -> Image.Image:
+    """An RGB PIL image whose sides are multiples of ``multiple`` (the VAE's factor, 8), or a clear error.
+
+    Other modes are converted, with a warning.
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"{name} must be a PIL.Image (got {type(image).__name__}); open a file with PIL.Image.open(path)")
+    if image.mode != "RGB":
+        warnings.warn(f"{name} is {image.mode}, not RGB; converting it to RGB", stacklevel=4)
+        image = image.convert("RGB")
+    m = multiple
+    if image.width % m or image.height % m or min(image.size) < m:
+        raise ValueError(f"{name} is {image.width}×{image.height}; both sides must be multiples of {m}: "
+                         f"resize it, e.g. image.resize(({max(m, image.width // m * m)}, {max(m, image.height // m * m)}))")
+    return image
+
+
+def check_mask(mask, image: Image.Image) -> None:
+    """An inpainting mask: a PIL image the size of ``image`` (white = repaint, black = keep)."""
+    if not isinstance(mask, Image.Image):
+        raise TypeError(f"mask must be a PIL.Image (got {type(mask).__name__}): white = repaint, black = keep")
+    if mask.size != image.size:
+        raise ValueError(f"mask is {mask.width}×{mask.height} but image is {image.width}×{image.height}; they must match")
+
+
+def check_strength(strength, num_inference_steps: int) -> int:
+    """How many of the ``num_inference_steps`` timesteps ``strength`` ∈ (0, 1] leaves to visit; refuses values that leave none."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:  # (NaN fails too)
+        raise ValueError(f"strength must be in (0, 1] (got {strength!r}); 0.3 keeps the picture, 0.9 mostly redraws it")
+    visited = min(int(num_inference_steps * strength), num_inference_steps)
+    if visited < 1:
+        raise ValueError(f"strength × steps = {strength} × {num_inference_steps} leaves no step to take; "
+                         f"raise strength to ≥ {1 / num_inference_steps:.2f} or use more steps")
+    return visited
