@@ -86,10 +86,15 @@ def test_latent_channels_and_noise_schedule(pipe, trace):
 
 def test_text_embeddings_plot(trace):
     fig = isd.plot.text_embeddings(trace)
-    panels = image_axes(fig)
-    assert len(panels) == 2
-    assert panels[0].images[0].get_array().shape == tuple(trace.text_embeddings.shape)
-    assert [t.get_text() for t in panels[1].get_xticklabels()] == trace.tokens
+    tokens, padding, similarity = image_axes(fig)
+    n = len(trace.tokens)
+    # all 77 slots are shown, split so that each token's label has room
+    assert torch.equal(torch.from_numpy(np.asarray(tokens.images[0].get_array())), trace.text_embeddings[:n].float())
+    assert torch.equal(torch.from_numpy(np.asarray(padding.images[0].get_array())), trace.text_embeddings[n:].float())
+    assert [t.get_text() for t in tokens.get_yticklabels()] == trace.tokens
+    assert [t.get_text() for t in similarity.get_xticklabels()] == trace.tokens
+    unit = torch.nn.functional.normalize(trace.text_embeddings[:n].float(), dim=-1)
+    assert f"lowest here {float((unit @ unit.T).min()):.2f}" in similarity.get_title()
 
 
 def test_generating_figures(pipe, trace, tmp_path):

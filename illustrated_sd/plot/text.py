@@ -11,26 +11,41 @@ def text_embeddings(trace: Trace, cmap: str = "RdBu_r"):
     """The prompt's final hidden states as a heat map (rows = the 77 slots, columns = dimensions),
     beside the cosine similarity between the slots' vectors.
 
+    The heat map comes in two parts on one colour scale, so that every token's label is readable: the
+    prompt's ``n`` slots (start marker to end marker), then the ``77 − n`` padding slots, which the UNet
+    reads too.
+
     Returns:
-        a Figure with two panels; tick labels name the prompt's tokens (the rest is padding).
+        a Figure with three panels: tokens ``[n, D]``, padding ``[77 − n, D]``, similarity ``[n, n]``.
     """
     require_trace(trace, "plot.text_embeddings")
     emb = trace.text_embeddings.float()  # [77, D]
-    n = len(trace.tokens)
+    n, slots, width = len(trace.tokens), emb.shape[0], emb.shape[1]
     tokens = [literal(t) for t in trace.tokens]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained", width_ratios=(1.6, 1))
+    fig = plt.figure(figsize=(12, 5.5), layout="constrained")
+    grid = fig.add_gridspec(2, 2, width_ratios=(1.6, 1), height_ratios=(max(n, 1), max(n, 1) * 0.6))
+    top, bottom, right = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[:, 1])
     limit = float(emb.abs().quantile(0.99))
-    im = left.imshow(emb.numpy(), aspect="auto", cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
-    left.set_yticks(range(n), tokens, fontsize=7)
-    left.set_xlabel(f"dimension (D = {emb.shape[1]})")
-    left.set_ylabel("slot (token; below: padding)")
-    left.set_title(f"text embeddings [77, {emb.shape[1]}]")
-    fig.colorbar(im, ax=left, shrink=0.8)
+    style = dict(aspect="auto", cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+    im = top.imshow(emb[:n].numpy(), **style)
+    top.set_yticks(range(n), tokens, fontsize=7)
+    top.set_xticks([])
+    top.set_title(f"text embeddings [77, {width}]: the prompt's {n} slots…")
+    if n < slots:
+        bottom.imshow(emb[n:].numpy(), extent=(-0.5, width - 0.5, slots - 0.5, n - 0.5), **style)
+        bottom.set_yticks([n, slots - 1], [f"slot {n}", f"slot {slots - 1}"], fontsize=7)
+        bottom.set_title(f"…and {slots - n} padding slots (the UNet reads these too)", fontsize=10)
+    bottom.set_xlabel(f"dimension (D = {width})")
+    fig.colorbar(im, ax=[top, bottom], shrink=0.8)
     unit = F.normalize(emb[:n], dim=-1)
-    sim = right.imshow((unit @ unit.T).numpy(), cmap="viridis", vmin=-1, vmax=1)
+    cosine = unit @ unit.T  # [n, n]
+    sim = right.imshow(cosine.numpy(), cmap="viridis", vmin=-1, vmax=1)
     right.set_xticks(range(n), tokens, rotation=90, fontsize=7)
     right.set_yticks(range(n), tokens, fontsize=7)
-    right.set_title("cosine similarity between the tokens' vectors")
+    # The scale runs from −1 to 1 so that 0 means "unrelated"; CLIP's vectors share a large common part,
+    # so real prompts rarely reach below 0: say how low this one goes.
+    right.set_title(f"cosine similarity between the tokens' vectors\n(lowest here {float(cosine.min()):.2f}; 1 = same direction)",
+                    fontsize=10)
     fig.colorbar(sim, ax=right, shrink=0.8)
     fig.suptitle(quoted(trace.prompt), fontsize=11)
     return fig
