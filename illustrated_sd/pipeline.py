@@ -169,7 +169,8 @@ class IllustratedPipeline:
                                 negative_prompt, eta, record, progress)
         steps, s, record = settings.num_inference_steps, settings.guidance_scale, settings.record
         visited = check_strength(strength, steps) if image is not None else steps
-        generator = generator or torch.Generator(device="cpu").manual_seed(settings.seed)
+        if generator is None:  # as diffusers users write it: torch.Generator("cpu").manual_seed(seed)
+            generator = torch.Generator(device="cpu").manual_seed(settings.seed)
         unet, scheduler, device = self.unet, self.scheduler, self.device
 
         # 2. Encode the prompt: tokens → 77 vectors (and the negative or empty prompt, for guidance).
@@ -190,7 +191,7 @@ class IllustratedPipeline:
 
         # 4. What the scheduler's step needs besides ε̂ (DDIM's η, a generator for the samplers that add noise),
         # and ᾱ_t at each visited timestep, to turn every prediction into x̂₀ afterwards.
-        step_kwargs = self.pipeline.prepare_extra_step_kwargs(generator, eta)
+        step_kwargs = self.pipeline.prepare_extra_step_kwargs(generator, settings.eta)
         alpha_bars = alpha_bars_for(scheduler, timesteps).to(device)
 
         # 5. The denoising loop: predict the noise, combine with guidance, let the scheduler step.

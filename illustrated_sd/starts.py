@@ -10,12 +10,12 @@ in two small extras. Each function here returns a :class:`Start` that says all o
 Every random draw happens in the same order as in diffusers' pipelines, so the images are equal.
 """
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import warnings
 from PIL import Image
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
