@@ -256,7 +256,6 @@ def record_attention(unet, options: RecordOptions, latent_hw: tuple[int, int], n
             recorder.remove()
 
 
-
 @dataclass
 class Recording:
     """What one generation's loop hands its observations to: ``steps(i, name=tensor, ...)`` per step,
