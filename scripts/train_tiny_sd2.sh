@@ -7,11 +7,13 @@
 # The third candidate added a third session:
 #   part 3  MODEL_DIR imported into CHECKPOINT_DIR.3; grounding with half of its scenes like the pair prompts
 #           (two objects, both named with colour and place: --two-objects 0.5), and more decoder; exported again.
-# A fourth candidate is planned (its first run, on 2026-11-23, was lost with the device machine before its export
-# came back):
-#   part 4  MODEL_DIR imported into CHECKPOINT_DIR.4; more grounding on pair-like scenes (--two-objects 0.6), and
-#           more decoder with every object weighing the same however small (--equal-objects); exported again.
-# PART is 1, 2, 3, 4 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
+# The fourth candidate splits its work in two parts, each short enough for one foreground device call (≤ 10 min), so
+# a machine lost between calls costs one part, not both (a first, single-call run on 2026-11-23 was lost that way):
+#   part 4  MODEL_DIR imported into CHECKPOINT_DIR.4; more grounding on pair-like scenes (--two-objects 0.6);
+#           exported again (only the UNet changed).
+#   part 5  MODEL_DIR imported into CHECKPOINT_DIR.5; more decoder with every object weighing the same however
+#           small (--equal-objects); exported again (only the VAE decoder changed).
+# PART is 1, 2, 3, 4, 5 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
 # with the same command (a stage that already ran trains on for its budget once more).
 # History: the first candidate (model card) was part 1 as of commit 7973c37: the UNet stage at batch 512,
 # without --compile and without grounding. benchmarks/train_speed.py then showed that the compiled stage takes
@@ -51,7 +53,11 @@ fi
 # drawings most (12 of 39 missed, against 0 of 32 big ones): a small object covers a fifth of a big one's pixels.
 if [[ $part == 4 || $part == all ]]; then
   "$python" -m illustrated_sd.train import "$model" "$ckpt.4"
-  train --out "$ckpt.4" --stages ground --minutes 10 --anneal --two-objects 0.6
-  train --out "$ckpt.4" --stages decoder --minutes 9 --equal-objects
+  train --out "$ckpt.4" --stages ground --minutes 7 --anneal --two-objects 0.6
   "$python" -m illustrated_sd.train export "$ckpt.4" "$model" --force
+fi
+if [[ $part == 5 || $part == all ]]; then
+  "$python" -m illustrated_sd.train import "$model" "$ckpt.5"
+  train --out "$ckpt.5" --stages decoder --minutes 7 --equal-objects
+  "$python" -m illustrated_sd.train export "$ckpt.5" "$model" --force
 fi
