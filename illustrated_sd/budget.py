@@ -63,12 +63,13 @@ def _gib(n: int) -> str:
     return f"{n / GiB:.2f} GiB" if n >= GiB / 100 else f"{n / 2**20:.1f} MiB"
 
 
-def estimate_trace(unet, text_encoder, record: RecordOptions, latent_shape: tuple[int, int, int], num_steps: int,
+def estimate_trace(unet, text_encoders, record: RecordOptions, latent_shape: tuple[int, int, int], num_steps: int,
                    guided: bool, text_length: int = 77) -> TraceEstimate:
     """Add up what recording one generation with ``record`` will store.
 
     Args:
-        unet, text_encoder: the pipeline's models (only their configs are read).
+        unet, text_encoders: the pipeline's models (only their configs are read); one text encoder, or a
+            list of them (SDXL has two, each of whose layers the trace keeps).
         record: what will be recorded.
         latent_shape: ``(C, h, w)`` of one latent.
         num_steps: UNet calls of the loop (``len(scheduler.timesteps)``).
@@ -99,8 +100,16 @@ def estimate_trace(unet, text_encoder, record: RecordOptions, latent_shape: tupl
     per_step = math.prod(latent_shape) * model_bytes
     # latents (S + 1), noise_pred, noise_pred_text, pred_x0, and noise_pred_uncond with guidance
     steps = per_step * ((num_steps + 1) + 3 * num_steps + (num_steps if guided else 0))
-    width, depth = text_encoder.config.hidden_size, text_encoder.config.num_hidden_layers
-    text = text_length * width * model_bytes * ((depth + 1) + (2 if guided else 1))
+    encoders = text_encoders if isinstance(text_encoders, (list, tuple)) else [text_encoders]
+    # every layer of every encoder, and the context the UNet reads (prompt, and negative with guidance)
+    layers_width = sum((e.config.num_hidden_layers + 1) * e.config.hidden_size for e in encoders if e is not None)
+    context_width = unet.config.cross_attention_dim
+    text = text_length * model_bytes * (layers_width + context_width * (2 if guided else 1))
+    text += text_length * 8 * (len(encoders) - 1)  # a second tokenizer's int64 ids (SDXL)
+    if unet.config.addition_embed_type == "text_time":  # SDXL: the pooled vector(s) and the time ids
+        pooled = encoders[-1].config.projection_dim
+        n_ids = (unet.add_embedding.linear_1.in_features - pooled) // unet.config.addition_time_embed_dim
+        text += model_bytes * (pooled * (2 if guided else 1) + n_ids)
     all_heads = [a.heads for a in (*layers["cross"].values(), *layers["self"].values())] or [1]
     return TraceEstimate(cross, self_, steps, text, num_steps, max(all_heads))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
 from .architectures import build_random_pipeline
 from . import checks
@@ -18,6 +18,8 @@ from .pipeline import SCHEDULERS, IllustratedPipeline
 from .paths import TINY_SD
 
 PIPELINE_FILES = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"
+# model_index.json names the pipeline class; these are the ones IllustratedPipeline drives.
+PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline)}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "owner/name"
 
 
@@ -33,6 +35,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         model: ``None`` for the embedded default model (offline, CPU-sized); a local folder in
             diffusers layout (``model_index.json``, ``unet/``, ``vae/``, …); or a Hub id such as
             ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` (needs a network or a cached copy).
+            SD 1/2 and SDXL (base, or a refiner for img2img) are recognized from ``model_index.json``.
         device: where the model runs: ``"cpu"``, ``"cuda"``, …
         dtype: ``torch.float32`` (default, exact) or ``torch.float16`` / ``torch.bfloat16`` on a GPU.
         scheduler: optionally swap the sampler (see ``IllustratedPipeline.set_scheduler``).
@@ -44,6 +47,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     Example:
         >>> pipe = load_pipeline()                                   # embedded default
         >>> pipe = load_pipeline("path/to/sd-1-5", device="cuda", dtype=torch.float16)
+        >>> pipe = load_pipeline("path/to/sdxl-base", device="cuda", dtype=torch.float16)   # pipe.is_sdxl
     """
     device = checks.device(device)
     dtype = checks.float_dtype("dtype", dtype)
@@ -109,12 +113,29 @@ def _load_default() -> StableDiffusionPipeline:
     return build_random_pipeline("tiny-sd1", seed=0)
 
 
-def _load_folder(path: Path, dtype: torch.dtype, **kwargs) -> StableDiffusionPipeline:
+def _pipeline_class(class_name: str | None, where) -> type:
+    """The diffusers class that ``model_index.json``'s ``_class_name`` names, if IllustratedPipeline can drive it."""
+    if class_name not in PIPELINE_CLASSES:
+        raise ModelLoadError(f"{where} holds a {class_name}, which illustrated_sd does not trace; it traces "
+                             f"{', '.join(PIPELINE_CLASSES)} (SD 1/2 and SDXL checkpoints in diffusers format)")
+    return PIPELINE_CLASSES[class_name]
+
+
+def _class_kwargs(cls: type) -> dict:
+    """SD 1/2 pipelines come without their safety checker (it would download a model; SDXL has none)."""
+    return dict(safety_checker=None, requires_safety_checker=False) if cls is StableDiffusionPipeline else {}
+
+
+def _load_folder(path: Path, dtype: torch.dtype) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
     if not (path / "model_index.json").is_file():
         raise ModelLoadError(f"{path} is not a diffusers pipeline folder: model_index.json is missing (expected {PIPELINE_FILES})")
     try:
-        return StableDiffusionPipeline.from_pretrained(path, dtype=dtype, safety_checker=None, requires_safety_checker=False,
-                                                       local_files_only=True, **kwargs)
+        class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ModelLoadError(f"{path}/model_index.json is not a JSON object ({err}); re-download or re-export the pipeline") from err
+    cls = _pipeline_class(class_name, path)
+    try:
+        return cls.from_pretrained(path, dtype=dtype, local_files_only=True, **_class_kwargs(cls))
     except Exception as err:  # diffusers raises OSError, ValueError, safetensors errors, … for a damaged folder
         raise ModelLoadError(
             f"could not load the pipeline in {path}: {type(err).__name__}: {err}. "
@@ -122,10 +143,12 @@ def _load_folder(path: Path, dtype: torch.dtype, **kwargs) -> StableDiffusionPip
         ) from err
 
 
-def _load_hub(model_id: str, dtype: torch.dtype) -> StableDiffusionPipeline:
-    kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+def _load_hub(model_id: str, dtype: torch.dtype) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
     try:  # a copy in the local Hugging Face cache works offline
-        return StableDiffusionPipeline.from_pretrained(model_id, local_files_only=True, **kwargs)
+        cls = _pipeline_class(DiffusionPipeline.load_config(model_id, local_files_only=True).get("_class_name"), model_id)
+        return cls.from_pretrained(model_id, local_files_only=True, dtype=dtype, **_class_kwargs(cls))
+    except ModelLoadError:
+        raise
     except Exception:
         pass
     advice = (f"pass a local folder instead: download it where there is a network "
@@ -133,7 +156,10 @@ def _load_hub(model_id: str, dtype: torch.dtype) -> StableDiffusionPipeline:
     if not _hub_reachable():
         raise ModelLoadError(f"cannot fetch {model_id!r} from the Hugging Face Hub: no network here (and no cached copy); {advice}")
     try:
-        return StableDiffusionPipeline.from_pretrained(model_id, **kwargs)
+        cls = _pipeline_class(DiffusionPipeline.load_config(model_id).get("_class_name"), model_id)
+        return cls.from_pretrained(model_id, dtype=dtype, **_class_kwargs(cls))
+    except ModelLoadError:
+        raise
     except Exception as err:
         raise ModelLoadError(f"could not load {model_id!r} from the Hugging Face Hub: {type(err).__name__}: {err}; {advice}") from err
 

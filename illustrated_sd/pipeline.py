@@ -5,6 +5,10 @@ sequence of calls on the same components, so for the same seed it makes the same
 numbered; two live in their own modules because they are long and not the point: the input checks
 (``inputs.py``) and where each mode starts (``starts.py``: noise, or a picture noised part of the way).
 The only additions are the recorders, which observe and write into a :class:`~illustrated_sd.trace.Trace`.
+
+SDXL runs the same loop (``pipeline_stable_diffusion_xl.py``); it differs in three places, each marked
+"SDXL": two text encoders (``text.encode_prompt_xl``), a pooled text vector and size "micro-conditioning"
+added to the timestep embedding (``sdxl.py``), and a VAE run in float32 (``latent_space.py``).
 """
 
 import torch
@@ -18,16 +22,24 @@ from diffusers import (
     HeunDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
 )
 from tqdm.auto import tqdm
 
 from .attention_layers import attention_layers
+from . import checks
 from .inputs import check_image, check_inputs, check_mask, check_strength
+from .latent_space import to_pixels
 from .recorders import RecordOptions, recording, to_host
-from .sampling import alpha_bars_for, classifier_free_guidance, pred_x0
+from .sampling import alpha_bars_for, classifier_free_guidance, pred_x0, rescale_guidance
+from .sdxl import added_conditioning, is_sdxl, time_ids
 from .starts import start_for_inpainting, start_from_image, start_from_noise
-from .text import encode_prompt
+from .text import encode_prompt, encode_prompt_xl
 from .trace import Trace
+
+# The diffusers pipelines whose components IllustratedPipeline can drive (an SDXL refiner is an img2img one).
+SUPPORTED = (StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline)
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -46,7 +58,7 @@ def _keeper(record: RecordOptions):
 
 
 class IllustratedPipeline:
-    """A diffusers ``StableDiffusionPipeline`` that returns a :class:`Trace` of everything it did.
+    """A diffusers ``StableDiffusionPipeline`` (or SDXL pipeline) that returns a :class:`Trace` of everything it did.
 
     The wrapped pipeline's components are used as they are; nothing is copied or patched, and after a
     call the pipeline is exactly as it was (recorders are removed even when a call fails).
@@ -57,16 +69,16 @@ class IllustratedPipeline:
         >>> trace.image, trace.cross_attention("circle").shape   # PIL image, [h, w]
     """
 
-    def __init__(self, pipeline: StableDiffusionPipeline, record: RecordOptions | None = None, name: str | None = None,
+    def __init__(self, pipeline: StableDiffusionPipeline | StableDiffusionXLPipeline, record: RecordOptions | None = None, name: str | None = None,
                  known_words: set[str] | None = None, world: int | None = None):
-        if not isinstance(pipeline, StableDiffusionPipeline):
+        if not isinstance(pipeline, SUPPORTED):
             raise TypeError(
-                f"IllustratedPipeline wraps a diffusers StableDiffusionPipeline, got {type(pipeline).__name__}; "
-                "load one with isd.load_pipeline(path) or StableDiffusionPipeline.from_pretrained(path)"
+                f"IllustratedPipeline wraps a diffusers StableDiffusionPipeline or StableDiffusionXLPipeline, got "
+                f"{type(pipeline).__name__}; load one with isd.load_pipeline(path) or StableDiffusionPipeline.from_pretrained(path)"
             )
         self.pipeline = pipeline
         self.record = record or RecordOptions()
-        self.name = name or pipeline.name_or_path or "StableDiffusionPipeline"
+        self.name = name or pipeline.name_or_path or type(pipeline).__name__
         # A model trained on a small world (the embedded default) knows few words; say so when a prompt strays.
         self.known_words = set(known_words) if known_words else None
         self.world = world  # which version of the synthetic world a model trained by illustrated_sd learned (else None)
@@ -80,6 +92,19 @@ class IllustratedPipeline:
     device = property(lambda self: self.pipeline.device)
     dtype = property(lambda self: self.pipeline.unet.dtype)
     vae_scale_factor = property(lambda self: self.pipeline.vae_scale_factor)
+    # SDXL's second text encoder (None for SD 1/2, and the only one in a refiner)
+    text_encoder_2 = property(lambda self: getattr(self.pipeline, "text_encoder_2", None))
+    tokenizer_2 = property(lambda self: getattr(self.pipeline, "tokenizer_2", None))
+
+    @property
+    def is_sdxl(self) -> bool:
+        """Whether the wrapped pipeline is SDXL (two text encoders, pooled text and size conditioning)."""
+        return is_sdxl(self.pipeline)
+
+    @property
+    def text_encoders(self) -> list:
+        """The text encoders that exist: ``[text_encoder]`` for SD 1/2, both for SDXL-base, the second for a refiner."""
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
 
     @property
     def cross_attention_layers(self) -> list[str]:
@@ -100,8 +125,7 @@ class IllustratedPipeline:
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> list:
         """Decode latents (``[N, C, h, w]``, as stored in a trace) with the VAE into PIL images, as the pipeline does."""
-        latents = latents.to(self.device, self.vae.dtype)
-        images = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        images = to_pixels(self.vae, latents.to(self.device, self.vae.dtype), upcast=self.is_sdxl)
         return self.pipeline.image_processor.postprocess(images, output_type="pil")
 
     def __repr__(self) -> str:
@@ -126,6 +150,7 @@ class IllustratedPipeline:
         image: Image.Image | None = None,
         mask: Image.Image | None = None,
         strength: float | None = None,
+        guidance_rescale: float = 0.0,
     ) -> Trace:
         """Generate one image from ``prompt`` and record how it was made.
 
@@ -147,9 +172,13 @@ class IllustratedPipeline:
             progress: show a progress bar over the denoising steps.
             image, mask, strength: start from a picture instead of noise; :meth:`img2img` and
                 :meth:`inpaint` explain them and are the usual way to pass them.
+            guidance_rescale: φ ∈ [0, 1] of "Common Diffusion Noise Schedules and Sample Steps are Flawed"
+                (§3.4): rescale ε̂ to the standard deviation of ε_c, mixed in by φ, against the washed-out
+                colours of large ``s``. 0 (default) leaves ε̂ alone; SDXL checkpoints often use 0.7.
         Returns:
             a :class:`Trace` whose ``image`` equals ``StableDiffusionPipeline(...)`` for the same settings
-            (``StableDiffusionImg2ImgPipeline`` / ``StableDiffusionInpaintPipeline`` with an ``image``).
+            (``StableDiffusionImg2ImgPipeline`` / ``StableDiffusionInpaintPipeline`` with an ``image``;
+            ``StableDiffusionXLPipeline`` / ``StableDiffusionXLImg2ImgPipeline`` for SDXL).
         Example:
             >>> trace = pipe("a red circle on the left", num_inference_steps=20, guidance_scale=7.5, seed=0)
             >>> trace.latents.shape        # [S + 1, 4, h, w]
@@ -162,6 +191,9 @@ class IllustratedPipeline:
             height, width = image.height, image.width
             strength = (1.0 if mask is not None else 0.6) if strength is None else strength
             if mask is not None:
+                if self.is_sdxl:
+                    raise ValueError("inpainting is written for SD 1/2 pipelines; with SDXL, use img2img, or diffusers' "
+                                     "StableDiffusionXLInpaintPipeline (untraced)")
                 check_mask(mask, image)
         elif mask is not None or strength is not None:
             raise ValueError("mask and strength belong to an input image: pass image= too (see pipe.img2img and pipe.inpaint)")
@@ -169,6 +201,8 @@ class IllustratedPipeline:
                                 negative_prompt, eta, record, progress)
         steps, s, record = settings.num_inference_steps, settings.guidance_scale, settings.record
         visited = check_strength(strength, steps) if image is not None else steps
+        guidance_rescale = checks.real_number("guidance_rescale", guidance_rescale, minimum=0, maximum=1,
+                                              hint="0 = off; SDXL checkpoints often use 0.7")
         if generator is None:  # as diffusers users write it: torch.Generator("cpu").manual_seed(seed)
             generator = torch.Generator(device="cpu").manual_seed(settings.seed)
         unet, scheduler, device = self.unet, self.scheduler, self.device
@@ -177,7 +211,10 @@ class IllustratedPipeline:
         # At s = 1 the guidance formula gives the prompt's row exactly, so that row alone is computed (as
         # diffusers does for s ≤ 1; below 1 diffusers ignores s, while here s = 0 is the unconditional model).
         guided = s != 1 and unet.config.time_cond_proj_dim is None
-        text = encode_prompt(self.tokenizer, self.text_encoder, prompt, negative_prompt, guided, device)
+        if self.is_sdxl:  # SDXL: two encoders side by side, and a pooled summary of the prompt
+            text = encode_prompt_xl(self.pipeline, prompt, negative_prompt, guided, device)
+        else:
+            text = encode_prompt(self.tokenizer, self.text_encoder, prompt, negative_prompt, guided, device)
         dtype = text.context.dtype
 
         # 3. Where the loop starts: pure noise, or an input image noised part of the way (starts.py).
@@ -193,21 +230,29 @@ class IllustratedPipeline:
         # and ᾱ_t at each visited timestep, to turn every prediction into x̂₀ afterwards.
         step_kwargs = self.pipeline.prepare_extra_step_kwargs(generator, settings.eta)
         alpha_bars = alpha_bars_for(scheduler, timesteps).to(device)
+        # SDXL: the pooled text vector and the picture's size join the timestep embedding (sdxl.py)
+        added, ids, id_names = None, None, None
+        if self.is_sdxl:
+            ids, negative_ids, id_names = time_ids(self.pipeline, settings.height, settings.width, dtype)
+            added = added_conditioning(text, ids, negative_ids, device)
 
         # 5. The denoising loop: predict the noise, combine with guidance, let the scheduler step.
         # The recorders watch (installed for this block only; a recording over budget is refused here).
-        with recording(unet, self.text_encoder, record, tuple(latents.shape[1:]), len(timesteps), guided,
+        with recording(unet, self.text_encoders, record, tuple(latents.shape[1:]), len(timesteps), guided,
                        text.context.shape[1]) as rec:
             for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 unet_input = model_input if start.unet_extra is None else torch.cat([model_input, start.unet_extra], dim=1)
-                unet_output = unet(unet_input, t, encoder_hidden_states=text.context, return_dict=False)[0]
+                unet_output = unet(unet_input, t, encoder_hidden_states=text.context, added_cond_kwargs=added,
+                                   return_dict=False)[0]
                 rec.attention.collect(i)  # file this call's maps under step i
                 noise_pred = unet_output
                 if guided:  # ε̂ = ε_u + s·(ε_c − ε_u)
                     noise_pred_uncond, noise_pred_text = unet_output.chunk(2)
                     noise_pred = classifier_free_guidance(noise_pred_uncond, noise_pred_text, s)
+                    if guidance_rescale > 0:  # pull ε̂'s spread back toward ε_c's
+                        noise_pred = rescale_guidance(noise_pred, noise_pred_text, guidance_rescale)
                 latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
                 if start.blend is not None:
                     latents = start.blend(i, latents)
@@ -230,10 +275,15 @@ class IllustratedPipeline:
         buffers = {name: keep(x.contiguous()) for name, x in buffers.items()}
         cross_maps, self_maps = rec.attention.maps("cross", record.to_cpu), rec.attention.maps("self", record.to_cpu)
 
-        # 7. Latent → pixels with the VAE decoder, then to a PIL image exactly as diffusers does.
-        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-        decoded, nsfw = self.pipeline.run_safety_checker(decoded, device, dtype)
-        denormalize = [True] if nsfw is None else [not flagged for flagged in nsfw]
+        # 7. Latent → pixels with the VAE decoder, then to a PIL image exactly as diffusers does
+        # (SD 1/2 may run a safety checker; SDXL may add an invisible watermark).
+        decoded = to_pixels(self.vae, latents, generator, upcast=self.is_sdxl)
+        denormalize = None
+        if hasattr(self.pipeline, "run_safety_checker"):
+            decoded, nsfw = self.pipeline.run_safety_checker(decoded, device, dtype)
+            denormalize = [True] if nsfw is None else [not flagged for flagged in nsfw]
+        if getattr(self.pipeline, "watermark", None) is not None:
+            decoded = self.pipeline.watermark.apply_watermark(decoded)
         picture = self.pipeline.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)[0]
 
         # 8. Everything into one Trace.
@@ -270,6 +320,14 @@ class IllustratedPipeline:
             init_latents=keep(start.init_latents[0]) if start.init_latents is not None else None,
             skipped_timesteps=keep(start.skipped_timesteps) if start.skipped_timesteps is not None else None,
             mask=keep(start.mask) if start.mask is not None else None,
+            guidance_rescale=guidance_rescale,
+            token_ids_2=text.token_ids_2[0] if text.token_ids_2 is not None else None,
+            text_hidden_states_2=keep(text.hidden_states_2) if text.hidden_states_2 is not None else None,
+            pooled_text_embeds=keep(text.pooled[0]) if text.pooled is not None else None,
+            uncond_pooled_text_embeds=keep(text.uncond_pooled[0]) if text.uncond_pooled is not None else None,
+            add_time_ids=keep(ids[0]) if ids is not None else None,
+            add_time_id_names=list(id_names) if id_names is not None else None,
+            context_split=text.split,
         )
         if device.type == "cuda":  # the one wait: every non-blocking copy above has landed before anyone reads it
             torch.cuda.current_stream(device).synchronize()

@@ -266,7 +266,7 @@ class Recording:
 
 
 @contextmanager
-def recording(unet, text_encoder, options: RecordOptions, latent_shape: tuple[int, int, int], num_steps: int,
+def recording(unet, text_encoders, options: RecordOptions, latent_shape: tuple[int, int, int], num_steps: int,
               guided: bool, context_tokens: int):
     """Everything one generation records, installed for one ``with`` block and removed after it.
 
@@ -274,6 +274,7 @@ def recording(unet, text_encoder, options: RecordOptions, latent_shape: tuple[in
     call (``TraceBudgetError`` names what to change). Then the step recorder and the attention recorders.
 
     Args:
+        text_encoders: the pipeline's text encoder(s), whose sizes the bill needs.
         latent_shape: ``(C, h, w)`` of one latent.
         num_steps: UNet calls the loop will make.
         guided: the UNet batch is ``[unconditional, prompt]`` (classifier-free guidance), else ``[prompt]``.
@@ -281,6 +282,6 @@ def recording(unet, text_encoder, options: RecordOptions, latent_shape: tuple[in
     Yields:
         a :class:`Recording`.
     """
-    check_budget(estimate_trace(unet, text_encoder, options, latent_shape, num_steps, guided, context_tokens), options)
+    check_budget(estimate_trace(unet, text_encoders, options, latent_shape, num_steps, guided, context_tokens), options)
     with record_attention(unet, options, latent_shape[-2:], num_steps, batch_index=1 if guided else 0) as attention:
         yield Recording(StepRecorder(num_steps), attention)

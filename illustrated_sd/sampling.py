@@ -78,3 +78,20 @@ def classifier_free_guidance(noise_uncond: torch.Tensor, noise_text: torch.Tenso
     """ε̂ = ε_uncond + s·(ε_text − ε_uncond): start from the unconditional prediction and move s times
     further along the direction the prompt pulls it. s = 1 is the plain conditional model."""
     return noise_uncond + scale * (noise_text - noise_uncond)
+
+
+def rescale_guidance(noise_cfg: torch.Tensor, noise_text: torch.Tensor, rescale: float) -> torch.Tensor:
+    """Guidance rescale φ (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", §3.4).
+
+    A large ``s`` inflates ε̂'s spread far beyond any noise the model was trained on, and the picture
+    over-saturates. Rescaling ε̂ to ε_text's standard deviation (per sample) undoes that; mixing by φ keeps
+    some of guidance's contrast: ε̂' = φ·ε̂·σ(ε_text)/σ(ε̂) + (1 − φ)·ε̂.
+
+    Args:
+        noise_cfg: ``[B, C, h, w]`` the guided prediction ε̂. noise_text: ``[B, C, h, w]`` ε_text.
+        rescale: φ in [0, 1]; 0 returns ``noise_cfg`` unchanged.
+    """
+    dims = list(range(1, noise_text.ndim))
+    std_text = noise_text.std(dim=dims, keepdim=True)
+    std_cfg = noise_cfg.std(dim=dims, keepdim=True)
+    return rescale * (noise_cfg * (std_text / std_cfg)) + (1 - rescale) * noise_cfg

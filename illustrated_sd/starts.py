@@ -20,6 +20,8 @@ from PIL import Image
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from .latent_space import to_latent
+
 
 @dataclass
 class Start:
@@ -54,11 +56,6 @@ def latent_shape(pipe, height: int, width: int) -> tuple[int, int, int, int]:
     return (1, pipe.vae.config.latent_channels, height // f, width // f)
 
 
-def encode_image(vae, pixels: torch.Tensor, generator) -> torch.Tensor:
-    """``[1, 3, H, W]`` in [-1, 1] → a latent sample ``[1, C, h, w]``, scaled as the UNet expects."""
-    return vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor
-
-
 def strength_timesteps(scheduler, num_inference_steps: int, visited: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Skip the noisiest timesteps, as diffusers' ``get_timesteps`` does: ``(visited [S'], skipped [S − S'])``."""
     scheduler.set_timesteps(num_inference_steps, device=device)
@@ -81,7 +78,7 @@ def start_from_image(pipe, image: Image.Image, strength: float, num_inference_st
     x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (``scheduler.add_noise``, in the scheduler's own parametrisation)."""
     timesteps, skipped = strength_timesteps(pipe.scheduler, num_inference_steps, visited, pipe.device)
     pixels = pipe.pipeline.image_processor.preprocess(image).to(device=pipe.device, dtype=dtype)  # [1, 3, H, W] in [-1, 1]
-    init_latents = encode_image(pipe.vae, pixels, generator)
+    init_latents = to_latent(pipe.vae, pixels, generator, upcast=pipe.is_sdxl)  # SDXL runs its VAE in float32
     noise = randn_tensor(init_latents.shape, generator=generator, device=pipe.device, dtype=dtype)
     latents = pipe.scheduler.add_noise(init_latents, noise, timesteps[:1])
     return Start("img2img", latents, timesteps, float(strength), init_latents, skipped)
@@ -115,11 +112,11 @@ def start_for_inpainting(pipe, image: Image.Image, mask: Image.Image, strength: 
     if not nine_channels or strength < 1:
         # contiguous, as diffusers' copy of it is: the VAE hands back a channels-last tensor, and
         # the UNet's convolutions round differently on the two layouts
-        image_latents = encode_image(pipe.vae, pixels.to(device, dtype), generator).contiguous()
+        image_latents = to_latent(pipe.vae, pixels.to(device, dtype), generator).contiguous()
     shape = latent_shape(pipe, height, width)
     noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
     latents = noise * scheduler.init_noise_sigma if strength == 1 else scheduler.add_noise(image_latents, noise, timesteps[:1])
-    masked_latents = encode_image(pipe.vae, (pixels * (mask_pixels < 0.5)).to(device, dtype), generator)
+    masked_latents = to_latent(pipe.vae, (pixels * (mask_pixels < 0.5)).to(device, dtype), generator)
     mask_latent = F.interpolate(mask_pixels, size=shape[-2:]).to(device, dtype)  # [1, 1, h, w]
 
     unet_extra, blend = None, None

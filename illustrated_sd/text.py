@@ -154,12 +154,18 @@ class EncodedPrompt:
     """The text side of one generation.
 
     Attributes:
-        tokenized: the prompt as CLIP sees it.
+        tokenized: the prompt as CLIP sees it (the first tokenizer's view, for SDXL).
         embeddings: ``[1, 77, D]``, the prompt's vectors the UNet reads.
-        hidden_states: ``[layers + 1, 77, D]``, every layer of the text encoder on the prompt.
+        hidden_states: ``[layers + 1, 77, D₁]``, every layer of the (first) text encoder on the prompt.
         uncond: ``[1, 77, D]``, the negative (or empty) prompt's vectors; ``None`` without guidance.
         context: what the UNet reads: ``[uncond; prompt]`` ``[2, 77, D]`` with guidance, else the prompt's ``[1, 77, D]``.
         guided: whether the UNet runs both rows (classifier-free guidance).
+        SDXL only (``None`` for SD 1/2):
+        token_ids_2: ``[1, 77]`` what the second tokenizer made (same pieces; it pads with ``"!"``, id 0).
+        hidden_states_2: ``[layers₂ + 1, 77, D₂]``, every layer of the second text encoder.
+        pooled, uncond_pooled: ``[1, P]``, the second encoder's projected end-of-text vector of the prompt
+            and of the negative prompt (zeros when none was given, as SDXL-base asks).
+        split: the context's first ``split`` columns come from encoder 1, the rest from encoder 2.
     """
 
     tokenized: TokenizedPrompt
@@ -168,6 +174,11 @@ class EncodedPrompt:
     uncond: torch.Tensor | None
     context: torch.Tensor
     guided: bool
+    token_ids_2: torch.Tensor | None = None
+    hidden_states_2: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    uncond_pooled: torch.Tensor | None = None
+    split: int | None = None
 
 
 def encode_prompt(tokenizer, text_encoder, prompt: str, negative_prompt: str | None, guided: bool, device) -> EncodedPrompt:
@@ -183,3 +194,62 @@ def encode_prompt(tokenizer, text_encoder, prompt: str, negative_prompt: str | N
         uncond = encode_tokens(text_encoder, tokenize_prompt(tokenizer, negative_prompt or ""), device)[0].to(text_encoder.dtype)
     context = torch.cat([uncond, embeddings]) if guided else embeddings
     return EncodedPrompt(text, embeddings, hidden_states, uncond, context, guided)
+
+
+@torch.no_grad()
+def _encode_xl(tokenizers, text_encoders, prompt: str, device, warn: bool):
+    """One prompt through SDXL's encoders: ``(context [1, 77, D₁ + D₂], pooled [1, P], hidden states per encoder,
+    tokenized per encoder)``.
+
+    SDXL reads each encoder's *penultimate* layer (the last one is tuned for CLIP's contrastive loss, not
+    for describing), side by side; the pooled vector comes from the encoder with a projection (the second).
+    """
+    parts, states, tokenized, pooled = [], [], [], None
+    for i, (tokenizer, encoder) in enumerate(zip(tokenizers, text_encoders)):
+        if warn and i == 0:
+            tokens = tokenize_prompt(tokenizer, prompt)
+        else:  # the same words: warn about truncation once
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tokens = tokenize_prompt(tokenizer, prompt)
+        out = encoder(tokens.input_ids.to(device), output_hidden_states=True)
+        if pooled is None and out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds [1, P] come first
+            pooled = out[0]
+        parts.append(out.hidden_states[-2])
+        states.append(torch.stack([h[0] for h in out.hidden_states]))
+        tokenized.append(tokens)
+    return torch.cat(parts, dim=-1), pooled, states, tokenized
+
+
+def encode_prompt_xl(pipeline, prompt: str, negative_prompt: str | None, guided: bool, device) -> EncodedPrompt:
+    """SDXL's text side, exactly as ``StableDiffusionXLPipeline.encode_prompt`` makes it.
+
+    Two CLIP text encoders read the same tokens (CLIP ViT-L, 768 wide, and OpenCLIP bigG, 1280 wide);
+    their penultimate layers, side by side, make the 2048-wide context cross-attention reads. The second
+    encoder's pooled, projected end-of-text vector summarises the whole prompt in one ``[1, 1280]``
+    vector, which joins the timestep embedding instead (see :mod:`illustrated_sd.sdxl`). A refiner has
+    only the second encoder. With no negative prompt, SDXL-base sends zeros as the unconditional row
+    (``force_zeros_for_empty_prompt``) instead of encoding "".
+    """
+    pairs = [(t, e) for t, e in ((pipeline.tokenizer, pipeline.text_encoder), (pipeline.tokenizer_2, pipeline.text_encoder_2))
+             if e is not None]
+    tokenizers, encoders = zip(*pairs)
+    dtype = encoders[-1].dtype
+    embeddings, pooled, states, tokenized = _encode_xl(tokenizers, encoders, prompt, device, warn=True)
+    embeddings = embeddings.to(dtype)
+    uncond = uncond_pooled = None
+    if guided:
+        if negative_prompt is None and pipeline.config.force_zeros_for_empty_prompt:
+            uncond, uncond_pooled = torch.zeros_like(embeddings), torch.zeros_like(pooled)
+        else:
+            uncond, uncond_pooled, _, _ = _encode_xl(tokenizers, encoders, negative_prompt or "", device, warn=False)
+            uncond = uncond.to(dtype)
+    context = torch.cat([uncond, embeddings]) if guided else embeddings
+    two = len(encoders) == 2
+    return EncodedPrompt(
+        tokenized[0], embeddings, states[0], uncond, context, guided,
+        token_ids_2=tokenized[1].input_ids if two else None,
+        hidden_states_2=states[1] if two else None,
+        pooled=pooled, uncond_pooled=uncond_pooled,
+        split=states[0].shape[-1] if two else None,
+    )

@@ -28,6 +28,7 @@ FORMAT = "illustrated_sd.trace/1"
 _TENSORS = (
     "token_ids", "text_embeddings", "uncond_embeddings", "text_hidden_states", "timesteps", "alpha_bars",
     "latents", "noise_pred", "noise_pred_text", "noise_pred_uncond", "pred_x0", "init_latents", "skipped_timesteps", "mask",
+    "token_ids_2", "text_hidden_states_2", "pooled_text_embeds", "uncond_pooled_text_embeds", "add_time_ids",
 )
 _MAP_DICTS = ("attention_maps", "self_attention_maps")
 
@@ -59,7 +60,19 @@ class Trace:
             (the encoded input image, before noising) and ``skipped_timesteps`` (the noisiest ones, not visited).
             ``"inpaint"`` adds ``mask [h, w]``: 1 where the model repainted, at latent resolution.
         image: the generated ``PIL.Image``.
-        guidance_scale, seed, height, width, scheduler, prediction_type, model: the settings.
+        guidance_scale, guidance_rescale, seed, height, width, scheduler, prediction_type, model: the settings.
+
+    SDXL traces add (all ``None`` for SD 1/2):
+        context_split: ``text_embeddings[:, :context_split]`` came from text encoder 1 (CLIP ViT-L, 768 wide),
+            the rest from encoder 2 (OpenCLIP bigG, 1280); each is that encoder's *penultimate* layer,
+            so ``text_embeddings[:, :context_split] == text_hidden_states[-2]``.
+        token_ids_2: ``[77]`` the second tokenizer's ids (the same pieces, padded with ``"!"``).
+        text_hidden_states_2: ``[layers₂ + 1, 77, D₂]`` every layer of the second encoder
+            (``text_hidden_states`` then holds the first encoder's, ``D₁`` wide).
+        pooled_text_embeds, uncond_pooled_text_embeds: ``[P]`` the second encoder's projected summary of the
+            prompt and of the negative prompt (zeros when none was given), added to the timestep embedding.
+        add_time_ids: ``[k]`` the micro-conditioning, named by ``add_time_id_names`` (original size, crop,
+            target size; a refiner's aesthetic score): see :meth:`micro_conditioning`.
     """
 
     prompt: str
@@ -94,6 +107,14 @@ class Trace:
     attention_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     self_attention_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     words: list[tuple[str, int, int]] = field(default_factory=list)
+    guidance_rescale: float = 0.0
+    token_ids_2: torch.Tensor | None = None
+    text_hidden_states_2: torch.Tensor | None = None
+    pooled_text_embeds: torch.Tensor | None = None
+    uncond_pooled_text_embeds: torch.Tensor | None = None
+    add_time_ids: torch.Tensor | None = None
+    add_time_id_names: list[str] | None = None
+    context_split: int | None = None
 
     @property
     def num_steps(self) -> int:
@@ -109,6 +130,20 @@ class Trace:
     @property
     def latent_hw(self) -> tuple[int, int]:
         return tuple(self.latents.shape[-2:])
+
+    @property
+    def is_sdxl(self) -> bool:
+        """Whether an SDXL pipeline made this trace (it has the added conditioning)."""
+        return self.add_time_ids is not None
+
+    def micro_conditioning(self) -> dict[str, float]:
+        """SDXL's added time ids by meaning: ``{"original height": 1024.0, …, "target width": 1024.0}``.
+
+        Raises ``ValueError`` for an SD 1/2 trace, which has none.
+        """
+        if not self.is_sdxl:
+            raise ValueError("this trace has no micro-conditioning: only SDXL pipelines add time ids (trace.is_sdxl is False)")
+        return dict(zip(self.add_time_id_names, (float(v) for v in self.add_time_ids)))
 
     def __repr__(self) -> str:
         maps = f"{len(self.attention_maps)} cross-attention layers" if self.attention_maps else "no attention maps"
@@ -315,6 +350,9 @@ _HEADER = {
     "per_head": (lambda v: isinstance(v, bool), "true or false"),
     "mode": (lambda v: v in ("text2img", "img2img", "inpaint"), "'text2img', 'img2img' or 'inpaint'"),
     "strength": (lambda v: v is None or (_is_number(v) and 0 < v <= 1), "null or a number in (0, 1]"),
+    "guidance_rescale": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "add_time_id_names": (lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)), "null or a list of strings"),
+    "context_split": (lambda v: v is None or (_is_int(v) and v > 0), "null or a positive integer"),
     "words": (lambda v: isinstance(v, list) and all(isinstance(w, list) and len(w) == 3 and isinstance(w[0], str)
                                                     and _is_int(w[1]) and _is_int(w[2]) for w in v), "a list of [word, first, end]"),
     "map_layers": (lambda v: isinstance(v, dict) and set(v) == set(_MAP_DICTS)
@@ -356,9 +394,27 @@ def _check_header(meta, tensors: dict[str, torch.Tensor]) -> None:
         shape(name, steps, *latent)
     width = tensors["text_embeddings"].shape[-1]
     shape("text_embeddings", length, width)
-    hidden = tensors.get("text_hidden_states")
-    if hidden is None or hidden.ndim != 3 or tuple(hidden.shape[1:]) != (length, width):
-        raise ValueError(f"text_hidden_states must be [layers + 1, {length}, {width}] (got {'nothing' if hidden is None else list(hidden.shape)})")
+    split = meta.get("context_split")
+    if split is not None and not split < width:
+        raise ValueError(f"context_split {split} must be below the context's width {width}")
+    # SDXL's context is two encoders side by side; each one's layers are as wide as its part
+    widths = {"text_hidden_states": width} if split is None else {"text_hidden_states": split, "text_hidden_states_2": width - split}
+    for name, w in widths.items():
+        hidden = tensors.get(name)
+        if hidden is None or hidden.ndim != 3 or tuple(hidden.shape[1:]) != (length, w):
+            raise ValueError(f"{name} must be [layers + 1, {length}, {w}] (got {'nothing' if hidden is None else list(hidden.shape)})")
+    names = meta.get("add_time_id_names")
+    if (names is None) != ("add_time_ids" not in tensors):
+        raise ValueError("add_time_ids and add_time_id_names come together (an SDXL trace has both, others neither)")
+    if names is not None:
+        shape("add_time_ids", len(names))
+        pooled = tensors.get("pooled_text_embeds")
+        if pooled is None or pooled.ndim != 1:
+            raise ValueError(f"an SDXL trace needs pooled_text_embeds [P] (got {'nothing' if pooled is None else list(pooled.shape)})")
+        if "uncond_pooled_text_embeds" in tensors:
+            shape("uncond_pooled_text_embeds", len(pooled))
+    if "token_ids_2" in tensors:
+        shape("token_ids_2", length)
     for name, expected in (("noise_pred_uncond", (steps, *latent)), ("uncond_embeddings", (length, width)),
                            ("init_latents", latent), ("mask", latent[1:])):
         if name in tensors:

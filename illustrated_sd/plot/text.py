@@ -15,6 +15,9 @@ def text_embeddings(trace: Trace, cmap: str = "RdBu_r"):
     prompt's ``n`` slots (start marker to end marker), then the ``77 − n`` padding slots, which the UNet
     reads too.
 
+    For an SDXL trace a line splits the columns where the first text encoder's part ends and the
+    second's begins (``trace.context_split``).
+
     Returns:
         a Figure with three panels: tokens ``[n, D]``, padding ``[77 − n, D]``, similarity ``[n, n]``.
     """
@@ -36,6 +39,12 @@ def text_embeddings(trace: Trace, cmap: str = "RdBu_r"):
         bottom.set_yticks([n, slots - 1], [f"slot {n}", f"slot {slots - 1}"], fontsize=7)
         bottom.set_title(f"…and {slots - n} padding slots (the UNet reads these too)", fontsize=10)
     bottom.set_xlabel(f"dimension (D = {width})")
+    if trace.context_split:  # SDXL: two encoders' penultimate layers side by side
+        split = trace.context_split
+        for ax in (top, bottom):
+            ax.axvline(split - 0.5, color="black", lw=1.5)
+        bottom.set_xticks([split / 2, (split + width) / 2],
+                          [f"text encoder 1: dims 0–{split - 1}", f"text encoder 2: dims {split}–{width - 1}"], fontsize=8)
     fig.colorbar(im, ax=[top, bottom], shrink=0.8)
     unit = F.normalize(emb[:n], dim=-1)
     cosine = unit @ unit.T  # [n, n]
