@@ -1,7 +1,8 @@
 """Traced vs plain diffusers on a GPU: same process, same seed and settings, alternating runs.
 
 Builds a real Stable Diffusion architecture with random weights (speed does not depend on the weights'
-values), float16, 512×512, 50 DDIM steps, guidance 7.5, and times, in rounds after a warm-up:
+values), float16, 512×512, 50 DDIM steps, guidance 7.5 (SDXL: 1024², 30 Euler steps, guidance 5), and
+times, in rounds after a warm-up, the order reversed every other round:
 
     plain             diffusers' StableDiffusionPipeline (SDPA attention)
     traced            IllustratedPipeline, default full trace (head-averaged cross-attention maps, ...)
@@ -18,6 +19,8 @@ variant, so a run cut short still leaves its figures.
 
     python benchmarks/gpu_speed.py --layout sd15 --out docs/gpu_speed_sd15.json
     python benchmarks/gpu_speed.py --layout sd21-base --out docs/gpu_speed_sd21-base.json
+    python benchmarks/gpu_speed.py --layout sdxl-base --variants plain,traced --repeats 20 --no-compile \
+        --out docs/gpu_speed_sdxl-base.json
 """
 
 import argparse
@@ -45,10 +48,10 @@ RECORDS = {
 }
 
 
-def make_runner(pipe, variant, steps, size, prompt="a red circle on the left"):
+def make_runner(pipe, variant, steps, size, guidance, prompt="a red circle on the left"):
     """A function generating one image for ``variant``; returns ``(image, trace or None)``."""
     base = variant.removesuffix("_compiled")
-    settings = dict(num_inference_steps=steps, guidance_scale=7.5, height=size, width=size)
+    settings = dict(num_inference_steps=steps, guidance_scale=guidance, height=size, width=size)
 
     def plain():
         return pipe.pipeline(prompt, generator=torch.Generator().manual_seed(0), **settings).images[0], None
@@ -94,7 +97,7 @@ def bench(pipe, variants, args, result, out):
     """Warm each variant up, then time them in alternating rounds; record failures with their reason."""
     runners, failed = {}, {}
     for v in variants:
-        runner = make_runner(pipe, v, args.steps, args.size)
+        runner = make_runner(pipe, v, args.steps, args.size, args.guidance)
         try:
             start = time.perf_counter()
             runner()  # warm-up (and compilation for *_compiled)
@@ -105,8 +108,10 @@ def bench(pipe, variants, args, result, out):
             traceback.print_exc()
     result.setdefault("failed", {}).update(failed)
     times = {v: [] for v in runners}
-    for _ in range(args.repeats):
-        for v, runner in runners.items():
+    for round_ in range(args.repeats):
+        # reversed every other round: a variant that runs right after another pays for its left-overs only half the time
+        order = list(runners.items()) if round_ % 2 == 0 else list(runners.items())[::-1]
+        for v, runner in order:
             image, trace, seconds, peak = timed(runner)
             times[v].append(seconds)
             row = result["variants"].setdefault(v, {})
@@ -143,21 +148,33 @@ def write(result, out):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layout", default="sd15", help="an architecture from isd.architectures.LAYOUTS")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=None, help="default 50 (SDXL: 30)")
+    parser.add_argument("--size", type=int, default=None, help="default: the layout's native size (512, SDXL 1024)")
+    parser.add_argument("--guidance", type=float, default=None, help="default 7.5 (SDXL: 5)")
+    parser.add_argument("--variants", default=None, help=f"comma-separated eager variants (default: {','.join(EAGER)})")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--out", type=Path, default=Path("docs/gpu_speed_sd15.json"))
     args = parser.parse_args()
 
     dtype, device = (torch.float16, "cuda") if CUDA else (torch.float32, "cpu")
-    pipe = isd.IllustratedPipeline(isd.build_random_pipeline(args.layout, dtype=dtype).to(device))
+    xl = "sdxl" in args.layout
+    args.steps = args.steps or (30 if xl else 50)
+    args.guidance = args.guidance if args.guidance is not None else (5.0 if xl else 7.5)
+    with torch.device(device):  # weights drawn where they will live: SDXL's 3.5 B would take minutes on the CPU
+        pipe = isd.IllustratedPipeline(isd.build_random_pipeline(args.layout, dtype=dtype))
+    args.size = args.size or pipe.default_size
     result = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__, "layout": args.layout, "dtype": str(dtype),
-              "size": args.size, "steps": args.steps, "guidance_scale": 7.5, "repeats": args.repeats, "variants": {}}
-    bench(pipe, EAGER, args, result, args.out)
+              "size": args.size, "steps": args.steps, "guidance_scale": args.guidance, "scheduler": type(pipe.scheduler).__name__,
+              "repeats": args.repeats, "variants": {}}
+    variants = args.variants.split(",") if args.variants else EAGER
+    unknown = sorted(set(variants) - set(EAGER))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {EAGER}")
+    bench(pipe, variants, args, result, args.out)
     # Waits for the GPU inside one generation (the loop's own and diffusers' schedulers' alike).
     if CUDA:
-        result["host_waits"] = {v: host_waits(make_runner(pipe, v, args.steps, args.size)) for v in ("plain", "traced")}
+        result["host_waits"] = {v: host_waits(make_runner(pipe, v, args.steps, args.size, args.guidance)) for v in ("plain", "traced")}
         write(result, args.out)
     if not args.no_compile:
         pipe.unet.compile()  # in place: the module and its layer names stay as they are, hooks included
