@@ -19,13 +19,18 @@ LABELS = {
 
 def table(path: Path) -> str:
     result = json.loads(path.read_text())
+    sampler = result.get("scheduler", "DDIMScheduler").removesuffix("DiscreteScheduler").removesuffix("Scheduler")
+    order = ", order reversed every other round" if "scheduler" in result else ""  # (runs that record the scheduler did so)
     lines = [f"**{result['layout']}** (`{path.name}`) — {result['device']}, torch {result['torch']}, {result['dtype']}, {result['size']}², "
-             f"{result['steps']} DDIM steps, guidance {result['guidance_scale']}, {result['repeats']} alternating rounds after a warm-up",
+             f"{result['steps']} {sampler} steps, guidance {result['guidance_scale']}, {result['repeats']} alternating rounds{order} after a warm-up",
              "", "| variant | min s | median s | × plain (median) | peak GPU GiB | trace MiB | max pixel diff vs plain |",
              "|---|---|---|---|---|---|---|"]
     for name, row in result["variants"].items():
         base = name.removesuffix("_compiled")
         label = LABELS.get(base, base) + (", `unet.compile()`" if name.endswith("_compiled") else "")
+        if "sdxl" in result["layout"]:
+            label = label.replace("StableDiffusionPipeline", "StableDiffusionXLPipeline").replace(
+                "every layer", "all 70 layers")
         ratio = f"{row['over_plain']:.3f}" + (f" ({row['over_plain_eager']:.3f} of eager plain)" if "over_plain_eager" in row else "")
         lines.append(f"| {label} | {row['s_min']:.3f} | {row['s_median']:.3f} | {ratio} | {row['peak_gib']:.2f} | "
                      f"{row.get('trace_mib', '–')} | {row.get('max_pixel_difference_vs_plain', '–')} |")

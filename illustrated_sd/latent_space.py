@@ -49,12 +49,14 @@ def to_latent(vae, pixels: torch.Tensor, generator, upcast: bool = False) -> tor
 
 def to_pixels(vae, latents: torch.Tensor, generator=None, upcast: bool = False) -> torch.Tensor:
     """A latent ``[N, C, h, w]`` (as the UNet makes it) → decoded pixels ``[N, 3, 8h, 8w]``, about in [-1, 1]."""
-    stats = _channel_stats(vae, latents)
-    latents = latents * stats[1] / vae.config.scaling_factor + stats[0] if stats is not None else latents / vae.config.scaling_factor
-    if not _needs_upcast(vae, upcast):
-        return vae.decode(latents.to(vae.dtype), return_dict=False, generator=generator)[0]
-    vae.to(dtype=torch.float32)
+    upcasting = _needs_upcast(vae, upcast)
+    if upcasting:  # as SDXL's pipeline does: the latent goes to float32 before it is unscaled
+        vae.to(dtype=torch.float32)
+        latents = latents.float()
     try:
-        return vae.decode(latents.float(), return_dict=False, generator=generator)[0]
+        stats = _channel_stats(vae, latents)
+        latents = latents * stats[1] / vae.config.scaling_factor + stats[0] if stats is not None else latents / vae.config.scaling_factor
+        return vae.decode(latents.to(vae.dtype), return_dict=False, generator=generator)[0]
     finally:
-        vae.to(dtype=torch.float16)
+        if upcasting:
+            vae.to(dtype=torch.float16)
