@@ -50,6 +50,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _sdxl_text(trace: Trace) -> str:
+    """What an SDXL trace adds to section 2: the two encoders, the pooled vector and the micro-conditioning."""
+    ids = ", ".join(f"{name} {value:g}" for name, value in trace.micro_conditioning().items())
+    split = (f"Columns 0–{trace.context_split - 1} come from the first text encoder and the rest from the second, "
+             "each its next-to-last layer. " if trace.context_split else "")
+    return html.escape(f"This is SDXL: two text encoders read the same tokens, side by side. {split}"
+                       f"The second encoder also sums the whole prompt up in one pooled vector ({len(trace.pooled_text_embeds)} "
+                       f"numbers), which joins the timestep embedding together with numbers about the picture: {ids}.")
+
+
 def write_report(trace: Trace, folder, scheduler=None, decode=None) -> Path:
     """Write ``folder/report.html`` (self-contained) and the figures as PNGs beside it.
 
@@ -87,6 +97,8 @@ def write_report(trace: Trace, folder, scheduler=None, decode=None) -> Path:
             body.append(f"<h2>{title}</h2><p>{text}</p>{dropped}<table><tr><th>slot</th><th>token</th><th>id</th></tr>{tokens}</table>"
                         f"<p>…then {77 - len(trace.tokens)} padding slots.</p>")
         elif key in pngs:
+            if key == "text_embeddings" and trace.is_sdxl:
+                text += " " + _sdxl_text(trace)
             body.append(f"<h2>{title}</h2><p>{text}</p><img src='{_data_uri(pngs[key])}' alt='{html.escape(title)}'>")
     body.append("<h2>Reproduce</h2><p>The whole trace is in <code>trace.safetensors</code> beside this page: "
                 "<code>isd.Trace.load('trace.safetensors')</code>.</p>")

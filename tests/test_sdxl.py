@@ -199,6 +199,7 @@ def test_plots_widgets_and_report_read_an_sdxl_trace(xl, xl_trace, tmp_path):
     assert all(view.value for view in TraceExplorer(t, decode=xl.decode_latents).views.values())
     page = write_report(t, tmp_path / "report", scheduler=xl.scheduler, decode=xl.decode_latents).read_text()
     assert "circle" in page and page.count("<img") >= 5
+    assert "two text encoders" in page and "original height 128" in page
 
 
 def test_the_cli_explains_with_an_sdxl_folder(xl, tmp_path):
