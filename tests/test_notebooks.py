@@ -1,5 +1,6 @@
 """The course: every notebook is committed clean, ends with a summary and exercises, and runs top to bottom."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -36,5 +37,27 @@ def test_notebook_runs_top_to_bottom(path, tmp_path):
     assert not errors
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert images >= (1 if path.stem.startswith("08") else 3), "the notebook shows its pictures"
+    assert not uncomputed_numbers(nb), "a number the text states appears in no cell: compute it (or its setting) in a cell"
     EXECUTED.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, EXECUTED / path.name)
+
+
+# Figures in the prose (a decimal or a percentage), leaving out maths, inline code and model names ("SD 1.5").
+FIGURE = re.compile(r"(?<![\w.])(\d+\.\d+|\d+(?:\.\d+)?(?=\s?%))")
+NOT_PROSE = re.compile(r"\$\$.*?\$\$|\$[^$]*\$|`[^`]*`|\bSD ?\d\.\d\b|\d\.x\b", re.S)
+
+
+def uncomputed_numbers(nb) -> list[str]:
+    """The figures a notebook's text states that none of its cells sets or prints (the course rule: a number a
+    notebook states is computed in a cell, so it cannot drift from the model it describes)."""
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    computed = "\n".join([c.source for c in cells] + [str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                                                       for c in cells for o in c.outputs])
+    stated = [f for c in nb.cells if c.cell_type == "markdown" for f in FIGURE.findall(NOT_PROSE.sub(" ", c.source))]
+    return [f for f in stated if f not in computed]
+
+
+def test_the_number_check_catches_a_figure_no_cell_computes():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("Recording costs 9% (SD 1.5; `0.4` is code), s = 2.5, x̂₀ 0.22×."),
+                                         nbformat.v4.new_code_cell("scale = 2.5")])
+    assert uncomputed_numbers(nb) == ["9", "0.22"]
