@@ -14,6 +14,7 @@ from PIL import Image
 
 from . import checks
 from .inputs import check_image
+from .latent_space import to_latent
 
 
 @dataclass
@@ -39,7 +40,7 @@ class ForwardDiffusion:
 def _encode(pipe, image: Image.Image) -> torch.Tensor:
     image = check_image(image, "image", pipe.vae_scale_factor)
     pixels = pipe.pipeline.image_processor.preprocess(image).to(pipe.device, pipe.vae.dtype)
-    return pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor  # [1, C, h, w]
+    return to_latent(pipe.vae, pixels, centre=True)  # [1, C, h, w]
 
 
 def _timesteps(pipe, timesteps) -> torch.Tensor:
@@ -151,7 +152,7 @@ def encode_examples(pipe, images: torch.Tensor, captions: list[str]) -> tuple[to
     """
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions; give one caption per image")
-    latents = pipe.vae.encode(images.to(pipe.device, pipe.vae.dtype)).latent_dist.mode() * pipe.vae.config.scaling_factor
+    latents = to_latent(pipe.vae, images.to(pipe.device, pipe.vae.dtype), centre=True)
     ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
                          return_tensors="pt").input_ids.to(pipe.device)
     return latents, pipe.text_encoder(ids)[0]

@@ -25,18 +25,20 @@ def _needs_upcast(vae, upcast: bool) -> bool:
     return upcast and vae.dtype == torch.float16 and vae.config.force_upcast
 
 
-def to_latent(vae, pixels: torch.Tensor, generator, upcast: bool = False) -> torch.Tensor:
-    """``[1, 3, H, W]`` pixels in [-1, 1] → a latent sample ``[1, C, H/8, W/8]``, scaled as the UNet expects.
+def to_latent(vae, pixels: torch.Tensor, generator=None, upcast: bool = False, centre: bool = False) -> torch.Tensor:
+    """``[N, 3, H, W]`` pixels in [-1, 1] → latents ``[N, C, H/8, W/8]``, scaled as the UNet expects.
 
-    The encoder gives a Gaussian per latent value (the *variational* part, notebook 02); like diffusers,
-    one sample is drawn from it with ``generator``.
+    The encoder gives a Gaussian per latent value (the *variational* part, notebook 02); like diffusers'
+    pipelines, one sample is drawn from it with ``generator``. ``centre=True`` takes the Gaussian's centre
+    instead (``latent_dist.mode()``), as training and the forward-diffusion pictures do.
     """
     dtype, upcasting = pixels.dtype, _needs_upcast(vae, upcast)
     if upcasting:
         vae.to(dtype=torch.float32)
         pixels = pixels.float()
     try:
-        latents = vae.encode(pixels).latent_dist.sample(generator)
+        cloud = vae.encode(pixels).latent_dist
+        latents = cloud.mode() if centre else cloud.sample(generator)
     finally:
         if upcasting:
             vae.to(dtype=torch.float16)
