@@ -301,6 +301,8 @@ def main(argv=None) -> int:
     parser.add_argument("--phenomena", type=checks.positive_int, default=0, metavar="N",
                         help="also measure, on N single-object prompts, the guidance curve, the x̂₀ sharpness and the "
                              "samplers' agreement (what the course shows), and the guidance curve on N pair prompts; 0 = skip (default)")
+    parser.add_argument("--phenomena-only", action="store_true",
+                        help="measure the phenomena only, not the accuracy (to run the two side by side: scripts/evaluate_gpu.sh)")
     parser.add_argument("--device", default="cpu", help="where to generate (cuda is faster; figures differ from the CPU's in rare cases)")
     args = parse(parser, argv)
     if isinstance(args, int):
@@ -327,15 +329,20 @@ def run(args) -> None:
     check_writable_folder(args.out.parent)
     if args.examples is not None:
         check_writable_folder(args.examples)
+    if args.phenomena_only and not args.phenomena:
+        raise ValueError("--phenomena-only needs --phenomena N (how many prompts to measure them on)")
     pipe = load_pipeline(args.model, device=device)
     everything = prompt_set(world=world_of(pipe))
-    cases = everything if args.only is None else prompt_group(everything, args.only)
-    cases = cases[: args.limit]
-    start = time.time()
-    result = evaluate(pipe, cases, steps=args.steps, guidance=args.guidance, examples_dir=args.examples, seeds=args.seeds,
-                      seed=args.seed)
-    result["settings"]["seconds"] = round(time.time() - start, 1)
-    result["summary"].update(vae_psnr(pipe))
+    if args.phenomena_only:
+        result = {"settings": {"steps": args.steps, "seed": args.seed, "seeds": args.seeds, "model": pipe.name, "world": world_of(pipe)}}
+    else:
+        cases = everything if args.only is None else prompt_group(everything, args.only)
+        cases = cases[: args.limit]
+        start = time.time()
+        result = evaluate(pipe, cases, steps=args.steps, guidance=args.guidance, examples_dir=args.examples, seeds=args.seeds,
+                          seed=args.seed)
+        result["settings"]["seconds"] = round(time.time() - start, 1)
+        result["summary"].update(vae_psnr(pipe))
     if args.phenomena:
         start = time.time()
         chosen, pairs = phenomena_prompts(everything, args.phenomena)
@@ -350,7 +357,7 @@ def run(args) -> None:
     result["settings"]["torch_threads"] = torch.get_num_threads()
     with atomic_write(args.out, "--out file") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
-    print(json.dumps({"summary": result["summary"], **({"phenomena": result["phenomena"]} if "phenomena" in result else {})}, indent=1))
+    print(json.dumps({"summary": result.get("summary"), **({"phenomena": result["phenomena"]} if "phenomena" in result else {})}, indent=1))
 
 
 if __name__ == "__main__":
