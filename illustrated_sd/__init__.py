@@ -15,13 +15,14 @@ transformers.logging.set_verbosity_error()
 from diffusers import StableDiffusionPipeline  # noqa: E402,F401
 transformers.logging.set_verbosity(_verbosity)
 
-from . import budget, clip, plot, world  # widgets load on request: from illustrated_sd import widgets
+from . import budget, clip, edits, plot, world  # widgets load on request: from illustrated_sd import widgets
 from .architectures import build_random_pipeline
+from .causal import CausalMap, causal_map
 from .forward_diffusion import ForwardDiffusion, cpu_threads, diffusion_loss, encode_examples, forward_diffusion, training_step
 from .loading import ModelLoadError, load_pipeline
 from .pipeline import SCHEDULERS, IllustratedPipeline
 from .recorders import RecordOptions
 from .trace import Trace
 
-__all__ = ["budget", "clip", "plot", "world", "ForwardDiffusion", "cpu_threads", "diffusion_loss", "encode_examples", "forward_diffusion", "training_step", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "build_random_pipeline", "load_pipeline"]
+__all__ = ["budget", "clip", "edits", "plot", "world", "ForwardDiffusion", "cpu_threads", "diffusion_loss", "encode_examples", "forward_diffusion", "training_step", "CausalMap", "causal_map", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "build_random_pipeline", "load_pipeline"]
 __version__ = "0.1.0"

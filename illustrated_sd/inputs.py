@@ -74,7 +74,10 @@ def check_inputs(pipe, prompt, num_inference_steps, guidance_scale, seed, genera
                         "or RecordOptions(cross_attention=False) to record no maps")
     checks.flag("progress", progress)
     if pipe.known_words:
-        unknown = sorted({w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in pipe.known_words})
+        said = prompt.lower()
+        for token in pipe.tokenizer.get_added_vocab():  # words taught after training (textual inversion) are known too
+            said = said.replace(token.lower(), " ")
+        unknown = sorted({w for w in re.findall(r"[a-z]+", said) if w not in pipe.known_words})
         if unknown:
             warnings.warn(f"the model never saw {unknown} in training, so it cannot draw them; the words it knows are: "
                           f"{', '.join(sorted(pipe.known_words))}", stacklevel=4)

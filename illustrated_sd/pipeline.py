@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .attention_layers import attention_layers
 from . import checks
+from .edits import check_edits, editing, hidden_words
 from .inputs import check_image, check_inputs, check_mask, check_strength
 from .latent_space import to_pixels
 from .recorders import RecordOptions, recording, to_host
@@ -151,6 +152,7 @@ class IllustratedPipeline:
         mask: Image.Image | None = None,
         strength: float | None = None,
         guidance_rescale: float = 0.0,
+        edits: list | None = None,
     ) -> Trace:
         """Generate one image from ``prompt`` and record how it was made.
 
@@ -175,6 +177,9 @@ class IllustratedPipeline:
             guidance_rescale: φ ∈ [0, 1] of "Common Diffusion Noise Schedules and Sample Steps are Flawed"
                 (§3.4): rescale ε̂ to the standard deviation of ε_c, mixed in by φ, against the washed-out
                 colours of large ``s``. 0 (default) leaves ε̂ alone; SDXL checkpoints often use 0.7.
+            edits: interventions for this call only, e.g. ``[isd.edits.Reweight("red", 0)]`` (remove a word's
+                attention) or ``[isd.edits.Swap(source_trace)]`` (keep another generation's layout); see
+                :mod:`illustrated_sd.edits`; ``isd.edits.Remove("red")`` takes a word out entirely. Recorded in ``trace.edits``.
         Returns:
             a :class:`Trace` whose ``image`` equals ``StableDiffusionPipeline(...)`` for the same settings
             (``StableDiffusionImg2ImgPipeline`` / ``StableDiffusionInpaintPipeline`` with an ``image``;
@@ -203,6 +208,7 @@ class IllustratedPipeline:
         visited = check_strength(strength, steps) if image is not None else steps
         guidance_rescale = checks.real_number("guidance_rescale", guidance_rescale, minimum=0, maximum=1,
                                               hint="0 = off; SDXL checkpoints often use 0.7")
+        edits = check_edits(edits)
         if generator is None:  # as diffusers users write it: torch.Generator("cpu").manual_seed(seed)
             generator = torch.Generator(device="cpu").manual_seed(settings.seed)
         unet, scheduler, device = self.unet, self.scheduler, self.device
@@ -211,10 +217,11 @@ class IllustratedPipeline:
         # At s = 1 the guidance formula gives the prompt's row exactly, so that row alone is computed (as
         # diffusers does for s ≤ 1; below 1 diffusers ignores s, while here s = 0 is the unconditional model).
         guided = s != 1 and unet.config.time_cond_proj_dim is None
+        # (an edit that removes a word hides it from the tokens after it: edits.Remove)
         if self.is_sdxl:  # SDXL: two encoders side by side, and a pooled summary of the prompt
-            text = encode_prompt_xl(self.pipeline, prompt, negative_prompt, guided, device)
+            text = encode_prompt_xl(self.pipeline, prompt, negative_prompt, guided, device, hide=hidden_words(edits))
         else:
-            text = encode_prompt(self.tokenizer, self.text_encoder, prompt, negative_prompt, guided, device)
+            text = encode_prompt(self.tokenizer, self.text_encoder, prompt, negative_prompt, guided, device, hide=hidden_words(edits))
         dtype = text.context.dtype
 
         # 3. Where the loop starts: pure noise, or an input image noised part of the way (starts.py).
@@ -237,10 +244,14 @@ class IllustratedPipeline:
             added = added_conditioning(text, ids, negative_ids, device)
 
         # 5. The denoising loop: predict the noise, combine with guidance, let the scheduler step.
-        # The recorders watch (installed for this block only; a recording over budget is refused here).
+        # The recorders watch and the edits intervene (both installed for this block only; a recording over
+        # budget, or an edit that does not fit the prompt, is refused here, before the first UNet call).
         with recording(unet, self.text_encoders, record, tuple(latents.shape[1:]), len(timesteps), guided,
-                       text.context.shape[1]) as rec:
+                       text.context.shape[1]) as rec, \
+                editing(unet, edits, prompt, text.tokenized, len(timesteps), tuple(latents.shape[-2:])) as edit:
+            rec.attention.adjust = edit.adjust  # the maps recorded are the attention the model used, edits included
             for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
+                edit.at(i)
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 unet_input = model_input if start.unet_extra is None else torch.cat([model_input, start.unet_extra], dim=1)
@@ -328,6 +339,7 @@ class IllustratedPipeline:
             add_time_ids=keep(ids[0]) if ids is not None else None,
             add_time_id_names=list(id_names) if id_names is not None else None,
             context_split=text.split,
+            edits=edit.records,
         )
         if device.type == "cuda":  # the one wait: every non-blocking copy above has landed before anyone reads it
             torch.cuda.current_stream(device).synchronize()
@@ -346,6 +358,7 @@ class IllustratedPipeline:
         eta: float = 0.0,
         record: RecordOptions | None = None,
         progress: bool = True,
+        edits: list | None = None,
     ) -> Trace:
         """Alter ``image`` toward ``prompt``: encode it, noise it part of the way, and denoise from there.
 
@@ -364,7 +377,7 @@ class IllustratedPipeline:
             >>> trace = pipe.img2img("a blue circle on the left", start.image, strength=0.6, seed=0)
         """
         return self(prompt, num_inference_steps, guidance_scale, seed, negative_prompt, generator=generator, eta=eta,
-                    record=record, progress=progress, image=image, strength=strength)
+                    record=record, progress=progress, image=image, strength=strength, edits=edits)
 
     def inpaint(
         self,
@@ -380,6 +393,7 @@ class IllustratedPipeline:
         eta: float = 0.0,
         record: RecordOptions | None = None,
         progress: bool = True,
+        edits: list | None = None,
     ) -> Trace:
         """Repaint the white part of ``mask`` in ``image`` to match ``prompt``; keep the black part.
 
@@ -399,4 +413,4 @@ class IllustratedPipeline:
         if mask is None:
             raise TypeError("mask must be a PIL.Image (got NoneType): white = repaint, black = keep")
         return self(prompt, num_inference_steps, guidance_scale, seed, negative_prompt, generator=generator, eta=eta,
-                    record=record, progress=progress, image=image, mask=mask, strength=strength)
+                    record=record, progress=progress, image=image, mask=mask, strength=strength, edits=edits)

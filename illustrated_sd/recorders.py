@@ -7,6 +7,7 @@ spirit of DAAM's ``trace(pipe)``.
 """
 
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -182,6 +183,8 @@ class AttentionRecording:
     cross: dict[str, AttentionRecorder] = field(default_factory=dict)
     self_: dict[str, AttentionRecorder] = field(default_factory=dict)
     buffers: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)  # layer names → maps
+    # edits (edits.py) change the attention the model uses; this turns the plain maps into the used ones
+    adjust: Callable[[tuple[str, ...], int, torch.Tensor], torch.Tensor] | None = None
     _keys: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)  # cross-attention keys, prepared once
 
     def collect(self, step: int) -> None:
@@ -203,6 +206,8 @@ class AttentionRecording:
             if keys is None and all(name in self.cross for name in names):
                 keys = self._keys[names] = heads_first(key, heads)
             probs = attention_probabilities(query, key, heads, self.options.per_head, keys=keys)
+            if self.adjust is not None:
+                probs = self.adjust(names, step, probs)
             y, x = grid_from_queries(query.shape[1], self.latent_hw)
             probs = rearrange(probs, "l h (y x) m -> l h y x m", y=y, x=x)
             if names not in self.buffers:

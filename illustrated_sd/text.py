@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .trace import find_slots
+
 START, END = "<|startoftext|>", "<|endoftext|>"
 
 
@@ -133,11 +135,13 @@ def tokenize_prompt(tokenizer, prompt: str) -> TokenizedPrompt:
 
 
 @torch.no_grad()
-def encode_tokens(text_encoder, prompt: TokenizedPrompt, device) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_tokens(text_encoder, prompt: TokenizedPrompt, device, hide: list[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the text encoder on a tokenized prompt, keeping every layer.
 
     Args:
         prompt: from :func:`tokenize_prompt` (``input_ids [1, 77]``).
+        hide: slots that no other token may read (attention mask 0 there): how ``edits.Remove`` keeps a
+            word's meaning out of the tokens after it.
     Returns:
         ``(embeddings [1, 77, D], hidden_states [layers + 1, 77, D])``. ``embeddings`` is the final
         layer after CLIP's last LayerNorm (what the UNet gets); ``hidden_states[0]`` is token +
@@ -145,6 +149,9 @@ def encode_tokens(text_encoder, prompt: TokenizedPrompt, device) -> tuple[torch.
     """
     use_mask = getattr(text_encoder.config, "use_attention_mask", False)
     mask = prompt.attention_mask.to(device) if use_mask else None  # SD's CLIP never masks the padding
+    if len(hide):
+        mask = (mask.clone() if mask is not None else torch.ones_like(prompt.input_ids, device=device))
+        mask[0, list(hide)] = 0
     out = text_encoder(prompt.input_ids.to(device), attention_mask=mask, output_hidden_states=True)
     return out[0], torch.stack([h[0] for h in out.hidden_states])
 
@@ -181,13 +188,14 @@ class EncodedPrompt:
     split: int | None = None
 
 
-def encode_prompt(tokenizer, text_encoder, prompt: str, negative_prompt: str | None, guided: bool, device) -> EncodedPrompt:
+def encode_prompt(tokenizer, text_encoder, prompt: str, negative_prompt: str | None, guided: bool, device, hide=()) -> EncodedPrompt:
     """Tokenize and encode ``prompt``, and with guidance the negative (or empty) prompt too, as diffusers does.
 
     Guidance doubles the UNet's batch: row 0 answers "what does an image look like?", row 1 "…of this prompt?".
+    ``hide``: words of the prompt that later tokens may not read (``edits.Remove``).
     """
     text = tokenize_prompt(tokenizer, prompt)
-    embeddings, hidden_states = encode_tokens(text_encoder, text, device)
+    embeddings, hidden_states = encode_tokens(text_encoder, text, device, hidden_slots(prompt, text, hide))
     embeddings = embeddings.to(text_encoder.dtype)
     uncond = None
     if guided:
@@ -196,8 +204,13 @@ def encode_prompt(tokenizer, text_encoder, prompt: str, negative_prompt: str | N
     return EncodedPrompt(text, embeddings, hidden_states, uncond, context, guided)
 
 
+def hidden_slots(prompt: str, text: TokenizedPrompt, words) -> list[int]:
+    """The slots of ``words`` (words of ``prompt`` or slot indices) in ``text``; ``ValueError`` listing the words otherwise."""
+    return sorted({slot for word in words for slot in find_slots(prompt, text.tokens, text.words, text.input_ids.shape[-1], word)})
+
+
 @torch.no_grad()
-def _encode_xl(tokenizers, text_encoders, prompt: str, device, warn: bool):
+def _encode_xl(tokenizers, text_encoders, prompt: str, device, warn: bool, hide=()):
     """One prompt through SDXL's encoders: ``(context [1, 77, D₁ + D₂], pooled [1, P], hidden states per encoder,
     tokenized per encoder)``.
 
@@ -212,7 +225,11 @@ def _encode_xl(tokenizers, text_encoders, prompt: str, device, warn: bool):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 tokens = tokenize_prompt(tokenizer, prompt)
-        out = encoder(tokens.input_ids.to(device), output_hidden_states=True)
+        mask = None
+        if hide:  # the same pieces in both tokenizers, so the same slots
+            mask = torch.ones_like(tokens.input_ids, device=device)
+            mask[0, hidden_slots(prompt, tokens, hide)] = 0
+        out = encoder(tokens.input_ids.to(device), attention_mask=mask, output_hidden_states=True)
         if pooled is None and out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds [1, P] come first
             pooled = out[0]
         parts.append(out.hidden_states[-2])
@@ -221,7 +238,7 @@ def _encode_xl(tokenizers, text_encoders, prompt: str, device, warn: bool):
     return torch.cat(parts, dim=-1), pooled, states, tokenized
 
 
-def encode_prompt_xl(pipeline, prompt: str, negative_prompt: str | None, guided: bool, device) -> EncodedPrompt:
+def encode_prompt_xl(pipeline, prompt: str, negative_prompt: str | None, guided: bool, device, hide=()) -> EncodedPrompt:
     """SDXL's text side, exactly as ``StableDiffusionXLPipeline.encode_prompt`` makes it.
 
     Two CLIP text encoders read the same tokens (CLIP ViT-L, 768 wide, and OpenCLIP bigG, 1280 wide);
@@ -235,7 +252,7 @@ def encode_prompt_xl(pipeline, prompt: str, negative_prompt: str | None, guided:
              if e is not None]
     tokenizers, encoders = zip(*pairs)
     dtype = encoders[-1].dtype
-    embeddings, pooled, states, tokenized = _encode_xl(tokenizers, encoders, prompt, device, warn=True)
+    embeddings, pooled, states, tokenized = _encode_xl(tokenizers, encoders, prompt, device, warn=True, hide=hide)
     embeddings = embeddings.to(dtype)
     uncond = uncond_pooled = None
     if guided:

@@ -73,6 +73,10 @@ class Trace:
             prompt and of the negative prompt (zeros when none was given), added to the timestep embedding.
         add_time_ids: ``[k]`` the micro-conditioning, named by ``add_time_id_names`` (original size, crop,
             target size; a refiner's aesthetic score): see :meth:`micro_conditioning`.
+
+    edits: the interventions of an edited call (:mod:`illustrated_sd.edits`), one dict each, e.g.
+        ``{"kind": "reweight", "word": "red", "slots": [2], "factor": 0.0, "steps": [0, …], "layers": [...]}``;
+        empty for a plain generation. ``attention_maps`` then show the attention the model used, edits included.
     """
 
     prompt: str
@@ -115,6 +119,7 @@ class Trace:
     add_time_ids: torch.Tensor | None = None
     add_time_id_names: list[str] | None = None
     context_split: int | None = None
+    edits: list[dict] = field(default_factory=list)
 
     @property
     def num_steps(self) -> int:
@@ -155,38 +160,8 @@ class Trace:
     # ---- asking questions of the trace -------------------------------------------------------
 
     def token_index(self, token: str | int) -> list[int]:
-        """The positions (in the 77 slots) that ``token`` names.
-
-        ``token`` is a slot index (``int``), a word or a few words of the prompt (``"red"``, ``"red circle"``,
-        ``"🔴"``), or one piece as shown in ``tokens`` (``"<|endoftext|>"``). A word split into several BPE
-        pieces gives all of them; a word that occurs twice gives its first occurrence. Raises
-        ``ValueError`` listing the prompt's words when ``token`` is not there.
-        """
-        if isinstance(token, numbers.Integral) and not isinstance(token, bool):
-            if not 0 <= token < len(self.token_ids):
-                raise ValueError(f"token index {token} is outside the {len(self.token_ids)} text slots (0–{len(self.token_ids) - 1})")
-            return [int(token)]
-        if not isinstance(token, str):
-            raise TypeError(f"token must be a word of the prompt or a slot index (got {token!r})")
-        wanted = " ".join(token.lower().split())
-        if not wanted:
-            raise ValueError(f"token is empty; pass a word of the prompt, e.g. {self._words()[:1] or ['red']}[0]")
-        words = self.words or [(t, i, i + 1) for i, t in enumerate(self.tokens[1:-1], start=1)]  # older traces: one piece a word
-        for start in range(len(words)):  # whole words only: "redcircle" is not "red" + "circle"
-            for end in range(start + 1, len(words) + 1):
-                phrase = " ".join(w for w, _, _ in words[start:end]).lower()
-                if phrase == wanted:
-                    return list(range(words[start][1], words[end - 1][2]))
-                if len(phrase) > len(wanted):
-                    break
-        pieces = [t.lower() for t in self.tokens]
-        if wanted in pieces:  # one piece, as the tokens show it (a marker, or part of a split word)
-            return [pieces.index(wanted)]
-        raise ValueError(f"{token!r} is not a word of the prompt {self.prompt!r}; its words are {self._words()} "
-                         f"(a piece as shown in trace.tokens, or a slot index 0–{len(self.token_ids) - 1}, works too)")
-
-    def _words(self) -> list[str]:
-        return [w for w, _, _ in self.words] if self.words else self.tokens[1:-1]
+        """The positions (in the 77 slots) that ``token`` names (see :func:`find_slots`)."""
+        return find_slots(self.prompt, self.tokens, self.words, len(self.token_ids), token)
 
     def layers_at(self, resolution: int) -> list[str]:
         """Names of the recorded cross-attention layers whose grid is ``resolution`` high."""
@@ -317,6 +292,43 @@ class Trace:
         return cls(**meta, **kwargs)
 
 
+def find_slots(prompt: str, tokens: list[str], words: list[tuple[str, int, int]], slots: int, token: str | int) -> list[int]:
+    """The positions (among ``slots``, usually 77) that ``token`` names in a tokenized prompt.
+
+    ``token`` is a slot index (``int``), a word or a few words of the prompt (``"red"``, ``"red circle"``,
+    ``"🔴"``), or one piece as shown in ``tokens`` (``"<|endoftext|>"``). A word split into several BPE
+    pieces gives all of them; a word that occurs twice gives its first occurrence. Raises
+    ``ValueError`` listing the prompt's words when ``token`` is not there.
+    """
+    if isinstance(token, numbers.Integral) and not isinstance(token, bool):
+        if not 0 <= token < slots:
+            raise ValueError(f"token index {token} is outside the {slots} text slots (0–{slots - 1})")
+        return [int(token)]
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a word of the prompt or a slot index (got {token!r})")
+    wanted = " ".join(token.lower().split())
+    if not wanted:
+        raise ValueError(f"token is empty; pass a word of the prompt, e.g. {prompt_words(tokens, words)[:1] or ['red']}[0]")
+    words = words or [(t, i, i + 1) for i, t in enumerate(tokens[1:-1], start=1)]  # older traces: one piece a word
+    for start in range(len(words)):  # whole words only: "redcircle" is not "red" + "circle"
+        for end in range(start + 1, len(words) + 1):
+            phrase = " ".join(w for w, _, _ in words[start:end]).lower()
+            if phrase == wanted:
+                return list(range(words[start][1], words[end - 1][2]))
+            if len(phrase) > len(wanted):
+                break
+    pieces = [t.lower() for t in tokens]
+    if wanted in pieces:  # one piece, as the tokens show it (a marker, or part of a split word)
+        return [pieces.index(wanted)]
+    raise ValueError(f"{token!r} is not a word of the prompt {prompt!r}; its words are {prompt_words(tokens, words)} "
+                     f"(a piece as shown in trace.tokens, or a slot index 0–{slots - 1}, works too)")
+
+
+def prompt_words(tokens: list[str], words: list[tuple[str, int, int]]) -> list[str]:
+    """The prompt's words, as an error message lists them (its pieces, for traces that kept no words)."""
+    return [w for w, _, _ in words] if words else tokens[1:-1]
+
+
 def require_trace(value, who: str) -> "Trace":
     """``value`` if it is a :class:`Trace`; else a ``TypeError`` saying where one comes from (a common slip: the prompt)."""
     if not isinstance(value, Trace):
@@ -355,6 +367,9 @@ _HEADER = {
     "context_split": (lambda v: v is None or (_is_int(v) and v > 0), "null or a positive integer"),
     "words": (lambda v: isinstance(v, list) and all(isinstance(w, list) and len(w) == 3 and isinstance(w[0], str)
                                                     and _is_int(w[1]) and _is_int(w[2]) for w in v), "a list of [word, first, end]"),
+    "edits": (lambda v: isinstance(v, list) and all(isinstance(e, dict) and e.get("kind") in ("reweight", "remove", "swap")
+                                                   and isinstance(e.get("steps"), list) and isinstance(e.get("layers"), list) for e in v),
+              "a list of edits, each an object with kind 'reweight', 'remove' or 'swap', steps and layers"),
     "map_layers": (lambda v: isinstance(v, dict) and set(v) == set(_MAP_DICTS)
                    and all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in v.values()),
                    f"an object with lists of layer names under {list(_MAP_DICTS)}"),

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXECUTED = ROOT / "build" / "notebooks"  # the docs site shows these copies, so the course runs once per `make test`
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 COURSE = ["00_quickstart", "01_text_encoder", "02_vae_latent_space", "03_forward_diffusion_training", "04_unet_cross_attention",
-          "05_sampling_loop", "06_classifier_free_guidance", "07_img2img_inpainting", "08_real_stable_diffusion"]
+          "04b_interventions", "05_sampling_loop", "06_classifier_free_guidance", "07_img2img_inpainting", "08_real_stable_diffusion",
+          "09_textual_inversion"]
 
 
 def test_the_course_has_every_notebook():
@@ -25,7 +26,7 @@ def test_notebook_is_committed_without_outputs_and_ends_with_exercises(path):
     assert all(not c.outputs and c.execution_count is None for c in code), "clear the outputs before committing"
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "## What you saw" in text and "## Exercises" in text
-    assert nb.cells[0].source.startswith(f"# {path.stem[:2]} ·"), "the first cell is the numbered title"
+    assert nb.cells[0].source.startswith(f"# {path.stem.split('_')[0]} ·"), "the first cell is the numbered title"
     assert any("import illustrated_sd as isd" in c.source for c in code)
 
 

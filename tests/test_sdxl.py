@@ -211,3 +211,15 @@ def test_the_cli_explains_with_an_sdxl_folder(xl, tmp_path):
     assert main(["explain", PROMPT, "--model", str(folder), "--steps", "2", "--out", str(out)]) == 0
     loaded = isd.Trace.load(out / "trace.safetensors")
     assert loaded.is_sdxl and (out / "report.html").is_file()
+
+
+def test_edits_work_on_sdxl(xl, xl_trace):
+    """Both text encoders hide a removed word; the UNet's many cross-attention layers take the bias."""
+    kwargs = dict(num_inference_steps=4, guidance_scale=5.0, seed=0, progress=False)
+    same = xl(PROMPT, edits=[isd.edits.Reweight("red", 1.0)], **kwargs)
+    assert same_image(same.image, xl_trace.image)
+    removed = xl(PROMPT, edits=[isd.edits.Remove("red")], **kwargs)
+    slot = xl_trace.token_index("red")[0]
+    assert torch.equal(removed.text_embeddings[:slot], xl_trace.text_embeddings[:slot])
+    assert not torch.equal(removed.text_embeddings[slot + 1 :], xl_trace.text_embeddings[slot + 1 :])
+    assert removed.cross_attention("red").abs().max() == 0 and len(removed.edits[0]["layers"]) == len(xl.cross_attention_layers)

@@ -7,9 +7,10 @@ from .attention import attention_grid, attention_shares, self_attention, token_h
 from .denoising import denoising_filmstrip, latent_channels, noise_schedule
 from .guidance import guidance_map
 from .images import image_row
+from .intervention import intervention
 from .generate import guidance_sweep, prompt_similarity, vae_roundtrip
 from .text import similarity_matrix, text_embeddings
 
-__all__ = ["animate", "attention_grid", "attention_shares", "denoising_filmstrip", "guidance_map", "guidance_sweep", "image_row", "latent_channels",
+__all__ = ["animate", "attention_grid", "attention_shares", "denoising_filmstrip", "guidance_map", "guidance_sweep", "image_row", "intervention", "latent_channels",
            "noise_schedule", "prompt_similarity", "self_attention", "similarity_matrix", "text_embeddings", "token_heatmaps",
            "vae_roundtrip"]

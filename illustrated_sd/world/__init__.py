@@ -11,8 +11,8 @@ only some of them ("a heart" over a scene that also holds a small green square).
 
 from .render import inside, render
 from .scenes import Scene, WorldObject, caption, caption_2, sample_scene, sample_scene_2, sample_scenes
-from .vocabulary import BACKGROUNDS, COLORS, HELD_OUT, PATTERNS, POSITIONS, SHAPES, SHAPES_2, SIZES, SIZES_2, STYLES, known_words, known_words_2
+from .vocabulary import BACKGROUNDS, COLORS, HELD_OUT, PATTERNS, POSITIONS, SHAPES, SHAPES_2, SIZES, SIZES_2, STYLES, UNSEEN_SHAPES, known_words, known_words_2
 
-__all__ = ["BACKGROUNDS", "COLORS", "HELD_OUT", "PATTERNS", "POSITIONS", "SHAPES", "SHAPES_2", "SIZES", "SIZES_2", "STYLES", "Scene",
+__all__ = ["BACKGROUNDS", "COLORS", "HELD_OUT", "PATTERNS", "POSITIONS", "SHAPES", "SHAPES_2", "SIZES", "SIZES_2", "STYLES", "Scene", "UNSEEN_SHAPES",
            "WorldObject", "caption", "caption_2", "inside", "known_words", "known_words_2", "render", "sample_scene", "sample_scene_2",
            "sample_scenes"]

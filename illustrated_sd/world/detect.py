@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .render import inside
-from .vocabulary import COLORS, POSITIONS, SHAPES, SHAPES_2
+from .vocabulary import COLORS, POSITIONS, SHAPES, SHAPES_2, UNSEEN_SHAPES
 
 PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # [7, 3]
 NAMES = list(COLORS)
@@ -62,7 +62,7 @@ def _unit_shapes(n: int = 256):
     c = torch.linspace(-1.5, 1.5, n)
     v, u = torch.meshgrid(c, c, indexing="ij")
     stats = {}
-    for shape in SHAPES_2:
+    for shape in SHAPES_2 + UNSEEN_SHAPES:
         m = inside(shape, u, v).float()
         cell = (3 / n) ** 2
         stats[shape] = (float(m.sum()) * cell, float((u * m).sum() / m.sum()), float((v * m).sum() / m.sum()))

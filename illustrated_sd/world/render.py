@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .scenes import Scene
-from .vocabulary import BACKGROUNDS, COLORS, SHAPES_2, SIZES, SIZES_2
+from .vocabulary import BACKGROUNDS, COLORS, SHAPES_2, SIZES, SIZES_2, UNSEEN_SHAPES
 
 
 def inside(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,12 @@ def inside(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return (u**2 + v**2 <= 1) & ((u - 0.55) ** 2 + (v + 0.1) ** 2 > 0.8**2)
     if shape == "diamond":  # a square standing on a corner, a little taller than wide
         return u.abs() / 0.8 + v.abs() <= 1
-    raise ValueError(f"unknown shape {shape!r}; the world has {SHAPES_2}")
+    # never in a training scene: a concept to learn later (textual inversion)
+    if shape == "house":  # a body 1.3 wide from v = 0 to 0.8, under a roof 1.8 wide at its eaves and apex at v = −0.95
+        body = (u.abs() <= 0.65) & (v >= 0) & (v <= 0.8)
+        roof = (v < 0) & (v >= -0.95) & (u.abs() <= 0.9 * (v + 0.95) / 0.95)
+        return body | roof
+    raise ValueError(f"unknown shape {shape!r}; the world has {SHAPES_2}, and {UNSEEN_SHAPES} that no training scene holds")
 
 
 def render(scenes: list[Scene], size: int = 128, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -71,6 +71,9 @@ PATTERNS = {"plain": "plain", "gradient": "shaded", "stripes": "striped", "dots"
 # How an object is drawn, and the caption prefix that names it ("a photo of …"); "flat" is the default look.
 STYLES = {"flat": "a picture of", "drawing": "a drawing of", "photo": "a photo of", "painting": "a painting of"}
 MAX_OBJECTS_2 = 4
+# Shapes the renderer and the detector know but no training scene ever holds: new concepts for the model to
+# learn afterwards (notebook 09, textual inversion). A house is a square body under a wider triangular roof.
+UNSEEN_SHAPES = ("house",)
 
 
 def known_words_2() -> list[str]:
