@@ -10,6 +10,9 @@ times, in rounds after a warm-up, the order reversed every other round:
     traced_per_head   one map per head
     traced_self       plus self-attention maps of the lowest-resolution (8×8) layers
     naive             DAAM-style recorder: classic softmax attention everywhere, host copy every step
+    edited            traced, with one word's attention reweighted (×0) in every step and layer (isd.edits.Reweight):
+                      every cross-attention call runs with an additive bias on its logits
+    removed           traced, with one word removed (isd.edits.Remove: the text encoder's mask too)
     *_compiled        the same after ``unet.compile()`` (torch.compile), where it works
 
 It reports seconds per image (min and median), the ratio to ``plain`` of the same run, peak GPU
@@ -21,6 +24,8 @@ variant, so a run cut short still leaves its figures.
     python benchmarks/gpu_speed.py --layout sd21-base --out docs/gpu_speed_sd21-base.json
     python benchmarks/gpu_speed.py --layout sdxl-base --variants plain,traced --repeats 20 --no-compile \
         --out docs/gpu_speed_sdxl-base.json
+    python benchmarks/gpu_speed.py --layout sd15 --variants plain,traced,edited,removed --repeats 20 --no-compile \
+        --out docs/gpu_speed_sd15_edits.json
 """
 
 import argparse
@@ -38,7 +43,7 @@ import illustrated_sd as isd
 
 from naive_recorder import naive_recording
 
-EAGER = ["plain", "traced", "traced_no_maps", "traced_per_head", "traced_self", "naive"]
+EAGER = ["plain", "traced", "traced_no_maps", "traced_per_head", "traced_self", "naive", "edited", "removed"]
 COMPILED = ["plain_compiled", "traced_compiled", "traced_per_head_compiled"]
 RECORDS = {
     "traced": isd.RecordOptions(),
@@ -46,6 +51,7 @@ RECORDS = {
     "traced_per_head": isd.RecordOptions(per_head=True),
     "traced_self": isd.RecordOptions(self_attention_resolutions=(8,)),
 }
+EDITS = {"edited": lambda: [isd.edits.Reweight("red", 0.0)], "removed": lambda: [isd.edits.Remove("red")]}
 
 
 def make_runner(pipe, variant, steps, size, guidance, prompt="a red circle on the left"):
@@ -61,7 +67,8 @@ def make_runner(pipe, variant, steps, size, guidance, prompt="a red circle on th
             return plain()
 
     def traced():
-        trace = pipe(prompt, seed=0, progress=False, record=RECORDS[base], **settings)
+        edits = EDITS[base]() if base in EDITS else None
+        trace = pipe(prompt, seed=0, progress=False, record=RECORDS.get(base, RECORDS["traced"]), edits=edits, **settings)
         return trace.image, trace
 
     return {"plain": plain, "naive": naive}.get(base, traced)

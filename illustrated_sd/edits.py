@@ -173,7 +173,8 @@ class EditPlan:
     """The edits of one call, resolved against its prompt, steps and layers. The loop tells it the step
     (:meth:`at`); the wrapped processors and the attention recorder ask it what to change there."""
 
-    def __init__(self, edits, prompt: str, tokens: list[str], words, slots: int, num_steps: int, latent_hw, layers: list[str]):
+    def __init__(self, edits, prompt: str, tokens: list[str], words, slots: int, num_steps: int, latent_hw, layers: list[str],
+                 rows: int = 2, device="cpu", dtype=torch.float32):
         self.step = 0
         self.bias: dict[tuple[str, int], torch.Tensor] = {}  # (layer, step) → [keys] log-factors
         self.maps: dict[str, tuple] = {}  # layer → (source maps [S, heads, H, W, keys], steps)
@@ -209,19 +210,25 @@ class EditPlan:
                     self.maps[name] = (source.attention_maps[name], set(steps))
                 self.records.append(edit.describe(steps, names))
         self.layers = sorted({name for name, _ in self.bias} | set(self.maps))
+        # Everything a UNet call needs is made once, on the model's device: a copy from the host in every
+        # layer at every step would make the CPU wait for the GPU each time. Layers and steps with the
+        # same edit share one tensor.
+        made, self.logit_bias, self.scale = {}, {}, {}
+        for key, b in self.bias.items():
+            values = tuple(b.tolist())
+            if values not in made:
+                bias = torch.zeros(rows, 1, slots)
+                bias[-1, 0] = b  # the prompt is the last row: [unconditional, prompt] with guidance
+                made[values] = (bias.to(device, dtype), b.exp().to(device))  # [rows, 1, keys]; e^b [keys] for the maps
+            self.logit_bias[key], self.scale[key] = made[values]
 
     def at(self, step: int) -> None:
         """The loop is about to make the UNet call of ``step``."""
         self.step = step
 
-    def logits_bias(self, name: str, rows: int, dtype, device) -> torch.Tensor | None:
+    def logits_bias(self, name: str) -> torch.Tensor | None:
         """``[rows, 1, keys]``: what the layer adds to its attention logits now (the prompt's row only), or ``None``."""
-        b = self.bias.get((name, self.step))
-        if b is None:
-            return None
-        bias = torch.zeros(rows, 1, len(b), dtype=dtype, device=device)
-        bias[-1, 0] = b.to(device, dtype)  # the prompt is the last row: [unconditional, prompt] with guidance
-        return bias
+        return self.logit_bias.get((name, self.step))
 
     def source_maps(self, name: str) -> torch.Tensor | None:
         """``[heads or 1, queries, keys]``: the source's probabilities for this layer and step, or ``None``."""
@@ -235,9 +242,9 @@ class EditPlan:
             if step in steps:
                 source = rearrange(maps[step], "h y x m -> h (y x) m").to(probs)
                 probs[i] = source.mean(0, keepdim=True) if probs.shape[1] == 1 else source  # per-head maps, or their mean
-            b = self.bias.get((name, step))
-            if b is not None:  # softmax(logits + b) = p·e^b, renormalised
-                probs[i] = probs[i] * b.exp().to(probs)
+            scale = self.scale.get((name, step))
+            if scale is not None:  # softmax(logits + b) = p·e^b, renormalised
+                probs[i] = probs[i] * scale
                 probs[i] = probs[i] / probs[i].sum(-1, keepdim=True)
         return probs
 
@@ -254,16 +261,16 @@ class EditedAttention:
         self.name, self.original, self.plan = name, original, plan
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        bias = self.plan.logits_bias(self.name, len(hidden_states), hidden_states.dtype, hidden_states.device)
+        bias = self.plan.logits_bias(self.name)
         if bias is not None:
             attention_mask = bias if attention_mask is None else attention_mask + bias
         out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         probs = self.plan.source_maps(self.name)
         if probs is None:
             return out
-        b = self.plan.bias.get((self.name, self.plan.step))
-        if b is not None:  # a reweight on top of the injected maps, as prompt-to-prompt combines them
-            probs = probs * b.exp()
+        scale = self.plan.scale.get((self.name, self.plan.step))
+        if scale is not None:  # a reweight on top of the injected maps, as prompt-to-prompt combines them
+            probs = probs.to(scale) * scale
             probs = probs / probs.sum(-1, keepdim=True)
         value = rearrange(attn.to_v(encoder_hidden_states[-1:]), "b m (h d) -> b h m d", h=attn.heads)  # the prompt's row
         mixed = rearrange(probs.to(value)[None] @ value, "b h n d -> b n (h d)")  # [1, queries, heads·d]
@@ -273,16 +280,17 @@ class EditedAttention:
 
 
 @contextmanager
-def editing(unet, edits, prompt: str, tokenized, num_steps: int, latent_hw):
+def editing(unet, edits, prompt: str, tokenized, num_steps: int, latent_hw, guided: bool):
     """Install ``edits`` on ``unet`` for one ``with`` block; yields their :class:`EditPlan` (one that changes nothing without edits).
 
     Every edit is checked against the prompt (``tokenized``, a ``TokenizedPrompt``), the number of steps and
-    the latent's ``(h, w)`` before the UNet runs; the original processors are put back when the block exits,
+    the latent's ``(h, w)`` before the UNet runs (``guided``: the UNet's batch is [unconditional, prompt]); the original processors are put back when the block exits,
     even on error.
     """
     edits = check_edits(edits)
     cross = attention_layers(unet)["cross"]
-    plan = EditPlan(edits, prompt, tokenized.tokens, tokenized.words, tokenized.input_ids.shape[-1], num_steps, latent_hw, list(cross))
+    plan = EditPlan(edits, prompt, tokenized.tokens, tokenized.words, tokenized.input_ids.shape[-1], num_steps, latent_hw, list(cross),
+                    rows=2 if guided else 1, device=unet.device, dtype=unet.dtype)
     originals = {}
     try:
         for name in plan.layers:

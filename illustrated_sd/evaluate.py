@@ -15,6 +15,7 @@ Reports, over prompts in the world's plainest sentence forms:
 """
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -246,6 +247,70 @@ def sampler_agreement(pipe, cases, samplers=("ddim", "euler", "dpm++", "euler_an
             "samplers": result, "prompts": len(cases)}
 
 
+# ---- interventions (issue 17): what taking a word out does, and whether its heatmap foretold it ---------------
+
+def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0, top: float = 0.1) -> dict:
+    """Take words out of single-object prompts and read what changes (:mod:`illustrated_sd.edits`).
+
+    For each case ``(prompt, [(colour, shape, position)], held_out)`` (drawn with seed ``seed + i``): the plain
+    picture; the colour, the shape and the place removed (``Remove``); the colour's slot only silenced
+    (``Reweight`` 0, prompt-to-prompt's way); the function word "a" removed; and the shape swapped for the next
+    world shape with the plain picture's maps injected (``Swap``, per-head source), beside the same prompt and
+    seed without the swap.
+
+    Returns the shares of pictures with the named colour (plain / colour removed / colour silenced), the object
+    at the named place (plain / place removed), the named shape (plain / shape removed), swaps whose object centre
+    stays within one latent pixel of the plain picture's (swapped / same seed, no swap), and per word class
+    (colour, shape, position, function) the mean correlation and IoU (top ``top`` of pixels) of the causal map
+    with the word's heatmap (:func:`illustrated_sd.causal.agreement`).
+    """
+    from .causal import agreement
+    from .edits import Remove, Reweight, Swap
+    from .recorders import RecordOptions
+
+    world, shapes = world_of(pipe), (SHAPES_2 if world_of(pipe) == 2 else SHAPES)
+    counts = {k: [] for k in ("colour_plain", "colour_removed", "colour_silenced", "place_plain", "place_removed",
+                              "shape_plain", "shape_removed", "swap_kept", "same_seed_kept", "swap_shape")}
+    classes = {"colour": [], "shape": [], "position": [], "function": []}
+    for i, (text, objects, _) in enumerate(tqdm(cases, desc="interventions")):
+        color, shape, position = objects[0]
+        run = lambda prompt=text, **kw: pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i,  # noqa: E731
+                                             progress=False, **kw)
+        read = lambda trace: _match(detect(trace.image, version=world), position, 1, world)  # noqa: E731
+        base = run(record=RecordOptions(per_head=True))
+        plain = read(base)
+        counts["colour_plain"].append(plain is not None and plain.color == color)
+        counts["place_plain"].append(plain is not None and plain.position == position)
+        counts["shape_plain"].append(plain is not None and plain.shape == shape)
+        edited = {}
+        for cls, word in (("colour", color), ("shape", shape), ("position", position), ("function", "a")):
+            edited[cls] = run(edits=[Remove(word)])
+            effect = torch.from_numpy(np.abs(np.asarray(edited[cls].image, np.float32) - np.asarray(base.image, np.float32)).mean(-1) / 255)
+            heat = F.interpolate(base.cross_attention(word)[None, None].float(), size=effect.shape, mode="bilinear", align_corners=False)[0, 0]
+            classes[cls].append(agreement(effect, heat, top))
+        d = read(edited["colour"])
+        counts["colour_removed"].append(d is not None and d.color == color)
+        d = read(edited["shape"])
+        counts["shape_removed"].append(d is not None and d.shape == shape)
+        found = detect(edited["position"].image, version=world)
+        counts["place_removed"].append(any(f.position == position and f.color == color for f in found))
+        d = read(run(edits=[Reweight(color, 0.0)]))
+        counts["colour_silenced"].append(d is not None and d.color == color)
+        other = shapes[(shapes.index(shape) + 1) % len(shapes)]
+        swapped_text = re.sub(rf"\b{shape}\b", other, text)
+        latent_pixel = pipe.vae_scale_factor / base.height
+        for key, trace in (("swap_kept", run(swapped_text, edits=[Swap(base)])), ("same_seed_kept", run(swapped_text))):
+            d = read(trace)
+            counts[key].append(plain is not None and d is not None
+                               and np.hypot(*np.subtract(d.center, plain.center)) <= latent_pixel)
+            if key == "swap_kept":
+                counts["swap_shape"].append(d is not None and d.shape == other)
+    rate = lambda v: round(float(np.mean(v)), 4) if v else None  # noqa: E731
+    return {**{k: rate(v) for k, v in counts.items()},
+            "agreement": {cls: {"correlation": rate([c for c, _ in v]), "iou": rate([u for _, u in v])} for cls, v in classes.items()},
+            "prompts": len(cases), "top": top}
+
+
 @torch.no_grad()
 def vae_psnr(pipe, n: int = 256, seed: int = 424242) -> dict:
     """Round-trip ``n`` world images (a seed training never used) through the VAE.
@@ -301,6 +366,8 @@ def main(argv=None) -> int:
     parser.add_argument("--phenomena", type=checks.positive_int, default=0, metavar="N",
                         help="also measure, on N single-object prompts, the guidance curve, the x̂₀ sharpness and the "
                              "samplers' agreement (what the course shows), and the guidance curve on N pair prompts; 0 = skip (default)")
+    parser.add_argument("--interventions", type=checks.natural_int, default=0, metavar="N",
+                        help="also take words out of N held-out and single-object prompts (issue 17's measurements); 0 = skip (default)")
     parser.add_argument("--phenomena-only", action="store_true",
                         help="measure the phenomena only, not the accuracy (to run the two side by side: scripts/evaluate_gpu.sh)")
     parser.add_argument("--device", default="cpu", help="where to generate (cuda is faster; figures differ from the CPU's in rare cases)")
@@ -354,6 +421,12 @@ def run(args) -> None:
                                "sampler_agreement": sampler_agreement(pipe, chosen, steps=args.steps, guidance=args.guidance, seed=args.seed),
                                "prompts": [text for text, _, _ in chosen], "pair_prompts": [text for text, _, _ in pairs],
                                "seconds": round(time.time() - start, 1)}
+    if args.interventions:
+        start = time.time()
+        held, single = prompt_group(everything, "held-out"), prompt_group(everything, "single")
+        chosen = (held + single[:: max(1, len(single) // args.interventions)])[: args.interventions]
+        result["interventions"] = {**intervention_effects(pipe, chosen, steps=args.steps, guidance=args.guidance, seed=args.seed),
+                                   "seconds": round(time.time() - start, 1)}
     result["settings"]["torch_threads"] = torch.get_num_threads()
     with atomic_write(args.out, "--out file") as tmp:
         tmp.write_text(json.dumps(result, indent=1))

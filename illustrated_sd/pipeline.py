@@ -248,7 +248,7 @@ class IllustratedPipeline:
         # budget, or an edit that does not fit the prompt, is refused here, before the first UNet call).
         with recording(unet, self.text_encoders, record, tuple(latents.shape[1:]), len(timesteps), guided,
                        text.context.shape[1]) as rec, \
-                editing(unet, edits, prompt, text.tokenized, len(timesteps), tuple(latents.shape[-2:])) as edit:
+                editing(unet, edits, prompt, text.tokenized, len(timesteps), tuple(latents.shape[-2:]), guided) as edit:
             rec.attention.adjust = edit.adjust  # the maps recorded are the attention the model used, edits included
             for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
                 edit.at(i)

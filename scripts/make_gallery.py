@@ -31,6 +31,9 @@ def main():
         "noise_schedule": isd.plot.noise_schedule(pipe, trace),
         "text_embeddings": isd.plot.text_embeddings(trace),
         "guidance_map": isd.plot.guidance_map(trace),
+        # the same prompt and seed with "purple" taken out (edits.Remove), beside where "purple" looked
+        "intervention": isd.plot.intervention(trace, pipe(PROMPT, num_inference_steps=25, guidance_scale=7.5, seed=0, progress=False,
+                                                          edits=[isd.edits.Remove("purple")]), "purple"),
         # on the triangle, on the heart, and on the background between them
         "self_attention": isd.plot.self_attention(trace, points=[(0.25, 0.5), (0.75, 0.5), (0.5, 0.15)]),
         "guidance_sweep": isd.plot.guidance_sweep(pipe, PROMPT, scales=(1.0, 3.0, 7.5, 12.0))[0],

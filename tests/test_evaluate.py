@@ -95,3 +95,16 @@ def test_version_2_prompts_use_its_nine_shapes():
     from illustrated_sd.evaluate import prompt_set
     from illustrated_sd.world import SHAPES_2
     assert {shape for _, objects, _ in prompt_set(world=2) for _, shape, _ in objects} == set(SHAPES_2)
+
+
+def test_intervention_effects_reads_what_taking_words_out_does(pipe):
+    """On the first held-out prompt: removing the colour or the shape word takes it away; silencing the colour's
+    slot alone does not (the causal text encoder carried it on), as notebook 04b shows."""
+    from illustrated_sd.evaluate import intervention_effects, prompt_group, prompt_set
+
+    cases = prompt_group(prompt_set(world=2), "held-out")[:1]
+    result = intervention_effects(pipe, cases)
+    assert result["prompts"] == 1 and set(result["agreement"]) == {"colour", "shape", "position", "function"}
+    assert (result["colour_plain"], result["colour_removed"], result["colour_silenced"]) == (1.0, 0.0, 1.0)
+    assert (result["shape_plain"], result["shape_removed"], result["swap_shape"]) == (1.0, 0.0, 1.0)
+    assert result["agreement"]["colour"]["iou"] > result["agreement"]["function"]["iou"]

@@ -1,5 +1,7 @@
 """An intervention side by side: the picture, the edited picture, where they differ, and where the word looked."""
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -42,9 +44,9 @@ def intervention(base, edited, word=None, cmap: str = "inferno"):
     for ax in axes:
         ax.set_axis_off()
     axes[0].imshow(a.astype(np.uint8))
-    axes[0].set_title(quoted(base.prompt), fontsize=8, wrap=True)
+    axes[0].set_title(textwrap.fill(quoted(base.prompt), 36), fontsize=8)
     axes[1].imshow(b.astype(np.uint8))
-    axes[1].set_title("; ".join(describe_edit(e) for e in edited.edits) or "no edit", fontsize=8, wrap=True)
+    axes[1].set_title(textwrap.fill("; ".join(describe_edit(e) for e in edited.edits) or "no edit", 36), fontsize=8)
     im = axes[2].imshow(difference, cmap="magma", vmin=0, vmax=max(float(difference.max()), 1e-6))
     axes[2].set_title(f"|difference| (mean {difference.mean():.3f})", fontsize=8)
     fig.colorbar(im, ax=axes[2], shrink=0.7)
