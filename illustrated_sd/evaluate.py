@@ -254,7 +254,7 @@ def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, se
 
     For each case ``(prompt, [(colour, shape, position)], held_out)`` (drawn with seed ``seed + i``): the plain
     picture; the colour, the shape and the place removed (``Remove``); the colour's slot only silenced
-    (``Reweight`` 0, prompt-to-prompt's way); the function word "a" removed; and the shape swapped for the next
+    (``Reweight`` 0, prompt-to-prompt's way); the article ("a" or "an") removed; and the shape swapped for the next
     world shape with the plain picture's maps injected (``Swap``, per-head source), beside the same prompt and
     seed without the swap.
 
@@ -283,7 +283,8 @@ def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, se
         counts["place_plain"].append(plain is not None and plain.position == position)
         counts["shape_plain"].append(plain is not None and plain.shape == shape)
         edited = {}
-        for cls, word in (("colour", color), ("shape", shape), ("position", position), ("function", "a")):
+        article = text.split()[0]  # "a" or "an": a word that names nothing in the picture
+        for cls, word in (("colour", color), ("shape", shape), ("position", position), ("function", article)):
             edited[cls] = run(edits=[Remove(word)])
             effect = torch.from_numpy(np.abs(np.asarray(edited[cls].image, np.float32) - np.asarray(base.image, np.float32)).mean(-1) / 255)
             heat = F.interpolate(base.cross_attention(word)[None, None].float(), size=effect.shape, mode="bilinear", align_corners=False)[0, 0]

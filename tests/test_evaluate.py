@@ -103,8 +103,16 @@ def test_intervention_effects_reads_what_taking_words_out_does(pipe):
     from illustrated_sd.evaluate import intervention_effects, prompt_group, prompt_set
 
     cases = prompt_group(prompt_set(world=2), "held-out")[:1]
+    assert cases[0][0].startswith("a ")
     result = intervention_effects(pipe, cases)
     assert result["prompts"] == 1 and set(result["agreement"]) == {"colour", "shape", "position", "function"}
     assert (result["colour_plain"], result["colour_removed"], result["colour_silenced"]) == (1.0, 0.0, 1.0)
     assert (result["shape_plain"], result["shape_removed"], result["swap_shape"]) == (1.0, 0.0, 1.0)
     assert result["agreement"]["colour"]["iou"] > result["agreement"]["function"]["iou"]
+
+
+def test_intervention_effects_takes_an_as_the_article(pipe):
+    from illustrated_sd.evaluate import intervention_effects
+
+    result = intervention_effects(pipe, [("an orange heart in the center", [("orange", "heart", "center")], True)], steps=2)
+    assert result["prompts"] == 1 and result["agreement"]["function"]["iou"] is not None
