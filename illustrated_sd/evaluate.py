@@ -264,8 +264,8 @@ def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, se
     (colour, shape, position, function) the mean correlation and IoU (top ``top`` of pixels) of the causal map
     with the word's heatmap (:func:`illustrated_sd.causal.agreement`).
     """
-    from .causal import agreement
-    from .edits import Remove, Reweight, Swap
+    from .causal import causal_map
+    from .edits import Reweight, Swap
     from .recorders import RecordOptions
 
     world, shapes = world_of(pipe), (SHAPES_2 if world_of(pipe) == 2 else SHAPES)
@@ -285,10 +285,9 @@ def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, se
         edited = {}
         article = text.split()[0]  # "a" or "an": a word that names nothing in the picture
         for cls, word in (("colour", color), ("shape", shape), ("position", position), ("function", article)):
-            edited[cls] = run(edits=[Remove(word)])
-            effect = torch.from_numpy(np.abs(np.asarray(edited[cls].image, np.float32) - np.asarray(base.image, np.float32)).mean(-1) / 255)
-            heat = F.interpolate(base.cross_attention(word)[None, None].float(), size=effect.shape, mode="bilinear", align_corners=False)[0, 0]
-            classes[cls].append(agreement(effect, heat, top))
+            result = causal_map(pipe, text, word, top=top, base=base, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i)
+            edited[cls] = result.edited
+            classes[cls].append((result.correlation, result.iou))
         d = read(edited["colour"])
         counts["colour_removed"].append(d is not None and d.color == color)
         d = read(edited["shape"])
