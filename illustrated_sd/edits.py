@@ -177,7 +177,7 @@ class EditPlan:
                  rows: int = 2, device="cpu", dtype=torch.float32):
         self.step = 0
         self.bias: dict[tuple[str, int], torch.Tensor] = {}  # (layer, step) → [keys] log-factors
-        self.maps: dict[str, tuple] = {}  # layer → (source maps [S, heads, H, W, keys], steps)
+        self.maps: dict[tuple[str, int], torch.Tensor] = {}  # (layer, step) → source maps [heads or 1, queries, keys]
         self.records: list[dict] = []
         for edit in edits:
             if isinstance(edit, (Reweight, Remove)):
@@ -206,10 +206,12 @@ class EditPlan:
                 if not names:
                     raise ValueError("the Swap's source recorded no cross-attention maps; make it with the default recording")
                 steps = _step_list(edit.steps if edit.steps is not None else max(1, round(num_steps / 2)), num_steps)
-                for name in names:
-                    self.maps[name] = (source.attention_maps[name], set(steps))
+                for name in names:  # on the device once, as the biases below: not a host copy in every UNet call
+                    maps = source.attention_maps[name]  # [S, heads or 1, H, W, keys]
+                    self.maps.update({(name, i): rearrange(maps[i], "h y x m -> h (y x) m").to(device, dtype) for i in steps})
                 self.records.append(edit.describe(steps, names))
-        self.layers = sorted({name for name, _ in self.bias} | set(self.maps))
+        self.injected = {name for name, _ in self.maps}  # the layers a Swap writes maps into
+        self.layers = sorted({name for name, _ in self.bias} | self.injected)
         # Everything a UNet call needs is made once, on the model's device: a copy from the host in every
         # layer at every step would make the CPU wait for the GPU each time. Layers and steps with the
         # same edit share one tensor.
@@ -232,15 +234,14 @@ class EditPlan:
 
     def source_maps(self, name: str) -> torch.Tensor | None:
         """``[heads or 1, queries, keys]``: the source's probabilities for this layer and step, or ``None``."""
-        maps, steps = self.maps.get(name, (None, ()))
-        return None if self.step not in steps else rearrange(maps[self.step], "h y x m -> h (y x) m")
+        return self.maps.get((name, self.step))
 
     def adjust(self, names: tuple[str, ...], step: int, probs: torch.Tensor) -> torch.Tensor:
         """Recorded maps ``[L, heads or 1, queries, keys]`` of layers ``names`` → the attention the model used at ``step``."""
         for i, name in enumerate(names):
-            maps, steps = self.maps.get(name, (None, ()))
-            if step in steps:
-                source = rearrange(maps[step], "h y x m -> h (y x) m").to(probs)
+            source = self.maps.get((name, step))
+            if source is not None:
+                source = source.to(probs)
                 probs[i] = source.mean(0, keepdim=True) if probs.shape[1] == 1 else source  # per-head maps, or their mean
             scale = self.scale.get((name, step))
             if scale is not None:  # softmax(logits + b) = p·e^b, renormalised
@@ -295,7 +296,7 @@ def editing(unet, edits, prompt: str, tokenized, num_steps: int, latent_hw, guid
     try:
         for name in plan.layers:
             attn = cross[name]
-            if name in plan.maps and (attn.group_norm is not None or attn.residual_connection or attn.rescale_output_factor != 1):
+            if name in plan.injected and (attn.group_norm is not None or attn.residual_connection or attn.rescale_output_factor != 1):
                 raise NotImplementedError(f"{name} is not a plain cross-attention layer; a Swap cannot inject maps into it")
             originals[name] = attn.processor
             attn.set_processor(EditedAttention(name, attn.processor, plan))

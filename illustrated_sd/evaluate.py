@@ -256,13 +256,16 @@ def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, se
     picture; the colour, the shape and the place removed (``Remove``); the colour's slot only silenced
     (``Reweight`` 0, prompt-to-prompt's way); the article ("a" or "an") removed; and the shape swapped for the next
     world shape with the plain picture's maps injected (``Swap``, per-head source), beside the same prompt and
-    seed without the swap.
+    seed without the swap. Then, without guidance (scale 1, where the model follows its prompt least), the plain
+    picture beside the colour's attention doubled (``Reweight(colour, 2)``).
 
-    Returns the shares of pictures with the named colour (plain / colour removed / colour silenced), the object
+    Returns the shares of pictures with the named colour (plain / colour removed / colour silenced; unguided plain /
+    doubled), the object
     at the named place (plain / place removed), the named shape (plain / shape removed), swaps whose object centre
     stays within one latent pixel of the plain picture's (swapped / same seed, no swap), and per word class
     (colour, shape, position, function) the mean correlation and IoU (top ``top`` of pixels) of the causal map
-    with the word's heatmap (:func:`illustrated_sd.causal.agreement`).
+    with the word's heatmap (:func:`illustrated_sd.causal.agreement`). ``"held_out"`` repeats the shares over the
+    held-out cases alone (colour+shape pairs training never showed).
     """
     from .causal import causal_map
     from .edits import Reweight, Swap
@@ -270,12 +273,14 @@ def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, se
 
     world, shapes = world_of(pipe), (SHAPES_2 if world_of(pipe) == 2 else SHAPES)
     counts = {k: [] for k in ("colour_plain", "colour_removed", "colour_silenced", "place_plain", "place_removed",
-                              "shape_plain", "shape_removed", "swap_kept", "same_seed_kept", "swap_shape")}
+                              "shape_plain", "shape_removed", "swap_kept", "same_seed_kept", "swap_shape",
+                              "colour_unguided", "colour_doubled")}
     classes = {"colour": [], "shape": [], "position": [], "function": []}
+    held = [held_out for _, _, held_out in cases]
     for i, (text, objects, _) in enumerate(tqdm(cases, desc="interventions")):
         color, shape, position = objects[0]
-        run = lambda prompt=text, **kw: pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i,  # noqa: E731
-                                             progress=False, **kw)
+        run = lambda prompt=text, scale=guidance, **kw: pipe(prompt, num_inference_steps=steps, guidance_scale=scale,  # noqa: E731
+                                                             seed=seed + i, progress=False, **kw)
         read = lambda trace: _match(detect(trace.image, version=world), position, 1, world)  # noqa: E731
         base = run(record=RecordOptions(per_head=True))
         plain = read(base)
@@ -305,8 +310,12 @@ def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, se
                                and np.hypot(*np.subtract(d.center, plain.center)) <= latent_pixel)
             if key == "swap_kept":
                 counts["swap_shape"].append(d is not None and d.shape == other)
+        for key, edits in (("colour_unguided", []), ("colour_doubled", [Reweight(color, 2.0)])):
+            d = read(run(scale=1.0, edits=edits))
+            counts[key].append(d is not None and d.color == color)
     rate = lambda v: round(float(np.mean(v)), 4) if v else None  # noqa: E731
     return {**{k: rate(v) for k, v in counts.items()},
+            "held_out": {k: rate([x for x, h in zip(v, held) if h]) for k, v in counts.items()}, "held_out_prompts": sum(held),
             "agreement": {cls: {"correlation": rate([c for c, _ in v]), "iou": rate([u for _, u in v])} for cls, v in classes.items()},
             "prompts": len(cases), "top": top}
 
@@ -368,6 +377,7 @@ def main(argv=None) -> int:
                              "samplers' agreement (what the course shows), and the guidance curve on N pair prompts; 0 = skip (default)")
     parser.add_argument("--interventions", type=checks.natural_int, default=0, metavar="N",
                         help="also take words out of N held-out and single-object prompts (issue 17's measurements); 0 = skip (default)")
+    parser.add_argument("--interventions-only", action="store_true", help="measure the interventions only (with --interventions N)")
     parser.add_argument("--phenomena-only", action="store_true",
                         help="measure the phenomena only, not the accuracy (to run the two side by side: scripts/evaluate_gpu.sh)")
     parser.add_argument("--device", default="cpu", help="where to generate (cuda is faster; figures differ from the CPU's in rare cases)")
@@ -398,9 +408,11 @@ def run(args) -> None:
         check_writable_folder(args.examples)
     if args.phenomena_only and not args.phenomena:
         raise ValueError("--phenomena-only needs --phenomena N (how many prompts to measure them on)")
+    if args.interventions_only and not args.interventions:
+        raise ValueError("--interventions-only needs --interventions N (how many prompts to take words out of)")
     pipe = load_pipeline(args.model, device=device)
     everything = prompt_set(world=world_of(pipe))
-    if args.phenomena_only:
+    if args.phenomena_only or args.interventions_only:  # no accuracy grading
         result = {"settings": {"steps": args.steps, "seed": args.seed, "seeds": args.seeds, "model": pipe.name, "world": world_of(pipe)}}
     else:
         cases = everything if args.only is None else prompt_group(everything, args.only)

@@ -28,6 +28,7 @@ def no_generation(monkeypatch):
     (["--out", "/proc/x/evaluation.json"], "cannot write into /proc/x"),
     (["--out", "{tmp}"], "is a folder, not a --out file"),
     (["--examples", "{tmp}/afile"], "is a file, not a folder"),
+    (["--interventions-only"], "--interventions-only needs --interventions N"),
     (["--device", "tpu9"], "not a device torch knows"),
 ])
 def test_evaluation_mistakes_give_one_line_and_exit_code_2(tmp_path, capsys, no_generation, args, message):
@@ -109,6 +110,8 @@ def test_intervention_effects_reads_what_taking_words_out_does(pipe):
     assert (result["colour_plain"], result["colour_removed"], result["colour_silenced"]) == (1.0, 0.0, 1.0)
     assert (result["shape_plain"], result["shape_removed"], result["swap_shape"]) == (1.0, 0.0, 1.0)
     assert result["agreement"]["colour"]["iou"] > result["agreement"]["function"]["iou"]
+    assert result["held_out_prompts"] == 1 and result["held_out"]["colour_removed"] == result["colour_removed"]
+    assert result["colour_unguided"] in (0.0, 1.0) and result["colour_doubled"] in (0.0, 1.0)
 
 
 def test_intervention_effects_takes_an_as_the_article(pipe):
