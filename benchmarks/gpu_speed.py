@@ -12,7 +12,10 @@ times, in rounds after a warm-up, the order reversed every other round:
     naive             DAAM-style recorder: classic softmax attention everywhere, host copy every step
     edited            traced, with one word's attention reweighted (×0) in every step and layer (isd.edits.Reweight):
                       every cross-attention call runs with an additive bias on its logits
+    edited_no_maps    the same edit, recording no attention maps: what an edit itself costs (beside traced_no_maps)
     removed           traced, with one word removed (isd.edits.Remove: the text encoder's mask too)
+    swapped           traced, "a red square ..." with the maps of a traced "a red circle ..." injected in the first
+                      half of the steps (isd.edits.Swap)
     *_compiled        the same after ``unet.compile()`` (torch.compile), where it works
 
 It reports seconds per image (min and median), the ratio to ``plain`` of the same run, peak GPU
@@ -24,8 +27,8 @@ variant, so a run cut short still leaves its figures.
     python benchmarks/gpu_speed.py --layout sd21-base --out docs/gpu_speed_sd21-base.json
     python benchmarks/gpu_speed.py --layout sdxl-base --variants plain,traced --repeats 20 --no-compile \
         --out docs/gpu_speed_sdxl-base.json
-    python benchmarks/gpu_speed.py --layout sd15 --variants plain,traced,edited,removed --repeats 20 --no-compile \
-        --out docs/gpu_speed_sd15_edits.json
+    python benchmarks/gpu_speed.py --layout sd15 --variants plain,traced,traced_no_maps,edited_no_maps,edited,removed,swapped \
+        --repeats 20 --no-compile --out docs/gpu_speed_sd15_edits.json
 """
 
 import argparse
@@ -43,15 +46,18 @@ import illustrated_sd as isd
 
 from naive_recorder import naive_recording
 
-EAGER = ["plain", "traced", "traced_no_maps", "traced_per_head", "traced_self", "naive", "edited", "removed"]
+EAGER = ["plain", "traced", "traced_no_maps", "traced_per_head", "traced_self", "naive", "edited", "edited_no_maps", "removed",
+         "swapped"]
 COMPILED = ["plain_compiled", "traced_compiled", "traced_per_head_compiled"]
 RECORDS = {
     "traced": isd.RecordOptions(),
     "traced_no_maps": isd.RecordOptions(cross_attention=False),
     "traced_per_head": isd.RecordOptions(per_head=True),
     "traced_self": isd.RecordOptions(self_attention_resolutions=(8,)),
+    "edited_no_maps": isd.RecordOptions(cross_attention=False),
 }
-EDITS = {"edited": lambda: [isd.edits.Reweight("red", 0.0)], "removed": lambda: [isd.edits.Remove("red")]}
+EDITS = {"edited": lambda: [isd.edits.Reweight("red", 0.0)], "edited_no_maps": lambda: [isd.edits.Reweight("red", 0.0)],
+         "removed": lambda: [isd.edits.Remove("red")]}
 
 
 def make_runner(pipe, variant, steps, size, guidance, prompt="a red circle on the left"):
@@ -70,6 +76,14 @@ def make_runner(pipe, variant, steps, size, guidance, prompt="a red circle on th
         edits = EDITS[base]() if base in EDITS else None
         trace = pipe(prompt, seed=0, progress=False, record=RECORDS.get(base, RECORDS["traced"]), edits=edits, **settings)
         return trace.image, trace
+
+    if base == "swapped":  # the source is generated once, outside the timing; its maps are injected in every run
+        source = pipe(prompt, seed=0, progress=False, **settings)
+
+        def swapped():
+            trace = pipe(prompt.replace("circle", "square"), seed=0, progress=False, edits=[isd.edits.Swap(source)], **settings)
+            return trace.image, trace
+        return swapped
 
     return {"plain": plain, "naive": naive}.get(base, traced)
 
