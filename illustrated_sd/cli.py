@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: %(default)s)")
     explain.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="(default: %(default)s)")
     explain.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="the sampler (default: the model's)")
+    explain.add_argument("--explorer", choices=["full", "light", "none"], default="full",
+                         help="the page's interactive explorer: every step (full), at most 10 steps with small pictures "
+                              "(light: for 512² models, a page of a few MB), or none (default: %(default)s)")
     return parser
 
 
@@ -76,7 +79,8 @@ def explain(args) -> Path:
         trace = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
                      negative_prompt=args.negative)
         trace.save(staging / "trace.safetensors")
-        write_report(trace, staging, scheduler=pipe.scheduler, decode=pipe.decode_latents)
+        write_report(trace, staging, scheduler=pipe.scheduler, decode=pipe.decode_latents,
+                     explorer=None if args.explorer == "none" else args.explorer)
         with atomic_write(staging / "summary.txt") as tmp:
             tmp.write_text(summary(trace) + "\n", encoding="utf-8")
         check_output_folder(out, _ours)  # again: something may have appeared there while we generated

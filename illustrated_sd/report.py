@@ -1,4 +1,8 @@
-"""An explained generation as one self-contained HTML page (images inline), for students without Jupyter."""
+"""An explained generation as one self-contained HTML page (images inline), for students without Jupyter.
+
+The page opens with the explorer (:mod:`illustrated_sd.explorer`: a step slider, token and layer pickers,
+hover a pixel to read its words), then explains each part with a figure. It fetches nothing.
+"""
 
 import base64
 import html
@@ -7,6 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from . import plot
+from .explorer import PRESETS, explorer_html
 from .files import atomic_write
 from .trace import Trace, require_trace
 
@@ -60,17 +65,21 @@ def _sdxl_text(trace: Trace) -> str:
                        f"numbers), which joins the timestep embedding together with numbers about the picture: {ids}.")
 
 
-def write_report(trace: Trace, folder, scheduler=None, decode=None) -> Path:
+def write_report(trace: Trace, folder, scheduler=None, decode=None, explorer: str | None = "full") -> Path:
     """Write ``folder/report.html`` (self-contained) and the figures as PNGs beside it.
 
     Args:
         trace: the generation to explain.
         scheduler: the pipeline's scheduler, for the noise-schedule figure (skipped if ``None``).
         decode: ``pipe.decode_latents``, to show predicted x0 as pictures (else latent channels as RGB).
+        explorer: ``"full"`` (every step), ``"light"`` (≤ 10 steps, small pictures: for 512² models, see
+            docs/performance.md) or ``None`` (a static page only).
     Returns:
         the path of ``report.html``.
     """
     require_trace(trace, "write_report")
+    if explorer is not None and explorer not in PRESETS:
+        raise ValueError(f"unknown explorer {explorer!r}; choose from {sorted(PRESETS)} or None (no explorer)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_write(folder / "image.png", "image") as tmp:
@@ -91,6 +100,8 @@ def write_report(trace: Trace, folder, scheduler=None, decode=None) -> Path:
             f"<p class='settings'>{trace.num_steps} steps of {trace.scheduler}, guidance {trace.guidance_scale:g}, "
             f"seed {trace.seed}, {trace.width}×{trace.height} px, model {html.escape(trace.model)}</p>",
             f"<img class='hero' src='{_data_uri(folder / 'image.png')}' alt='the generated image'>"]
+    if explorer is not None:
+        body.append(explorer_html(trace, decode, explorer))
     for key, title, text in SECTIONS:
         if key == "tokens":
             dropped = f"<p>Dropped (over 77 tokens): {html.escape(trace.truncated_text)}</p>" if trace.truncated_text else ""
