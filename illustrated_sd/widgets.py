@@ -31,6 +31,24 @@ def _heat_image(heat: np.ndarray, under: Image.Image) -> Image.Image:
     return Image.fromarray(((0.35 * grey + 0.65 * colors) * 255).astype(np.uint8))
 
 
+def _static_repr(widget, what: str) -> str:
+    """What a page without a kernel shows instead of the widget (ipywidgets cuts text/plain at 110 characters)."""
+    return f"{type(widget).__name__}: {what} (a live widget: run the notebook in JupyterLab)"
+
+
+def _telling_token(trace) -> int:
+    """The slot to show first: the word whose heatmap at the last step is strong and concentrated (peak times
+    peak over mean), i.e. a word that found its place: neither an article that pixels attend to everywhere
+    nor a word with a sharp but tiny map."""
+    if not trace.attention_maps:
+        return 1
+
+    def concentration(slot):
+        heat = trace.cross_attention(slot, step=-1)
+        return float(heat.max() ** 2 / heat.mean().clamp_min(1e-12))
+    return max(range(1, len(trace.tokens) - 1), key=concentration)
+
+
 class TraceExplorer(W.VBox):
     """Scrub through a trace: a step slider (with play), token, layer and head selectors, and four
     views that update together: the final image, the latent x_t, the predicted x0, the token's heatmap.
@@ -51,7 +69,8 @@ class TraceExplorer(W.VBox):
         self.play = W.Play(value=last, min=0, max=last, interval=300)
         W.jslink((self.play, "value"), (self.step, "value"))
         words = trace.tokens[1:-1]
-        self.token = W.Dropdown(options=[(f"{i}: {w}", i) for i, w in enumerate(trace.tokens)], value=1 if words else 0, description="token")
+        self.token = W.Dropdown(options=[(f"{i}: {w}", i) for i, w in enumerate(trace.tokens)], value=_telling_token(trace) if words else 0,
+                                description="token")
         self.layer = W.Dropdown(options=[("all layers", None)] + [(name, name) for name in trace.attention_maps], description="layer")
         heads = next(iter(trace.attention_maps.values())).shape[1] if trace.attention_maps else 1
         self.head = W.Dropdown(options=[("mean", None)] + ([(str(h), h) for h in range(heads)] if trace.per_head else []), description="head")
@@ -63,6 +82,9 @@ class TraceExplorer(W.VBox):
         for control in (self.step, self.token, self.layer, self.head):
             control.observe(lambda change: self.update(), names="value")
         self.update()
+
+    def __repr__(self) -> str:
+        return _static_repr(self, f"{self.trace.num_steps} steps of {self.trace.prompt!r:.40}")
 
     def _picture(self, which: str, step: int) -> Image.Image:
         latent = (self.trace.latents[step + 1] if which == "latent" else self.trace.pred_x0[step])
@@ -82,7 +104,8 @@ class TraceExplorer(W.VBox):
             self.views["heatmap"].value = _png(_heat_image(heat, trace.image))
         t = trace.timesteps[step].item()
         self.caption.value = (f"step {step + 1} of {trace.num_steps}, t = {t:.0f}, ᾱ = {trace.alpha_bars[step].item():.3f}: "
-                              f"the model believes the clean picture is <i>predicted x0</i>")
+                              f"<i>latent</i> is x<sub>t</sub> after this step, <i>pred_x0</i> the clean picture the model "
+                              f"believes in here")
 
 
 class PromptPlayground(W.VBox):
@@ -106,6 +129,9 @@ class PromptPlayground(W.VBox):
         self.trace = None
         self.button.on_click(self.generate)
         super().__init__([self.prompt, W.HBox([self.steps, self.guidance, self.seed, self.button]), self.status, self.progress, self.explorer_box])
+
+    def __repr__(self) -> str:
+        return _static_repr(self, "type a prompt, press Generate")
 
     def generate(self, _button=None) -> None:
         """Run the pipeline with the current settings (the Generate button calls this)."""
@@ -141,6 +167,9 @@ class GuidanceSlider(W.VBox):
             W.VBox([W.HTML(f"guidance {scales[0]:g}"), self.baseline]), W.VBox([self.caption, self.view])])])
         self.baseline.value = _png(self._trace(scales[0]).image.resize((SIZE, SIZE)))
         self.update()
+
+    def __repr__(self) -> str:
+        return _static_repr(self, "slide between guidance scales")
 
     def _trace(self, scale):
         if scale not in self.traces:

@@ -31,7 +31,8 @@ def main():
     for path in args.notebooks:
         nb = nbformat.read(path, as_version=4)
         start = time.perf_counter()
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(args.out)}}).execute()
+        # no widget state in the copy: with it, the docs page would load the widgets' JavaScript from a CDN
+        NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=False, resources={"metadata": {"path": str(args.out)}}).execute()
         times[path.stem] = round(time.perf_counter() - start, 1)
         nbformat.write(nb, args.out / path.name)
         print(f"{path.stem}: {times[path.stem]} s", flush=True)

@@ -1,5 +1,8 @@
 """Shared, session-scoped objects: real (tiny) pipelines and a real trace, built once."""
 
+import os
+import shutil
+
 import matplotlib
 import pytest
 import torch
@@ -38,3 +41,21 @@ def plain_image(illustrated, prompt, steps, guidance, seed, **kwargs):
     """What plain diffusers makes with the same components and settings."""
     generator = torch.Generator("cpu").manual_seed(seed)
     return illustrated.pipeline(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator, **kwargs).images[0]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium (`make test` installs it). Without one: a skip on a laptop, a failure under CI."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs Debian's chromium for the browser tests, and none is installed: run `make browser` (part of `make test`)")
+        pytest.skip("no chromium on this machine: `make browser` installs Debian's (or install Chromium yourself)")
+    return found
+
+
+def launch(playwright, chromium: str, **kwargs):
+    """Headless Chromium for a test: no sandbox (CI runs as root), no GPU, nothing that phones home."""
+    return playwright.chromium.launch(executable_path=chromium, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"], **kwargs)

@@ -1,9 +1,6 @@
 """The explained report: written by the CLI, opened in a real headless Chromium, every image loaded; its
 explorer driven there like a student would (slider, play, token picker, hover), offline."""
 
-import os
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +9,7 @@ from PIL import Image
 
 from illustrated_sd.cli import main
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from .conftest import launch
 
 
 @pytest.fixture(scope="module")
@@ -37,24 +34,12 @@ def test_report_is_self_contained_and_explains_each_part(report):
         assert (report.parent / png).stat().st_size > 1000
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    """Debian's Chromium (`make test` installs it). Without one: a skip on a laptop, a failure under CI."""
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI needs Debian's chromium for the browser test, and none is installed: run `make browser` (part of `make test`)")
-        pytest.skip("no chromium on this machine: `make browser` installs Debian's (or install Chromium yourself)")
-    return CHROMIUM
-
-
 def test_report_renders_in_headless_chromium(report, chromium, tmp_path):
     from playwright.sync_api import sync_playwright
 
     errors = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch(p, chromium)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda err: errors.append(str(err)))
@@ -85,8 +70,7 @@ def test_the_explorer_answers_the_slider_the_tokens_and_the_mouse_offline(report
     trace = isd.Trace.load(report.parent / "trace.safetensors")
     errors, requests = [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--no-first-run",
-                                                                    "--disable-background-networking", "--disable-component-update"])
+        browser = launch(p, chromium)
         page = browser.new_page(viewport={"width": 1200, "height": 1000})
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda err: errors.append(str(err)))

@@ -13,8 +13,9 @@ def test_trace_explorer_views_follow_the_controls(trace, head_trace):
     assert explorer.views["latent"].value != before["latent"]
     assert explorer.views["pred_x0"].value != before["pred_x0"]
     assert explorer.views["image"].value == before["image"]  # the final image does not depend on the step
+    assert trace.tokens[explorer.token.value] in ("red", "circle", "left")  # it opens on a word that found its place
     heat = explorer.views["heatmap"].value
-    explorer.token.value = trace.token_index("left")[0]
+    explorer.token.value = 1 if explorer.token.value != 1 else 2
     assert explorer.views["heatmap"].value != heat
     heat = explorer.views["heatmap"].value
     explorer.layer.value = explorer.layer.options[-1][1]

@@ -173,15 +173,17 @@
     $("isd-play").textContent = "▶ play";
   }
 
-  // The token shown first: the word whose heatmap at the last step is the most concentrated (peak over
-  // mean): a word that found its place, not the start marker or an article, which pixels attend to everywhere.
+  // The token shown first: the word whose heatmap at the last step is strong and concentrated (peak times
+  // peak over mean): a word that found its place, not an article that pixels attend to everywhere, nor a
+  // word with a sharp but tiny map (as TraceExplorer chooses in a notebook).
   if (groups.length && T > 2) {
     const g = groups[0];
     let best = -1;
     for (let t = 1; t < T - 1; t++) {
       let peak = 0, sum = 1e-12;
       for (let y = 0; y < g.h; y++) for (let x = 0; x < g.w; x++) { const a = attention(g, y, x, t); peak = Math.max(peak, a); sum += a; }
-      if (peak * g.h * g.w / sum > best) { best = peak * g.h * g.w / sum; state.token = t; }
+      const score = peak * peak * g.h * g.w / sum;
+      if (score > best) { best = score; state.token = t; }
     }
   }
 
