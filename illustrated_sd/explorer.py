@@ -31,14 +31,20 @@ from .trace import Trace, require_trace
 # "full": every step, pictures as PNG at the image's size. "light": at most 10 steps (evenly spread, the
 # last among them) and pictures as JPEG at most 256 px: for 512² SD, whose full explorer is tens of MB
 # (benchmarks/explorer_size.py measures both).
+# "auto" (the default) is "full" up to 256-px pictures (the embedded model's page: about 2 MB) and "light"
+# above (SD 1.5 at 512²: about 6 MB instead of 55).
 PRESETS = {"full": {"max_steps": None, "picture_px": None}, "light": {"max_steps": 10, "picture_px": 256}}
+AUTO_FULL_UP_TO_PX = 256
 
 
-def _check_preset(preset: str) -> dict:
+def resolve_preset(trace: Trace, preset: str) -> str:
+    """``preset``, with ``"auto"`` made ``"full"`` or ``"light"`` by the trace's picture size; unknown names refused."""
+    if preset == "auto":
+        return "full" if max(trace.height, trace.width) <= AUTO_FULL_UP_TO_PX else "light"
     if preset not in PRESETS:
-        raise ValueError(f"unknown explorer preset {preset!r}; choose from {sorted(PRESETS)} ('light' keeps at most "
+        raise ValueError(f"unknown explorer preset {preset!r}; choose from {['auto', *sorted(PRESETS)]} ('light' keeps at most "
                          f"{PRESETS['light']['max_steps']} steps and {PRESETS['light']['picture_px']}-px pictures, for big models)")
-    return PRESETS[preset]
+    return preset
 
 
 def shown_steps(num_steps: int, max_steps: int | None) -> list[int]:
@@ -109,13 +115,14 @@ def _colormap(name: str) -> list[str]:
     return [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps[name](np.linspace(0, 1, 256))]
 
 
-def explorer_data(trace: Trace, decode=None, preset: str = "full") -> dict:
+def explorer_data(trace: Trace, decode=None, preset: str = "auto") -> dict:
     """Everything the explorer shows, as JSON-ready values.
 
     Args:
         trace: a recorded generation (cross-attention maps make the token views; without them the page says so).
         decode: ``pipe.decode_latents``, to show x̂₀ as pictures (else latent channels as colours).
-        preset: ``"full"`` (every step, PNG pictures) or ``"light"`` (≤ 10 steps, ≤ 256-px JPEG pictures).
+        preset: ``"full"`` (every step, PNG pictures), ``"light"`` (≤ 10 steps, ≤ 256-px JPEG pictures) or
+            ``"auto"``: full for pictures up to 256 px, else light.
     Returns:
         a dict: ``steps`` (indices kept, of ``num_steps``), ``timesteps``, ``alpha_bars``, ``tokens`` (labels of the
         slots start…end), ``image`` and ``x0`` (data URIs), ``groups`` (heatmaps ``[s, h, w, T]``), ``latents`` and
@@ -123,7 +130,8 @@ def explorer_data(trace: Trace, decode=None, preset: str = "full") -> dict:
         ``None`` without guidance), arrays as base64 float16.
     """
     require_trace(trace, "the explorer")
-    settings = _check_preset(preset)
+    preset = resolve_preset(trace, preset)
+    settings = PRESETS[preset]
     steps = shown_steps(trace.num_steps, settings["max_steps"])
     guidance = None
     if trace.noise_pred_uncond is not None:
@@ -148,7 +156,7 @@ def _asset(name: str) -> str:
     return resources.files("illustrated_sd").joinpath("assets", "explorer", name).read_text(encoding="utf-8")
 
 
-def explorer_html(trace: Trace, decode=None, preset: str = "full") -> str:
+def explorer_html(trace: Trace, decode=None, preset: str = "auto") -> str:
     """The explorer as one HTML fragment (a ``<section>`` with its style, data and script inline) for a page."""
     data = json.dumps(explorer_data(trace, decode, preset), separators=(",", ":"))
     # Inside <script> only "</" could end the block early: JSON allows writing it as "<\/".

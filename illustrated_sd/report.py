@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from . import plot
-from .explorer import PRESETS, explorer_html
+from .explorer import explorer_html, resolve_preset
 from .files import atomic_write
 from .trace import Trace, require_trace
 
@@ -65,7 +65,7 @@ def _sdxl_text(trace: Trace) -> str:
                        f"numbers), which joins the timestep embedding together with numbers about the picture: {ids}.")
 
 
-def write_report(trace: Trace, folder, scheduler=None, decode=None, explorer: str | None = "full") -> Path:
+def write_report(trace: Trace, folder, scheduler=None, decode=None, explorer: str | None = "auto") -> Path:
     """Write ``folder/report.html`` (self-contained) and the figures as PNGs beside it.
 
     Args:
@@ -73,13 +73,13 @@ def write_report(trace: Trace, folder, scheduler=None, decode=None, explorer: st
         scheduler: the pipeline's scheduler, for the noise-schedule figure (skipped if ``None``).
         decode: ``pipe.decode_latents``, to show predicted x0 as pictures (else latent channels as RGB).
         explorer: ``"full"`` (every step), ``"light"`` (≤ 10 steps, small pictures: for 512² models, see
-            docs/performance.md) or ``None`` (a static page only).
+            docs/performance.md), ``"auto"`` (full up to 256-px pictures, else light) or ``None`` (a static page only).
     Returns:
         the path of ``report.html``.
     """
     require_trace(trace, "write_report")
-    if explorer is not None and explorer not in PRESETS:
-        raise ValueError(f"unknown explorer {explorer!r}; choose from {sorted(PRESETS)} or None (no explorer)")
+    if explorer is not None:
+        explorer = resolve_preset(trace, explorer)  # refused here, before any file is written
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_write(folder / "image.png", "image") as tmp:

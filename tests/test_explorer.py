@@ -39,6 +39,14 @@ def test_the_data_is_the_traces_numbers(trace, pipe):
         assert x0.size == trace.image.size
 
 
+def test_auto_is_full_for_small_pictures_and_light_for_big_ones(trace):
+    from dataclasses import replace
+
+    from illustrated_sd.explorer import resolve_preset
+    assert resolve_preset(trace, "auto") == "full" and explorer_data(trace)["preset"] == "full"  # 128²
+    assert resolve_preset(replace(trace, height=512, width=512), "auto") == "light"
+
+
 def test_light_keeps_ten_steps_and_small_pictures(trace):
     assert shown_steps(50, 10) == [0, 5, 11, 16, 22, 27, 33, 38, 44, 49] and shown_steps(6, 10) == list(range(6))
     data = explorer_data(trace, preset="light")
@@ -64,10 +72,11 @@ def test_a_prompt_cannot_end_the_data_block_early(pipe):
 
 
 def test_bad_presets_are_refused_with_the_choices(trace, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown explorer preset 'tiny'; choose from \['full', 'light'\]"):
+    with pytest.raises(ValueError, match=r"unknown explorer preset 'tiny'; choose from \['auto', 'full', 'light'\]"):
         explorer_data(trace, preset="tiny")
-    with pytest.raises(ValueError, match="choose from .* or None"):
-        write_report(trace, tmp_path, explorer="everything")
+    with pytest.raises(ValueError, match="unknown explorer preset 'everything'"):
+        write_report(trace, tmp_path / "r", explorer="everything")
+    assert not (tmp_path / "r").exists()  # refused before anything was written
     with pytest.raises(TypeError, match="the explorer takes a Trace, got Tensor"):
         explorer_data(torch.zeros(3))
 

@@ -1,0 +1,55 @@
+"""How big is the report's explorer? The whole report.html, per explorer preset, for one layout's trace.
+
+    python benchmarks/explorer_size.py                                  # the embedded tiny model, 128², 25 steps (CPU)
+    python benchmarks/explorer_size.py --layout sd15 --device cuda      # SD 1.5's architecture, 512², 50 steps
+
+A real architecture is built with random weights (as in gpu_speed.py): its pictures are noise, the worst
+case for PNG, so its sizes are an upper bound for a trained model's. Results are merged into --out, one
+entry per layout.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import illustrated_sd as isd
+from illustrated_sd.explorer import PRESETS
+from illustrated_sd.report import write_report
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layout", default="tiny", help="'tiny' (the embedded model) or an isd.architectures layout, e.g. sd15")
+    parser.add_argument("--steps", type=int, default=None, help="default: 25 for tiny, 50 otherwise")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("docs/explorer_size.json"))
+    args = parser.parse_args()
+    if args.layout == "tiny":
+        pipe, steps = isd.load_pipeline(device=args.device), args.steps or 25
+    else:
+        dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+        with torch.device(args.device):
+            pipe = isd.IllustratedPipeline(isd.build_random_pipeline(args.layout, dtype=dtype))
+        steps = args.steps or 50
+    trace = pipe("a red circle on the left", num_inference_steps=steps, seed=0, progress=False)
+    row = {"model": pipe.name, "size": [trace.height, trace.width], "steps": steps, "trace_mib": round(trace.nbytes / 2**20, 1),
+           "report_mib": {}, "seconds": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        for preset in [None, *PRESETS]:
+            start = time.perf_counter()
+            page = write_report(trace, Path(folder) / str(preset), scheduler=pipe.scheduler, decode=pipe.decode_latents, explorer=preset)
+            row["report_mib"][preset or "none"] = round(page.stat().st_size / 2**20, 2)
+            row["seconds"][preset or "none"] = round(time.perf_counter() - start, 1)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results[args.layout] = row
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()
