@@ -33,7 +33,7 @@ def _heat_image(heat: np.ndarray, under: Image.Image) -> Image.Image:
 
 def _static_repr(widget, what: str) -> str:
     """What a page without a kernel shows instead of the widget (ipywidgets cuts text/plain at 110 characters)."""
-    return f"{type(widget).__name__}: {what} (a live widget: run the notebook in JupyterLab)"
+    return f"{type(widget).__name__}: {what} (a live widget: open the notebook in JupyterLab)"
 
 
 def _telling_token(trace) -> int:
@@ -84,7 +84,8 @@ class TraceExplorer(W.VBox):
         self.update()
 
     def __repr__(self) -> str:
-        return _static_repr(self, f"{self.trace.num_steps} steps of {self.trace.prompt!r:.40}")
+        prompt = self.trace.prompt if len(self.trace.prompt) <= 30 else self.trace.prompt[:29] + "…"
+        return _static_repr(self, f"{self.trace.num_steps} steps of {prompt!r}")
 
     def _picture(self, which: str, step: int) -> Image.Image:
         latent = (self.trace.latents[step + 1] if which == "latent" else self.trace.pred_x0[step])

@@ -1,8 +1,11 @@
-"""Render every plot helper from the embedded model into docs/gallery/ (the gallery page shows them).
+"""Render every plot helper from the embedded model into docs/gallery/ (the gallery page shows them), and a
+screenshot of the report's explorer in headless Chromium (where one is installed: `make browser`).
 
     python scripts/make_gallery.py
 """
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -45,6 +48,35 @@ def main():
         fig.savefig(OUT / f"{name}.png", dpi=72)
     isd.plot.animate(trace, OUT / "denoising.gif", decode=pipe.decode_latents, token="heart", size=160)
     print(f"wrote {len(figures) + 1} files to {OUT}")
+    explorer_screenshot(trace, pipe)
+
+
+def explorer_screenshot(trace, pipe):
+    """The explorer of the same trace, at step 8 with "heart" picked and the mouse on the triangle."""
+    from playwright.sync_api import sync_playwright
+
+    from illustrated_sd.report import write_report
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        print("no chromium: explorer.png not redrawn (`make browser` installs it)")
+        return
+    with tempfile.TemporaryDirectory() as folder, sync_playwright() as p:
+        page_path = write_report(trace, folder, scheduler=pipe.scheduler, decode=pipe.decode_latents)
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1120, "height": 1000})
+        page.goto(page_path.as_uri())
+        page.wait_for_function("document.querySelectorAll('#isd-token-list button').length > 0")
+        page.focus("#isd-step")
+        page.keyboard.press("Home")
+        for _ in range(7):
+            page.keyboard.press("ArrowRight")
+        page.click(f"[data-token='{trace.tokens.index('heart')}']")
+        box = page.locator("#isd-heat").bounding_box()
+        page.mouse.move(box["x"] + 0.25 * box["width"], box["y"] + 0.5 * box["height"])
+        page.locator("#isd-explorer").screenshot(path=str(OUT / "explorer.png"))
+        browser.close()
+    print(f"wrote {OUT / 'explorer.png'}")
 
 
 if __name__ == "__main__":
