@@ -17,6 +17,7 @@ transformers.logging.set_verbosity(_verbosity)
 
 from . import budget, clip, edits, plot, world  # widgets load on request: from illustrated_sd import widgets
 from .architectures import build_random_pipeline
+from .batch import TraceSet
 from .causal import CausalMap, causal_map
 from .forward_diffusion import ForwardDiffusion, cpu_threads, diffusion_loss, encode_examples, forward_diffusion, training_step
 from .loading import ModelLoadError, load_pipeline
@@ -24,5 +25,5 @@ from .pipeline import SCHEDULERS, IllustratedPipeline
 from .recorders import RecordOptions
 from .trace import Trace
 
-__all__ = ["budget", "clip", "edits", "plot", "world", "ForwardDiffusion", "cpu_threads", "diffusion_loss", "encode_examples", "forward_diffusion", "training_step", "CausalMap", "causal_map", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "build_random_pipeline", "load_pipeline"]
+__all__ = ["budget", "clip", "edits", "plot", "world", "ForwardDiffusion", "cpu_threads", "diffusion_loss", "encode_examples", "forward_diffusion", "training_step", "CausalMap", "causal_map", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "TraceSet", "build_random_pipeline", "load_pipeline"]
 __version__ = "0.1.0"

@@ -64,7 +64,7 @@ def _gib(n: int) -> str:
 
 
 def estimate_trace(unet, text_encoders, record: RecordOptions, latent_shape: tuple[int, int, int], num_steps: int,
-                   guided: bool, text_length: int = 77) -> TraceEstimate:
+                   guided: bool, text_length: int = 77, prompt_tokens: int | None = None) -> TraceEstimate:
     """Add up what recording one generation with ``record`` will store.
 
     Args:
@@ -75,6 +75,8 @@ def estimate_trace(unet, text_encoders, record: RecordOptions, latent_shape: tup
         num_steps: UNet calls of the loop (``len(scheduler.timesteps)``).
         guided: classifier-free guidance on (adds the unconditional prediction and embeddings).
         text_length: tokens per prompt (77 for CLIP).
+        prompt_tokens: the prompt's own tokens, markers included (a compact trace keeps their maps and one
+            for the padding); ``None`` counts all ``text_length`` slots, an upper bound.
     Returns:
         a :class:`TraceEstimate`; ``.total`` is within a few hundred bytes of the finished trace.
     """
@@ -94,15 +96,21 @@ def estimate_trace(unet, text_encoders, record: RecordOptions, latent_shape: tup
     cross = {}
     if record.cross_attention:
         cross = maps(record.layers if record.layers is not None else list(layers["cross"]), lambda h, w: text_length)
+        if record.compact:  # one map per grid, the mean over the steps and the layers there
+            grids = {layer_grid(name, unet, hw) for name in cross}
+            keys = text_length if prompt_tokens is None else prompt_tokens + 1
+            cross = {f"{h}×{w}": h * w * keys * map_bytes for h, w in grids}
     self_names = [n for n in layers["self"] if layer_grid(n, unet, hw)[0] in record.self_attention_resolutions]
     self_ = maps(self_names, lambda h, w: h * w)
 
     per_step = math.prod(latent_shape) * model_bytes
+    kept = min(num_steps, record.keep_steps) if record.compact else num_steps  # a compact trace keeps a few steps
     # latents (S + 1), noise_pred, noise_pred_text, pred_x0, and noise_pred_uncond with guidance
-    steps = per_step * ((num_steps + 1) + 3 * num_steps + (num_steps if guided else 0))
+    steps = per_step * ((kept + 1) + 3 * kept + (kept if guided else 0))
     encoders = text_encoders if isinstance(text_encoders, (list, tuple)) else [text_encoders]
     # every layer of every encoder, and the context the UNet reads (prompt, and negative with guidance)
-    layers_width = sum((e.config.num_hidden_layers + 1) * e.config.hidden_size for e in encoders if e is not None)
+    kept_layers = (lambda e: 1) if record.compact else (lambda e: e.config.num_hidden_layers + 1)  # compact: the last layer only
+    layers_width = sum(kept_layers(e) * e.config.hidden_size for e in encoders if e is not None)
     context_width = unet.config.cross_attention_dim
     text = text_length * model_bytes * (layers_width + context_width * (2 if guided else 1))
     text += text_length * 8 * (len(encoders) - 1)  # a second tokenizer's int64 ids (SDXL)

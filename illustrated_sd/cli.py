@@ -1,4 +1,5 @@
-"""The command line: ``illustrated-sd explain "a red circle on the left" --out DIR``."""
+"""The command line: ``illustrated-sd explain "a red circle on the left" --out DIR`` (one generation, explained)
+and ``illustrated-sd batch prompts.txt --out DIR`` (a prompt set, traced; :mod:`illustrated_sd.batch`)."""
 
 import argparse
 import shutil
@@ -45,15 +46,38 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--guidance", type=checks.finite_float, default=7.5, help="classifier-free guidance scale (default: %(default)s)")
     explain.add_argument("--seed", type=checks.any_int, default=0, help="seed of the initial noise (default: %(default)s)")
     explain.add_argument("--negative", default=None, help="negative prompt")
-    explain.add_argument("--model", default=None, help="diffusers folder or Hub id (default: the embedded tiny model)")
-    explain.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: %(default)s)")
-    explain.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="(default: %(default)s)")
-    explain.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="the sampler (default: the model's)")
+    _model_options(explain)
     explain.add_argument("--explorer", choices=["auto", "full", "light", "none"], default="auto",
                          help="the page's interactive explorer: every step (full), at most 10 steps with small pictures "
                               "(light: SD 1.5 at 512² makes a page of about 6 MB instead of 55), none, or auto: full up to "
                               "256-px images, else light (default: %(default)s)")
+    batch = sub.add_parser("batch", help="trace every prompt of a file into a folder (resumable; several GPUs with accelerate launch)",
+                           description="Generate and trace every prompt of PROMPTS (a .txt with one prompt per line, or a .csv / "
+                                       ".jsonl with a 'prompt' column and optional seed, steps, guidance, negative) into --out: one "
+                                       "compact trace per prompt (000000.safetensors, ...: the heatmaps averaged over the steps, "
+                                       "a few steps' latents; --full for everything) and index.jsonl (prompt, settings, file, each "
+                                       "word's share of the attention and where it peaks). A rerun skips what is done. Several "
+                                       "GPUs: accelerate launch --multi_gpu --num_processes N -m illustrated_sd batch PROMPTS --out DIR. "
+                                       "Read the folder with isd.TraceSet(DIR).")
+    batch.add_argument("prompts", help="the prompt file (.txt, .csv or .jsonl)")
+    batch.add_argument("--out", default="outputs/batch", help="folder to write into (default: %(default)s)")
+    batch.add_argument("--steps", type=checks.positive_int, default=25, help="denoising steps, unless a row says (default: %(default)s)")
+    batch.add_argument("--guidance", type=checks.finite_float, default=7.5, help="guidance scale, unless a row says (default: %(default)s)")
+    batch.add_argument("--seed", type=checks.any_int, default=0, help="prompt i's seed is SEED + i, unless its row says (default: %(default)s)")
+    batch.add_argument("--full", action="store_true", help="keep full traces (every step, layer and text layer; 12 MiB each for the "
+                                                           "tiny model, 209 MiB for SD 1.5) instead of compact ones (default)")
+    batch.add_argument("--no-maps", action="store_true", help="record no cross-attention maps (a much smaller trace; no word summaries)")
+    _model_options(batch)
     return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """Which model, where, in which precision, with which sampler: the same for every command."""
+    parser.add_argument("--model", default=None, help="diffusers folder or Hub id (default: the embedded tiny model)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: %(default)s; under accelerate launch, "
+                                                        "each process's own)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="(default: %(default)s)")
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None, help="the sampler (default: the model's)")
 
 
 def _ours(name: str) -> bool:
@@ -91,6 +115,28 @@ def explain(args) -> Path:
     return out
 
 
+def batch(args) -> Path:
+    import illustrated_sd as isd
+    from illustrated_sd.batch import read_prompts, run_prompt_set
+
+    jobs = read_prompts(args.prompts, seed=args.seed, steps=args.steps, guidance=args.guidance)
+    device = checks.device(args.device)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder for --out")
+    check_writable_folder(out if out.exists() else out.parent)
+    record = isd.RecordOptions(cross_attention=not args.no_maps, compact=not args.full)
+
+    def make_pipe(process_device):
+        return isd.load_pipeline(args.model, device=process_device or device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
+
+    result = run_prompt_set(make_pipe, jobs, out, record=record)
+    if result["rank"] == 0:
+        print(f"{result['done']} of {len(jobs)} prompts traced in {out}/ ({result['skipped']} were already there); "
+              f"read them with isd.TraceSet({str(out)!r})")
+    return out
+
+
 def summary(trace) -> str:
     lines = [repr(trace), f"tokens: {trace.tokens}"]
     if trace.truncated_text:
@@ -114,14 +160,15 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            out = explain(args)
+            out = explain(args) if args.command == "explain" else batch(args)
     except (ValueError, TypeError, OSError, RuntimeError) as err:  # (FileNotFoundError and ModelLoadError among them)
         print(f"illustrated-sd: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("illustrated-sd: interrupted; nothing was written", file=sys.stderr)
         return 130
-    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/\nopen {out / 'report.html'} in a browser")
+    if args.command == "explain":
+        print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out}/\nopen {out / 'report.html'} in a browser")
     return 0
 
 

@@ -133,7 +133,7 @@ class Swap:
     layers: list[str] | None = None
 
     def __post_init__(self):
-        require_trace(self.source, "edits.Swap")
+        require_trace(self.source, "edits.Swap", every_step=True)
         if self.steps is not None:
             self.steps = checks.whole_number("steps", self.steps, minimum=1, hint="how many first steps take the source's maps")
 

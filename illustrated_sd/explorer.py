@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .plot.denoising import _as_rgb
-from .trace import Trace, require_trace
+from .trace import Trace, require_trace, spread_steps
 
 # "full": every step, pictures as PNG at the image's size. "light": at most 10 steps (evenly spread, the
 # last among them) and pictures as JPEG at most 256 px: for 512² SD, whose full explorer is tens of MB
@@ -45,13 +45,6 @@ def resolve_preset(trace: Trace, preset: str) -> str:
         raise ValueError(f"unknown explorer preset {preset!r}; choose from {['auto', *sorted(PRESETS)]} ('light' keeps at most "
                          f"{PRESETS['light']['max_steps']} steps and {PRESETS['light']['picture_px']}-px pictures, for big models)")
     return preset
-
-
-def shown_steps(num_steps: int, max_steps: int | None) -> list[int]:
-    """The step indices the explorer keeps: all of them, or ``max_steps`` spread evenly with the last one included."""
-    if max_steps is None or num_steps <= max_steps:
-        return list(range(num_steps))
-    return sorted({int(round(i)) for i in np.linspace(0, num_steps - 1, max_steps)})
 
 
 def _halves(x: torch.Tensor | np.ndarray) -> str:
@@ -129,10 +122,10 @@ def explorer_data(trace: Trace, decode=None, preset: str = "auto") -> dict:
         ``noise`` (``[s, C, h, w]``), ``guidance`` (``‖ε_text − ε_uncond‖`` per latent pixel, ``[s, h, w]``, or
         ``None`` without guidance), arrays as base64 float16.
     """
-    require_trace(trace, "the explorer")
+    require_trace(trace, "the explorer", every_step=True)
     preset = resolve_preset(trace, preset)
     settings = PRESETS[preset]
-    steps = shown_steps(trace.num_steps, settings["max_steps"])
+    steps = spread_steps(trace.num_steps, settings["max_steps"])
     guidance = None
     if trace.noise_pred_uncond is not None:
         push = (trace.noise_pred_text[steps].float() - trace.noise_pred_uncond[steps].float()).norm(dim=1)  # [s, h, w]

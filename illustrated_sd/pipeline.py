@@ -247,7 +247,7 @@ class IllustratedPipeline:
         # The recorders watch and the edits intervene (both installed for this block only; a recording over
         # budget, or an edit that does not fit the prompt, is refused here, before the first UNet call).
         with recording(unet, self.text_encoders, record, tuple(latents.shape[1:]), len(timesteps), guided,
-                       text.context.shape[1]) as rec, \
+                       text.context.shape[1], len(text.tokenized.tokens)) as rec, \
                 editing(unet, edits, prompt, text.tokenized, len(timesteps), tuple(latents.shape[-2:]), guided) as edit:
             rec.attention.adjust = edit.adjust  # the maps recorded are the attention the model used, edits included
             for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
@@ -276,15 +276,18 @@ class IllustratedPipeline:
         buffers["noise_pred_text"] = unet_outputs[:, -1]
         if guided:
             buffers["noise_pred_uncond"] = unet_outputs[:, 0]
-        # x̂₀ at every step at once: x_t (as the UNet saw it) and its prediction give the clean latent
-        buffers["pred_x0"] = pred_x0(buffers.pop("model_input"), buffers["noise_pred"], alpha_bars[:, None, None, None],
+        # x̂₀ at every (kept) step at once: x_t (as the UNet saw it) and its prediction give the clean latent
+        kept = rec.kept_steps if rec.kept_steps is not None else slice(None)  # a compact trace keeps a few steps
+        buffers["pred_x0"] = pred_x0(buffers.pop("model_input"), buffers["noise_pred"], alpha_bars[kept][:, None, None, None],
                                      scheduler.config.prediction_type)
         buffers["latents"] = torch.cat([start.latents, buffers["latents"]])
         # The records start their way to the host now (one transfer per tensor, not waited for), so
         # they travel while the GPU goes on to the VAE: recording never made the GPU wait.
         keep = _keeper(record)
         buffers = {name: keep(x.contiguous()) for name, x in buffers.items()}
-        cross_maps, self_maps = rec.attention.maps("cross", record.to_cpu), rec.attention.maps("self", record.to_cpu)
+        cross_maps = rec.attention.maps("cross", record.to_cpu, tokens=len(text.tokenized.tokens))
+        self_maps = rec.attention.maps("self", record.to_cpu)
+        layers = slice(-1, None) if record.compact else slice(None)  # a compact trace: the text encoders' last layer only
 
         # 7. Latent → pixels with the VAE decoder, then to a PIL image exactly as diffusers does
         # (SD 1/2 may run a safety checker; SDXL may add an invisible watermark).
@@ -305,7 +308,7 @@ class IllustratedPipeline:
             truncated_text=text.tokenized.truncated_text,
             text_embeddings=keep(text.embeddings[0]),
             uncond_embeddings=keep(text.uncond[0]) if guided else None,
-            text_hidden_states=keep(text.hidden_states),
+            text_hidden_states=keep(text.hidden_states[layers]),
             timesteps=keep(timesteps),
             alpha_bars=keep(alpha_bars),
             latents=buffers["latents"],
@@ -333,13 +336,15 @@ class IllustratedPipeline:
             mask=keep(start.mask) if start.mask is not None else None,
             guidance_rescale=guidance_rescale,
             token_ids_2=text.token_ids_2[0] if text.token_ids_2 is not None else None,
-            text_hidden_states_2=keep(text.hidden_states_2) if text.hidden_states_2 is not None else None,
+            text_hidden_states_2=keep(text.hidden_states_2[layers]) if text.hidden_states_2 is not None else None,
             pooled_text_embeds=keep(text.pooled[0]) if text.pooled is not None else None,
             uncond_pooled_text_embeds=keep(text.uncond_pooled[0]) if text.uncond_pooled is not None else None,
             add_time_ids=keep(ids[0]) if ids is not None else None,
             add_time_id_names=list(id_names) if id_names is not None else None,
             context_split=text.split,
             edits=edit.records,
+            kept_steps=rec.kept_steps,
+            grid_layers=rec.attention.grid_layers,
         )
         if device.type == "cuda":  # the one wait: every non-blocking copy above has landed before anyone reads it
             torch.cuda.current_stream(device).synchronize()

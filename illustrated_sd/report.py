@@ -77,7 +77,7 @@ def write_report(trace: Trace, folder, scheduler=None, decode=None, explorer: st
     Returns:
         the path of ``report.html``.
     """
-    require_trace(trace, "write_report")
+    require_trace(trace, "write_report", every_step=True)
     if explorer is not None:
         explorer = resolve_preset(trace, explorer)  # refused here, before any file is written
     folder = Path(folder)

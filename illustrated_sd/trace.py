@@ -56,6 +56,14 @@ class Trace:
             (``heads`` = 1 when head-averaged); each ``[..., :]`` row sums to 1 over the 77 tokens.
         self_attention_maps: ``{layer: [S, heads, H, W, H·W]}`` when recorded, else empty.
         per_head: whether ``attention_maps`` keep every head (else their mean, ``heads`` = 1).
+        kept_steps: ``None`` for a full trace. A *compact* trace (``RecordOptions(compact=True)``) kept only these
+            ``k`` step indices: ``latents`` is then ``[k + 1, C, h, w]`` (the start, then after each kept step),
+            ``noise_pred``, ``noise_pred_text``, ``noise_pred_uncond`` and ``pred_x0`` are ``[k, C, h, w]``,
+            ``text_hidden_states`` only the last layer ``[1, 77, D]``, and ``attention_maps`` one map per
+            resolution, ``{"16×16": [1, 1, 16, 16, n + 1]}``, the mean over every step, layer and head, for the
+            ``n`` prompt slots (markers included) and, last, all the padding slots summed (see :attr:`lacks`);
+            ``grid_layers`` says how many layers each map averages (``{"16×16": 4, …}``), so that heatmaps over
+            all layers and ``attention_shares`` weigh every layer as a full trace does.
         mode: ``"text2img"``, ``"img2img"`` or ``"inpaint"``; for img2img also ``strength``, ``init_latents [C, h, w]``
             (the encoded input image, before noising) and ``skipped_timesteps`` (the noisiest ones, not visited).
             ``"inpaint"`` adds ``mask [h, w]``: 1 where the model repainted, at latent resolution.
@@ -120,10 +128,26 @@ class Trace:
     add_time_id_names: list[str] | None = None
     context_split: int | None = None
     edits: list[dict] = field(default_factory=list)
+    kept_steps: list[int] | None = None
+    grid_layers: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_steps(self) -> int:
         return len(self.timesteps)
+
+    @property
+    def is_compact(self) -> bool:
+        """Whether this is a compact trace (a few steps kept, heatmaps averaged over the steps): see :attr:`lacks`."""
+        return self.kept_steps is not None
+
+    @property
+    def lacks(self) -> list[str]:
+        """What a compact trace does not have that a full one does (``[]`` for a full trace)."""
+        if not self.is_compact:
+            return []
+        return [f"latents, noise predictions and x̂₀ at steps other than {self.kept_steps}",
+                "attention maps per step, per layer and per head (it keeps one per resolution, averaged over all steps)",
+                "the text encoder's layers before the last", "self-attention maps"]
 
     @property
     def nbytes(self) -> int:
@@ -184,6 +208,7 @@ class Trace:
         if not self.attention_maps:
             raise ValueError("this trace has no cross-attention maps; generate with RecordOptions(cross_attention=True)")
         slots = self.token_index(token)
+        steps = self._map_steps(step)
         if layer is None:
             names = list(self.attention_maps)
         elif isinstance(layer, numbers.Integral) and not isinstance(layer, bool):
@@ -195,7 +220,6 @@ class Trace:
             names = [layer]
         else:
             raise ValueError(f"layer {layer!r} was not recorded; recorded layers: {list(self.attention_maps)}")
-        steps = checks.step_indices(step, self.num_steps)
         if head is not None:
             head = checks.whole_number("head", head)
         heat = []
@@ -209,7 +233,7 @@ class Trace:
                 maps = maps[:, head : head + 1]
             m = maps[..., slots].sum(-1).mean(dim=(0, 1))  # [H, W]
             heat.append(F.interpolate(m[None, None], size=self.latent_hw, mode="bilinear", align_corners=False)[0, 0])
-        return torch.stack(heat).mean(0)
+        return self._layer_mean(torch.stack(heat), names)
 
     def attention_shares(self, step=None) -> dict[str, float]:
         """Where the cross-attention goes, in total: the share of all pixels' attention (mean over
@@ -222,8 +246,9 @@ class Trace:
         """
         if not self.attention_maps:
             raise ValueError("this trace has no cross-attention maps; generate with RecordOptions(cross_attention=True)")
-        steps = checks.step_indices(step, self.num_steps)
-        per_slot = torch.stack([m[steps].float().mean(dim=(0, 1, 2, 3)) for m in self.attention_maps.values()]).mean(0)  # [77]
+        steps = self._map_steps(step)
+        per_slot = self._layer_mean(torch.stack([m[steps].float().mean(dim=(0, 1, 2, 3)) for m in self.attention_maps.values()]),
+                                    list(self.attention_maps))  # [keys]
         end = len(self.tokens) - 1  # the end marker's slot
         words = self.words or [(t, i, i + 1) for i, t in enumerate(self.tokens[1:-1], start=1)]
         shares = {self.tokens[0]: per_slot[0]}
@@ -233,6 +258,21 @@ class Trace:
         shares[self.tokens[-1]] = per_slot[end]
         shares["padding"] = per_slot[end + 1 :].sum()
         return {label: float(v) for label, v in shares.items()}
+
+    def _layer_mean(self, per_layer: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """The mean over layers of ``per_layer`` ``[L, ...]``; a compact trace's maps stand for ``grid_layers[name]``
+        layers each, and count as many, so that its answers are a full trace's."""
+        weights = torch.tensor([float(self.grid_layers.get(name, 1)) for name in names]).view(-1, *[1] * (per_layer.ndim - 1))
+        return (per_layer * weights).sum(0) / weights.sum()
+
+    def _map_steps(self, step) -> list[int]:
+        """Which entries of the attention maps ``step`` means; a compact trace has one, the mean over every step."""
+        if not self.is_compact:
+            return checks.step_indices(step, self.num_steps)
+        if step is not None:
+            raise ValueError(f"this compact trace kept the attention averaged over all {self.num_steps} steps, not step {step!r}; "
+                             "pass step=None, or generate with the default RecordOptions() for per-step maps")
+        return [0]
 
     # ---- saving ------------------------------------------------------------------------------
 
@@ -329,11 +369,27 @@ def prompt_words(tokens: list[str], words: list[tuple[str, int, int]]) -> list[s
     return [w for w, _, _ in words] if words else tokens[1:-1]
 
 
-def require_trace(value, who: str) -> "Trace":
-    """``value`` if it is a :class:`Trace`; else a ``TypeError`` saying where one comes from (a common slip: the prompt)."""
+def spread_steps(num_steps: int, k: int | None) -> list[int]:
+    """``k`` step indices of ``num_steps`` spread evenly, the first and the last among them (all of them when
+    ``k`` is ``None`` or not smaller): the steps a compact trace or a light explorer keeps."""
+    if k is None or num_steps <= k:
+        return list(range(num_steps))
+    if k == 1:
+        return [num_steps - 1]  # the one step that matters most: the last
+    return sorted({int(round(i)) for i in np.linspace(0, num_steps - 1, k)})
+
+
+def require_trace(value, who: str, every_step: bool = False) -> "Trace":
+    """``value`` if it is a :class:`Trace`; else a ``TypeError`` saying where one comes from (a common slip: the prompt).
+
+    ``every_step``: ``who`` reads every step, so a compact trace is refused (``ValueError``) with what it lacks.
+    """
     if not isinstance(value, Trace):
         raise TypeError(f"{who} takes a Trace, got {type(value).__name__} {value!r:.60}; make one with trace = pipe(prompt) "
                         "or isd.Trace.load(path)")
+    if every_step and value.is_compact:
+        raise ValueError(f"{who} needs every step, and this is a compact trace: it lacks {'; '.join(value.lacks)}. Generate "
+                         "with the default RecordOptions() for it (token_heatmaps and attention_shares work on a compact trace)")
     return value
 
 
@@ -370,6 +426,10 @@ _HEADER = {
     "edits": (lambda v: isinstance(v, list) and all(isinstance(e, dict) and e.get("kind") in ("reweight", "remove", "swap")
                                                    and isinstance(e.get("steps"), list) and isinstance(e.get("layers"), list) for e in v),
               "a list of edits, each an object with kind 'reweight', 'remove' or 'swap', steps and layers"),
+    "kept_steps": (lambda v: v is None or (isinstance(v, list) and len(v) > 0 and all(_is_int(i) and i >= 0 for i in v)
+                                           and v == sorted(set(v))), "null or an increasing list of step indices"),
+    "grid_layers": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_int(n) and n > 0 for k, n in v.items()),
+                    "an object of layer counts"),
     "map_layers": (lambda v: isinstance(v, dict) and set(v) == set(_MAP_DICTS)
                    and all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in v.values()),
                    f"an object with lists of layer names under {list(_MAP_DICTS)}"),
@@ -399,12 +459,16 @@ def _check_header(meta, tensors: dict[str, torch.Tensor]) -> None:
     for name in ("token_ids", "timesteps", "latents", "text_embeddings", "image"):
         if name not in tensors:
             raise ValueError(f"the tensor {name!r} is missing")
-    steps, length = len(tensors["timesteps"]), len(tensors["token_ids"])
+    all_steps, length = len(tensors["timesteps"]), len(tensors["token_ids"])
+    kept = meta.get("kept_steps")
+    if kept is not None and kept[-1] >= all_steps:
+        raise ValueError(f"kept_steps {kept} name steps beyond the {all_steps} timesteps")
+    steps = all_steps if kept is None else len(kept)  # what each per-step tensor holds
     latents = tensors["latents"]
-    if latents.ndim != 4 or len(latents) != steps + 1 or steps < 1:
-        raise ValueError(f"latents must be [steps + 1, C, h, w] with {steps} timesteps (got {list(latents.shape)})")
+    if latents.ndim != 4 or len(latents) != steps + 1 or all_steps < 1:
+        raise ValueError(f"latents must be [steps + 1, C, h, w] with {steps} (kept) steps (got {list(latents.shape)})")
     latent = tuple(latents.shape[1:])
-    shape("timesteps", steps), shape("alpha_bars", steps), shape("token_ids", length)
+    shape("timesteps", all_steps), shape("alpha_bars", all_steps), shape("token_ids", length)
     for name in ("noise_pred", "noise_pred_text", "pred_x0"):
         shape(name, steps, *latent)
     width = tensors["text_embeddings"].shape[-1]
@@ -453,9 +517,10 @@ def _check_header(meta, tensors: dict[str, torch.Tensor]) -> None:
         for layer in names:
             key = f"{group}/{layer}"
             maps = tensors.get(key)
-            if maps is None or maps.ndim != 5 or len(maps) != steps:
-                raise ValueError(f"{key} must be [{steps}, heads, H, W, keys] (got {'nothing' if maps is None else list(maps.shape)})")
-            keys = length if group == "attention_maps" else maps.shape[2] * maps.shape[3]
+            entries = 1 if kept is not None else steps  # a compact trace: the mean over the steps
+            if maps is None or maps.ndim != 5 or len(maps) != entries:
+                raise ValueError(f"{key} must be [{entries}, heads, H, W, keys] (got {'nothing' if maps is None else list(maps.shape)})")
+            keys = (length if kept is None else len(meta["tokens"]) + 1) if group == "attention_maps" else maps.shape[2] * maps.shape[3]
             if maps.shape[-1] != keys or (not meta.get("per_head", False) and maps.shape[1] != 1):
                 raise ValueError(f"{key} has shape {list(maps.shape)}, which does not fit {keys} keys "
                                  f"{'and per_head' if meta.get('per_head') else 'and one (head-averaged) map per step'}")

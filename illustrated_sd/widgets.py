@@ -61,7 +61,7 @@ class TraceExplorer(W.VBox):
     """
 
     def __init__(self, trace, decode=None):
-        require_trace(trace, "TraceExplorer")
+        require_trace(trace, "TraceExplorer", every_step=True)
         self.trace, self.decode = trace, decode
         self._decoded = {}
         last = trace.num_steps - 1

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 import illustrated_sd as isd
-from illustrated_sd.explorer import explorer_data, explorer_html, explorer_size, shown_steps
+from illustrated_sd.explorer import explorer_data, explorer_html, explorer_size
+from illustrated_sd.trace import spread_steps
 from illustrated_sd.report import write_report
 
 
@@ -48,7 +49,7 @@ def test_auto_is_full_for_small_pictures_and_light_for_big_ones(trace):
 
 
 def test_light_keeps_ten_steps_and_small_pictures(trace):
-    assert shown_steps(50, 10) == [0, 5, 11, 16, 22, 27, 33, 38, 44, 49] and shown_steps(6, 10) == list(range(6))
+    assert spread_steps(50, 10) == [0, 5, 11, 16, 22, 27, 33, 38, 44, 49] and spread_steps(6, 10) == list(range(6))
     data = explorer_data(trace, preset="light")
     assert data["x0"][0].startswith("data:image/jpeg;base64,") and data["preset"] == "light"
     sizes = explorer_size(trace)

@@ -223,3 +223,13 @@ def test_edits_work_on_sdxl(xl, xl_trace):
     assert torch.equal(removed.text_embeddings[:slot], xl_trace.text_embeddings[:slot])
     assert not torch.equal(removed.text_embeddings[slot + 1 :], xl_trace.text_embeddings[slot + 1 :])
     assert removed.cross_attention("red").abs().max() == 0 and len(removed.edits[0]["layers"]) == len(xl.cross_attention_layers)
+
+
+def test_a_compact_sdxl_trace_keeps_both_encoders_last_layers(xl, xl_trace, tmp_path):
+    compact = xl(PROMPT, num_inference_steps=4, guidance_scale=5.0, seed=0, progress=False, record=isd.RecordOptions(compact=True))
+    assert np.array_equal(np.asarray(compact.image), np.asarray(xl_trace.image))
+    assert compact.text_hidden_states.shape[0] == 1 and compact.text_hidden_states_2.shape[0] == 1
+    torch.testing.assert_close(compact.text_hidden_states_2[0], xl_trace.text_hidden_states_2[-1])
+    torch.testing.assert_close(compact.cross_attention("circle"), xl_trace.cross_attention("circle"), atol=1e-6, rtol=1e-4)
+    back = isd.Trace.load(compact.save(tmp_path / "xl.safetensors"))
+    assert back.kept_steps == [0, 2, 3] and back.micro_conditioning() == xl_trace.micro_conditioning()

@@ -24,7 +24,7 @@ def animate(trace: Trace, path, decode=None, token=None, what: str = "pred_x0", 
     Returns:
         the path written (through ``atomic_write``: missing folders are made, a failure leaves no file).
     """
-    require_trace(trace, "plot.animate")
+    require_trace(trace, "plot.animate", every_step=True)
     series = {"pred_x0": trace.pred_x0, "latents": trace.latents[1:]}
     if what not in series:
         raise ValueError(f"what must be one of {list(series)}, got {what!r}")

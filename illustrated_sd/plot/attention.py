@@ -79,7 +79,7 @@ def attention_grid(trace: Trace, token, steps: int = 4, cmap: str = "inferno"):
     from ..attention_layers import short_name
     from .denoising import _pick_steps
 
-    require_trace(trace, "plot.attention_grid")
+    require_trace(trace, "plot.attention_grid", every_step=True)
     if not trace.attention_maps:
         raise ValueError("this trace has no cross-attention maps; generate with RecordOptions(cross_attention=True)")
     slots = trace.token_index(token)
@@ -126,7 +126,7 @@ def self_attention(trace: Trace, points=((0.25, 0.25), (0.75, 0.25), (0.5, 0.5),
     Returns:
         a Figure with the image, then one panel per point (each on its own scale, maximum noted).
     """
-    require_trace(trace, "plot.self_attention")
+    require_trace(trace, "plot.self_attention", every_step=True)
     maps = trace.self_attention_maps
     if not maps:
         raise ValueError("this trace has no self-attention maps; generate with "

@@ -41,7 +41,7 @@ def denoising_filmstrip(trace: Trace, what: str = "pred_x0", n: int = 8, decode=
     Returns:
         a Figure with ``n`` panels titled by step and timestep.
     """
-    require_trace(trace, "plot.denoising_filmstrip")
+    require_trace(trace, "plot.denoising_filmstrip", every_step=True)
     series = {"latents": trace.latents, "pred_x0": trace.pred_x0, "noise": trace.noise_pred}
     if what not in series:
         raise ValueError(f"what must be one of {list(series)}, got {what!r}")
@@ -73,7 +73,7 @@ def latent_channels(trace: Trace, step: int = -1, what: str = "latents", cmap: s
     Returns:
         a Figure with one panel per channel on a shared, zero-centred diverging scale.
     """
-    require_trace(trace, "plot.latent_channels")
+    require_trace(trace, "plot.latent_channels", every_step=True)
     series = {"latents": trace.latents, "pred_x0": trace.pred_x0, "noise_pred": trace.noise_pred, "noise": trace.noise_pred}
     if what not in series:
         raise ValueError(f"what={what!r} is not recorded per step; choose one of {list(series)}")

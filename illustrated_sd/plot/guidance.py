@@ -24,7 +24,7 @@ def guidance_map(trace: Trace, n: int = 6, cmap: str = "magma"):
         a Figure: the final image, then ``n`` panels titled by step and timestep, and a colourbar
         (the norm, in the latent's units).
     """
-    require_trace(trace, "plot.guidance_map")
+    require_trace(trace, "plot.guidance_map", every_step=True)
     if trace.noise_pred_uncond is None:
         raise ValueError("this trace has no unconditional prediction: it was made with guidance_scale = 1 (guidance "
                          "off, one UNet row); generate with guidance, e.g. guidance_scale=7.5")
