@@ -320,6 +320,60 @@ def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, se
             "prompts": len(cases), "top": top}
 
 
+# ---- attention at scale (issue 19): every heatmap of a traced prompt set against the detector's masks ---------
+
+def write_prompt_file(path, world: int = 2, seeds: int = 4, seed: int = 0) -> int:
+    """The evaluation prompts (:func:`prompt_set`), each drawn with ``seeds`` seeds (``seed``, ``seed + 1``, …), as a
+    JSONL prompt file for ``illustrated-sd batch``; returns how many rows it wrote."""
+    rows = [{"prompt": text, "seed": seed + k} for text, _, _ in prompt_set(world=world) for k in range(seeds)]
+    with atomic_write(Path(path), "prompt file") as tmp:
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return len(rows)
+
+
+def heatmap_iou(heat: torch.Tensor, mask: np.ndarray, threshold: float = 0.4) -> float:
+    """DAAM's measure: the heatmap ``[h, w]``, upsampled to the mask's ``[H, W]`` and scaled to its maximum, is
+    cut at ``threshold``; the IoU of that region with the object's mask."""
+    heat = F.interpolate(heat[None, None].float(), size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
+    region = (heat / heat.max().clamp_min(1e-12) >= threshold).numpy()
+    union = np.logical_or(region, mask).sum()
+    return float(np.logical_and(region, mask).sum() / union) if union else 0.0
+
+
+def attention_at_scale(folder, world: int = 2, threshold: float = 0.4) -> dict:
+    """Heatmaps against masks over a folder of ``illustrated-sd batch`` (compact traces will do) of evaluation prompts.
+
+    For every object the picture drew right (the detector reads its colour and shape at its place), and for each of
+    its words (colour, shape, position): DAAM's heatmap–mask IoU (:func:`heatmap_iou`) and the pointing game (does the
+    heatmap's peak fall on the object?). Returns, per word class, the mean IoU and the pointing rate, with counts.
+    """
+    from .batch import TraceSet
+
+    cases = {text: objects for text, objects, _ in prompt_set(world=world)}
+    traces = TraceSet(folder)
+    scores = {kind: {"iou": [], "points": []} for kind in ("colour", "shape", "position")}
+    named = drawn = 0
+    for i, row in enumerate(tqdm(traces.rows, desc="heatmaps against masks")):
+        objects = cases.get(row["prompt"])
+        if objects is None:
+            raise ValueError(f"{row['prompt']!r} ({row['file']}) is not an evaluation prompt of world {world}; write the set "
+                             "with python -m illustrated_sd.evaluate --write-prompts FILE")
+        trace = traces[i]
+        found = detect(trace.image, version=world)
+        for color, shape, position in objects:
+            named += 1
+            d = _match(found, position, len(objects), world)
+            if d is None or (d.color, d.shape) != (color, shape):
+                continue  # a heatmap of an object that is not there has nothing to agree with
+            drawn += 1
+            for kind, word in (("colour", color), ("shape", shape), ("position", position)):
+                scores[kind]["iou"].append(heatmap_iou(trace.cross_attention(word), d.mask, threshold))
+                scores[kind]["points"].append(_points_inside(trace, word, d.mask))
+    mean = lambda v: round(float(np.mean(v)), 4) if v else None  # noqa: E731
+    return {"traces": len(traces), "objects_named": named, "objects_drawn_right": drawn, "threshold": threshold,
+            **{kind: {"iou": mean(s["iou"]), "pointing": mean(s["points"]), "words": len(s["iou"])} for kind, s in scores.items()}}
+
+
 @torch.no_grad()
 def vae_psnr(pipe, n: int = 256, seed: int = 424242) -> dict:
     """Round-trip ``n`` world images (a seed training never used) through the VAE.
@@ -381,6 +435,11 @@ def main(argv=None) -> int:
     parser.add_argument("--phenomena-only", action="store_true",
                         help="measure the phenomena only, not the accuracy (to run the two side by side: scripts/evaluate_gpu.sh)")
     parser.add_argument("--device", default="cpu", help="where to generate (cuda is faster; figures differ from the CPU's in rare cases)")
+    parser.add_argument("--write-prompts", type=Path, default=None, metavar="FILE",
+                        help="only write the evaluation prompts, each with --seeds seeds, as a JSONL file for illustrated-sd batch")
+    parser.add_argument("--trace-set", type=Path, default=None, metavar="DIR",
+                        help="only measure heatmaps against the detector's masks (IoU, pointing) over DIR, made by illustrated-sd "
+                             "batch from --write-prompts' file (scripts/attention_at_scale.sh)")
     args = parse(parser, argv)
     if isinstance(args, int):
         return args
@@ -402,6 +461,10 @@ def phenomena_prompts(cases, n: int) -> tuple[list, list]:
 def run(args) -> None:
     """Grade the model as ``args`` say and write ``args.out``; every path is checked before the first picture."""
     device = checks.device(args.device)
+    if args.write_prompts is not None:  # a prompt file for `illustrated-sd batch`, nothing else
+        world = world_of(load_pipeline(args.model))
+        print(f"wrote {write_prompt_file(args.write_prompts, world=world, seeds=args.seeds, seed=args.seed)} prompts to {args.write_prompts}")
+        return
     check_replaceable(args.out, "--out file")
     check_writable_folder(args.out.parent)
     if args.examples is not None:
@@ -412,7 +475,12 @@ def run(args) -> None:
         raise ValueError("--interventions-only needs --interventions N (how many prompts to take words out of)")
     pipe = load_pipeline(args.model, device=device)
     everything = prompt_set(world=world_of(pipe))
-    if args.phenomena_only or args.interventions_only:  # no accuracy grading
+    if args.trace_set is not None:  # heatmaps against masks over a traced prompt set, nothing else
+        start = time.time()
+        result = {"settings": {"trace_set": str(args.trace_set), "world": world_of(pipe)},
+                  "attention_at_scale": attention_at_scale(args.trace_set, world=world_of(pipe))}
+        result["attention_at_scale"]["seconds"] = round(time.time() - start, 1)
+    elif args.phenomena_only or args.interventions_only:  # no accuracy grading
         result = {"settings": {"steps": args.steps, "seed": args.seed, "seeds": args.seeds, "model": pipe.name, "world": world_of(pipe)}}
     else:
         cases = everything if args.only is None else prompt_group(everything, args.only)
@@ -442,7 +510,8 @@ def run(args) -> None:
     result["settings"]["torch_threads"] = torch.get_num_threads()
     with atomic_write(args.out, "--out file") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
-    print(json.dumps({"summary": result.get("summary"), **({"phenomena": result["phenomena"]} if "phenomena" in result else {})}, indent=1))
+    shown = {key: result[key] for key in ("summary", "phenomena", "interventions", "attention_at_scale") if key in result}
+    print(json.dumps(shown, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """The evaluation command line refuses mistakes in one line, before it draws a single picture."""
 
+import json
 import re
 
 import numpy as np
 import pytest
 import torch
 
+import illustrated_sd as isd
 from illustrated_sd.evaluate import main
 from illustrated_sd import pipeline
 
@@ -119,3 +121,45 @@ def test_intervention_effects_takes_an_as_the_article(pipe):
 
     result = intervention_effects(pipe, [("an orange heart in the center", [("orange", "heart", "center")], True)], steps=2)
     assert result["prompts"] == 1 and result["agreement"]["function"]["iou"] is not None
+
+
+# ---- attention at scale (issue 19) ----------------------------------------------------------------------------
+
+def test_heatmap_iou_is_daams_thresholded_overlap():
+    from illustrated_sd.evaluate import heatmap_iou
+    heat = torch.zeros(4, 4)
+    heat[:2, :2] = 1.0  # the top-left quarter
+    mask = np.zeros((8, 8), bool)
+    mask[:4, :4] = True
+    assert heatmap_iou(heat, mask) == pytest.approx(1.0, abs=0.15)  # bilinear edges aside, the same region
+    mask[:] = False
+    mask[4:, 4:] = True
+    assert heatmap_iou(heat, mask) == 0.0
+
+
+def test_attention_at_scale_over_a_traced_prompt_set(pipe, tmp_path, capsys):
+    """A two-prompt set through the batch command, then the study's own measures over it."""
+    from illustrated_sd.batch import read_prompts, run_prompt_set
+    from illustrated_sd.evaluate import attention_at_scale, prompt_set, write_prompt_file
+
+    assert write_prompt_file(tmp_path / "all.jsonl", world=2, seeds=4) == 4 * len(prompt_set(world=2))
+    (tmp_path / "two.jsonl").write_text("\n".join((tmp_path / "all.jsonl").read_text().splitlines()[:8:4]) + "\n")
+    run_prompt_set(lambda device: pipe, read_prompts(tmp_path / "two.jsonl"), tmp_path / "set",
+                   record=isd.RecordOptions(compact=True), progress=False)
+    result = attention_at_scale(tmp_path / "set", world=2)
+    assert result["traces"] == 2 and result["objects_named"] == 2
+    assert result["objects_drawn_right"] == 2  # the tiny model draws these seen single objects
+    for kind in ("colour", "shape", "position"):
+        assert result[kind]["words"] == 2 and 0 <= result[kind]["iou"] <= 1 and result[kind]["pointing"] in (0, 0.5, 1)
+    assert main(["--trace-set", str(tmp_path / "set"), "--out", str(tmp_path / "a.json")]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["attention_at_scale"]["traces"] == 2
+
+
+def test_attention_at_scale_refuses_prompts_that_are_not_the_worlds(pipe, tmp_path):
+    from illustrated_sd.batch import read_prompts, run_prompt_set
+    from illustrated_sd.evaluate import attention_at_scale
+
+    (tmp_path / "p.txt").write_text("a red circle in a red circle\n")
+    run_prompt_set(lambda device: pipe, read_prompts(tmp_path / "p.txt", steps=2), tmp_path / "set", progress=False)
+    with pytest.raises(ValueError, match="is not an evaluation prompt of world 2; write the set with"):
+        attention_at_scale(tmp_path / "set", world=2)
