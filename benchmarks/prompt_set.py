@@ -26,11 +26,9 @@ from illustrated_sd.world.vocabulary import COLORS, POSITIONS, SHAPES
 
 
 def prompts(n: int) -> list[str]:
-    """``n`` different single-object prompts: colours × shapes × positions of the tiny world."""
+    """``n`` single-object prompts: colours × shapes × positions of the tiny world, repeated once all are used."""
     out = [f"a {c} {s} {'on the' if p in ('left', 'right') else 'at the'} {p}" for p in POSITIONS for s in SHAPES for c in COLORS]
-    if n > len(out):
-        raise ValueError(f"at most {len(out)} different prompts")
-    return out[:n]
+    return [out[i % len(out)] for i in range(n)]
 
 
 def main():

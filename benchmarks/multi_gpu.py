@@ -1,0 +1,63 @@
+"""Several GPUs against one on a prompt set: `illustrated-sd batch`'s machinery under `accelerate launch`.
+
+    accelerate launch --num_processes 1 benchmarks/multi_gpu.py --prompts 100 --out one.json
+    accelerate launch --multi_gpu --num_processes 2 benchmarks/multi_gpu.py --prompts 200 --out two.json
+
+Each process builds the layout with random weights on its own GPU (the same seed: the same model), then, timed
+from the moment every process is ready to the moment the last trace is written, the prompts are split between
+the processes by accelerate (``PartialState.split_between_processes``, as ``illustrated-sd batch`` does) and
+each traces its share (compact traces, one prompt at a time). Rank 0 writes images per second to --out.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+
+import illustrated_sd as isd
+from illustrated_sd.batch import Job, run_prompt_set
+
+from prompt_set import prompts  # benchmarks/prompt_set.py (the script's own folder is on the path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layout", default="sd15")
+    parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    state = PartialState(cpu=not torch.cuda.is_available())  # (a smoke run on the CPU: several processes through gloo)
+    with torch.device(state.device):
+        pipe = isd.IllustratedPipeline(isd.build_random_pipeline(args.layout, dtype=torch.float16))
+    # the first prompt of each process warms it up; then --prompts more are timed
+    jobs = [Job(index=i, prompt=p, seed=i, steps=args.steps, guidance=7.5) for i, p in enumerate(prompts(args.prompts + state.num_processes))]
+    # every process writes into the main process's folder (one machine, one disk)
+    shared = [tempfile.mkdtemp(prefix="multi_gpu_")] if state.is_main_process else [None]
+    if state.num_processes > 1:
+        torch.distributed.broadcast_object_list(shared, src=0)
+    folder = Path(shared[0])
+    run_prompt_set(lambda device: pipe, jobs[:state.num_processes], folder, record=isd.RecordOptions(compact=True), progress=False)  # warm-up
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    state.wait_for_everyone()
+    start = time.perf_counter()
+    result = run_prompt_set(lambda device: pipe, jobs, folder, record=isd.RecordOptions(compact=True), progress=False)
+    sync()
+    state.wait_for_everyone()
+    seconds = time.perf_counter() - start
+    if state.is_main_process:
+        made = len(jobs) - state.num_processes  # the warm-up's prompts were already there
+        row = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "gpus": state.num_processes, "layout": args.layout, "steps": args.steps,
+               "prompts": made, "seconds": round(seconds, 1), "images_per_s": round(made / seconds, 3),
+               "traced": len(isd.TraceSet(folder)), "skipped_warmup": result["skipped"]}
+        args.out.write_text(json.dumps(row, indent=1))
+        print(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()
