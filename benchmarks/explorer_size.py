@@ -14,9 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-import illustrated_sd as isd
+from common import pipeline_for  # benchmarks/common.py
 from illustrated_sd.explorer import PRESETS
 from illustrated_sd.report import write_report
 
@@ -28,13 +26,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("docs/explorer_size.json"))
     args = parser.parse_args()
-    if args.layout == "tiny":
-        pipe, steps = isd.load_pipeline(device=args.device), args.steps or 25
-    else:
-        dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
-        with torch.device(args.device):
-            pipe = isd.IllustratedPipeline(isd.build_random_pipeline(args.layout, dtype=dtype))
-        steps = args.steps or 50
+    pipe, steps = pipeline_for(args.layout, args.device, args.steps)
     trace = pipe("a red circle on the left", num_inference_steps=steps, seed=0, progress=False)
     row = {"model": pipe.name, "size": [trace.height, trace.width], "steps": steps, "trace_mib": round(trace.nbytes / 2**20, 1),
            "report_mib": {}, "seconds": {}}

@@ -21,7 +21,8 @@ from accelerate import PartialState
 import illustrated_sd as isd
 from illustrated_sd.batch import Job, run_prompt_set
 
-from prompt_set import prompts  # benchmarks/prompt_set.py (the script's own folder is on the path)
+from common import pipeline_for  # benchmarks/common.py (the script's own folder is on the path)
+from prompt_set import prompts
 
 
 def main():
@@ -32,8 +33,7 @@ def main():
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     state = PartialState(cpu=not torch.cuda.is_available())  # (a smoke run on the CPU: several processes through gloo)
-    with torch.device(state.device):
-        pipe = isd.IllustratedPipeline(isd.build_random_pipeline(args.layout, dtype=torch.float16))
+    pipe, _ = pipeline_for(args.layout, str(state.device), args.steps)
     # the first prompt of each process warms it up; then --prompts more are timed
     jobs = [Job(index=i, prompt=p, seed=i, steps=args.steps, guidance=7.5) for i, p in enumerate(prompts(args.prompts + state.num_processes))]
     # every process writes into the main process's folder (one machine, one disk)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import illustrated_sd as isd
+from common import pipeline_for  # benchmarks/common.py
 from illustrated_sd.batch import Job, run_prompt_set
 from illustrated_sd.world.vocabulary import COLORS, POSITIONS, SHAPES
 
@@ -39,13 +40,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     args = parser.parse_args()
-    if args.layout == "tiny":
-        pipe, steps = isd.load_pipeline(device=args.device), args.steps or 25
-    else:
-        dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
-        with torch.device(args.device):
-            pipe = isd.IllustratedPipeline(isd.build_random_pipeline(args.layout, dtype=dtype))
-        steps = args.steps or 50
+    pipe, steps = pipeline_for(args.layout, args.device, args.steps)
     texts = prompts(args.prompts + 1)
     jobs = [Job(index=i, prompt=p, seed=i, steps=steps, guidance=7.5) for i, p in enumerate(texts)]
     with tempfile.TemporaryDirectory() as folder:

@@ -42,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "that holds an earlier report is replaced as a whole once the new one is complete.")
     explain.add_argument("prompt", help='what to draw, e.g. "a red circle on the left"')
     explain.add_argument("--out", default="outputs/explain", help="folder to write into (default: %(default)s)")
-    explain.add_argument("--steps", type=checks.positive_int, default=25, help="denoising steps (default: %(default)s)")
-    explain.add_argument("--guidance", type=checks.finite_float, default=7.5, help="classifier-free guidance scale (default: %(default)s)")
-    explain.add_argument("--seed", type=checks.any_int, default=0, help="seed of the initial noise (default: %(default)s)")
+    _generation_options(explain, seed_help="seed of the initial noise")
     explain.add_argument("--negative", default=None, help="negative prompt")
     _model_options(explain)
     explain.add_argument("--explorer", choices=["auto", "full", "light", "none"], default="auto",
@@ -61,14 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
                                        "Read the folder with isd.TraceSet(DIR).")
     batch.add_argument("prompts", help="the prompt file (.txt, .csv or .jsonl)")
     batch.add_argument("--out", default="outputs/batch", help="folder to write into (default: %(default)s)")
-    batch.add_argument("--steps", type=checks.positive_int, default=25, help="denoising steps, unless a row says (default: %(default)s)")
-    batch.add_argument("--guidance", type=checks.finite_float, default=7.5, help="guidance scale, unless a row says (default: %(default)s)")
-    batch.add_argument("--seed", type=checks.any_int, default=0, help="prompt i's seed is SEED + i, unless its row says (default: %(default)s)")
+    _generation_options(batch, seed_help="prompt i's seed is SEED + i", unless=", unless its row says")
     batch.add_argument("--full", action="store_true", help="keep full traces (every step, layer and text layer; 12 MiB each for the "
                                                            "tiny model, 209 MiB for SD 1.5) instead of compact ones (default)")
     batch.add_argument("--no-maps", action="store_true", help="record no cross-attention maps (a much smaller trace; no word summaries)")
     _model_options(batch)
     return parser
+
+
+def _generation_options(parser: argparse.ArgumentParser, seed_help: str, unless: str = "") -> None:
+    """Steps, guidance and seed (``unless``: a batch file's row may set them itself)."""
+    parser.add_argument("--steps", type=checks.positive_int, default=25, help=f"denoising steps{unless} (default: %(default)s)")
+    parser.add_argument("--guidance", type=checks.finite_float, default=7.5,
+                        help=f"classifier-free guidance scale{unless} (default: %(default)s)")
+    parser.add_argument("--seed", type=checks.any_int, default=0, help=f"{seed_help}{unless} (default: %(default)s)")
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
