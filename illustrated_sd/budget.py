@@ -64,7 +64,7 @@ def _gib(n: int) -> str:
 
 
 def estimate_trace(unet, text_encoders, record: RecordOptions, latent_shape: tuple[int, int, int], num_steps: int,
-                   guided: bool, text_length: int = 77, prompt_tokens: int | None = None) -> TraceEstimate:
+                   guided: bool, text_length: int = 77, prompt_tokens: int | None = None, batch: int = 1) -> TraceEstimate:
     """Add up what recording one generation with ``record`` will store.
 
     Args:
@@ -77,6 +77,7 @@ def estimate_trace(unet, text_encoders, record: RecordOptions, latent_shape: tup
         text_length: tokens per prompt (77 for CLIP).
         prompt_tokens: the prompt's own tokens, markers included (a compact trace keeps their maps and one
             for the padding); ``None`` counts all ``text_length`` slots, an upper bound.
+        batch: prompts generated together; every part of the bill is per prompt, so the total is ``batch`` times one.
     Returns:
         a :class:`TraceEstimate`; ``.total`` is within a few hundred bytes of the finished trace.
     """
@@ -119,7 +120,8 @@ def estimate_trace(unet, text_encoders, record: RecordOptions, latent_shape: tup
         n_ids = (unet.add_embedding.linear_1.in_features - pooled) // unet.config.addition_time_embed_dim
         text += model_bytes * (pooled * (2 if guided else 1) + n_ids)
     all_heads = [a.heads for a in (*layers["cross"].values(), *layers["self"].values())] or [1]
-    return TraceEstimate(cross, self_, steps, text, num_steps, max(all_heads))
+    return TraceEstimate({k: v * batch for k, v in cross.items()}, {k: v * batch for k, v in self_.items()}, steps * batch,
+                         text * batch, num_steps, max(all_heads))
 
 
 def check_budget(estimate: TraceEstimate, record: RecordOptions) -> None:

@@ -136,10 +136,10 @@ class IllustratedPipeline:
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str,
+        prompt: str | list[str],
         num_inference_steps: int = 25,
         guidance_scale: float = 7.5,
-        seed: int | None = 0,
+        seed: int | list[int] | None = 0,
         negative_prompt: str | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -157,7 +157,9 @@ class IllustratedPipeline:
         """Generate one image from ``prompt`` and record how it was made.
 
         Args:
-            prompt: what to draw; at most 77 CLIP tokens are used (the rest is dropped with a warning).
+            prompt: what to draw; at most 77 CLIP tokens are used (the rest is dropped with a warning). A list of
+                ``B`` prompts is drawn together, in batched UNet calls (text-to-image, SD 1/2, no edits), and gives a
+                list of ``B`` traces; ``seed`` is then a list of ``B`` seeds (or one, for all).
             num_inference_steps: denoising steps ``S`` (≥ 1). Some samplers (PNDM, Heun) call the UNet
                 a few extra times; the trace has one entry per UNet call.
             guidance_scale: classifier-free guidance ``s`` in ε̂ = ε_u + s·(ε_c − ε_u). ``s = 1`` is the prompt
@@ -189,6 +191,9 @@ class IllustratedPipeline:
             >>> trace.latents.shape        # [S + 1, 4, h, w]
         """
         # 1. Check the inputs, before any work (the fix is in every message).
+        if not isinstance(prompt, str):  # several prompts, drawn together: each is checked as one would be
+            return self._batch(prompt, seed, num_inference_steps, guidance_scale, negative_prompt, height, width, generator, eta,
+                               record, progress, image, mask, strength, guidance_rescale, edits)
         if image is not None:
             if height is not None or width is not None:
                 raise ValueError("height and width come from the input image; resize the image instead of passing them")
@@ -204,13 +209,39 @@ class IllustratedPipeline:
             raise ValueError("mask and strength belong to an input image: pass image= too (see pipe.img2img and pipe.inpaint)")
         settings = check_inputs(self, prompt, num_inference_steps, guidance_scale, seed, generator, height, width,
                                 negative_prompt, eta, record, progress)
+        return self._generate([prompt], [settings], generator, negative_prompt, image, mask, strength, guidance_rescale, edits, progress)[0]
+
+    def _batch(self, prompts, seeds, num_inference_steps, guidance_scale, negative_prompt, height, width, generator, eta, record,
+               progress, image, mask, strength, guidance_rescale, edits) -> list[Trace]:
+        """``B`` prompts in batched UNet calls: each checked as a single call checks it, then :meth:`_generate`."""
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise TypeError(f"prompt must be a string or a non-empty list of strings (got {prompts!r:.60})")
+        prompts = list(prompts)
+        seeds = list(seeds) if isinstance(seeds, (list, tuple)) else [seeds] * len(prompts)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts need {len(prompts)} seeds, one each (got {len(seeds)}); or pass one seed for all")
+        if generator is not None:
+            raise ValueError("a batch draws each prompt's noise from its own seed: pass seed=[...], not generator=")
+        if image is not None or mask is not None or strength is not None or edits or self.is_sdxl:
+            raise NotImplementedError("a batch of prompts is text-to-image on SD 1/2 without edits; for img2img, inpainting, "
+                                      "SDXL or edits, generate one prompt at a time")
+        settings = [check_inputs(self, p, num_inference_steps, guidance_scale, s, None, height, width, negative_prompt, eta, record,
+                                 progress) for p, s in zip(prompts, seeds)]
+        return self._generate(prompts, settings, None, negative_prompt, None, None, None, guidance_rescale, [], progress)
+
+    def _generate(self, prompts: list[str], all_settings: list, generator, negative_prompt, image, mask, strength,
+                  guidance_rescale, edits, progress) -> list[Trace]:
+        """The generation of ``B = len(prompts)`` prompts (checked: ``all_settings`` one each) side by side; see ``__call__``."""
+        settings, batch = all_settings[0], len(prompts)
+        prompt = prompts[0]  # (what edits, img2img and inpainting read: they take one prompt)
         steps, s, record = settings.num_inference_steps, settings.guidance_scale, settings.record
         visited = check_strength(strength, steps) if image is not None else steps
         guidance_rescale = checks.real_number("guidance_rescale", guidance_rescale, minimum=0, maximum=1,
                                               hint="0 = off; SDXL checkpoints often use 0.7")
         edits = check_edits(edits)
-        if generator is None:  # as diffusers users write it: torch.Generator("cpu").manual_seed(seed)
-            generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+        if generator is None:  # as diffusers users write it: torch.Generator("cpu").manual_seed(seed), one per prompt
+            generators = [torch.Generator(device="cpu").manual_seed(one.seed) for one in all_settings]
+            generator = generators[0] if batch == 1 else generators
         unet, scheduler, device = self.unet, self.scheduler, self.device
 
         # 2. Encode the prompt: tokens → 77 vectors (and the negative or empty prompt, for guidance).
@@ -219,14 +250,18 @@ class IllustratedPipeline:
         guided = s != 1 and unet.config.time_cond_proj_dim is None
         # (an edit that removes a word hides it from the tokens after it: edits.Remove)
         if self.is_sdxl:  # SDXL: two encoders side by side, and a pooled summary of the prompt
-            text = encode_prompt_xl(self.pipeline, prompt, negative_prompt, guided, device, hide=hidden_words(edits))
+            texts = [encode_prompt_xl(self.pipeline, prompt, negative_prompt, guided, device, hide=hidden_words(edits))]
         else:
-            text = encode_prompt(self.tokenizer, self.text_encoder, prompt, negative_prompt, guided, device, hide=hidden_words(edits))
-        dtype = text.context.dtype
+            texts = [encode_prompt(self.tokenizer, self.text_encoder, p, negative_prompt, guided, device, hide=hidden_words(edits))
+                     for p in prompts]
+        text = texts[0]
+        # B prompts: the UNet's batch is [unconditional × B, prompt × B] with guidance, as diffusers stacks it
+        context = text.context if batch == 1 else torch.cat([t.uncond for t in texts] * guided + [t.embeddings for t in texts])
+        dtype = context.dtype
 
         # 3. Where the loop starts: pure noise, or an input image noised part of the way (starts.py).
         if image is None:
-            start = start_from_noise(self, steps, settings.height, settings.width, generator, dtype)
+            start = start_from_noise(self, steps, settings.height, settings.width, generator, dtype, batch)
         elif mask is None:
             start = start_from_image(self, image, strength, steps, visited, generator, dtype)
         else:
@@ -247,7 +282,7 @@ class IllustratedPipeline:
         # The recorders watch and the edits intervene (both installed for this block only; a recording over
         # budget, or an edit that does not fit the prompt, is refused here, before the first UNet call).
         with recording(unet, self.text_encoders, record, tuple(latents.shape[1:]), len(timesteps), guided,
-                       text.context.shape[1], len(text.tokenized.tokens)) as rec, \
+                       context.shape[1], max(len(t.tokenized.tokens) for t in texts), batch) as rec, \
                 editing(unet, edits, prompt, text.tokenized, len(timesteps), tuple(latents.shape[-2:]), guided) as edit:
             rec.attention.adjust = edit.adjust  # the maps recorded are the attention the model used, edits included
             for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
@@ -255,7 +290,7 @@ class IllustratedPipeline:
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 unet_input = model_input if start.unet_extra is None else torch.cat([model_input, start.unet_extra], dim=1)
-                unet_output = unet(unet_input, t, encoder_hidden_states=text.context, added_cond_kwargs=added,
+                unet_output = unet(unet_input, t, encoder_hidden_states=context, added_cond_kwargs=added,
                                    return_dict=False)[0]
                 rec.attention.collect(i)  # file this call's maps under step i
                 noise_pred = unet_output
@@ -268,25 +303,25 @@ class IllustratedPipeline:
                 if start.blend is not None:
                     latents = start.blend(i, latents)
                 # four copies into preallocated buffers; everything derived waits until after the loop
-                rec.steps(i, latents=latents[0], noise_pred=noise_pred[0], unet_output=unet_output, model_input=model_input[0])
+                rec.steps(i, latents=latents, noise_pred=noise_pred, unet_output=unet_output, model_input=model_input[:batch])
 
-        # 6. What the loop saw, taken apart: the UNet's rows are [unconditional, prompt] with guidance.
-        buffers = rec.steps.buffers
-        unet_outputs = buffers.pop("unet_output")  # [S, B, C, h, w]
-        buffers["noise_pred_text"] = unet_outputs[:, -1]
+        # 6. What the loop saw, taken apart: the UNet's rows are [unconditional × B, prompt × B] with guidance.
+        buffers = rec.steps.buffers  # each [S, B, C, h, w] (the UNet's output [S, 2B, C, h, w] with guidance)
+        unet_outputs = buffers.pop("unet_output")
+        buffers["noise_pred_text"] = unet_outputs[:, -batch:]
         if guided:
-            buffers["noise_pred_uncond"] = unet_outputs[:, 0]
+            buffers["noise_pred_uncond"] = unet_outputs[:, :batch]
         # x̂₀ at every (kept) step at once: x_t (as the UNet saw it) and its prediction give the clean latent
         kept = rec.kept_steps if rec.kept_steps is not None else slice(None)  # a compact trace keeps a few steps
-        buffers["pred_x0"] = pred_x0(buffers.pop("model_input"), buffers["noise_pred"], alpha_bars[kept][:, None, None, None],
+        buffers["pred_x0"] = pred_x0(buffers.pop("model_input"), buffers["noise_pred"], alpha_bars[kept][:, None, None, None, None],
                                      scheduler.config.prediction_type)
-        buffers["latents"] = torch.cat([start.latents, buffers["latents"]])
+        buffers["latents"] = torch.cat([start.latents[None], buffers["latents"]])
         # The records start their way to the host now (one transfer per tensor, not waited for), so
         # they travel while the GPU goes on to the VAE: recording never made the GPU wait.
         keep = _keeper(record)
         buffers = {name: keep(x.contiguous()) for name, x in buffers.items()}
-        cross_maps = rec.attention.maps("cross", record.to_cpu, tokens=len(text.tokenized.tokens))
-        self_maps = rec.attention.maps("self", record.to_cpu)
+        cross_maps = [rec.attention.maps("cross", record.to_cpu, tokens=len(t.tokenized.tokens), item=b) for b, t in enumerate(texts)]
+        self_maps = [rec.attention.maps("self", record.to_cpu, item=b) for b in range(batch)]
         layers = slice(-1, None) if record.compact else slice(None)  # a compact trace: the text encoders' last layer only
 
         # 7. Latent → pixels with the VAE decoder, then to a PIL image exactly as diffusers does
@@ -295,60 +330,63 @@ class IllustratedPipeline:
         denormalize = None
         if hasattr(self.pipeline, "run_safety_checker"):
             decoded, nsfw = self.pipeline.run_safety_checker(decoded, device, dtype)
-            denormalize = [True] if nsfw is None else [not flagged for flagged in nsfw]
+            denormalize = [True] * batch if nsfw is None else [not flagged for flagged in nsfw]
         if getattr(self.pipeline, "watermark", None) is not None:
             decoded = self.pipeline.watermark.apply_watermark(decoded)
-        picture = self.pipeline.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)[0]
+        pictures = self.pipeline.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)
 
-        # 8. Everything into one Trace.
-        trace = Trace(
-            tokens=text.tokenized.tokens,
-            words=text.tokenized.words,
-            token_ids=text.tokenized.input_ids[0],
-            truncated_text=text.tokenized.truncated_text,
-            text_embeddings=keep(text.embeddings[0]),
-            uncond_embeddings=keep(text.uncond[0]) if guided else None,
-            text_hidden_states=keep(text.hidden_states[layers]),
-            timesteps=keep(timesteps),
-            alpha_bars=keep(alpha_bars),
-            latents=buffers["latents"],
-            noise_pred=buffers["noise_pred"],
-            noise_pred_text=buffers["noise_pred_text"],
-            noise_pred_uncond=buffers.get("noise_pred_uncond"),
-            pred_x0=buffers["pred_x0"],
-            image=picture,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            guidance_scale=float(s),
-            seed=settings.seed,
-            height=settings.height,
-            width=settings.width,
-            scheduler=type(scheduler).__name__,
-            prediction_type=scheduler.config.prediction_type,
-            model=self.name,
-            per_head=record.per_head,
-            attention_maps=cross_maps,
-            self_attention_maps=self_maps,
-            mode=start.mode,
-            strength=start.strength,
-            init_latents=keep(start.init_latents[0]) if start.init_latents is not None else None,
-            skipped_timesteps=keep(start.skipped_timesteps) if start.skipped_timesteps is not None else None,
-            mask=keep(start.mask) if start.mask is not None else None,
-            guidance_rescale=guidance_rescale,
-            token_ids_2=text.token_ids_2[0] if text.token_ids_2 is not None else None,
-            text_hidden_states_2=keep(text.hidden_states_2[layers]) if text.hidden_states_2 is not None else None,
-            pooled_text_embeds=keep(text.pooled[0]) if text.pooled is not None else None,
-            uncond_pooled_text_embeds=keep(text.uncond_pooled[0]) if text.uncond_pooled is not None else None,
-            add_time_ids=keep(ids[0]) if ids is not None else None,
-            add_time_id_names=list(id_names) if id_names is not None else None,
-            context_split=text.split,
-            edits=edit.records,
-            kept_steps=rec.kept_steps,
-            grid_layers=rec.attention.grid_layers,
-        )
+        # 8. Everything into one Trace per prompt.
+        traces = []
+        for b, (text, one, picture) in enumerate(zip(texts, all_settings, pictures)):
+            part = {name: x[:, b] for name, x in buffers.items()}  # prompt b's rows: [S, C, h, w]
+            traces.append(Trace(
+                tokens=text.tokenized.tokens,
+                words=text.tokenized.words,
+                token_ids=text.tokenized.input_ids[0],
+                truncated_text=text.tokenized.truncated_text,
+                text_embeddings=keep(text.embeddings[0]),
+                uncond_embeddings=keep(text.uncond[0]) if guided else None,
+                text_hidden_states=keep(text.hidden_states[layers]),
+                timesteps=keep(timesteps),
+                alpha_bars=keep(alpha_bars),
+                latents=part["latents"],
+                noise_pred=part["noise_pred"],
+                noise_pred_text=part["noise_pred_text"],
+                noise_pred_uncond=part.get("noise_pred_uncond"),
+                pred_x0=part["pred_x0"],
+                image=picture,
+                prompt=prompts[b],
+                negative_prompt=negative_prompt,
+                guidance_scale=float(s),
+                seed=one.seed,
+                height=one.height,
+                width=one.width,
+                scheduler=type(scheduler).__name__,
+                prediction_type=scheduler.config.prediction_type,
+                model=self.name,
+                per_head=record.per_head,
+                attention_maps=cross_maps[b],
+                self_attention_maps=self_maps[b],
+                mode=start.mode,
+                strength=start.strength,
+                init_latents=keep(start.init_latents[b]) if start.init_latents is not None else None,
+                skipped_timesteps=keep(start.skipped_timesteps) if start.skipped_timesteps is not None else None,
+                mask=keep(start.mask) if start.mask is not None else None,
+                guidance_rescale=guidance_rescale,
+                token_ids_2=text.token_ids_2[0] if text.token_ids_2 is not None else None,
+                text_hidden_states_2=keep(text.hidden_states_2[layers]) if text.hidden_states_2 is not None else None,
+                pooled_text_embeds=keep(text.pooled[0]) if text.pooled is not None else None,
+                uncond_pooled_text_embeds=keep(text.uncond_pooled[0]) if text.uncond_pooled is not None else None,
+                add_time_ids=keep(ids[0]) if ids is not None else None,
+                add_time_id_names=list(id_names) if id_names is not None else None,
+                context_split=text.split,
+                edits=edit.records,
+                kept_steps=rec.kept_steps,
+                grid_layers=rec.attention.grid_layers,
+            ))
         if device.type == "cuda":  # the one wait: every non-blocking copy above has landed before anyone reads it
             torch.cuda.current_stream(device).synchronize()
-        return trace
+        return traces
 
     def img2img(
         self,

@@ -197,7 +197,7 @@ class AttentionRecording:
     options: RecordOptions
     latent_hw: tuple[int, int]
     num_steps: int
-    batch_index: int  # which row of the UNet batch is the prompt
+    rows: slice  # the rows of the UNet batch that hold the prompts (after the unconditional ones, with guidance)
     cross: dict[str, AttentionRecorder] = field(default_factory=dict)
     self_: dict[str, AttentionRecorder] = field(default_factory=dict)
     buffers: dict[tuple[str, ...], torch.Tensor] = field(default_factory=dict)  # layer names → maps
@@ -218,18 +218,20 @@ class AttentionRecording:
             # they are prepared once and reused at every step. Self-attention keys change with the image.
             keys = self._keys.get(names)
             if len(recorders) == 1:
-                query, key = recorders[0].query[self.batch_index, None], recorders[0].key[self.batch_index, None]
-            else:  # [L, queries, heads·d] and [L, keys, heads·d] of the prompt's half
-                query = torch.stack([r.query for r in recorders], dim=1)[self.batch_index]
-                key = None if keys is not None else torch.stack([r.key for r in recorders], dim=1)[self.batch_index]
+                query, key = recorders[0].query[None, self.rows], recorders[0].key[None, self.rows]
+            else:  # [L, B, queries, heads·d] and [L, B, keys, heads·d] of the prompts' rows
+                query = torch.stack([r.query for r in recorders])[:, self.rows]
+                key = None if keys is not None else torch.stack([r.key for r in recorders])[:, self.rows]
+            batch = query.shape[1]  # B prompts: each layer's rows go through the product side by side
+            query, key = query.flatten(0, 1), (None if key is None else key.flatten(0, 1))
             if keys is None and all(name in self.cross for name in names):
                 keys = self._keys[names] = heads_first(key, heads)
             probs = attention_probabilities(query, key, heads, self.options.per_head, keys=keys)
             if self.adjust is not None:
                 probs = self.adjust(names, step, probs)
             y, x = grid_from_queries(query.shape[1], self.latent_hw)
-            probs = rearrange(probs, "l h (y x) m -> l h y x m", y=y, x=x)
-            if self.options.compact:  # added up as the loop goes: [1, L, 1, H, W, keys] in float32, averaged in maps()
+            probs = rearrange(probs, "(l b) h (y x) m -> l b h y x m", b=batch, y=y, x=x)
+            if self.options.compact:  # added up as the loop goes: [1, L, B, 1, H, W, keys] in float32, averaged in maps()
                 if names not in self.buffers:
                     self.buffers[names] = probs.new_zeros((1, *probs.shape))
                 self.buffers[names][0] += probs
@@ -240,28 +242,28 @@ class AttentionRecording:
             for r in recorders:
                 r.query = r.key = None
 
-    def maps(self, which: str, to_cpu: bool, tokens: int | None = None) -> dict[str, torch.Tensor]:
-        """``{layer: [S, heads or 1, H, W, keys]}`` for ``which`` = ``"cross"`` or ``"self"``, in the UNet's order.
+    def maps(self, which: str, to_cpu: bool, tokens: int | None = None, item: int = 0) -> dict[str, torch.Tensor]:
+        """``{layer: [S, heads or 1, H, W, keys]}`` of prompt ``item`` for ``which`` = ``"cross"`` or ``"self"``, in the UNet's order.
 
         A compact recording gives ``{"H×W": [1, 1, H, W, tokens + 1]}`` instead (``tokens``: the prompt's, markers
         included): the mean over every step, layer and head at that grid, the padding slots summed into the last key.
         """
         wanted = self.cross if which == "cross" else self.self_
         if self.options.compact:
-            return self._resolution_means(which, to_cpu, tokens)
-        maps = {name: buffer[:, i].contiguous() for names, buffer in self.buffers.items() for i, name in enumerate(names) if name in wanted}
+            return self._resolution_means(which, to_cpu, tokens, item)
+        maps = {name: buffer[:, i, item].contiguous() for names, buffer in self.buffers.items() for i, name in enumerate(names) if name in wanted}
         maps = {name: maps[name] for name in wanted if name in maps}
         return {name: to_host(m) for name, m in maps.items()} if to_cpu else maps
 
 
-    def _resolution_means(self, which: str, to_cpu: bool, tokens: int) -> dict[str, torch.Tensor]:
+    def _resolution_means(self, which: str, to_cpu: bool, tokens: int, item: int) -> dict[str, torch.Tensor]:
         """A compact recording's maps (see :meth:`maps`)."""
         if which != "cross":
             return {}
         sums, counts, dtype = {}, defaultdict(int), None
-        for names, buffer in self.buffers.items():  # [1, L, 1, H, W, keys] summed over the steps
-            grid = f"{buffer.shape[3]}×{buffer.shape[4]}"
-            sums[grid] = sums.get(grid, 0) + buffer.sum(dim=1)
+        for names, buffer in self.buffers.items():  # [1, L, B, 1, H, W, keys] summed over the steps
+            grid = f"{buffer.shape[4]}×{buffer.shape[5]}"
+            sums[grid] = sums.get(grid, 0) + buffer[:, :, item].sum(dim=1)
             counts[grid] += len(names)
             dtype = self.options.dtype_for(next(iter(self.cross.values())).attn.to_q.weight.dtype)
         # the slots after the end marker all hold padding: their sum is what a reader asks of them
@@ -274,7 +276,7 @@ class AttentionRecording:
 
 
 @contextmanager
-def record_attention(unet, options: RecordOptions, latent_hw: tuple[int, int], num_steps: int, batch_index: int):
+def record_attention(unet, options: RecordOptions, latent_hw: tuple[int, int], num_steps: int, rows: slice):
     """Install attention recorders on ``unet`` for the duration of the ``with`` block.
 
     Args:
@@ -283,13 +285,13 @@ def record_attention(unet, options: RecordOptions, latent_hw: tuple[int, int], n
         latent_hw: ``(h, w)`` of the latent, to turn a layer's query count back into its grid.
         num_steps: how many UNet calls the loop will make (all with the same ``encoder_hidden_states``:
             the cross-attention keys are prepared once per recording).
-        batch_index: which row of the UNet batch is the prompt (1 with classifier-free guidance, whose
-            batch is ``[unconditional, prompt]``; 0 without).
+        rows: the rows of the UNet batch that hold the prompts: ``slice(B, 2B)`` with classifier-free guidance,
+            whose batch is ``[unconditional × B, prompt × B]``, ``slice(0, B)`` without.
     Yields:
         an :class:`AttentionRecording`; the hooks are removed when the block exits, even on error.
     """
     layers = attention_layers(unet)
-    recording = AttentionRecording(options, latent_hw, num_steps, batch_index)
+    recording = AttentionRecording(options, latent_hw, num_steps, rows)
     if options.cross_attention:
         wanted = options.layers if options.layers is not None else list(layers["cross"])
         unknown = [name for name in wanted if name not in layers["cross"]]
@@ -322,7 +324,7 @@ class Recording:
 
 @contextmanager
 def recording(unet, text_encoders, options: RecordOptions, latent_shape: tuple[int, int, int], num_steps: int,
-              guided: bool, context_tokens: int, prompt_tokens: int | None = None):
+              guided: bool, context_tokens: int, prompt_tokens: int | None = None, batch: int = 1):
     """Everything one generation records, installed for one ``with`` block and removed after it.
 
     First the bill: a recording that would not fit ``options.memory_budget_gib`` is refused before any UNet
@@ -334,11 +336,14 @@ def recording(unet, text_encoders, options: RecordOptions, latent_shape: tuple[i
         num_steps: UNet calls the loop will make.
         guided: the UNet batch is ``[unconditional, prompt]`` (classifier-free guidance), else ``[prompt]``.
         context_tokens: how many text tokens the UNet reads (77 for CLIP).
-        prompt_tokens: the prompt's tokens, markers included (what a compact trace keeps maps of).
+        prompt_tokens: the longest prompt's tokens, markers included (what a compact trace keeps maps of).
+        batch: prompts generated together (the UNet's batch is ``2 × batch`` with guidance).
     Yields:
         a :class:`Recording`.
     """
-    check_budget(estimate_trace(unet, text_encoders, options, latent_shape, num_steps, guided, context_tokens, prompt_tokens), options)
+    check_budget(estimate_trace(unet, text_encoders, options, latent_shape, num_steps, guided, context_tokens, prompt_tokens, batch),
+                 options)
     kept = spread_steps(num_steps, options.keep_steps) if options.compact else None
-    with record_attention(unet, options, latent_shape[-2:], num_steps, batch_index=1 if guided else 0) as attention:
+    rows = slice(batch, 2 * batch) if guided else slice(0, batch)
+    with record_attention(unet, options, latent_shape[-2:], num_steps, rows) as attention:
         yield Recording(StepRecorder(num_steps, kept), attention, kept)

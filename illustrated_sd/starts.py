@@ -50,10 +50,10 @@ class Start:
     blend: Callable[[int, torch.Tensor], torch.Tensor] | None = None
 
 
-def latent_shape(pipe, height: int, width: int) -> tuple[int, int, int, int]:
-    """``(1, C, h, w)``: the latent of an ``height × width`` image (the VAE shrinks each side 8×)."""
+def latent_shape(pipe, height: int, width: int, batch: int = 1) -> tuple[int, int, int, int]:
+    """``(batch, C, h, w)``: the latents of ``height × width`` images (the VAE shrinks each side 8×)."""
     f = pipe.vae_scale_factor
-    return (1, pipe.vae.config.latent_channels, height // f, width // f)
+    return (batch, pipe.vae.config.latent_channels, height // f, width // f)
 
 
 def strength_timesteps(scheduler, num_inference_steps: int, visited: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,11 +65,11 @@ def strength_timesteps(scheduler, num_inference_steps: int, visited: int, device
     return scheduler.timesteps[t_start:], scheduler.timesteps[:t_start]
 
 
-def start_from_noise(pipe, num_inference_steps: int, height: int, width: int, generator, dtype) -> Start:
+def start_from_noise(pipe, num_inference_steps: int, height: int, width: int, generator, dtype, batch: int = 1) -> Start:
     """Text-to-image: pure Gaussian noise in latent space, scaled to the sampler's starting noise level,
-    and every timestep from noisy (t ≈ 999) to clean."""
+    and every timestep from noisy (t ≈ 999) to clean. ``batch`` latents take one generator each (a list)."""
     pipe.scheduler.set_timesteps(num_inference_steps, device=pipe.device)
-    latents = randn_tensor(latent_shape(pipe, height, width), generator=generator, device=pipe.device, dtype=dtype)
+    latents = randn_tensor(latent_shape(pipe, height, width, batch), generator=generator, device=pipe.device, dtype=dtype)
     return Start("text2img", latents * pipe.scheduler.init_noise_sigma, pipe.scheduler.timesteps)
 
 

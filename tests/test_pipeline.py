@@ -152,7 +152,13 @@ BAD_CALLS = [
     (dict(prompt=""), ValueError, "prompt is empty.*e.g."),
     (dict(prompt="   "), ValueError, "prompt is empty"),
     (dict(prompt=None), TypeError, "prompt must be a string"),
-    (dict(prompt=["a red circle", "a blue square"]), TypeError, "prompt must be a string.*one trace is one prompt"),
+    (dict(prompt=3), TypeError, "prompt must be a string or a non-empty list of strings"),
+    (dict(prompt=[]), TypeError, "prompt must be a string or a non-empty list of strings"),
+    (dict(prompt=["a red circle", 3]), TypeError, "prompt must be a string"),
+    (dict(prompt=["a red circle", "a blue square"], seed=[1, 2, 3]), ValueError, "2 prompts need 2 seeds"),
+    (dict(prompt=["a red circle", "a blue square"], generator=torch.Generator()), ValueError, "pass seed=\\[...\\], not generator="),
+    (dict(prompt=["a red circle", "a blue square"], edits=[isd.edits.Reweight("red", 0)]), NotImplementedError,
+     "generate one prompt at a time"),
     (dict(negative_prompt=3), TypeError, "negative_prompt must be a string"),
     (dict(num_inference_steps=0), ValueError, "≥ 1.*try 20–50"),
     (dict(num_inference_steps=-3), ValueError, "≥ 1"),
@@ -246,3 +252,32 @@ def test_wrapping_something_else_is_refused():
 def test_unknown_scheduler_lists_the_known_ones(pipe):
     with pytest.raises(ValueError, match="dpm\\+\\+"):
         pipe.set_scheduler("warp-drive")
+
+
+# ---- several prompts in one call: batched UNet calls ---------------------------------------------------------
+
+def test_a_batch_equals_diffusers_batched_call_and_each_trace_its_own_generation(pipe):
+    prompts, seeds = ["a red circle on the left", "a blue square at the top", "a green star on the right"], [0, 5, 9]
+    traces = pipe(prompts, num_inference_steps=4, seed=seeds, progress=False)
+    assert [t.prompt for t in traces] == prompts and [t.seed for t in traces] == seeds
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    plain = pipe.pipeline(prompts, num_inference_steps=4, guidance_scale=7.5, generator=generators).images
+    for trace, image in zip(traces, plain):
+        np.testing.assert_array_equal(np.asarray(trace.image), np.asarray(image))  # bit for bit, as diffusers batches it
+    # each trace holds what a one-prompt call records, up to the rounding of a bigger batch
+    one = pipe(prompts[1], num_inference_steps=4, seed=5, progress=False)
+    for name in ("latents", "noise_pred", "noise_pred_text", "noise_pred_uncond", "pred_x0", "text_embeddings"):
+        torch.testing.assert_close(getattr(traces[1], name), getattr(one, name), atol=1e-3, rtol=1e-3)
+    assert traces[1].attention_maps.keys() == one.attention_maps.keys()
+    for layer, maps in one.attention_maps.items():
+        torch.testing.assert_close(traces[1].attention_maps[layer], maps, atol=1e-4, rtol=1e-3)
+    assert traces[1].tokens == one.tokens and traces[0].tokens != one.tokens
+
+
+def test_a_batch_of_compact_traces_and_one_seed_for_all(pipe):
+    traces = pipe(["a red circle on the left", "a red circle on the left"], num_inference_steps=3, seed=4, progress=False,
+                  record=isd.RecordOptions(compact=True))
+    assert [t.seed for t in traces] == [4, 4]
+    np.testing.assert_array_equal(np.asarray(traces[0].image), np.asarray(traces[1].image))  # the same prompt and seed
+    one = pipe("a red circle on the left", num_inference_steps=3, seed=4, progress=False, record=isd.RecordOptions(compact=True))
+    torch.testing.assert_close(traces[0].cross_attention("circle"), one.cross_attention("circle"), atol=1e-6, rtol=1e-4)

@@ -26,7 +26,7 @@ def test_maps_equal_the_classic_attention_computation(pipe):
     text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
     options = isd.RecordOptions(layers=[name], per_head=True)
     try:
-        with torch.no_grad(), record_attention(unet, options, (16, 16), num_steps=1, batch_index=1) as recording:
+        with torch.no_grad(), record_attention(unet, options, (16, 16), num_steps=1, rows=slice(1, 2)) as recording:
             unet(latents, 500, encoder_hidden_states=text)
             recording.collect(0)
     finally:
