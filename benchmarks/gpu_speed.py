@@ -16,6 +16,8 @@ times, in rounds after a warm-up, the order reversed every other round:
     removed           traced, with one word removed (isd.edits.Remove: the text encoder's mask too)
     swapped           traced, "a red square ..." with the maps of a traced "a red circle ..." injected in the first
                       half of the steps (isd.edits.Swap)
+    compact           traced, compact (RecordOptions(compact=True): heatmaps averaged as the loop goes, 3 steps kept)
+    *_b8              the same for 8 prompts in one call (seeds 0–7): diffusers' batched call, ``pipe([...] * 8)``
     *_compiled        the same after ``unet.compile()`` (torch.compile), where it works
 
 It reports seconds per image (min and median), the ratio to ``plain`` of the same run, peak GPU
@@ -29,6 +31,8 @@ variant, so a run cut short still leaves its figures.
         --out docs/gpu_speed_sdxl-base.json
     python benchmarks/gpu_speed.py --layout sd15 --variants plain,traced,traced_no_maps,edited_no_maps,edited,removed,swapped \
         --repeats 20 --no-compile --out docs/gpu_speed_sd15_edits.json
+    python benchmarks/gpu_speed.py --layout sd15 --variants plain,traced,compact,plain_b8,traced_b8,compact_b8 --repeats 20 \
+        --no-compile --out docs/gpu_speed_sd15_batch.json
 """
 
 import argparse
@@ -47,7 +51,8 @@ import illustrated_sd as isd
 from naive_recorder import naive_recording
 
 EAGER = ["plain", "traced", "traced_no_maps", "traced_per_head", "traced_self", "naive", "edited", "edited_no_maps", "removed",
-         "swapped"]
+         "swapped", "compact", "plain_b8", "traced_b8", "compact_b8"]
+BATCH = 8  # the prompts of a *_b8 variant's call
 COMPILED = ["plain_compiled", "traced_compiled", "traced_per_head_compiled"]
 RECORDS = {
     "traced": isd.RecordOptions(),
@@ -55,6 +60,7 @@ RECORDS = {
     "traced_per_head": isd.RecordOptions(per_head=True),
     "traced_self": isd.RecordOptions(self_attention_resolutions=(8,)),
     "edited_no_maps": isd.RecordOptions(cross_attention=False),
+    "compact": isd.RecordOptions(compact=True),
 }
 EDITS = {"edited": lambda: [isd.edits.Reweight("red", 0.0)], "edited_no_maps": lambda: [isd.edits.Reweight("red", 0.0)],
          "removed": lambda: [isd.edits.Remove("red")]}
@@ -63,9 +69,14 @@ EDITS = {"edited": lambda: [isd.edits.Reweight("red", 0.0)], "edited_no_maps": l
 def make_runner(pipe, variant, steps, size, guidance, prompt="a red circle on the left"):
     """A function generating one image for ``variant``; returns ``(image, trace or None)``."""
     base = variant.removesuffix("_compiled")
+    batch = BATCH if base.endswith("_b8") else 1
+    base = base.removesuffix("_b8")
     settings = dict(num_inference_steps=steps, guidance_scale=guidance, height=size, width=size)
 
     def plain():
+        if batch > 1:  # diffusers' own batched call: one generator per image
+            generators = [torch.Generator().manual_seed(i) for i in range(batch)]
+            return pipe.pipeline([prompt] * batch, generator=generators, **settings).images[0], None
         return pipe.pipeline(prompt, generator=torch.Generator().manual_seed(0), **settings).images[0], None
 
     def naive():
@@ -74,7 +85,11 @@ def make_runner(pipe, variant, steps, size, guidance, prompt="a red circle on th
 
     def traced():
         edits = EDITS[base]() if base in EDITS else None
-        trace = pipe(prompt, seed=0, progress=False, record=RECORDS.get(base, RECORDS["traced"]), edits=edits, **settings)
+        record = RECORDS.get(base, RECORDS["traced"])
+        if batch > 1:  # the first of the batch's traces stands for them (the same prompt, seed 0)
+            trace = pipe([prompt] * batch, seed=list(range(batch)), progress=False, record=record, **settings)[0]
+        else:
+            trace = pipe(prompt, seed=0, progress=False, record=record, edits=edits, **settings)
         return trace.image, trace
 
     if base == "swapped":  # the source is generated once, outside the timing; its maps are injected in every run
@@ -136,23 +151,27 @@ def bench(pipe, variants, args, result, out):
             image, trace, seconds, peak = timed(runner)
             times[v].append(seconds)
             row = result["variants"].setdefault(v, {})
+            row["images"] = BATCH if "_b8" in v else 1
             row["peak_gib"] = round(peak / 2**30, 2)
             if trace is not None:
                 row["trace_mib"] = round(trace.nbytes / 2**20, 1)
             row["image"] = image
         for v, seconds in times.items():
-            result["variants"][v].update(s_min=round(min(seconds), 3), s_median=round(statistics.median(seconds), 3), runs=len(seconds))
+            row = result["variants"][v]
+            row.update(s_min=round(min(seconds), 3), s_median=round(statistics.median(seconds), 3), runs=len(seconds),
+                       images_per_s=round(row["images"] / statistics.median(seconds), 3))
         write(result, out)
 
 
 def write(result, out):
     rows = result["variants"]
-    for group in ("", "_compiled"):
+    for group in ("", "_compiled", "_b8"):  # each compared with plain diffusers of its own kind
         plain = rows.get("plain" + group) or {}
         if "image" not in plain:
             continue
         for name, row in rows.items():
-            if name.endswith("_compiled") == bool(group) and plain.get("s_median") and row.get("s_median"):
+            kind = "_compiled" if name.endswith("_compiled") else "_b8" if name.endswith("_b8") else ""
+            if kind == group and plain.get("s_median") and row.get("s_median"):
                 row["over_plain"] = round(row["s_median"] / plain["s_median"], 3)
                 if "image" in row and "image" in plain:
                     row["max_pixel_difference_vs_plain"] = int(np.abs(np.asarray(row["image"], int) - np.asarray(plain["image"], int)).max())
@@ -193,6 +212,14 @@ def main():
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {EAGER}")
     bench(pipe, variants, args, result, args.out)
+    if "traced" in variants and "traced_b8" in variants:  # what batching changes in a trace: fp16 rounding only
+        one, batched = (make_runner(pipe, v, args.steps, args.size, args.guidance)()[1] for v in ("traced", "traced_b8"))
+        diff = lambda a, b: float((a.float() - b.float()).abs().max())  # noqa: E731
+        result["b8_vs_b1_max_abs_difference"] = {
+            **{name: diff(getattr(batched, name), getattr(one, name)) for name in ("latents", "noise_pred", "pred_x0")},
+            "attention_maps": max(diff(batched.attention_maps[k], m) for k, m in one.attention_maps.items()),
+            "image_pixels": int(np.abs(np.asarray(batched.image, int) - np.asarray(one.image, int)).max())}
+        write(result, args.out)
     # Waits for the GPU inside one generation (the loop's own and diffusers' schedulers' alike).
     if CUDA:
         result["host_waits"] = {v: host_waits(make_runner(pipe, v, args.steps, args.size, args.guidance)) for v in ("plain", "traced")}
