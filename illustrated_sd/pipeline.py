@@ -336,6 +336,7 @@ class IllustratedPipeline:
         pictures = self.pipeline.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)
 
         # 8. Everything into one Trace per prompt.
+        timesteps, alpha_bars = keep(timesteps), keep(alpha_bars)  # one copy each, shared by the batch's traces
         traces = []
         for b, (text, one, picture) in enumerate(zip(texts, all_settings, pictures)):
             part = {name: x[:, b] for name, x in buffers.items()}  # prompt b's rows: [S, C, h, w]
@@ -347,8 +348,8 @@ class IllustratedPipeline:
                 text_embeddings=keep(text.embeddings[0]),
                 uncond_embeddings=keep(text.uncond[0]) if guided else None,
                 text_hidden_states=keep(text.hidden_states[layers]),
-                timesteps=keep(timesteps),
-                alpha_bars=keep(alpha_bars),
+                timesteps=timesteps,
+                alpha_bars=alpha_bars,
                 latents=part["latents"],
                 noise_pred=part["noise_pred"],
                 noise_pred_text=part["noise_pred_text"],
