@@ -166,8 +166,8 @@ def _state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def run_prompt_set(pipe_factory, jobs: list[Job], out, record=None, progress: bool = True) -> dict:
-    """Trace every job not yet done in ``out``; returns ``{"done": n, "made": n, "skipped": n, "rank": r}``.
+def run_prompt_set(pipe_factory, jobs: list[Job], out, record=None, progress: bool = True, batch_size: int | None = None) -> dict:
+    """Trace every job not yet done in ``out``; returns ``{"done": n, "made": n, "skipped": n, "rank": r, "batch_size": b}``.
 
     Args:
         pipe_factory: ``device → IllustratedPipeline``, called once per process with that process's device
@@ -175,6 +175,9 @@ def run_prompt_set(pipe_factory, jobs: list[Job], out, record=None, progress: bo
         jobs: from :func:`read_prompts`.
         out: the folder (made if missing).
         record: :class:`~illustrated_sd.recorders.RecordOptions` for every trace (default: the pipeline's).
+        batch_size: prompts drawn together in one call (neighbours with the same steps, guidance and negative
+            prompt; see :func:`batches`). ``None``: 8 on a GPU (where one prompt leaves it waiting for Python),
+            1 on the CPU (busy either way) and for SDXL (whose pipeline draws one prompt at a time).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,17 +201,39 @@ def run_prompt_set(pipe_factory, jobs: list[Job], out, record=None, progress: bo
         with state.split_between_processes(pending) as part:
             mine = list(part)
     pipe = pipe_factory(device if world > 1 else None)  # one process: the device the user chose
+    if batch_size is None:
+        batch_size = 8 if pipe.device.type == "cuda" and not pipe.is_sdxl else 1
+    batch_size = checks.whole_number("batch_size", batch_size, minimum=1, hint="prompts per call, e.g. 8 on a GPU")
+    if batch_size > 1 and pipe.is_sdxl:
+        raise ValueError("SDXL prompt sets are drawn one prompt at a time: use --batch-size 1")
     part_file = out / f"index-{rank}.jsonl"
-    for job in tqdm(mine, desc=f"prompts (process {rank + 1} of {world})" if world > 1 else "prompts", disable=not progress):
-        trace = pipe(job.prompt, num_inference_steps=job.steps, guidance_scale=job.guidance, seed=job.seed,
-                     negative_prompt=job.negative, record=record, progress=False)
-        trace.save(out / job.file)  # atomic: complete, or not there at all
-        _append_line(part_file, {**asdict(job), "file": job.file, "rank": rank, "words": summary(trace)})
+    bar = tqdm(total=len(mine), desc=f"prompts (process {rank + 1} of {world})" if world > 1 else "prompts", disable=not progress)
+    for group in batches(mine, batch_size):
+        first = group[0]
+        traces = pipe([job.prompt for job in group], num_inference_steps=first.steps, guidance_scale=first.guidance,
+                      seed=[job.seed for job in group], negative_prompt=first.negative, record=record, progress=False)
+        for job, trace in zip(group, traces):
+            trace.save(out / job.file)  # atomic: complete, or not there at all
+            _append_line(part_file, {**asdict(job), "file": job.file, "rank": rank, "words": summary(trace)})
+        bar.update(len(group))
+    bar.close()
     if state is not None:
         state.wait_for_everyone()
     if rank == 0:
         _merge_index(out)
-    return {"done": len(done) + len(pending), "made": len(mine), "skipped": len(done), "rank": rank}
+    return {"done": len(done) + len(pending), "made": len(mine), "skipped": len(done), "rank": rank, "batch_size": batch_size}
+
+
+def batches(jobs: list[Job], size: int) -> list[list[Job]]:
+    """``jobs`` in order, cut into groups of at most ``size`` that one call can draw: neighbours with the same
+    steps, guidance and negative prompt (their seeds and prompts may differ)."""
+    groups = []
+    for job in jobs:
+        last = groups[-1][-1] if groups else None
+        if last is None or len(groups[-1]) == size or (job.steps, job.guidance, job.negative) != (last.steps, last.guidance, last.negative):
+            groups.append([])
+        groups[-1].append(job)
+    return groups
 
 
 def _merge_index(out: Path) -> None:

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--full", action="store_true", help="keep full traces (every step, layer and text layer; 12 MiB each for the "
                                                            "tiny model, 209 MiB for SD 1.5) instead of compact ones (default)")
     batch.add_argument("--no-maps", action="store_true", help="record no cross-attention maps (a much smaller trace; no word summaries)")
+    batch.add_argument("--batch-size", type=int, default=None, help="prompts drawn together in one call (default: 8 on a GPU, "
+                                                                    "1 on the CPU and for SDXL)")
     _model_options(batch)
     return parser
 
@@ -134,7 +136,7 @@ def batch(args) -> Path:
     def make_pipe(process_device):
         return isd.load_pipeline(args.model, device=process_device or device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
 
-    result = run_prompt_set(make_pipe, jobs, out, record=record)
+    result = run_prompt_set(make_pipe, jobs, out, record=record, batch_size=args.batch_size)
     if result["rank"] == 0:
         print(f"{result['done']} of {len(jobs)} prompts traced in {out}/ ({result['skipped']} were already there); "
               f"read them with isd.TraceSet({str(out)!r})")

@@ -39,7 +39,7 @@ def check_inputs(pipe, prompt, num_inference_steps, guidance_scale, seed, genera
 
     ``height`` and ``width`` ``None`` mean the model's native size; ``record`` ``None`` means ``pipe.record``.
     """
-    checks.text("prompt", prompt, hint="one trace is one prompt")
+    checks.text("prompt", prompt, hint="a string, or a list of strings for a batch (one trace each)")
     if not prompt.strip():
         raise ValueError("the prompt is empty; describe the image, e.g. pipe('a red circle on the left')")
     checks.text("negative_prompt", negative_prompt, allow_none=True, hint="None means the empty prompt")

@@ -32,11 +32,11 @@ from . import checks
 from .edits import check_edits, editing, hidden_words
 from .inputs import check_image, check_inputs, check_mask, check_strength
 from .latent_space import to_pixels
-from .recorders import RecordOptions, recording, to_host
+from .recorders import RecordOptions, recording, to_host, wait_for_host_copies
 from .sampling import alpha_bars_for, classifier_free_guidance, pred_x0, rescale_guidance
 from .sdxl import added_conditioning, is_sdxl, time_ids
 from .starts import start_for_inpainting, start_from_image, start_from_noise
-from .text import encode_prompt, encode_prompt_xl
+from .text import encode_prompt_xl, encode_prompts
 from .trace import Trace
 
 # The diffusers pipelines whose components IllustratedPipeline can drive (an SDXL refiner is an img2img one).
@@ -159,7 +159,8 @@ class IllustratedPipeline:
         Args:
             prompt: what to draw; at most 77 CLIP tokens are used (the rest is dropped with a warning). A list of
                 ``B`` prompts is drawn together, in batched UNet calls (text-to-image, SD 1/2, no edits), and gives a
-                list of ``B`` traces; ``seed`` is then a list of ``B`` seeds (or one, for all).
+                list of ``B`` traces; ``seed`` is then a list of ``B`` seeds (or one, for all). (A list of one is the
+                one-prompt call in a list, with every option.)
             num_inference_steps: denoising steps ``S`` (≥ 1). Some samplers (PNDM, Heun) call the UNet
                 a few extra times; the trace has one entry per UNet call.
             guidance_scale: classifier-free guidance ``s`` in ε̂ = ε_u + s·(ε_c − ε_u). ``s = 1`` is the prompt
@@ -220,6 +221,9 @@ class IllustratedPipeline:
         seeds = list(seeds) if isinstance(seeds, (list, tuple)) else [seeds] * len(prompts)
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts need {len(prompts)} seeds, one each (got {len(seeds)}); or pass one seed for all")
+        if len(prompts) == 1:  # a list of one is the one-prompt call, which every pipeline and option supports
+            return [self(prompts[0], num_inference_steps, guidance_scale, seeds[0], negative_prompt, height, width, generator, eta,
+                         record, progress, image=image, mask=mask, strength=strength, guidance_rescale=guidance_rescale, edits=edits)]
         if generator is not None:
             raise ValueError("a batch draws each prompt's noise from its own seed: pass seed=[...], not generator=")
         if image is not None or mask is not None or strength is not None or edits or self.is_sdxl:
@@ -252,8 +256,7 @@ class IllustratedPipeline:
         if self.is_sdxl:  # SDXL: two encoders side by side, and a pooled summary of the prompt
             texts = [encode_prompt_xl(self.pipeline, prompt, negative_prompt, guided, device, hide=hidden_words(edits))]
         else:
-            texts = [encode_prompt(self.tokenizer, self.text_encoder, p, negative_prompt, guided, device, hide=hidden_words(edits))
-                     for p in prompts]
+            texts = encode_prompts(self.tokenizer, self.text_encoder, prompts, negative_prompt, guided, device, hide=hidden_words(edits))
         text = texts[0]
         # B prompts: the UNet's batch is [unconditional × B, prompt × B] with guidance, as diffusers stacks it
         context = text.context if batch == 1 else torch.cat([t.uncond for t in texts] * guided + [t.embeddings for t in texts])
@@ -385,8 +388,7 @@ class IllustratedPipeline:
                 kept_steps=rec.kept_steps,
                 grid_layers=rec.attention.grid_layers,
             ))
-        if device.type == "cuda":  # the one wait: every non-blocking copy above has landed before anyone reads it
-            torch.cuda.current_stream(device).synchronize()
+        wait_for_host_copies(device)  # the one wait: every non-blocking copy above has landed before anyone reads it
         return traces
 
     def img2img(

@@ -174,14 +174,36 @@ def attention_probabilities(query: torch.Tensor, key: torch.Tensor | None, heads
     return probs if per_head else probs.mean(dim=1, keepdim=True)
 
 
+_copy_streams: dict[torch.device, "torch.cuda.Stream"] = {}
+
+
 def to_host(x: torch.Tensor) -> torch.Tensor:
     """Start copying ``x`` to the CPU without waiting for it.
 
     From a GPU, ``non_blocking=True`` copies into page-locked memory (which PyTorch caches between calls),
-    about twice as fast as ordinary memory, and returns at once; whoever reads the result must first
-    wait for the GPU (the pipeline does so once, at the end of ``IllustratedPipeline.__call__``).
+    about twice as fast as ordinary memory, and returns at once. The copy runs on a stream of its own: on
+    the model's stream it would queue behind nothing but hold up what comes after it (the VAE), while a GPU
+    copies and computes at the same time when the two are on different streams. Whoever reads the result
+    must first wait for the copies (:func:`wait_for_host_copies`; the pipeline does so once, at the end of
+    ``IllustratedPipeline.__call__``).
     """
-    return x.to("cpu", non_blocking=True)
+    if x.device.type != "cuda":
+        return x.to("cpu")  # already there (or a device without streams): nothing to overlap
+    stream = _copy_streams.setdefault(x.device, torch.cuda.Stream(x.device))
+    stream.wait_stream(torch.cuda.current_stream(x.device))  # the copy starts once x has been written
+    with torch.cuda.stream(stream):
+        host = x.to("cpu", non_blocking=True)
+    x.record_stream(stream)  # x's memory is not handed out again before the copy has read it
+    return host
+
+
+def wait_for_host_copies(device: torch.device) -> None:
+    """Wait until every :func:`to_host` copy from ``device`` (and the work on its current stream) has landed."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+        stream = _copy_streams.get(torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device()))
+        if stream is not None:
+            stream.synchronize()
 
 
 @dataclass
@@ -219,9 +241,9 @@ class AttentionRecording:
             keys = self._keys.get(names)
             if len(recorders) == 1:
                 query, key = recorders[0].query[None, self.rows], recorders[0].key[None, self.rows]
-            else:  # [L, B, queries, heads·d] and [L, B, keys, heads·d] of the prompts' rows
-                query = torch.stack([r.query for r in recorders])[:, self.rows]
-                key = None if keys is not None else torch.stack([r.key for r in recorders])[:, self.rows]
+            else:  # [L, B, queries, heads·d] and [L, B, keys, heads·d] of the prompts' rows (only those are copied)
+                query = torch.stack([r.query[self.rows] for r in recorders])
+                key = None if keys is not None else torch.stack([r.key[self.rows] for r in recorders])
             batch = query.shape[1]  # B prompts: each layer's rows go through the product side by side
             query, key = query.flatten(0, 1), (None if key is None else key.flatten(0, 1))
             if keys is None and all(name in self.cross for name in names):

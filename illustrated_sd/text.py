@@ -135,25 +135,34 @@ def tokenize_prompt(tokenizer, prompt: str) -> TokenizedPrompt:
 
 
 @torch.no_grad()
-def encode_tokens(text_encoder, prompt: TokenizedPrompt, device, hide: list[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the text encoder on a tokenized prompt, keeping every layer.
+def encode_tokens(text_encoder, prompts: TokenizedPrompt | list[TokenizedPrompt], device,
+                  hide: list[int] | list[list[int]] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the text encoder on tokenized prompts, all ``B`` of them in one call, keeping every layer.
 
     Args:
-        prompt: from :func:`tokenize_prompt` (``input_ids [1, 77]``).
+        prompts: one prompt from :func:`tokenize_prompt` (``input_ids [1, 77]``), or a list of ``B``.
         hide: slots that no other token may read (attention mask 0 there): how ``edits.Remove`` keeps a
-            word's meaning out of the tokens after it.
+            word's meaning out of the tokens after it. With a list of prompts, one list of slots per prompt.
     Returns:
-        ``(embeddings [1, 77, D], hidden_states [layers + 1, 77, D])``. ``embeddings`` is the final
-        layer after CLIP's last LayerNorm (what the UNet gets); ``hidden_states[0]`` is token +
-        position embeddings, ``hidden_states[i]`` the output of transformer layer ``i``.
+        ``(embeddings [B, 77, D], hidden_states [layers + 1, B, 77, D])`` (``[layers + 1, 77, D]`` for one
+        prompt not in a list). ``embeddings`` is the final layer after CLIP's last LayerNorm (what the UNet
+        gets); ``hidden_states[0]`` is token + position embeddings, ``hidden_states[i]`` the output of
+        transformer layer ``i``.
     """
+    single = isinstance(prompts, TokenizedPrompt)
+    prompts, hide = ([prompts], [hide]) if single else (prompts, list(hide) or [()] * len(prompts))
+    # B prompts in one call, as diffusers encodes a batch: on a GPU the rounding of a matrix product can
+    # depend on how many rows it has, so this is what keeps a batch equal to diffusers' batched call.
+    ids = torch.cat([p.input_ids for p in prompts]).to(device)
     use_mask = getattr(text_encoder.config, "use_attention_mask", False)
-    mask = prompt.attention_mask.to(device) if use_mask else None  # SD's CLIP never masks the padding
-    if len(hide):
-        mask = (mask.clone() if mask is not None else torch.ones_like(prompt.input_ids, device=device))
-        mask[0, list(hide)] = 0
-    out = text_encoder(prompt.input_ids.to(device), attention_mask=mask, output_hidden_states=True)
-    return out[0], torch.stack([h[0] for h in out.hidden_states])
+    mask = torch.cat([p.attention_mask for p in prompts]).to(device) if use_mask else None  # SD's CLIP never masks the padding
+    if any(len(slots) for slots in hide):
+        mask = mask.clone() if mask is not None else torch.ones_like(ids)
+        for row, slots in enumerate(hide):
+            mask[row, list(slots)] = 0
+    out = text_encoder(ids, attention_mask=mask, output_hidden_states=True)
+    hidden_states = torch.stack(out.hidden_states)  # [layers + 1, B, 77, D]
+    return out[0], (hidden_states[:, 0] if single else hidden_states)
 
 
 @dataclass
@@ -194,14 +203,28 @@ def encode_prompt(tokenizer, text_encoder, prompt: str, negative_prompt: str | N
     Guidance doubles the UNet's batch: row 0 answers "what does an image look like?", row 1 "…of this prompt?".
     ``hide``: words of the prompt that later tokens may not read (``edits.Remove``).
     """
-    text = tokenize_prompt(tokenizer, prompt)
-    embeddings, hidden_states = encode_tokens(text_encoder, text, device, hidden_slots(prompt, text, hide))
+    return encode_prompts(tokenizer, text_encoder, [prompt], negative_prompt, guided, device, hide)[0]
+
+
+def encode_prompts(tokenizer, text_encoder, prompts: list[str], negative_prompt: str | None, guided: bool, device,
+                   hide=()) -> list[EncodedPrompt]:
+    """:func:`encode_prompt` for ``B`` prompts at once: one text-encoder call for the prompts and, with guidance,
+    one for ``B`` copies of the negative prompt, as ``StableDiffusionPipeline.encode_prompt`` batches them.
+
+    Returns:
+        one :class:`EncodedPrompt` per prompt (``embeddings [1, 77, D]``, ``hidden_states [layers + 1, 77, D]``).
+    """
+    texts = [tokenize_prompt(tokenizer, prompt) for prompt in prompts]
+    slots = [hidden_slots(prompt, text, hide) for prompt, text in zip(prompts, texts)]
+    embeddings, hidden_states = encode_tokens(text_encoder, texts, device, slots)
     embeddings = embeddings.to(text_encoder.dtype)
-    uncond = None
+    uncond = [None] * len(prompts)
     if guided:
-        uncond = encode_tokens(text_encoder, tokenize_prompt(tokenizer, negative_prompt or ""), device)[0].to(text_encoder.dtype)
-    context = torch.cat([uncond, embeddings]) if guided else embeddings
-    return EncodedPrompt(text, embeddings, hidden_states, uncond, context, guided)
+        negative = tokenize_prompt(tokenizer, negative_prompt or "")
+        uncond = encode_tokens(text_encoder, [negative] * len(prompts), device)[0].to(text_encoder.dtype).split(1)
+    return [EncodedPrompt(text, embeddings[b:b + 1], hidden_states[:, b], uncond[b],
+                          torch.cat([uncond[b], embeddings[b:b + 1]]) if guided else embeddings[b:b + 1], guided)
+            for b, text in enumerate(texts)]
 
 
 def hidden_slots(prompt: str, text: TokenizedPrompt, words) -> list[int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from illustrated_sd.batch import TraceSet, read_index, read_prompts, run_prompt_set
+from illustrated_sd.batch import TraceSet, batches, read_index, read_prompts, run_prompt_set
 from illustrated_sd.cli import main
 
 PROMPTS = ["a red circle on the left", "a blue square at the top", "a green star on the right"]
@@ -62,19 +62,22 @@ def test_a_missing_prompt_file_says_what_to_write(tmp_path):
 
 def factory(pipe, calls=None, fail_at=None):
     """A pipe_factory handing out the session's pipeline, counting its generations (and failing at one, like a kill)."""
-    def generate(prompt, **kwargs):
-        if calls is not None:
-            calls.append(prompt)
-            if fail_at is not None and len(calls) == fail_at:
-                raise KeyboardInterrupt  # the run is stopped here
-        return pipe(prompt, **kwargs)
-    return lambda device: generate
+    class Counting:
+        device, is_sdxl = pipe.device, pipe.is_sdxl
+
+        def __call__(self, prompts, **kwargs):
+            if calls is not None:
+                calls.extend(prompts)
+                if fail_at is not None and len(calls) >= fail_at:
+                    raise KeyboardInterrupt  # the run is stopped here
+            return pipe(prompts, **kwargs)
+    return lambda device: Counting()
 
 
 def test_a_set_is_traced_indexed_and_read_back(pipe, tmp_path):
     jobs = read_prompts(prompt_file(tmp_path), steps=2)
     result = run_prompt_set(factory(pipe), jobs, tmp_path / "set", progress=False)
-    assert result == {"done": 3, "made": 3, "skipped": 0, "rank": 0}
+    assert result == {"done": 3, "made": 3, "skipped": 0, "rank": 0, "batch_size": 1}  # on the CPU, one prompt per call
     out = tmp_path / "set"
     assert sorted(p.name for p in out.iterdir()) == ["000000.safetensors", "000001.safetensors", "000002.safetensors", "index.jsonl"]
     traces = TraceSet(out)
@@ -106,12 +109,30 @@ def test_a_killed_run_resumes_and_never_indexes_a_half_written_trace(pipe, tmp_p
     assert TraceSet(out).rows[0]["index"] == 0 and len(TraceSet(out)) == 1
     calls.clear()
     result = run_prompt_set(factory(pipe, calls), jobs, out, progress=False)
-    assert calls == PROMPTS[1:] and result == {"done": 3, "made": 2, "skipped": 1, "rank": 0}
+    assert calls == PROMPTS[1:] and result == {"done": 3, "made": 2, "skipped": 1, "rank": 0, "batch_size": 1}
     assert not list(out.glob(".*.tmp")) and not list(out.glob("index-*.jsonl"))
     assert [row["index"] for row in TraceSet(out).rows] == [0, 1, 2]
     assert TraceSet(out)[2].prompt == PROMPTS[2]  # made again, a real trace now
     calls.clear()
     assert run_prompt_set(factory(pipe, calls), jobs, out, progress=False)["made"] == 0 and calls == []  # all done: nothing to do
+
+
+def test_prompts_are_drawn_in_batches_of_neighbours_with_the_same_settings(pipe, tmp_path):
+    rows = [{"prompt": p, "seed": i} for i, p in enumerate(PROMPTS)] + [{"prompt": "a moon", "guidance": 3}, {"prompt": "a yellow star"}]
+    (tmp_path / "set.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    jobs = read_prompts(tmp_path / "set.jsonl", steps=2)
+    assert [[job.index for job in group] for group in batches(jobs, 2)] == [[0, 1], [2], [3], [4]]  # guidance 3 stands apart
+    assert [[job.index for job in group] for group in batches(jobs, 8)] == [[0, 1, 2], [3], [4]]
+    calls = []
+    result = run_prompt_set(factory(pipe, calls), jobs, tmp_path / "out", progress=False, batch_size=2)
+    assert result["made"] == 5 and result["batch_size"] == 2
+    traces = TraceSet(tmp_path / "out")
+    assert [t["prompt"] for t in traces.rows] == [r["prompt"] for r in rows] and traces[3].guidance_scale == 3
+    together = pipe(PROMPTS[:2], num_inference_steps=2, seed=[0, 1], progress=False)  # what one call of two makes
+    for i in range(2):
+        np.testing.assert_array_equal(np.asarray(traces[i].image), np.asarray(together[i].image))
+    with pytest.raises(ValueError, match="batch_size must be ≥ 1"):
+        run_prompt_set(factory(pipe), jobs, tmp_path / "out2", progress=False, batch_size=0)
 
 
 def test_another_prompt_set_in_the_same_folder_is_refused(pipe, tmp_path):

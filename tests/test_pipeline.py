@@ -154,7 +154,7 @@ BAD_CALLS = [
     (dict(prompt=None), TypeError, "prompt must be a string"),
     (dict(prompt=3), TypeError, "prompt must be a string or a non-empty list of strings"),
     (dict(prompt=[]), TypeError, "prompt must be a string or a non-empty list of strings"),
-    (dict(prompt=["a red circle", 3]), TypeError, "prompt must be a string"),
+    (dict(prompt=["a red circle", 3]), TypeError, "prompt must be a string.*a list of strings for a batch"),
     (dict(prompt=["a red circle", "a blue square"], seed=[1, 2, 3]), ValueError, "2 prompts need 2 seeds"),
     (dict(prompt=["a red circle", "a blue square"], generator=torch.Generator()), ValueError, "pass seed=\\[...\\], not generator="),
     (dict(prompt=["a red circle", "a blue square"], edits=[isd.edits.Reweight("red", 0)]), NotImplementedError,
@@ -258,15 +258,17 @@ def test_unknown_scheduler_lists_the_known_ones(pipe):
 
 def test_a_batch_equals_diffusers_batched_call_and_each_trace_its_own_generation(pipe):
     prompts, seeds = ["a red circle on the left", "a blue square at the top", "a green star on the right"], [0, 5, 9]
-    traces = pipe(prompts, num_inference_steps=4, seed=seeds, progress=False)
+    traces = pipe(prompts, num_inference_steps=4, seed=seeds, negative_prompt="blurry", progress=False)
     assert [t.prompt for t in traces] == prompts and [t.seed for t in traces] == seeds
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    plain = pipe.pipeline(prompts, num_inference_steps=4, guidance_scale=7.5, generator=generators).images
+    plain = pipe.pipeline(prompts, num_inference_steps=4, guidance_scale=7.5, negative_prompt=["blurry"] * 3,
+                          generator=generators).images
     for trace, image in zip(traces, plain):
         np.testing.assert_array_equal(np.asarray(trace.image), np.asarray(image))  # bit for bit, as diffusers batches it
     # each trace holds what a one-prompt call records, up to the rounding of a bigger batch
-    one = pipe(prompts[1], num_inference_steps=4, seed=5, progress=False)
-    for name in ("latents", "noise_pred", "noise_pred_text", "noise_pred_uncond", "pred_x0", "text_embeddings"):
+    one = pipe(prompts[1], num_inference_steps=4, seed=5, negative_prompt="blurry", progress=False)
+    for name in ("latents", "noise_pred", "noise_pred_text", "noise_pred_uncond", "pred_x0", "text_embeddings", "uncond_embeddings",
+                 "text_hidden_states"):
         torch.testing.assert_close(getattr(traces[1], name), getattr(one, name), atol=1e-3, rtol=1e-3)
     assert traces[1].attention_maps.keys() == one.attention_maps.keys()
     for layer, maps in one.attention_maps.items():
