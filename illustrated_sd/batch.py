@@ -200,10 +200,11 @@ def run_prompt_set(pipe_factory, jobs: list[Job], out, record=None, progress: bo
     if state is not None and world > 1:
         with state.split_between_processes(pending) as part:
             mine = list(part)
+    if batch_size is not None:  # refused before the model is loaded
+        batch_size = checks.whole_number("batch_size", batch_size, minimum=1, hint="prompts per call, e.g. 8 on a GPU")
     pipe = pipe_factory(device if world > 1 else None)  # one process: the device the user chose
     if batch_size is None:
         batch_size = 8 if pipe.device.type == "cuda" and not pipe.is_sdxl else 1
-    batch_size = checks.whole_number("batch_size", batch_size, minimum=1, hint="prompts per call, e.g. 8 on a GPU")
     if batch_size > 1 and pipe.is_sdxl:
         raise ValueError("SDXL prompt sets are drawn one prompt at a time: use --batch-size 1")
     part_file = out / f"index-{rank}.jsonl"

@@ -152,13 +152,16 @@ def test_a_folder_without_traces_is_not_a_trace_set(tmp_path):
 # ---- from the shell ----------------------------------------------------------------------------------------------
 
 def test_the_batch_command(tmp_path, capsys):
-    assert main(["batch", str(prompt_file(tmp_path, PROMPTS[:2])), "--out", str(tmp_path / "set"), "--steps", "2", "--no-maps"]) == 0
+    assert main(["batch", str(prompt_file(tmp_path, PROMPTS[:2])), "--out", str(tmp_path / "set"), "--steps", "2", "--no-maps",
+                 "--batch-size", "2"]) == 0
     assert "2 of 2 prompts traced" in capsys.readouterr().out
     traces = TraceSet(tmp_path / "set")
     assert traces.rows[0]["words"] == {} and traces[0].attention_maps == {}  # --no-maps: no maps, no word summaries
     assert main(["batch", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "no prompt file at" in err and len(err.strip().splitlines()) == 1
+    assert main(["batch", str(prompt_file(tmp_path, PROMPTS[:1])), "--out", str(tmp_path / "y"), "--batch-size", "0"]) == 2
+    assert "batch_size must be ≥ 1" in capsys.readouterr().err
 
 
 def test_accelerate_splits_a_set_between_two_cpu_processes(tmp_path):
