@@ -11,6 +11,8 @@ SDXL runs the same loop (``pipeline_stable_diffusion_xl.py``); it differs in thr
 added to the timestep embedding (``sdxl.py``), and a VAE run in float32 (``latent_space.py``).
 """
 
+import numbers
+
 import torch
 from PIL import Image
 from diffusers import (
@@ -153,7 +155,8 @@ class IllustratedPipeline:
         strength: float | None = None,
         guidance_rescale: float = 0.0,
         edits: list | None = None,
-    ) -> Trace:
+        num_images_per_prompt: int = 1,
+    ) -> Trace | list[Trace]:
         """Generate one image from ``prompt`` and record how it was made.
 
         Args:
@@ -183,6 +186,9 @@ class IllustratedPipeline:
             edits: interventions for this call only, e.g. ``[isd.edits.Reweight("red", 0)]`` (remove a word's
                 attention) or ``[isd.edits.Swap(source_trace)]`` (keep another generation's layout); see
                 :mod:`illustrated_sd.edits`; ``isd.edits.Remove("red")`` takes a word out entirely. Recorded in ``trace.edits``.
+            num_images_per_prompt: ``n`` pictures of each prompt in the same batched calls (text-to-image, SD 1/2):
+                picture ``j`` of a prompt is drawn from its seed + ``j``. Gives a list of ``B·n`` traces, each prompt's
+                ``n`` side by side, as diffusers orders its images (and with its images for the same generators).
         Returns:
             a :class:`Trace` whose ``image`` equals ``StableDiffusionPipeline(...)`` for the same settings
             (``StableDiffusionImg2ImgPipeline`` / ``StableDiffusionInpaintPipeline`` with an ``image``;
@@ -192,9 +198,10 @@ class IllustratedPipeline:
             >>> trace.latents.shape        # [S + 1, 4, h, w]
         """
         # 1. Check the inputs, before any work (the fix is in every message).
-        if not isinstance(prompt, str):  # several prompts, drawn together: each is checked as one would be
-            return self._batch(prompt, seed, num_inference_steps, guidance_scale, negative_prompt, height, width, generator, eta,
-                               record, progress, image, mask, strength, guidance_rescale, edits)
+        if not isinstance(prompt, str) or num_images_per_prompt != 1:  # several pictures, drawn together: each checked as one would be
+            return self._batch(prompt if not isinstance(prompt, str) else [prompt], seed if not isinstance(prompt, str) else [seed],
+                               num_inference_steps, guidance_scale, negative_prompt, height, width, generator, eta, record, progress,
+                               image, mask, strength, guidance_rescale, edits, num_images_per_prompt)
         if image is not None:
             if height is not None or width is not None:
                 raise ValueError("height and width come from the input image; resize the image instead of passing them")
@@ -213,29 +220,35 @@ class IllustratedPipeline:
         return self._generate([prompt], [settings], generator, negative_prompt, image, mask, strength, guidance_rescale, edits, progress)[0]
 
     def _batch(self, prompts, seeds, num_inference_steps, guidance_scale, negative_prompt, height, width, generator, eta, record,
-               progress, image, mask, strength, guidance_rescale, edits) -> list[Trace]:
-        """``B`` prompts in batched UNet calls: each checked as a single call checks it, then :meth:`_generate`."""
+               progress, image, mask, strength, guidance_rescale, edits, images_per_prompt=1) -> list[Trace]:
+        """``B`` prompts (``n`` pictures each) in batched UNet calls: each checked as a single call checks it, then
+        :meth:`_generate`."""
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise TypeError(f"prompt must be a string or a non-empty list of strings (got {prompts!r:.60})")
+        n = checks.whole_number("num_images_per_prompt", images_per_prompt, minimum=1, hint="pictures of each prompt, e.g. 4")
         prompts = list(prompts)
         seeds = list(seeds) if isinstance(seeds, (list, tuple)) else [seeds] * len(prompts)
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts need {len(prompts)} seeds, one each (got {len(seeds)}); or pass one seed for all")
+        # picture j of a prompt comes from its seed + j (a seed that is not a whole number is left for check_inputs to refuse)
+        seeds = [s + j if isinstance(s, numbers.Integral) and not isinstance(s, bool) else s for s in seeds for j in range(n)]
+        prompts = [p for p in prompts for _ in range(n)]
         if len(prompts) == 1:  # a list of one is the one-prompt call, which every pipeline and option supports
             return [self(prompts[0], num_inference_steps, guidance_scale, seeds[0], negative_prompt, height, width, generator, eta,
                          record, progress, image=image, mask=mask, strength=strength, guidance_rescale=guidance_rescale, edits=edits)]
         if generator is not None:
             raise ValueError("a batch draws each prompt's noise from its own seed: pass seed=[...], not generator=")
         if image is not None or mask is not None or strength is not None or edits or self.is_sdxl:
-            raise NotImplementedError("a batch of prompts is text-to-image on SD 1/2 without edits; for img2img, inpainting, "
-                                      "SDXL or edits, generate one prompt at a time")
+            raise NotImplementedError("a batch of prompts (or num_images_per_prompt > 1) is text-to-image on SD 1/2 without "
+                                      "edits; for img2img, inpainting, SDXL or edits, generate one picture at a time")
         settings = [check_inputs(self, p, num_inference_steps, guidance_scale, s, None, height, width, negative_prompt, eta, record,
                                  progress) for p, s in zip(prompts, seeds)]
-        return self._generate(prompts, settings, None, negative_prompt, None, None, None, guidance_rescale, [], progress)
+        return self._generate(prompts, settings, None, negative_prompt, None, None, None, guidance_rescale, [], progress, n)
 
     def _generate(self, prompts: list[str], all_settings: list, generator, negative_prompt, image, mask, strength,
-                  guidance_rescale, edits, progress) -> list[Trace]:
-        """The generation of ``B = len(prompts)`` prompts (checked: ``all_settings`` one each) side by side; see ``__call__``."""
+                  guidance_rescale, edits, progress, images_per_prompt: int = 1) -> list[Trace]:
+        """The generation of ``B = len(prompts)`` pictures (checked: ``all_settings`` one each) side by side; see ``__call__``.
+        ``prompts`` holds each prompt ``images_per_prompt`` times in a row."""
         settings, batch = all_settings[0], len(prompts)
         prompt = prompts[0]  # (what edits, img2img and inpainting read: they take one prompt)
         steps, s, record = settings.num_inference_steps, settings.guidance_scale, settings.record
@@ -256,7 +269,10 @@ class IllustratedPipeline:
         if self.is_sdxl:  # SDXL: two encoders side by side, and a pooled summary of the prompt
             texts = [encode_prompt_xl(self.pipeline, prompt, negative_prompt, guided, device, hide=hidden_words(edits))]
         else:
-            texts = encode_prompts(self.tokenizer, self.text_encoder, prompts, negative_prompt, guided, device, hide=hidden_words(edits))
+            # each prompt once, then its vectors once per picture: the rows diffusers makes for num_images_per_prompt
+            texts = encode_prompts(self.tokenizer, self.text_encoder, prompts[::images_per_prompt], negative_prompt, guided, device,
+                                   hide=hidden_words(edits))
+            texts = [text for text in texts for _ in range(images_per_prompt)]
         text = texts[0]
         # B prompts: the UNet's batch is [unconditional × B, prompt × B] with guidance, as diffusers stacks it
         context = text.context if batch == 1 else torch.cat([t.uncond for t in texts] * guided + [t.embeddings for t in texts])

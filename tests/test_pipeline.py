@@ -276,6 +276,21 @@ def test_a_batch_equals_diffusers_batched_call_and_each_trace_its_own_generation
     assert traces[1].tokens == one.tokens and traces[0].tokens != one.tokens
 
 
+def test_several_pictures_of_each_prompt_equal_diffusers_num_images_per_prompt(pipe):
+    prompts = ["a red circle on the left", "a blue square at the top"]
+    traces = pipe(prompts, num_inference_steps=3, seed=[0, 5], num_images_per_prompt=2, progress=False)
+    assert [(t.prompt, t.seed) for t in traces] == [(prompts[0], 0), (prompts[0], 1), (prompts[1], 5), (prompts[1], 6)]
+    generators = [torch.Generator("cpu").manual_seed(s) for s in (0, 1, 5, 6)]
+    plain = pipe.pipeline(prompts, num_inference_steps=3, guidance_scale=7.5, num_images_per_prompt=2, generator=generators).images
+    for trace, image in zip(traces, plain):
+        np.testing.assert_array_equal(np.asarray(trace.image), np.asarray(image))
+    assert not np.array_equal(np.asarray(traces[0].image), np.asarray(traces[1].image))  # two seeds, two pictures
+    one = pipe(prompts[0], num_inference_steps=3, seed=3, num_images_per_prompt=3, progress=False)  # one prompt: a list too
+    assert [t.seed for t in one] == [3, 4, 5]
+    with pytest.raises(ValueError, match="num_images_per_prompt must be ≥ 1"):
+        pipe(prompts[0], num_images_per_prompt=0)
+
+
 def test_a_batch_of_compact_traces_and_one_seed_for_all(pipe):
     traces = pipe(["a red circle on the left", "a red circle on the left"], num_inference_steps=3, seed=4, progress=False,
                   record=isd.RecordOptions(compact=True))
