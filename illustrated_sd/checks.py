@@ -9,8 +9,23 @@ come back as plain Python numbers, so that they can be written to JSON later.
 import argparse
 import math
 import numbers
+import sys
 
 import torch
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` that points at the first caller outside this package.
+
+    A warning about a prompt should name the line of the notebook or script that passed it, however many of
+    the package's own functions it went through on the way (a batch goes through more than one prompt does).
+    Call it from the function that warns: ``warnings.warn(message, stacklevel=checks.user_stacklevel())``.
+    """
+    frame, level = sys._getframe(1), 1  # level 1: the function that warns
+    # (torch.no_grad() as a decorator puts a wrapper of torch's between our functions: not the user's either)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("illustrated_sd", "torch.utils._contextlib")):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def whole_number(name: str, value, minimum: int | None = None, maximum: int | None = None, hint: str = "") -> int:

@@ -80,9 +80,9 @@ def check_inputs(pipe, prompt, num_inference_steps, guidance_scale, seed, genera
         unknown = sorted({w for w in re.findall(r"[a-z]+", said) if w not in pipe.known_words})
         if unknown:
             warnings.warn(f"the model never saw {unknown} in training, so it cannot draw them; the words it knows are: "
-                          f"{', '.join(sorted(pipe.known_words))}", stacklevel=4)
+                          f"{', '.join(sorted(pipe.known_words))}", stacklevel=checks.user_stacklevel())
     if negative_prompt is not None and guidance_scale == 1:
-        warnings.warn("negative_prompt is ignored when guidance_scale = 1 (guidance is off)", stacklevel=4)
+        warnings.warn("negative_prompt is ignored when guidance_scale = 1 (guidance is off)", stacklevel=checks.user_stacklevel())
     return Settings(steps, guidance_scale, seed, sizes[0], sizes[1], eta, record or pipe.record)
 
 
@@ -94,7 +94,7 @@ def check_image(image, name: str, multiple: int) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise TypeError(f"{name} must be a PIL.Image (got {type(image).__name__}); open a file with PIL.Image.open(path)")
     if image.mode != "RGB":
-        warnings.warn(f"{name} is {image.mode}, not RGB; converting it to RGB", stacklevel=4)
+        warnings.warn(f"{name} is {image.mode}, not RGB; converting it to RGB", stacklevel=checks.user_stacklevel())
         image = image.convert("RGB")
     m = multiple
     if image.width % m or image.height % m or min(image.size) < m:

@@ -231,7 +231,7 @@ class IllustratedPipeline:
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts need {len(prompts)} seeds, one each (got {len(seeds)}); or pass one seed for all")
         # picture j of a prompt comes from its seed + j (a seed that is not a whole number is left for check_inputs to refuse)
-        seeds = [s + j if isinstance(s, numbers.Integral) and not isinstance(s, bool) else s for s in seeds for j in range(n)]
+        seeds = [s + j if isinstance(s, numbers.Real) and not isinstance(s, bool) else s for s in seeds for j in range(n)]
         prompts = [p for p in prompts for _ in range(n)]
         if len(prompts) == 1:  # a list of one is the one-prompt call, which every pipeline and option supports
             return [self(prompts[0], num_inference_steps, guidance_scale, seeds[0], negative_prompt, height, width, generator, eta,

@@ -20,6 +20,7 @@ from PIL import Image
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from . import checks
 from .latent_space import to_latent
 
 
@@ -103,9 +104,9 @@ def start_for_inpainting(pipe, image: Image.Image, mask: Image.Image, strength: 
     mask_pixels = mask_processor.preprocess(mask, height=height, width=width)  # [1, 1, H, W] in {0, 1}
     share = float(mask_pixels.mean())
     if share == 0:
-        warnings.warn("the mask is all black: nothing will be repainted (white marks what to repaint)", stacklevel=5)
+        warnings.warn("the mask is all black: nothing will be repainted (white marks what to repaint)", stacklevel=checks.user_stacklevel())
     elif share == 1:
-        warnings.warn("the mask is all white: the whole image is repainted, as text-to-image would", stacklevel=5)
+        warnings.warn("the mask is all white: the whole image is repainted, as text-to-image would", stacklevel=checks.user_stacklevel())
 
     # The same random draws, in the same order, as diffusers: image latent, noise, masked-image latent.
     image_latents = None

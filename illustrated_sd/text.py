@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import checks
 from .trace import find_slots
 
 START, END = "<|startoftext|>", "<|endoftext|>"
@@ -108,14 +109,14 @@ def tokenize_prompt(tokenizer, prompt: str) -> TokenizedPrompt:
     max_length = tokenizer.model_max_length
     inputs = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     ids = inputs.input_ids
-    full = tokenizer(prompt, truncation=False).input_ids  # start, pieces…, end
+    full = tokenizer(prompt, truncation=False, verbose=False).input_ids  # start, pieces…, end (the warning below says more)
     truncated_text = ""
     if len(full) > max_length:
         truncated_text = tokenizer.decode(full[max_length - 1 : -1]).strip()
         warnings.warn(
             f"the prompt is longer than CLIP's {max_length} tokens; these words were dropped: {truncated_text.split()}. "
             "Shorten the prompt to keep them.",
-            stacklevel=4,
+            stacklevel=checks.user_stacklevel(),
         )
     for marker in (START, END):
         if marker in prompt:
@@ -124,7 +125,7 @@ def tokenize_prompt(tokenizer, prompt: str) -> TokenizedPrompt:
                 f"{'start' if marker == START else 'end'} marker (id {tokenizer.convert_tokens_to_ids(marker)}), not as text. "
                 "The words after it are still encoded and the UNet still reads them, but CLIP's pooled text "
                 "embedding is taken at the first end marker. Remove it unless that is what you want to see.",
-                stacklevel=4,
+                stacklevel=checks.user_stacklevel(),
             )
     pieces = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     # Real tokens are the unmasked ones (SD 1's tokenizer pads with the end marker itself, so the first end

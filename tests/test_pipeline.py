@@ -158,7 +158,7 @@ BAD_CALLS = [
     (dict(prompt=["a red circle", "a blue square"], seed=[1, 2, 3]), ValueError, "2 prompts need 2 seeds"),
     (dict(prompt=["a red circle", "a blue square"], generator=torch.Generator()), ValueError, "pass seed=\\[...\\], not generator="),
     (dict(prompt=["a red circle", "a blue square"], edits=[isd.edits.Reweight("red", 0)]), NotImplementedError,
-     "generate one prompt at a time"),
+     "generate one picture at a time"),
     (dict(negative_prompt=3), TypeError, "negative_prompt must be a string"),
     (dict(num_inference_steps=0), ValueError, "≥ 1.*try 20–50"),
     (dict(num_inference_steps=-3), ValueError, "≥ 1"),
@@ -298,3 +298,10 @@ def test_a_batch_of_compact_traces_and_one_seed_for_all(pipe):
     np.testing.assert_array_equal(np.asarray(traces[0].image), np.asarray(traces[1].image))  # the same prompt and seed
     one = pipe("a red circle on the left", num_inference_steps=3, seed=4, progress=False, record=isd.RecordOptions(compact=True))
     torch.testing.assert_close(traces[0].cross_attention("circle"), one.cross_attention("circle"), atol=1e-6, rtol=1e-4)
+
+
+def test_warnings_name_the_callers_line_however_deep_they_arise(pipe):
+    for prompt in ("a red sun", ["a red sun", "a moon"], ["a red sun"], "a red circle " * 40):
+        with pytest.warns(UserWarning) as caught:
+            pipe(prompt, num_inference_steps=1, progress=False)
+        assert {w.filename for w in caught} == {__file__}, [(w.filename, str(w.message)[:40]) for w in caught]
