@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from . import checks
 from .cli import OneLineParser, one_line, parse
 from .files import atomic_write, check_replaceable, check_writable_folder
+from .heatmaps import heatmap_iou, points_inside
 from .loading import ModelLoadError, load_pipeline
 from .world import COLORS, HELD_OUT, POSITIONS, SHAPES, SHAPES_2
 from .world.detect import detect
@@ -65,7 +66,7 @@ def prompt_group(cases, group: str):
     return [case for case in cases if GROUPS[group](case)]
 
 
-def _match(detections, position: str, n_objects: int, world: int = 1):
+def match_object(detections, position: str, n_objects: int, world: int = 1):
     """The detection that stands for the object meant to be at ``position``: with one object in world 1,
     the largest found; otherwise the one nearest the named position (``None`` if nothing was found).
     (World 2's pictures may hold objects the prompt does not name, so size says nothing there.)"""
@@ -75,14 +76,6 @@ def _match(detections, position: str, n_objects: int, world: int = 1):
         return detections[0]
     cx, cy = POSITIONS[position]
     return min(detections, key=lambda d: (d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2)
-
-
-def _points_inside(trace, word, mask) -> bool:
-    heat = trace.cross_attention(word)
-    heat = F.interpolate(heat[None, None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
-    y, x = divmod(int(heat.argmax()), mask.shape[1])
-    grown = np.pad(mask, 2)  # allow the 2 pixels of anti-aliased edge around the mask
-    return bool(grown[y : y + 5, x : x + 5].any())
 
 
 def world_of(pipe) -> int:
@@ -109,12 +102,12 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
         found = detect(trace.image, version=world)
         row = {"prompt": text, "held_out": held_out, "seed": seed + i + 10_000 * j, "objects": []}
         for color, shape, position in objects:
-            d = _match(found, position, len(objects), world)
+            d = match_object(found, position, len(objects), world)
             row["objects"].append({
                 "color": d is not None and d.color == color,
                 "shape": d is not None and d.shape == shape,
                 "position": d is not None and d.position == position,
-                "points": {w: d is not None and _points_inside(trace, w, d.mask) for w in (color, shape)},
+                "points": {w: d is not None and points_inside(trace.cross_attention(w), d.mask) for w in (color, shape)},
             })
         rows.append(row)
         if examples_dir is not None and i % 10 == 0 and j == 0:
@@ -151,7 +144,7 @@ def adherence(found, objects, world: int) -> tuple[bool, int]:
     detected objects the prompt did not name (each named object claims the detection nearest its place)."""
     claimed, right = set(), True
     for color, shape, position in objects:
-        d = _match(found, position, len(objects), world)
+        d = match_object(found, position, len(objects), world)
         right &= d is not None and (d.color, d.shape, d.position) == (color, shape, position)
         if d is not None:
             claimed.add(id(d))
@@ -232,7 +225,7 @@ def sampler_agreement(pipe, cases, samplers=("ddim", "euler", "dpm++", "euler_an
             for i, (text, objects, _) in enumerate(tqdm(cases, desc=name)):
                 trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i, progress=False)
                 found = detect(trace.image, version=world)
-                readings[name, i] = [(d.color, d.shape, d.position) if (d := _match(found, p, len(objects), world)) else None
+                readings[name, i] = [(d.color, d.shape, d.position) if (d := match_object(found, p, len(objects), world)) else None
                                      for _, _, p in objects]
                 images[name, i] = np.asarray(trace.image.convert("RGB"), dtype=np.float32)
     finally:
@@ -281,7 +274,7 @@ def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, se
         color, shape, position = objects[0]
         run = lambda prompt=text, scale=guidance, **kw: pipe(prompt, num_inference_steps=steps, guidance_scale=scale,  # noqa: E731
                                                              seed=seed + i, progress=False, **kw)
-        read = lambda trace: _match(detect(trace.image, version=world), position, 1, world)  # noqa: E731
+        read = lambda trace: match_object(detect(trace.image, version=world), position, 1, world)  # noqa: E731
         base = run(record=RecordOptions(per_head=True))
         plain = read(base)
         counts["colour_plain"].append(plain is not None and plain.color == color)
@@ -331,15 +324,6 @@ def write_prompt_file(path, world: int = 2, seeds: int = 4, seed: int = 0) -> in
     return len(rows)
 
 
-def heatmap_iou(heat: torch.Tensor, mask: np.ndarray, threshold: float = 0.4) -> float:
-    """DAAM's measure: the heatmap ``[h, w]``, upsampled to the mask's ``[H, W]`` and scaled to its maximum, is
-    cut at ``threshold``; the IoU of that region with the object's mask."""
-    heat = F.interpolate(heat[None, None].float(), size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
-    region = (heat / heat.max().clamp_min(1e-12) >= threshold).numpy()
-    union = np.logical_or(region, mask).sum()
-    return float(np.logical_and(region, mask).sum() / union) if union else 0.0
-
-
 def attention_at_scale(folder, world: int = 2, threshold: float = 0.4) -> dict:
     """Heatmaps against masks over a folder of ``illustrated-sd batch`` (compact traces will do) of evaluation prompts.
 
@@ -362,13 +346,13 @@ def attention_at_scale(folder, world: int = 2, threshold: float = 0.4) -> dict:
         found = detect(trace.image, version=world)
         for color, shape, position in objects:
             named += 1
-            d = _match(found, position, len(objects), world)
+            d = match_object(found, position, len(objects), world)
             if d is None or (d.color, d.shape) != (color, shape):
                 continue  # a heatmap of an object that is not there has nothing to agree with
             drawn += 1
             for kind, word in (("colour", color), ("shape", shape), ("position", position)):
                 scores[kind]["iou"].append(heatmap_iou(trace.cross_attention(word), d.mask, threshold))
-                scores[kind]["points"].append(_points_inside(trace, word, d.mask))
+                scores[kind]["points"].append(points_inside(trace.cross_attention(word), d.mask))
     mean = lambda v: round(float(np.mean(v)), 4) if v else None  # noqa: E731
     return {"traces": len(traces), "objects_named": named, "objects_drawn_right": drawn, "threshold": threshold,
             **{kind: {"iou": mean(s["iou"]), "pointing": mean(s["points"]), "words": len(s["iou"])} for kind, s in scores.items()}}
@@ -410,7 +394,7 @@ def _objects_read_right(scenes, images: torch.Tensor, world: int) -> list[bool]:
     for scene, picture in zip(scenes, pixels):
         found = detect(picture, version=world)
         for obj in scene.objects:
-            d = _match(found, obj.position, len(scene.objects), world)
+            d = match_object(found, obj.position, len(scene.objects), world)
             right.append(d is not None and (d.color, d.shape) == (obj.color, obj.shape))
     return right
 

@@ -44,11 +44,31 @@ def main():
         "prompt_similarity": isd.plot.prompt_similarity(pipe, ["a red circle", "a blue circle", "a red square",
                                                                 "a red circle on the left", "a red circle on the right"]),
     }
+    figures["heatmaps_against_masks"] = heatmaps_against_masks(pipe)
     for name, fig in figures.items():
         fig.savefig(OUT / f"{name}.png", dpi=72)
     isd.plot.animate(trace, OUT / "denoising.gif", decode=pipe.decode_latents, token="heart", size=160)
     print(f"wrote {len(figures) + 1} files to {OUT}")
     explorer_screenshot(trace, pipe)
+
+
+def heatmaps_against_masks(pipe):
+    """Three single-object prompts, traced compactly in one batch as `illustrated-sd batch` traces them, each word's
+    heatmap against the detector's mask of the object: the model card's attention-at-scale study, in pictures."""
+    from illustrated_sd.evaluate import match_object, world_of
+    from illustrated_sd.world.detect import detect
+
+    cases = [("a red circle on the left", ["red", "circle", "left"]), ("a blue square at the top", ["blue", "square", "top"]),
+             ("a green star on the right", ["green", "star", "right"])]
+    traces = pipe([text for text, _ in cases], num_inference_steps=25, guidance_scale=7.5, seed=[0, 1, 2], progress=False,
+                  record=isd.RecordOptions(compact=True))
+    masks = []
+    for trace, (text, (color, shape, position)) in zip(traces, cases):
+        found = match_object(detect(trace.image, version=world_of(pipe)), position, 1, world_of(pipe))
+        if found is None or (found.color, found.shape) != (color, shape):
+            raise RuntimeError(f"the model did not draw {text!r} (seed {trace.seed}): pick another seed for the gallery")
+        masks.append(found.mask)
+    return isd.plot.heatmaps_against_masks(traces, masks, [words for _, words in cases])
 
 
 def explorer_screenshot(trace, pipe):

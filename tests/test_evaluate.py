@@ -67,11 +67,11 @@ def test_adherence_needs_every_named_object_and_counts_the_others():
 
 
 def test_in_world_2_the_object_at_the_named_place_is_graded_not_the_largest():
-    from illustrated_sd.evaluate import _match
+    from illustrated_sd.evaluate import match_object
     big, named = detection("green", "moon", "right"), detection("red", "circle", "left")
     big.area = 5000
-    assert _match([big, named], "left", 1, world=2) is named
-    assert _match([big, named], "left", 1, world=1) is big  # version 1's rule is unchanged
+    assert match_object([big, named], "left", 1, world=2) is named
+    assert match_object([big, named], "left", 1, world=1) is big  # version 1's rule is unchanged
 
 
 def test_diversity_and_sharpness_measure_what_they_say():
@@ -125,16 +125,21 @@ def test_intervention_effects_takes_an_as_the_article(pipe):
 
 # ---- attention at scale (issue 19) ----------------------------------------------------------------------------
 
-def test_heatmap_iou_is_daams_thresholded_overlap():
-    from illustrated_sd.evaluate import heatmap_iou
+def test_heatmap_iou_is_daams_thresholded_overlap_and_the_pointing_game_its_peak():
+    from illustrated_sd.heatmaps import heatmap_iou, peak, points_inside
     heat = torch.zeros(4, 4)
     heat[:2, :2] = 1.0  # the top-left quarter
+    heat[0, 0] = 1.2  # its hottest corner
     mask = np.zeros((8, 8), bool)
     mask[:4, :4] = True
-    assert heatmap_iou(heat, mask) == pytest.approx(1.0, abs=0.15)  # bilinear edges aside, the same region
+    assert heatmap_iou(heat, mask) == pytest.approx(1.0, abs=0.3)  # bilinear edges aside, the same region
+    assert peak(heat, (8, 8)) == (0, 0) and points_inside(heat, mask)
     mask[:] = False
     mask[4:, 4:] = True
-    assert heatmap_iou(heat, mask) == 0.0
+    assert heatmap_iou(heat, mask) == 0.0 and not points_inside(heat, mask)
+    mask[:] = False
+    mask[2, 2] = True  # two pixels from the peak: on the object's anti-aliased edge, within the margin
+    assert points_inside(heat, mask) and not points_inside(heat, mask, margin=1)
 
 
 def test_attention_at_scale_over_a_traced_prompt_set(pipe, tmp_path, capsys):

@@ -168,6 +168,28 @@ def test_self_attention_one_panel_per_point_each_a_distribution(head_trace):
     assert png(fig).std() > 10
 
 
+def test_heatmaps_against_masks_one_row_per_picture_titled_with_iou_and_pointing(trace):
+    from illustrated_sd.heatmaps import heatmap_iou
+    h, w = trace.image.height, trace.image.width
+    left = np.zeros((h, w), bool)
+    left[h // 4: 3 * h // 4, : w // 2] = True  # the left half's middle: where "a red circle on the left" is
+    fig = isd.plot.heatmaps_against_masks([trace, trace], [left, ~left], ["red", "circle"])
+    panels = image_axes(fig)
+    assert len(panels) == 2 * 3  # per row: the picture, then one panel per word
+    titles = [ax.get_title() for ax in panels]
+    assert titles[0] == trace.prompt and titles[1].startswith("red: IoU ")
+    assert f"IoU {heatmap_iou(trace.cross_attention('red'), left):.2f}" in titles[1]
+    assert f"IoU {heatmap_iou(trace.cross_attention('red'), ~left):.2f}" in titles[4]
+    assert titles[1].endswith(("peak on it", "peak off it")) and png(fig).std() > 10
+    one = isd.plot.heatmaps_against_masks(trace, left, ["red"])  # one trace, one mask
+    assert len(image_axes(one)) == 2
+    with pytest.raises(ValueError, match="one mask and one list of words per trace"):
+        isd.plot.heatmaps_against_masks([trace, trace], [left], ["red"])
+    with pytest.raises(ValueError, match="the picture's size"):
+        isd.plot.heatmaps_against_masks(trace, left[::2], ["red"])
+    plt.close("all")
+
+
 def test_image_row_takes_pil_and_tensors(trace):
     from illustrated_sd.world import render, sample_scenes
     images, _ = render(sample_scenes(0, 2))

@@ -3,7 +3,7 @@
 ``guidance_sweep``, ``vae_roundtrip`` and ``prompt_similarity`` take a pipeline and say that they run it."""
 
 from .animation import animate
-from .attention import attention_grid, attention_shares, self_attention, token_heatmaps
+from .attention import attention_grid, attention_shares, heatmaps_against_masks, self_attention, token_heatmaps
 from .denoising import denoising_filmstrip, latent_channels, noise_schedule
 from .guidance import guidance_map
 from .images import image_row
@@ -11,6 +11,6 @@ from .intervention import intervention
 from .generate import guidance_sweep, prompt_similarity, vae_roundtrip
 from .text import similarity_matrix, text_embeddings
 
-__all__ = ["animate", "attention_grid", "attention_shares", "denoising_filmstrip", "guidance_map", "guidance_sweep", "image_row", "intervention", "latent_channels",
+__all__ = ["animate", "attention_grid", "attention_shares", "denoising_filmstrip", "guidance_map", "guidance_sweep", "heatmaps_against_masks", "image_row", "intervention", "latent_channels",
            "noise_schedule", "prompt_similarity", "self_attention", "similarity_matrix", "text_embeddings", "token_heatmaps",
            "vae_roundtrip"]

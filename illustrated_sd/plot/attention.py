@@ -3,16 +3,16 @@
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import checks
+from ..heatmaps import at_size, heatmap_iou, peak, points_inside, strong_region
 from ..trace import Trace, require_trace
 from .labels import literal, quoted
 
 
 def upsample(heat: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """``[h, w]`` latent-resolution heatmap → ``[H, W]`` image-resolution array (bilinear)."""
-    return F.interpolate(heat[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return at_size(heat, size).numpy()
 
 
 def token_heatmaps(trace: Trace, tokens=None, step=None, layer=None, head=None, normalize: bool = True,
@@ -183,4 +183,53 @@ def attention_shares(trace: Trace, step=None):
     ax.set_ylim(0, max(values) * 1.15)
     where = "all steps" if step is None else f"step {step}"
     ax.set_title(f"where cross-attention goes — {quoted(trace.prompt)} ({where}, all layers)", fontsize=10)
+    return fig
+
+
+def heatmaps_against_masks(traces, masks, words, threshold: float = 0.4, cmap: str = "inferno"):
+    """Does a word look at its object? One row per picture: the picture with the object's outline, then each
+    word's heatmap with that outline, its strong region and its peak, titled with DAAM's two measures.
+
+    Args:
+        traces: ``B`` recorded generations (a compact trace will do); one :class:`Trace` for a single row.
+        masks: ``B`` boolean masks ``[H, W]`` at the pictures' size, one object each (e.g. the tiny world's
+            detector: ``isd.world.detect.detect(trace.image)[0].mask``).
+        words: the words of each prompt to test, one list per trace (or one list for all), e.g. ``["red", "circle", "left"]``.
+        threshold: the strong region is where the heatmap is ≥ ``threshold`` × its maximum (DAAM: 0.4).
+    Returns:
+        a Figure of ``B × (1 + words)`` panels. In each word panel: the heatmap (scaled to its maximum), the mask's
+        outline in cyan, the strong region's in white (dashed), the peak as a cross; the title gives the IoU of the
+        strong region with the mask and whether the peak is on the object (the pointing game, :mod:`illustrated_sd.heatmaps`).
+    Example:
+        >>> fig = heatmaps_against_masks(trace, detect(trace.image)[0].mask, ["red", "circle", "left"])
+    """
+    traces = [traces] if isinstance(traces, Trace) else list(traces)
+    masks = [masks] if isinstance(masks, np.ndarray) else list(masks)
+    words = [list(words)] * len(traces) if words and isinstance(words[0], str) else [list(w) for w in words]
+    if not traces or len(masks) != len(traces) or len(words) != len(traces):
+        raise ValueError(f"one mask and one list of words per trace (got {len(traces)} traces, {len(masks)} masks, "
+                         f"{len(words)} lists of words)")
+    threshold = checks.real_number("threshold", threshold, minimum=0, maximum=1, hint="DAAM uses 0.4")
+    cols = 1 + max(len(w) for w in words)
+    fig, axes = plt.subplots(len(traces), cols, figsize=(2.3 * cols, 2.55 * len(traces)), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for row, trace, mask, row_words in zip(axes, traces, masks, words):
+        image = np.asarray(trace.image.convert("RGB"))
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"a mask must have the picture's size {image.shape[:2]} (got {mask.shape})")
+        row[0].imshow(image)
+        row[0].contour(mask, levels=[0.5], colors="cyan", linewidths=1.2)
+        row[0].set_title(literal(trace.prompt), fontsize=8)
+        for ax, word in zip(row[1:], row_words):
+            heat = trace.cross_attention(word)  # the mean over every step and layer (what a compact trace keeps)
+            ax.imshow(upsample(heat, mask.shape) / max(float(heat.max()), 1e-12), cmap=cmap, vmin=0, vmax=1)
+            ax.contour(mask, levels=[0.5], colors="cyan", linewidths=1.2)
+            ax.contour(strong_region(heat, mask.shape, threshold), levels=[0.5], colors="white", linewidths=1, linestyles="--")
+            y, x = peak(heat, mask.shape)
+            ax.plot(x, y, marker="x", color="white", markersize=8, markeredgewidth=2)
+            on = "peak on it" if points_inside(heat, mask) else "peak off it"
+            ax.set_title(f"{literal(word)}: IoU {heatmap_iou(heat, mask, threshold):.2f}, {on}", fontsize=8)
+    fig.suptitle(f"Each word's heatmap against its object (cyan); white dashes: ≥ {threshold:g} × the maximum", fontsize=10)
     return fig
