@@ -199,9 +199,9 @@ class IllustratedPipeline:
         """
         # 1. Check the inputs, before any work (the fix is in every message).
         if not isinstance(prompt, str) or num_images_per_prompt != 1:  # several pictures, drawn together: each checked as one would be
-            return self._batch(prompt if not isinstance(prompt, str) else [prompt], seed if not isinstance(prompt, str) else [seed],
-                               num_inference_steps, guidance_scale, negative_prompt, height, width, generator, eta, record, progress,
-                               image, mask, strength, guidance_rescale, edits, num_images_per_prompt)
+            prompts, seeds = ([prompt], [seed]) if isinstance(prompt, str) else (prompt, seed)
+            return self._batch(prompts, seeds, num_inference_steps, guidance_scale, negative_prompt, height, width, generator, eta,
+                               record, progress, image, mask, strength, guidance_rescale, edits, num_images_per_prompt)
         if image is not None:
             if height is not None or width is not None:
                 raise ValueError("height and width come from the input image; resize the image instead of passing them")
