@@ -37,6 +37,7 @@ class TraceEstimate:
         steps: bytes of the per-step latents, noise predictions and predicted x0.
         text: bytes of the token embeddings and the text encoder's hidden states.
         num_steps, heads: the step count and the largest head count, for the advice.
+        batch: the traces this is the bill of (prompts drawn together), each ``1 / batch`` of it.
     """
 
     cross_attention: dict[str, int]
@@ -45,6 +46,7 @@ class TraceEstimate:
     text: int
     num_steps: int
     heads: int
+    batch: int = 1
 
     @property
     def total(self) -> int:
@@ -121,7 +123,7 @@ def estimate_trace(unet, text_encoders, record: RecordOptions, latent_shape: tup
         text += model_bytes * (pooled * (2 if guided else 1) + n_ids)
     all_heads = [a.heads for a in (*layers["cross"].values(), *layers["self"].values())] or [1]
     return TraceEstimate({k: v * batch for k, v in cross.items()}, {k: v * batch for k, v in self_.items()}, steps * batch,
-                         text * batch, num_steps, max(all_heads))
+                         text * batch, num_steps, max(all_heads), batch)
 
 
 def check_budget(estimate: TraceEstimate, record: RecordOptions) -> None:
@@ -131,6 +133,9 @@ def check_budget(estimate: TraceEstimate, record: RecordOptions) -> None:
         return
     where = "host (CPU) memory" if record.to_cpu else "GPU memory"
     fixes = []
+    if estimate.batch > 1:
+        fixes.append(f"draw fewer prompts at once (these {estimate.batch} traces take {_gib(estimate.total // estimate.batch)} each; "
+                     "illustrated-sd batch: --batch-size)")
     if record.per_head and estimate.heads > 1:
         fixes.append(f"average the heads (RecordOptions(per_head=False): about {estimate.heads}× smaller maps)")
     if estimate.self_attention:

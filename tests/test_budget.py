@@ -42,6 +42,15 @@ def test_over_budget_is_refused_before_generating_with_advice(pipe):
         assert advice in message, advice
 
 
+def test_a_batch_over_budget_says_to_draw_fewer_prompts_at_once(pipe):
+    one = pipe(PROMPT, num_inference_steps=2, progress=False)
+    budget = 2.5 * one.nbytes / 2**30  # room for two traces, not for three
+    record = isd.RecordOptions(memory_budget_gib=budget)
+    assert len(pipe([PROMPT] * 2, num_inference_steps=2, seed=[0, 1], progress=False, record=record)) == 2
+    with pytest.raises(TraceBudgetError, match="draw fewer prompts at once \\(these 3 traces take .* each; illustrated-sd batch: --batch-size\\)"):
+        pipe([PROMPT] * 3, num_inference_steps=2, seed=[0, 1, 2], progress=False, record=record)
+
+
 def test_no_budget_means_no_limit(pipe):
     trace = pipe(PROMPT, num_inference_steps=2, progress=False, record=isd.RecordOptions(memory_budget_gib=None))
     assert trace.attention_maps
