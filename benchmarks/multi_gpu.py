@@ -1,7 +1,10 @@
 """Several GPUs against one on a prompt set: `illustrated-sd batch`'s machinery under `accelerate launch`.
 
-    accelerate launch --num_processes 1 benchmarks/multi_gpu.py --prompts 100 --out one.json
+    accelerate launch --num_processes 1 benchmarks/multi_gpu.py --prompts 200 --out one.json
     accelerate launch --multi_gpu --num_processes 2 benchmarks/multi_gpu.py --prompts 200 --out two.json
+
+(One run of each is noisy: alternate them, one, two, two, one, and compare the means. NCCL_NVLS_ENABLE=0 keeps
+NVLink multicast off, which the processes do not need: they never exchange tensors, only wait for each other.)
 
 Each process builds the layout with random weights on its own GPU (the same seed: the same model), then, timed
 from the moment every process is ready to the moment the last trace is written, the prompts are split between
