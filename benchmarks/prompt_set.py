@@ -26,12 +26,12 @@ import torch
 import illustrated_sd as isd
 from common import pipeline_for  # benchmarks/common.py
 from illustrated_sd.batch import Job, batches, read_index, run_prompt_set
-from illustrated_sd.world.vocabulary import COLORS, POSITIONS, SHAPES
+from illustrated_sd.world.vocabulary import COLORS, POSITION_PHRASES, POSITIONS, SHAPES
 
 
 def prompts(n: int) -> list[str]:
     """``n`` single-object prompts: colours × shapes × positions of the tiny world, repeated once all are used."""
-    out = [f"a {c} {s} {'on the' if p in ('left', 'right') else 'at the'} {p}" for p in POSITIONS for s in SHAPES for c in COLORS]
+    out = [f"a {c} {s} {POSITION_PHRASES[p][0]}" for p in POSITIONS for s in SHAPES for c in COLORS]
     return [out[i % len(out)] for i in range(n)]
 
 
