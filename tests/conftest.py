@@ -10,8 +10,16 @@ import torch
 import illustrated_sd as isd
 
 matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 PROMPT = "a red circle on the left"
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Every test starts with no open matplotlib figure, and leaves none (pyplot keeps each one until closed)."""
+    yield
+    plt.close("all")
 
 
 @pytest.fixture(scope="session")
