@@ -41,6 +41,21 @@ def whole_number(name: str, value, minimum: int | None = None, maximum: int | No
     return value
 
 
+def seed(value, name: str = "seed") -> int:
+    """A seed ``torch.Generator.manual_seed`` accepts: a whole number from −2⁶³ to 2⁶⁴ − 1."""
+    return whole_number(name, value, minimum=-(2**63), maximum=2**64 - 1, hint="any whole number, e.g. 0")
+
+
+def is_int(value) -> bool:
+    """Whether ``value`` is an integer and not a bool (JSON's ``true`` is not a seed)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    """Whether ``value`` is a real, finite number and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def real_number(name: str, value, minimum: float | None = None, maximum: float | None = None, hint: str = "") -> float:
     """``value`` as a finite Python ``float``; ``TypeError`` for non-numbers, ``ValueError`` for NaN, ±inf or out of range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import checks
-from .files import atomic_write, check_output_folder, check_writable_folder, publish_folder, scratch_folder_beside
+from .files import atomic_write, check_folder_name, check_output_folder, check_writable_folder, publish_folder, scratch_folder_beside
 from .pipeline import SCHEDULERS
 from .report import FILES
 
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--no-maps", action="store_true", help="record no cross-attention maps (a much smaller trace; no word summaries)")
     batch.add_argument("--batch-size", type=int, default=None, help="prompts drawn together in one call (default: 8 on a GPU, "
                                                                     "1 on the CPU and for SDXL)")
+    batch.add_argument("--force", action="store_true", help="write into an --out that holds files of other programs too (they are "
+                                                            "left alone: nothing this command did not write is replaced or removed)")
     _model_options(batch)
     return parser
 
@@ -100,7 +102,7 @@ def explain(args) -> Path:
 
     # Everything that can be refused is refused before the model is loaded: the device, and --out.
     device = checks.device(args.device)
-    out = check_output_folder(Path(args.out), _ours)
+    out = check_output_folder(check_folder_name(args.out), _ours)  # (a link to a folder: its target, and the link stays)
     check_writable_folder(out.parent)
     # Everything is written into a scratch folder beside --out, which replaces --out in one step at
     # the end: a failure leaves the old report or the new one, never a mix.
@@ -124,19 +126,24 @@ def explain(args) -> Path:
 def batch(args) -> Path:
     import illustrated_sd as isd
     from illustrated_sd.batch import read_prompts, run_prompt_set
+    from illustrated_sd.loading import train_timesteps
 
-    jobs = read_prompts(args.prompts, seed=args.seed, steps=args.steps, guidance=args.guidance)
+    # Everything that can be refused is refused before the model loads: the whole prompt file, the device,
+    # --out (run_prompt_set checks the folder against the set and these settings before it calls make_pipe)
+    out = check_folder_name(args.out)
+    jobs = read_prompts(args.prompts, seed=args.seed, steps=args.steps, guidance=args.guidance, max_steps=train_timesteps(args.model))
     device = checks.device(args.device)
-    out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a folder for --out")
     check_writable_folder(out if out.exists() else out.parent)
     record = isd.RecordOptions(cross_attention=not args.no_maps, compact=not args.full)
+    model = str(Path(args.model).expanduser().resolve()) if args.model and Path(args.model).expanduser().is_dir() else args.model
+    settings = {"model": model or "embedded", "scheduler": args.scheduler or "the model's", "dtype": args.dtype}
 
     def make_pipe(process_device):
         return isd.load_pipeline(args.model, device=process_device or device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
 
-    result = run_prompt_set(make_pipe, jobs, out, record=record, batch_size=args.batch_size)
+    result = run_prompt_set(make_pipe, jobs, out, record=record, batch_size=args.batch_size, settings=settings, force=args.force)
     if result["rank"] == 0:
         print(f"{result['done']} of {len(jobs)} prompts traced in {out}/ ({result['skipped']} were already there); "
               f"read them with isd.TraceSet({str(out)!r})")

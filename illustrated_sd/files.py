@@ -24,14 +24,25 @@ def _umask() -> int:
     return mask
 
 
+def link_target(path: Path) -> Path:
+    """Where a symbolic link at ``path`` points (following a chain of links); ``path`` itself when it is no link.
+
+    Writing "to a link" means writing its target: the link stays, and whoever follows it sees the new file.
+    Replacing the link itself by a file would leave its old target stale, and the user's link gone.
+    """
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def check_replaceable(path: str | os.PathLike, what: str = "file") -> Path:
-    """Refuse to write at ``path`` when something there must not be replaced; returns ``path`` as a Path.
+    """Refuse to write at ``path`` when something there must not be replaced; returns the path to write.
 
     Replaceable: nothing, or a regular file the user may write. Refused (``ValueError``, with what to do):
-    a folder, a device, a pipe or socket, a read-only file. Called before any expensive work, so a
-    generation is not thrown away at the end.
+    a folder, a device, a pipe or socket, a read-only file, a broken link. A link to a file gives its target
+    (see :func:`link_target`). Called before any expensive work, so a generation is not thrown away at the end.
     """
     path = Path(path)
+    if not str(path).strip() or path.name in ("", ".", ".."):
+        raise ValueError(f"{str(path)!r} is not a {what} name; give a path such as outputs/trace.safetensors")
     if path.is_symlink() and not path.exists():
         raise ValueError(f"{path} is a broken symbolic link; remove it or choose another {what} path")
     if not path.exists():
@@ -43,7 +54,7 @@ def check_replaceable(path: str | os.PathLike, what: str = "file") -> Path:
         raise ValueError(f"{path} is not a regular file (a device, pipe or socket); refusing to replace it: choose another {what} path")
     if not mode & stat.S_IWUSR:
         raise ValueError(f"{path} is read-only; refusing to replace it: make it writable (chmod u+w) or choose another path")
-    return path
+    return link_target(path)
 
 
 def check_writable_folder(folder: str | os.PathLike) -> Path:
@@ -68,9 +79,10 @@ def check_writable_folder(folder: str | os.PathLike) -> Path:
 def atomic_write(path: str | os.PathLike, what: str = "file"):
     """Yield a temporary path beside ``path``; when the block ends without error, it becomes ``path`` at once.
 
-    Creates missing parent folders. The new file gets the permissions a freshly created file would
-    (``0o666`` less the umask), so a trace a teacher saves can be read by the class. On an error the
-    temporary file is removed and whatever was at ``path`` stays as it was.
+    Creates missing parent folders. A new file gets the permissions a freshly created file would
+    (``0o666`` less the umask), so a trace a teacher saves can be read by the class; a replaced file keeps
+    its own. A symbolic link is written through: its target is replaced (atomically) and the link stays. On
+    an error the temporary file is removed and whatever was at ``path`` stays as it was.
 
     Example:
         >>> with atomic_write("run/log.json") as tmp:
@@ -78,12 +90,14 @@ def atomic_write(path: str | os.PathLike, what: str = "file"):
     """
     path = check_replaceable(path, what)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp makes 0600: private, which a shared file should not be; a file that was there keeps its mode
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: private, which a shared file should not be
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -123,20 +137,40 @@ def publish_folder(staged: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def check_output_folder(folder: Path, ours) -> Path:
-    """Refuse (``ValueError``) an output folder that is a file or holds entries that ``ours(name)`` rejects.
+def check_folder_name(name: str | os.PathLike, option: str = "--out") -> Path:
+    """``name`` as a folder Path, refusing an empty name (which would mean the current folder) and ``/``."""
+    text = os.fspath(name)
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{option} is empty; name a folder to write into, e.g. {option} outputs/run")
+    folder = Path(text).expanduser()
+    if folder == Path(folder.anchor):
+        raise ValueError(f"{option} {text} is the root of the file system; name a folder to write into, e.g. {option} outputs/run")
+    return folder
 
+
+def check_output_folder(folder: Path, ours, force: bool = False, fix: str = "choose a new or empty folder") -> Path:
+    """Refuse (``ValueError``) an output folder that is a file or holds entries that ``ours(name)`` rejects;
+    returns the folder to write into (a link's target: the link stays).
+
+    ``force``: accept a folder that holds other things too (they are left alone: never replaced or removed);
+    an entry that ``ours`` claims but that is not a regular file is refused even then. ``fix``: what the
+    refusal tells the user to do.
     Used before expensive work, so that a whole generation is not made only to be refused at the end.
     """
     folder = Path(folder)
+    if folder.is_symlink() and not folder.exists():
+        raise ValueError(f"{folder} is a broken symbolic link; remove it or choose another folder")
+    folder = link_target(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file, not a folder; choose a new or empty folder to write into")
     if folder.is_dir():
-        foreign = sorted(p.name for p in folder.iterdir() if not (ours(p.name) and (p.is_file() and not p.is_symlink())))
+        def written_by_us(entry: Path) -> bool:
+            return ours(entry.name) and entry.is_file() and not entry.is_symlink()
+
+        foreign = sorted(p.name for p in folder.iterdir() if not written_by_us(p) and (ours(p.name) or not force))
         if foreign:
             shown = ", ".join(foreign[:4]) + (", …" if len(foreign) > 4 else "")
-            raise ValueError(f"{folder} holds things this command did not write ({shown}); refusing to replace them: "
-                             "choose a new or empty folder")
+            raise ValueError(f"{folder} holds things this command did not write ({shown}); refusing to replace them: {fix}")
     return folder
 
 

@@ -43,7 +43,10 @@ def check_inputs(pipe, prompt, num_inference_steps, guidance_scale, seed, genera
     if not prompt.strip():
         raise ValueError("the prompt is empty; describe the image, e.g. pipe('a red circle on the left')")
     checks.text("negative_prompt", negative_prompt, allow_none=True, hint="None means the empty prompt")
-    steps = checks.whole_number("num_inference_steps", num_inference_steps, minimum=1, hint="try 20–50")
+    # a sampler visits a subset of the timesteps the model was trained on: at most all of them
+    trained = pipe.scheduler.config.num_train_timesteps
+    steps = checks.whole_number("num_inference_steps", num_inference_steps, minimum=1, maximum=trained,
+                                hint=f"the scheduler has {trained} timesteps; try 20–50")
     if isinstance(pipe.scheduler, PNDMScheduler) and steps < 4:
         raise ValueError(f"PNDM needs at least 4 steps (got {steps}): its multistep formula starts from 4 earlier "
                          "predictions; use more steps, or a one-step sampler: pipe.set_scheduler('ddim')")
@@ -58,8 +61,7 @@ def check_inputs(pipe, prompt, num_inference_steps, guidance_scale, seed, genera
     elif seed is None:
         raise ValueError("seed is None and no generator was given; pass seed=0 (any integer), or generator=torch.Generator().manual_seed(...)")
     else:
-        seed = checks.whole_number("seed", seed, minimum=-(2**63), maximum=2**64 - 1,
-                                   hint="or pass generator=torch.Generator().manual_seed(...)")
+        seed = checks.seed(seed)
     m = pipe.vae_scale_factor  # the VAE shrinks each side by this factor
     sizes = []
     for side, size in (("height", height), ("width", width)):

@@ -23,6 +23,16 @@ PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, Stabl
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "owner/name"
 
 
+def train_timesteps(model: str | os.PathLike | None = None) -> int | None:
+    """How many timesteps ``model``'s scheduler was trained with (the most steps a generation may take), read
+    from its ``scheduler/scheduler_config.json`` without loading anything; ``None`` when not on disk (a Hub id)."""
+    folder = TINY_SD if model is None else Path(model).expanduser()
+    try:
+        return int(json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to pass instead."""
 

@@ -280,10 +280,12 @@ class Trace:
         """Write the trace to one ``.safetensors`` file (tensors + JSON header); returns the path.
 
         Written through :func:`~illustrated_sd.files.atomic_write`: an interrupted save never leaves a
-        half-written trace, the file gets your usual permissions, and a folder, device or read-only
-        file at ``path`` is refused (``ValueError``) rather than replaced.
+        half-written trace, a new file gets your usual permissions (a replaced one keeps its own), a
+        symbolic link is written through (its target replaced, the link kept), and a folder, device or
+        read-only file at ``path`` is refused (``ValueError``) rather than replaced.
         """
-        path = check_replaceable(path, "trace file")
+        path = Path(path)
+        check_replaceable(path, "trace file")  # before the tensors are gathered
         tensors = {name: getattr(self, name).contiguous() for name in _TENSORS if getattr(self, name) is not None}
         for group in _MAP_DICTS:
             for layer, m in getattr(self, group).items():
@@ -305,20 +307,12 @@ class Trace:
         the file and the first problem found; ``FileNotFoundError`` when there is no file.
         """
         path = Path(path)
-        if path.is_dir():
-            raise ValueError(f"{path} is a folder, not a trace file; pass the .safetensors file inside it (e.g. {path / 'trace.safetensors'})")
-        if not path.is_file():
-            raise FileNotFoundError(f"no trace file at {path}")
+        meta = read_header(path)
+        meta.pop("num_steps")  # read_header's addition: the tensors say it
         try:
-            with safe_open(path, framework="pt") as f:
-                header = f.metadata() or {}
-            if header.get("format") != FORMAT:
-                raise ValueError(f"missing header {FORMAT!r}")
-            meta = json.loads(header["trace"])
             tensors = load_file(path)
-        except (SafetensorError, ValueError, KeyError, OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} is not a valid trace: {err}. It may be corrupt or cut short, or not a trace at all; "
-                             "re-create it with trace.save(path)") from err
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path} is not a valid trace: {err}. It may be corrupt or cut short; re-create it with trace.save(path)") from err
         try:
             _check_header(meta, tensors)
         except ValueError as err:
@@ -330,6 +324,34 @@ class Trace:
             kwargs[group] = {layer: tensors[f"{group}/{layer}"] for layer in layers[group]}
         kwargs["image"] = Image.fromarray(tensors["image"].numpy())
         return cls(**meta, **kwargs)
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """The settings a trace file was made with (its JSON header: prompt, seed, guidance_scale, …), without
+    reading its tensors; ``num_steps`` is added (the length of its timesteps). Fast: a prompt set of 100,000
+    traces is checked in seconds.
+
+    Raises ``FileNotFoundError`` when there is no file, ``ValueError`` when it is not a trace (or is cut short:
+    safetensors checks that the file holds every byte its header promises).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a trace file; pass the .safetensors file inside it (e.g. {path / 'trace.safetensors'})")
+    if not path.is_file():
+        raise FileNotFoundError(f"no trace file at {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata() or {}
+            steps = f.get_slice("timesteps").get_shape()[0] if "timesteps" in f.keys() else None
+        if header.get("format") != FORMAT:
+            raise ValueError(f"missing header {FORMAT!r}")
+        meta = json.loads(header["trace"])
+        if not isinstance(meta, dict):
+            raise ValueError("its header is not a JSON object")
+    except (SafetensorError, ValueError, KeyError, OSError) as err:  # (json's errors are ValueErrors)
+        raise ValueError(f"{path} is not a valid trace: {err}. It may be corrupt or cut short, or not a trace at all; "
+                         "re-create it with trace.save(path)") from err
+    return {**meta, "num_steps": steps}
 
 
 def find_slots(prompt: str, tokens: list[str], words: list[tuple[str, int, int]], slots: int, token: str | int) -> list[int]:
