@@ -41,9 +41,9 @@ def whole_number(name: str, value, minimum: int | None = None, maximum: int | No
     return value
 
 
-def seed(value, name: str = "seed") -> int:
+def seed(value, name: str = "seed", hint: str = "any whole number, e.g. 0") -> int:
     """A seed ``torch.Generator.manual_seed`` accepts: a whole number from −2⁶³ to 2⁶⁴ − 1."""
-    return whole_number(name, value, minimum=-(2**63), maximum=2**64 - 1, hint="any whole number, e.g. 0")
+    return whole_number(name, value, minimum=-(2**63), maximum=2**64 - 1, hint=hint)
 
 
 def is_int(value) -> bool:

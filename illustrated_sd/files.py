@@ -164,10 +164,12 @@ def check_output_folder(folder: Path, ours, force: bool = False, fix: str = "cho
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file, not a folder; choose a new or empty folder to write into")
     if folder.is_dir():
-        def written_by_us(entry: Path) -> bool:
-            return ours(entry.name) and entry.is_file() and not entry.is_symlink()
-
-        foreign = sorted(p.name for p in folder.iterdir() if not written_by_us(p) and (ours(p.name) or not force))
+        entries = sorted(folder.iterdir())
+        misplaced = [p for p in entries if ours(p.name) and (p.is_symlink() or not p.is_file())]
+        if misplaced:
+            raise ValueError(f"{misplaced[0]} is not a file (a folder or link) where this command writes one; move it away "
+                             "or choose another folder")
+        foreign = [] if force else [p.name for p in entries if not ours(p.name)]
         if foreign:
             shown = ", ".join(foreign[:4]) + (", …" if len(foreign) > 4 else "")
             raise ValueError(f"{folder} holds things this command did not write ({shown}); refusing to replace them: {fix}")

@@ -61,7 +61,7 @@ def check_inputs(pipe, prompt, num_inference_steps, guidance_scale, seed, genera
     elif seed is None:
         raise ValueError("seed is None and no generator was given; pass seed=0 (any integer), or generator=torch.Generator().manual_seed(...)")
     else:
-        seed = checks.seed(seed)
+        seed = checks.seed(seed, hint="or pass generator=torch.Generator().manual_seed(...)")
     m = pipe.vae_scale_factor  # the VAE shrinks each side by this factor
     sizes = []
     for side, size in (("height", height), ("width", width)):

@@ -98,7 +98,7 @@ def test_cuda_without_a_gpu_is_refused_before_loading(tmp_path, capsys, no_gener
 @pytest.mark.parametrize("kind, message", [
     ("file", "is a file, not a folder"),
     ("foreign", "holds things this command did not write \\(thesis.tex\\).*new or empty folder"),
-    ("trace_is_a_folder", "did not write \\(trace.safetensors\\)"),
+    ("trace_is_a_folder", "trace.safetensors is not a file \\(a folder or link\\) where this command writes one; move it away"),
     ("/proc/x", "cannot write into /proc"),
 ])
 def test_bad_out_is_refused_before_generating_and_nothing_is_touched(tmp_path, capsys, no_generation, kind, message):
@@ -117,6 +117,26 @@ def test_a_second_explain_replaces_the_first_as_a_whole(tmp_path):
     assert isd.Trace.load(out / "trace.safetensors").prompt == "a blue square at the top"
     assert "a blue square at the top" in (out / "report.html").read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_explain_into_a_link_to_a_folder_replaces_the_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "reports").mkdir()
+    link = tmp_path / "latest"
+    link.symlink_to(tmp_path / "reports" / "run1")  # dangling until the first report: refused, not followed blindly
+    assert main(["explain", "a red circle on the left", "--steps", "2", "--out", str(link)]) == 2
+    link.unlink()
+    (tmp_path / "reports" / "run1").mkdir()
+    link.symlink_to(tmp_path / "reports" / "run1")
+    assert main(["explain", "a red circle on the left", "--steps", "2", "--out", str(link)]) == 0
+    assert link.is_symlink() and (tmp_path / "reports" / "run1" / "report.html").is_file()
+    assert isd.Trace.load(link / "trace.safetensors").prompt == "a red circle on the left"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "reports"]  # no hidden scratch or old folder
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["run1"]
+
+
+@pytest.mark.parametrize("out, message", [("", "--out is empty"), ("/", "--out / is the root of the file system")])
+def test_an_out_of_here_or_everywhere_is_refused(tmp_path, capsys, no_generation, out, message):
+    assert message in refused(["explain", "a red circle", "--out", out], capsys)
 
 
 def test_a_failing_explain_leaves_the_previous_outputs_intact(tmp_path, capsys, monkeypatch):

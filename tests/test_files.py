@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from illustrated_sd.files import atomic_write, check_output_folder, check_writable_folder, publish_folder, scratch_folder_beside
+from illustrated_sd.files import (atomic_write, check_folder_name, check_output_folder, check_writable_folder, publish_folder,
+                                  scratch_folder_beside)
 
 
 def test_atomic_write_replaces_only_when_the_block_succeeds(tmp_path):
@@ -60,3 +61,36 @@ def test_output_folders_holding_other_files_are_refused(tmp_path):
         check_output_folder(tmp_path, lambda name: name == "report.html")
     with pytest.raises(ValueError, match="is a file, not a folder"):
         check_writable_folder(tmp_path / "notes.txt")
+
+
+def test_writing_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / "real" / "log.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    target.chmod(0o640)
+    link = tmp_path / "log.json"
+    link.symlink_to(target)
+    with atomic_write(link) as tmp:
+        tmp.write_text("new")
+    assert link.is_symlink() and link.resolve() == target and target.read_text() == "new"
+    assert target.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["log.json", "log.json", "real"]  # no temporary left anywhere
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="broken symbolic link"):
+        with atomic_write(tmp_path / "dangling"):
+            pass
+
+
+@pytest.mark.parametrize("name, message", [("", "--out is empty"), ("  ", "--out is empty"), ("/", "root of the file system")])
+def test_folder_names_that_mean_here_or_everywhere_are_refused(name, message):
+    with pytest.raises(ValueError, match=message):
+        check_folder_name(name)
+
+
+def test_an_output_folder_behind_a_link_is_its_target(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert check_output_folder(tmp_path / "link", lambda name: True) == tmp_path / "real"
+    (tmp_path / "broken").symlink_to(tmp_path / "gone")
+    with pytest.raises(ValueError, match="broken symbolic link"):
+        check_output_folder(tmp_path / "broken", lambda name: True)

@@ -203,6 +203,19 @@ def test_save_refuses_what_it_must_not_replace(trace, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder", "kept.safetensors", "pipe"]  # no temporary left
 
 
+def test_saving_through_a_symlink_keeps_the_link(trace, tmp_path):
+    target = tmp_path / "kept" / "run.safetensors"
+    target.parent.mkdir()
+    target.write_bytes(b"an older trace")
+    target.chmod(0o600)
+    link = tmp_path / "latest.safetensors"
+    link.symlink_to(target)
+    assert trace.save(link) == link
+    assert link.is_symlink() and isd.Trace.load(target).prompt == trace.prompt
+    assert target.stat().st_mode & 0o777 == 0o600  # overwriting keeps the file's mode
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept", "latest.safetensors", "run.safetensors"]
+
+
 def test_saved_files_get_the_users_usual_permissions(trace, tmp_path):
     old = os.umask(0o022)
     try:
