@@ -145,17 +145,28 @@ def explorer_data(trace: Trace, decode=None, preset: str = "auto") -> dict:
     }
 
 
+# The HTML parser reads a <script> block before JSON.parse does, and "</script>" is not all that stops it: after
+# "<!--" and "<script" it waits for a second "</script>", so a prompt holding them swallows the page's own closing
+# tag and the explorer never runs. JSON may write any character of a string as \uXXXX, which the HTML parser does
+# not read and JSON.parse turns back into the same character. (json.dumps writes every non-ASCII character so
+# already, U+2028 and U+2029 among them, which old JavaScript took for line ends.)
+_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
+def _script_json(value) -> str:
+    """``value`` as JSON text that can sit inside ``<script type="application/json">``, whatever its strings hold."""
+    return json.dumps(value, separators=(",", ":")).translate(_SCRIPT_SAFE)
+
+
 def _asset(name: str) -> str:
     return resources.files("illustrated_sd").joinpath("assets", "explorer", name).read_text(encoding="utf-8")
 
 
 def explorer_html(trace: Trace, decode=None, preset: str = "auto") -> str:
     """The explorer as one HTML fragment (a ``<section>`` with its style, data and script inline) for a page."""
-    data = json.dumps(explorer_data(trace, decode, preset), separators=(",", ":"))
-    # Inside <script> only "</" could end the block early: JSON allows writing it as "<\/".
-    data = data.replace("</", "<\\/")
     return (f"<style>{_asset('explorer.css')}</style>{_asset('explorer.html')}"
-            f"<script type='application/json' id='isd-data'>{data}</script><script>{_asset('explorer.js')}</script>")
+            f"<script type='application/json' id='isd-data'>{_script_json(explorer_data(trace, decode, preset))}</script>"
+            f"<script>{_asset('explorer.js')}</script>")
 
 
 def explorer_size(trace: Trace, decode=None) -> dict:

@@ -94,10 +94,12 @@ def write_report(trace: Trace, folder, scheduler=None, decode=None, explorer: st
         figures["noise_schedule"] = plot.noise_schedule(scheduler, trace)
     pngs = {name: _save(fig, folder / f"{name}.png") for name, fig in figures.items()}
 
+    # Every string from the trace (prompt, tokens, model, scheduler) is escaped: a prompt may hold "<", "&" and quotes,
+    # and html.escape turns the single quote these attributes use into &#x27; too.
     tokens = "".join(f"<tr><td>{i}</td><td><code>{html.escape(t)}</code></td><td>{int(trace.token_ids[i])}</td></tr>"
                      for i, t in enumerate(trace.tokens))
     body = [f"<h1>{html.escape(trace.prompt)}</h1>",
-            f"<p class='settings'>{trace.num_steps} steps of {trace.scheduler}, guidance {trace.guidance_scale:g}, "
+            f"<p class='settings'>{trace.num_steps} steps of {html.escape(trace.scheduler)}, guidance {trace.guidance_scale:g}, "
             f"seed {trace.seed}, {trace.width}×{trace.height} px, model {html.escape(trace.model)}</p>",
             f"<img class='hero' src='{_data_uri(folder / 'image.png')}' alt='the generated image'>"]
     if explorer is not None:

@@ -1,16 +1,21 @@
 """Jupyter widgets (ipywidgets) around a Trace: scrub through the steps, pick tokens and layers, generate.
 
 TraceExplorer only reads a trace. PromptPlayground and GuidanceSlider exist to generate, and say so.
+Each checks what it is given when it is made: ipywidgets only logs an error raised inside a callback, out of the
+user's sight, so what can go wrong there (a prompt typed in, a failed generation) is shown in the widget instead.
 """
 
 import html
 import io
+from collections.abc import Iterable
 
 import ipywidgets as W
 import matplotlib
 import numpy as np
 from PIL import Image
 
+from . import checks
+from .pipeline import IllustratedPipeline
 from .plot.attention import upsample
 from .plot.denoising import _as_rgb
 from .trace import require_trace
@@ -36,6 +41,52 @@ def _static_repr(widget, what: str) -> str:
     return f"{type(widget).__name__}: {what} (a live widget: open the notebook in JupyterLab)"
 
 
+def _error_html(err: Exception) -> str:
+    """An error as one red line for a widget's status (escaped: its words may quote a prompt). The package's own
+    refusals (ValueError, TypeError) carry the fix in their words; anything else is named by its type too."""
+    words = str(err) if isinstance(err, (ValueError, TypeError)) else f"{type(err).__name__}: {err}"
+    return f"<span style='color:#d33'>⚠ {html.escape(words)}</span>"
+
+
+def _shown_in(line: W.HTML, redraw):
+    """``redraw`` as a widget callback whose errors appear in ``line`` (ipywidgets would only log them)."""
+    def callback(_change=None):
+        try:
+            redraw()
+        except Exception as err:  # whatever it is, this line is the only place the user will see it
+            line.value = _error_html(err)
+    return callback
+
+
+def _require_pipe(pipe, who: str) -> IllustratedPipeline:
+    if not isinstance(pipe, IllustratedPipeline):
+        raise TypeError(f"{who} takes an IllustratedPipeline, got {type(pipe).__name__}; make one with pipe = isd.load_pipeline(), "
+                        "or wrap a diffusers pipeline: isd.IllustratedPipeline(pipeline)")
+    return pipe
+
+
+def _require_prompt(prompt, who: str) -> str:
+    checks.text("prompt", prompt, hint=f"{who} draws one prompt, e.g. 'a red circle on the left'")
+    if not prompt.strip():
+        raise ValueError(f"the prompt is empty; give {who} one to draw, e.g. 'a red circle on the left'")
+    return prompt
+
+
+def _guidance_scales(scales) -> list[float]:
+    """``scales`` as a sorted list of distinct finite numbers (a slider reads them left to right), or a clear error."""
+    if hasattr(scales, "tolist"):  # a numpy array or a tensor
+        scales = scales.tolist()
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Iterable):
+        raise TypeError(f"scales must be a list of guidance scales, e.g. scales=(1.0, 4.0, 7.5) (got {scales!r:.60})")
+    values = [checks.real_number("each guidance scale", s, hint="e.g. scales=(1.0, 4.0, 7.5)") for s in scales]
+    if not values:
+        raise ValueError("scales is empty; give the slider at least one guidance scale, e.g. scales=(1.0, 4.0, 7.5)")
+    repeated = sorted({s for s in values if values.count(s) > 1})
+    if repeated:
+        raise ValueError(f"scales holds {repeated[0]:g} more than once; give each guidance scale once, e.g. scales={tuple(sorted(set(values)))}")
+    return sorted(values)
+
+
 def _telling_token(trace) -> int:
     """The slot to show first: the word whose heatmap at the last step is strong and concentrated (peak times
     peak over mean), i.e. a word that found its place: neither an article that pixels attend to everywhere
@@ -54,7 +105,7 @@ class TraceExplorer(W.VBox):
     views that update together: the final image, the latent x_t, the predicted x0, the token's heatmap.
 
     Args:
-        trace: a recorded generation.
+        trace: a recorded generation with every step (not a compact one).
         decode: optional ``pipe.decode_latents`` to show latents as pictures (else channels 0–2 as RGB).
     Example:
         >>> TraceExplorer(trace, decode=pipe.decode_latents)   # last line of a notebook cell
@@ -62,6 +113,8 @@ class TraceExplorer(W.VBox):
 
     def __init__(self, trace, decode=None):
         require_trace(trace, "TraceExplorer", every_step=True)
+        if decode is not None and (isinstance(decode, IllustratedPipeline) or not callable(decode)):
+            raise TypeError(f"decode must be pipe.decode_latents (latents in, pictures out) or None, got {type(decode).__name__}")
         self.trace, self.decode = trace, decode
         self._decoded = {}
         last = trace.num_steps - 1
@@ -80,8 +133,8 @@ class TraceExplorer(W.VBox):
         super().__init__([W.HBox([self.play, self.step]), W.HBox([self.token, self.layer, self.head]), self.caption, W.HBox(labelled)])
         self.views["image"].value = _png(trace.image.resize((SIZE, SIZE)))
         for control in (self.step, self.token, self.layer, self.head):
-            control.observe(lambda change: self.update(), names="value")
-        self.update()
+            control.observe(_shown_in(self.caption, self.update), names="value")
+        self.update()  # the first drawing raises here, at construction: a decode that fails says so at once
 
     def __repr__(self) -> str:
         prompt = self.trace.prompt if len(self.trace.prompt) <= 30 else self.trace.prompt[:29] + "…"
@@ -106,7 +159,8 @@ class TraceExplorer(W.VBox):
         t = trace.timesteps[step].item()
         self.caption.value = (f"step {step + 1} of {trace.num_steps}, t = {t:.0f}, ᾱ = {trace.alpha_bars[step].item():.3f}: "
                               f"<i>latent</i> is x<sub>t</sub> after this step, <i>pred_x0</i> the clean picture the model "
-                              f"believes in here")
+                              f"believes in here" + ("" if trace.attention_maps else "; no heatmap: this trace has no "
+                                                     "cross-attention maps (generate with RecordOptions(cross_attention=True))"))
 
 
 class PromptPlayground(W.VBox):
@@ -114,11 +168,16 @@ class PromptPlayground(W.VBox):
     trace appears below. Bad input is reported in the widget, not as a traceback.
 
     Args:
-        pipe: an ``IllustratedPipeline``.
+        pipe: an ``IllustratedPipeline`` that records every step (the explorer shows them all: not ``compact``).
+        prompt: the text the playground starts with.
     """
 
     def __init__(self, pipe, prompt: str = "a red circle on the left"):
-        self.pipe = pipe
+        self.pipe = _require_pipe(pipe, "PromptPlayground")
+        if pipe.record.compact:
+            raise ValueError("PromptPlayground shows every step of what it generates, and this pipe records compact traces "
+                             "(pipe.record.compact is True); set pipe.record = isd.RecordOptions() first")
+        _require_prompt(prompt, "PromptPlayground")
         self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="420px"))
         self.steps = W.IntSlider(value=25, min=1, max=100, description="steps")
         self.guidance = W.FloatSlider(value=7.5, min=0.0, max=20.0, step=0.5, description="guidance")
@@ -143,28 +202,39 @@ class PromptPlayground(W.VBox):
             with self.progress:  # the pipeline's progress bar shows here
                 trace = self.pipe(self.prompt.value, num_inference_steps=self.steps.value, guidance_scale=self.guidance.value,
                                   seed=self.seed.value)
-        except (ValueError, TypeError) as err:
-            self.status.value = f"<span style='color:#d33'>⚠ {html.escape(str(err))}</span>"
+            explorer = TraceExplorer(trace, decode=self.pipe.decode_latents)
+        except Exception as err:  # shown, not raised: a button's callback has no one above it to catch it
+            self.status.value = _error_html(err)
         else:
             self.trace = trace
             self.status.value = f"done: {html.escape(repr(trace))}"
-            self.explorer_box.children = [TraceExplorer(trace, decode=self.pipe.decode_latents)]
+            self.explorer_box.children = [explorer]
         finally:
             self.button.disabled = False
 
 
 class GuidanceSlider(W.VBox):
     """Generates the same prompt and seed at each guidance scale (on first view, then cached) and shows
-    the one the slider picks, beside the unguided image."""
+    the one the slider picks, beside the smallest scale's image (the unguided one with the default scales).
+
+    Args:
+        pipe: an ``IllustratedPipeline``.
+        prompt: what to draw.
+        scales: distinct finite guidance scales; the slider shows them from the smallest to the largest.
+        seed, steps: the same for every picture.
+    """
 
     def __init__(self, pipe, prompt: str, scales=(1.0, 2.0, 4.0, 7.5, 12.0), seed: int = 0, steps: int = 25):
-        self.pipe, self.prompt, self.seed, self.steps = pipe, prompt, seed, steps
+        self.pipe, self.prompt = _require_pipe(pipe, "GuidanceSlider"), _require_prompt(prompt, "GuidanceSlider")
+        scales = _guidance_scales(scales)
+        self.seed = checks.seed(seed, hint="any integer, e.g. seed=0")
+        self.steps = checks.whole_number("steps", steps, minimum=1, hint="denoising steps of each picture, e.g. 25")
         self.traces = {}
-        self.scale = W.SelectionSlider(options=list(scales), value=scales[len(scales) // 2], description="guidance")
+        self.scale = W.SelectionSlider(options=scales, value=scales[len(scales) // 2], description="guidance")
         self.baseline, self.view = W.Image(format="png", width=SIZE), W.Image(format="png", width=SIZE)
         self.caption = W.HTML()
-        self.scale.observe(lambda change: self.update(), names="value")
-        super().__init__([W.HTML(f"<b>{html.escape(prompt)}</b> (seed {seed})"), self.scale, W.HBox([
+        self.scale.observe(_shown_in(self.caption, self.update), names="value")
+        super().__init__([W.HTML(f"<b>{html.escape(prompt)}</b> (seed {self.seed})"), self.scale, W.HBox([
             W.VBox([W.HTML(f"guidance {scales[0]:g}"), self.baseline]), W.VBox([self.caption, self.view])])])
         self.baseline.value = _png(self._trace(scales[0]).image.resize((SIZE, SIZE)))
         self.update()

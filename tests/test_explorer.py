@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -64,12 +65,35 @@ def test_without_guidance_or_maps_the_page_says_so(pipe):
     assert "no guidance in this generation" in explorer_html(bare)  # the script's own words for it
 
 
+# Prompts that would end the data block early ("</script>", any case), put the HTML parser in a state where the
+# page's own "</script>" no longer ends it ("<!--<script>"), or break out of a quoted attribute.
+HOSTILE_PROMPTS = [
+    "a red circle </script><script>alert(1)</script> on the left",
+    "a red circle <!--<script> on the left",
+    "a \"quoted\" 'circle' & <b>bold</b> on the left",
+    "a red circle </ScRiPt >\u2028on the left",
+]
+
+
 @pytest.mark.filterwarnings("ignore:the model never saw")
-def test_a_prompt_cannot_end_the_data_block_early(pipe):
-    trace = pipe("a red circle </script><b>on the left", num_inference_steps=2, seed=0, progress=False)
+@pytest.mark.parametrize("prompt", HOSTILE_PROMPTS)
+def test_a_prompt_cannot_end_or_start_a_script_or_a_comment(pipe, prompt):
+    trace = pipe(prompt, num_inference_steps=2, seed=0, progress=False)
     page = explorer_html(trace)
+    assert page.lower().count("<script") == 2 and page.lower().count("</script") == 2  # the explorer's own two, no more
+    assert "<!--" not in page
     block = page.split("<script type='application/json' id='isd-data'>", 1)[1].split("</script>", 1)[0]
-    assert json.loads(block)["prompt"] == trace.prompt
+    assert not set(block) & set("<>&\u2028\u2029")  # written as \\u escapes, which the HTML parser does not read
+    data = json.loads(block)
+    assert data["prompt"] == trace.prompt == prompt and data["tokens"] == trace.tokens
+    assert any(set(token) & set("<>&\"'") for token in data["tokens"])  # the tokens carry the hostile characters too
+
+
+def test_the_page_script_writes_text_never_markup():
+    """Tokens and names reach the page only as text (textContent, new Option): nothing the script writes is parsed as HTML."""
+    script = (resources.files("illustrated_sd") / "assets" / "explorer" / "explorer.js").read_text(encoding="utf-8")
+    for parses_html in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "createContextualFragment"):
+        assert parses_html not in script
 
 
 def test_bad_presets_are_refused_with_the_choices(trace, tmp_path):

@@ -1,6 +1,10 @@
 """The explained report: written by the CLI, opened in a real headless Chromium, every image loaded; its
 explorer driven there like a student would (slider, play, token picker, hover), offline."""
 
+import warnings
+from dataclasses import replace
+from html.parser import HTMLParser
+
 import numpy as np
 import pytest
 import torch
@@ -8,8 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from illustrated_sd.cli import main
+from illustrated_sd.report import write_report
 
 from .conftest import launch
+from .test_explorer import HOSTILE_PROMPTS
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +152,96 @@ def test_the_explorer_answers_the_slider_the_tokens_and_the_mouse_offline(report
     for name in ("opened", "first-step", "token", "hover", "paused", "group"):
         with Image.open(tmp_path / f"explorer-{name}.png") as image:
             assert image.size[0] > 800 and np.asarray(image).std() > 10
+
+
+# ---- a prompt is text on the page, whatever it holds ------------------------------------------------------------
+
+class Parsed(HTMLParser):
+    """A page as an HTML parser reads it: its elements (tag and attributes), comments, and the text of some elements."""
+
+    READ = ("title", "h1", "code", "p")
+
+    def __init__(self, page: str):
+        super().__init__(convert_charrefs=True)
+        self.elements, self.comments, self.texts, self._reading = [], [], [], None
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+        if tag in self.READ:
+            self._reading = tag
+            self.texts.append((tag, dict(attrs).get("class"), ""))
+
+    def handle_endtag(self, tag):
+        if tag == self._reading:
+            self._reading = None
+
+    def handle_data(self, data):
+        if self._reading:
+            tag, cls, text = self.texts[-1]
+            self.texts[-1] = (tag, cls, text + data)
+
+    def handle_comment(self, data):
+        self.comments.append(data)
+
+    def text(self, tag, cls=None) -> list[str]:
+        return [text for t, c, text in self.texts if t == tag and c == cls]
+
+
+@pytest.fixture(scope="module")
+def hostile_reports(pipe, tmp_path_factory):
+    """A plain report, and one for each hostile prompt, whose model and scheduler names are hostile too (a trace loaded
+    from a file may hold any strings): {prompt: (trace, page)}."""
+    reports = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "the model never saw")
+        for i, prompt in enumerate(["a red circle on the left", *HOSTILE_PROMPTS]):
+            trace = pipe(prompt, num_inference_steps=2, seed=0, progress=False)
+            if i:
+                trace = replace(trace, model=f"tiny <!--{prompt}", scheduler="DDIM</p><script>alert(2)</script>")
+            reports[prompt] = (trace, write_report(trace, tmp_path_factory.mktemp(f"hostile{i}")))
+    return reports
+
+
+@pytest.mark.parametrize("prompt", HOSTILE_PROMPTS)
+def test_a_hostile_prompt_is_text_on_the_page(hostile_reports, prompt):
+    trace, path = hostile_reports[prompt]
+    page = path.read_text(encoding="utf-8")
+    plain = Parsed(next(iter(hostile_reports.values()))[1].read_text(encoding="utf-8"))
+    parsed = Parsed(page)
+    assert page.lower().count("<script") == 2 and page.lower().count("</script") == 2  # the explorer's own two
+    assert "<!--" not in page and parsed.comments == []
+    # the same elements and attributes as the plain page (no <b>, no onerror=), the same alt texts
+    assert {tag for tag, _ in parsed.elements} == {tag for tag, _ in plain.elements}
+    assert {(tag, name) for tag, attrs in parsed.elements for name in attrs} == {(tag, name) for tag, attrs in plain.elements for name in attrs}
+    alts = lambda p: [attrs["alt"] for tag, attrs in p.elements if tag == "img"]  # noqa: E731
+    assert alts(parsed) == alts(plain)
+    # and the words read back exactly
+    assert parsed.text("title") == [f"illustrated_sd: {prompt}"] and parsed.text("h1") == [prompt]
+    assert parsed.text("code")[: len(trace.tokens)] == trace.tokens
+    assert parsed.text("p", "settings")[0].startswith("2 steps of DDIM</p><script>alert(2)</script>, guidance 7.5")
+    assert parsed.text("p", "settings")[0].endswith(f"model tiny <!--{prompt}")
+
+
+def test_the_explorer_works_in_chromium_whatever_the_prompt(hostile_reports, chromium):
+    """Each hostile page loads with no error and no alert, only its own two scripts, and the explorer lists the prompt's
+    tokens as text."""
+    from playwright.sync_api import sync_playwright
+
+    errors, dialogs = [], []
+    with sync_playwright() as p:
+        browser = launch(p, chromium)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        for prompt, (trace, path) in list(hostile_reports.items())[1:]:
+            page.goto(path.as_uri())
+            page.wait_for_function("document.querySelectorAll('#isd-token-list button').length > 0", timeout=10_000)
+            assert page.evaluate("document.scripts.length") == 2
+            assert page.eval_on_selector("title", "t => t.textContent") == f"illustrated_sd: {prompt}"
+            assert page.eval_on_selector("h1", "h => h.textContent") == prompt
+            labels = page.eval_on_selector_all("#isd-token-list button", "bs => bs.map(b => b.firstChild.textContent)")
+            assert [label.rsplit("  ", 1)[0] for label in labels] == [f"{i}: {token}" for i, token in enumerate(trace.tokens)]
+        browser.close()
+    assert errors == [] and dialogs == []

@@ -1,8 +1,15 @@
 """Widgets are built from real objects and driven by setting their values, as a notebook user would."""
 
+import html
+
+import numpy as np
 import pytest
 
+import illustrated_sd as isd
+from illustrated_sd import IllustratedPipeline
 from illustrated_sd.widgets import GuidanceSlider, PromptPlayground, TraceExplorer
+
+from .test_explorer import HOSTILE_PROMPTS
 
 
 def test_trace_explorer_views_follow_the_controls(trace, head_trace):
@@ -63,3 +70,154 @@ def test_prompts_and_errors_are_shown_as_text_not_html(pipe):
 def test_the_explorer_needs_a_trace():
     with pytest.raises(TypeError, match="TraceExplorer takes a Trace"):
         TraceExplorer("a red circle on the left")
+
+
+# ---- bad input is refused when a widget is made, before anything is generated ----------------------------------
+
+class CountingPipeline(IllustratedPipeline):
+    """The session's model, counting generations (a refused widget must have made none); ``fail`` makes the next
+    ones raise it, as a GPU out of memory would."""
+
+    calls, fail = 0, None
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.fail is not None:
+            raise self.fail
+        return super().__call__(*args, **kwargs)
+
+
+@pytest.fixture
+def counting(pipe):
+    return CountingPipeline(pipe.pipeline, record=isd.RecordOptions(), name=pipe.name, known_words=pipe.known_words, world=pipe.world)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("change, error, words", [
+    ({"pipe": "a red circle"}, TypeError, "GuidanceSlider takes an IllustratedPipeline, got str; make one with pipe = isd.load_pipeline()"),
+    ({"pipe": None}, TypeError, "GuidanceSlider takes an IllustratedPipeline, got NoneType"),
+    ({"prompt": None}, TypeError, "prompt must be a string (got NoneType)"),
+    ({"prompt": ["a red circle", "a blue star"]}, TypeError, "prompt must be a string (got list); GuidanceSlider draws one prompt"),
+    ({"prompt": "  "}, ValueError, "the prompt is empty; give GuidanceSlider one to draw, e.g. 'a red circle on the left'"),
+    ({"scales": []}, ValueError, "scales is empty; give the slider at least one guidance scale, e.g. scales=(1.0, 4.0, 7.5)"),
+    ({"scales": np.array([])}, ValueError, "scales is empty"),
+    ({"scales": 7.5}, TypeError, "scales must be a list of guidance scales, e.g. scales=(1.0, 4.0, 7.5) (got 7.5)"),
+    ({"scales": "1, 7.5"}, TypeError, "scales must be a list of guidance scales"),
+    ({"scales": (1.0, NAN)}, ValueError, "each guidance scale must be a finite number (got nan); e.g. scales=(1.0, 4.0, 7.5)"),
+    ({"scales": (1.0, -INF)}, ValueError, "each guidance scale must be a finite number (got -inf)"),
+    ({"scales": (1.0, "7.5")}, TypeError, "each guidance scale must be a number (got '7.5')"),
+    ({"scales": (1.0, True)}, TypeError, "each guidance scale must be a number (got True)"),
+    ({"scales": (7.5, 1, 1.0)}, ValueError, "scales holds 1 more than once; give each guidance scale once, e.g. scales=(1.0, 7.5)"),
+    ({"seed": None}, TypeError, "seed must be a whole number (got None); any integer, e.g. seed=0"),
+    ({"seed": 1.5}, TypeError, "seed must be a whole number (got 1.5)"),
+    ({"seed": 2**64}, ValueError, f"seed must be between {-(2**63)} and {2**64 - 1} (got {2**64})"),
+    ({"steps": 0}, ValueError, "steps must be ≥ 1 (got 0); denoising steps of each picture, e.g. 25"),
+    ({"steps": "25"}, TypeError, "steps must be a whole number (got '25')"),
+])
+def test_guidance_slider_refuses_bad_input_before_generating(counting, change, error, words):
+    arguments = {"pipe": counting, "prompt": "a red circle", "scales": (1.0, 7.5), "seed": 0, "steps": 2, **change}
+    with pytest.raises(error) as refused:
+        GuidanceSlider(**arguments)
+    assert words in str(refused.value) and "\n" not in str(refused.value)
+    assert counting.calls == 0
+
+
+def test_guidance_slider_shows_the_scales_in_order_and_says_what_failed(counting):
+    slider = GuidanceSlider(counting, "a red circle", scales=np.array([7.5, 1.0, 4.0]), steps=2)
+    assert slider.scale.options == (1.0, 4.0, 7.5) and slider.scale.value == 4.0
+    assert counting.calls == 2 and sorted(slider.traces) == [1.0, 4.0]  # the baseline (the smallest) and the middle one
+    assert slider.children[2].children[0].children[0].value == "guidance 1"
+    shown = slider.view.value
+    counting.fail = RuntimeError("CUDA out of memory")  # a generation that fails inside the slider's callback
+    slider.scale.value = 7.5
+    assert slider.caption.value == "<span style='color:#d33'>⚠ RuntimeError: CUDA out of memory</span>"
+    assert slider.view.value == shown and 7.5 not in slider.traces
+    counting.fail = None
+    slider.scale.value = 4.0  # cached: no generation
+    slider.scale.value = 7.5
+    assert slider.caption.value == "guidance 7.5" and slider.view.value != shown and counting.calls == 4
+
+
+@pytest.mark.parametrize("change, error, words", [
+    ({"pipe": "a red circle"}, TypeError, "PromptPlayground takes an IllustratedPipeline, got str"),
+    ({"prompt": 5}, TypeError, "prompt must be a string (got int); PromptPlayground draws one prompt"),
+    ({"prompt": ""}, ValueError, "the prompt is empty; give PromptPlayground one to draw"),
+    ({"record": isd.RecordOptions(compact=True)}, ValueError,
+     "PromptPlayground shows every step of what it generates, and this pipe records compact traces (pipe.record.compact is "
+     "True); set pipe.record = isd.RecordOptions() first"),
+])
+def test_prompt_playground_refuses_bad_input_when_made(counting, change, error, words):
+    change = dict(change)
+    counting.record = change.pop("record", counting.record)
+    with pytest.raises(error) as refused:
+        PromptPlayground(**{"pipe": counting, **change})
+    assert words in str(refused.value)
+    assert counting.calls == 0
+
+
+def test_a_failure_inside_the_playground_shows_in_its_status_line(counting):
+    playground = PromptPlayground(counting)
+    playground.steps.value = 2
+    counting.record = isd.RecordOptions(compact=True)  # changed after the playground was made: the explorer refuses the trace
+    playground.button.click()
+    assert playground.status.value.startswith("<span style='color:#d33'>⚠ TraceExplorer needs every step, and this is a compact trace")
+    assert playground.trace is None and playground.explorer_box.children == () and not playground.button.disabled
+    counting.record, counting.fail = isd.RecordOptions(), RuntimeError("CUDA out of memory")
+    playground.button.click()
+    assert playground.status.value == "<span style='color:#d33'>⚠ RuntimeError: CUDA out of memory</span>"
+
+
+def test_the_playground_without_cross_attention_says_why_there_is_no_heatmap(counting):
+    counting.record = isd.RecordOptions(cross_attention=False)
+    playground = PromptPlayground(counting)
+    playground.steps.value = 1
+    playground.button.click()
+    explorer = playground.explorer_box.children[0]
+    assert playground.trace.attention_maps == {} and explorer.views["heatmap"].value == b""
+    assert "no heatmap: this trace has no cross-attention maps (generate with RecordOptions(cross_attention=True))" in explorer.caption.value
+    explorer.token.value = 2
+    assert explorer.caption.value.startswith("step 1 of 1")
+
+
+@pytest.mark.parametrize("decode, words", [
+    ("pipe", "decode must be pipe.decode_latents (latents in, pictures out) or None, got IllustratedPipeline"),
+    ("yes", "decode must be pipe.decode_latents (latents in, pictures out) or None, got str"),
+])
+def test_the_explorer_refuses_a_decode_that_is_not_the_decoder(trace, pipe, decode, words):
+    with pytest.raises(TypeError) as refused:
+        TraceExplorer(trace, decode=pipe if decode == "pipe" else decode)
+    assert str(refused.value) == words
+
+
+def test_the_explorer_refuses_a_compact_trace(pipe):
+    compact = pipe("a red circle on the left", num_inference_steps=2, seed=0, progress=False, record=isd.RecordOptions(compact=True))
+    with pytest.raises(ValueError, match="TraceExplorer needs every step, and this is a compact trace: it lacks latents"):
+        TraceExplorer(compact)
+
+
+def test_a_decode_failing_inside_the_explorer_shows_in_its_caption(trace, pipe):
+    decoded = []
+
+    def decode(latents):  # the last step's two pictures decode; any other step fails, as a GPU out of memory would
+        if len(decoded) == 2:
+            raise RuntimeError("CUDA out of memory")
+        decoded.append(latents)
+        return pipe.decode_latents(latents)
+    explorer = TraceExplorer(trace, decode=decode)
+    explorer.step.value = 0
+    assert explorer.caption.value == "<span style='color:#d33'>⚠ RuntimeError: CUDA out of memory</span>"
+
+
+@pytest.mark.filterwarnings("ignore:the model never saw")
+@pytest.mark.parametrize("prompt", HOSTILE_PROMPTS)
+def test_hostile_prompts_are_text_in_every_widget(pipe, prompt):
+    slider = GuidanceSlider(pipe, prompt, scales=(1.0,), steps=1)
+    assert slider.children[0].value == f"<b>{html.escape(prompt)}</b> (seed 0)"
+    playground = PromptPlayground(pipe, prompt=prompt)
+    playground.steps.value = 1
+    playground.button.click()
+    assert playground.status.value == f"done: {html.escape(repr(playground.trace))}" and playground.trace.prompt == prompt
+    for value in (slider.children[0].value, playground.status.value):
+        assert "<script" not in value.lower() and "<!--" not in value and "'" not in value
