@@ -26,7 +26,7 @@ import torch
 from einops import rearrange
 
 from . import checks
-from .attention_layers import attention_layers
+from .attention_layers import attention_layers, layer_grid
 from .trace import find_slots, require_trace
 
 
@@ -39,7 +39,8 @@ class Reweight:
 
     Args:
         word: a word of the prompt (``"red"``, ``"top left"``) or a slot index, as ``trace.cross_attention`` takes.
-        factor: ≥ 0. 0 removes the word from every pixel's attention, 1 changes nothing, 2 doubles its weight.
+        factor: ≥ 0. 0 removes the word from every pixel's attention, 1 changes nothing, 2 doubles its weight. Several
+            Reweights of one word multiply. Any finite factor is allowed: a huge one gives the word almost all the attention.
         steps: which denoising steps to edit: ``None`` = all, an int ``n`` = the first ``n``, or a list or
             ``range`` of step indices (0 … S − 1).
         layers: names of the cross-attention layers to edit (``pipe.cross_attention_layers``); ``None`` = all.
@@ -173,8 +174,9 @@ class EditPlan:
     """The edits of one call, resolved against its prompt, steps and layers. The loop tells it the step
     (:meth:`at`); the wrapped processors and the attention recorder ask it what to change there."""
 
-    def __init__(self, edits, prompt: str, tokens: list[str], words, slots: int, num_steps: int, latent_hw, layers: list[str],
-                 rows: int = 2, device="cpu", dtype=torch.float32):
+    def __init__(self, edits, prompt: str, tokens: list[str], words, slots: int, num_steps: int, latent_hw,
+                 layers: dict[str, tuple[int, int, int]], rows: int = 2, device="cpu", dtype=torch.float32):
+        """``layers``: ``{name: (heads, H, W)}``, each cross-attention layer's heads and the grid it works on at ``latent_hw``."""
         self.step = 0
         self.bias: dict[tuple[str, int], torch.Tensor] = {}  # (layer, step) → [keys] log-factors
         self.maps: dict[tuple[str, int], torch.Tensor] = {}  # (layer, step) → source maps [heads or 1, queries, keys]
@@ -184,7 +186,7 @@ class EditPlan:
                 where = find_slots(prompt, tokens, words, slots, edit.word)
                 factor = edit.factor if isinstance(edit, Reweight) else 0.0
                 steps = _step_list(getattr(edit, "steps", None), num_steps)
-                names = _layer_list(getattr(edit, "layers", None), layers)
+                names = _layer_list(getattr(edit, "layers", None), list(layers))
                 if factor != 1:  # factor 1 changes nothing: the UNet's own processor runs, bit for bit
                     for name in names:
                         for i in steps:
@@ -205,6 +207,13 @@ class EditPlan:
                                     "the layers the source trace recorded")
                 if not names:
                     raise ValueError("the Swap's source recorded no cross-attention maps; make it with the default recording")
+                for name in names:  # a source from another model can share a layer's name, not its heads or grid
+                    heads, h, w = layers[name]
+                    shape = source.attention_maps[name].shape  # [S, heads or 1, H, W, keys]
+                    if shape[1] not in (1, heads) or tuple(shape[2:]) != (h, w, slots):
+                        raise ValueError(f"the Swap's source has maps [heads, H, W, slots] = {list(shape[1:])} in {name}, where this "
+                                         f"model's layer needs [1 or {heads}, {h}, {w}, {slots}]: the source was made by another "
+                                         "model; make it with this pipeline")
                 steps = _step_list(edit.steps if edit.steps is not None else max(1, round(num_steps / 2)), num_steps)
                 for name in names:  # on the device once, as the biases below: not a host copy in every UNet call
                     maps = source.attention_maps[name]  # [S, heads or 1, H, W, keys]
@@ -219,10 +228,19 @@ class EditPlan:
         for key, b in self.bias.items():
             values = tuple(b.tolist())
             if values not in made:
+                check_bias(b, key, tokens, dtype)
                 bias = torch.zeros(rows, 1, slots)
                 bias[-1, 0] = b  # the prompt is the last row: [unconditional, prompt] with guidance
-                made[values] = (bias.to(device, dtype), b.exp().to(device))  # [rows, 1, keys]; e^b [keys] for the maps
+                # the maps are scaled by e^(b − max b), not e^b: the renormalisation divides the constant e^(−max b)
+                # out again, and a scale ≤ 1 cannot overflow float32 (e^b does from a factor of 3.4e38 on)
+                made[values] = (bias.to(device, dtype), (b - b.max()).exp().to(device))  # [rows, 1, keys]; [keys] for the maps
             self.logit_bias[key], self.scale[key] = made[values]
+        for key, source in self.maps.items():  # a Swap's maps reweighted: every pixel must keep some attention
+            scale = self.scale.get(key)
+            if scale is not None and not ((source * scale).sum(-1) > 0).all():
+                raise ValueError(f"at step {key[1]} of {key[0]} the Swap's source maps are 0 at every slot these Reweights leave "
+                                 "open (as after a Reweight of 0 in the source), so a pixel would attend to nothing; leave open a "
+                                 "slot the source attends to")
 
     def at(self, step: int) -> None:
         """The loop is about to make the UNet call of ``step``."""
@@ -248,6 +266,25 @@ class EditPlan:
                 probs[i] = probs[i] * scale
                 probs[i] = probs[i] / probs[i].sum(-1, keepdim=True)
         return probs
+
+
+def check_bias(b: torch.Tensor, key: tuple[str, int], tokens: list[str], dtype: torch.dtype) -> None:
+    """Refuse a layer's and step's log-factors ``b`` ``[keys]`` that would put a non-finite number into the attention.
+
+    softmax over a row that is −∞ at every key is 0/0: a pixel needs at least one slot left open. And the bias is
+    added to the logits in the model's dtype, so the log of the factors' product must fit it (65504 in float16).
+    """
+    name, step = key
+    if (b == -math.inf).all():
+        raise ValueError(f"these edits silence all {len(b)} text slots at step {step} of {name} (the markers and the padding "
+                         "are slots too), so a pixel's attention would have nowhere to go; leave at least one slot at a factor "
+                         f"> 0, e.g. the start marker {tokens[0]!r}")
+    largest = b[b.isfinite()].abs().max()
+    if largest > torch.finfo(dtype).max:
+        slot = int((b.abs() == largest).nonzero()[0, 0])
+        raise ValueError(f"the Reweights of slot {slot} ({tokens[slot] if slot < len(tokens) else 'padding'!r}) multiply to "
+                         f"e^{float(b[slot]):.0f}, and a logit bias of {float(b[slot]):.0f} does not fit this {dtype} model "
+                         f"(at most {torch.finfo(dtype).max:g}); use fewer or smaller factors")
 
 
 class EditedAttention:
@@ -290,7 +327,8 @@ def editing(unet, edits, prompt: str, tokenized, num_steps: int, latent_hw, guid
     """
     edits = check_edits(edits)
     cross = attention_layers(unet)["cross"]
-    plan = EditPlan(edits, prompt, tokenized.tokens, tokenized.words, tokenized.input_ids.shape[-1], num_steps, latent_hw, list(cross),
+    layers = {name: (attn.heads, *layer_grid(name, unet, latent_hw)) for name, attn in cross.items()}
+    plan = EditPlan(edits, prompt, tokenized.tokens, tokenized.words, tokenized.input_ids.shape[-1], num_steps, latent_hw, layers,
                     rows=2 if guided else 1, device=unet.device, dtype=unet.dtype)
     originals = {}
     try:

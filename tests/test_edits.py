@@ -1,6 +1,7 @@
 """Interventions: edits change the attention for one call, are recorded, and leave the pipeline as it was."""
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image
 
 import illustrated_sd as isd
 from illustrated_sd.attention_layers import attention_layers
-from illustrated_sd.edits import Remove, Reweight, Swap
+from illustrated_sd.edits import EditPlan, Remove, Reweight, Swap
 from illustrated_sd.evaluate import detect
 
 from .conftest import PROMPT
@@ -23,6 +24,17 @@ def generate(pipe, prompt=PROMPT, **kwargs):
 
 def processors(pipe):
     return {name: attn.processor for name, attn in attention_layers(pipe.unet)["cross"].items()}
+
+
+@contextmanager
+def unet_calls(pipe):
+    """A list that gets one entry per UNet call made inside the block: empty when nothing was generated."""
+    calls = []
+    handle = pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
 
 def test_a_factor_of_one_changes_nothing_bit_for_bit(pipe, trace):
@@ -123,6 +135,9 @@ def test_edits_work_in_img2img_and_inpainting(pipe, trace):
         assert edited.edits[0]["slots"] == [2] and edited.cross_attention("red").abs().max() == 0
 
 
+EVERY_SLOT = range(77)
+
+
 @pytest.mark.parametrize("edits, error, message", [
     ([Reweight("purple", 0)], ValueError, r"'purple' is not a word of the prompt .*its words are \['a', 'red', 'circle'"),
     ([Remove("square")], ValueError, "is not a word of the prompt"),
@@ -131,12 +146,57 @@ def test_edits_work_in_img2img_and_inpainting(pipe, trace):
     ([Reweight("red", 0, layers=["mid_block"])], ValueError, r"unknown layers \['mid_block'\]"),
     (Reweight("red", 0), TypeError, "edits must be a list of edits"),
     (["red"], TypeError, "Reweight, Remove or Swap"),
+    # a softmax row that is −∞ at all 77 keys is 0/0: the words, the markers and the padding are all slots
+    ([Reweight(i, 0) for i in EVERY_SLOT], ValueError,
+     "silence all 77 text slots at step 0 of down_blocks.0.attentions.0.*leave at least one slot at a factor > 0, e.g. the start marker"),
+    ([Remove(PROMPT), Reweight("<|startoftext|>", 0), *[Reweight(i, 0) for i in range(7, 77)]], ValueError, "silence all 77 text slots"),
+    ([Reweight(i, 0, steps=[3], layers=["up_blocks.2.attentions.2.transformer_blocks.0.attn2"]) for i in EVERY_SLOT], ValueError,
+     "silence all 77 text slots at step 3 of up_blocks.2.attentions.2"),
 ])
 def test_bad_edits_are_refused_with_the_fix(pipe, edits, error, message):
     before = processors(pipe)
-    with pytest.raises(error, match=message):
+    with unet_calls(pipe) as calls, pytest.raises(error, match=message):
         generate(pipe, edits=edits)
-    assert processors(pipe) == before
+    assert calls == [] and processors(pipe) == before
+
+
+def test_every_slot_but_one_silenced_leaves_all_the_attention_on_it(pipe):
+    edited = generate(pipe, edits=[Reweight(i, 0) for i in range(1, 77)])
+    for maps in edited.attention_maps.values():
+        assert torch.equal(maps[..., 0], torch.ones_like(maps[..., 0])) and maps[..., 1:].abs().max() == 0
+
+
+@pytest.mark.parametrize("edits, scale", [([Reweight("red", 1e39)], 1e39),  # e^b overflows float32 from 3.4e38 on
+                                          ([Reweight("red", 1e20), Reweight("red", 1e20)], 1e40),  # factors multiply
+                                          ([Reweight("red", 1e-30), Reweight("red", 1e-30)], 1e-60)])  # e^b underflows
+def test_huge_and_tiny_factors_keep_the_maps_finite_and_exact(pipe, trace, edits, scale):
+    """The recorded maps are p·f renormalised, computed here in float64: finite however far f is from 1."""
+    edited = generate(pipe, edits=edits)
+    slot = trace.token_index("red")[0]
+    layer = pipe.cross_attention_layers[0]  # the first layer at step 0 sees what the plain run saw; later ones see the edit
+    expected = trace.attention_maps[layer][0, 0].double()
+    expected[..., slot] *= scale
+    expected /= expected.sum(-1, keepdim=True)
+    torch.testing.assert_close(edited.attention_maps[layer][0, 0], expected.float(), atol=2e-5, rtol=1e-4)
+    assert all(torch.isfinite(m).all() for m in edited.attention_maps.values()) and torch.isfinite(edited.latents).all()
+
+
+def test_one_tiny_factor_on_every_slot_changes_nothing(pipe, trace):
+    """softmax(x + b) = softmax(x) when b is the same at every key: the maps are the plain ones, not 0/0."""
+    edited = generate(pipe, edits=[Reweight(i, 1e-50) for i in EVERY_SLOT])
+    layer = pipe.cross_attention_layers[0]
+    torch.testing.assert_close(edited.attention_maps[layer][0], trace.attention_maps[layer][0], atol=2e-5, rtol=1e-4)
+
+
+def test_factors_whose_logit_bias_does_not_fit_a_float16_model_are_refused(trace):
+    layers = {name: (8, 16, 16) for name in trace.attention_maps}
+    edits = [Reweight("red", 1e300)] * 100  # log(1e300) · 100 = 69078 > 65504, float16's largest number
+    with pytest.raises(ValueError, match=r"Reweights of slot 2 \('red'\) multiply to e\^69078.*does not fit this torch.float16 model"):
+        EditPlan(edits, PROMPT, trace.tokens, trace.words, 77, STEPS, (16, 16), layers, dtype=torch.float16)
+    plan = EditPlan(edits, PROMPT, trace.tokens, trace.words, 77, STEPS, (16, 16), layers, dtype=torch.float32)
+    expected = torch.zeros(77)
+    expected[2] = 1  # e^(b − max b): 1 at "red", e^−69078 = 0 elsewhere
+    assert torch.equal(plan.scale[(next(iter(layers)), 0)], expected)
 
 
 @pytest.mark.parametrize("factor, message", [(-1, "factor must be ≥ 0"), (math.nan, "NaN"), (math.inf, "finite"), ("2", "a number")])
@@ -146,12 +206,34 @@ def test_bad_factors_are_refused_when_the_edit_is_made(factor, message):
 
 
 def test_a_swap_needs_prompts_of_the_same_token_count(pipe, trace):
-    with pytest.raises(ValueError, match=r"same token count.*has 6 tokens.*has 7.*swap one single-token word for another"):
-        generate(pipe, "a big red circle on the left", edits=[Swap(trace)])
-    with pytest.raises(ValueError, match="made with 6 steps"):
-        pipe("a red square on the left", num_inference_steps=4, seed=0, progress=False, edits=[Swap(trace)])
+    with unet_calls(pipe) as calls:
+        with pytest.raises(ValueError, match=r"same token count.*has 6 tokens.*has 7.*swap one single-token word for another"):
+            generate(pipe, "a big red circle on the left", edits=[Swap(trace)])
+        with pytest.raises(ValueError, match="made with 6 steps"):
+            pipe("a red square on the left", num_inference_steps=4, seed=0, progress=False, edits=[Swap(trace)])
+        with pytest.raises(ValueError, match=r"made with 6 steps at latent \[16, 16\], this call has 6 at \[12, 16\]"):
+            generate(pipe, "a red square on the left", height=96, edits=[Swap(trace)])
+    assert calls == []
     with pytest.raises(TypeError, match="edits.Swap takes a Trace"):
         Swap("a red circle")
+
+
+def test_a_swap_from_another_model_is_refused_before_generating(pipe, sd2_pipe):
+    """Both UNets have a layer named down_blocks.0.attentions.0…attn2, with 2 heads in one and 8 in the other."""
+    source = sd2_pipe(PROMPT, num_inference_steps=STEPS, seed=0, progress=False, record=isd.RecordOptions(per_head=True))
+    message = (r"source has maps \[heads, H, W, slots\] = \[2, 16, 16, 77\] in down_blocks.0.attentions.0.transformer_blocks.0.attn2, "
+               r"where this model's layer needs \[1 or 8, 16, 16, 77\]: the source was made by another model")
+    with unet_calls(pipe) as calls, pytest.raises(ValueError, match=message):
+        generate(pipe, "a red square on the left", edits=[Swap(source)])
+    assert calls == []
+
+
+def test_a_swap_whose_maps_the_reweights_leave_empty_is_refused(pipe):
+    """The source gave "red" no attention; this call silences every other slot: nothing would be left to attend to."""
+    source = generate(pipe, edits=[Reweight("red", 0)])
+    with unet_calls(pipe) as calls, pytest.raises(ValueError, match="source maps are 0 at every slot these Reweights leave open"):
+        generate(pipe, "a red square on the left", edits=[Swap(source), *[Reweight(i, 0) for i in EVERY_SLOT if i != 2]])
+    assert calls == []
 
 
 def test_causal_map_measures_the_effect_and_its_agreement_with_the_heatmap(pipe, trace):
@@ -178,11 +260,50 @@ def test_agreement_of_two_maps():
     assert isd.causal.agreement(torch.zeros(4, 4), a[:4, :4], top=0.25)[0] == 0.0  # a flat map correlates with nothing
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(word="blue"), "not a word of the prompt"), (dict(how="swap"), "how must be"),
-                                             (dict(top=1.0), "between 0 and 1")])
-def test_causal_map_refuses_bad_input(pipe, trace, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        isd.causal_map(pipe, PROMPT, **{"word": "red", "base": trace, **kwargs})
+BASES = {  # made before the UNet calls are counted
+    "compact": lambda pipe: generate(pipe, record=isd.RecordOptions(compact=True)),
+    "other prompt": lambda pipe: generate(pipe, "a red square on the left"),
+    "edited": lambda pipe: generate(pipe, edits=[Reweight("left", 2.0)]),
+    "no maps": lambda pipe: generate(pipe, record=isd.RecordOptions(cross_attention=False)),
+}
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(word="blue"), ValueError, r"'blue' is not a word of the prompt .*its words are \['a', 'red'"),
+    (dict(word="blue", base=None), ValueError, "'blue' is not a word of the prompt"),  # refused before the base is made
+    (dict(word=""), ValueError, "token is empty"),
+    (dict(prompt=[PROMPT]), TypeError, "causal_map takes one prompt, a string .*call it once per prompt"),
+    (dict(how="swap"), ValueError, "how must be 'remove' or 'reweight'"),
+    (dict(top=1.0), ValueError, "between 0 and 1"),
+    (dict(pipe="the diffusers pipeline"), TypeError, r"takes an IllustratedPipeline .*isd.load_pipeline\(\)"),
+    (dict(base="a red circle"), TypeError, "causal_map's base takes a Trace, got str"),
+    (dict(base="compact"), ValueError, "causal_map's base needs every step, and this is a compact trace"),
+    (dict(base="other prompt"), ValueError, "base is the generation of 'a red square on the left', not of 'a red circle on the left'"),
+    (dict(base="edited"), ValueError, r"base was made with edits \(reweight\).*pass one made without edits"),
+    (dict(base="no maps"), ValueError, "base has no cross-attention maps"),
+    (dict(seed=1), ValueError, r"other settings: seed 0 \(here 1\)\. Pass the settings base was made with"),
+    (dict(num_inference_steps=4), ValueError, r"UNet calls 6 \(here 4\)"),
+    (dict(guidance_scale=3, height=96), ValueError, r"guidance_scale 7.5 \(here 3.0\); height 128 \(here 96\)"),
+    (dict(negative_prompt="blue"), ValueError, r"negative_prompt None \(here 'blue'\)"),
+    (dict(image="image"), ValueError, "base must be a text-to-image generation.*leave base out"),
+    (dict(seeed=0), TypeError, r"passes \['seeed'\] on to pipe\(...\), which takes no such setting"),
+    (dict(generator=torch.Generator().manual_seed(0)), TypeError, "does not take generator=.*pass seed= instead"),
+    (dict(edits=[Remove("left")]), TypeError, "does not take edits=: causal_map makes its own edit"),
+    (dict(num_images_per_prompt=2), TypeError, "does not take num_images_per_prompt="),
+    (dict(num_inference_steps=0, base=None), ValueError, r"num_inference_steps must be .*\(got 0\)"),
+    (dict(record=isd.RecordOptions(cross_attention=False), base=None), ValueError, "records cross-attention; drop record="),
+])
+def test_causal_map_refuses_bad_input_before_generating(pipe, trace, kwargs, error, message):
+    arguments = {"pipe": pipe, "prompt": PROMPT, "word": "red", "base": trace, "num_inference_steps": STEPS, "seed": 0, **kwargs}
+    if arguments["base"] in BASES:
+        arguments["base"] = BASES[arguments["base"]](pipe)
+    if arguments.get("image") == "image":
+        arguments["image"] = trace.image
+    if arguments["pipe"] == "the diffusers pipeline":
+        arguments["pipe"] = pipe.pipeline
+    with unet_calls(pipe) as calls, pytest.raises(error, match=message):
+        isd.causal_map(**arguments)
+    assert calls == []
 
 
 def test_plot_intervention_shows_four_panels(pipe, trace):
