@@ -42,6 +42,10 @@ class RecordOptions:
             head), and latents, noise and x̂₀ are kept at ``keep_steps`` steps only (see ``Trace.kept_steps``).
             SD 1.5 at 512², 50 steps: under 2 MiB instead of 209 (the image included).
         keep_steps: how many steps a compact trace keeps (spread evenly, the first and the last among them).
+        quadrants: for a diffusion transformer (SD3, Flux), which quadrants of its joint attention to record:
+            ``"image_to_text"`` (where the picture looks for each word), ``"text_to_image"`` (what each word reads
+            from the picture), ``"text_to_text"``, and ``"image_to_image"`` (the picture's self-attention: N² per
+            layer, off by default). See :mod:`illustrated_sd.dit.joint_attention`.
         memory_budget_gib: the most a trace may take (GiB, on the host, or on the GPU with
             ``to_cpu=False``). The pipeline estimates the recording before it starts and refuses one
             that would not fit, saying what to change (see :mod:`illustrated_sd.budget`). ``None``: no limit.
@@ -56,6 +60,7 @@ class RecordOptions:
     to_cpu: bool = True
     map_dtype: torch.dtype | None = None
     memory_budget_gib: float | None = 2.0
+    quadrants: tuple[str, ...] = ("image_to_text", "text_to_image", "text_to_text")
 
     def __post_init__(self):
         # Checked here, when the options are made, so a typo fails at once and not deep inside a generation.
@@ -75,6 +80,10 @@ class RecordOptions:
                                                 for r in self.self_attention_resolutions)
         if self.map_dtype is not None:
             checks.float_dtype("map_dtype", self.map_dtype)
+        known = ("image_to_text", "text_to_image", "text_to_text", "image_to_image")
+        if isinstance(self.quadrants, str) or not hasattr(self.quadrants, "__iter__") or not set(self.quadrants) <= set(known):
+            raise ValueError(f"quadrants must be a tuple of {known} (got {self.quadrants!r}), e.g. quadrants=('image_to_text',)")
+        self.quadrants = tuple(q for q in known if q in self.quadrants)
         if self.memory_budget_gib is not None:
             self.memory_budget_gib = checks.real_number("memory_budget_gib", self.memory_budget_gib, hint="in GiB, e.g. 2.0; None for no limit")
             if self.memory_budget_gib <= 0:

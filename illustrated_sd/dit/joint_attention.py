@@ -1,0 +1,207 @@
+"""Joint attention, recorded exactly: the four quadrants of every block of a diffusion transformer.
+
+In SD3 and Flux the prompt's tokens and the picture's patches sit in **one sequence**, and every block runs one
+attention over all of it: each query (a patch or a token) spreads one softmax over *all* keys, patches and tokens
+together. Cut the square of probabilities by where the rows and columns come from and there are four quadrants:
+
+                         keys: text            keys: image
+    queries: image   image → text           image → image      (where the picture looks for a word: the
+                     (cross-attention's      (self-attention)   cross-attention of SD 1/2, but sharing one
+                      analogue)                                  softmax with the picture's own patches)
+    queries: text    text → text            text → image       (what a word reads from the picture: new in
+                                                                 MMDiT, the prompt's tokens change layer by layer)
+
+The probabilities recorded are the model's own, normalised over all keys. The output is still computed by PyTorch's
+fused kernel, which also returns each query's log-sum-exp ``lse = log Σ_j exp(q·k_j·scale)``; then any one
+probability is ``p_ij = exp(q_i·k_j·scale − lse_i)``, exact, computed only for the columns we keep (the prompt's
+tokens, not every key). Padding slots (T5 pads to 256 or 512) are summed into one column: how much attention the
+padding absorbs is itself worth seeing.
+
+The processors below are diffusers' ``FluxAttnProcessor`` and ``JointAttnProcessor2_0`` written out line for line,
+the attention call replaced by :func:`fused_attention` plus the recording; they are installed for one generation
+(:func:`recording_joint_attention`) and the model's own processors are put back afterwards.
+"""
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
+QUADRANTS = ("image_to_text", "text_to_image", "text_to_text", "image_to_image")
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(q·kᵀ/√d)·v`` as PyTorch's fused kernel computes it, and each query's log-sum-exp.
+
+    ``q, k, v``: ``[B, heads, L, d]``. Returns ``out [B, heads, L, d]`` (equal to ``F.scaled_dot_product_attention``,
+    whose kernel this is) and ``lse [B, heads, L]`` in float32.
+    """
+    if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
+    elif q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
+    else:  # a kernel that does not return it: the log-sum-exp beside the output (exact, one more product)
+        out = F.scaled_dot_product_attention(q, k, v)
+        lse = torch.logsumexp((q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
+    return out, lse.float()
+
+
+def probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """``p = exp(q·kᵀ·scale − lse)``: rows of the attention's softmax for these queries and keys only, in float32.
+
+    ``q [heads, n, d]``, ``k [heads, m, d]``, ``lse [heads, n]`` (over *all* keys) → ``[heads, n, m]``.
+    """
+    scale = q.shape[-1] ** -0.5
+    return torch.exp(torch.baddbmm(-lse[..., None], q.float(), k.float().transpose(-1, -2), alpha=scale))
+
+
+class JointAttentionRecording:
+    """The joint-attention maps of one generation, in buffers on the model's device.
+
+    Args:
+        layers: names of the recorded attention layers, in the order the transformer runs them.
+        text_len, image_len: slots of the text and of the image in the joint sequence.
+        text_first: Flux puts the text first (``[text, image]``), SD3 last (``[image, text]``).
+        kept: ``[n]`` the text slots kept as their own columns (the prompt's real tokens); the others are padding,
+            summed into one column after them.
+        steps: denoising steps; quadrants: which of :data:`QUADRANTS` to record; per_head: keep every head (else their mean).
+        rows: how many rows of the batch are the prompt's, at the end of the batch (CFG puts them after the
+            unconditional rows).
+
+    Buffers (``h`` = heads or 1, ``n`` kept text slots, ``N`` image tokens, ``L`` layers):
+        image_to_text ``[S, L, h, N, n + 1]``, text_to_image ``[S, L, h, n, N]``, text_to_text ``[S, L, h, n, n + 1]``,
+        image_to_image ``[S, L, h, N, N]``.
+    """
+
+    def __init__(self, layers: list[str], text_len: int, image_len: int, text_first: bool, kept: torch.Tensor, steps: int,
+                 quadrants: tuple[str, ...], per_head: bool, heads: int, dtype: torch.dtype, device):
+        self.layers, self.text_first, self.per_head = list(layers), text_first, per_head
+        self.text_len, self.image_len = text_len, image_len
+        self.kept = kept.to(device)
+        self.padding = torch.ones(text_len, dtype=torch.bool, device=device)
+        self.padding[self.kept] = False
+        self.step, self.active = 0, True
+        n, N, h, L = len(kept), image_len, heads if per_head else 1, len(layers)
+        shapes = {"image_to_text": (N, n + 1), "text_to_image": (n, N), "text_to_text": (n, n + 1), "image_to_image": (N, N)}
+        self.buffers = {q: torch.zeros(steps, L, h, *shapes[q], dtype=dtype, device=device) for q in quadrants}
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [heads, text + image, ...]`` → its text part and its image part."""
+        if self.text_first:
+            return x[:, :self.text_len], x[:, self.text_len:]
+        return x[:, self.image_len:], x[:, :self.image_len]
+
+    def text_columns(self, p: torch.Tensor) -> torch.Tensor:
+        """``[heads, rows, text]`` → ``[heads, rows, n + 1]``: the kept slots, then all the padding summed."""
+        return torch.cat([p[..., self.kept], p[..., self.padding].sum(-1, keepdim=True)], dim=-1)
+
+    def record(self, layer: int, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor) -> None:
+        """One attention call of layer ``layer``: ``q, k [B, heads, L, d]``, ``lse [B, heads, L]``; the last row is the prompt's."""
+        if not self.active:
+            return
+        (q_text, q_image), (k_text, k_image), (l_text, l_image) = self.split(q[-1]), self.split(k[-1]), self.split(lse[-1])
+        q_text, l_text = q_text[:, self.kept], l_text[:, self.kept]  # padding's own queries are not shown
+        made = {}
+        if "image_to_text" in self.buffers:
+            made["image_to_text"] = self.text_columns(probabilities(q_image, k_text, l_image))
+        if "text_to_image" in self.buffers:
+            made["text_to_image"] = probabilities(q_text, k_image, l_text)
+        if "text_to_text" in self.buffers:
+            made["text_to_text"] = self.text_columns(probabilities(q_text, k_text, l_text))
+        if "image_to_image" in self.buffers:
+            made["image_to_image"] = probabilities(q_image, k_image, l_image)
+        for quadrant, p in made.items():  # [heads, rows, columns]
+            self.buffers[quadrant][self.step, layer] = p if self.per_head else p.mean(0, keepdim=True)
+
+
+class FluxRecordingProcessor:
+    """``FluxAttnProcessor`` (diffusers' Flux attention, double- and single-stream), its attention recorded."""
+
+    def __init__(self, recording: JointAttentionRecording, layer: int):
+        self.recording, self.layer = recording, layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query, key, value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (query, key, value))  # [B, L, heads, d]
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if attn.added_kv_proj_dim is not None:  # a double-stream block: the text has projections of its own
+            encoder_query, encoder_key, encoder_value = (x.unflatten(-1, (-1, attn.head_dim))
+                                                         for x in (encoder_query, encoder_key, encoder_value))
+            encoder_query, encoder_key = attn.norm_added_q(encoder_query), attn.norm_added_k(encoder_key)
+            query, key, value = (torch.cat([e, x], dim=1) for e, x in ((encoder_query, query), (encoder_key, key), (encoder_value, value)))
+        if image_rotary_emb is not None:  # RoPE, as the model applies it: the maps are of the rotated queries and keys
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        query, key, value = (x.permute(0, 2, 1, 3) for x in (query, key, value))  # [B, heads, L, d]
+        out, lse = fused_attention(query, key, value)
+        self.recording.record(self.layer, query, key, lse)
+        hidden_states = out.permute(0, 2, 1, 3).flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is None:
+            return hidden_states
+        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+            [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
+        return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
+
+
+class SD3RecordingProcessor:
+    """``JointAttnProcessor2_0`` (diffusers' SD3 / SD3.5 joint attention), its attention recorded."""
+
+    def __init__(self, recording: JointAttentionRecording, layer: int):
+        self.recording, self.layer = recording, layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        residual, batch = hidden_states, hidden_states.shape[0]
+        heads = lambda x: x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)  # noqa: E731  [B, heads, L, d]
+        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        text_q, text_k, text_v = (heads(p(encoder_hidden_states)) for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+        if attn.norm_added_q is not None:
+            text_q = attn.norm_added_q(text_q)
+        if attn.norm_added_k is not None:
+            text_k = attn.norm_added_k(text_k)
+        query, key, value = torch.cat([query, text_q], dim=2), torch.cat([key, text_k], dim=2), torch.cat([value, text_v], dim=2)
+        out, lse = fused_attention(query, key, value)
+        self.recording.record(self.layer, query, key, lse)
+        hidden_states = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
+        hidden_states, encoder_hidden_states = hidden_states[:, :residual.shape[1]], hidden_states[:, residual.shape[1]:]
+        if not attn.context_pre_only:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return attn.to_out[1](attn.to_out[0](hidden_states)), encoder_hidden_states
+
+
+def joint_layers(transformer) -> dict:
+    """The joint-attention modules of a Flux or SD3 transformer, by name, in the order they run.
+
+    Flux: ``double.0 …`` (``transformer_blocks``: text and image with projections each) then ``single.0 …``
+    (``single_transformer_blocks``: one stream). SD3: ``joint.0 …``. (SD3.5's extra image-only attention,
+    ``attn2`` of its first blocks, is self-attention of the picture and is not recorded.)
+    """
+    if hasattr(transformer, "single_transformer_blocks"):
+        return {**{f"double.{i}": b.attn for i, b in enumerate(transformer.transformer_blocks)},
+                **{f"single.{i}": b.attn for i, b in enumerate(transformer.single_transformer_blocks)}}
+    return {f"joint.{i}": b.attn for i, b in enumerate(transformer.transformer_blocks)}
+
+
+@contextmanager
+def recording_joint_attention(transformer, recording: JointAttentionRecording | None):
+    """Install recording processors on ``transformer``'s joint-attention layers for one ``with`` block (none when
+    ``recording`` is ``None``); the model's own processors are put back afterwards, also after an error."""
+    if recording is None:
+        yield None
+        return
+    modules = joint_layers(transformer)
+    processor = FluxRecordingProcessor if hasattr(transformer, "single_transformer_blocks") else SD3RecordingProcessor
+    originals = {name: modules[name].processor for name in recording.layers}
+    try:
+        for index, name in enumerate(recording.layers):
+            modules[name].set_processor(processor(recording, index))
+        yield recording
+    finally:
+        for name, original in originals.items():
+            modules[name].set_processor(original)

@@ -1,0 +1,101 @@
+"""FlowPipeline: SD3, SD3.5 and Flux (diffusers' own pipelines), traced.
+
+One loop per family, each beside its diffusers file: :mod:`~illustrated_sd.dit.flux` and :mod:`~illustrated_sd.dit.sd3`.
+This class holds the pipeline, checks a call's inputs (``shared.check_flow_inputs``) and runs its family's loop.
+"""
+
+import torch
+from diffusers import FluxImg2ImgPipeline, FluxPipeline, StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
+
+from ..recorders import RecordOptions
+from .flux import generate_flux
+from .joint_attention import joint_layers
+from .sd3 import generate_sd3
+from .shared import check_flow_inputs
+from .trace import FlowTrace
+
+FAMILIES = {FluxPipeline: "flux", StableDiffusion3Pipeline: "sd3"}
+
+
+def flow_family(pipeline) -> str | None:
+    """``"flux"`` or ``"sd3"`` for the diffusers pipelines :class:`FlowPipeline` drives, else ``None``."""
+    if isinstance(pipeline, (FluxImg2ImgPipeline, StableDiffusion3Img2ImgPipeline)):
+        return None
+    return next((family for cls, family in FAMILIES.items() if isinstance(pipeline, cls)), None)
+
+
+class FlowPipeline:
+    """A diffusers ``FluxPipeline`` or ``StableDiffusion3Pipeline`` that returns a :class:`FlowTrace` of what it did.
+
+    The components are the pipeline's own; recorders are installed for one call and removed after it, so the
+    image equals the pipeline's own for the same seed.
+
+    Example:
+        >>> pipe = isd.IllustratedPipeline(FluxPipeline.from_pretrained("path/to/flux-dev", torch_dtype=torch.bfloat16))
+        >>> trace = pipe("a red circle on the left", seed=0)
+        >>> trace.cross_attention("circle").shape       # [gh, gw]: where the picture looks for the word
+    """
+
+    def __init__(self, pipeline, record: RecordOptions | None = None, name: str | None = None):
+        self.family = flow_family(pipeline)
+        if self.family is None:
+            raise TypeError(f"FlowPipeline wraps a diffusers FluxPipeline or StableDiffusion3Pipeline, got {type(pipeline).__name__}")
+        self.pipeline = pipeline
+        self.record = record or RecordOptions()
+        self.name = name or pipeline.name_or_path or type(pipeline).__name__
+
+    transformer = property(lambda self: self.pipeline.transformer)
+    vae = property(lambda self: self.pipeline.vae)
+    scheduler = property(lambda self: self.pipeline.scheduler)
+    device = property(lambda self: self.pipeline.device)
+    dtype = property(lambda self: self.pipeline.transformer.dtype)
+    is_sdxl = False
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE's factor times the 2×2 patch."""
+        return self.pipeline.vae_scale_factor * 2
+
+    @property
+    def default_size(self) -> int:
+        """The pipeline's default image side in pixels (1024 for Flux and SD3 checkpoints)."""
+        return self.pipeline.default_sample_size * self.pipeline.vae_scale_factor
+
+    @property
+    def attention_layers(self) -> list[str]:
+        """The joint-attention layers' names, in the order the transformer runs them (``RecordOptions(layers=...)``)."""
+        return list(joint_layers(self.transformer))
+
+    def __repr__(self) -> str:
+        return f"FlowPipeline({self.family}, {self.name!r}, {type(self.scheduler).__name__}, {self.device}, {self.dtype})"
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, num_inference_steps: int = 28, guidance_scale: float | None = None, seed: int = 0,
+                 negative_prompt: str | None = None, height: int | None = None, width: int | None = None, *,
+                 true_cfg_scale: float = 1.0, max_sequence_length: int | None = None, record: RecordOptions | None = None,
+                 progress: bool = True) -> FlowTrace:
+        """Generate one image from ``prompt`` and record how it was made.
+
+        Args:
+            prompt: what to draw. num_inference_steps: Euler steps ``S`` (28 is SD3's and Flux-dev's default).
+            guidance_scale: SD3: classifier-free guidance (default 7.0; ≤ 1 is the prompt alone). Flux-dev: the distilled
+                guidance the transformer reads (default 3.5; ignored by schnell, which has no such input).
+            seed: the initial noise, as ``torch.Generator("cpu").manual_seed(seed)`` in diffusers.
+            negative_prompt: SD3: the unconditional row's text (``None`` = ""). Flux: used only with ``true_cfg_scale > 1``.
+            height, width: multiples of 16 (the VAE's 8 × the 2×2 patch); default the model's size.
+            true_cfg_scale: Flux only: real classifier-free guidance with ``negative_prompt`` (two passes per step).
+            max_sequence_length: T5's slots (Flux-dev 512, schnell and SD3 256 by default); a longer prompt is cut, with a warning.
+            record: what to record (default ``self.record``): ``RecordOptions(quadrants=...)`` picks the quadrants.
+            progress: a progress bar over the steps.
+        Returns:
+            a :class:`FlowTrace` whose ``image`` equals the diffusers pipeline's for the same settings.
+        """
+        flux = self.family == "flux"
+        if guidance_scale is None:
+            guidance_scale = 3.5 if flux else 7.0
+        if max_sequence_length is None:
+            max_sequence_length = 512 if flux and self.transformer.config.guidance_embeds else 256
+        settings = check_flow_inputs(self, prompt, num_inference_steps, guidance_scale, seed, negative_prompt, height, width,
+                                     true_cfg_scale, max_sequence_length, record, progress)
+        generate = generate_flux if flux else generate_sd3
+        return generate(self, prompt, negative_prompt, settings, progress)

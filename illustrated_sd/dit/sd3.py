@@ -1,0 +1,78 @@
+"""SD3's (and SD3.5's) generation loop, written out: read it beside diffusers'
+``pipelines/stable_diffusion_3/pipeline_stable_diffusion_3.py``.
+
+The same calls on the same components, so the same seed gives the same image. Against SD 1/2: three text
+encoders (CLIP-L and CLIP-G side by side in 77 slots, then T5's tokens), one joint sequence of text and patches
+(the transformer cuts the latent into 2×2 patches itself), and a velocity v̂ on the straight path from noise to
+picture, stepped by Euler: x_next = x + (σ_next − σ)·v̂. Guidance is classifier-free, as in SD 1/2: the
+unconditional and the prompt's rows in one batch, v̂ = v̂_u + s·(v̂_c − v̂_u).
+"""
+
+import torch
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
+from tqdm.auto import tqdm
+
+from .joint_attention import recording_joint_attention
+from .prompt import sd3_layout
+from .shared import FlowSettings, build_trace, decode, new_recording
+
+
+@torch.no_grad()
+def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowSettings, progress: bool):
+    """One SD3 / SD3.5 generation, traced (see ``FlowPipeline.__call__``); returns a :class:`~illustrated_sd.dit.trace.FlowTrace`."""
+    sd3, s, record = pipe.pipeline, settings, settings.record
+    transformer, scheduler, device = sd3.transformer, sd3.scheduler, sd3._execution_device
+    guided = s.guidance_scale > 1  # as diffusers: s ≤ 1 is the prompt alone
+
+    # 2. Encode the prompt: [1, 77 + T, D] (CLIP-L ⊕ CLIP-G padded to T5's width, then T5), pooled [1, P_L + P_G]
+    layout = sd3_layout(sd3, prompt, s.max_sequence_length)
+    prompt_embeds, negative_embeds, pooled, negative_pooled = sd3.encode_prompt(
+        prompt=prompt, prompt_2=None, prompt_3=None, negative_prompt=negative_prompt, do_classifier_free_guidance=guided,
+        device=device, max_sequence_length=s.max_sequence_length)
+    context = torch.cat([negative_embeds, prompt_embeds]) if guided else prompt_embeds  # rows [unconditional, prompt]
+    pooled_context = torch.cat([negative_pooled, pooled]) if guided else pooled
+
+    # 3. The noise [1, C, h, w]
+    generator = torch.Generator("cpu").manual_seed(s.seed)
+    latents = sd3.prepare_latents(1, transformer.config.in_channels, s.height, s.width, prompt_embeds.dtype, device, generator)
+
+    # 4. The σ schedule, shifted toward the noise (by the scheduler's fixed shift, or by μ for the image's size)
+    shift = {}
+    if scheduler.config.get("use_dynamic_shifting", None):
+        patch = transformer.config.patch_size
+        shift["mu"] = calculate_shift((latents.shape[2] // patch) * (latents.shape[3] // patch),
+                                      scheduler.config.get("base_image_seq_len", 256), scheduler.config.get("max_image_seq_len", 4096),
+                                      scheduler.config.get("base_shift", 0.5), scheduler.config.get("max_shift", 1.16))
+    timesteps, _ = retrieve_timesteps(scheduler, s.steps, device, sigmas=None, **shift)
+
+    # 6. Denoise (there is no stage 5: SD3 has no guidance input)
+    patch = transformer.config.patch_size
+    image_len = (latents.shape[2] // patch) * (latents.shape[3] // patch)
+    recording = new_recording(transformer, layout, image_len, s.steps, record, text_first=False)
+    seen = {"latents": [latents], "velocity": [], "velocity_text": [], "velocity_uncond": []}
+    with recording_joint_attention(transformer, recording):
+        for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
+            if recording is not None:
+                recording.step = i
+            model_input = torch.cat([latents] * 2) if guided else latents
+            output = transformer(hidden_states=model_input, timestep=t.expand(model_input.shape[0]), encoder_hidden_states=context,
+                                 pooled_projections=pooled_context, return_dict=False)[0]
+            velocity = output
+            if guided:  # v̂ = v̂_u + s·(v̂_c − v̂_u)
+                velocity_uncond, velocity_text = output.chunk(2)
+                velocity = velocity_uncond + s.guidance_scale * (velocity_text - velocity_uncond)
+                seen["velocity_uncond"].append(velocity_uncond)
+            seen["velocity_text"].append(output[-1:])
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]  # x + (σ_next − σ)·v̂
+            seen["velocity"].append(velocity)
+            seen["latents"].append(latents)
+
+    # 7. The VAE decoder
+    picture = decode(sd3, latents)[0]
+
+    # 8. Everything into one trace
+    steps = {name: torch.cat(xs) if xs else None for name, xs in seen.items()}
+    return build_trace(pipe, "sd3", prompt, negative_prompt, s, layout, picture, sigmas=scheduler.sigmas.to(device), timesteps=timesteps,
+                       latents=steps["latents"], velocity=steps["velocity"], velocity_text=steps["velocity_text"],
+                       velocity_uncond=steps["velocity_uncond"], embeddings=prompt_embeds[0],
+                       uncond_embeddings=negative_embeds[0] if guided else None, pooled=pooled[0], recording=recording, record=record)
