@@ -19,11 +19,13 @@ from . import budget, clip, edits, plot, world  # widgets load on request: from 
 from .architectures import build_random_pipeline
 from .batch import TraceSet
 from .causal import CausalMap, causal_map
+from .dit.pipeline import FlowPipeline
+from .dit.trace import FlowTrace
 from .forward_diffusion import ForwardDiffusion, cpu_threads, diffusion_loss, encode_examples, forward_diffusion, training_step
 from .loading import ModelLoadError, load_pipeline
 from .pipeline import SCHEDULERS, IllustratedPipeline
 from .recorders import RecordOptions
 from .trace import Trace
 
-__all__ = ["budget", "clip", "edits", "plot", "world", "ForwardDiffusion", "cpu_threads", "diffusion_loss", "encode_examples", "forward_diffusion", "training_step", "CausalMap", "causal_map", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "TraceSet", "build_random_pipeline", "load_pipeline"]
+__all__ = ["budget", "clip", "edits", "plot", "world", "ForwardDiffusion", "cpu_threads", "diffusion_loss", "encode_examples", "forward_diffusion", "training_step", "CausalMap", "causal_map", "FlowPipeline", "FlowTrace", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "TraceSet", "build_random_pipeline", "load_pipeline"]
 __version__ = "0.1.0"

@@ -10,7 +10,8 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
-from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers import (DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline,
+                       StableDiffusionXLPipeline)
 
 from .architectures import build_random_pipeline
 from . import checks
@@ -19,7 +20,9 @@ from .paths import TINY_SD
 
 PIPELINE_FILES = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"
 # model_index.json names the pipeline class; these are the ones IllustratedPipeline drives.
-PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline)}
+# (SD3 / SD3.5 and Flux are diffusion transformers, drawn by illustrated_sd.dit's loops)
+PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline,
+                                                  StableDiffusion3Pipeline, FluxPipeline)}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "owner/name"
 
 
@@ -45,7 +48,8 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         model: ``None`` for the embedded default model (offline, CPU-sized); a local folder in
             diffusers layout (``model_index.json``, ``unet/``, ``vae/``, …); or a Hub id such as
             ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` (needs a network or a cached copy).
-            SD 1/2 and SDXL (base, or a refiner for img2img) are recognized from ``model_index.json``.
+            SD 1/2, SDXL (base, or a refiner for img2img), SD3 / SD3.5 and Flux are recognized from
+            ``model_index.json`` (the last two give a :class:`~illustrated_sd.dit.pipeline.FlowPipeline`).
         device: where the model runs: ``"cpu"``, ``"cuda"``, …
         dtype: ``torch.float32`` (default, exact) or ``torch.float16`` / ``torch.bfloat16`` on a GPU.
         scheduler: optionally swap the sampler (see ``IllustratedPipeline.set_scheduler``).
@@ -85,7 +89,10 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         pipe = pipe.to(dtype=dtype)  # folders are loaded in `dtype` already
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    illustrated = IllustratedPipeline(pipe, name=name, known_words=known_words, world=world)
+    if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline)):
+        illustrated = IllustratedPipeline(pipe, name=name)  # SD3 or Flux: a FlowPipeline
+    else:
+        illustrated = IllustratedPipeline(pipe, name=name, known_words=known_words, world=world)
     if scheduler is not None:
         illustrated.set_scheduler(scheduler)
     return illustrated
@@ -127,7 +134,7 @@ def _pipeline_class(class_name: str | None, where) -> type:
     """The diffusers class that ``model_index.json``'s ``_class_name`` names, if IllustratedPipeline can drive it."""
     if class_name not in PIPELINE_CLASSES:
         raise ModelLoadError(f"{where} holds a {class_name}, which illustrated_sd does not trace; it traces "
-                             f"{', '.join(PIPELINE_CLASSES)} (SD 1/2 and SDXL checkpoints in diffusers format)")
+                             f"{', '.join(PIPELINE_CLASSES)} (SD 1/2, SDXL, SD3 and Flux checkpoints in diffusers format)")
     return PIPELINE_CLASSES[class_name]
 
 

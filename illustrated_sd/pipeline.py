@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .attention_layers import attention_layers
 from . import checks
+from .dit.pipeline import FlowPipeline, flow_family
 from .edits import check_edits, editing, hidden_words
 from .inputs import check_image, check_inputs, check_mask, check_strength
 from .latent_space import to_pixels
@@ -72,12 +73,22 @@ class IllustratedPipeline:
         >>> trace.image, trace.cross_attention("circle").shape   # PIL image, [h, w]
     """
 
+    def __new__(cls, pipeline=None, record: RecordOptions | None = None, name: str | None = None, **kwargs):
+        # SD3 and Flux are diffusion transformers with a loop of their own (illustrated_sd.dit): wrapping one gives
+        # a FlowPipeline, so that isd.IllustratedPipeline(any supported diffusers pipeline) is the one way in.
+        if cls is IllustratedPipeline and flow_family(pipeline) is not None:
+            if kwargs:
+                raise TypeError(f"{sorted(kwargs)} belong to SD 1/2 pipelines; a {type(pipeline).__name__} takes record= and name=")
+            return FlowPipeline(pipeline, record=record, name=name)
+        return super().__new__(cls)
+
     def __init__(self, pipeline: StableDiffusionPipeline | StableDiffusionXLPipeline, record: RecordOptions | None = None, name: str | None = None,
                  known_words: set[str] | None = None, world: int | None = None):
         if not isinstance(pipeline, SUPPORTED):
             raise TypeError(
-                f"IllustratedPipeline wraps a diffusers StableDiffusionPipeline or StableDiffusionXLPipeline, got "
-                f"{type(pipeline).__name__}; load one with isd.load_pipeline(path) or StableDiffusionPipeline.from_pretrained(path)"
+                f"IllustratedPipeline wraps a diffusers StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusion3Pipeline "
+                f"or FluxPipeline, got {type(pipeline).__name__}; load one with isd.load_pipeline(path) or "
+                "StableDiffusionPipeline.from_pretrained(path)"
             )
         self.pipeline = pipeline
         self.record = record or RecordOptions()

@@ -307,6 +307,10 @@ class Trace:
         the file and the first problem found; ``FileNotFoundError`` when there is no file.
         """
         path = Path(path)
+        from .dit.trace import FORMAT as FLOW_FORMAT, FlowTrace
+
+        if path.is_file() and _format(path) == FLOW_FORMAT:  # a diffusion transformer's trace (SD3, Flux)
+            return FlowTrace.load(path)
         meta = read_header(path)
         meta.pop("num_steps")  # read_header's addition: the tensors say it
         try:
@@ -324,6 +328,15 @@ class Trace:
             kwargs[group] = {layer: tensors[f"{group}/{layer}"] for layer in layers[group]}
         kwargs["image"] = Image.fromarray(tensors["image"].numpy())
         return cls(**meta, **kwargs)
+
+
+def _format(path: Path) -> str | None:
+    """The ``format`` a safetensors file's header names (``None`` when it is not readable as one)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return (f.metadata() or {}).get("format")
+    except (SafetensorError, OSError):
+        return None
 
 
 def read_header(path: str | os.PathLike) -> dict:

@@ -73,7 +73,7 @@ class FlowPipeline:
     def __call__(self, prompt: str, num_inference_steps: int = 28, guidance_scale: float | None = None, seed: int = 0,
                  negative_prompt: str | None = None, height: int | None = None, width: int | None = None, *,
                  true_cfg_scale: float = 1.0, max_sequence_length: int | None = None, record: RecordOptions | None = None,
-                 progress: bool = True) -> FlowTrace:
+                 progress: bool = True, **unsupported) -> FlowTrace:
         """Generate one image from ``prompt`` and record how it was made.
 
         Args:
@@ -90,6 +90,11 @@ class FlowPipeline:
         Returns:
             a :class:`FlowTrace` whose ``image`` equals the diffusers pipeline's for the same settings.
         """
+        if unsupported:  # an option of the UNet pipelines (edits, img2img, guidance_rescale, eta, …): say so, not "unexpected keyword"
+            name = sorted(unsupported)[0]
+            raise TypeError(f"{name} is an option of SD 1/2 and SDXL pipelines, not of this {self.family} pipeline yet; it takes "
+                            "prompt, num_inference_steps, guidance_scale, seed, negative_prompt, height, width, true_cfg_scale "
+                            "(Flux), max_sequence_length, record and progress")
         flux = self.family == "flux"
         if guidance_scale is None:
             guidance_scale = 3.5 if flux else 7.0

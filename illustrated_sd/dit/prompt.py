@@ -52,7 +52,7 @@ def t5_tokens(tokenizer, prompt: str, slots: int) -> tuple[list[str], list[tuple
     if len(full) > slots:
         dropped = tokenizer.decode(full[slots - 1:-1], skip_special_tokens=True).strip()
         warnings.warn(f"the prompt is longer than T5's {slots} tokens; these words were dropped: {dropped.split()}. Shorten the "
-                      "prompt, or pass a larger max_sequence_length (Flux takes up to 512, SD3 up to 512)",
+                      "prompt, or pass a larger max_sequence_length (up to 512)",
                       stacklevel=checks.user_stacklevel())
     pieces = tokenizer.convert_ids_to_tokens(ids)
     n = next((i + 1 for i, p in enumerate(pieces) if p == tokenizer.eos_token), len(pieces))  # up to and with </s>

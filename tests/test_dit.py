@@ -1,0 +1,164 @@
+"""Diffusion transformers traced (illustrated_sd.dit): SD3, SD3.5 and Flux on tiny random configs built offline.
+
+The image equals diffusers' own pipeline's for the same seed; the recorded joint attention equals an explicit
+softmax over the whole sequence, quadrant by quadrant, in every block.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import illustrated_sd as isd
+from illustrated_sd.dit import joint_attention
+from illustrated_sd.dit.tiny import t5_style_tokenizer
+
+PROMPT = "a red circle on the left"
+ALL = isd.RecordOptions(quadrants=("image_to_text", "text_to_image", "text_to_text", "image_to_image"))
+CASES = {  # name → (layout, generation settings)
+    "flux-dev, distilled guidance": ("tiny-flux", dict(guidance_scale=3.5)),
+    "flux-dev, true CFG": ("tiny-flux", dict(guidance_scale=3.5, true_cfg_scale=4.0, negative_prompt="a blue square")),
+    "flux-schnell": ("tiny-flux-schnell", dict()),
+    "sd3, CFG and a negative prompt": ("tiny-sd3", dict(guidance_scale=7.0, negative_prompt="a blue square")),
+    "sd3.5, dual attention and RMS-norm": ("tiny-sd35", dict(guidance_scale=4.5)),
+    "sd3, no guidance": ("tiny-sd3", dict(guidance_scale=1.0)),
+}
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {layout: isd.IllustratedPipeline(isd.build_random_pipeline(layout, seed=1)) for layout in
+            ("tiny-flux", "tiny-flux-schnell", "tiny-sd3", "tiny-sd35")}
+
+
+def plain(pipe, steps=3, seed=0, **kwargs):
+    """What diffusers' own pipeline makes with the same components and settings."""
+    return pipe.pipeline(PROMPT, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), max_sequence_length=16,
+                         **kwargs).images[0]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_image_equals_diffusers_and_the_maps_equal_an_explicit_softmax(pipes, monkeypatch, case):
+    layout, settings = CASES[case]
+    pipe = pipes[layout]
+    seen = []  # every attention call's q and k: [B, heads, L, d]
+
+    def watched(q, k, v):
+        seen.append((q.clone(), k.clone()))
+        return fused(q, k, v)
+
+    fused = joint_attention.fused_attention
+    monkeypatch.setattr(joint_attention, "fused_attention", watched)
+    trace = pipe(PROMPT, num_inference_steps=3, seed=0, max_sequence_length=16, record=ALL, progress=False, **settings)
+    monkeypatch.undo()
+    assert isinstance(pipe, isd.FlowPipeline) and isinstance(trace, isd.FlowTrace)
+    np.testing.assert_array_equal(np.asarray(trace.image), np.asarray(plain(pipe, **settings)))
+
+    # The reference: softmax(q·kᵀ/√d) over the whole joint sequence, then cut into quadrants by hand
+    flux, layers = pipe.family == "flux", len(trace.layers)
+    calls = 2 if settings.get("true_cfg_scale", 1) > 1 else 1  # true CFG: the prompt's pass, then the negative's (not recorded)
+    T, kept = trace.text_length, trace.kept_slots
+    padding = torch.ones(T, dtype=torch.bool)
+    padding[kept] = False
+    for step in range(3):
+        for layer in range(layers):
+            q, k = seen[(step * calls * layers) + layer]
+            p = torch.softmax((q[-1].double() @ k[-1].double().transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1).mean(0)  # [L, L]
+            text, image = (slice(0, T), slice(T, None)) if flux else (slice(p.shape[0] - T, None), slice(0, p.shape[0] - T))
+            text_cols = lambda rows: torch.cat([rows[:, kept], rows[:, padding].sum(-1, keepdim=True)], -1)  # noqa: E731
+            expected = {"image_to_text": text_cols(p[image, text]), "text_to_image": p[text, image][kept],
+                        "text_to_text": text_cols(p[text, text][kept]), "image_to_image": p[image, image]}
+            for quadrant, ref in expected.items():
+                got = trace.attention[quadrant][step, layer, 0].double()
+                assert got.shape == ref.shape
+                assert (got - ref).abs().max() <= 1e-5, (quadrant, step, layer)
+    # every row of the whole softmax sums to 1 over all keys: the quadrants of a query share it
+    shares = trace.attention["image_to_text"].sum(-1) + trace.attention["image_to_image"].sum(-1)
+    torch.testing.assert_close(shares, torch.ones_like(shares), atol=1e-5, rtol=0)
+
+
+def test_the_trace_of_a_flow_model(pipes, tmp_path):
+    pipe = pipes["tiny-flux"]
+    trace = pipe(PROMPT, num_inference_steps=4, seed=2, max_sequence_length=16, progress=False)
+    S, (h, w) = 4, trace.latent_hw
+    assert trace.latents.shape == (S + 1, 4, h, w) and trace.velocity.shape == (S, 4, h, w) and trace.grid_hw == (h // 2, w // 2)
+    assert trace.tokens == ["a", "red", "circle", "on", "the", "left", "</s>"] and trace.padding_slots == 16 - 7
+    assert trace.sigmas[0] == 1 and trace.sigmas[-1] == 0 and (trace.sigmas.diff() < 0).all()
+    # Euler on the straight path: x_next = x + (σ_next − σ)·v̂, and x̂₀ = x_σ − σ·v̂
+    step = trace.latents[:-1] + trace.sigmas.diff()[:, None, None, None] * trace.velocity
+    torch.testing.assert_close(step, trace.latents[1:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(trace.pred_x0, trace.latents[:-1] - trace.sigmas[:-1, None, None, None] * trace.velocity)
+    # packed latents are the transformer's own tokens: Flux's _pack_latents of the same tensor
+    packed = pipe.pipeline._pack_latents(trace.latents[:1], 1, 4, h, w)
+    torch.testing.assert_close(trace.packed()[:1], packed)
+    heat = trace.cross_attention("red")
+    torch.testing.assert_close(heat.flatten(), trace.attention["image_to_text"][..., 1].float().mean(dim=(0, 1, 2)))
+    assert 0 < trace.padding_share() < 1 and trace.text_share().shape == trace.grid_hw
+    trace.save(tmp_path / "t.safetensors")
+    again = isd.Trace.load(tmp_path / "t.safetensors")  # the one loader reads either family
+    assert isinstance(again, isd.FlowTrace) and again.words == trace.words
+    for name in ("latents", "velocity", "pred_x0", "sigmas"):
+        torch.testing.assert_close(getattr(again, name), getattr(trace, name), atol=0, rtol=0)
+    np.testing.assert_array_equal(np.asarray(again.image), np.asarray(trace.image))
+
+
+def test_sd3_keeps_each_encoders_tokens_and_sums_the_padding(pipes):
+    trace = pipes["tiny-sd3"](PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False)
+    assert trace.text_length == 77 + 16 and trace.encoders == {"clip": [0, 77], "t5": [77, 93]}
+    assert trace.token_sources == ["clip"] * 8 + ["t5"] * 7 and trace.kept_slots.tolist() == list(range(8)) + list(range(77, 84))
+    assert trace.token_index("red") == [2, 9] and trace.token_index("red", encoder="t5") == [9]
+    with pytest.raises(ValueError, match="'moon' is not a word of the prompt in t5's tokens; its words are"):
+        trace.token_index("moon", encoder="t5")
+    with pytest.raises(ValueError, match="encoder 'clip-g' is not in this trace; its text comes from \\['clip', 't5'\\]"):
+        trace.cross_attention("red", encoder="clip-g")
+
+
+def test_t5_style_tokens_end_with_their_marker():
+    tokenizer = t5_style_tokenizer()
+    assert tokenizer.tokenize("a red circle") == ["▁a", "▁red", "▁circle"]
+    assert tokenizer("a red circle").input_ids[-1] == tokenizer.eos_token_id == 1 and tokenizer.pad_token_id == 0
+
+
+def test_a_prompt_longer_than_t5s_slots_warns_naming_what_was_dropped(pipes):
+    with pytest.warns(UserWarning, match=r"longer than T5's 8 tokens; these words were dropped: \['the', 'top'\]"):
+        trace = pipes["tiny-flux"](PROMPT + " at the top", num_inference_steps=1, max_sequence_length=8, progress=False)
+    assert trace.truncated == {"t5": "the top"} and trace.tokens[-2:] == ["at", "</s>"]
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(height=72), ValueError, "height must be a multiple of 16 .*try 64 or 80"),
+    (dict(num_inference_steps=0), ValueError, "num_inference_steps must be between 1 and 1000"),
+    (dict(guidance_scale=float("nan")), ValueError, "guidance_scale must be a finite number"),
+    (dict(max_sequence_length=600), ValueError, "max_sequence_length must be between 1 and 512"),
+    (dict(record=isd.RecordOptions(layers=["up_blocks.0"])), ValueError, r"unknown layers \['up_blocks.0'\]; this transformer's .*double.0"),
+    (dict(record=isd.RecordOptions(compact=True)), NotImplementedError, "compact traces are written for SD 1/2"),
+    (dict(record=isd.RecordOptions(memory_budget_gib=1e-9)), ValueError, "over memory_budget_gib.*quadrants=\\('image_to_text',\\)"),
+    (dict(guidance_rescale=0.7), TypeError, "guidance_rescale is an option of SD 1/2 and SDXL"),
+    (dict(edits=[isd.edits.Reweight("red", 0)]), TypeError, "edits is an option of SD 1/2 and SDXL"),
+])
+def test_bad_input_to_a_flow_model_is_refused_before_any_work(pipes, kwargs, error, message):
+    calls = []
+    hook = pipes["tiny-flux"].transformer.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(error, match=message):
+            pipes["tiny-flux"](PROMPT, **{"num_inference_steps": 2, "max_sequence_length": 16, "progress": False, **kwargs})
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_true_cfg_is_flux_only(pipes):
+    with pytest.raises(ValueError, match="true_cfg_scale is Flux's option.*pass guidance_scale= instead"):
+        pipes["tiny-sd3"](PROMPT, true_cfg_scale=4.0, progress=False)
+
+
+def test_a_saved_flow_pipeline_loads_by_name(pipes, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipes["tiny-sd35"].pipeline.save_pretrained(tmp_path / "sd35")
+    loaded = isd.load_pipeline(tmp_path / "sd35")
+    assert isinstance(loaded, isd.FlowPipeline) and loaded.family == "sd3"
+    a = loaded(PROMPT, num_inference_steps=2, height=64, width=64, max_sequence_length=16, progress=False)
+    b = pipes["tiny-sd35"](PROMPT, num_inference_steps=2, height=64, width=64, max_sequence_length=16, progress=False)
+    np.testing.assert_array_equal(np.asarray(a.image), np.asarray(b.image))
