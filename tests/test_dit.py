@@ -59,6 +59,7 @@ def test_the_image_equals_diffusers_and_the_maps_equal_an_explicit_softmax(pipes
     flux, layers = pipe.family == "flux", len(trace.layers)
     calls = 2 if settings.get("true_cfg_scale", 1) > 1 else 1  # true CFG: the prompt's pass, then the negative's (not recorded)
     T, kept = trace.text_length, trace.kept_slots
+    seen = [(q, k) for q, k in seen if k.shape[2] == T + trace.grid_hw[0] * trace.grid_hw[1]]  # the joint calls (not the text-only one)
     padding = torch.ones(T, dtype=torch.bool)
     padding[kept] = False
     for step in range(3):

@@ -15,7 +15,8 @@ The probabilities recorded are the model's own, normalised over all keys. The ou
 fused kernel, which also returns each query's log-sum-exp ``lse = log Σ_j exp(q·k_j·scale)``; then any one
 probability is ``p_ij = exp(q_i·k_j·scale − lse_i)``, exact, computed only for the columns we keep (the prompt's
 tokens, not every key). Padding slots (T5 pads to 256 or 512) are summed into one column: how much attention the
-padding absorbs is itself worth seeing.
+padding absorbs is itself worth seeing. That sum is the text's whole share less the kept tokens', and the text's
+whole share is exp(lse_text − lse), where lse_text comes from the fused kernel run over the text keys alone.
 
 The processors below are diffusers' ``FluxAttnProcessor`` and ``JointAttnProcessor2_0`` written out line for line,
 the attention call replaced by :func:`fused_attention` plus the recording; they are installed for one generation
@@ -79,39 +80,41 @@ class JointAttentionRecording:
                  quadrants: tuple[str, ...], per_head: bool, heads: int, dtype: torch.dtype, device):
         self.layers, self.text_first, self.per_head = list(layers), text_first, per_head
         self.text_len, self.image_len = text_len, image_len
-        self.kept = kept.to(device)
-        self.padding = torch.ones(text_len, dtype=torch.bool, device=device)
-        self.padding[self.kept] = False
+        self.kept = kept.to(device)  # an index on the device: selecting with it never waits for the GPU
         self.step, self.active = 0, True
         n, N, h, L = len(kept), image_len, heads if per_head else 1, len(layers)
         shapes = {"image_to_text": (N, n + 1), "text_to_image": (n, N), "text_to_text": (n, n + 1), "image_to_image": (N, N)}
         self.buffers = {q: torch.zeros(steps, L, h, *shapes[q], dtype=dtype, device=device) for q in quadrants}
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [heads, text + image, ...]`` → its text part and its image part."""
+        """``x [B, heads, text + image, ...]`` → its text part and its image part."""
         if self.text_first:
-            return x[:, :self.text_len], x[:, self.text_len:]
-        return x[:, self.image_len:], x[:, :self.image_len]
+            return x[:, :, :self.text_len], x[:, :, self.text_len:]
+        return x[:, :, self.image_len:], x[:, :, :self.image_len]
 
-    def text_columns(self, p: torch.Tensor) -> torch.Tensor:
-        """``[heads, rows, text]`` → ``[heads, rows, n + 1]``: the kept slots, then all the padding summed."""
-        return torch.cat([p[..., self.kept], p[..., self.padding].sum(-1, keepdim=True)], dim=-1)
-
-    def record(self, layer: int, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor) -> None:
-        """One attention call of layer ``layer``: ``q, k [B, heads, L, d]``, ``lse [B, heads, L]``; the last row is the prompt's."""
+    def record(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor) -> None:
+        """One attention call of layer ``layer``: ``q, k, v [B, heads, L, d]``, ``lse [B, heads, L]``; the last row is the prompt's."""
         if not self.active:
             return
-        (q_text, q_image), (k_text, k_image), (l_text, l_image) = self.split(q[-1]), self.split(k[-1]), self.split(lse[-1])
-        q_text, l_text = q_text[:, self.kept], l_text[:, self.kept]  # padding's own queries are not shown
+        (q_text, q_image), (k_text, k_image), (v_text, _), (l_text, l_image) = (self.split(x[-1:]) for x in (q, k, v, lse))
+        k_kept = k_text.index_select(2, self.kept)
+        q_kept, l_kept = q_text.index_select(2, self.kept), l_text.index_select(2, self.kept)  # padding's own queries are not shown
         made = {}
         if "image_to_text" in self.buffers:
-            made["image_to_text"] = self.text_columns(probabilities(q_image, k_text, l_image))
+            # The kept tokens' columns directly; all the padding at once as what is left of the text's share. That
+            # share comes from the fused kernel run over the text keys alone: its log-sum-exp is log Σ_text exp(q·k),
+            # so share = exp(lse_text − lse), without making the [heads, N, T] square of a 512-slot T5 text.
+            kept = probabilities(q_image[0], k_kept[0], l_image[0])  # [heads, N, n]
+            text_share = torch.exp(fused_attention(q_image, k_text, v_text)[1][0] - l_image[0])  # [heads, N]
+            made["image_to_text"] = torch.cat([kept, (text_share - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
         if "text_to_image" in self.buffers:
-            made["text_to_image"] = probabilities(q_text, k_image, l_text)
+            made["text_to_image"] = probabilities(q_kept[0], k_image[0], l_kept[0])
         if "text_to_text" in self.buffers:
-            made["text_to_text"] = self.text_columns(probabilities(q_text, k_text, l_text))
+            rows = probabilities(q_kept[0], k_text[0], l_kept[0])  # [heads, n, T]: few rows, so the whole text
+            kept = rows.index_select(-1, self.kept)
+            made["text_to_text"] = torch.cat([kept, (rows.sum(-1) - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
         if "image_to_image" in self.buffers:
-            made["image_to_image"] = probabilities(q_image, k_image, l_image)
+            made["image_to_image"] = probabilities(q_image[0], k_image[0], l_image[0])
         for quadrant, p in made.items():  # [heads, rows, columns]
             self.buffers[quadrant][self.step, layer] = p if self.per_head else p.mean(0, keepdim=True)
 
@@ -136,7 +139,7 @@ class FluxRecordingProcessor:
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         query, key, value = (x.permute(0, 2, 1, 3) for x in (query, key, value))  # [B, heads, L, d]
         out, lse = fused_attention(query, key, value)
-        self.recording.record(self.layer, query, key, lse)
+        self.recording.record(self.layer, query, key, value, lse)
         hidden_states = out.permute(0, 2, 1, 3).flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is None:
             return hidden_states
@@ -167,7 +170,7 @@ class SD3RecordingProcessor:
             text_k = attn.norm_added_k(text_k)
         query, key, value = torch.cat([query, text_q], dim=2), torch.cat([key, text_k], dim=2), torch.cat([value, text_v], dim=2)
         out, lse = fused_attention(query, key, value)
-        self.recording.record(self.layer, query, key, lse)
+        self.recording.record(self.layer, query, key, value, lse)
         hidden_states = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
         hidden_states, encoder_hidden_states = hidden_states[:, :residual.shape[1]], hidden_states[:, residual.shape[1]:]
         if not attn.context_pre_only:
