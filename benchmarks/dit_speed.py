@@ -1,0 +1,163 @@
+"""Traced vs plain diffusers for the diffusion transformers (Flux-dev, SD3.5-large, SD3.5-medium) on a GPU.
+
+The real architectures with random weights (speed does not depend on the weights' values), bfloat16, 1024², 28
+steps, every text encoder included (CLIP-L, CLIP-G, T5-XXL, as the checkpoints have them): the whole call is timed,
+as a user waits for it. In one process, after a warm-up of each, in rounds alternating the order (plain, traced;
+then traced, plain; …):
+
+    plain     diffusers' own FluxPipeline / StableDiffusion3Pipeline
+    traced    isd.IllustratedPipeline(the same pipeline): the default trace (image→text, text→image and text→text
+              attention of every block, velocities, latents, x̂₀)
+
+It reports seconds per image (median and min), traced / plain, peak GPU memory of each, the trace's size, and
+whether every traced image equals plain's. Results are written after each model.
+
+    python benchmarks/dit_speed.py --models flux-dev --rounds 20 --out docs/gpu_speed_dit.json
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel,
+                       StableDiffusion3Pipeline)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+
+import illustrated_sd as isd
+from illustrated_sd.dit.tiny import t5_style_tokenizer
+from illustrated_sd.paths import CLIP_TOKENIZER
+
+PROMPT = "a lighthouse on a cliff at sunset, waves below, a small boat on the left"
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu")
+CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu")
+T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu", vocab_size=32128,
+              is_encoder_decoder=False, use_cache=False)
+
+
+def vae16(shift: float, scale: float) -> AutoencoderKL:
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2,
+                         scaling_factor=scale, shift_factor=shift, use_quant_conv=False, use_post_quant_conv=False, sample_size=1024)
+
+
+def clip(config: dict, projection: int | None):
+    made = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                          **({"projection_dim": projection} if projection else {}), **config)
+    return (CLIPTextModelWithProjection(made) if projection else CLIPTextModel(made)).eval()
+
+
+def build(model: str):
+    """The diffusers pipeline of ``model``'s architecture, random bf16 weights drawn on the GPU (a ``tiny-`` layout:
+    the package's tiny random one, to try this script on a CPU)."""
+    if model.startswith("tiny"):
+        return isd.build_random_pipeline(model)
+    torch.set_default_dtype(torch.bfloat16)  # weights made in bf16 at once: T5-XXL's 4.7 B in float32 would be 19 GB more
+    try:
+        with torch.device("cuda"):
+            torch.manual_seed(0)
+            t5 = T5EncoderModel(T5Config(**T5_XXL)).eval()
+            if model == "flux-dev":
+                parts = dict(transformer=FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                                                                attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                                                                pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+                             vae=vae16(0.1159, 0.3611), text_encoder=clip(CLIP_L, None), text_encoder_2=t5)
+            else:
+                large = model == "sd3.5-large"
+                shape = dict(num_layers=38, num_attention_heads=38, caption_projection_dim=2432, pos_embed_max_size=192) if large else \
+                    dict(num_layers=24, num_attention_heads=24, caption_projection_dim=1536, pos_embed_max_size=384,
+                         dual_attention_layers=tuple(range(13)))
+                parts = dict(transformer=SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16,
+                                                               attention_head_dim=64, joint_attention_dim=4096, pooled_projection_dim=2048,
+                                                               qk_norm="rms_norm", **shape),
+                             vae=vae16(0.0609, 1.5305), text_encoder=clip(CLIP_L, 768), text_encoder_2=clip(CLIP_G, 1280), text_encoder_3=t5)
+    finally:
+        torch.set_default_dtype(torch.float32)  # (the scheduler's σ tables are made below, in float32 as usual)
+    if model == "flux-dev":
+        pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                                      base_image_seq_len=256, max_image_seq_len=4096),
+                            tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER), tokenizer_2=t5_style_tokenizer(), **parts)
+    else:
+        pipe = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER),
+                                        tokenizer_2=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER, pad_token="!"),
+                                        tokenizer_3=t5_style_tokenizer(), **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def measure(model: str, rounds: int, steps: int, size: int) -> dict:
+    began = time.perf_counter()
+    pipe = build(model)
+    built = time.perf_counter() - began
+    traced_pipe = isd.IllustratedPipeline(pipe)
+    flux = "flux" in model
+    settings = dict(guidance_scale=3.5) if flux else dict(guidance_scale=7.0, negative_prompt="blurry")
+
+    def plain():
+        return pipe(PROMPT, num_inference_steps=steps, height=size, width=size, generator=torch.Generator().manual_seed(0),
+                    max_sequence_length=512 if flux else 256, **settings).images[0]
+
+    def traced():
+        return traced_pipe(PROMPT, num_inference_steps=steps, height=size, width=size, seed=0, progress=False, **settings)
+
+    runs = {"plain": plain, "traced": traced}
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    reference = np.asarray(plain())
+    traced()  # warm-up of both
+    peaks = {}
+    for name, run in runs.items():
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        out = run()
+        sync()
+        peaks[name] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+        if name == "traced":
+            trace = out
+    times, equal = {"plain": [], "traced": []}, []
+    for r in range(rounds):
+        for name in (("plain", "traced") if r % 2 == 0 else ("traced", "plain")):
+            sync()
+            t = time.perf_counter()
+            out = runs[name]()
+            sync()
+            times[name].append(time.perf_counter() - t)
+            if name == "traced":
+                equal.append(bool(np.array_equal(np.asarray(out.image), reference)))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    trace_bytes = sum(x.numel() * x.element_size() for x in [*trace.attention.values(), trace.latents, trace.velocity, trace.pred_x0])
+    return {"model": model + " architecture, random weights", "params_b": round(sum(p.numel() for p in pipe.transformer.parameters()) / 1e9, 2),
+            "dtype": "bfloat16", "size": size, "steps": steps, "rounds": rounds, "build_s": round(built, 1),
+            "s_median": {k: round(v, 3) for k, v in med.items()}, "s_min": {k: round(min(v), 3) for k, v in times.items()},
+            "traced_over_plain": round(med["traced"] / med["plain"], 4), "peak_gib": peaks,
+            "peak_extra_gib": round(peaks["traced"] - peaks["plain"], 2) if cuda else None, "images_equal": f"{sum(equal)} of {len(equal)}",
+            "trace_gib": round(trace_bytes / 2**30, 3), "layers": len(trace.layers), "text_tokens_kept": len(trace.tokens),
+            "text_slots": trace.text_length, "padding_share": round(trace.padding_share(), 4),
+            "times": {k: [round(x, 4) for x in v] for k, v in times.items()}}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="flux-dev,sd3.5-large,sd3.5-medium")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=28)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--out", default="docs/gpu_speed_dit.json")
+    args = parser.parse_args()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    results = {"device": device, "torch": torch.__version__, "runs": []}
+    for model in args.models.split(","):
+        results["runs"].append(measure(model, args.rounds, args.steps, args.size))
+        print(json.dumps(results["runs"][-1], indent=None)[:1500], flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
