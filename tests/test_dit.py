@@ -163,3 +163,20 @@ def test_a_saved_flow_pipeline_loads_by_name(pipes, tmp_path):
     a = loaded(PROMPT, num_inference_steps=2, height=64, width=64, max_sequence_length=16, progress=False)
     b = pipes["tiny-sd35"](PROMPT, num_inference_steps=2, height=64, width=64, max_sequence_length=16, progress=False)
     np.testing.assert_array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+def test_the_joint_attention_figure_shows_the_quadrants_of_one_word(pipes, trace):
+    import matplotlib.pyplot as plt
+
+    flow = pipes["tiny-sd3"](PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False)
+    fig = isd.plot.joint_attention(flow, "circle")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:5] == [PROMPT, "image→text\nwhere the picture looks for 'circle'", "text→image\nwhat 'circle' reads from the picture",
+                          "text share\neach patch's attention to all text (the rest is to the picture)",
+                          "text→text (rows: a token's attention to each token)"]
+    assert len(fig.axes) == 9  # and a colour bar beside each of the four maps
+    shown = fig.axes[1].images[1].get_array()  # the image→text heat, upsampled to the picture
+    assert shown.shape == (128, 128) and np.isclose(shown.max(), float(flow.cross_attention("circle").max()), rtol=0.05)
+    plt.close(fig)
+    with pytest.raises(TypeError, match="takes a FlowTrace .*for SD 1/2 use plot.token_heatmaps"):
+        isd.plot.joint_attention(trace, "circle")

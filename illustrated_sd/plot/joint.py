@@ -1,0 +1,50 @@
+"""The four quadrants of a diffusion transformer's joint attention (SD3, Flux), for one word, in one figure."""
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..dit.trace import FlowTrace
+from .attention import upsample
+from .labels import literal, quoted
+
+
+def joint_attention(trace: FlowTrace, word: str, step=None, layer=None, encoder: str | None = None, cmap: str = "inferno"):
+    """Where the picture looks for ``word``, what the word reads from the picture, how much each patch attends to
+    the text at all, and the text's attention among its own tokens (the padding summed into one column).
+
+    Args:
+        trace: a :class:`~illustrated_sd.dit.trace.FlowTrace` (``pipe(...)`` of an SD3 or Flux pipeline).
+        word: a word of the prompt; step, layer, encoder: as in ``trace.cross_attention`` (``None`` = mean / all).
+    Returns:
+        a ``matplotlib.figure.Figure``: the image; image→text for the word ``[gh, gw]``; text→image for the word;
+        the text's share of each patch's attention; text→text ``[n, n + 1]``. Every panel has its own colour bar in
+        shares of the query's whole attention (image and text keys together).
+    Example:
+        >>> fig = isd.plot.joint_attention(trace, "circle")
+    """
+    if not isinstance(trace, FlowTrace):
+        raise TypeError(f"plot.joint_attention takes a FlowTrace (a trace of SD3 or Flux), got {type(trace).__name__}; for "
+                        "SD 1/2 use plot.token_heatmaps(trace)")
+    image = np.asarray(trace.image.convert("RGB"))
+    size = image.shape[:2]
+    panels = [("image→text", f"where the picture looks for {quoted(word)}", trace.cross_attention(word, step, layer, encoder)),
+              ("text→image", f"what {quoted(word)} reads from the picture", trace.text_to_image(word, step, layer, encoder)),
+              ("text share", "each patch's attention to all text (the rest is to the picture)", trace.text_share(step, layer))]
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.9), layout="constrained", gridspec_kw={"width_ratios": [1, 1, 1, 1, 1.5]})
+    axes[0].imshow(image)
+    axes[0].set_title(literal(trace.prompt if len(trace.prompt) < 40 else trace.prompt[:39] + "…"), fontsize=9)
+    for ax, (title, what, heat) in zip(axes[1:4], panels):
+        ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)
+        shown = ax.imshow(upsample(heat, size), cmap=cmap, alpha=0.65, vmin=0, vmax=max(float(heat.max()), 1e-12))
+        fig.colorbar(shown, ax=ax, shrink=0.8, format="%.3g")
+        ax.set_title(f"{title}\n{what}", fontsize=8)
+    text = trace._maps("text_to_text", step, layer).numpy()
+    labels = [literal(f"{t} ({s})") for t, s in zip(trace.tokens, trace.token_sources)]
+    shown = axes[4].imshow(text, cmap=cmap, aspect="auto")
+    fig.colorbar(shown, ax=axes[4], shrink=0.8, format="%.3g")
+    axes[4].set_yticks(range(len(labels)), labels, fontsize=6)
+    axes[4].set_xticks(range(len(labels) + 1), labels + [f"padding ×{trace.padding_slots}"], fontsize=6, rotation=90)
+    axes[4].set_title("text→text (rows: a token's attention to each token)", fontsize=8)
+    for ax in axes[:4]:
+        ax.set_axis_off()
+    return fig
