@@ -109,6 +109,7 @@ def explain(args) -> Path:
     staging = scratch_folder_beside(out)
     try:
         pipe = isd.load_pipeline(args.model, device=device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
+        refuse_flow(pipe, "explain")
         trace = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
                      negative_prompt=args.negative)
         trace.save(staging / "trace.safetensors")
@@ -141,13 +142,24 @@ def batch(args) -> Path:
     settings = {"model": model or "embedded", "scheduler": args.scheduler or "the model's", "dtype": args.dtype}
 
     def make_pipe(process_device):
-        return isd.load_pipeline(args.model, device=process_device or device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
+        pipe = isd.load_pipeline(args.model, device=process_device or device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
+        return refuse_flow(pipe, "batch")
 
     result = run_prompt_set(make_pipe, jobs, out, record=record, batch_size=args.batch_size, settings=settings, force=args.force)
     if result["rank"] == 0:
         print(f"{result['done']} of {len(jobs)} prompts traced in {out}/ ({result['skipped']} were already there); "
               f"read them with isd.TraceSet({str(out)!r})")
     return out
+
+
+def refuse_flow(pipe, command: str):
+    """``pipe``, unless it is SD3 or Flux, whose traces the command does not write yet (before anything is generated)."""
+    from illustrated_sd.dit.pipeline import FlowPipeline
+
+    if isinstance(pipe, FlowPipeline):
+        raise ValueError(f"`illustrated-sd {command}` writes SD 1/2 and SDXL traces so far; this is a {pipe.family} model: trace it "
+                         "from Python, trace = isd.load_pipeline(folder)(prompt), and draw it with isd.plot.joint_attention(trace, word)")
+    return pipe
 
 
 def summary(trace) -> str:

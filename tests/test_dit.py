@@ -180,3 +180,24 @@ def test_the_joint_attention_figure_shows_the_quadrants_of_one_word(pipes, trace
     plt.close(fig)
     with pytest.raises(TypeError, match="takes a FlowTrace .*for SD 1/2 use plot.token_heatmaps"):
         isd.plot.joint_attention(trace, "circle")
+
+
+def test_decoding_a_traced_latent_gives_the_picture(pipes):
+    pipe = pipes["tiny-flux"]
+    trace = pipe(PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False)
+    np.testing.assert_array_equal(np.asarray(pipe.decode_latents(trace.latents[-1:])[0]), np.asarray(trace.image))
+
+
+@pytest.mark.parametrize("command", ["explain", "batch"])
+def test_the_commands_refuse_a_flow_model_naming_what_works(pipes, tmp_path, capsys, command):
+    from illustrated_sd.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipes["tiny-flux"].pipeline.save_pretrained(tmp_path / "flux")
+    (tmp_path / "p.txt").write_text(PROMPT + "\n")
+    first = PROMPT if command == "explain" else str(tmp_path / "p.txt")
+    assert main([command, first, "--model", str(tmp_path / "flux"), "--out", str(tmp_path / "out"), "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"`illustrated-sd {command}` writes SD 1/2 and SDXL traces so far; this is a flux model" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

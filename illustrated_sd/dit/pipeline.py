@@ -11,7 +11,7 @@ from ..recorders import RecordOptions
 from .flux import generate_flux
 from .joint_attention import joint_layers
 from .sd3 import generate_sd3
-from .shared import check_flow_inputs
+from .shared import check_flow_inputs, decode
 from .trace import FlowTrace
 
 FAMILIES = {FluxPipeline: "flux", StableDiffusion3Pipeline: "sd3"}
@@ -65,6 +65,11 @@ class FlowPipeline:
     def attention_layers(self) -> list[str]:
         """The joint-attention layers' names, in the order the transformer runs them (``RecordOptions(layers=...)``)."""
         return list(joint_layers(self.transformer))
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> list:
+        """Latents ``[N, C, h, w]`` (as a trace stores them, unpacked) → PIL images, as the pipeline decodes them."""
+        return decode(self.pipeline, latents.to(self.device, self.vae.dtype))
 
     def __repr__(self) -> str:
         return f"FlowPipeline({self.family}, {self.name!r}, {type(self.scheduler).__name__}, {self.device}, {self.dtype})"
