@@ -23,21 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel,
-                       StableDiffusion3Pipeline)
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
 
 import illustrated_sd as isd
-from illustrated_sd.dit.tiny import t5_style_tokenizer
+from illustrated_sd.dit.architectures import CLIP_G, CLIP_L, T5_XXL, real_transformer, t5_style_tokenizer
 from illustrated_sd.paths import CLIP_TOKENIZER
 
 PROMPT = "a lighthouse on a cliff at sunset, waves below, a small boat on the left"
-CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu")
-CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu")
-T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu", vocab_size=32128,
-              is_encoder_decoder=False, use_cache=False)
-
-
 def vae16(shift: float, scale: float) -> AutoencoderKL:
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
                          down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2,
@@ -60,20 +53,12 @@ def build(model: str):
         with torch.device("cuda"):
             torch.manual_seed(0)
             t5 = T5EncoderModel(T5Config(**T5_XXL)).eval()
+            transformer = real_transformer(model)
             if model == "flux-dev":
-                parts = dict(transformer=FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
-                                                                attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
-                                                                pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
-                             vae=vae16(0.1159, 0.3611), text_encoder=clip(CLIP_L, None), text_encoder_2=t5)
+                parts = dict(transformer=transformer, vae=vae16(0.1159, 0.3611), text_encoder=clip(CLIP_L, None), text_encoder_2=t5)
             else:
-                large = model == "sd3.5-large"
-                shape = dict(num_layers=38, num_attention_heads=38, caption_projection_dim=2432, pos_embed_max_size=192) if large else \
-                    dict(num_layers=24, num_attention_heads=24, caption_projection_dim=1536, pos_embed_max_size=384,
-                         dual_attention_layers=tuple(range(13)))
-                parts = dict(transformer=SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16,
-                                                               attention_head_dim=64, joint_attention_dim=4096, pooled_projection_dim=2048,
-                                                               qk_norm="rms_norm", **shape),
-                             vae=vae16(0.0609, 1.5305), text_encoder=clip(CLIP_L, 768), text_encoder_2=clip(CLIP_G, 1280), text_encoder_3=t5)
+                parts = dict(transformer=transformer, vae=vae16(0.0609, 1.5305), text_encoder=clip(CLIP_L, 768), text_encoder_2=clip(CLIP_G, 1280),
+                             text_encoder_3=t5)
     finally:
         torch.set_default_dtype(torch.float32)  # (the scheduler's σ tables are made below, in float32 as usual)
     if model == "flux-dev":

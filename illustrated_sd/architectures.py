@@ -11,7 +11,7 @@ from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, Sta
                        UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .dit.tiny import LAYOUTS as DIT_LAYOUTS, build_random_flux, build_random_sd3
+from .dit.architectures import LAYOUTS as DIT_LAYOUTS, build_random_flux, build_random_sd3
 from .paths import CLIP_TOKENIZER
 
 # The noise schedule every Stable Diffusion 1.x/2.x model was trained with.
@@ -96,7 +96,7 @@ def build_random_pipeline(layout: str = "tiny-sd1", seed: int = 0,
 
     Args:
         layout: one of ``LAYOUTS``: ``"tiny-sd1"``, ``"tiny-sd2"``, ``"tiny-sdxl"`` (fast, for tests; also the diffusion
-            transformers ``"tiny-sd3"``, ``"tiny-sd35"``, ``"tiny-flux"``, ``"tiny-flux-schnell"``, see ``dit/tiny.py``) or
+            transformers ``"tiny-sd3"``, ``"tiny-sd35"``, ``"tiny-flux"``, ``"tiny-flux-schnell"``, see ``dit/architectures.py``) or
             ``"sd15"``, ``"sd21-base"``, ``"sdxl-base"`` (real sizes, for benchmarks; build those on
             ``torch.device("meta")`` to count parameters without the memory).
         seed: weights are drawn from ``torch.manual_seed(seed)``, so the same call gives the same model.
@@ -106,7 +106,7 @@ def build_random_pipeline(layout: str = "tiny-sd1", seed: int = 0,
     Example:
         >>> pipe = build_random_pipeline("tiny-sd2")   # v-prediction, linear projections
     """
-    if layout in DIT_LAYOUTS:  # diffusion transformers: a FluxPipeline or StableDiffusion3Pipeline (dit/tiny.py)
+    if layout in DIT_LAYOUTS:  # diffusion transformers: a FluxPipeline or StableDiffusion3Pipeline (dit/architectures.py)
         pipe = build_random_flux(layout, seed) if "flux" in layout else build_random_sd3(layout, seed)
         return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
     if layout not in LAYOUTS:

@@ -12,7 +12,7 @@ import torch
 
 import illustrated_sd as isd
 from illustrated_sd.dit import joint_attention
-from illustrated_sd.dit.tiny import t5_style_tokenizer
+from illustrated_sd.dit.architectures import t5_style_tokenizer
 
 PROMPT = "a red circle on the left"
 ALL = isd.RecordOptions(quadrants=("image_to_text", "text_to_image", "text_to_text", "image_to_image"))

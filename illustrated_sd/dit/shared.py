@@ -62,6 +62,20 @@ def check_flow_inputs(pipe, prompt, steps, guidance_scale, seed, negative_prompt
     return FlowSettings(steps, guidance_scale, true_cfg_scale, seed, sizes[0], sizes[1], max_sequence_length, record)
 
 
+def recording_gib(record: RecordOptions, steps: int, layers: int, heads: int, tokens: int, image_tokens: int,
+                  dtype: torch.dtype) -> float:
+    """GiB the attention maps of one generation take: ``steps × layers × (heads or 1) ×`` each recorded quadrant's
+    rows × columns (``tokens`` = the prompt's kept text tokens ``n``, ``image_tokens`` = ``N``; the padding is one column).
+
+    Example:
+        >>> recording_gib(RecordOptions(), 28, 57, 24, 20, 4096, torch.bfloat16)   # Flux-dev at 1024², a 20-token prompt
+    """
+    n, N = tokens, image_tokens
+    columns = {"image_to_text": N * (n + 1), "text_to_image": n * N, "text_to_text": n * (n + 1), "image_to_image": N * N}
+    h = heads if record.per_head else 1
+    return steps * layers * h * sum(columns[q] for q in record.quadrants) * torch.finfo(dtype).bits / 8 / 2**30
+
+
 def new_recording(transformer, layout: TextLayout, image_len: int, steps: int, record: RecordOptions,
                   text_first: bool) -> JointAttentionRecording | None:
     """The attention recording of one generation, as ``record`` asks (``None`` when it asks for no maps).
@@ -77,9 +91,7 @@ def new_recording(transformer, layout: TextLayout, image_len: int, steps: int, r
         raise ValueError(f"unknown layers {unknown}; this transformer's joint-attention layers are {names}")
     heads = transformer.config.num_attention_heads
     dtype = record.map_dtype or transformer.dtype
-    n, N, h = len(layout.kept), image_len, heads if record.per_head else 1
-    columns = {"image_to_text": N * (n + 1), "text_to_image": n * N, "text_to_text": n * (n + 1), "image_to_image": N * N}
-    gib = steps * len(layers) * h * sum(columns[q] for q in record.quadrants) * torch.finfo(dtype).bits / 8 / 2**30
+    gib = recording_gib(record, steps, len(layers), heads, len(layout.kept), image_len, dtype)
     if record.memory_budget_gib is not None and gib > record.memory_budget_gib:
         raise ValueError(f"this recording would take {gib:.2f} GiB, over memory_budget_gib={record.memory_budget_gib:g}: record "
                          "fewer quadrants (RecordOptions(quadrants=('image_to_text',))), fewer layers (layers=[...]), no "
@@ -118,4 +130,4 @@ def build_trace(pipe, family: str, prompt: str, negative_prompt, settings: FlowS
     return trace
 
 
-__all__ = ["QUADRANTS", "FlowSettings", "build_trace", "check_flow_inputs", "decode", "new_recording"]
+__all__ = ["QUADRANTS", "FlowSettings", "build_trace", "check_flow_inputs", "decode", "new_recording", "recording_gib"]

@@ -1,4 +1,5 @@
-"""Diffusion-transformer pipelines (SD3, SD3.5, Flux) built from configs with random weights, offline.
+"""Diffusion-transformer pipelines (SD3, SD3.5, Flux) built from configs with random weights, offline; and the real
+models' transformer and text-encoder configs (``REAL``), to count and time them without downloading them.
 
 Tests and benchmarks need the real classes and wiring; speed and memory do not depend on the weights' values,
 and nothing can be downloaded here. The CLIP tokenizer ships with the package; T5's tokenizer is a SentencePiece
@@ -62,6 +63,31 @@ LAYOUTS = {
                                        dual_attention_layers=(0,)),
                       latent_channels=4),
 }
+# The released models' shapes (their config.json files), for meta-device counts (notebook 08) and GPU benchmarks
+REAL = {
+    "flux-dev": dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+                     joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+    "sd3.5-large": dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, attention_head_dim=64, num_layers=38,
+                        num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432, pooled_projection_dim=2048,
+                        pos_embed_max_size=192, qk_norm="rms_norm"),
+    "sd3.5-medium": dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, attention_head_dim=64, num_layers=24,
+                         num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048,
+                         pos_embed_max_size=384, qk_norm="rms_norm", dual_attention_layers=tuple(range(13))),
+}
+T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu", vocab_size=32128,
+              is_encoder_decoder=False, use_cache=False)
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, hidden_act="quick_gelu")
+CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu")
+
+
+def real_transformer(name: str):
+    """The transformer of a released model (``"flux-dev"``, ``"sd3.5-large"``, ``"sd3.5-medium"``), random weights, built on
+    the current device: ``with torch.device("meta"): real_transformer("flux-dev")`` counts its 11.9 B parameters at once."""
+    if name not in REAL:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(REAL)}")
+    return (FluxTransformer2DModel if name.startswith("flux") else SD3Transformer2DModel)(**REAL[name])
+
+
 TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
             bos_token_id=49406, eos_token_id=49407)
 T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
