@@ -201,3 +201,47 @@ def test_the_commands_refuse_a_flow_model_naming_what_works(pipes, tmp_path, cap
     err = capsys.readouterr().err
     assert f"`illustrated-sd {command}` writes SD 1/2 and SDXL traces so far; this is a flux model" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("layout, settings", [("tiny-flux", dict(guidance_scale=3.5)), ("tiny-sd3", dict(negative_prompt="a blue square"))])
+def test_img2img_equals_diffusers_img2img(pipes, layout, settings):
+    from diffusers import FluxImg2ImgPipeline, StableDiffusion3Img2ImgPipeline
+
+    pipe = pipes[layout]
+    start = pipe(PROMPT, num_inference_steps=3, height=64, width=64, max_sequence_length=16, progress=False).image
+    trace = pipe.img2img("a blue square at the top", start, strength=0.6, num_inference_steps=5, seed=3, max_sequence_length=16,
+                         progress=False, **settings)
+    img2img = (FluxImg2ImgPipeline if pipe.family == "flux" else StableDiffusion3Img2ImgPipeline)(**pipe.pipeline.components)
+    plain_image = img2img("a blue square at the top", image=start, strength=0.6, num_inference_steps=5, height=64, width=64,
+                          generator=torch.Generator().manual_seed(3), max_sequence_length=16, **settings).images[0]
+    np.testing.assert_array_equal(np.asarray(trace.image), np.asarray(plain_image))
+    assert trace.mode == "img2img" and trace.strength == 0.6 and trace.num_steps == 3  # int(5 × 0.6) visited
+    assert trace.init_latents.shape == trace.latents.shape[1:] and len(trace.sigmas) == 4 and trace.sigmas[-1] == 0
+    # the start lies on the straight path between the picture and the noise: x_σ = (1 − σ)·x₀ + σ·ε, so x − (1 − σ)·x₀
+    # is σ·ε, noise of standard deviation σ
+    sigma = float(trace.sigmas[0])
+    noise = (trace.latents[0] - (1 - sigma) * trace.init_latents) / sigma
+    assert 0.6 < float(noise.std()) < 1.4
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(strength=0.5), ValueError, "strength belongs to an input image"),
+    (dict(image="start.png"), TypeError, "image must be a PIL.Image"),
+    (dict(image="square-72", strength=0.5), ValueError, "image is 72×72; both sides must be multiples of 16"),
+    (dict(image="square-64", strength=0.1), ValueError, "leaves no step to take"),
+    (dict(image="square-64", height=64), ValueError, "height and width come from the input image"),
+])
+def test_bad_img2img_input_is_refused_before_any_work(pipes, kwargs, error, message):
+    from PIL import Image
+
+    if isinstance(kwargs.get("image"), str) and kwargs["image"].startswith("square-"):
+        side = int(kwargs["image"].split("-")[1])
+        kwargs["image"] = Image.new("RGB", (side, side), "white")
+    calls = []
+    hook = pipes["tiny-flux"].transformer.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(error, match=message):
+            pipes["tiny-flux"](PROMPT, **{"num_inference_steps": 4, "max_sequence_length": 16, "progress": False, **kwargs})
+    finally:
+        hook.remove()
+    assert calls == []

@@ -13,17 +13,20 @@ recorders (joint attention, and the tensors the loop passes around) only watch. 
 
 import numpy as np
 import torch
+from diffusers import FluxImg2ImgPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from tqdm.auto import tqdm
 
 from .joint_attention import recording_joint_attention
 from .prompt import flux_layout
-from .shared import FlowSettings, build_trace, decode, new_recording
+from .shared import FlowSettings, build_trace, decode, encode, new_recording
 
 
 @torch.no_grad()
-def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: FlowSettings, progress: bool):
-    """One Flux generation, traced (see ``FlowPipeline.__call__``); returns a :class:`~illustrated_sd.dit.trace.FlowTrace`."""
+def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: FlowSettings, progress: bool, image=None,
+                  strength: float | None = None):
+    """One Flux generation, traced (see ``FlowPipeline.__call__``; ``image``, ``strength``: img2img, checked);
+    returns a :class:`~illustrated_sd.dit.trace.FlowTrace`."""
     flux, s, record = pipe.pipeline, settings, settings.record
     transformer, scheduler, device = flux.transformer, flux.scheduler, flux._execution_device
 
@@ -36,24 +39,37 @@ def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: Flow
         negative_embeds, negative_pooled, negative_text_ids = flux.encode_prompt(prompt=negative_prompt, prompt_2=None, device=device,
                                                                                  max_sequence_length=s.max_sequence_length)
 
-    # 3. The noise, drawn as [1, C, h, w] and packed into tokens [1, (h/2)(w/2), 4C]; each token's (row, column) id for RoPE
-    generator = torch.Generator("cpu").manual_seed(s.seed)
-    latents, image_ids = flux.prepare_latents(1, transformer.config.in_channels // 4, s.height, s.width, prompt_embeds.dtype,
-                                              device, generator)
-
-    # 4. The σ schedule: S evenly spaced values from 1 down, bent toward the noise by μ, which grows with the number
+    # 3. The σ schedule: S evenly spaced values from 1 down, bent toward the noise by μ, which grows with the number
     #    of image tokens (a big picture keeps its layout through more noise, so it spends more steps at high σ)
-    mu = calculate_shift(latents.shape[1], scheduler.config.get("base_image_seq_len", 256), scheduler.config.get("max_image_seq_len", 4096),
+    image_len = (s.height // flux.vae_scale_factor // 2) * (s.width // flux.vae_scale_factor // 2)
+    mu = calculate_shift(image_len, scheduler.config.get("base_image_seq_len", 256), scheduler.config.get("max_image_seq_len", 4096),
                          scheduler.config.get("base_shift", 0.5), scheduler.config.get("max_shift", 1.15))
     timesteps, _ = retrieve_timesteps(scheduler, s.steps, device, sigmas=np.linspace(1.0, 1 / s.steps, s.steps), mu=mu)
+
+    # 4. Where the loop starts: noise drawn as [1, C, h, w] and packed into tokens [1, (h/2)(w/2), 4C], with each token's
+    #    (row, column) id for RoPE; or (img2img) the encoded picture moved part of the way toward the noise, on the
+    #    straight path x_σ = (1 − σ)·x₀ + σ·ε, by diffusers' own FluxImg2ImgPipeline on the same components
+    generator = torch.Generator("cpu").manual_seed(s.seed)
+    channels, init_latents = transformer.config.in_channels // 4, None
+    if image is None:
+        latents, image_ids = flux.prepare_latents(1, channels, s.height, s.width, prompt_embeds.dtype, device, generator)
+    else:
+        img2img = FluxImg2ImgPipeline(**flux.components)
+        timesteps, _ = img2img.get_timesteps(s.steps, strength, device)  # the noisiest steps are skipped
+        pixels = img2img.image_processor.preprocess(image, height=s.height, width=s.width).to(torch.float32)
+        latents, image_ids = img2img.prepare_latents(pixels, timesteps[:1], 1, channels, s.height, s.width, prompt_embeds.dtype,
+                                                     device, generator)
+        # x₀ itself, for the trace: the same encoding, drawn from the same generator state as prepare_latents drew it
+        init_latents = encode(flux, pixels, s.seed)
 
     # 5. Flux-dev reads the guidance scale as an input, like the timestep (schnell has no such input)
     guidance = torch.full([1], s.guidance_scale, device=device, dtype=torch.float32) if transformer.config.guidance_embeds else None
 
     # 6. Denoise: v̂ = transformer(x, σ, text); with true CFG v̂ = v̂_u + s·(v̂_c − v̂_u); then the Euler step
-    recording = new_recording(transformer, layout, latents.shape[1], s.steps, record, text_first=True)
+    recording = new_recording(transformer, layout, latents.shape[1], len(timesteps), record, text_first=True)
     seen = {"latents": [latents], "velocity": [], "velocity_text": [], "velocity_uncond": []}
-    scheduler.set_begin_index(0)
+    if image is None:
+        scheduler.set_begin_index(0)  # (img2img's get_timesteps set where it begins)
     with recording_joint_attention(transformer, recording):
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
             if recording is not None:
@@ -81,6 +97,7 @@ def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: Flow
     # 8. Everything into one trace: the loop's tensors unpacked to [S, C, h, w]
     steps = {name: unpack(torch.cat(xs)) if xs else None for name, xs in seen.items()}
     return build_trace(pipe, "flux", prompt, negative_prompt if true_cfg else None, s, layout, picture,
-                       sigmas=scheduler.sigmas.to(device), timesteps=timesteps, latents=steps["latents"], velocity=steps["velocity"],
+                       sigmas=scheduler.sigmas[-len(timesteps) - 1:].to(device), timesteps=timesteps, latents=steps["latents"], velocity=steps["velocity"],
                        velocity_text=steps["velocity_text"], velocity_uncond=steps["velocity_uncond"], embeddings=prompt_embeds[0],
-                       uncond_embeddings=negative_embeds[0] if true_cfg else None, pooled=pooled[0], recording=recording, record=record)
+                       uncond_embeddings=negative_embeds[0] if true_cfg else None, pooled=pooled[0], recording=recording, record=record,
+                       strength=strength, init_latents=init_latents)

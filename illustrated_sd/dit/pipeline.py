@@ -5,8 +5,10 @@ This class holds the pipeline, checks a call's inputs (``shared.check_flow_input
 """
 
 import torch
+from PIL import Image
 from diffusers import FluxImg2ImgPipeline, FluxPipeline, StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
 
+from ..inputs import check_image, check_strength
 from ..recorders import RecordOptions
 from .flux import generate_flux
 from .joint_attention import joint_layers
@@ -78,7 +80,7 @@ class FlowPipeline:
     def __call__(self, prompt: str, num_inference_steps: int = 28, guidance_scale: float | None = None, seed: int = 0,
                  negative_prompt: str | None = None, height: int | None = None, width: int | None = None, *,
                  true_cfg_scale: float = 1.0, max_sequence_length: int | None = None, record: RecordOptions | None = None,
-                 progress: bool = True, **unsupported) -> FlowTrace:
+                 progress: bool = True, image: Image.Image | None = None, strength: float | None = None, **unsupported) -> FlowTrace:
         """Generate one image from ``prompt`` and record how it was made.
 
         Args:
@@ -92,6 +94,7 @@ class FlowPipeline:
             max_sequence_length: T5's slots (Flux-dev 512, schnell and SD3 256 by default); a longer prompt is cut, with a warning.
             record: what to record (default ``self.record``): ``RecordOptions(quadrants=...)`` picks the quadrants.
             progress: a progress bar over the steps.
+            image, strength: start from a picture instead of noise (:meth:`img2img` explains them).
         Returns:
             a :class:`FlowTrace` whose ``image`` equals the diffusers pipeline's for the same settings.
         """
@@ -105,7 +108,31 @@ class FlowPipeline:
             guidance_scale = 3.5 if flux else 7.0
         if max_sequence_length is None:
             max_sequence_length = 512 if flux and self.transformer.config.guidance_embeds else 256
+        if image is not None:  # img2img: the picture sets the size
+            if height is not None or width is not None:
+                raise ValueError("height and width come from the input image; resize the image instead of passing them")
+            image = check_image(image, "image", self.size_multiple)
+            height, width = image.height, image.width
+            strength = 0.6 if strength is None else strength
+        elif strength is not None:
+            raise ValueError("strength belongs to an input image: pass image= too (see pipe.img2img)")
         settings = check_flow_inputs(self, prompt, num_inference_steps, guidance_scale, seed, negative_prompt, height, width,
                                      true_cfg_scale, max_sequence_length, record, progress)
+        if image is not None:
+            check_strength(strength, settings.steps)  # (a strength that leaves no step is refused)
+            strength = float(strength)
         generate = generate_flux if flux else generate_sd3
-        return generate(self, prompt, negative_prompt, settings, progress)
+        return generate(self, prompt, negative_prompt, settings, progress, image=image, strength=strength)
+
+    def img2img(self, prompt: str, image: Image.Image, strength: float = 0.6, num_inference_steps: int = 28, **kwargs) -> FlowTrace:
+        """Alter ``image`` toward ``prompt``: encode it, move it part of the way toward noise along the straight path
+        (x_σ = (1 − σ)·x₀ + σ·ε at the first visited σ), and denoise from there.
+
+        ``strength`` ∈ (0, 1]: how far toward the noise; of ``num_inference_steps`` steps the last ``int(steps × strength)``
+        are visited. ``image``: an RGB ``PIL.Image`` whose sides are multiples of 16. Other arguments as in :meth:`__call__`.
+        The image equals diffusers' ``FluxImg2ImgPipeline`` / ``StableDiffusion3Img2ImgPipeline`` for the same settings.
+
+        Example:
+            >>> trace = pipe.img2img("a blue circle on the left", start.image, strength=0.6, seed=0)
+        """
+        return self(prompt, num_inference_steps, image=image, strength=strength, **kwargs)

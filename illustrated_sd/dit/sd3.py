@@ -9,17 +9,20 @@ unconditional and the prompt's rows in one batch, v̂ = v̂_u + s·(v̂_c − v�
 """
 
 import torch
+from diffusers import StableDiffusion3Img2ImgPipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
 from tqdm.auto import tqdm
 
 from .joint_attention import recording_joint_attention
 from .prompt import sd3_layout
-from .shared import FlowSettings, build_trace, decode, new_recording
+from .shared import FlowSettings, build_trace, decode, encode, new_recording
 
 
 @torch.no_grad()
-def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowSettings, progress: bool):
-    """One SD3 / SD3.5 generation, traced (see ``FlowPipeline.__call__``); returns a :class:`~illustrated_sd.dit.trace.FlowTrace`."""
+def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowSettings, progress: bool, image=None,
+                 strength: float | None = None):
+    """One SD3 / SD3.5 generation, traced (see ``FlowPipeline.__call__``; ``image``, ``strength``: img2img, checked);
+    returns a :class:`~illustrated_sd.dit.trace.FlowTrace`."""
     sd3, s, record = pipe.pipeline, settings, settings.record
     transformer, scheduler, device = sd3.transformer, sd3.scheduler, sd3._execution_device
     guided = s.guidance_scale > 1  # as diffusers: s ≤ 1 is the prompt alone
@@ -32,23 +35,31 @@ def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowS
     context = torch.cat([negative_embeds, prompt_embeds]) if guided else prompt_embeds  # rows [unconditional, prompt]
     pooled_context = torch.cat([negative_pooled, pooled]) if guided else pooled
 
-    # 3. The noise [1, C, h, w]
-    generator = torch.Generator("cpu").manual_seed(s.seed)
-    latents = sd3.prepare_latents(1, transformer.config.in_channels, s.height, s.width, prompt_embeds.dtype, device, generator)
-
-    # 4. The σ schedule, shifted toward the noise (by the scheduler's fixed shift, or by μ for the image's size)
+    # 3. The σ schedule, shifted toward the noise (by the scheduler's fixed shift, or by μ for the image's size)
+    patch, factor = transformer.config.patch_size, sd3.vae_scale_factor
+    image_len = (s.height // factor // patch) * (s.width // factor // patch)
     shift = {}
     if scheduler.config.get("use_dynamic_shifting", None):
-        patch = transformer.config.patch_size
-        shift["mu"] = calculate_shift((latents.shape[2] // patch) * (latents.shape[3] // patch),
-                                      scheduler.config.get("base_image_seq_len", 256), scheduler.config.get("max_image_seq_len", 4096),
+        shift["mu"] = calculate_shift(image_len, scheduler.config.get("base_image_seq_len", 256), scheduler.config.get("max_image_seq_len", 4096),
                                       scheduler.config.get("base_shift", 0.5), scheduler.config.get("max_shift", 1.16))
     timesteps, _ = retrieve_timesteps(scheduler, s.steps, device, sigmas=None, **shift)
 
+    # 4. Where the loop starts: the noise [1, C, h, w], or (img2img) the encoded picture moved part of the way toward
+    #    it, x_σ = (1 − σ)·x₀ + σ·ε, by diffusers' own StableDiffusion3Img2ImgPipeline on the same components
+    generator = torch.Generator("cpu").manual_seed(s.seed)
+    init_latents = None
+    if image is None:
+        latents = sd3.prepare_latents(1, transformer.config.in_channels, s.height, s.width, prompt_embeds.dtype, device, generator)
+    else:
+        img2img = StableDiffusion3Img2ImgPipeline(**sd3.components)
+        timesteps, _ = img2img.get_timesteps(s.steps, strength, device)  # the noisiest steps are skipped
+        pixels = img2img.image_processor.preprocess(image, height=s.height, width=s.width)
+        latents = img2img.prepare_latents(pixels, timesteps[:1], 1, 1, prompt_embeds.dtype, device, generator)
+        # x₀ itself, for the trace: the same encoding, drawn from the same generator state as prepare_latents drew it
+        init_latents = encode(sd3, pixels, s.seed)
+
     # 6. Denoise (there is no stage 5: SD3 has no guidance input)
-    patch = transformer.config.patch_size
-    image_len = (latents.shape[2] // patch) * (latents.shape[3] // patch)
-    recording = new_recording(transformer, layout, image_len, s.steps, record, text_first=False)
+    recording = new_recording(transformer, layout, image_len, len(timesteps), record, text_first=False)
     seen = {"latents": [latents], "velocity": [], "velocity_text": [], "velocity_uncond": []}
     with recording_joint_attention(transformer, recording):
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
@@ -72,7 +83,8 @@ def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowS
 
     # 8. Everything into one trace
     steps = {name: torch.cat(xs) if xs else None for name, xs in seen.items()}
-    return build_trace(pipe, "sd3", prompt, negative_prompt, s, layout, picture, sigmas=scheduler.sigmas.to(device), timesteps=timesteps,
+    return build_trace(pipe, "sd3", prompt, negative_prompt, s, layout, picture, sigmas=scheduler.sigmas[-len(timesteps) - 1:].to(device), timesteps=timesteps,
                        latents=steps["latents"], velocity=steps["velocity"], velocity_text=steps["velocity_text"],
                        velocity_uncond=steps["velocity_uncond"], embeddings=prompt_embeds[0],
-                       uncond_embeddings=negative_embeds[0] if guided else None, pooled=pooled[0], recording=recording, record=record)
+                       uncond_embeddings=negative_embeds[0] if guided else None, pooled=pooled[0], recording=recording, record=record,
+                       strength=strength, init_latents=init_latents)

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 import torch
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img import retrieve_latents
 
 from .. import checks
 from ..recorders import RecordOptions, to_host, wait_for_host_copies
@@ -100,6 +101,15 @@ def new_recording(transformer, layout: TextLayout, image_len: int, steps: int, r
                                    record.per_head, heads, dtype, transformer.device)
 
 
+def encode(pipeline, pixels: torch.Tensor, seed: int) -> torch.Tensor:
+    """``pixels [1, 3, H, W]`` in [-1, 1] → x₀ ``[C, h, w]`` as the img2img pipelines encode a picture: a draw from the
+    VAE's posterior with a generator seeded ``seed`` (so the same draw as theirs), then shifted and scaled."""
+    vae = pipeline.vae
+    generator = torch.Generator("cpu").manual_seed(seed)
+    latents = retrieve_latents(vae.encode(pixels.to(pipeline._execution_device, vae.dtype)), generator=generator)
+    return ((latents - vae.config.shift_factor) * vae.config.scaling_factor)[0]
+
+
 def decode(pipeline, latents: torch.Tensor) -> list:
     """Latents ``[B, C, h, w]`` → PIL images, as SD3's and Flux's pipelines decode: undo the VAE's shift and scale."""
     vae = pipeline.vae
@@ -109,7 +119,8 @@ def decode(pipeline, latents: torch.Tensor) -> list:
 
 def build_trace(pipe, family: str, prompt: str, negative_prompt, settings: FlowSettings, layout: TextLayout, picture, *,
                 sigmas, timesteps, latents, velocity, velocity_text, velocity_uncond, embeddings, uncond_embeddings, pooled,
-                recording: JointAttentionRecording | None, record: RecordOptions) -> FlowTrace:
+                recording: JointAttentionRecording | None, record: RecordOptions, strength: float | None = None,
+                init_latents: torch.Tensor | None = None) -> FlowTrace:
     """Everything one generation recorded, into a :class:`FlowTrace` (latents ``[S + 1, C, h, w]``, per-step tensors
     ``[S, C, h, w]``; x̂₀ = x_σ − σ·v̂ computed here, at every step at once)."""
     keep = to_host if record.to_cpu else (lambda x: x)
@@ -125,9 +136,11 @@ def build_trace(pipe, family: str, prompt: str, negative_prompt, settings: FlowS
         pooled_text_embeds=keep(pooled), sigmas=keep(sigmas.float()), timesteps=keep(timesteps.float()), latents=keep(latents),
         velocity=keep(velocity), velocity_text=keep(velocity_text),
         velocity_uncond=None if velocity_uncond is None else keep(velocity_uncond), pred_x0=keep(pred_x0.to(latents.dtype)),
-        attention=attention, layers=[] if recording is None else recording.layers, per_head=record.per_head)
+        attention=attention, layers=[] if recording is None else recording.layers, per_head=record.per_head,
+        mode="text2img" if init_latents is None else "img2img", strength=strength,
+        init_latents=None if init_latents is None else keep(init_latents))
     wait_for_host_copies(latents.device)
     return trace
 
 
-__all__ = ["QUADRANTS", "FlowSettings", "build_trace", "check_flow_inputs", "decode", "new_recording", "recording_gib"]
+__all__ = ["QUADRANTS", "FlowSettings", "build_trace", "check_flow_inputs", "decode", "encode", "new_recording", "recording_gib"]

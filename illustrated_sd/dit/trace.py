@@ -25,7 +25,7 @@ from .joint_attention import QUADRANTS
 
 FORMAT = "illustrated_sd.flow_trace/1"
 _TENSORS = ("kept_slots", "text_embeddings", "uncond_text_embeddings", "pooled_text_embeds", "sigmas", "timesteps", "latents",
-            "velocity", "velocity_text", "velocity_uncond", "pred_x0")
+            "velocity", "velocity_text", "velocity_uncond", "pred_x0", "init_latents")
 
 
 @dataclass(eq=False)
@@ -49,6 +49,8 @@ class FlowTrace:
         velocity_text, velocity_uncond: ``[S, C, h, w]`` the prompt's and the negative prompt's predictions.
         pred_x0: ``[S, C, h, w]`` x̂₀ = x_σ − σ·v̂: the clean latent the model believes in at each step.
         patch: latent pixels per side of one image token (2 for both: Flux packs 2×2 pixels, SD3 patchifies 2×2).
+        mode: ``"text2img"`` or ``"img2img"``; for img2img also ``strength`` and ``init_latents [C, h, w]`` (the encoded
+            picture x₀; ``latents[0]`` is it moved part of the way to the noise, and only the last steps are visited).
         attention: ``{quadrant: [S, L, heads or 1, rows, columns]}``, the model's probabilities over *all* keys:
             image_to_text ``[…, N, n + 1]`` (the kept tokens, then all padding summed), text_to_image ``[…, n, N]``,
             text_to_text ``[…, n, n + 1]``, image_to_image ``[…, N, N]`` (only when asked for).
@@ -88,6 +90,9 @@ class FlowTrace:
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)
     per_head: bool = False
+    mode: str = "text2img"
+    strength: float | None = None
+    init_latents: torch.Tensor | None = None
 
     @property
     def num_steps(self) -> int:
