@@ -56,6 +56,17 @@ def is_finite_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def image_side(side: str, size, multiple: int, default: int, why: str = "") -> int:
+    """An image's ``height`` or ``width`` in pixels: ``default`` for ``None``, else a whole multiple of ``multiple``
+    (the VAE's factor, or the VAE's times the patch's); ``ValueError`` naming the two nearest sizes otherwise."""
+    size = default if size is None else size
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < multiple or size % multiple:
+        near = int(size) if isinstance(size, numbers.Real) and not isinstance(size, bool) and math.isfinite(size) else default
+        lower = max(multiple, near // multiple * multiple)
+        raise ValueError(f"{side} must be a multiple of {multiple}{why}, at least {multiple} (got {size!r}); try {lower} or {lower + multiple}")
+    return int(size)
+
+
 def real_number(name: str, value, minimum: float | None = None, maximum: float | None = None, hint: str = "") -> float:
     """``value`` as a finite Python ``float``; ``TypeError`` for non-numbers, ``ValueError`` for NaN, ±inf or out of range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -5,7 +5,6 @@ checks come back as one small :class:`Settings` of plain Python numbers (numpy's
 accepted on the way in).
 """
 
-import math
 import numbers
 import re
 import warnings
@@ -62,15 +61,8 @@ def check_inputs(pipe, prompt, num_inference_steps, guidance_scale, seed, genera
         raise ValueError("seed is None and no generator was given; pass seed=0 (any integer), or generator=torch.Generator().manual_seed(...)")
     else:
         seed = checks.seed(seed, hint="or pass generator=torch.Generator().manual_seed(...)")
-    m = pipe.vae_scale_factor  # the VAE shrinks each side by this factor
-    sizes = []
-    for side, size in (("height", height), ("width", width)):
-        size = pipe.default_size if size is None else size
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < m or size % m:
-            near = int(size) if isinstance(size, numbers.Real) and math.isfinite(size) else pipe.default_size
-            lower = max(m, near // m * m)
-            raise ValueError(f"{side} must be a multiple of {m}, at least {m} (got {size!r}); try {lower} or {lower + m}")
-        sizes.append(int(size))
+    # the VAE shrinks each side by vae_scale_factor
+    sizes = [checks.image_side(side, size, pipe.vae_scale_factor, pipe.default_size) for side, size in (("height", height), ("width", width))]
     if record is not None and not isinstance(record, RecordOptions):
         raise TypeError(f"record must be a RecordOptions (got {record!r}); e.g. record=isd.RecordOptions(per_head=True), "
                         "or RecordOptions(cross_attention=False) to record no maps")

@@ -41,15 +41,8 @@ def check_flow_inputs(pipe, prompt, steps, guidance_scale, seed, negative_prompt
         raise ValueError("true_cfg_scale is Flux's option (real guidance beside its distilled one); SD3's guidance_scale "
                          "is already classifier-free guidance: pass guidance_scale= instead")
     seed = checks.seed(seed)
-    multiple = pipe.size_multiple
-    sizes = []
-    for side, size in (("height", height), ("width", width)):
-        size = pipe.default_size if size is None else size
-        if not checks.is_int(size) or size < multiple or size % multiple:
-            near = max(multiple, int(size) // multiple * multiple) if checks.is_finite_number(size) else pipe.default_size
-            raise ValueError(f"{side} must be a multiple of {multiple} (the VAE's 8 × the 2×2 patch), at least {multiple} "
-                             f"(got {size!r}); try {near} or {near + multiple}")
-        sizes.append(int(size))
+    sizes = [checks.image_side(side, size, pipe.size_multiple, pipe.default_size, why=" (the VAE's 8 × the 2×2 patch)")
+             for side, size in (("height", height), ("width", width))]
     longest = 512
     max_sequence_length = checks.whole_number("max_sequence_length", max_sequence_length, minimum=1, maximum=longest,
                                               hint="T5's slots: Flux-dev 512, schnell and SD3 256")
