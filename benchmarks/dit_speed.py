@@ -27,6 +27,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeli
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
 
 import illustrated_sd as isd
+from illustrated_sd.dit.joint_attention import kernels_in_use
 from illustrated_sd.dit.architectures import CLIP_G, CLIP_L, T5_XXL, real_transformer, t5_style_tokenizer
 from illustrated_sd.paths import CLIP_TOKENIZER
 
@@ -122,6 +123,7 @@ def measure(model: str, rounds: int, steps: int, size: int) -> dict:
             "peak_extra_gib": round(peaks["traced"] - peaks["plain"], 2) if cuda else None, "images_equal": f"{sum(equal)} of {len(equal)}",
             "trace_gib": round(trace_bytes / 2**30, 3), "layers": len(trace.layers), "text_tokens_kept": len(trace.tokens),
             "text_slots": trace.text_length, "padding_share": round(trace.padding_share(), 4),
+            "attention_kernels": kernels_in_use(),
             "times": {k: [round(x, 4) for x in v] for k, v in times.items()}}
 
 

@@ -34,19 +34,55 @@ QUADRANTS = ("image_to_text", "text_to_image", "text_to_text", "image_to_image")
 
 
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``softmax(q·kᵀ/√d)·v`` as PyTorch's fused kernel computes it, and each query's log-sum-exp.
+    """``softmax(q·kᵀ/√d)·v`` exactly as ``F.scaled_dot_product_attention`` computes it, and each query's log-sum-exp.
 
-    ``q, k, v``: ``[B, heads, L, d]``. Returns ``out [B, heads, L, d]`` (equal to ``F.scaled_dot_product_attention``,
-    whose kernel this is) and ``lse [B, heads, L]`` in float32.
+    ``q, k, v``: ``[B, heads, L, d]``. Returns ``out [B, heads, L, d]`` (bit for bit ``F.scaled_dot_product_attention``'s:
+    the same fused kernel, called directly so that it also hands back its statistics) and ``lse [B, heads, L]`` (float32).
     """
-    if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
-    elif q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
-    else:  # a kernel that does not return it: the log-sum-exp beside the output (exact, one more product)
-        out = F.scaled_dot_product_attention(q, k, v)
-        lse = torch.logsumexp((q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
-    return out, lse.float()
+    key = (q.device, q.dtype, tuple(q.shape), tuple(k.shape))
+    kernel = _chosen.get(key)
+    if kernel is None:
+        kernel = _chosen[key] = _kernel_of_sdpa(q, k, v)
+    out, lse = kernel(q, k, v)
+    return out, lse[..., :q.shape[2]].reshape(q.shape[:-1]).float()
+
+
+# PyTorch picks one of several fused kernels for F.scaled_dot_product_attention (on a Hopper GPU cuDNN's, or flash's,
+# or the memory-efficient one; on the CPU its own flash kernel). Each also returns the log-sum-exp when called
+# directly. Which one SDPA picks depends on the device, dtype and shapes, so the first call of each shape asks:
+# the kernel whose output equals SDPA's, bit for bit, is the one SDPA runs.
+_KERNELS = {
+    "cudnn": lambda q, k, v: torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False)[:2],
+    "flash": lambda q, k, v: torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2],
+    "efficient": lambda q, k, v: torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2],
+    "flash_cpu": lambda q, k, v: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2],
+}
+_chosen = {}
+
+
+def _explicit_lse(q, k, v):
+    """No kernel matched: SDPA's own output, and the log-sum-exp computed beside it (exact, one more product)."""
+    lse = torch.logsumexp((q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
+    return F.scaled_dot_product_attention(q, k, v), lse
+
+
+def _kernel_of_sdpa(q, k, v):
+    """The entry of ``_KERNELS`` that computes what ``F.scaled_dot_product_attention`` computes for these inputs."""
+    reference = F.scaled_dot_product_attention(q, k, v)
+    names = ("flash_cpu",) if q.device.type == "cpu" else ("cudnn", "flash", "efficient")
+    for name in names:
+        try:
+            if torch.equal(_KERNELS[name](q, k, v)[0], reference):
+                return _KERNELS[name]
+        except (RuntimeError, NotImplementedError):  # not built here, or not for this dtype or head size
+            continue
+    return _explicit_lse
+
+
+def kernels_in_use() -> dict:
+    """Which kernel each attention shape seen so far runs (for benchmarks): ``{"bfloat16 [1, 24, 4608, 128]": "cudnn", …}``."""
+    names = {kernel: name for name, kernel in _KERNELS.items()} | {_explicit_lse: "sdpa + explicit log-sum-exp"}
+    return {f"{str(dtype).removeprefix('torch.')} {list(q)}×{list(k)}": names[kernel] for (_, dtype, q, k), kernel in _chosen.items()}
 
 
 def probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
