@@ -91,6 +91,12 @@ def probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor) -> torch.
     ``q [heads, n, d]``, ``k [heads, m, d]``, ``lse [heads, n]`` (over *all* keys) → ``[heads, n, m]``.
     """
     scale = q.shape[-1] ** -0.5
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        try:  # the products as the fused kernel makes them: half-precision inputs, float32 sums, no float32 copies
+            logits = torch.bmm(q, k.transpose(-1, -2), out_dtype=torch.float32)
+            return torch.exp(logits.mul_(scale).sub_(lse[..., None]))
+        except (RuntimeError, TypeError):  # a torch without bmm's out_dtype
+            pass
     return torch.exp(torch.baddbmm(-lse[..., None], q.float(), k.float().transpose(-1, -2), alpha=scale))
 
 
