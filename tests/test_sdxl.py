@@ -150,8 +150,8 @@ def test_load_pipeline_recognizes_an_sdxl_folder(xl, xl_trace, tmp_path):
     again = loaded(PROMPT, num_inference_steps=4, guidance_scale=5.0, seed=0, progress=False)
     assert same_image(again.image, xl_trace.image)
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
-    with pytest.raises(ModelLoadError, match="FluxPipeline.*StableDiffusionXLPipeline"):
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "PixArtAlphaPipeline"}))
+    with pytest.raises(ModelLoadError, match="a PixArtAlphaPipeline, which illustrated_sd does not trace; it traces .*StableDiffusion3Pipeline, FluxPipeline"):
         isd.load_pipeline(folder)
 
 
