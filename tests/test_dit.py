@@ -245,3 +245,69 @@ def test_bad_img2img_input_is_refused_before_any_work(pipes, kwargs, error, mess
     finally:
         hook.remove()
     assert calls == []
+
+
+def test_concept_attention_leaves_the_picture_and_is_the_text_stream_when_the_concepts_are_the_prompt(pipes, monkeypatch, tmp_path):
+    from illustrated_sd.dit.concepts import ConceptStream
+    from illustrated_sd.dit.joint_attention import recording_joint_attention
+
+    pipe = pipes["tiny-flux"]
+    plain_trace = pipe(PROMPT, num_inference_steps=3, max_sequence_length=16, progress=False)
+    trace = pipe(PROMPT, num_inference_steps=3, max_sequence_length=16, progress=False, concepts=["circle", "left", "sky"])
+    np.testing.assert_array_equal(np.asarray(trace.image), np.asarray(plain_trace.image))  # the concepts only read
+    shares = trace.concept_maps.sum(-1)
+    torch.testing.assert_close(shares, torch.ones_like(shares))  # each patch's softmax over the concepts
+    assert trace.concept_map("circle").shape == trace.grid_hw and trace.concept_layers == ["double.0", "double.1"]
+    trace.save(tmp_path / "concepts.safetensors")
+    again = isd.Trace.load(tmp_path / "concepts.safetensors")
+    assert again.concepts == ["circle", "left", "sky"] and torch.equal(again.concept_map("sky"), trace.concept_map("sky"))
+
+    # With the prompt's own tokens as the concepts (and no padding), the concept stream must be the text stream, block
+    # after block, and a concept's map the softmax of o_patch · o_token over the prompt's tokens: both computed here by hand.
+    flux, transformer = pipe.pipeline, pipe.transformer
+    embeds, pooled, text_ids = flux.encode_prompt(prompt="red circle", prompt_2=None, device="cpu", max_sequence_length=3)
+    latents, image_ids = flux.prepare_latents(1, 4, 64, 64, embeds.dtype, "cpu", torch.Generator().manual_seed(0))
+    states, text_out, outs = [], [], []
+
+    class Watched(ConceptStream):
+        def attend(self, *args):
+            super().attend(*args)
+            states.append(self.state)
+
+    fused = joint_attention.fused_attention
+    monkeypatch.setattr(joint_attention, "fused_attention", lambda q, k, v: outs.append(fused(q, k, v)) or outs[-1])
+    blocks = list(transformer.transformer_blocks)
+    stream = Watched(["red", "circle", "end"], transformer.context_embedder(embeds), blocks, 1, [0, 1], latents.shape[1])
+    hooks = [b.register_forward_hook(lambda module, args, out: text_out.append(out[0])) for b in blocks]
+    try:
+        with torch.no_grad(), recording_joint_attention(transformer, None, stream):
+            transformer(hidden_states=latents, timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]), pooled_projections=pooled,
+                        encoder_hidden_states=embeds, txt_ids=text_ids, img_ids=image_ids, return_dict=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for block in range(2):
+        torch.testing.assert_close(states[block], text_out[block], atol=1e-5, rtol=1e-5)
+        out = outs[block][0][0]  # [heads, 3 + N, d], the text first
+        flat = lambda x: x.permute(1, 0, 2).flatten(1)  # noqa: E731
+        expected = torch.softmax(flat(out[:, 3:]) @ flat(out[:, :3]).T, dim=-1)
+        torch.testing.assert_close(stream.maps[0, block], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout, kwargs, error, message", [
+    ("tiny-sd3", dict(concepts=["circle"]), NotImplementedError, "ConceptAttention is written for Flux so far"),
+    ("tiny-flux", dict(concepts="circle"), TypeError, "concepts must be a non-empty list of words"),
+    ("tiny-flux", dict(concepts=[]), TypeError, "concepts must be a non-empty list"),
+    ("tiny-flux", dict(concepts=["circle", "circle"]), ValueError, "holds a word twice"),
+    ("tiny-flux", dict(concepts=["circle", " "]), ValueError, "each concept is a word"),
+    ("tiny-flux", dict(concepts=["circle"], concept_layers=[5]), ValueError, r"concept_layers \[5\] do not exist: .* 2 double-stream blocks"),
+])
+def test_bad_concepts_are_refused_before_any_work(pipes, layout, kwargs, error, message):
+    calls = []
+    hook = pipes[layout].transformer.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(error, match=message):
+            pipes[layout](PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False, **kwargs)
+    finally:
+        hook.remove()
+    assert calls == []

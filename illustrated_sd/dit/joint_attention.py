@@ -162,10 +162,11 @@ class JointAttentionRecording:
 
 
 class FluxRecordingProcessor:
-    """``FluxAttnProcessor`` (diffusers' Flux attention, double- and single-stream), its attention recorded."""
+    """``FluxAttnProcessor`` (diffusers' Flux attention, double- and single-stream), its attention recorded (as layer
+    ``layer`` of ``recording``, when given) and read by the ConceptAttention stream (``concepts``, block ``block``)."""
 
-    def __init__(self, recording: JointAttentionRecording, layer: int):
-        self.recording, self.layer = recording, layer
+    def __init__(self, recording: JointAttentionRecording | None, layer: int | None, concepts=None, block: int | None = None):
+        self.recording, self.layer, self.concepts, self.block = recording, layer, concepts, block
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
@@ -181,7 +182,11 @@ class FluxRecordingProcessor:
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         query, key, value = (x.permute(0, 2, 1, 3) for x in (query, key, value))  # [B, heads, L, d]
         out, lse = fused_attention(query, key, value)
-        self.recording.record(self.layer, query, key, value, lse)
+        if self.layer is not None:
+            self.recording.record(self.layer, query, key, value, lse)
+        if self.concepts is not None:  # the picture's keys, values and outputs, for the concepts to read
+            text = encoder_hidden_states.shape[1]
+            self.concepts.attend(self.block, attn, key[-1:, :, text:], value[-1:, :, text:], out[-1:, :, text:])
         hidden_states = out.permute(0, 2, 1, 3).flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is None:
             return hidden_states
@@ -234,19 +239,31 @@ def joint_layers(transformer) -> dict:
 
 
 @contextmanager
-def recording_joint_attention(transformer, recording: JointAttentionRecording | None):
-    """Install recording processors on ``transformer``'s joint-attention layers for one ``with`` block (none when
-    ``recording`` is ``None``); the model's own processors are put back afterwards, also after an error."""
-    if recording is None:
-        yield None
-        return
+def recording_joint_attention(transformer, recording: JointAttentionRecording | None, concepts=None):
+    """Install recording processors on ``transformer``'s joint-attention layers for one ``with`` block: those that
+    ``recording`` records (none when it is ``None``), and Flux's double-stream blocks when a ConceptAttention stream
+    (``concepts``, see :mod:`illustrated_sd.dit.concepts`) reads them. The model's own processors (and no hooks) are
+    there again afterwards, also after an error."""
     modules = joint_layers(transformer)
-    processor = FluxRecordingProcessor if hasattr(transformer, "single_transformer_blocks") else SD3RecordingProcessor
-    originals = {name: modules[name].processor for name in recording.layers}
+    recorded = {} if recording is None else {name: i for i, name in enumerate(recording.layers)}
+    doubles = [f"double.{i}" for i in range(len(getattr(transformer, "transformer_blocks", [])))] if concepts is not None else []
+    names = [name for name in modules if name in recorded or name in doubles]
+    originals = {name: modules[name].processor for name in names}
+    hooks = []
     try:
-        for index, name in enumerate(recording.layers):
-            modules[name].set_processor(processor(recording, index))
+        for name in names:
+            if hasattr(transformer, "single_transformer_blocks"):
+                block = int(name.split(".")[1]) if name in doubles else None
+                processor = FluxRecordingProcessor(recording, recorded.get(name), concepts if block is not None else None, block)
+            else:
+                processor = SD3RecordingProcessor(recording, recorded[name])
+            modules[name].set_processor(processor)
+        for index, block in enumerate(transformer.transformer_blocks if concepts is not None else []):
+            hooks.append(block.register_forward_pre_hook(
+                lambda module, args, kwargs, index=index: concepts.before_block(index, kwargs["temb"]), with_kwargs=True))
         yield recording
     finally:
+        for hook in hooks:
+            hook.remove()
         for name, original in originals.items():
             modules[name].set_processor(original)

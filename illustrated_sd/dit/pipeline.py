@@ -80,7 +80,8 @@ class FlowPipeline:
     def __call__(self, prompt: str, num_inference_steps: int = 28, guidance_scale: float | None = None, seed: int = 0,
                  negative_prompt: str | None = None, height: int | None = None, width: int | None = None, *,
                  true_cfg_scale: float = 1.0, max_sequence_length: int | None = None, record: RecordOptions | None = None,
-                 progress: bool = True, image: Image.Image | None = None, strength: float | None = None, **unsupported) -> FlowTrace:
+                 progress: bool = True, image: Image.Image | None = None, strength: float | None = None,
+                 concepts: list[str] | None = None, concept_layers: list[int] | None = None, **unsupported) -> FlowTrace:
         """Generate one image from ``prompt`` and record how it was made.
 
         Args:
@@ -95,6 +96,8 @@ class FlowPipeline:
             record: what to record (default ``self.record``): ``RecordOptions(quadrants=...)`` picks the quadrants.
             progress: a progress bar over the steps.
             image, strength: start from a picture instead of noise (:meth:`img2img` explains them).
+            concepts: Flux only: words to map with ConceptAttention (:mod:`~illustrated_sd.dit.concepts`); the picture is
+                unchanged. concept_layers: the double-stream blocks whose maps to keep (indices; ``None`` = all).
         Returns:
             a :class:`FlowTrace` whose ``image`` equals the diffusers pipeline's for the same settings.
         """
@@ -121,8 +124,33 @@ class FlowPipeline:
         if image is not None:
             check_strength(strength, settings.steps)  # (a strength that leaves no step is refused)
             strength = float(strength)
+        if concepts is not None or concept_layers is not None:
+            concepts, concept_layers = self._check_concepts(concepts, concept_layers)
+            return generate_flux(self, prompt, negative_prompt, settings, progress, image=image, strength=strength,
+                                 concepts=concepts, concept_layers=concept_layers)
         generate = generate_flux if flux else generate_sd3
         return generate(self, prompt, negative_prompt, settings, progress, image=image, strength=strength)
+
+    def _check_concepts(self, concepts, layers) -> tuple[list[str], list[int] | None]:
+        """ConceptAttention's arguments, checked (Flux only, a list of distinct words, existing double-stream blocks)."""
+        if self.family != "flux":
+            raise NotImplementedError("ConceptAttention is written for Flux so far; trace SD3 without concepts=")
+        if concepts is None or isinstance(concepts, str) or not isinstance(concepts, (list, tuple)) or not concepts:
+            raise TypeError(f"concepts must be a non-empty list of words, e.g. concepts=['circle', 'background'] (got {concepts!r})")
+        for concept in concepts:
+            if not isinstance(concept, str) or not concept.strip():
+                raise ValueError(f"each concept is a word, e.g. 'circle' (got {concept!r})")
+        if len(set(concepts)) != len(concepts):
+            raise ValueError(f"concepts holds a word twice ({concepts}); give each once")
+        blocks = len(self.transformer.transformer_blocks)
+        if layers is not None:
+            if isinstance(layers, (str, bool)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers) or not layers:
+                raise TypeError(f"concept_layers must be a list of double-stream block indices, 0–{blocks - 1} (got {layers!r})")
+            bad = [i for i in layers if not 0 <= i < blocks]
+            if bad:
+                raise ValueError(f"concept_layers {bad} do not exist: this transformer has {blocks} double-stream blocks, 0–{blocks - 1}")
+            layers = sorted(set(layers))
+        return list(concepts), layers
 
     def img2img(self, prompt: str, image: Image.Image, strength: float = 0.6, num_inference_steps: int = 28, **kwargs) -> FlowTrace:
         """Alter ``image`` toward ``prompt``: encode it, move it part of the way toward noise along the straight path

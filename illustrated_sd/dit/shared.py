@@ -113,7 +113,7 @@ def decode(pipeline, latents: torch.Tensor) -> list:
 def build_trace(pipe, family: str, prompt: str, negative_prompt, settings: FlowSettings, layout: TextLayout, picture, *,
                 sigmas, timesteps, latents, velocity, velocity_text, velocity_uncond, embeddings, uncond_embeddings, pooled,
                 recording: JointAttentionRecording | None, record: RecordOptions, strength: float | None = None,
-                init_latents: torch.Tensor | None = None) -> FlowTrace:
+                init_latents: torch.Tensor | None = None, concepts=None) -> FlowTrace:
     """Everything one generation recorded, into a :class:`FlowTrace` (latents ``[S + 1, C, h, w]``, per-step tensors
     ``[S, C, h, w]``; x̂₀ = x_σ − σ·v̂ computed here, at every step at once)."""
     keep = to_host if record.to_cpu else (lambda x: x)
@@ -131,7 +131,10 @@ def build_trace(pipe, family: str, prompt: str, negative_prompt, settings: FlowS
         velocity_uncond=None if velocity_uncond is None else keep(velocity_uncond), pred_x0=keep(pred_x0.to(latents.dtype)),
         attention=attention, layers=[] if recording is None else recording.layers, per_head=record.per_head,
         mode="text2img" if init_latents is None else "img2img", strength=strength,
-        init_latents=None if init_latents is None else keep(init_latents))
+        init_latents=None if init_latents is None else keep(init_latents),
+        concepts=[] if concepts is None else list(concepts.concepts),
+        concept_maps=None if concepts is None else keep(concepts.maps),
+        concept_layers=[] if concepts is None else [f"double.{i}" for i in concepts.layers])
     wait_for_host_copies(latents.device)
     return trace
 

@@ -25,7 +25,7 @@ from .joint_attention import QUADRANTS
 
 FORMAT = "illustrated_sd.flow_trace/1"
 _TENSORS = ("kept_slots", "text_embeddings", "uncond_text_embeddings", "pooled_text_embeds", "sigmas", "timesteps", "latents",
-            "velocity", "velocity_text", "velocity_uncond", "pred_x0", "init_latents")
+            "velocity", "velocity_text", "velocity_uncond", "pred_x0", "init_latents", "concept_maps")
 
 
 @dataclass(eq=False)
@@ -49,6 +49,9 @@ class FlowTrace:
         velocity_text, velocity_uncond: ``[S, C, h, w]`` the prompt's and the negative prompt's predictions.
         pred_x0: ``[S, C, h, w]`` x̂₀ = x_σ − σ·v̂: the clean latent the model believes in at each step.
         patch: latent pixels per side of one image token (2 for both: Flux packs 2×2 pixels, SD3 patchifies 2×2).
+        concepts, concept_maps, concept_layers: ConceptAttention (Flux, ``pipe(..., concepts=[...])``): ``concept_maps
+            [S, L, N, C]`` each patch's softmax over the ``C`` concepts in each of the ``L`` double-stream blocks
+            ``concept_layers`` (see :mod:`illustrated_sd.dit.concepts` and :meth:`concept_map`).
         mode: ``"text2img"`` or ``"img2img"``; for img2img also ``strength`` and ``init_latents [C, h, w]`` (the encoded
             picture x₀; ``latents[0]`` is it moved part of the way to the noise, and only the last steps are visited).
         attention: ``{quadrant: [S, L, heads or 1, rows, columns]}``, the model's probabilities over *all* keys:
@@ -93,6 +96,9 @@ class FlowTrace:
     mode: str = "text2img"
     strength: float | None = None
     init_latents: torch.Tensor | None = None
+    concepts: list[str] = field(default_factory=list)
+    concept_maps: torch.Tensor | None = None
+    concept_layers: list[str] = field(default_factory=list)
 
     @property
     def num_steps(self) -> int:
@@ -184,6 +190,22 @@ class FlowTrace:
         """The share of the picture's attention to the text that the padding slots absorb (0–1)."""
         text = self._maps("image_to_text", step, layer)
         return float(text[:, -1].sum() / text.sum())
+
+    def concept_map(self, concept: str, step=None, layer=None) -> torch.Tensor:
+        """ConceptAttention's map of ``concept``: each patch's share among the concepts, ``[gh, gw]``, the mean over the
+        chosen steps and double-stream blocks (a name such as ``"double.18"``, a list, or ``None`` = all kept)."""
+        if self.concept_maps is None:
+            raise ValueError("this trace has no concept maps; generate with concepts=[...], e.g. pipe(prompt, concepts=['circle', 'background'])")
+        if concept not in self.concepts:
+            raise ValueError(f"{concept!r} is not one of this trace's concepts {self.concepts}")
+        steps = checks.step_indices(step, self.num_steps)
+        names = self.concept_layers if layer is None else ([layer] if isinstance(layer, str) else list(layer))
+        unknown = [n for n in names if n not in self.concept_layers]
+        if unknown:
+            raise ValueError(f"layers {unknown} kept no concept maps; this trace has {self.concept_layers}")
+        layers = [self.concept_layers.index(n) for n in names]
+        maps = self.concept_maps[steps][:, layers][..., self.concepts.index(concept)].float().mean(dim=(0, 1))
+        return maps.reshape(self.grid_hw)
 
     # ---- saving ------------------------------------------------------------------------------
 
