@@ -311,3 +311,16 @@ def test_bad_concepts_are_refused_before_any_work(pipes, layout, kwargs, error, 
     finally:
         hook.remove()
     assert calls == []
+
+
+def test_the_concept_maps_figure(pipes):
+    import matplotlib.pyplot as plt
+
+    trace = pipes["tiny-flux"](PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False, concepts=["circle", "sky"])
+    fig = isd.plot.concept_maps(trace)
+    assert [ax.get_title() for ax in fig.axes[:3]] == [PROMPT, "'circle'", "'sky'"]
+    shown = fig.axes[1].images[1].get_array()
+    assert shown.shape == (64, 64) and np.isclose(float(shown.mean()), float(trace.concept_map("circle").mean()), atol=0.02)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="needs a FlowTrace made with concepts="):
+        isd.plot.concept_maps(pipes["tiny-flux"](PROMPT, num_inference_steps=1, max_sequence_length=16, progress=False))

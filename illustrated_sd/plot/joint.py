@@ -48,3 +48,29 @@ def joint_attention(trace: FlowTrace, word: str, step=None, layer=None, encoder:
     for ax in axes[:4]:
         ax.set_axis_off()
     return fig
+
+
+def concept_maps(trace: FlowTrace, step=None, layer=None, cmap: str = "inferno"):
+    """ConceptAttention's map of each concept over the picture (``pipe(prompt, concepts=[...])`` of a Flux pipeline).
+
+    Returns a ``matplotlib.figure.Figure``: the image, then one panel per concept, each patch coloured by its share
+    among the concepts (0–1, one colour bar for all: the shares of a patch add up to 1 across the panels).
+    Example:
+        >>> fig = isd.plot.concept_maps(pipe("a red circle on the left", concepts=["circle", "background"]))
+    """
+    if not isinstance(trace, FlowTrace) or not trace.concepts:
+        raise ValueError("plot.concept_maps needs a FlowTrace made with concepts=[...], e.g. pipe(prompt, concepts=['circle', 'sky'])")
+    image = np.asarray(trace.image.convert("RGB"))
+    fig, axes = plt.subplots(1, len(trace.concepts) + 1, figsize=(3.2 * (len(trace.concepts) + 1), 3.4), layout="constrained",
+                             squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(image)
+    axes[0].set_title(literal(trace.prompt if len(trace.prompt) < 40 else trace.prompt[:39] + "…"), fontsize=9)
+    for ax, concept in zip(axes[1:], trace.concepts):
+        ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)
+        shown = ax.imshow(upsample(trace.concept_map(concept, step, layer), image.shape[:2]), cmap=cmap, alpha=0.65, vmin=0, vmax=1)
+        ax.set_title(quoted(concept), fontsize=9)
+    fig.colorbar(shown, ax=list(axes[1:]), shrink=0.8, label="share among the concepts")
+    for ax in axes:
+        ax.set_axis_off()
+    return fig
