@@ -44,9 +44,9 @@ def test_the_image_equals_diffusers_and_the_maps_equal_an_explicit_softmax(pipes
     pipe = pipes[layout]
     seen = []  # every attention call's q and k: [B, heads, L, d]
 
-    def watched(q, k, v):
+    def watched(q, k, v, mask=None):
         seen.append((q.clone(), k.clone()))
-        return fused(q, k, v)
+        return fused(q, k, v, mask)
 
     fused = joint_attention.fused_attention
     monkeypatch.setattr(joint_attention, "fused_attention", watched)
@@ -136,7 +136,7 @@ def test_a_prompt_longer_than_t5s_slots_warns_naming_what_was_dropped(pipes):
     (dict(record=isd.RecordOptions(compact=True)), NotImplementedError, "compact traces are written for SD 1/2"),
     (dict(record=isd.RecordOptions(memory_budget_gib=1e-9)), ValueError, "over memory_budget_gib.*quadrants=\\('image_to_text',\\)"),
     (dict(guidance_rescale=0.7), TypeError, "guidance_rescale is an option of SD 1/2 and SDXL"),
-    (dict(edits=[isd.edits.Reweight("red", 0)]), TypeError, "edits is an option of SD 1/2 and SDXL"),
+    (dict(eta=0.5), TypeError, "eta is an option of SD 1/2 and SDXL"),
 ])
 def test_bad_input_to_a_flow_model_is_refused_before_any_work(pipes, kwargs, error, message):
     calls = []
@@ -275,7 +275,7 @@ def test_concept_attention_leaves_the_picture_and_is_the_text_stream_when_the_co
             states.append(self.state)
 
     fused = joint_attention.fused_attention
-    monkeypatch.setattr(joint_attention, "fused_attention", lambda q, k, v: outs.append(fused(q, k, v)) or outs[-1])
+    monkeypatch.setattr(joint_attention, "fused_attention", lambda q, k, v, mask=None: outs.append(fused(q, k, v, mask)) or outs[-1])
     blocks = list(transformer.transformer_blocks)
     stream = Watched(["red", "circle", "end"], transformer.context_embedder(embeds), blocks, 1, [0, 1], latents.shape[1])
     hooks = [b.register_forward_hook(lambda module, args, out: text_out.append(out[0])) for b in blocks]
@@ -324,3 +324,59 @@ def test_the_concept_maps_figure(pipes):
     plt.close(fig)
     with pytest.raises(ValueError, match="needs a FlowTrace made with concepts="):
         isd.plot.concept_maps(pipes["tiny-flux"](PROMPT, num_inference_steps=1, max_sequence_length=16, progress=False))
+
+
+@pytest.mark.parametrize("layout", ["tiny-flux", "tiny-sd3"])
+def test_a_reweight_biases_the_pictures_reading_of_a_word_and_the_maps_show_it(pipes, monkeypatch, layout):
+    pipe = pipes[layout]
+    seen = []
+    fused = joint_attention.fused_attention
+
+    def watched(q, k, v, mask=None):
+        seen.append((q.clone(), k.clone(), mask))
+        return fused(q, k, v, mask)
+
+    monkeypatch.setattr(joint_attention, "fused_attention", watched)
+    edits = [isd.edits.Reweight("red", 3.0, steps=[1], layers=pipe.attention_layers[:1])]
+    trace = pipe(PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False, edits=edits)
+    monkeypatch.undo()
+    T, N = trace.text_length, trace.grid_hw[0] * trace.grid_hw[1]
+    joint = [(q, k, m) for q, k, m in seen if k.shape[2] == T + N]
+    layers = len(trace.layers)
+    for step in range(2):
+        q, k, mask = joint[step * layers]  # the first layer, the only one edited
+        assert (mask is not None) == (step == 1)
+        logits = (q[-1].double() @ k[-1].double().transpose(-1, -2)) * q.shape[-1] ** -0.5
+        p = torch.softmax(logits + (0 if mask is None else mask[-1].double()), dim=-1).mean(0)
+        image = slice(T, None) if pipe.family == "flux" else slice(0, N)
+        text = slice(0, T) if pipe.family == "flux" else slice(N, None)
+        expected = p[image, text][:, trace.kept_slots]
+        torch.testing.assert_close(trace.attention["image_to_text"][step, 0, 0, :, :-1].double(), expected, atol=1e-5, rtol=0)
+    plain = pipe(PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False)
+    red = trace.token_index("red")
+    edited, before = trace.attention["image_to_text"][1, 0, 0][:, red].sum(), plain.attention["image_to_text"][1, 0, 0][:, red].sum()
+    assert edited > 2 * before  # ×3 before renormalising over every key
+    assert trace.edits == [{"kind": "reweight", "word": "red", "slots": trace.kept_slots[red].tolist(), "factor": 3.0, "steps": [1],
+                            "layers": pipe.attention_layers[:1]}]
+
+
+@pytest.mark.parametrize("edits, error, message", [
+    ([isd.edits.Reweight("moon", 0)], ValueError, "'moon' is not a word of the prompt; its words are"),
+    ([isd.edits.Reweight("red", 0, layers=["up_blocks.0"])], ValueError, r"unknown layers \['up_blocks.0'\]; the transformer's joint-attention"),
+    ([isd.edits.Reweight("red", 0, steps=[7])], ValueError, r"steps \[7\] are out of range"),
+    (isd.edits.Reweight("red", 0), TypeError, "edits must be a list of edits"),
+])
+def test_bad_edits_on_a_flow_model_are_refused_before_the_transformer_runs(pipes, edits, error, message):
+    calls = []
+    hook = pipes["tiny-flux"].transformer.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(error, match=message):
+            pipes["tiny-flux"](PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False, edits=edits)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_a_swap_on_a_flow_model_says_what_works(pipes, trace):
+    with pytest.raises(NotImplementedError, match="Swap is written for SD 1/2's cross-attention so far; on SD3 and Flux use Reweight"):
+        pipes["tiny-flux"](PROMPT, num_inference_steps=2, progress=False, edits=[isd.edits.Swap(trace)])

@@ -20,14 +20,15 @@ from tqdm.auto import tqdm
 from .concepts import ConceptStream, concept_embeddings
 from .joint_attention import recording_joint_attention
 from .prompt import flux_layout
-from .shared import FlowSettings, build_trace, decode, encode, new_recording
+from .shared import FlowSettings, build_trace, decode, encode, new_edit_plan, new_recording
 
 
 @torch.no_grad()
 def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: FlowSettings, progress: bool, image=None,
-                  strength: float | None = None, concepts: list[str] | None = None, concept_layers: list[int] | None = None):
+                  strength: float | None = None, concepts: list[str] | None = None, concept_layers: list[int] | None = None,
+                  edits: list | None = None):
     """One Flux generation, traced (see ``FlowPipeline.__call__``; ``image``, ``strength``: img2img; ``concepts``,
-    ``concept_layers``: ConceptAttention; all checked); returns a :class:`~illustrated_sd.dit.trace.FlowTrace`."""
+    ``concept_layers``: ConceptAttention; ``edits``: Reweight / Remove; all checked); returns a :class:`~illustrated_sd.dit.trace.FlowTrace`."""
     flux, s, record = pipe.pipeline, settings, settings.record
     transformer, scheduler, device = flux.transformer, flux.scheduler, flux._execution_device
 
@@ -68,6 +69,7 @@ def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: Flow
 
     # 6. Denoise: v̂ = transformer(x, σ, text); with true CFG v̂ = v̂_u + s·(v̂_c − v̂_u); then the Euler step
     recording = new_recording(transformer, layout, latents.shape[1], len(timesteps), record, text_first=True)
+    edit = new_edit_plan(transformer, edits, layout, latents.shape[1], len(timesteps), text_first=True, rows=1)
     stream = None
     if concepts:  # ConceptAttention: the concepts' own stream through the double-stream blocks (concepts.py)
         blocks = list(transformer.transformer_blocks)
@@ -77,9 +79,9 @@ def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: Flow
     seen = {"latents": [latents], "velocity": [], "velocity_text": [], "velocity_uncond": []}
     if image is None:
         scheduler.set_begin_index(0)  # (img2img's get_timesteps set where it begins)
-    with recording_joint_attention(transformer, recording, stream):
+    with recording_joint_attention(transformer, recording, stream, edit):
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
-            for watcher in (recording, stream):
+            for watcher in (recording, stream, edit):
                 if watcher is not None:
                     watcher.step, watcher.active = i, True
             timestep = t.expand(latents.shape[0]).to(latents.dtype) / 1000  # the transformer reads σ ∈ [0, 1]
@@ -87,9 +89,9 @@ def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: Flow
                                    encoder_hidden_states=prompt_embeds, txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
             seen["velocity_text"].append(velocity)
             if true_cfg:
-                for watcher in (recording, stream):
+                for watcher in (recording, stream, edit):
                     if watcher is not None:
-                        watcher.active = False  # the maps are the prompt's pass
+                        watcher.active = False  # the maps (and the edits) are the prompt's pass
                 velocity_uncond = transformer(hidden_states=latents, timestep=timestep, guidance=guidance,
                                               pooled_projections=negative_pooled, encoder_hidden_states=negative_embeds,
                                               txt_ids=negative_text_ids, img_ids=image_ids, return_dict=False)[0]
@@ -109,4 +111,4 @@ def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: Flow
                        sigmas=scheduler.sigmas[-len(timesteps) - 1:].to(device), timesteps=timesteps, latents=steps["latents"], velocity=steps["velocity"],
                        velocity_text=steps["velocity_text"], velocity_uncond=steps["velocity_uncond"], embeddings=prompt_embeds[0],
                        uncond_embeddings=negative_embeds[0] if true_cfg else None, pooled=pooled[0], recording=recording, record=record,
-                       strength=strength, init_latents=init_latents, concepts=stream)
+                       strength=strength, init_latents=init_latents, concepts=stream, edits=edit)

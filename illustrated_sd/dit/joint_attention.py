@@ -33,18 +33,25 @@ from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 QUADRANTS = ("image_to_text", "text_to_image", "text_to_text", "image_to_image")
 
 
-def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``softmax(q·kᵀ/√d)·v`` exactly as ``F.scaled_dot_product_attention`` computes it, and each query's log-sum-exp.
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(q·kᵀ/√d + mask)·v`` exactly as ``F.scaled_dot_product_attention`` computes it, and each query's log-sum-exp.
 
-    ``q, k, v``: ``[B, heads, L, d]``. Returns ``out [B, heads, L, d]`` (bit for bit ``F.scaled_dot_product_attention``'s:
-    the same fused kernel, called directly so that it also hands back its statistics) and ``lse [B, heads, L]`` (float32).
+    ``q, k, v``: ``[B, heads, L, d]``; ``mask``: an additive ``[B, 1, L, L]`` (an edit's bias) or ``None``. Returns
+    ``out [B, heads, L, d]`` (bit for bit ``F.scaled_dot_product_attention``'s: the same fused kernel, called directly so
+    that it also hands back its statistics) and ``lse [B, heads, L]`` (float32, the mask included).
     """
-    key = (q.device, q.dtype, tuple(q.shape), tuple(k.shape))
+    key = (q.device, q.dtype, tuple(q.shape), tuple(k.shape), mask is None)
     kernel = _chosen.get(key)
     if kernel is None:
-        kernel = _chosen[key] = _kernel_of_sdpa(q, k, v)
-    out, lse = kernel(q, k, v)
+        kernel = _chosen[key] = _kernel_of_sdpa(q, k, v, mask)
+    out, lse = kernel(q, k, v, mask)
     return out, lse[..., :q.shape[2]].reshape(q.shape[:-1]).float()
+
+
+def _flash(q, k, v, mask):
+    if mask is not None:
+        raise NotImplementedError("flash attention takes no mask")
+    return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
 
 
 # PyTorch picks one of several fused kernels for F.scaled_dot_product_attention (on a Hopper GPU cuDNN's, or flash's,
@@ -52,29 +59,30 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[
 # directly. Which one SDPA picks depends on the device, dtype and shapes, so the first call of each shape asks:
 # the kernel whose output equals SDPA's, bit for bit, is the one SDPA runs.
 _KERNELS = {
-    "cudnn": lambda q, k, v: torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False)[:2],
-    "flash": lambda q, k, v: torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2],
-    "efficient": lambda q, k, v: torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2],
-    "flash_cpu": lambda q, k, v: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2],
+    "cudnn": lambda q, k, v, m: torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, m, True, 0.0, False, False)[:2],
+    "flash": _flash,
+    "efficient": lambda q, k, v, m: torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, m, True)[:2],
+    "flash_cpu": lambda q, k, v, m: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=m)[:2],
 }
 _chosen = {}
 
 
-def _explicit_lse(q, k, v):
+def _explicit_lse(q, k, v, mask):
     """No kernel matched: SDPA's own output, and the log-sum-exp computed beside it (exact, one more product)."""
-    lse = torch.logsumexp((q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
-    return F.scaled_dot_product_attention(q, k, v), lse
+    logits = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    lse = torch.logsumexp(logits if mask is None else logits + mask.float(), dim=-1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), lse
 
 
-def _kernel_of_sdpa(q, k, v):
+def _kernel_of_sdpa(q, k, v, mask):
     """The entry of ``_KERNELS`` that computes what ``F.scaled_dot_product_attention`` computes for these inputs."""
-    reference = F.scaled_dot_product_attention(q, k, v)
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     names = ("flash_cpu",) if q.device.type == "cpu" else ("cudnn", "flash", "efficient")
     for name in names:
         try:
-            if torch.equal(_KERNELS[name](q, k, v)[0], reference):
+            if torch.equal(_KERNELS[name](q, k, v, mask)[0], reference):
                 return _KERNELS[name]
-        except (RuntimeError, NotImplementedError):  # not built here, or not for this dtype or head size
+        except (RuntimeError, NotImplementedError):  # not built here, or not for this dtype, head size or mask
             continue
     return _explicit_lse
 
@@ -82,22 +90,26 @@ def _kernel_of_sdpa(q, k, v):
 def kernels_in_use() -> dict:
     """Which kernel each attention shape seen so far runs (for benchmarks): ``{"bfloat16 [1, 24, 4608, 128]": "cudnn", …}``."""
     names = {kernel: name for name, kernel in _KERNELS.items()} | {_explicit_lse: "sdpa + explicit log-sum-exp"}
-    return {f"{str(dtype).removeprefix('torch.')} {list(q)}×{list(k)}": names[kernel] for (_, dtype, q, k), kernel in _chosen.items()}
+    return {f"{str(dtype).removeprefix('torch.')} {list(q)}×{list(k)}{'' if plain else ' with a mask'}": names[kernel]
+            for (_, dtype, q, k, plain), kernel in _chosen.items()}
 
 
-def probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """``p = exp(q·kᵀ·scale − lse)``: rows of the attention's softmax for these queries and keys only, in float32.
+def probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``p = exp(q·kᵀ·scale + bias − lse)``: rows of the attention's softmax for these queries and keys only, in float32.
 
-    ``q [heads, n, d]``, ``k [heads, m, d]``, ``lse [heads, n]`` (over *all* keys) → ``[heads, n, m]``.
+    ``q [heads, n, d]``, ``k [heads, m, d]``, ``lse [heads, n]`` (over *all* keys), ``bias [m]`` (an edit's, or ``None``)
+    → ``[heads, n, m]``.
     """
     scale = q.shape[-1] ** -0.5
+    logits = None
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         try:  # the products as the fused kernel makes them: half-precision inputs, float32 sums, no float32 copies
-            logits = torch.bmm(q, k.transpose(-1, -2), out_dtype=torch.float32)
-            return torch.exp(logits.mul_(scale).sub_(lse[..., None]))
+            logits = torch.bmm(q, k.transpose(-1, -2), out_dtype=torch.float32).mul_(scale).sub_(lse[..., None])
         except (RuntimeError, TypeError):  # a torch without bmm's out_dtype
             pass
-    return torch.exp(torch.baddbmm(-lse[..., None], q.float(), k.float().transpose(-1, -2), alpha=scale))
+    if logits is None:
+        logits = torch.baddbmm(-lse[..., None], q.float(), k.float().transpose(-1, -2), alpha=scale)
+    return torch.exp(logits if bias is None else logits.add_(bias))
 
 
 class JointAttentionRecording:
@@ -134,8 +146,10 @@ class JointAttentionRecording:
             return x[:, :, :self.text_len], x[:, :, self.text_len:]
         return x[:, :, self.image_len:], x[:, :, :self.image_len]
 
-    def record(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor) -> None:
-        """One attention call of layer ``layer``: ``q, k, v [B, heads, L, d]``, ``lse [B, heads, L]``; the last row is the prompt's."""
+    def record(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
+               bias: torch.Tensor | None = None) -> None:
+        """One attention call of layer ``layer``: ``q, k, v [B, heads, L, d]``, ``lse [B, heads, L]``; the last row is the
+        prompt's. ``bias [T]``: an edit's additive bias on the image queries' text logits (see :mod:`illustrated_sd.dit.edits`)."""
         if not self.active:
             return
         (q_text, q_image), (k_text, k_image), (v_text, _), (l_text, l_image) = (self.split(x[-1:]) for x in (q, k, v, lse))
@@ -146,8 +160,9 @@ class JointAttentionRecording:
             # The kept tokens' columns directly; all the padding at once as what is left of the text's share. That
             # share comes from the fused kernel run over the text keys alone: its log-sum-exp is log Σ_text exp(q·k),
             # so share = exp(lse_text − lse), without making the [heads, N, T] square of a 512-slot T5 text.
-            kept = probabilities(q_image[0], k_kept[0], l_image[0])  # [heads, N, n]
-            text_share = torch.exp(fused_attention(q_image, k_text, v_text)[1][0] - l_image[0])  # [heads, N]
+            kept = probabilities(q_image[0], k_kept[0], l_image[0], None if bias is None else bias[self.kept])  # [heads, N, n]
+            text_mask = None if bias is None else bias.to(q.dtype).expand(1, 1, self.image_len, self.text_len).contiguous()
+            text_share = torch.exp(fused_attention(q_image, k_text, v_text, text_mask)[1][0] - l_image[0])  # [heads, N]
             made["image_to_text"] = torch.cat([kept, (text_share - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
         if "text_to_image" in self.buffers:
             made["text_to_image"] = probabilities(q_kept[0], k_image[0], l_kept[0])
@@ -165,8 +180,9 @@ class FluxRecordingProcessor:
     """``FluxAttnProcessor`` (diffusers' Flux attention, double- and single-stream), its attention recorded (as layer
     ``layer`` of ``recording``, when given) and read by the ConceptAttention stream (``concepts``, block ``block``)."""
 
-    def __init__(self, recording: JointAttentionRecording | None, layer: int | None, concepts=None, block: int | None = None):
-        self.recording, self.layer, self.concepts, self.block = recording, layer, concepts, block
+    def __init__(self, recording: JointAttentionRecording | None, layer: int | None, concepts=None, block: int | None = None,
+                 edits=None, name: str | None = None):
+        self.recording, self.layer, self.concepts, self.block, self.edits, self.name = recording, layer, concepts, block, edits, name
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
@@ -181,9 +197,10 @@ class FluxRecordingProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         query, key, value = (x.permute(0, 2, 1, 3) for x in (query, key, value))  # [B, heads, L, d]
-        out, lse = fused_attention(query, key, value)
+        mask, bias = self.edits.mask(self.name) if self.edits is not None else (None, None)
+        out, lse = fused_attention(query, key, value, mask)
         if self.layer is not None:
-            self.recording.record(self.layer, query, key, value, lse)
+            self.recording.record(self.layer, query, key, value, lse, bias)
         if self.concepts is not None:  # the picture's keys, values and outputs, for the concepts to read
             text = encoder_hidden_states.shape[1]
             self.concepts.attend(self.block, attn, key[-1:, :, text:], value[-1:, :, text:], out[-1:, :, text:])
@@ -199,8 +216,8 @@ class FluxRecordingProcessor:
 class SD3RecordingProcessor:
     """``JointAttnProcessor2_0`` (diffusers' SD3 / SD3.5 joint attention), its attention recorded."""
 
-    def __init__(self, recording: JointAttentionRecording, layer: int):
-        self.recording, self.layer = recording, layer
+    def __init__(self, recording: JointAttentionRecording | None, layer: int | None, edits=None, name: str | None = None):
+        self.recording, self.layer, self.edits, self.name = recording, layer, edits, name
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         residual, batch = hidden_states, hidden_states.shape[0]
@@ -216,8 +233,10 @@ class SD3RecordingProcessor:
         if attn.norm_added_k is not None:
             text_k = attn.norm_added_k(text_k)
         query, key, value = torch.cat([query, text_q], dim=2), torch.cat([key, text_k], dim=2), torch.cat([value, text_v], dim=2)
-        out, lse = fused_attention(query, key, value)
-        self.recording.record(self.layer, query, key, value, lse)
+        mask, bias = self.edits.mask(self.name) if self.edits is not None else (None, None)
+        out, lse = fused_attention(query, key, value, mask)
+        if self.layer is not None:
+            self.recording.record(self.layer, query, key, value, lse, bias)
         hidden_states = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
         hidden_states, encoder_hidden_states = hidden_states[:, :residual.shape[1]], hidden_states[:, residual.shape[1]:]
         if not attn.context_pre_only:
@@ -239,24 +258,27 @@ def joint_layers(transformer) -> dict:
 
 
 @contextmanager
-def recording_joint_attention(transformer, recording: JointAttentionRecording | None, concepts=None):
-    """Install recording processors on ``transformer``'s joint-attention layers for one ``with`` block: those that
-    ``recording`` records (none when it is ``None``), and Flux's double-stream blocks when a ConceptAttention stream
-    (``concepts``, see :mod:`illustrated_sd.dit.concepts`) reads them. The model's own processors (and no hooks) are
-    there again afterwards, also after an error."""
+def recording_joint_attention(transformer, recording: JointAttentionRecording | None, concepts=None, edits=None):
+    """Install processors on ``transformer``'s joint-attention layers for one ``with`` block: on those that ``recording``
+    records (none when it is ``None``), those ``edits`` (a :class:`~illustrated_sd.dit.edits.FlowEditPlan`) change, and
+    Flux's double-stream blocks when a ConceptAttention stream (``concepts``, see :mod:`illustrated_sd.dit.concepts`)
+    reads them. The model's own processors (and no hooks) are there again afterwards, also after an error."""
     modules = joint_layers(transformer)
+    flux = hasattr(transformer, "single_transformer_blocks")
     recorded = {} if recording is None else {name: i for i, name in enumerate(recording.layers)}
-    doubles = [f"double.{i}" for i in range(len(getattr(transformer, "transformer_blocks", [])))] if concepts is not None else []
-    names = [name for name in modules if name in recorded or name in doubles]
+    doubles = [f"double.{i}" for i in range(len(transformer.transformer_blocks))] if concepts is not None else []
+    edited = [] if edits is None else edits.layers
+    names = [name for name in modules if name in recorded or name in doubles or name in edited]
     originals = {name: modules[name].processor for name in names}
     hooks = []
     try:
         for name in names:
-            if hasattr(transformer, "single_transformer_blocks"):
+            if flux:
                 block = int(name.split(".")[1]) if name in doubles else None
-                processor = FluxRecordingProcessor(recording, recorded.get(name), concepts if block is not None else None, block)
+                processor = FluxRecordingProcessor(recording, recorded.get(name), concepts if block is not None else None, block,
+                                                   edits, name)
             else:
-                processor = SD3RecordingProcessor(recording, recorded[name])
+                processor = SD3RecordingProcessor(recording, recorded.get(name), edits, name)
             modules[name].set_processor(processor)
         for index, block in enumerate(transformer.transformer_blocks if concepts is not None else []):
             hooks.append(block.register_forward_pre_hook(

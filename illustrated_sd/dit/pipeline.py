@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from diffusers import FluxImg2ImgPipeline, FluxPipeline, StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline
 
+from ..edits import Swap, check_edits
 from ..inputs import check_image, check_strength
 from ..recorders import RecordOptions
 from .flux import generate_flux
@@ -81,7 +82,8 @@ class FlowPipeline:
                  negative_prompt: str | None = None, height: int | None = None, width: int | None = None, *,
                  true_cfg_scale: float = 1.0, max_sequence_length: int | None = None, record: RecordOptions | None = None,
                  progress: bool = True, image: Image.Image | None = None, strength: float | None = None,
-                 concepts: list[str] | None = None, concept_layers: list[int] | None = None, **unsupported) -> FlowTrace:
+                 concepts: list[str] | None = None, concept_layers: list[int] | None = None, edits: list | None = None,
+                 **unsupported) -> FlowTrace:
         """Generate one image from ``prompt`` and record how it was made.
 
         Args:
@@ -98,6 +100,8 @@ class FlowPipeline:
             image, strength: start from a picture instead of noise (:meth:`img2img` explains them).
             concepts: Flux only: words to map with ConceptAttention (:mod:`~illustrated_sd.dit.concepts`); the picture is
                 unchanged. concept_layers: the double-stream blocks whose maps to keep (indices; ``None`` = all).
+            edits: ``[isd.edits.Reweight(word, factor), isd.edits.Remove(word)]`` on the picture's attention to the word
+                (:mod:`~illustrated_sd.dit.edits`; ``layers`` are names of ``pipe.attention_layers``).
         Returns:
             a :class:`FlowTrace` whose ``image`` equals the diffusers pipeline's for the same settings.
         """
@@ -124,12 +128,15 @@ class FlowPipeline:
         if image is not None:
             check_strength(strength, settings.steps)  # (a strength that leaves no step is refused)
             strength = float(strength)
+        edits = check_edits(edits)
+        if any(isinstance(edit, Swap) for edit in edits):
+            raise NotImplementedError("Swap is written for SD 1/2's cross-attention so far; on SD3 and Flux use Reweight or Remove")
         if concepts is not None or concept_layers is not None:
             concepts, concept_layers = self._check_concepts(concepts, concept_layers)
             return generate_flux(self, prompt, negative_prompt, settings, progress, image=image, strength=strength,
-                                 concepts=concepts, concept_layers=concept_layers)
+                                 concepts=concepts, concept_layers=concept_layers, edits=edits)
         generate = generate_flux if flux else generate_sd3
-        return generate(self, prompt, negative_prompt, settings, progress, image=image, strength=strength)
+        return generate(self, prompt, negative_prompt, settings, progress, image=image, strength=strength, edits=edits)
 
     def _check_concepts(self, concepts, layers) -> tuple[list[str], list[int] | None]:
         """ConceptAttention's arguments, checked (Flux only, a list of distinct words, existing double-stream blocks)."""

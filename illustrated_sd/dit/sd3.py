@@ -15,13 +15,14 @@ from tqdm.auto import tqdm
 
 from .joint_attention import recording_joint_attention
 from .prompt import sd3_layout
-from .shared import FlowSettings, build_trace, decode, encode, new_recording
+from .shared import FlowSettings, build_trace, decode, encode, new_edit_plan, new_recording
 
 
 @torch.no_grad()
 def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowSettings, progress: bool, image=None,
-                 strength: float | None = None):
-    """One SD3 / SD3.5 generation, traced (see ``FlowPipeline.__call__``; ``image``, ``strength``: img2img, checked);
+                 strength: float | None = None, edits: list | None = None):
+    """One SD3 / SD3.5 generation, traced (see ``FlowPipeline.__call__``; ``image``, ``strength``: img2img; ``edits``:
+    Reweight / Remove on the prompt's row; all checked);
     returns a :class:`~illustrated_sd.dit.trace.FlowTrace`."""
     sd3, s, record = pipe.pipeline, settings, settings.record
     transformer, scheduler, device = sd3.transformer, sd3.scheduler, sd3._execution_device
@@ -60,11 +61,13 @@ def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowS
 
     # 6. Denoise (there is no stage 5: SD3 has no guidance input)
     recording = new_recording(transformer, layout, image_len, len(timesteps), record, text_first=False)
+    edit = new_edit_plan(transformer, edits, layout, image_len, len(timesteps), text_first=False, rows=2 if guided else 1)
     seen = {"latents": [latents], "velocity": [], "velocity_text": [], "velocity_uncond": []}
-    with recording_joint_attention(transformer, recording):
+    with recording_joint_attention(transformer, recording, edits=edit):
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
-            if recording is not None:
-                recording.step = i
+            for watcher in (recording, edit):
+                if watcher is not None:
+                    watcher.step = i
             model_input = torch.cat([latents] * 2) if guided else latents
             output = transformer(hidden_states=model_input, timestep=t.expand(model_input.shape[0]), encoder_hidden_states=context,
                                  pooled_projections=pooled_context, return_dict=False)[0]
@@ -87,4 +90,4 @@ def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowS
                        latents=steps["latents"], velocity=steps["velocity"], velocity_text=steps["velocity_text"],
                        velocity_uncond=steps["velocity_uncond"], embeddings=prompt_embeds[0],
                        uncond_embeddings=negative_embeds[0] if guided else None, pooled=pooled[0], recording=recording, record=record,
-                       strength=strength, init_latents=init_latents)
+                       strength=strength, init_latents=init_latents, edits=edit)

@@ -7,6 +7,7 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img 
 
 from .. import checks
 from ..recorders import RecordOptions, to_host, wait_for_host_copies
+from .edits import FlowEditPlan
 from .joint_attention import QUADRANTS, JointAttentionRecording, joint_layers
 from .prompt import TextLayout
 from .trace import FlowTrace
@@ -54,6 +55,14 @@ def check_flow_inputs(pipe, prompt, steps, guidance_scale, seed, negative_prompt
                                   "RecordOptions() (or quadrants=('image_to_text',) for a smaller one)")
     checks.flag("progress", progress)
     return FlowSettings(steps, guidance_scale, true_cfg_scale, seed, sizes[0], sizes[1], max_sequence_length, record)
+
+
+def new_edit_plan(transformer, edits, layout: TextLayout, image_len: int, steps: int, text_first: bool, rows: int):
+    """The :class:`~illustrated_sd.dit.edits.FlowEditPlan` of ``edits`` for this call, or ``None`` without edits."""
+    if not edits:
+        return None
+    return FlowEditPlan(edits, layout.words, layout.kept, layout.length, image_len, text_first, steps, list(joint_layers(transformer)),
+                        transformer.device, transformer.dtype, rows=rows)
 
 
 def recording_gib(record: RecordOptions, steps: int, layers: int, heads: int, tokens: int, image_tokens: int,
@@ -113,7 +122,7 @@ def decode(pipeline, latents: torch.Tensor) -> list:
 def build_trace(pipe, family: str, prompt: str, negative_prompt, settings: FlowSettings, layout: TextLayout, picture, *,
                 sigmas, timesteps, latents, velocity, velocity_text, velocity_uncond, embeddings, uncond_embeddings, pooled,
                 recording: JointAttentionRecording | None, record: RecordOptions, strength: float | None = None,
-                init_latents: torch.Tensor | None = None, concepts=None) -> FlowTrace:
+                init_latents: torch.Tensor | None = None, concepts=None, edits=None) -> FlowTrace:
     """Everything one generation recorded, into a :class:`FlowTrace` (latents ``[S + 1, C, h, w]``, per-step tensors
     ``[S, C, h, w]``; x̂₀ = x_σ − σ·v̂ computed here, at every step at once)."""
     keep = to_host if record.to_cpu else (lambda x: x)
@@ -134,9 +143,10 @@ def build_trace(pipe, family: str, prompt: str, negative_prompt, settings: FlowS
         init_latents=None if init_latents is None else keep(init_latents),
         concepts=[] if concepts is None else list(concepts.concepts),
         concept_maps=None if concepts is None else keep(concepts.maps),
-        concept_layers=[] if concepts is None else [f"double.{i}" for i in concepts.layers])
+        concept_layers=[] if concepts is None else [f"double.{i}" for i in concepts.layers],
+        edits=[] if edits is None else edits.records)
     wait_for_host_copies(latents.device)
     return trace
 
 
-__all__ = ["QUADRANTS", "FlowSettings", "build_trace", "check_flow_inputs", "decode", "encode", "new_recording", "recording_gib"]
+__all__ = ["QUADRANTS", "FlowSettings", "build_trace", "check_flow_inputs", "decode", "encode", "new_edit_plan", "new_recording", "recording_gib"]

@@ -52,6 +52,8 @@ class FlowTrace:
         concepts, concept_maps, concept_layers: ConceptAttention (Flux, ``pipe(..., concepts=[...])``): ``concept_maps
             [S, L, N, C]`` each patch's softmax over the ``C`` concepts in each of the ``L`` double-stream blocks
             ``concept_layers`` (see :mod:`illustrated_sd.dit.concepts` and :meth:`concept_map`).
+        edits: the call's ``isd.edits.Reweight`` / ``Remove`` (:mod:`illustrated_sd.dit.edits`), one dict each (``slots`` are
+            the joint text sequence's); the maps show the attention the model used, edits included.
         mode: ``"text2img"`` or ``"img2img"``; for img2img also ``strength`` and ``init_latents [C, h, w]`` (the encoded
             picture x₀; ``latents[0]`` is it moved part of the way to the noise, and only the last steps are visited).
         attention: ``{quadrant: [S, L, heads or 1, rows, columns]}``, the model's probabilities over *all* keys:
@@ -99,6 +101,7 @@ class FlowTrace:
     concepts: list[str] = field(default_factory=list)
     concept_maps: torch.Tensor | None = None
     concept_layers: list[str] = field(default_factory=list)
+    edits: list[dict] = field(default_factory=list)
 
     @property
     def num_steps(self) -> int:
