@@ -173,10 +173,11 @@ def test_the_joint_attention_figure_shows_the_quadrants_of_one_word(pipes, trace
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:5] == [PROMPT, "image→text\nwhere the picture looks for 'circle'", "text→image\nwhat 'circle' reads from the picture",
                           "text share\neach patch's attention to all text (the rest is to the picture)",
-                          "text→text (rows: a token's attention to each token)"]
+                          "text→text (each token's attention to the text;\nthe rest of its row goes to the picture)"]
     assert len(fig.axes) == 9  # and a colour bar beside each of the four maps
     shown = fig.axes[1].images[1].get_array()  # the image→text heat, upsampled to the picture
-    assert shown.shape == (128, 128) and np.isclose(shown.max(), float(flow.cross_attention("circle").max()), rtol=0.05)
+    assert shown.shape == (128, 128) and np.isclose(shown.max(), float(flow.cross_attention("circle").max()), rtol=1e-6)
+    assert fig._suptitle.get_text() == "mean of 2 steps × 2 layers, 8×8 tokens"
     plt.close(fig)
     with pytest.raises(TypeError, match="takes a FlowTrace .*for SD 1/2 use plot.token_heatmaps"):
         isd.plot.joint_attention(trace, "circle")

@@ -1,16 +1,33 @@
-"""The four quadrants of a diffusion transformer's joint attention (SD3, Flux), for one word, in one figure."""
+"""A diffusion transformer's joint attention (SD3, Flux) for one word, and ConceptAttention's maps, as figures."""
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..dit.trace import FlowTrace
-from .attention import upsample
 from .labels import literal, quoted
+
+SHARE = "share of the query's whole attention"
+
+
+def tokens_to_pixels(heat: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """``[gh, gw]`` one value per image token → ``[H, W]``, each token a square block: a 4×4 grid looks like 4×4
+    (a smooth upsampling would draw detail the model never had)."""
+    return F.interpolate(heat[None, None].float(), size=size, mode="nearest")[0, 0].numpy()
+
+
+def _averaged(trace: FlowTrace, step, layer) -> str:
+    """What a panel averages, in words: "mean of 4 steps × 57 layers, heads averaged"."""
+    steps = trace.num_steps if step is None else (len(step) if isinstance(step, (list, tuple, range)) else 1)
+    layers = len(trace.layers) if layer is None else (1 if isinstance(layer, str) else len(layer))
+    return f"mean of {steps} step{'s' * (steps != 1)} × {layers} layer{'s' * (layers != 1)}, {trace.grid_hw[0]}×{trace.grid_hw[1]} tokens"
 
 
 def joint_attention(trace: FlowTrace, word: str, step=None, layer=None, encoder: str | None = None, cmap: str = "inferno"):
-    """Where the picture looks for ``word``, what the word reads from the picture, how much each patch attends to
-    the text at all, and the text's attention among its own tokens (the padding summed into one column).
+    """Where the picture looks for ``word`` (image→text), what the word reads from the picture (text→image), how much
+    each patch attends to the text at all, and the text's attention among its own tokens (text→text, the padding summed
+    into one column). Each map shows one value per image token, as square blocks.
 
     Args:
         trace: a :class:`~illustrated_sd.dit.trace.FlowTrace` (``pipe(...)`` of an SD3 or Flux pipeline).
@@ -35,16 +52,17 @@ def joint_attention(trace: FlowTrace, word: str, step=None, layer=None, encoder:
     axes[0].set_title(literal(trace.prompt if len(trace.prompt) < 40 else trace.prompt[:39] + "…"), fontsize=9)
     for ax, (title, what, heat) in zip(axes[1:4], panels):
         ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)
-        shown = ax.imshow(upsample(heat, size), cmap=cmap, alpha=0.65, vmin=0, vmax=max(float(heat.max()), 1e-12))
-        fig.colorbar(shown, ax=ax, shrink=0.8, format="%.3g")
+        shown = ax.imshow(tokens_to_pixels(heat, size), cmap=cmap, alpha=0.65, vmin=0, vmax=max(float(heat.max()), 1e-12))
+        fig.colorbar(shown, ax=ax, shrink=0.8, format="%.3g").set_label(SHARE, fontsize=7)
         ax.set_title(f"{title}\n{what}", fontsize=8)
     text = trace._maps("text_to_text", step, layer).numpy()
     labels = [literal(f"{t} ({s})") for t, s in zip(trace.tokens, trace.token_sources)]
-    shown = axes[4].imshow(text, cmap=cmap, aspect="auto")
-    fig.colorbar(shown, ax=axes[4], shrink=0.8, format="%.3g")
+    shown = axes[4].imshow(text, cmap=cmap, aspect="auto", vmin=0)
+    fig.colorbar(shown, ax=axes[4], shrink=0.8, format="%.3g").set_label(SHARE, fontsize=7)
     axes[4].set_yticks(range(len(labels)), labels, fontsize=6)
-    axes[4].set_xticks(range(len(labels) + 1), labels + [f"padding ×{trace.padding_slots}"], fontsize=6, rotation=90)
-    axes[4].set_title("text→text (rows: a token's attention to each token)", fontsize=8)
+    axes[4].set_xticks(range(len(labels) + 1), labels + [f"padding (sum of {trace.padding_slots})"], fontsize=6, rotation=90)
+    axes[4].set_title("text→text (each token's attention to the text;\nthe rest of its row goes to the picture)", fontsize=8)
+    fig.suptitle(_averaged(trace, step, layer), fontsize=8)
     for ax in axes[:4]:
         ax.set_axis_off()
     return fig
@@ -68,7 +86,7 @@ def concept_maps(trace: FlowTrace, step=None, layer=None, cmap: str = "inferno")
     axes[0].set_title(literal(trace.prompt if len(trace.prompt) < 40 else trace.prompt[:39] + "…"), fontsize=9)
     for ax, concept in zip(axes[1:], trace.concepts):
         ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)
-        shown = ax.imshow(upsample(trace.concept_map(concept, step, layer), image.shape[:2]), cmap=cmap, alpha=0.65, vmin=0, vmax=1)
+        shown = ax.imshow(tokens_to_pixels(trace.concept_map(concept, step, layer), image.shape[:2]), cmap=cmap, alpha=0.65, vmin=0, vmax=1)
         ax.set_title(quoted(concept), fontsize=9)
     fig.colorbar(shown, ax=list(axes[1:]), shrink=0.8, label="share among the concepts")
     for ax in axes:

@@ -89,14 +89,14 @@ def learn_word(pipe, scenes: list[Scene], word: str, init_word: str, steps: int 
     table = encoder.get_input_embeddings()  # nn.Embedding [vocabulary, D]
     start = table.weight[init_id].detach().float().clone()
     vector = torch.nn.Parameter(start.clone().to(device))
-    hook = table.register_forward_hook(lambda module, args, out: torch.where(where[..., None], vector.to(out.dtype), out))
-    frozen = {p: p.requires_grad for m in (unet, encoder) for p in m.parameters()}
-    for p in frozen:
-        p.requires_grad_(False)
     optimizer = torch.optim.AdamW([vector], lr=lr, weight_decay=0.0)
     generator = torch.Generator(device).manual_seed(seed)
     losses = []
-    try:
+    frozen = {p: p.requires_grad for m in (unet, encoder) for p in m.parameters()}
+    hook = table.register_forward_hook(lambda module, args, out: torch.where(where[..., None], vector.to(out.dtype), out))
+    try:  # (from the hook on: whatever happens, the finally below puts the hook and the flags back)
+        for p in frozen:
+            p.requires_grad_(False)
         for _ in tqdm(range(steps), desc=f"learning {word}", disable=not progress):
             batch = torch.randint(0, len(scenes), (batch_size,), generator=generator, device=device)
             where = placed[batch]
