@@ -291,9 +291,9 @@ def check_set_folder(out: Path, jobs: list[Job], settings: dict, force: bool = F
     """Refuse an ``out`` that is not this prompt set's folder, before the model loads; returns the done rows by index.
 
     Refused (``ValueError``, naming the fix): a file; a folder holding what this command did not write (unless
-    ``force``: then those are left alone); a damaged index line; a trace file at one of our names that is no
-    trace (beside other files); a row for one of ``jobs`` with another prompt, seed, steps, guidance or negative prompt; traces made
-    with other ``settings``. A row whose trace file is missing or does not load is not done: it is made again.
+    ``force``: then those are left alone); a damaged index line; a trace file at one of our names that is no trace
+    (beside other files); a row for one of ``jobs`` with another prompt, seed, steps, guidance or negative prompt;
+    traces made with other ``settings``. A row whose trace file is missing or does not load is not done: it is made again.
     Reads only; nothing is written.
     """
     out = check_output_folder(out, ours, force=force, fix="choose a new or empty folder, or pass --force to write beside "
@@ -302,13 +302,13 @@ def check_set_folder(out: Path, jobs: list[Job], settings: dict, force: bool = F
         return {}
     found = index_lines(out)
     done = {i: row for i, (row, _) in found.items() if trace_problem(out, row) is None}
-    for i, (row, where) in found.items():
+    for row, where in found.values():
         changed = _changed(row["settings"], settings)
         if changed:
             raise ValueError(f"{out} holds traces made with other settings ({'; '.join(changed)}; {where}); rerun with "
                              "those settings to go on, or use another --out for these")
     for job in jobs:  # a folder of another prompt set would be silently mixed in: refuse it
-        row = done.get(job.index) or found.get(job.index, (None,))[0]
+        row = found.get(job.index, (None,))[0]
         if row is not None and (row["prompt"], row["seed"], row["steps"], row["guidance"], row["negative"]) != (
                 job.prompt, job.seed, job.steps, job.guidance, job.negative):
             raise ValueError(f"{out} already holds prompt {job.index} as {row['prompt']!r} (seed {row['seed']}, {row['steps']} steps, "
