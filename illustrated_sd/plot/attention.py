@@ -57,7 +57,7 @@ def token_heatmaps(trace: Trace, tokens=None, step=None, layer=None, head=None, 
         scale = float(heat.max()) if normalize else shared
         im = ax.imshow(upsample(heat, image.shape[:2]) / (scale if normalize else 1), cmap=cmap, alpha=0.65,
                        vmin=0, vmax=1 if normalize else shared)
-        ax.set_title(f"{label}\n(max {float(heat.max()):.2f})" if normalize else label, fontsize=9)
+        ax.set_title(f"{label}\n(max {float(heat.max()):.2g})" if normalize else label, fontsize=9)
     if heats:
         fig.colorbar(im, ax=axes, shrink=0.6, label="attention ÷ its maximum" if normalize else "attention probability")
     where = "all steps" if step is None else f"step {step}"
@@ -155,7 +155,7 @@ def self_attention(trace: Trace, points=((0.25, 0.25), (0.75, 0.25), (0.5, 0.5),
         ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)
         ax.imshow(upsample(heat, image.shape[:2]) / float(heat.max()), cmap=cmap, alpha=0.65, vmin=0, vmax=1)
         ax.plot(x * image.shape[1], y * image.shape[0], marker="+", color="cyan", markersize=12, mew=2)
-        ax.set_title(f"pixel ({x:g}, {y:g})\n(max {float(heat.max()):.2f})", fontsize=9)
+        ax.set_title(f"pixel ({x:g}, {y:g})\n(max {float(heat.max()):.2g})", fontsize=9)
     for ax in axes:
         ax.set_axis_off()
     where = "all steps" if step is None else f"step {step}"

@@ -1,0 +1,30 @@
+"""claims.claim: a sentence of the course checked against its output."""
+
+import numpy as np
+import pytest
+import torch
+
+from illustrated_sd.claims import ClaimFailed, claim
+
+
+def test_a_claim_that_holds_prints_its_numbers(capsys):
+    claim("most of the attention lands on the left", torch.tensor(0.93) > 0.5, share=torch.tensor(0.9312), pictures=8)
+    assert capsys.readouterr().out == "✓ most of the attention lands on the left (share 0.931, pictures 8)\n"
+    claim("numpy bools count too", np.float64(2.0) > 1)
+    assert capsys.readouterr().out == "✓ numpy bools count too\n"
+
+
+def test_a_claim_that_no_longer_holds_fails_the_run_naming_it():
+    with pytest.raises(ClaimFailed, match=r"✗ no longer true: the swap keeps the layout \(swapped 0.36, plain 0.26\). The output "
+                                          "changed; rewrite the sentence"):
+        claim("the swap keeps the layout", 0.36 < 0.26, swapped=0.36, plain=0.26)
+
+
+@pytest.mark.parametrize("sentence, holds, message", [
+    ("", True, "sentence must be the words"),
+    ("the loss falls", 0.5, "takes a bool computed from the output"),
+    ("the loss falls", "yes", "takes a bool"),
+])
+def test_a_claim_needs_words_and_a_bool(sentence, holds, message):
+    with pytest.raises(TypeError, match=message):
+        claim(sentence, holds)
