@@ -38,6 +38,19 @@ def plain(pipe, steps=3, seed=0, **kwargs):
                          **kwargs).images[0]
 
 
+def refused_before_the_transformer_runs(pipe, error, message, **kwargs):
+    """Call ``pipe`` with ``kwargs`` (2 steps, 16 T5 slots unless given), expecting ``error`` matching ``message`` and
+    no transformer call."""
+    calls = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(error, match=message):
+            pipe(PROMPT, **{"num_inference_steps": 2, "max_sequence_length": 16, "progress": False, **kwargs})
+    finally:
+        hook.remove()
+    assert calls == []
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_the_image_equals_diffusers_and_the_maps_equal_an_explicit_softmax(pipes, monkeypatch, case):
     layout, settings = CASES[case]
@@ -139,14 +152,7 @@ def test_a_prompt_longer_than_t5s_slots_warns_naming_what_was_dropped(pipes):
     (dict(eta=0.5), TypeError, "eta is an option of SD 1/2 and SDXL"),
 ])
 def test_bad_input_to_a_flow_model_is_refused_before_any_work(pipes, kwargs, error, message):
-    calls = []
-    hook = pipes["tiny-flux"].transformer.register_forward_pre_hook(lambda *args: calls.append(1))
-    try:
-        with pytest.raises(error, match=message):
-            pipes["tiny-flux"](PROMPT, **{"num_inference_steps": 2, "max_sequence_length": 16, "progress": False, **kwargs})
-    finally:
-        hook.remove()
-    assert calls == []
+    refused_before_the_transformer_runs(pipes["tiny-flux"], error, message, **kwargs)
 
 
 def test_true_cfg_is_flux_only(pipes):
@@ -238,14 +244,7 @@ def test_bad_img2img_input_is_refused_before_any_work(pipes, kwargs, error, mess
     if isinstance(kwargs.get("image"), str) and kwargs["image"].startswith("square-"):
         side = int(kwargs["image"].split("-")[1])
         kwargs["image"] = Image.new("RGB", (side, side), "white")
-    calls = []
-    hook = pipes["tiny-flux"].transformer.register_forward_pre_hook(lambda *args: calls.append(1))
-    try:
-        with pytest.raises(error, match=message):
-            pipes["tiny-flux"](PROMPT, **{"num_inference_steps": 4, "max_sequence_length": 16, "progress": False, **kwargs})
-    finally:
-        hook.remove()
-    assert calls == []
+    refused_before_the_transformer_runs(pipes["tiny-flux"], error, message, **{"num_inference_steps": 4, **kwargs})
 
 
 def test_concept_attention_leaves_the_picture_and_is_the_text_stream_when_the_concepts_are_the_prompt(pipes, monkeypatch, tmp_path):
@@ -304,14 +303,7 @@ def test_concept_attention_leaves_the_picture_and_is_the_text_stream_when_the_co
     ("tiny-flux", dict(concepts=["circle"], concept_layers=[5]), ValueError, r"concept_layers \[5\] do not exist: .* 2 double-stream blocks"),
 ])
 def test_bad_concepts_are_refused_before_any_work(pipes, layout, kwargs, error, message):
-    calls = []
-    hook = pipes[layout].transformer.register_forward_pre_hook(lambda *args: calls.append(1))
-    try:
-        with pytest.raises(error, match=message):
-            pipes[layout](PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False, **kwargs)
-    finally:
-        hook.remove()
-    assert calls == []
+    refused_before_the_transformer_runs(pipes[layout], error, message, **kwargs)
 
 
 def test_the_concept_maps_figure(pipes):
@@ -368,14 +360,7 @@ def test_a_reweight_biases_the_pictures_reading_of_a_word_and_the_maps_show_it(p
     (isd.edits.Reweight("red", 0), TypeError, "edits must be a list of edits"),
 ])
 def test_bad_edits_on_a_flow_model_are_refused_before_the_transformer_runs(pipes, edits, error, message):
-    calls = []
-    hook = pipes["tiny-flux"].transformer.register_forward_pre_hook(lambda *args: calls.append(1))
-    try:
-        with pytest.raises(error, match=message):
-            pipes["tiny-flux"](PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False, edits=edits)
-    finally:
-        hook.remove()
-    assert calls == []
+    refused_before_the_transformer_runs(pipes["tiny-flux"], error, message, edits=edits)
 
 
 def test_a_swap_on_a_flow_model_says_what_works(pipes, trace):
