@@ -327,7 +327,20 @@ def check_set_folder(out: Path, jobs: list[Job], settings: dict, force: bool = F
                                  "or choose another --out") from None
     return done
 def summary(trace) -> dict:
-    """What the index keeps of a trace's attention: each word's share of all attention, and where its heatmap peaks."""
+    """What the index keeps of a trace's attention: each word's share of all attention, and where its heatmap peaks
+    (``[row, column]`` in latent pixels; for SD3 / Flux in image tokens, see :meth:`FlowTrace.attention_shares`)."""
+    from .dit.trace import FlowTrace
+
+    if isinstance(trace, FlowTrace):
+        if "image_to_text" not in trace.attention:
+            return {}
+        words, said = {}, {w for w, _ in trace.words}
+        for word, share in trace.attention_shares().items():
+            words[word] = {"share": round(share, 5)}
+            if word in said:  # (not the padding, nor a marker such as T5's </s>)
+                heat = trace.cross_attention(word)
+                words[word]["peak"] = list(divmod(int(heat.argmax()), heat.shape[1]))
+        return words
     if not trace.attention_maps:
         return {}
     words = {}
@@ -414,16 +427,23 @@ def run_prompt_set(pipe_factory, jobs: list[Job], out, record=None, progress: bo
         with state.split_between_processes(pending) as part:
             mine = list(part)
     pipe = pipe_factory(device if world > 1 else None)  # one process: the device the user chose
+    from .dit.pipeline import FlowPipeline
+
+    one_at_a_time = pipe.is_sdxl or isinstance(pipe, FlowPipeline)  # SDXL's loop, SD3's and Flux's draw one prompt per call
     if batch_size is None:
-        batch_size = 8 if pipe.device.type == "cuda" and not pipe.is_sdxl else 1
-    if batch_size > 1 and pipe.is_sdxl:
-        raise ValueError("SDXL prompt sets are drawn one prompt at a time: use --batch-size 1")
+        batch_size = 8 if pipe.device.type == "cuda" and not one_at_a_time else 1
+    if batch_size > 1 and one_at_a_time:
+        raise ValueError(f"{'SDXL' if pipe.is_sdxl else pipe.family} prompt sets are drawn one prompt at a time: use --batch-size 1")
     part_file = out / f"index-{rank}.jsonl"
     bar = tqdm(total=len(mine), desc=f"prompts (process {rank + 1} of {world})" if world > 1 else "prompts", disable=not progress)
     for group in batches(mine, batch_size):
         first = group[0]
-        traces = pipe([job.prompt for job in group], num_inference_steps=first.steps, guidance_scale=first.guidance,
-                      seed=[job.seed for job in group], negative_prompt=first.negative, record=record, progress=False)
+        if one_at_a_time:
+            traces = [pipe(first.prompt, num_inference_steps=first.steps, guidance_scale=first.guidance, seed=first.seed,
+                           negative_prompt=first.negative, record=record, progress=False)]
+        else:
+            traces = pipe([job.prompt for job in group], num_inference_steps=first.steps, guidance_scale=first.guidance,
+                          seed=[job.seed for job in group], negative_prompt=first.negative, record=record, progress=False)
         for job, trace in zip(group, traces):
             trace.save(out / job.file)  # atomic: complete, or not there at all
             _append_line(part_file, {**asdict(job), "file": job.file, "rank": rank, "words": summary(trace), "settings": settings})

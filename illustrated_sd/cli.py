@@ -73,9 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _generation_options(parser: argparse.ArgumentParser, seed_help: str, unless: str = "") -> None:
     """Steps, guidance and seed (``unless``: a batch file's row may set them itself)."""
-    parser.add_argument("--steps", type=checks.positive_int, default=25, help=f"denoising steps{unless} (default: %(default)s)")
-    parser.add_argument("--guidance", type=checks.finite_float, default=7.5,
-                        help=f"classifier-free guidance scale{unless} (default: %(default)s)")
+    parser.add_argument("--steps", type=checks.positive_int, default=None,
+                        help=f"denoising steps{unless} (default: the model's: 25 for SD 1/2 and SDXL, 28 for SD3 and Flux-dev, "
+                             "4 for Flux-schnell)")
+    parser.add_argument("--guidance", type=checks.finite_float, default=None,
+                        help=f"guidance scale{unless} (default: the model's: classifier-free 7.5 for SD 1/2 and SDXL, 7.0 for "
+                             "SD3; Flux-dev's distilled guidance 3.5)")
     parser.add_argument("--seed", type=checks.any_int, default=0, help=f"{seed_help}{unless} (default: %(default)s)")
 
 
@@ -109,9 +112,8 @@ def explain(args) -> Path:
     staging = scratch_folder_beside(out)
     try:
         pipe = isd.load_pipeline(args.model, device=device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
-        refuse_flow(pipe, "explain")
-        trace = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                     negative_prompt=args.negative)
+        steps, guidance = model_settings(args)
+        trace = pipe(args.prompt, num_inference_steps=steps, guidance_scale=guidance, seed=args.seed, negative_prompt=args.negative)
         trace.save(staging / "trace.safetensors")
         write_report(trace, staging, scheduler=pipe.scheduler, decode=pipe.decode_latents,
                      explorer=None if args.explorer == "none" else args.explorer)
@@ -132,7 +134,8 @@ def batch(args) -> Path:
     # Everything that can be refused is refused before the model loads: the whole prompt file, the device,
     # --out (run_prompt_set checks the folder against the set and these settings before it calls make_pipe)
     out = check_folder_name(args.out)
-    jobs = read_prompts(args.prompts, seed=args.seed, steps=args.steps, guidance=args.guidance, max_steps=train_timesteps(args.model))
+    steps, guidance = model_settings(args)
+    jobs = read_prompts(args.prompts, seed=args.seed, steps=steps, guidance=guidance, max_steps=train_timesteps(args.model))
     device = checks.device(args.device)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a folder for --out")
@@ -142,8 +145,7 @@ def batch(args) -> Path:
     settings = {"model": model or "embedded", "scheduler": args.scheduler or "the model's", "dtype": args.dtype}
 
     def make_pipe(process_device):
-        pipe = isd.load_pipeline(args.model, device=process_device or device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
-        return refuse_flow(pipe, "batch")
+        return isd.load_pipeline(args.model, device=process_device or device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
 
     result = run_prompt_set(make_pipe, jobs, out, record=record, batch_size=args.batch_size, settings=settings, force=args.force)
     if result["rank"] == 0:
@@ -152,17 +154,32 @@ def batch(args) -> Path:
     return out
 
 
-def refuse_flow(pipe, command: str):
-    """``pipe``, unless it is SD3 or Flux, whose traces the command does not write yet (before anything is generated)."""
-    from illustrated_sd.dit.pipeline import FlowPipeline
+def model_settings(args) -> tuple[int, float]:
+    """``--steps`` and ``--guidance``, or the model's own where they were not given (read from its folder, not loaded)."""
+    from illustrated_sd.loading import model_defaults
 
-    if isinstance(pipe, FlowPipeline):
-        raise ValueError(f"`illustrated-sd {command}` writes SD 1/2 and SDXL traces so far; this is a {pipe.family} model: trace it "
-                         "from Python, trace = isd.load_pipeline(folder)(prompt), and draw it with isd.plot.joint_attention(trace, word)")
-    return pipe
+    defaults = model_defaults(args.model)
+    return (defaults["steps"] if args.steps is None else args.steps,
+            defaults["guidance"] if args.guidance is None else args.guidance)
 
 
 def summary(trace) -> str:
+    """The few lines ``explain`` prints into summary.txt: the trace, its tokens, where each word's attention peaks."""
+    from illustrated_sd.dit.trace import FlowTrace
+
+    if isinstance(trace, FlowTrace):  # SD3 / Flux: the prompt's tokens in the joint sequence, peaks on the image-token grid
+        lines = [repr(trace), f"tokens: {trace.tokens}"]
+        lines += [f"dropped (over {trace.text_length} {encoder} slots): {text}" for encoder, text in trace.truncated.items()]
+        if "image_to_text" in trace.attention:
+            lines.append(f"padding absorbs {trace.padding_share():.1%} of the picture's attention to the text")
+            said = {w for w, _ in trace.words}
+            for word, share in trace.attention_shares().items():
+                if word in said:
+                    heat = trace.cross_attention(word)
+                    y, x = divmod(int(heat.argmax()), heat.shape[1])
+                    lines.append(f"  {word!r:>14}: {share:.1%} of the text's attention, peaking at image token (row {y}, col {x}) "
+                                 f"of {tuple(heat.shape)}")
+        return "\n".join(lines)
     lines = [repr(trace), f"tokens: {trace.tokens}"]
     if trace.truncated_text:
         lines.append(f"dropped (over 77 tokens): {trace.truncated_text}")

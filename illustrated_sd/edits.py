@@ -124,6 +124,8 @@ class Swap:
             head-averaged source gives every head the mean map (the layout then holds a little less well).
         steps: how many first steps take the source's maps; ``None`` = half of them, rounded.
         layers: names of the cross-attention layers to edit; ``None`` = every layer the source recorded.
+    On SD3 and Flux the source is a ``FlowTrace`` of the same pipeline whose text layout matches this prompt's token for
+    token, and the patches' image→text probabilities are swapped in their joint softmax (:mod:`illustrated_sd.dit.edits`).
     Example:
         >>> source = pipe("a red circle on the left", seed=0, record=isd.RecordOptions(per_head=True))
         >>> trace = pipe("a red square on the left", seed=0, edits=[isd.edits.Swap(source)])
@@ -134,7 +136,10 @@ class Swap:
     layers: list[str] | None = None
 
     def __post_init__(self):
-        require_trace(self.source, "edits.Swap", every_step=True)
+        from .dit.trace import FlowTrace  # (here: the transformer side imports this module)
+
+        if not isinstance(self.source, FlowTrace):  # SD3 and Flux: their pipeline checks the FlowTrace (FlowEditPlan)
+            require_trace(self.source, "edits.Swap", every_step=True)
         if self.steps is not None:
             self.steps = checks.whole_number("steps", self.steps, minimum=1, hint="how many first steps take the source's maps")
 
@@ -194,7 +199,7 @@ class EditPlan:
                             b[where] += math.log(factor) if factor > 0 else -math.inf
                 self.records.append(edit.describe(where, steps, names))
             elif isinstance(edit, Swap):
-                source = edit.source
+                source = require_trace(edit.source, "edits.Swap on an SD 1/2 or SDXL pipeline", every_step=True)  # not a FlowTrace
                 if len(source.tokens) != len(tokens):
                     raise ValueError(
                         f"a Swap needs prompts of the same token count, so that slot j plays the same part in both: the source "

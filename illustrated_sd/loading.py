@@ -36,6 +36,24 @@ def train_timesteps(model: str | os.PathLike | None = None) -> int | None:
         return None
 
 
+def model_defaults(model: str | os.PathLike | None = None) -> dict:
+    """The steps and guidance a model is meant to run with, read from its folder's ``model_index.json`` (and Flux's
+    ``transformer/config.json``) without loading anything: ``{"steps": 25, "guidance": 7.5}`` for SD 1/2 and SDXL
+    (and for a Hub id, which is not on disk), 28 and 7.0 for SD3, 28 and 3.5 (the distilled guidance) for Flux-dev,
+    4 steps for Flux-schnell (which reads no guidance)."""
+    folder = TINY_SD if model is None else Path(model).expanduser()
+    try:
+        name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+        if name == "FluxPipeline":
+            distilled = json.loads((folder / "transformer" / "config.json").read_text()).get("guidance_embeds", True)
+            return {"steps": 28, "guidance": 3.5} if distilled else {"steps": 4, "guidance": 3.5}
+        if name == "StableDiffusion3Pipeline":
+            return {"steps": 28, "guidance": 7.0}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"steps": 25, "guidance": 7.5}
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to pass instead."""
 

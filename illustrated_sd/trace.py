@@ -340,9 +340,9 @@ def _format(path: Path) -> str | None:
 
 
 def read_header(path: str | os.PathLike) -> dict:
-    """The settings a trace file was made with (its JSON header: prompt, seed, guidance_scale, …), without
-    reading its tensors; ``num_steps`` is added (the length of its timesteps). Fast: a prompt set of 100,000
-    traces is checked in seconds.
+    """The settings a trace file (SD's, or a diffusion transformer's) was made with (its JSON header: prompt, seed,
+    guidance_scale, …), without reading its tensors; ``num_steps`` is added (the length of its timesteps). Fast: a
+    prompt set of 100,000 traces is checked in seconds.
 
     Raises ``FileNotFoundError`` when there is no file, ``ValueError`` when it is not a trace (or is cut short:
     safetensors checks that the file holds every byte its header promises).
@@ -356,8 +356,10 @@ def read_header(path: str | os.PathLike) -> dict:
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}
             steps = f.get_slice("timesteps").get_shape()[0] if "timesteps" in f.keys() else None
-        if header.get("format") != FORMAT:
-            raise ValueError(f"missing header {FORMAT!r}")
+        from .dit.trace import FORMAT as FLOW_FORMAT
+
+        if header.get("format") not in (FORMAT, FLOW_FORMAT):
+            raise ValueError(f"missing header {FORMAT!r} (or {FLOW_FORMAT!r})")
         meta = json.loads(header["trace"])
         if not isinstance(meta, dict):
             raise ValueError("its header is not a JSON object")

@@ -146,7 +146,6 @@ def test_a_prompt_longer_than_t5s_slots_warns_naming_what_was_dropped(pipes):
     (dict(guidance_scale=float("nan")), ValueError, "guidance_scale must be a finite number"),
     (dict(max_sequence_length=600), ValueError, "max_sequence_length must be between 1 and 512"),
     (dict(record=isd.RecordOptions(layers=["up_blocks.0"])), ValueError, r"unknown layers \['up_blocks.0'\]; this transformer's .*double.0"),
-    (dict(record=isd.RecordOptions(compact=True)), NotImplementedError, "compact traces are written for SD 1/2"),
     (dict(record=isd.RecordOptions(memory_budget_gib=1e-9)), ValueError, "over memory_budget_gib.*quadrants=\\('image_to_text',\\)"),
     (dict(guidance_rescale=0.7), TypeError, "guidance_rescale is an option of SD 1/2 and SDXL"),
     (dict(eta=0.5), TypeError, "eta is an option of SD 1/2 and SDXL"),
@@ -193,21 +192,6 @@ def test_decoding_a_traced_latent_gives_the_picture(pipes):
     pipe = pipes["tiny-flux"]
     trace = pipe(PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False)
     np.testing.assert_array_equal(np.asarray(pipe.decode_latents(trace.latents[-1:])[0]), np.asarray(trace.image))
-
-
-@pytest.mark.parametrize("command", ["explain", "batch"])
-def test_the_commands_refuse_a_flow_model_naming_what_works(pipes, tmp_path, capsys, command):
-    from illustrated_sd.cli import main
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pipes["tiny-flux"].pipeline.save_pretrained(tmp_path / "flux")
-    (tmp_path / "p.txt").write_text(PROMPT + "\n")
-    first = PROMPT if command == "explain" else str(tmp_path / "p.txt")
-    assert main([command, first, "--model", str(tmp_path / "flux"), "--out", str(tmp_path / "out"), "--steps", "2"]) == 2
-    err = capsys.readouterr().err
-    assert f"`illustrated-sd {command}` writes SD 1/2 and SDXL traces so far; this is a flux model" in err
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 @pytest.mark.parametrize("layout, settings", [("tiny-flux", dict(guidance_scale=3.5)), ("tiny-sd3", dict(negative_prompt="a blue square"))])
@@ -295,7 +279,6 @@ def test_concept_attention_leaves_the_picture_and_is_the_text_stream_when_the_co
 
 
 @pytest.mark.parametrize("layout, kwargs, error, message", [
-    ("tiny-sd3", dict(concepts=["circle"]), NotImplementedError, "ConceptAttention is written for Flux so far"),
     ("tiny-flux", dict(concepts="circle"), TypeError, "concepts must be a non-empty list of words"),
     ("tiny-flux", dict(concepts=[]), TypeError, "concepts must be a non-empty list"),
     ("tiny-flux", dict(concepts=["circle", "circle"]), ValueError, "holds a word twice"),
@@ -361,8 +344,3 @@ def test_a_reweight_biases_the_pictures_reading_of_a_word_and_the_maps_show_it(p
 ])
 def test_bad_edits_on_a_flow_model_are_refused_before_the_transformer_runs(pipes, edits, error, message):
     refused_before_the_transformer_runs(pipes["tiny-flux"], error, message, edits=edits)
-
-
-def test_a_swap_on_a_flow_model_says_what_works(pipes, trace):
-    with pytest.raises(NotImplementedError, match="Swap is written for SD 1/2's cross-attention so far; on SD3 and Flux use Reweight"):
-        pipes["tiny-flux"](PROMPT, num_inference_steps=2, progress=False, edits=[isd.edits.Swap(trace)])

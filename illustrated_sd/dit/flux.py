@@ -17,7 +17,7 @@ from diffusers import FluxImg2ImgPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from tqdm.auto import tqdm
 
-from .concepts import ConceptStream, concept_embeddings
+from .concepts import concept_stream
 from .joint_attention import recording_joint_attention
 from .prompt import flux_layout
 from .shared import FlowSettings, build_trace, decode, encode, new_edit_plan, new_recording
@@ -28,7 +28,7 @@ def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: Flow
                   strength: float | None = None, concepts: list[str] | None = None, concept_layers: list[int] | None = None,
                   edits: list | None = None):
     """One Flux generation, traced (see ``FlowPipeline.__call__``; ``image``, ``strength``: img2img; ``concepts``,
-    ``concept_layers``: ConceptAttention; ``edits``: Reweight / Remove; all checked); returns a :class:`~illustrated_sd.dit.trace.FlowTrace`."""
+    ``concept_layers``: ConceptAttention; ``edits``: Reweight / Remove / Swap; all checked); returns a :class:`~illustrated_sd.dit.trace.FlowTrace`."""
     flux, s, record = pipe.pipeline, settings, settings.record
     transformer, scheduler, device = flux.transformer, flux.scheduler, flux._execution_device
 
@@ -72,10 +72,7 @@ def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: Flow
     edit = new_edit_plan(transformer, edits, layout, latents.shape[1], len(timesteps), text_first=True, rows=1)
     stream = None
     if concepts:  # ConceptAttention: the concepts' own stream through the double-stream blocks (concepts.py)
-        blocks = list(transformer.transformer_blocks)
-        kept = list(range(len(blocks))) if concept_layers is None else concept_layers
-        stream = ConceptStream(concepts, concept_embeddings(flux, transformer, concepts, device), blocks, len(timesteps), kept,
-                               latents.shape[1])
+        stream = concept_stream("flux", flux, concepts, len(timesteps), concept_layers, latents.shape[1], device)
     seen = {"latents": [latents], "velocity": [], "velocity_text": [], "velocity_uncond": []}
     if image is None:
         scheduler.set_begin_index(0)  # (img2img's get_timesteps set where it begins)

@@ -109,7 +109,7 @@ def probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, bias: tor
             pass
     if logits is None:
         logits = torch.baddbmm(-lse[..., None], q.float(), k.float().transpose(-1, -2), alpha=scale)
-    return torch.exp(logits if bias is None else logits.add_(bias))
+    return (logits if bias is None else logits.add_(bias)).exp_()  # in place: one [heads, n, m] float32 tensor, not two
 
 
 class JointAttentionRecording:
@@ -122,6 +122,8 @@ class JointAttentionRecording:
         kept: ``[n]`` the text slots kept as their own columns (the prompt's real tokens); the others are padding,
             summed into one column after them.
         steps: denoising steps; quadrants: which of :data:`QUADRANTS` to record; per_head: keep every head (else their mean).
+        compact: add every step's and layer's head-mean up as the loop goes (a compact trace, for prompt sets): the
+            buffers are then ``[1, 1, 1, rows, columns]`` in float32, the mean over all steps, layers and heads.
         rows: how many rows of the batch are the prompt's, at the end of the batch (CFG puts them after the
             unconditional rows).
 
@@ -131,14 +133,18 @@ class JointAttentionRecording:
     """
 
     def __init__(self, layers: list[str], text_len: int, image_len: int, text_first: bool, kept: torch.Tensor, steps: int,
-                 quadrants: tuple[str, ...], per_head: bool, heads: int, dtype: torch.dtype, device):
-        self.layers, self.text_first, self.per_head = list(layers), text_first, per_head
+                 quadrants: tuple[str, ...], per_head: bool, heads: int, dtype: torch.dtype, device, compact: bool = False):
+        self.layers, self.text_first, self.per_head, self.compact = list(layers), text_first, per_head and not compact, compact
         self.text_len, self.image_len = text_len, image_len
         self.kept = kept.to(device)  # an index on the device: selecting with it never waits for the GPU
         self.step, self.active = 0, True
-        n, N, h, L = len(kept), image_len, heads if per_head else 1, len(layers)
+        n, N, h, L = len(kept), image_len, heads if self.per_head else 1, len(layers)
         shapes = {"image_to_text": (N, n + 1), "text_to_image": (n, N), "text_to_text": (n, n + 1), "image_to_image": (N, N)}
-        self.buffers = {q: torch.zeros(steps, L, h, *shapes[q], dtype=dtype, device=device) for q in quadrants}
+        if compact:  # one running mean per quadrant: each call adds its share, 1 / (steps × layers)
+            self.weight = 1 / (steps * L)
+            self.buffers = {q: torch.zeros(1, 1, 1, *shapes[q], dtype=torch.float32, device=device) for q in quadrants}
+        else:
+            self.buffers = {q: torch.zeros(steps, L, h, *shapes[q], dtype=dtype, device=device) for q in quadrants}
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x [B, heads, text + image, ...]`` → its text part and its image part."""
@@ -155,30 +161,38 @@ class JointAttentionRecording:
         (q_text, q_image), (k_text, k_image), (v_text, _), (l_text, l_image) = (self.split(x[-1:]) for x in (q, k, v, lse))
         k_kept = k_text.index_select(2, self.kept)
         q_kept, l_kept = q_text.index_select(2, self.kept), l_text.index_select(2, self.kept)  # padding's own queries are not shown
+        # Each quadrant is [heads, rows, columns] until stored; without per_head the heads are averaged as soon as a
+        # tensor is made (``fold``), so the later sums and the concatenation touch 1/heads of the data. The mean is
+        # linear, so folding first gives the same padding column as folding last.
+        fold = (lambda p: p) if self.per_head else (lambda p: p.mean(0, keepdim=True))
         made = {}
         if "image_to_text" in self.buffers:
             # The kept tokens' columns directly; all the padding at once as what is left of the text's share. That
             # share comes from the fused kernel run over the text keys alone: its log-sum-exp is log Σ_text exp(q·k),
             # so share = exp(lse_text − lse), without making the [heads, N, T] square of a 512-slot T5 text.
-            kept = probabilities(q_image[0], k_kept[0], l_image[0], None if bias is None else bias[self.kept])  # [heads, N, n]
+            kept = fold(probabilities(q_image[0], k_kept[0], l_image[0], None if bias is None else bias[self.kept]))  # [h, N, n]
             text_mask = None if bias is None else bias.to(q.dtype).expand(1, 1, self.image_len, self.text_len).contiguous()
-            text_share = torch.exp(fused_attention(q_image, k_text, v_text, text_mask)[1][0] - l_image[0])  # [heads, N]
+            text_share = fold(torch.exp(fused_attention(q_image, k_text, v_text, text_mask)[1][0] - l_image[0]))  # [h, N]
             made["image_to_text"] = torch.cat([kept, (text_share - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
         if "text_to_image" in self.buffers:
-            made["text_to_image"] = probabilities(q_kept[0], k_image[0], l_kept[0])
+            made["text_to_image"] = fold(probabilities(q_kept[0], k_image[0], l_kept[0]))
         if "text_to_text" in self.buffers:
-            rows = probabilities(q_kept[0], k_text[0], l_kept[0])  # [heads, n, T]: few rows, so the whole text
+            rows = fold(probabilities(q_kept[0], k_text[0], l_kept[0]))  # [h, n, T]: few rows, so the whole text
             kept = rows.index_select(-1, self.kept)
             made["text_to_text"] = torch.cat([kept, (rows.sum(-1) - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
         if "image_to_image" in self.buffers:
-            made["image_to_image"] = probabilities(q_image[0], k_image[0], l_image[0])
-        for quadrant, p in made.items():  # [heads, rows, columns]
-            self.buffers[quadrant][self.step, layer] = p if self.per_head else p.mean(0, keepdim=True)
+            made["image_to_image"] = fold(probabilities(q_image[0], k_image[0], l_image[0]))
+        for quadrant, p in made.items():  # [h, rows, columns]
+            if self.compact:
+                self.buffers[quadrant][0, 0].add_(p, alpha=self.weight)
+            else:
+                self.buffers[quadrant][self.step, layer] = p
 
 
 class FluxRecordingProcessor:
     """``FluxAttnProcessor`` (diffusers' Flux attention, double- and single-stream), its attention recorded (as layer
-    ``layer`` of ``recording``, when given) and read by the ConceptAttention stream (``concepts``, block ``block``)."""
+    ``layer`` of ``recording``, when given), changed by ``edits`` (a reweight's mask, a swap's source maps) and read by
+    the ConceptAttention stream (``concepts``, block ``block``)."""
 
     def __init__(self, recording: JointAttentionRecording | None, layer: int | None, concepts=None, block: int | None = None,
                  edits=None, name: str | None = None):
@@ -201,6 +215,8 @@ class FluxRecordingProcessor:
         out, lse = fused_attention(query, key, value, mask)
         if self.layer is not None:
             self.recording.record(self.layer, query, key, value, lse, bias)
+        if self.edits is not None:  # a Swap's steps: the picture's rows read the text with the source's maps
+            out = self.edits.swap(self.name, query, key, value, out, self.recording, self.layer)
         if self.concepts is not None:  # the picture's keys, values and outputs, for the concepts to read
             text = encoder_hidden_states.shape[1]
             self.concepts.attend(self.block, attn, key[-1:, :, text:], value[-1:, :, text:], out[-1:, :, text:])
@@ -214,10 +230,14 @@ class FluxRecordingProcessor:
 
 
 class SD3RecordingProcessor:
-    """``JointAttnProcessor2_0`` (diffusers' SD3 / SD3.5 joint attention), its attention recorded."""
+    """``JointAttnProcessor2_0`` (diffusers' SD3 / SD3.5 joint attention), its attention recorded (as layer ``layer`` of
+    ``recording``, when given), changed by ``edits`` and read by the ConceptAttention stream (``concepts``, block ``block``).
+    SD3.5's image-only ``attn2`` keeps diffusers' processor: it has no text to record, edit or show the concepts."""
 
-    def __init__(self, recording: JointAttentionRecording | None, layer: int | None, edits=None, name: str | None = None):
+    def __init__(self, recording: JointAttentionRecording | None, layer: int | None, edits=None, name: str | None = None,
+                 concepts=None, block: int | None = None):
         self.recording, self.layer, self.edits, self.name = recording, layer, edits, name
+        self.concepts, self.block = concepts, block
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         residual, batch = hidden_states, hidden_states.shape[0]
@@ -237,6 +257,11 @@ class SD3RecordingProcessor:
         out, lse = fused_attention(query, key, value, mask)
         if self.layer is not None:
             self.recording.record(self.layer, query, key, value, lse, bias)
+        if self.edits is not None:  # a Swap's steps: the picture's rows read the text with the source's maps
+            out = self.edits.swap(self.name, query, key, value, out, self.recording, self.layer)
+        if self.concepts is not None:  # the picture's keys, values and outputs (the image first in SD3), for the concepts
+            image = residual.shape[1]
+            self.concepts.attend(self.block, attn, key[-1:, :, :image], value[-1:, :, :image], out[-1:, :, :image])
         hidden_states = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
         hidden_states, encoder_hidden_states = hidden_states[:, :residual.shape[1]], hidden_states[:, residual.shape[1]:]
         if not attn.context_pre_only:
@@ -261,24 +286,26 @@ def joint_layers(transformer) -> dict:
 def recording_joint_attention(transformer, recording: JointAttentionRecording | None, concepts=None, edits=None):
     """Install processors on ``transformer``'s joint-attention layers for one ``with`` block: on those that ``recording``
     records (none when it is ``None``), those ``edits`` (a :class:`~illustrated_sd.dit.edits.FlowEditPlan`) change, and
-    Flux's double-stream blocks when a ConceptAttention stream (``concepts``, see :mod:`illustrated_sd.dit.concepts`)
-    reads them. The model's own processors (and no hooks) are there again afterwards, also after an error."""
+    the blocks with text projections (Flux's double-stream blocks, every SD3 block) when a ConceptAttention stream
+    (``concepts``, see :mod:`illustrated_sd.dit.concepts`) reads them. The model's own processors (and no hooks) are
+    there again afterwards, also after an error."""
     modules = joint_layers(transformer)
     flux = hasattr(transformer, "single_transformer_blocks")
     recorded = {} if recording is None else {name: i for i, name in enumerate(recording.layers)}
-    doubles = [f"double.{i}" for i in range(len(transformer.transformer_blocks))] if concepts is not None else []
+    prefix = "double" if flux else "joint"
+    streamed = {f"{prefix}.{i}": i for i in range(len(transformer.transformer_blocks))} if concepts is not None else {}
     edited = [] if edits is None else edits.layers
-    names = [name for name in modules if name in recorded or name in doubles or name in edited]
+    names = [name for name in modules if name in recorded or name in streamed or name in edited]
     originals = {name: modules[name].processor for name in names}
     hooks = []
     try:
         for name in names:
+            block = streamed.get(name)
+            stream = concepts if block is not None else None
             if flux:
-                block = int(name.split(".")[1]) if name in doubles else None
-                processor = FluxRecordingProcessor(recording, recorded.get(name), concepts if block is not None else None, block,
-                                                   edits, name)
+                processor = FluxRecordingProcessor(recording, recorded.get(name), stream, block, edits, name)
             else:
-                processor = SD3RecordingProcessor(recording, recorded.get(name), edits, name)
+                processor = SD3RecordingProcessor(recording, recorded.get(name), edits, name, stream, block)
             modules[name].set_processor(processor)
         for index, block in enumerate(transformer.transformer_blocks if concepts is not None else []):
             hooks.append(block.register_forward_pre_hook(

@@ -98,10 +98,12 @@ class FlowPipeline:
             record: what to record (default ``self.record``): ``RecordOptions(quadrants=...)`` picks the quadrants.
             progress: a progress bar over the steps.
             image, strength: start from a picture instead of noise (:meth:`img2img` explains them).
-            concepts: Flux only: words to map with ConceptAttention (:mod:`~illustrated_sd.dit.concepts`); the picture is
-                unchanged. concept_layers: the double-stream blocks whose maps to keep (indices; ``None`` = all).
-            edits: ``[isd.edits.Reweight(word, factor), isd.edits.Remove(word)]`` on the picture's attention to the word
-                (:mod:`~illustrated_sd.dit.edits`; ``layers`` are names of ``pipe.attention_layers``).
+            concepts: words to map with ConceptAttention (:mod:`~illustrated_sd.dit.concepts`); the picture is unchanged.
+                concept_layers: the blocks whose maps to keep (indices of Flux's double-stream blocks or SD3's joint
+                blocks; ``None`` = all).
+            edits: ``[isd.edits.Reweight(word, factor), isd.edits.Remove(word)]`` on the picture's attention to the word,
+                or ``isd.edits.Swap(source)``: the source trace's image→text maps for the first steps, for a prompt of the
+                same text layout (:mod:`~illustrated_sd.dit.edits`; ``layers`` are names of ``pipe.attention_layers``).
         Returns:
             a :class:`FlowTrace` whose ``image`` equals the diffusers pipeline's for the same settings.
         """
@@ -129,19 +131,31 @@ class FlowPipeline:
             check_strength(strength, settings.steps)  # (a strength that leaves no step is refused)
             strength = float(strength)
         edits = check_edits(edits)
-        if any(isinstance(edit, Swap) for edit in edits):
-            raise NotImplementedError("Swap is written for SD 1/2's cross-attention so far; on SD3 and Flux use Reweight or Remove")
+        for edit in edits:
+            if isinstance(edit, Swap):
+                self._check_swap_source(edit.source, settings)
         if concepts is not None or concept_layers is not None:
             concepts, concept_layers = self._check_concepts(concepts, concept_layers)
-            return generate_flux(self, prompt, negative_prompt, settings, progress, image=image, strength=strength,
-                                 concepts=concepts, concept_layers=concept_layers, edits=edits)
         generate = generate_flux if flux else generate_sd3
-        return generate(self, prompt, negative_prompt, settings, progress, image=image, strength=strength, edits=edits)
+        return generate(self, prompt, negative_prompt, settings, progress, image=image, strength=strength, concepts=concepts,
+                        concept_layers=concept_layers, edits=edits)
+
+    def _check_swap_source(self, source, settings) -> None:
+        """A Swap's source must be a trace of this family at this size, with every step's maps (the text layout, the
+        layers and the heads are checked against the call's in :class:`~illustrated_sd.dit.edits.FlowEditPlan`)."""
+        if not isinstance(source, FlowTrace) or source.family != self.family:
+            made = f"a {source.family} FlowTrace" if isinstance(source, FlowTrace) else f"a {type(source).__name__} of SD 1/2's UNet"
+            raise ValueError(f"the Swap's source is {made}, and this is a {self.family} pipeline: make the source with this "
+                             "pipeline, e.g. source = pipe('a red circle on the left', seed=0)")
+        if settings.record.compact:
+            raise ValueError("a Swap changes the maps of its steps, which a compact recording has already summed; record "
+                             "the edited call in full (the default RecordOptions())")
+        if (source.height, source.width) != (settings.height, settings.width):
+            raise ValueError(f"the Swap's source is {source.width}×{source.height} px and this call {settings.width}×"
+                             f"{settings.height}: generate both at the same size, so that patch i is the same place in both")
 
     def _check_concepts(self, concepts, layers) -> tuple[list[str], list[int] | None]:
-        """ConceptAttention's arguments, checked (Flux only, a list of distinct words, existing double-stream blocks)."""
-        if self.family != "flux":
-            raise NotImplementedError("ConceptAttention is written for Flux so far; trace SD3 without concepts=")
+        """ConceptAttention's arguments, checked (a list of distinct words, existing blocks with text projections)."""
         if concepts is None or isinstance(concepts, str) or not isinstance(concepts, (list, tuple)) or not concepts:
             raise TypeError(f"concepts must be a non-empty list of words, e.g. concepts=['circle', 'background'] (got {concepts!r})")
         for concept in concepts:
@@ -150,12 +164,13 @@ class FlowPipeline:
         if len(set(concepts)) != len(concepts):
             raise ValueError(f"concepts holds a word twice ({concepts}); give each once")
         blocks = len(self.transformer.transformer_blocks)
+        kind = "double-stream" if self.family == "flux" else "joint"  # the blocks whose text has weights of its own
         if layers is not None:
             if isinstance(layers, (str, bool)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers) or not layers:
-                raise TypeError(f"concept_layers must be a list of double-stream block indices, 0–{blocks - 1} (got {layers!r})")
+                raise TypeError(f"concept_layers must be a list of {kind} block indices, 0–{blocks - 1} (got {layers!r})")
             bad = [i for i in layers if not 0 <= i < blocks]
             if bad:
-                raise ValueError(f"concept_layers {bad} do not exist: this transformer has {blocks} double-stream blocks, 0–{blocks - 1}")
+                raise ValueError(f"concept_layers {bad} do not exist: this transformer has {blocks} {kind} blocks, 0–{blocks - 1}")
             layers = sorted(set(layers))
         return list(concepts), layers
 

@@ -13,6 +13,7 @@ from diffusers import StableDiffusion3Img2ImgPipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
 from tqdm.auto import tqdm
 
+from .concepts import concept_stream
 from .joint_attention import recording_joint_attention
 from .prompt import sd3_layout
 from .shared import FlowSettings, build_trace, decode, encode, new_edit_plan, new_recording
@@ -20,9 +21,10 @@ from .shared import FlowSettings, build_trace, decode, encode, new_edit_plan, ne
 
 @torch.no_grad()
 def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowSettings, progress: bool, image=None,
-                 strength: float | None = None, edits: list | None = None):
-    """One SD3 / SD3.5 generation, traced (see ``FlowPipeline.__call__``; ``image``, ``strength``: img2img; ``edits``:
-    Reweight / Remove on the prompt's row; all checked);
+                 strength: float | None = None, concepts: list[str] | None = None, concept_layers: list[int] | None = None,
+                 edits: list | None = None):
+    """One SD3 / SD3.5 generation, traced (see ``FlowPipeline.__call__``; ``image``, ``strength``: img2img; ``concepts``,
+    ``concept_layers``: ConceptAttention; ``edits``: Reweight / Remove / Swap on the prompt's row; all checked);
     returns a :class:`~illustrated_sd.dit.trace.FlowTrace`."""
     sd3, s, record = pipe.pipeline, settings, settings.record
     transformer, scheduler, device = sd3.transformer, sd3.scheduler, sd3._execution_device
@@ -62,10 +64,13 @@ def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowS
     # 6. Denoise (there is no stage 5: SD3 has no guidance input)
     recording = new_recording(transformer, layout, image_len, len(timesteps), record, text_first=False)
     edit = new_edit_plan(transformer, edits, layout, image_len, len(timesteps), text_first=False, rows=2 if guided else 1)
+    stream = None
+    if concepts:  # ConceptAttention: the concepts' own stream through the joint blocks, read in the prompt's row (concepts.py)
+        stream = concept_stream("sd3", sd3, concepts, len(timesteps), concept_layers, image_len, device)
     seen = {"latents": [latents], "velocity": [], "velocity_text": [], "velocity_uncond": []}
-    with recording_joint_attention(transformer, recording, edits=edit):
+    with recording_joint_attention(transformer, recording, stream, edit):
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
-            for watcher in (recording, edit):
+            for watcher in (recording, stream, edit):
                 if watcher is not None:
                     watcher.step = i
             model_input = torch.cat([latents] * 2) if guided else latents
@@ -90,4 +95,4 @@ def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowS
                        latents=steps["latents"], velocity=steps["velocity"], velocity_text=steps["velocity_text"],
                        velocity_uncond=steps["velocity_uncond"], embeddings=prompt_embeds[0],
                        uncond_embeddings=negative_embeds[0] if guided else None, pooled=pooled[0], recording=recording, record=record,
-                       strength=strength, init_latents=init_latents, edits=edit)
+                       strength=strength, init_latents=init_latents, concepts=stream, edits=edit)

@@ -7,6 +7,7 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img 
 
 from .. import checks
 from ..recorders import RecordOptions, to_host, wait_for_host_copies
+from ..trace import spread_steps
 from .edits import FlowEditPlan
 from .joint_attention import QUADRANTS, JointAttentionRecording, joint_layers
 from .prompt import TextLayout
@@ -50,9 +51,6 @@ def check_flow_inputs(pipe, prompt, steps, guidance_scale, seed, negative_prompt
     if record is not None and not isinstance(record, RecordOptions):
         raise TypeError(f"record must be a RecordOptions (got {record!r}); e.g. record=isd.RecordOptions(per_head=True)")
     record = record or pipe.record
-    if record.compact:
-        raise NotImplementedError("compact traces are written for SD 1/2 and SDXL so far; trace Flux and SD3 with the default "
-                                  "RecordOptions() (or quadrants=('image_to_text',) for a smaller one)")
     checks.flag("progress", progress)
     return FlowSettings(steps, guidance_scale, true_cfg_scale, seed, sizes[0], sizes[1], max_sequence_length, record)
 
@@ -62,7 +60,8 @@ def new_edit_plan(transformer, edits, layout: TextLayout, image_len: int, steps:
     if not edits:
         return None
     return FlowEditPlan(edits, layout.words, layout.kept, layout.length, image_len, text_first, steps, list(joint_layers(transformer)),
-                        transformer.device, transformer.dtype, rows=rows)
+                        transformer.device, transformer.dtype, rows=rows, tokens=layout.tokens,
+                        heads=transformer.config.num_attention_heads)
 
 
 def recording_gib(record: RecordOptions, steps: int, layers: int, heads: int, tokens: int, image_tokens: int,
@@ -75,6 +74,8 @@ def recording_gib(record: RecordOptions, steps: int, layers: int, heads: int, to
     """
     n, N = tokens, image_tokens
     columns = {"image_to_text": N * (n + 1), "text_to_image": n * N, "text_to_text": n * (n + 1), "image_to_image": N * N}
+    if record.compact:  # one float32 mean per quadrant
+        return sum(columns[q] for q in record.quadrants) * 4 / 2**30
     h = heads if record.per_head else 1
     return steps * layers * h * sum(columns[q] for q in record.quadrants) * torch.finfo(dtype).bits / 8 / 2**30
 
@@ -100,7 +101,7 @@ def new_recording(transformer, layout: TextLayout, image_len: int, steps: int, r
                          "fewer quadrants (RecordOptions(quadrants=('image_to_text',))), fewer layers (layers=[...]), no "
                          "per_head, fewer steps or a smaller image; or raise memory_budget_gib")
     return JointAttentionRecording(layers, layout.length, image_len, text_first, layout.kept, steps, record.quadrants,
-                                   record.per_head, heads, dtype, transformer.device)
+                                   record.per_head, heads, dtype, transformer.device, compact=record.compact)
 
 
 def encode(pipeline, pixels: torch.Tensor, seed: int) -> torch.Tensor:
@@ -124,9 +125,16 @@ def build_trace(pipe, family: str, prompt: str, negative_prompt, settings: FlowS
                 recording: JointAttentionRecording | None, record: RecordOptions, strength: float | None = None,
                 init_latents: torch.Tensor | None = None, concepts=None, edits=None) -> FlowTrace:
     """Everything one generation recorded, into a :class:`FlowTrace` (latents ``[S + 1, C, h, w]``, per-step tensors
-    ``[S, C, h, w]``; x̂₀ = x_σ − σ·v̂ computed here, at every step at once)."""
+    ``[S, C, h, w]``; x̂₀ = x_σ − σ·v̂ computed here, at every step at once). A compact ``record`` keeps the per-step
+    tensors at ``record.keep_steps`` steps only (latents: the start, then after each kept step)."""
     keep = to_host if record.to_cpu else (lambda x: x)
     pred_x0 = latents[:-1].float() - sigmas[:-1, None, None, None].float() * velocity.float()
+    kept_steps = spread_steps(len(timesteps), record.keep_steps) if record.compact else None
+    if kept_steps is not None:
+        at = torch.tensor(kept_steps, device=latents.device)
+        latents = torch.cat([latents[:1], latents[at + 1]])
+        pred_x0, velocity, velocity_text = pred_x0[at], velocity[at], velocity_text[at]
+        velocity_uncond = None if velocity_uncond is None else velocity_uncond[at]
     attention = {} if recording is None else {q: keep(m) for q, m in recording.buffers.items()}
     trace = FlowTrace(
         family=family, prompt=prompt, negative_prompt=negative_prompt, image=picture, seed=settings.seed,
@@ -143,8 +151,8 @@ def build_trace(pipe, family: str, prompt: str, negative_prompt, settings: FlowS
         init_latents=None if init_latents is None else keep(init_latents),
         concepts=[] if concepts is None else list(concepts.concepts),
         concept_maps=None if concepts is None else keep(concepts.maps),
-        concept_layers=[] if concepts is None else [f"double.{i}" for i in concepts.layers],
-        edits=[] if edits is None else edits.records)
+        concept_layers=[] if concepts is None else concepts.names,
+        edits=[] if edits is None else edits.records, kept_steps=kept_steps)
     wait_for_host_copies(latents.device)
     return trace
 

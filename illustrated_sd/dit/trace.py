@@ -49,10 +49,10 @@ class FlowTrace:
         velocity_text, velocity_uncond: ``[S, C, h, w]`` the prompt's and the negative prompt's predictions.
         pred_x0: ``[S, C, h, w]`` x̂₀ = x_σ − σ·v̂: the clean latent the model believes in at each step.
         patch: latent pixels per side of one image token (2 for both: Flux packs 2×2 pixels, SD3 patchifies 2×2).
-        concepts, concept_maps, concept_layers: ConceptAttention (Flux, ``pipe(..., concepts=[...])``): ``concept_maps
-            [S, L, N, C]`` each patch's softmax over the ``C`` concepts in each of the ``L`` double-stream blocks
-            ``concept_layers`` (see :mod:`illustrated_sd.dit.concepts` and :meth:`concept_map`).
-        edits: the call's ``isd.edits.Reweight`` / ``Remove`` (:mod:`illustrated_sd.dit.edits`), one dict each (``slots`` are
+        concepts, concept_maps, concept_layers: ConceptAttention (``pipe(..., concepts=[...])``): ``concept_maps
+            [S, L, N, C]`` each patch's softmax over the ``C`` concepts in each of the ``L`` blocks ``concept_layers``
+            (Flux's double-stream blocks ``double.i``, SD3's joint blocks ``joint.i``) (see :mod:`illustrated_sd.dit.concepts` and :meth:`concept_map`).
+        edits: the call's ``isd.edits.Reweight`` / ``Remove`` / ``Swap`` (:mod:`illustrated_sd.dit.edits`), one dict each (``slots`` are
             the joint text sequence's); the maps show the attention the model used, edits included.
         mode: ``"text2img"`` or ``"img2img"``; for img2img also ``strength`` and ``init_latents [C, h, w]`` (the encoded
             picture x₀; ``latents[0]`` is it moved part of the way to the noise, and only the last steps are visited).
@@ -61,6 +61,11 @@ class FlowTrace:
             text_to_text ``[…, n, n + 1]``, image_to_image ``[…, N, N]`` (only when asked for).
         layers: the ``L`` recorded layers' names (``double.0``…, ``single.0``… for Flux; ``joint.0``… for SD3).
         per_head: whether maps keep every head.
+        kept_steps: ``None`` for a full trace. A *compact* trace (``RecordOptions(compact=True)``, what
+            ``illustrated-sd batch`` writes) kept the per-step tensors at these ``k`` steps only: ``latents`` is then
+            ``[k + 1, C, h, w]`` (the start, then after each kept step), ``velocity``, ``velocity_text``,
+            ``velocity_uncond`` and ``pred_x0`` ``[k, C, h, w]``; and each quadrant of ``attention`` is one map
+            ``[1, 1, 1, rows, columns]``, the mean over every step, recorded layer and head (see :attr:`lacks`).
     """
 
     family: str
@@ -102,10 +107,24 @@ class FlowTrace:
     concept_maps: torch.Tensor | None = None
     concept_layers: list[str] = field(default_factory=list)
     edits: list[dict] = field(default_factory=list)
+    kept_steps: list[int] | None = None
 
     @property
     def num_steps(self) -> int:
         return len(self.timesteps)
+
+    @property
+    def is_compact(self) -> bool:
+        """Whether this is a compact trace (a few steps kept, the maps averaged over steps and layers)."""
+        return self.kept_steps is not None
+
+    @property
+    def lacks(self) -> list[str]:
+        """What a compact trace does not have that a full one does (``[]`` for a full trace)."""
+        if not self.is_compact:
+            return []
+        return [f"latents, velocities and x̂₀ at steps other than {self.kept_steps}",
+                "attention maps per step, per layer and per head (it keeps each quadrant's mean over all of them)"]
 
     @property
     def latent_hw(self) -> tuple[int, int]:
@@ -158,6 +177,12 @@ class FlowTrace:
             raise ValueError(f"this trace recorded no {quadrant} attention (it has {sorted(self.attention) or 'none'}); generate "
                              f"with record=isd.RecordOptions(quadrants=(..., {quadrant!r}))")
         maps = self.attention[quadrant]
+        if self.is_compact:
+            if step is not None or layer is not None:
+                raise ValueError(f"this compact trace kept the attention averaged over all {self.num_steps} steps and "
+                                 f"{len(self.layers)} layers; pass step=None and layer=None, or generate with the default "
+                                 "RecordOptions() for maps per step and layer")
+            return maps[0, 0, 0].float()
         steps = checks.step_indices(step, self.num_steps)
         if layer is None:
             layers = slice(None)
@@ -193,6 +218,26 @@ class FlowTrace:
         """The share of the picture's attention to the text that the padding slots absorb (0–1)."""
         text = self._maps("image_to_text", step, layer)
         return float(text[:, -1].sum() / text.sum())
+
+    def attention_shares(self, step=None, layer=None) -> dict[str, float]:
+        """Each word's share of the picture's attention to the text, ``{word: share, …, "padding": share}``, summing to 1.
+
+        The mean over patches (and the chosen steps, layers and heads) of image→text attention to the word's tokens,
+        divided by the attention to the whole text: how the text's part of the joint softmax is split among its words.
+        A word said twice counts once, with all its tokens; a kept token that is no word (T5's end marker ``</s>``,
+        CLIP's start and end markers in SD3) is listed under its own name.
+        """
+        text = self._maps("image_to_text", step, layer).mean(0)  # [n + 1]: per kept token, then padding
+        total = float(text.sum())
+        shares, in_words = {}, {i for _, places in self.words for i in places}
+        for word, _ in self.words:
+            if word.lower() not in {w.lower() for w in shares}:
+                shares[word] = float(text[self.token_index(word)].sum()) / total
+        for i, token in enumerate(self.tokens):
+            if i not in in_words:
+                shares[token] = shares.get(token, 0.0) + float(text[i]) / total
+        shares["padding"] = float(text[-1]) / total
+        return shares
 
     def concept_map(self, concept: str, step=None, layer=None) -> torch.Tensor:
         """ConceptAttention's map of ``concept``: each patch's share among the concepts, ``[gh, gw]``, the mean over the
@@ -255,13 +300,17 @@ def _check(meta: dict, tensors: dict) -> None:
     if meta.get("family") not in ("flux", "sd3"):
         raise ValueError(f"family must be 'flux' or 'sd3' (got {meta.get('family')!r})")
     steps = len(tensors["timesteps"])
-    if tensors["latents"].ndim != 4 or len(tensors["latents"]) != steps + 1 or tuple(tensors["sigmas"].shape) != (steps + 1,):
-        raise ValueError(f"latents and sigmas must have {steps} + 1 entries")
+    kept = meta.get("kept_steps")
+    if kept is not None and (not isinstance(kept, list) or not kept or not all(isinstance(i, int) and 0 <= i < steps for i in kept)):
+        raise ValueError(f"kept_steps must be a list of step indices 0–{steps - 1} (got {kept!r})")
+    entries = steps if kept is None else len(kept)
+    if tensors["latents"].ndim != 4 or len(tensors["latents"]) != entries + 1 or tuple(tensors["sigmas"].shape) != (steps + 1,):
+        raise ValueError(f"latents must have {entries} + 1 entries and sigmas {steps} + 1")
     n = len(meta["tokens"])
     if len(tensors["kept_slots"]) != n or len(meta["token_sources"]) != n or not all(0 <= i < n for _, p in meta["words"] for i in p):
         raise ValueError(f"tokens, token_sources, kept_slots and words disagree about the {n} kept tokens")
     for q in (name.split("/", 1)[1] for name in tensors if name.startswith("attention/")):
-        if q not in QUADRANTS or tensors[f"attention/{q}"].ndim != 5 or len(tensors[f"attention/{q}"]) != steps:
+        if q not in QUADRANTS or tensors[f"attention/{q}"].ndim != 5 or len(tensors[f"attention/{q}"]) != (1 if kept else steps):
             raise ValueError(f"attention/{q} must be one of {QUADRANTS}, [{steps}, layers, heads, rows, columns]")
     image = tensors["image"]
     if tuple(image.shape) != (meta["height"], meta["width"], 3) or image.dtype != torch.uint8 or not math.isfinite(steps):
