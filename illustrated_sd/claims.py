@@ -44,9 +44,13 @@ def claim(sentence: str, holds, **numbers_) -> None:
 
 
 def _number(value) -> str:
-    """A measured value as a sentence shows it: 3 significant digits for reals."""
+    """A measured value as a sentence shows it: 3 significant digits for reals, also inside lists and dicts."""
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
         value = value.item()
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_number(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_number(v) for v in value) + "]"
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)) and math.isfinite(value):
         return f"{value:.3g}"
     return str(value)

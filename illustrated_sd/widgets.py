@@ -1,6 +1,6 @@
 """Jupyter widgets (ipywidgets) around a Trace: scrub through the steps, pick tokens and layers, generate.
 
-TraceExplorer only reads a trace. PromptPlayground and GuidanceSlider exist to generate, and say so.
+TraceExplorer only reads a trace, of either family: SD 1/2/XL's cross-attention, or SD3 / Flux's joint attention. PromptPlayground and GuidanceSlider exist to generate, and say so.
 Each checks what it is given when it is made: ipywidgets only logs an error raised inside a callback, out of the
 user's sight, so what can go wrong there (a prompt typed in, a failed generation) is shown in the widget instead.
 """
@@ -15,10 +15,12 @@ import numpy as np
 from PIL import Image
 
 from . import checks
+from .dit.trace import FlowTrace
+from .explorer import require_any_trace
 from .pipeline import IllustratedPipeline
 from .plot.attention import upsample
 from .plot.denoising import _as_rgb
-from .trace import require_trace
+from .plot.joint import concentration, layer_groups, telling_word, tokens_to_pixels, word_choices
 
 SIZE = 192  # pixels of each view
 
@@ -88,32 +90,38 @@ def _guidance_scales(scales) -> list[float]:
 
 
 def _telling_token(trace) -> int:
-    """The slot to show first: the word whose heatmap at the last step is strong and concentrated (peak times
-    peak over mean), i.e. a word that found its place: neither an article that pixels attend to everywhere
-    nor a word with a sharp but tiny map."""
+    """The slot to show first: the word whose heatmap at the last step is the most concentrated
+    (:func:`~illustrated_sd.plot.joint.concentration`), i.e. a word that found its place."""
     if not trace.attention_maps:
         return 1
+    return max(range(1, len(trace.tokens) - 1), key=lambda slot: concentration(trace.cross_attention(slot, step=-1)))
 
-    def concentration(slot):
-        heat = trace.cross_attention(slot, step=-1)
-        return float(heat.max() ** 2 / heat.mean().clamp_min(1e-12))
-    return max(range(1, len(trace.tokens) - 1), key=concentration)
+
+# The joint attention's views of a FlowTrace, beside the image, x_t and x̂₀: what a view shows, in its heading.
+JOINT_VIEWS = {"image→text": "where the picture reads the word", "text→image": "what the word reads from the picture",
+               "text share": "each patch's attention to all text"}
 
 
 class TraceExplorer(W.VBox):
-    """Scrub through a trace: a step slider (with play), token, layer and head selectors, and four
-    views that update together: the final image, the latent x_t, the predicted x0, the token's heatmap.
+    """Scrub through a trace: a step slider (with play), attention pickers, and views that update together: the final
+    image, the latent x_t, the predicted x0, and the attention.
+
+    SD 1/2/XL (a :class:`~illustrated_sd.trace.Trace`): token, layer and head pickers; one view, the token's
+    cross-attention heatmap ``[h, w]`` upsampled. SD3 / Flux (a :class:`~illustrated_sd.dit.trace.FlowTrace`): a word
+    picker (:func:`~illustrated_sd.plot.joint.word_choices`) and a layer picker (all layers, Flux's double- or
+    single-stream blocks, or one layer); three views side by side, each ``[gh, gw]`` image tokens as square blocks:
+    ``image→text`` (``trace.cross_attention``), ``text→image`` (``trace.text_to_image``) and ``text share``.
 
     Args:
-        trace: a recorded generation with every step (not a compact one).
+        trace: a recorded generation with every step (not a compact one), of either family.
         decode: optional ``pipe.decode_latents`` to show latents as pictures (else channels 0–2 as RGB).
     Example:
         >>> TraceExplorer(trace, decode=pipe.decode_latents)   # last line of a notebook cell
     """
 
     def __init__(self, trace, decode=None):
-        require_trace(trace, "TraceExplorer", every_step=True)
-        if decode is not None and (isinstance(decode, IllustratedPipeline) or not callable(decode)):
+        require_any_trace(trace, "TraceExplorer")
+        if decode is not None and (hasattr(decode, "decode_latents") or not callable(decode)):  # a pipeline is callable too
             raise TypeError(f"decode must be pipe.decode_latents (latents in, pictures out) or None, got {type(decode).__name__}")
         self.trace, self.decode = trace, decode
         self._decoded = {}
@@ -121,18 +129,29 @@ class TraceExplorer(W.VBox):
         self.step = W.IntSlider(value=last, min=0, max=last, description="step")
         self.play = W.Play(value=last, min=0, max=last, interval=300)
         W.jslink((self.play, "value"), (self.step, "value"))
-        words = trace.tokens[1:-1]
-        self.token = W.Dropdown(options=[(f"{i}: {w}", i) for i, w in enumerate(trace.tokens)], value=_telling_token(trace) if words else 0,
-                                description="token")
-        self.layer = W.Dropdown(options=[("all layers", None)] + [(name, name) for name in trace.attention_maps], description="layer")
-        heads = next(iter(trace.attention_maps.values())).shape[1] if trace.attention_maps else 1
-        self.head = W.Dropdown(options=[("mean", None)] + ([(str(h), h) for h in range(heads)] if trace.per_head else []), description="head")
-        self.views = {name: W.Image(format="png", width=SIZE, height=SIZE) for name in ("image", "latent", "pred_x0", "heatmap")}
+        if isinstance(trace, FlowTrace):
+            if "image_to_text" not in trace.attention:
+                raise ValueError(f"TraceExplorer shows image→text attention, and this trace recorded {sorted(trace.attention) or 'none'}; "
+                                 "generate with the default isd.RecordOptions()")
+            self.word = W.Dropdown(options=word_choices(trace), value=telling_word(trace), description="word")
+            self.layer = W.Dropdown(options=layer_groups(trace) + [(name, name) for name in trace.layers], description="layer")
+            pickers, attention_views = [self.word, self.layer], list(JOINT_VIEWS)
+        else:
+            words = trace.tokens[1:-1]
+            self.token = W.Dropdown(options=[(f"{i}: {w}", i) for i, w in enumerate(trace.tokens)],
+                                    value=_telling_token(trace) if words else 0, description="token")
+            self.layer = W.Dropdown(options=[("all layers", None)] + [(name, name) for name in trace.attention_maps], description="layer")
+            heads = next(iter(trace.attention_maps.values())).shape[1] if trace.attention_maps else 1
+            self.head = W.Dropdown(options=[("mean", None)] + ([(str(h), h) for h in range(heads)] if trace.per_head else []),
+                                   description="head")
+            pickers, attention_views = [self.token, self.layer, self.head], ["heatmap"]
+        self.views = {name: W.Image(format="png", width=SIZE, height=SIZE) for name in ("image", "latent", "pred_x0", *attention_views)}
         self.caption = W.HTML()
-        labelled = [W.VBox([W.HTML(f"<b>{name}</b>"), view]) for name, view in self.views.items()]
-        super().__init__([W.HBox([self.play, self.step]), W.HBox([self.token, self.layer, self.head]), self.caption, W.HBox(labelled)])
+        labelled = [W.VBox([W.HTML(f"<b>{name}</b>" + (f"<br><small>{JOINT_VIEWS[name]}</small>" if name in JOINT_VIEWS else "")), view])
+                    for name, view in self.views.items()]
+        super().__init__([W.HBox([self.play, self.step]), W.HBox(pickers), self.caption, W.HBox(labelled)])
         self.views["image"].value = _png(trace.image.resize((SIZE, SIZE)))
-        for control in (self.step, self.token, self.layer, self.head):
+        for control in (self.step, *pickers):
             control.observe(_shown_in(self.caption, self.update), names="value")
         self.update()  # the first drawing raises here, at construction: a decode that fails says so at once
 
@@ -150,17 +169,40 @@ class TraceExplorer(W.VBox):
 
     def update(self) -> None:
         """Redraw the views for the current selections."""
-        step, trace = self.step.value, self.trace
+        step = self.step.value
         self.views["latent"].value = _png(self._picture("latent", step))
         self.views["pred_x0"].value = _png(self._picture("pred_x0", step))
+        self.caption.value = self._draw_joint(step) if isinstance(self.trace, FlowTrace) else self._draw_cross(step)
+
+    def _draw_cross(self, step: int) -> str:
+        """SD 1/2/XL: the token's cross-attention heatmap at this step; returns the caption."""
+        trace = self.trace
         if trace.attention_maps:
             heat = upsample(trace.cross_attention(self.token.value, step=step, layer=self.layer.value, head=self.head.value), (SIZE, SIZE))
             self.views["heatmap"].value = _png(_heat_image(heat, trace.image))
         t = trace.timesteps[step].item()
-        self.caption.value = (f"step {step + 1} of {trace.num_steps}, t = {t:.0f}, ᾱ = {trace.alpha_bars[step].item():.3f}: "
-                              f"<i>latent</i> is x<sub>t</sub> after this step, <i>pred_x0</i> the clean picture the model "
-                              f"believes in here" + ("" if trace.attention_maps else "; no heatmap: this trace has no "
-                                                     "cross-attention maps (generate with RecordOptions(cross_attention=True))"))
+        return (f"step {step + 1} of {trace.num_steps}, t = {t:.0f}, ᾱ = {trace.alpha_bars[step].item():.3f}: "
+                f"<i>latent</i> is x<sub>t</sub> after this step, <i>pred_x0</i> the clean picture the model "
+                f"believes in here" + ("" if trace.attention_maps else "; no heatmap: this trace has no "
+                                       "cross-attention maps (generate with RecordOptions(cross_attention=True))"))
+
+    def _draw_joint(self, step: int) -> str:
+        """SD3 / Flux: the word's image→text and text→image maps and the text's share, at this step; returns the caption."""
+        trace, word, layer = self.trace, self.word.value, self.layer.value
+        maps = {"image→text": trace.cross_attention(word, step, layer), "text share": trace.text_share(step, layer)}
+        if "text_to_image" in trace.attention:
+            maps["text→image"] = trace.text_to_image(word, step, layer)
+        for name, heat in maps.items():  # each scaled to its own maximum, one block per image token
+            self.views[name].value = _png(_heat_image(tokens_to_pixels(heat, (SIZE, SIZE)), trace.image))
+        sigma, after = trace.sigmas[step].item(), trace.sigmas[step + 1].item()
+        return (f"step {step + 1} of {trace.num_steps}, σ = {sigma:.3f} → {after:.3f}: <i>latent</i> is x after this step, "
+                f"<i>pred_x0</i> the clean picture the model believes in here (x̂₀ = x<sub>σ</sub> − σ·v̂). The picture gives "
+                f"{100 * float(maps['text share'].mean()):.1f}% of its attention to the text, "
+                f"{100 * float(maps['image→text'].mean()):.2f}% to “{html.escape(self.word.label)}” "
+                f"(at most {100 * float(maps['image→text'].max()):.2f}% of a patch's); the padding takes "
+                f"{100 * trace.padding_share(step, layer):.1f}% of the attention to the text"
+                + ("" if "text→image" in maps else "; no text→image view: record it with "
+                   "RecordOptions(quadrants=(..., \"text_to_image\"))"))
 
 
 class PromptPlayground(W.VBox):

@@ -12,6 +12,8 @@ def test_a_claim_that_holds_prints_its_numbers(capsys):
     assert capsys.readouterr().out == "✓ most of the attention lands on the left (share 0.931, pictures 8)\n"
     claim("numpy bools count too", np.float64(2.0) > 1)
     assert capsys.readouterr().out == "✓ numpy bools count too\n"
+    claim("numbers inside lists and dicts are rounded too", True, looks={"triangle": 1.5801161527633667, "seen": [0.123456, 2]})
+    assert capsys.readouterr().out == "✓ numbers inside lists and dicts are rounded too (looks {triangle: 1.58, seen: [0.123, 2]})\n"
 
 
 def test_a_claim_that_no_longer_holds_fails_the_run_naming_it():

@@ -125,3 +125,17 @@ def test_model_defaults_are_read_from_the_folder(folders, tmp_path):
     assert model_defaults(folders["tiny-sd3"]) == {"steps": 28, "guidance": 7.0}
     assert model_defaults(None) == {"steps": 25, "guidance": 7.5}  # the embedded tiny SD
     assert model_defaults(tmp_path / "nothing-here") == {"steps": 25, "guidance": 7.5}
+
+
+def test_explain_writes_the_report_of_a_flow_model(folders, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["explain", PROMPT, "--model", str(folders["tiny-sd3"]), "--out", str(out), "--steps", "2"]) == 0
+    assert "report.html" in capsys.readouterr().out
+    trace = isd.Trace.load(out / "trace.safetensors")
+    assert isinstance(trace, isd.FlowTrace) and trace.num_steps == 2 and trace.guidance_scale == 7.0  # SD3's own default
+    page = (out / "report.html").read_text()
+    assert "2. Joint attention" in page and (out / "joint_attention.png").stat().st_size > 1000
+    summary = (out / "summary.txt").read_text()
+    assert f"padding absorbs {trace.padding_share():.1%}" in summary
+    share = trace.attention_shares()["circle"]
+    assert f"'circle': {share:.1%} of the text's attention" in summary

@@ -163,8 +163,11 @@ def test_self_attention_one_panel_per_point_each_a_distribution(head_trace):
     # the mean over steps, heads and the recorded layers (all 8×8 here)
     probs = torch.stack([m.float().mean(dim=(0, 1)) for m in head_trace.self_attention_maps.values()]).mean(0)  # [8, 8, 64]
     torch.testing.assert_close(probs.sum(-1), torch.ones(8, 8))  # each pixel's row sums to 1 over the grid
-    top_left, bottom_right = (float(probs[r, c].max()) for r, c in ((0, 0), (7, 7)))
-    assert [ax.get_title().split("max ")[1] for ax in panels[1:]] == [f"{top_left:.2g})", f"{bottom_right:.2g})"]
+    top_left, bottom_right = (64 * float(probs[r, c].max()) for r, c in ((0, 0), (7, 7)))  # × uniform (1/64)
+    assert [ax.get_title().split("peak ")[1] for ax in panels[1:]] == [f"{top_left:.2g}× uniform)", f"{bottom_right:.2g}× uniform)"]
+    # one shared scale, up to the highest peak, and a colour bar that says what the numbers are
+    assert [ax.images[1].get_clim() for ax in panels[1:]] == [(0, pytest.approx(max(top_left, bottom_right)))] * 2
+    assert any(ax.get_ylabel() == "× uniform attention" for ax in fig.axes)
     assert png(fig).std() > 10
 
 

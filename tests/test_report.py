@@ -245,3 +245,111 @@ def test_the_explorer_works_in_chromium_whatever_the_prompt(hostile_reports, chr
             assert [label.rsplit("  ", 1)[0] for label in labels] == [f"{i}: {token}" for i, token in enumerate(trace.tokens)]
         browser.close()
     assert errors == [] and dialogs == []
+
+
+# ---- a diffusion transformer's report: the quadrant view, driven in the browser ------------------------------------
+
+@pytest.fixture(scope="module")
+def flow_report(tmp_path_factory):
+    """Flux with true CFG (a guidance view too) and ConceptAttention: the report a student gets for a FlowTrace."""
+    import illustrated_sd as isd
+
+    pipe = isd.IllustratedPipeline(isd.build_random_pipeline("tiny-flux", seed=1))
+    trace = pipe("a red circle on the left and a red square", num_inference_steps=4, seed=0, max_sequence_length=16,
+                 true_cfg_scale=3.0, negative_prompt="a blue star", concepts=["circle", "sky"], progress=False)
+    return trace, write_report(trace, tmp_path_factory.mktemp("flow-report"), decode=pipe.decode_latents)
+
+
+def test_a_flow_report_explains_the_joint_sequence(flow_report):
+    from illustrated_sd.plot.joint import telling_word
+
+    trace, path = flow_report
+    page = path.read_text(encoding="utf-8")
+    for heading in ("From words to tokens", "Joint attention", "The flow from noise to picture", "ConceptAttention"):
+        assert heading in page
+    assert "Where the UNet looked" not in page and "http://" not in page and "https://" not in page
+    assert page.count("src='data:image/png;base64,") == 3  # the hero, the joint attention, the concept maps
+    assert f"Shown for “{telling_word(trace)}”" in page
+    assert f"<tr><td>{int(trace.kept_slots[1])}</td><td><code>red</code></td><td>t5</td></tr>" in page  # slot, token, encoder
+    assert f"…and {trace.padding_slots} padding slots of 16" in page and page.count('id="isd-explorer"') == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["concept_maps.png", "image.png", "joint_attention.png", "report.html"]
+
+
+def test_the_quadrant_view_answers_the_words_the_patches_and_the_slider_offline(flow_report, chromium, tmp_path):
+    """Pick a word: both heatmaps change; hover a patch: its words ranked, the padding one of them, the numbers the
+    trace's own; the slider and the layer groups; no error, no request."""
+    from playwright.sync_api import sync_playwright
+
+    from illustrated_sd.plot.joint import telling_word, word_choices
+
+    trace, path = flow_report
+    entries = word_choices(trace)
+    errors, requests = [], []
+    with sync_playwright() as p:
+        browser = launch(p, chromium)
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda err: errors.append(str(err)))
+
+        def only_the_file(route):
+            if route.request.url == path.as_uri():
+                return route.continue_()
+            requests.append(route.request.url)
+            return route.abort()
+
+        page.route("**/*", only_the_file)
+        page.goto(path.as_uri())
+        page.wait_for_function("document.querySelectorAll('#isd-token-list button').length > 0", timeout=10_000)
+
+        # The words (each once, then the end marker), opened on the most telling word; each button's share is the trace's.
+        labels = page.eval_on_selector_all("#isd-token-list button", "bs => bs.map(b => b.firstChild.textContent)")
+        assert [label.rsplit("  ", 1)[0] for label in labels] == [label for label, _ in entries]
+        selected = page.eval_on_selector("#isd-token-list button.isd-selected", "b => b.firstChild.textContent")
+        assert selected.startswith(telling_word(trace) + "  ")
+        for label, (_, key) in zip(labels, entries):
+            assert float(label.rsplit("  ", 1)[1].rstrip("%")) == pytest.approx(100 * float(trace.cross_attention(key, step=-1).mean()),
+                                                                                  rel=0.02, abs=0.002)
+        assert page.is_visible("#isd-reads") and page.inner_text("#isd-step-label").startswith(f"step {trace.num_steps} of {trace.num_steps}, σ = ")
+        assert "v̂" in page.inner_text("#isd-prediction-title") and page.locator("#isd-latents canvas").count() == 4
+
+        # Another word: both heatmaps change, the captions name it.
+        heat, reads = _canvas(page, "#isd-heat"), _canvas(page, "#isd-reads")
+        other = next(i for i, (label, _) in enumerate(entries) if label in ("circle", "square") and not selected.startswith(label + "  "))
+        page.click(f"[data-token='{other}']")
+        assert _canvas(page, "#isd-heat") != heat and _canvas(page, "#isd-reads") != reads
+        assert f'"{entries[other][0]}"' in page.inner_text("#isd-heat-caption") and f'"{entries[other][0]}"' in page.inner_text("#isd-reads-caption")
+        # each caption's scale is the maximum of that word's map: the trace's image→text and text→image at the last step
+        for caption, heat in (("#isd-heat-caption", trace.cross_attention), ("#isd-reads-caption", trace.text_to_image)):
+            shown = float(page.inner_text(caption).split("maximum, ")[1].split("%")[0])
+            assert shown == pytest.approx(100 * float(heat(entries[other][1], step=-1).max()), rel=0.01)
+
+        # A patch: its words ranked by its image→text attention, the padding as its own entry, the first the trace's largest.
+        gh, gw = trace.grid_hw
+        row, col = 1, gw - 1
+        page.locator("#isd-heat").scroll_into_view_if_needed()
+        box = page.locator("#isd-heat").bounding_box()
+        page.mouse.move(box["x"] + (col + 0.5) * box["width"] / gw, box["y"] + (row + 0.5) * box["height"] / gh)
+        items = page.eval_on_selector_all("#isd-hover-list li", "lis => lis.map(li => li.textContent)")
+        values = {label: float(trace.cross_attention(key, step=-1)[row, col]) for label, key in entries}
+        values[f"padding ({trace.padding_slots} slots)"] = float(trace.text_share(step=-1)[row, col]) - sum(values.values())
+        ranked = sorted(values, key=values.get, reverse=True)[:8]
+        assert [item.rsplit("  ", 1)[0] for item in items] == ranked
+        assert float(items[0].rsplit("  ", 1)[1].rstrip("%")) == pytest.approx(100 * values[ranked[0]], rel=0.01)
+        assert any(item.startswith("padding (") for item in items) or values[f"padding ({trace.padding_slots} slots)"] < values[ranked[-1]]
+        assert page.inner_text("#isd-hover-where").startswith(f"patch (row {row}, column {col}) of the {gh}×{gw} tokens gives "
+                                                              f"{100 * float(trace.text_share(step=-1)[row, col]):.1f}%")
+        page.screenshot(path=str(tmp_path / "flow.png"), full_page=True)
+
+        # The slider: the first step, another x̂₀ and other maps; then the single-stream blocks, other maps again.
+        heat, x0 = _canvas(page, "#isd-heat"), page.get_attribute("#isd-x0", "src")
+        page.focus("#isd-step")
+        page.keyboard.press("Home")
+        assert page.inner_text("#isd-step-label").startswith(f"step 1 of {trace.num_steps}, σ = 1")
+        assert page.get_attribute("#isd-x0", "src") != x0 and _canvas(page, "#isd-heat") != heat
+        heat, reads = _canvas(page, "#isd-heat"), _canvas(page, "#isd-reads")
+        page.select_option("#isd-group", label="single-stream blocks (2)")
+        assert _canvas(page, "#isd-heat") != heat and _canvas(page, "#isd-reads") != reads
+        browser.close()
+    assert errors == [] and requests == []
+    with Image.open(tmp_path / "flow.png") as image:
+        assert np.asarray(image).std() > 10

@@ -9,7 +9,7 @@ import illustrated_sd as isd
 from illustrated_sd import IllustratedPipeline
 from illustrated_sd.widgets import GuidanceSlider, PromptPlayground, TraceExplorer
 
-from .test_explorer import HOSTILE_PROMPTS
+from .test_explorer import HOSTILE_PROMPTS, flow_pipes, flux_trace  # noqa: F401 (the flow fixtures)
 
 
 def test_trace_explorer_views_follow_the_controls(trace, head_trace):
@@ -68,8 +68,67 @@ def test_prompts_and_errors_are_shown_as_text_not_html(pipe):
 
 
 def test_the_explorer_needs_a_trace():
-    with pytest.raises(TypeError, match="TraceExplorer takes a Trace"):
+    with pytest.raises(TypeError, match=r"TraceExplorer takes a Trace \(SD 1/2/XL\) or a FlowTrace \(SD3, Flux\), got str 'a red circle"):
         TraceExplorer("a red circle on the left")
+
+
+# ---- a diffusion transformer's trace: the joint attention's views ------------------------------------------------
+
+def test_the_explorer_of_a_flow_trace_follows_the_step_the_word_and_the_layer(flux_trace, flow_pipes):
+    from illustrated_sd.plot.joint import telling_word, tokens_to_pixels, word_choices
+    from illustrated_sd.widgets import SIZE, _heat_image, _png
+
+    trace = flux_trace
+    explorer = TraceExplorer(trace, decode=flow_pipes["tiny-flux"].decode_latents)
+    assert list(explorer.views) == ["image", "latent", "pred_x0", "image→text", "text→image", "text share"]
+    assert list(explorer.word.options) == word_choices(trace) and explorer.word.value == telling_word(trace)
+    assert [label for label, _ in explorer.layer.options] == ["all 4 layers", "double-stream blocks (2)", "single-stream blocks (2)", *trace.layers]
+    shown = lambda: {name: view.value for name, view in explorer.views.items()}  # noqa: E731
+    drawn = lambda heat: _png(_heat_image(tokens_to_pixels(heat, (SIZE, SIZE)), trace.image))  # noqa: E731
+
+    before = shown()
+    explorer.step.value = 0
+    after = shown()
+    assert [name for name in after if after[name] != before[name]] == ["latent", "pred_x0", "image→text", "text→image", "text share"]
+    assert after["image→text"] == drawn(trace.cross_attention(telling_word(trace), step=0))
+    assert explorer.caption.value.startswith("step 1 of 4, σ = 1.000 → ")
+
+    explorer.word.value = "square"
+    now = shown()
+    assert now["image→text"] == drawn(trace.cross_attention("square", step=0)) != after["image→text"]
+    assert now["text→image"] == drawn(trace.text_to_image("square", step=0)) != after["text→image"]
+    assert now["text share"] == after["text share"]  # not the word's: every patch's share of attention to all text
+    assert f"{100 * float(trace.cross_attention('square', step=0).mean()):.2f}% to “square”" in explorer.caption.value
+
+    single = ("single.0", "single.1")
+    explorer.layer.value = single
+    assert explorer.views["image→text"].value == drawn(trace.cross_attention("square", 0, single))
+    assert explorer.views["text share"].value == drawn(trace.text_share(0, single)) != now["text share"]
+    explorer.layer.value = "double.1"
+    assert explorer.views["text→image"].value == drawn(trace.text_to_image("square", 0, "double.1"))
+    assert f"the padding takes {100 * trace.padding_share(0, 'double.1'):.1f}% of the attention to the text" in explorer.caption.value
+    explorer.word.value = trace.tokens.index("</s>")  # a marker token, picked by its place
+    assert explorer.views["image→text"].value == drawn(trace.cross_attention(trace.tokens.index("</s>"), 0, "double.1"))
+    assert "to “&lt;/s&gt; (t5)”" in explorer.caption.value  # escaped: the caption is HTML
+    assert len(repr(explorer)) <= 110
+
+
+def test_a_flow_trace_without_a_quadrant_says_what_is_missing(flux_trace, flow_pipes):
+    from dataclasses import replace
+
+    quadrant = lambda *names: replace(flux_trace, attention={n: flux_trace.attention[n] for n in names})  # noqa: E731
+    with pytest.raises(ValueError, match=r"TraceExplorer shows image→text attention, and this trace recorded \['text_to_image'\]; "
+                                         r"generate with the default isd.RecordOptions\(\)"):
+        TraceExplorer(quadrant("text_to_image"))
+    explorer = TraceExplorer(quadrant("image_to_text"))
+    assert explorer.views["text→image"].value == b"" and explorer.views["image→text"].value != b""
+    assert "no text→image view: record it with RecordOptions(quadrants=(..., \"text_to_image\"))" in explorer.caption.value
+    with pytest.raises(TypeError, match=r"decode must be pipe.decode_latents \(latents in, pictures out\) or None, got FlowPipeline"):
+        TraceExplorer(flux_trace, decode=flow_pipes["tiny-flux"])
+    compact = flow_pipes["tiny-flux"]("a red circle", num_inference_steps=3, max_sequence_length=16, progress=False,
+                                      record=isd.RecordOptions(compact=True))
+    with pytest.raises(ValueError, match=r"TraceExplorer needs every step, and this is a compact trace: it lacks latents, velocities"):
+        TraceExplorer(compact)
 
 
 # ---- bad input is refused when a widget is made, before anything is generated ----------------------------------

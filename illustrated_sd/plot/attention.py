@@ -114,9 +114,9 @@ def self_attention(trace: Trace, points=((0.25, 0.25), (0.75, 0.25), (0.5, 0.5),
     """Where a few pixels look in *self*-attention: the image's pixels asking each other, not the words.
 
     For each query point, its row of the self-attention map (``H·W`` probabilities over the grid) is
-    reshaped to ``[H, W]`` and laid over the image; the point is marked. Pixels on an object look mostly
-    at object pixels (in SD, mostly at their own object, which keeps a shape together), background pixels
-    at the background.
+    reshaped to ``[H, W]`` and laid over the image; the point is marked. Values are shown as multiples of
+    uniform attention (``H·W`` × the probability: 1 where a pixel gets what every pixel would get alike), on one
+    scale for all panels, so a panel's brightness compares with the others'.
 
     Args:
         trace: a generation recorded with ``RecordOptions(self_attention_resolutions=(…,))``.
@@ -124,7 +124,8 @@ def self_attention(trace: Trace, points=((0.25, 0.25), (0.75, 0.25), (0.5, 0.5),
         layer: a recorded self-attention layer name, or ``None`` for the mean of the recorded layers of
             the finest recorded grid. step: as in :meth:`Trace.cross_attention` (``None`` = mean over steps).
     Returns:
-        a Figure with the image, then one panel per point (each on its own scale, maximum noted).
+        a Figure with the image, then one panel per point (one shared scale, with a colour bar; each title notes
+        the panel's peak, × uniform).
     """
     require_trace(trace, "plot.self_attention", every_step=True)
     maps = trace.self_attention_maps
@@ -149,15 +150,17 @@ def self_attention(trace: Trace, points=((0.25, 0.25), (0.75, 0.25), (0.5, 0.5),
     axes = axes[0]
     axes[0].imshow(image)
     axes[0].set_title("image", fontsize=9)
-    for ax, (x, y) in zip(axes[1:], points):
-        row, col = min(int(y * grid[0]), grid[0] - 1), min(int(x * grid[1]), grid[1] - 1)
-        heat = probs[row, col].reshape(grid)
+    cells = [(min(int(y * grid[0]), grid[0] - 1), min(int(x * grid[1]), grid[1] - 1)) for x, y in points]
+    heats = [probs[row, col].reshape(grid) * probs.shape[-1] for row, col in cells]  # × uniform: 1 = every pixel alike
+    top = max(float(h.max()) for h in heats)
+    for ax, (x, y), heat in zip(axes[1:], points, heats):
         ax.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)
-        ax.imshow(upsample(heat, image.shape[:2]) / float(heat.max()), cmap=cmap, alpha=0.65, vmin=0, vmax=1)
+        shown = ax.imshow(upsample(heat, image.shape[:2]), cmap=cmap, alpha=0.65, vmin=0, vmax=top)
         ax.plot(x * image.shape[1], y * image.shape[0], marker="+", color="cyan", markersize=12, mew=2)
-        ax.set_title(f"pixel ({x:g}, {y:g})\n(max {float(heat.max()):.2g})", fontsize=9)
+        ax.set_title(f"pixel ({x:g}, {y:g})\n(peak {float(heat.max()):.2g}× uniform)", fontsize=9)
     for ax in axes:
         ax.set_axis_off()
+    fig.colorbar(shown, ax=axes[1:], shrink=0.8, label="× uniform attention")
     where = "all steps" if step is None else f"step {step}"
     fig.suptitle(f"self-attention: where each marked pixel looks ({grid[0]}×{grid[1]} grid, {where})", fontsize=10)
     return fig

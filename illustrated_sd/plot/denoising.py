@@ -92,6 +92,41 @@ def latent_channels(trace: Trace, step: int = -1, what: str = "latents", cmap: s
     return fig
 
 
+def latent_parts(trace: Trace, steps=None, channel: int = 0, cmap: str = "RdBu_r"):
+    """What a noisy latent is made of, at a few steps: x_t = √ᾱ·x̂₀ (the picture it holds) + √(1−ᾱ)·ε̂ (the noise it holds).
+
+    ε̂ is the UNet's estimate of a unit-variance noise; the latent holds it scaled by √(1−ᾱ), which shrinks to nearly
+    0 at the end. Every panel shares one colour scale, so sizes compare across rows and columns.
+
+    Args:
+        trace: a full trace of an ε-predicting model (the embedded one, SD 1.5).
+        steps: step indices (default: the first, the middle and the last).
+        channel: which latent channel to show.
+    Returns:
+        a Figure, one row per step: x_t, √ᾱ·x̂₀, √(1−ᾱ)·ε̂, each ``[h, w]``, titled with its standard deviation.
+    """
+    require_trace(trace, "plot.latent_parts", every_step=True)
+    if trace.prediction_type != "epsilon":
+        raise ValueError(f"plot.latent_parts splits x_t with the predicted noise ε̂; this model predicts {trace.prediction_type!r}")
+    steps = [0, trace.num_steps // 2, trace.num_steps - 1] if steps is None else [checks.step_index(k, trace.num_steps) for k in steps]
+    channel = checks.whole_number("channel", channel, minimum=0, maximum=trace.latents.shape[1] - 1)
+    rows = []
+    for k in steps:
+        a = trace.alpha_bars[k].float()
+        signal, noise = a.sqrt() * trace.pred_x0[k, channel].float(), (1 - a).sqrt() * trace.noise_pred[k, channel].float()
+        rows.append((k, [signal + noise, signal, noise]))
+    limit = max(float(x.abs().max()) for _, parts in rows for x in parts)
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.2, 2.3 * len(rows)), squeeze=False, layout="constrained")
+    names = ["x_t, as the UNet sees it", "√ᾱ·x̂₀: the picture in it", "√(1−ᾱ)·ε̂: the noise in it"]
+    for (k, parts), row in zip(rows, axes):
+        for name, x, ax in zip(names, parts, row):
+            im = ax.imshow(x.numpy(), cmap=cmap, vmin=-limit, vmax=limit)
+            ax.set_title(f"{name}\nstep {k}, t = {trace.timesteps[k].item():.0f}: std {x.std():.2f}", fontsize=9)
+            ax.set_axis_off()
+    fig.colorbar(im, ax=axes, shrink=0.6, label=f"channel {channel} value")
+    return fig
+
+
 def noise_schedule(scheduler, trace: Trace | None = None):
     """β_t, ᾱ_t and the signal-to-noise ratio ᾱ/(1−ᾱ) over the training timesteps, with the timesteps a sampler visits.
 

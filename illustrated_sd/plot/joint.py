@@ -17,6 +17,56 @@ def tokens_to_pixels(heat: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(heat[None, None].float(), size=size, mode="nearest")[0, 0].numpy()
 
 
+# What each kind of transformer block is called in words (a layer's name is "<kind>.<index>").
+BLOCK_KINDS = {"double": "double-stream blocks", "single": "single-stream blocks", "joint": "joint blocks"}
+
+
+def word_choices(trace: FlowTrace) -> list[tuple[str, str | int]]:
+    """What a word picker offers: each word of the prompt once, then each token that belongs to no word (T5's
+    ``</s>``, CLIP's start and end markers), in the order they first come in the text.
+
+    Returns ``[(label, key)]``: ``trace.cross_attention(key)`` is the entry's map (a word's key is the word, so its
+    every place, in every encoder, is summed; a marker's key is its token index). The entries' tokens are the ``n``
+    kept tokens, each once, so the entries' maps plus the padding add up to ``trace.text_share()``.
+    Example:
+        >>> word_choices(trace)   # [('a', 'a'), ('red', 'red'), …, ('</s> (t5)', 6)]
+    """
+    entries = {}  # lowercased word (as token_index matches words) → (where it first comes, label, key)
+    for word, places in trace.words:
+        entries.setdefault(word.lower(), (min(places), word, word))
+    in_words = {i for _, places in trace.words for i in places}
+    markers = [(i, f"{token} ({trace.token_sources[i]})", i) for i, token in enumerate(trace.tokens) if i not in in_words]
+    return [(label, key) for _, label, key in sorted([*entries.values(), *markers], key=lambda entry: entry[0])]
+
+
+def concentration(heat: torch.Tensor) -> float:
+    """How strong and concentrated a heatmap is: peak × peak / mean. High for a word that found its place; low for an
+    article the picture attends to everywhere (a low peak over its mean) and for a sharp but tiny map (a low peak)."""
+    return float(heat.max() ** 2 / heat.mean().clamp_min(1e-12))
+
+
+def telling_word(trace: FlowTrace) -> str:
+    """The word to show first: the one whose image→text map at the last step is the most :func:`concentrated
+    <concentration>` (the explorer page chooses the same)."""
+    words = [key for _, key in word_choices(trace) if isinstance(key, str)]
+    return max(words, key=lambda word: concentration(trace.cross_attention(word, step=-1)))
+
+
+def layer_groups(trace: FlowTrace) -> list[tuple[str, tuple[str, ...] | None]]:
+    """The layer choices that average several layers: all recorded layers (``None``), then each kind of block when
+    the trace has more than one (Flux: its double-stream and its single-stream blocks).
+
+    Returns ``[(label, layers)]``; ``layers`` is what ``trace.cross_attention(word, layer=layers)`` takes.
+    """
+    kinds = {}
+    for name in trace.layers:
+        kinds.setdefault(name.split(".")[0], []).append(name)
+    groups = [(f"all {len(trace.layers)} layers", None)]
+    if len(kinds) > 1:
+        groups += [(f"{BLOCK_KINDS.get(kind, kind)} ({len(names)})", tuple(names)) for kind, names in kinds.items()]
+    return groups
+
+
 def _averaged(trace: FlowTrace, step, layer) -> str:
     """What a panel averages, in words: "mean of 4 steps × 57 layers, heads averaged"."""
     steps = trace.num_steps if step is None else (len(step) if isinstance(step, (list, tuple, range)) else 1)
