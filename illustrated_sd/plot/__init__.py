@@ -9,9 +9,10 @@ from .guidance import guidance_map
 from .images import image_row
 from .intervention import intervention
 from .joint import concept_maps, joint_attention
+from .overview import pipeline_diagram
 from .generate import guidance_sweep, prompt_similarity, vae_roundtrip
 from .text import similarity_matrix, text_embeddings
 
 __all__ = ["animate", "attention_grid", "attention_shares", "concept_maps", "denoising_filmstrip", "guidance_map", "guidance_sweep", "heatmaps_against_masks", "image_row", "intervention", "joint_attention", "latent_channels", "latent_parts",
-           "noise_schedule", "prompt_similarity", "self_attention", "similarity_matrix", "text_embeddings", "token_heatmaps",
+           "noise_schedule", "pipeline_diagram", "prompt_similarity", "self_attention", "similarity_matrix", "text_embeddings", "token_heatmaps",
            "vae_roundtrip"]
