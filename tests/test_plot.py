@@ -81,6 +81,7 @@ def test_latent_channels_and_noise_schedule(pipe, trace):
         isd.plot.latent_channels(trace, what="noise_pred_text")
     fig = isd.plot.noise_schedule(pipe, trace)
     assert len(fig.axes) == 3 and all(ax.get_xlabel() == "timestep t" and ax.get_ylabel() for ax in fig.axes)
+    assert fig.axes[0].get_ylabel() == "β_t (variance of the noise added at step t)"  # a variance, not "noise added"
     assert len(fig.axes[1].lines[1].get_xdata()) == trace.num_steps
 
 
@@ -106,6 +107,7 @@ def test_generating_figures(pipe, trace, tmp_path):
     fig = isd.plot.prompt_similarity(pipe, ["a red circle", "a red circle", "a blue square"])
     sim = image_axes(fig)[0].images[0].get_array()
     assert sim.shape == (3, 3) and abs(sim[0, 1] - 1) < 1e-5 and sim[0, 2] < 1
+    assert image_axes(fig)[0].images[0].get_clim() == (-1, 1)  # a cosine's whole range: colours compare across figures
 
 
 def test_animate_writes_a_gif_with_one_frame_per_step(pipe, trace, tmp_path):

@@ -140,7 +140,7 @@ def noise_schedule(scheduler, trace: Trace | None = None):
     betas, alpha_bar = scheduler.betas.float().numpy(), scheduler.alphas_cumprod.float().numpy()
     t = np.arange(len(betas))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained")
-    curves = [(betas, "β_t (noise added at step t)", "linear"), (alpha_bar, "ᾱ_t (signal variance left)", "linear"),
+    curves = [(betas, "β_t (variance of the noise added at step t)", "linear"), (alpha_bar, "ᾱ_t (signal variance left)", "linear"),
               (alpha_bar / (1 - alpha_bar), "SNR = ᾱ/(1−ᾱ)", "log")]
     for ax, (y, label, scale) in zip(axes, curves):
         ax.plot(t, y, color="C0")

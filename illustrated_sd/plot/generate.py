@@ -1,7 +1,6 @@
 """Figures that have to run the model to exist: each says so in its name and docstring."""
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -62,7 +61,7 @@ def vae_roundtrip(pipe, image: Image.Image):
 @torch.no_grad()
 def prompt_similarity(pipe, prompts: list[str]):
     """Runs the text encoder on each prompt and shows the cosine similarity of their embeddings
-    (the 77 × D matrices flattened) as a heat map.
+    (the 77 × D matrices flattened) as a heat map on the cosine's whole scale, −1 to 1.
 
     Returns:
         a Figure with one ``len(prompts) × len(prompts)`` panel, prompts as tick labels.
@@ -77,13 +76,14 @@ def prompt_similarity(pipe, prompts: list[str]):
     unit = F.normalize(torch.stack(vectors), dim=-1)
     sim = (unit @ unit.T).numpy()
     fig, ax = plt.subplots(figsize=(1.2 * len(prompts) + 3, 0.8 * len(prompts) + 2), layout="constrained")
-    im = ax.imshow(sim, cmap="viridis", vmin=float(np.min(sim)), vmax=1)
+    # the full range of a cosine, −1 … 1, so that two figures' colours mean the same and "far apart" looks far
+    im = ax.imshow(sim, cmap="viridis", vmin=-1, vmax=1)
     labels = [literal(p) for p in prompts]
     ax.set_xticks(range(len(prompts)), labels, rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(len(prompts)), labels, fontsize=8)
     for i in range(len(prompts)):
         for j in range(len(prompts)):
-            ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if sim[i, j] < 0.9 else "black")
+            ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if sim[i, j] < 0.4 else "black")
     fig.colorbar(im, ax=ax, label="cosine similarity")
     ax.set_title("how alike the text encoder finds the prompts")
     return fig
