@@ -22,10 +22,11 @@ from .causal import CausalMap, causal_map
 from .dit.pipeline import FlowPipeline
 from .dit.trace import FlowTrace
 from .forward_diffusion import ForwardDiffusion, cpu_threads, diffusion_loss, encode_examples, forward_diffusion, training_step
+from .inputs import paste_kept
 from .loading import ModelLoadError, load_pipeline
 from .pipeline import SCHEDULERS, IllustratedPipeline
 from .recorders import RecordOptions
 from .trace import Trace
 
-__all__ = ["budget", "clip", "edits", "plot", "world", "ForwardDiffusion", "cpu_threads", "diffusion_loss", "encode_examples", "forward_diffusion", "training_step", "CausalMap", "causal_map", "FlowPipeline", "FlowTrace", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "TraceSet", "build_random_pipeline", "load_pipeline"]
+__all__ = ["budget", "clip", "edits", "plot", "world", "ForwardDiffusion", "cpu_threads", "diffusion_loss", "encode_examples", "forward_diffusion", "training_step", "CausalMap", "causal_map", "FlowPipeline", "FlowTrace", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "TraceSet", "build_random_pipeline", "load_pipeline", "paste_kept"]
 __version__ = "0.1.0"

@@ -105,6 +105,31 @@ def check_mask(mask, image: Image.Image) -> None:
         raise ValueError(f"mask is {mask.width}×{mask.height} but image is {image.width}×{image.height}; they must match")
 
 
+def paste_kept(picture: Image.Image, original: Image.Image, mask: Image.Image) -> Image.Image:
+    """``picture`` with the pixels outside ``mask`` (black = keep) put back from ``original``: diffusers' remedy for an
+    inpainting whose kept region drifted (``VaeImageProcessor.apply_overlay``, what its inpainting pipeline does with
+    ``padding_mask_crop``).
+
+    Latent blending keeps the kept region's *latent* exactly, yet its decoded pixels can move: the VAE decoder reads
+    the whole latent at once (its convolutions reach across, its middle block attends over every latent pixel), so what
+    is painted in the mask leaks into the rest. Pasting the original pixels back makes the kept region exact; the
+    seam sits on the mask's edge. ``picture``, ``original``, ``mask``: PIL images of one size; returns an RGB image.
+
+    Example:
+        >>> trace = pipe.inpaint("a green star on the right", start, mask)
+        >>> fixed = isd.paste_kept(trace.image, start, mask)
+    """
+    for name, value in (("picture", picture), ("original", original)):
+        if not isinstance(value, Image.Image):
+            raise TypeError(f"{name} must be a PIL.Image (got {type(value).__name__}); e.g. paste_kept(trace.image, start, mask)")
+    if picture.size != original.size:
+        raise ValueError(f"picture is {picture.width}×{picture.height} but original is {original.width}×{original.height}; they must match")
+    check_mask(mask, original)
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor().apply_overlay(mask.convert("L"), original.convert("RGB"), picture.convert("RGB")).convert("RGB")
+
+
 def check_strength(strength, num_inference_steps: int) -> int:
     """How many of the ``num_inference_steps`` timesteps ``strength`` ∈ (0, 1] leaves to visit; refuses values that leave none."""
     if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:  # (NaN fails too)

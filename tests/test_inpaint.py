@@ -80,3 +80,25 @@ def test_inpaint_bad_masks(pipe, start, right_half):
         pipe.inpaint(PROMPT, start, np.zeros((128, 128)), progress=False)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         pipe.inpaint(PROMPT, start, right_half, strength=0, progress=False)
+
+
+def test_paste_kept_makes_the_kept_region_the_originals_and_leaves_the_repainted_one(pipe, start, right_half):
+    trace = pipe.inpaint(PROMPT, start, right_half, num_inference_steps=4, seed=2, progress=False)
+    fixed = isd.paste_kept(trace.image, start, right_half)
+    kept, painted = np.asarray(right_half) == 0, np.asarray(right_half) == 255
+    a, b, c = (np.asarray(x.convert("RGB"), dtype=int) for x in (fixed, start, trace.image))
+    assert np.array_equal(a[kept], b[kept])  # the kept half: the original's pixels, exactly
+    assert np.array_equal(a[painted], c[painted])  # the repainted half: the inpainting's
+    assert np.abs(c[kept] - b[kept]).mean() > 0  # (without it the kept half had moved: the decoder reads the whole latent)
+
+
+@pytest.mark.parametrize("args, error, message", [
+    (("not a picture", "start", "mask"), TypeError, "picture must be a PIL.Image"),
+    (("trace", "small", "mask"), ValueError, "picture is 128×128 but original is 64×64"),
+    (("trace", "start", "small mask"), ValueError, "mask is 64×64 but image is 128×128"),
+])
+def test_paste_kept_refuses_what_does_not_fit(start, right_half, args, error, message):
+    given = {"trace": start, "start": start, "small": start.resize((64, 64)), "mask": right_half,
+             "small mask": right_half.resize((64, 64)), "not a picture": "not a picture"}
+    with pytest.raises(error, match=message):
+        isd.paste_kept(*(given[a] for a in args))
