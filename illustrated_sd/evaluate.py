@@ -313,6 +313,35 @@ def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, se
             "prompts": len(cases), "top": top}
 
 
+def colour_removal(pipe, cases, seeds: int = 4, steps: int = 25, guidance: float = 7.5, seed: int = 10_000) -> dict:
+    """How often ``Remove(colour)`` really takes the colour away, over many pictures: each single-object case drawn with
+    ``seeds`` seeds (``seed + i + 1000·j``: far from the seeds :func:`intervention_effects` uses), plain and with its
+    colour word removed, both read by the world's detector.
+
+    Returns ``{"pictures": n, "colour_plain": share, "colour_removed": share, "colour_removed_when_plain_right": share,
+    "by_colour": {colour: share removed-but-still-there}}``: the shares of pictures in which the object at the named
+    place has the named colour.
+    """
+    from .edits import Remove
+
+    world, rows = world_of(pipe), []
+    draws = [(i, j) for j in range(seeds) for i in range(len(cases))]
+    for i, j in tqdm(draws, desc="Remove(colour)", unit="prompt"):
+        text, objects, _ = cases[i]
+        color, _, position = objects[0]
+        kept = []
+        for edits in ([], [Remove(color)]):
+            trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i + 1000 * j, progress=False, edits=edits)
+            d = match_object(detect(trace.image, version=world), position, 1, world)
+            kept.append(d is not None and d.color == color)
+        rows.append((color, *kept))
+    rate = lambda v: round(float(np.mean(v)), 4) if len(v) else None  # noqa: E731
+    return {"pictures": len(rows), "prompts": len(cases), "seeds": seeds,
+            "colour_plain": rate([p for _, p, _ in rows]), "colour_removed": rate([r for _, _, r in rows]),
+            "colour_removed_when_plain_right": rate([r for _, p, r in rows if p]),
+            "by_colour": {c: rate([r for colour, _, r in rows if colour == c]) for c in sorted({c for c, _, _ in rows})}}
+
+
 # ---- attention at scale (issue 19): every heatmap of a traced prompt set against the detector's masks ---------
 
 def write_prompt_file(path, world: int = 2, seeds: int = 4, seed: int = 0) -> int:
@@ -416,6 +445,9 @@ def main(argv=None) -> int:
     parser.add_argument("--interventions", type=checks.natural_int, default=0, metavar="N",
                         help="also take words out of N held-out and single-object prompts (issue 17's measurements); 0 = skip (default)")
     parser.add_argument("--interventions-only", action="store_true", help="measure the interventions only (with --interventions N)")
+    parser.add_argument("--remove-colour", type=checks.natural_int, default=0, metavar="K",
+                        help="only measure how often Remove(colour) takes the colour away: every held-out single-object prompt "
+                             "drawn with K seeds unlike the interventions' (0 = skip, default)")
     parser.add_argument("--phenomena-only", action="store_true",
                         help="measure the phenomena only, not the accuracy (to run the two side by side: scripts/evaluate_gpu.sh)")
     parser.add_argument("--device", default="cpu", help="where to generate (cuda is faster; figures differ from the CPU's in rare cases)")
@@ -459,7 +491,13 @@ def run(args) -> None:
         raise ValueError("--interventions-only needs --interventions N (how many prompts to take words out of)")
     pipe = load_pipeline(args.model, device=device)
     everything = prompt_set(world=world_of(pipe))
-    if args.trace_set is not None:  # heatmaps against masks over a traced prompt set, nothing else
+    if args.remove_colour:  # Remove(colour) over many held-out pictures, nothing else
+        start = time.time()
+        result = {"settings": {"steps": args.steps, "guidance": args.guidance, "model": pipe.name, "world": world_of(pipe)},
+                  "colour_removal": colour_removal(pipe, prompt_group(everything, "held-out"), seeds=args.remove_colour,
+                                                   steps=args.steps, guidance=args.guidance)}
+        result["colour_removal"]["seconds"] = round(time.time() - start, 1)
+    elif args.trace_set is not None:  # heatmaps against masks over a traced prompt set, nothing else
         start = time.time()
         result = {"settings": {"trace_set": str(args.trace_set), "world": world_of(pipe)},
                   "attention_at_scale": attention_at_scale(args.trace_set, world=world_of(pipe))}
@@ -494,7 +532,7 @@ def run(args) -> None:
     result["settings"]["torch_threads"] = torch.get_num_threads()
     with atomic_write(args.out, "--out file") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
-    shown = {key: result[key] for key in ("summary", "phenomena", "interventions", "attention_at_scale") if key in result}
+    shown = {key: result[key] for key in ("summary", "phenomena", "interventions", "attention_at_scale", "colour_removal") if key in result}
     print(json.dumps(shown, indent=1))
 
 

@@ -31,6 +31,7 @@ def no_generation(monkeypatch):
     (["--out", "{tmp}"], "is a folder, not a --out file"),
     (["--examples", "{tmp}/afile"], "is a file, not a folder"),
     (["--interventions-only"], "--interventions-only needs --interventions N"),
+    (["--remove-colour", "-2"], "argument --remove-colour: must be ≥ 0"),
     (["--device", "tpu9"], "not a device torch knows"),
 ])
 def test_evaluation_mistakes_give_one_line_and_exit_code_2(tmp_path, capsys, no_generation, args, message):
@@ -121,6 +122,23 @@ def test_intervention_effects_takes_an_as_the_article(pipe):
 
     result = intervention_effects(pipe, [("an orange heart in the center", [("orange", "heart", "center")], True)], steps=2)
     assert result["prompts"] == 1 and result["agreement"]["function"]["iou"] is not None
+
+
+def test_colour_removal_counts_each_picture_plain_and_without_its_colour(pipe, monkeypatch):
+    """Two seeds of two held-out prompts: four pictures, each read plain and with Remove(colour), tallied per colour."""
+    from illustrated_sd import evaluate
+    from illustrated_sd.evaluate import colour_removal, prompt_group, prompt_set
+
+    cases = prompt_group(prompt_set(world=2), "held-out")[:2]
+    calls = []
+    generate = pipe.__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **k: calls.append((a[0], k["seed"], tuple(k["edits"]))) or generate(*a, **k))
+    result = colour_removal(pipe, cases, seeds=2, steps=4)
+    assert result["pictures"] == 4 and result["prompts"] == 2 and len(calls) == 8
+    assert sorted({seed for _, seed, _ in calls}) == [10_000, 10_001, 11_000, 11_001]  # seeds unlike the interventions' (0, 1, …)
+    colours = {c for _, objects, _ in cases for c, _, _ in objects}
+    assert set(result["by_colour"]) == colours and all(0 <= v <= 1 for v in result["by_colour"].values())
+    assert 0 <= result["colour_removed"] <= result["colour_plain"] + 0.5
 
 
 # ---- attention at scale (issue 19) ----------------------------------------------------------------------------
