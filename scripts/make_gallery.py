@@ -97,6 +97,14 @@ def explorer_screenshot(trace, pipe):
         page.locator("#isd-explorer").screenshot(path=str(OUT / "explorer.png"))
         browser.close()
     print(f"wrote {OUT / 'explorer.png'}")
+    # docs/gallery.md says what the screenshot shows: checked here, so a retrained model cannot make it false
+    from illustrated_sd.claims import claim
+
+    heat = {i: trace.cross_attention(i, step=7) for i in range(len(trace.tokens))}  # [h, w] per slot, step 8 as the page counts
+    h, w = heat[0].shape
+    ranked = sorted(heat, key=lambda i: -float(heat[i][int(0.5 * h), int(0.25 * w)]))
+    claim("the triangle's pixel asks about 'yellow' first after the start marker",
+          [trace.tokens[i] for i in ranked[:2]] == ["<|startoftext|>", "yellow"], ranked=[trace.tokens[i] for i in ranked[:4]])
 
 
 if __name__ == "__main__":
