@@ -342,6 +342,32 @@ def colour_removal(pipe, cases, seeds: int = 4, steps: int = 25, guidance: float
             "by_colour": {c: rate([r for colour, _, r in rows if colour == c]) for c in sorted({c for c, _, _ in rows})}}
 
 
+def background_obedience(pipe, cases, seeds: int = 2, steps: int = 25, guidance: float = 7.5, seed: int = 20_000) -> dict:
+    """Whether the background the prompt asks for is the one drawn: each single-object case's object phrase (the
+    prompt up to its place) with "on a plain <colour> background" for every world background colour, drawn with
+    ``seeds`` seeds, the picture's background read by :func:`~illustrated_sd.world.detect.background_of`.
+
+    Returns ``{"pictures": n, "obeyed": share, "by_background": {colour: share}, "drawn_instead": {colour: {colour: n}}}``.
+    """
+    from .world.detect import background_of
+    from .world.vocabulary import BACKGROUNDS
+
+    rows = []
+    # (a white object on a white background would ask for what cannot be seen: those pairs are left out)
+    draws = [(i, j, bg) for j in range(seeds) for i in range(len(cases)) for bg in BACKGROUNDS if cases[i][1][0][0] != bg]
+    for i, j, bg in tqdm(draws, desc="backgrounds", unit="prompt"):
+        text = f"{cases[i][0]} on a plain {bg} background"
+        trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i + 1000 * j, progress=False)
+        rows.append((bg, background_of(trace.image)))
+    rate = lambda v: round(float(np.mean(v)), 4) if len(v) else None  # noqa: E731
+    instead = {bg: {} for bg in BACKGROUNDS}
+    for asked, drawn in rows:
+        if drawn != asked:
+            instead[asked][drawn] = instead[asked].get(drawn, 0) + 1
+    return {"pictures": len(rows), "prompts": len(cases), "seeds": seeds, "obeyed": rate([a == d for a, d in rows]),
+            "by_background": {bg: rate([a == d for a, d in rows if a == bg]) for bg in BACKGROUNDS}, "drawn_instead": instead}
+
+
 # ---- attention at scale (issue 19): every heatmap of a traced prompt set against the detector's masks ---------
 
 def write_prompt_file(path, world: int = 2, seeds: int = 4, seed: int = 0) -> int:
@@ -445,6 +471,9 @@ def main(argv=None) -> int:
     parser.add_argument("--interventions", type=checks.natural_int, default=0, metavar="N",
                         help="also take words out of N held-out and single-object prompts (issue 17's measurements); 0 = skip (default)")
     parser.add_argument("--interventions-only", action="store_true", help="measure the interventions only (with --interventions N)")
+    parser.add_argument("--backgrounds", type=checks.natural_int, default=0, metavar="K",
+                        help="only measure whether the background the prompt asks for is drawn: 12 single-object prompts with "
+                             "'on a plain <colour> background' for each background colour, K seeds each (0 = skip, default)")
     parser.add_argument("--remove-colour", type=checks.natural_int, default=0, metavar="K",
                         help="only measure how often Remove(colour) takes the colour away: every held-out single-object prompt "
                              "drawn with K seeds unlike the interventions' (0 = skip, default)")
@@ -491,7 +520,14 @@ def run(args) -> None:
         raise ValueError("--interventions-only needs --interventions N (how many prompts to take words out of)")
     pipe = load_pipeline(args.model, device=device)
     everything = prompt_set(world=world_of(pipe))
-    if args.remove_colour:  # Remove(colour) over many held-out pictures, nothing else
+    if args.backgrounds:  # the background the prompt asks for, nothing else
+        start = time.time()
+        single = prompt_group(everything, "single")
+        result = {"settings": {"steps": args.steps, "guidance": args.guidance, "model": pipe.name, "world": world_of(pipe)},
+                  "background_obedience": background_obedience(pipe, single[:: max(1, len(single) // 12)][:12], seeds=args.backgrounds,
+                                                               steps=args.steps, guidance=args.guidance)}
+        result["background_obedience"]["seconds"] = round(time.time() - start, 1)
+    elif args.remove_colour:  # Remove(colour) over many held-out pictures, nothing else
         start = time.time()
         result = {"settings": {"steps": args.steps, "guidance": args.guidance, "model": pipe.name, "world": world_of(pipe)},
                   "colour_removal": colour_removal(pipe, prompt_group(everything, "held-out"), seeds=args.remove_colour,
@@ -532,7 +568,7 @@ def run(args) -> None:
     result["settings"]["torch_threads"] = torch.get_num_threads()
     with atomic_write(args.out, "--out file") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
-    shown = {key: result[key] for key in ("summary", "phenomena", "interventions", "attention_at_scale", "colour_removal") if key in result}
+    shown = {key: result[key] for key in ("summary", "phenomena", "interventions", "attention_at_scale", "colour_removal", "background_obedience") if key in result}
     print(json.dumps(shown, indent=1))
 
 

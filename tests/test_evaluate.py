@@ -186,3 +186,31 @@ def test_attention_at_scale_refuses_prompts_that_are_not_the_worlds(pipe, tmp_pa
     run_prompt_set(lambda device: pipe, read_prompts(tmp_path / "p.txt", steps=2), tmp_path / "set", progress=False)
     with pytest.raises(ValueError, match="is not an evaluation prompt of world 2; write the set with"):
         attention_at_scale(tmp_path / "set", world=2)
+
+
+def test_background_of_reads_the_worlds_renders():
+    """On the world's own pictures, every background colour and pattern, the border's colour is the scene's background."""
+    from illustrated_sd.world.detect import background_of
+    from illustrated_sd.world.render import render
+    from illustrated_sd.world.scenes import sample_scenes
+
+    scenes = sample_scenes(3, 40, version=2)
+    images, _ = render(scenes)
+    pictures = ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    assert [background_of(p) for p in pictures] == [s.background for s in scenes]
+    assert len({s.background for s in scenes}) == 4 and len({s.pattern for s in scenes}) > 2  # every colour, several patterns
+
+
+def test_background_obedience_asks_each_colour_and_reads_what_was_drawn(pipe, monkeypatch):
+    from illustrated_sd.evaluate import background_obedience
+
+    asked = []
+    generate = type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, text, **k: asked.append(text) or generate(self, text, **k))
+    result = background_obedience(pipe, [("a white circle on the left", [("white", "circle", "left")], False)], seeds=1, steps=3)
+    # every background but white (a white circle on white would be invisible)
+    assert asked == [f"a white circle on the left on a plain {bg} background" for bg in ("black", "gray", "navy")]
+    assert result["pictures"] == 3 and set(result["by_background"]) == {"black", "gray", "white", "navy"}
+    assert result["by_background"]["white"] is None
+    wrong = sum(n for counts in result["drawn_instead"].values() for n in counts.values())
+    assert wrong == round(3 * (1 - result["obeyed"]))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .render import inside
-from .vocabulary import COLORS, POSITIONS, SHAPES, SHAPES_2, UNSEEN_SHAPES
+from .vocabulary import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SHAPES_2, UNSEEN_SHAPES
 
 PALETTE = np.array(list(COLORS.values()), dtype=np.float32)  # [7, 3]
 NAMES = list(COLORS)
@@ -103,6 +103,21 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return filled
 
 
+def _border_colour(pixels: np.ndarray) -> np.ndarray:
+    """The median colour of the outermost 3 pixels on every side of ``pixels [H, W, 3]``: the background's."""
+    border = np.concatenate([pixels[:3].reshape(-1, 3), pixels[-3:].reshape(-1, 3), pixels[:, :3].reshape(-1, 3), pixels[:, -3:].reshape(-1, 3)])
+    return np.median(border, axis=0)
+
+
+def background_of(image) -> str:
+    """The world's background colour (``"black"``, ``"gray"``, ``"white"`` or ``"navy"``) nearest to the picture's border:
+    which background a generated picture has. ``image``: RGB PIL or ``[H, W, 3]`` uint8. (Patterns are grey-level
+    offsets on the background colour, so the border's median is its colour.)"""
+    pixels = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image).astype(np.float32)
+    colour = _border_colour(pixels)
+    return min(BACKGROUNDS, key=lambda name: float(np.linalg.norm(colour - np.asarray(BACKGROUNDS[name], dtype=np.float32))))
+
+
 def detect(image, min_area: int = 40, max_objects: int | None = None, version: int = 1) -> list[Detection]:
     """Find the objects in an RGB image (PIL or ``[H, W, 3]`` uint8), largest first.
 
@@ -113,8 +128,7 @@ def detect(image, min_area: int = 40, max_objects: int | None = None, version: i
     """
     pixels = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image).astype(np.float32)
     h, w, _ = pixels.shape
-    border = np.concatenate([pixels[:3].reshape(-1, 3), pixels[-3:].reshape(-1, 3), pixels[:, :3].reshape(-1, 3), pixels[:, -3:].reshape(-1, 3)])
-    background = np.median(border, axis=0)
+    background = _border_colour(pixels)
     foreground = np.linalg.norm(pixels - background, axis=-1) > 60
     distances = np.linalg.norm(pixels[:, :, None] - PALETTE, axis=-1)  # [H, W, colours]
     nearest = distances.argmin(-1)  # [H, W] palette index
