@@ -52,8 +52,11 @@ def test_denoising_filmstrip(trace, what):
     assert len(panels) == 4 and "latent channels 0–2 as RGB" in fig._suptitle.get_text()
     first, last = (np.asarray(ax.images[0].get_array()) for ax in (panels[0], panels[-1]))
     assert not np.allclose(first, last)
-    if what == "latents":
+    if what == "latents":  # the start, then x_t after each shown step
         assert panels[0].get_title() == "start\npure noise"
+        assert panels[-1].get_title() == f"after step {trace.num_steps - 1}\nt = {trace.timesteps[-1].item():.0f}"
+    else:
+        assert panels[0].get_title() == f"step 0\nt = {trace.timesteps[0].item():.0f}"
 
 
 def test_an_img2img_filmstrip_starts_from_the_noised_picture(pipe, trace):
@@ -104,6 +107,7 @@ def test_generating_figures(pipe, trace, tmp_path):
     assert [t.guidance_scale for t in traces] == [1.0, 7.5]
     fig = isd.plot.vae_roundtrip(pipe, trace.image)
     assert len(image_axes(fig)) == 4 and "48×" in fig._suptitle.get_text() and "PSNR" in image_axes(fig)[3].get_title()
+    assert any(ax.get_ylabel() == "|error| (grey levels, 0–255)" for ax in fig.axes)  # the course's unit for pixels
     fig = isd.plot.prompt_similarity(pipe, ["a red circle", "a red circle", "a blue square"])
     sim = image_axes(fig)[0].images[0].get_array()
     assert sim.shape == (3, 3) and abs(sim[0, 1] - 1) < 1e-5 and sim[0, 2] < 1

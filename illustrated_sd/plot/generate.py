@@ -35,7 +35,7 @@ def vae_roundtrip(pipe, image: Image.Image):
 
     Returns:
         a Figure with four panels: the image, the latent's channels 0–2 as RGB, the reconstruction,
-        and the absolute error (with the PSNR in the title).
+        and the absolute error in grey levels (0–255; the PSNR in the title).
     """
     processor = pipe.pipeline.image_processor
     size = pipe.default_size
@@ -43,7 +43,7 @@ def vae_roundtrip(pipe, image: Image.Image):
     latent = pipe.vae.encode(pixels).latent_dist.mode()
     recon = pipe.vae.decode(latent).sample.clamp(-1, 1)
     original, rebuilt = ((pixels[0].float().cpu() + 1) / 2), ((recon[0].float().cpu() + 1) / 2)
-    error = (original - rebuilt).abs().mean(0)
+    error = (original - rebuilt).abs().mean(0) * 255  # [H, W], in grey levels, the unit the course measures pixels in
     psnr = 10 * torch.log10(1 / F.mse_loss(rebuilt, original)).item()
     fig, axes = plt.subplots(1, 4, figsize=(11, 3), layout="constrained")
     panels = [(original.permute(1, 2, 0), f"image 3×{size}×{size}"), (torch.from_numpy(_as_rgb(latent[0].cpu())), f"latent {tuple(latent.shape[1:])} (ch 0–2)"),
@@ -52,7 +52,7 @@ def vae_roundtrip(pipe, image: Image.Image):
         im = ax.imshow(data.numpy(), cmap="magma" if data.ndim == 2 else None, interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.set_axis_off()
-    fig.colorbar(im, ax=axes[-1], shrink=0.8)
+    fig.colorbar(im, ax=axes[-1], shrink=0.8, label="|error| (grey levels, 0–255)")
     ratio = pixels[0].numel() / latent[0].numel()
     fig.suptitle(f"the VAE compresses {pixels[0].numel()} numbers into {latent[0].numel()} ({ratio:.0f}×) and back", fontsize=11)
     return fig
