@@ -189,6 +189,19 @@ class JointAttentionRecording:
                 self.buffers[quadrant][self.step, layer] = p
 
 
+def attend(processor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The joint attention ``[B, heads, L, d]`` → ``[B, heads, L, d]`` as a recording processor runs it: the fused kernel
+    with an edit's mask, the recording of its probabilities, then a Swap's rows put in (each only when the processor has
+    one: ``processor.edits``, ``processor.recording`` at ``processor.layer``)."""
+    mask, bias = processor.edits.mask(processor.name) if processor.edits is not None else (None, None)
+    out, lse = fused_attention(query, key, value, mask)
+    if processor.layer is not None:
+        processor.recording.record(processor.layer, query, key, value, lse, bias)
+    if processor.edits is not None:  # a Swap's steps: the picture's rows read the text with the source's maps
+        out = processor.edits.swap(processor.name, query, key, value, out, processor.recording, processor.layer)
+    return out
+
+
 class FluxRecordingProcessor:
     """``FluxAttnProcessor`` (diffusers' Flux attention, double- and single-stream), its attention recorded (as layer
     ``layer`` of ``recording``, when given), changed by ``edits`` (a reweight's mask, a swap's source maps) and read by
@@ -211,12 +224,7 @@ class FluxRecordingProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         query, key, value = (x.permute(0, 2, 1, 3) for x in (query, key, value))  # [B, heads, L, d]
-        mask, bias = self.edits.mask(self.name) if self.edits is not None else (None, None)
-        out, lse = fused_attention(query, key, value, mask)
-        if self.layer is not None:
-            self.recording.record(self.layer, query, key, value, lse, bias)
-        if self.edits is not None:  # a Swap's steps: the picture's rows read the text with the source's maps
-            out = self.edits.swap(self.name, query, key, value, out, self.recording, self.layer)
+        out = attend(self, query, key, value)
         if self.concepts is not None:  # the picture's keys, values and outputs, for the concepts to read
             text = encoder_hidden_states.shape[1]
             self.concepts.attend(self.block, attn, key[-1:, :, text:], value[-1:, :, text:], out[-1:, :, text:])
@@ -253,12 +261,7 @@ class SD3RecordingProcessor:
         if attn.norm_added_k is not None:
             text_k = attn.norm_added_k(text_k)
         query, key, value = torch.cat([query, text_q], dim=2), torch.cat([key, text_k], dim=2), torch.cat([value, text_v], dim=2)
-        mask, bias = self.edits.mask(self.name) if self.edits is not None else (None, None)
-        out, lse = fused_attention(query, key, value, mask)
-        if self.layer is not None:
-            self.recording.record(self.layer, query, key, value, lse, bias)
-        if self.edits is not None:  # a Swap's steps: the picture's rows read the text with the source's maps
-            out = self.edits.swap(self.name, query, key, value, out, self.recording, self.layer)
+        out = attend(self, query, key, value)
         if self.concepts is not None:  # the picture's keys, values and outputs (the image first in SD3), for the concepts
             image = residual.shape[1]
             self.concepts.attend(self.block, attn, key[-1:, :, :image], value[-1:, :, :image], out[-1:, :, :image])
