@@ -18,6 +18,24 @@ from .conftest import launch
 from .test_explorer import HOSTILE_PROMPTS
 
 
+def open_offline(browser, path, errors: list, requests: list):
+    """A new page on ``path`` (a report file) that records console errors in ``errors`` and refuses, recording it in
+    ``requests``, every request but the file itself: the page must work with nothing else."""
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda err: errors.append(str(err)))
+
+    def only_the_file(route):
+        if route.request.url == path.as_uri():
+            return route.continue_()
+        requests.append(route.request.url)
+        return route.abort()
+
+    page.route("**/*", only_the_file)
+    page.goto(path.as_uri())
+    return page
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
@@ -77,18 +95,7 @@ def test_the_explorer_answers_the_slider_the_tokens_and_the_mouse_offline(report
     errors, requests = [], []
     with sync_playwright() as p:
         browser = launch(p, chromium)
-        page = browser.new_page(viewport={"width": 1200, "height": 1000})
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.on("pageerror", lambda err: errors.append(str(err)))
-
-        def only_the_file(route):  # the page itself may load; any other request fails the test
-            if route.request.url == report.as_uri():
-                return route.continue_()
-            requests.append(route.request.url)
-            return route.abort()
-
-        page.route("**/*", only_the_file)
-        page.goto(report.as_uri())
+        page = open_offline(browser, report, errors, requests)
         page.wait_for_function("document.querySelectorAll('#isd-token-list button').length > 0")
         shot = lambda name: page.locator("#isd-explorer").screenshot(path=str(tmp_path / f"explorer-{name}.png"))  # noqa: E731
         shot("opened")
@@ -287,18 +294,7 @@ def test_the_quadrant_view_answers_the_words_the_patches_and_the_slider_offline(
     errors, requests = [], []
     with sync_playwright() as p:
         browser = launch(p, chromium)
-        page = browser.new_page(viewport={"width": 1200, "height": 1000})
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.on("pageerror", lambda err: errors.append(str(err)))
-
-        def only_the_file(route):
-            if route.request.url == path.as_uri():
-                return route.continue_()
-            requests.append(route.request.url)
-            return route.abort()
-
-        page.route("**/*", only_the_file)
-        page.goto(path.as_uri())
+        page = open_offline(browser, path, errors, requests)
         page.wait_for_function("document.querySelectorAll('#isd-token-list button').length > 0", timeout=10_000)
 
         # The words (each once, then the end marker), opened on the most telling word; each button's share is the trace's.
