@@ -98,7 +98,9 @@ def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: Flow
             seen["velocity"].append(velocity)
             seen["latents"].append(latents)
 
-    # 7. Tokens back into a latent [1, C, h, w], then the VAE decoder
+    # 7. Tokens back into a latent [1, C, h, w], then the VAE decoder (the maps set off for the CPU first: they copy meanwhile)
+    if recording is not None and record.to_cpu:
+        recording.send_to_host()
     unpack = lambda x: flux._unpack_latents(x, s.height, s.width, flux.vae_scale_factor)  # noqa: E731
     picture = decode(flux, unpack(latents))[0]
 

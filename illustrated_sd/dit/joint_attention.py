@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
+from ..recorders import to_host
+
 QUADRANTS = ("image_to_text", "text_to_image", "text_to_text", "image_to_image")
 
 
@@ -101,14 +103,15 @@ def probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, bias: tor
     → ``[heads, n, m]``.
     """
     scale = q.shape[-1] ** -0.5
+    start = -lse[..., None]  # [heads, n, 1]: the product is added to it, so the − lse costs no pass of its own
     logits = None
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        try:  # the products as the fused kernel makes them: half-precision inputs, float32 sums, no float32 copies
-            logits = torch.bmm(q, k.transpose(-1, -2), out_dtype=torch.float32).mul_(scale).sub_(lse[..., None])
-        except (RuntimeError, TypeError):  # a torch without bmm's out_dtype
+        try:  # one kernel, as the fused kernel makes its products: half-precision inputs, float32 sums, no float32 copies
+            logits = torch.baddbmm(start, q, k.transpose(-1, -2), alpha=scale, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # a torch without baddbmm's out_dtype
             pass
     if logits is None:
-        logits = torch.baddbmm(-lse[..., None], q.float(), k.float().transpose(-1, -2), alpha=scale)
+        logits = torch.baddbmm(start, q.float(), k.float().transpose(-1, -2), alpha=scale)
     return (logits if bias is None else logits.add_(bias)).exp_()  # in place: one [heads, n, m] float32 tensor, not two
 
 
@@ -146,11 +149,13 @@ class JointAttentionRecording:
         else:
             self.buffers = {q: torch.zeros(steps, L, h, *shapes[q], dtype=dtype, device=device) for q in quadrants}
 
-    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [B, heads, text + image, ...]`` → its text part and its image part."""
-        if self.text_first:
-            return x[:, :, :self.text_len], x[:, :, self.text_len:]
-        return x[:, :, self.image_len:], x[:, :, :self.image_len]
+    def split(self, x: torch.Tensor, dim: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` with the joint sequence along ``dim`` (``[B, heads, text + image, ...]`` by default) → its text part and
+        its image part."""
+        text, image = (slice(None, self.text_len), slice(self.text_len, None)) if self.text_first else \
+            (slice(self.image_len, None), slice(None, self.image_len))
+        cut = (slice(None),) * (dim % x.dim())
+        return x[cut + (text,)], x[cut + (image,)]
 
     def record(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
                bias: torch.Tensor | None = None) -> None:
@@ -159,8 +164,6 @@ class JointAttentionRecording:
         if not self.active:
             return
         (q_text, q_image), (k_text, k_image), (v_text, _), (l_text, l_image) = (self.split(x[-1:]) for x in (q, k, v, lse))
-        k_kept = k_text.index_select(2, self.kept)
-        q_kept, l_kept = q_text.index_select(2, self.kept), l_text.index_select(2, self.kept)  # padding's own queries are not shown
         # Each quadrant is [heads, rows, columns] until stored; without per_head the heads are averaged as soon as a
         # tensor is made (``fold``), so the later sums and the concatenation touch 1/heads of the data. The mean is
         # linear, so folding first gives the same padding column as folding last.
@@ -170,23 +173,32 @@ class JointAttentionRecording:
             # The kept tokens' columns directly; all the padding at once as what is left of the text's share. That
             # share comes from the fused kernel run over the text keys alone: its log-sum-exp is log Σ_text exp(q·k),
             # so share = exp(lse_text − lse), without making the [heads, N, T] square of a 512-slot T5 text.
-            kept = fold(probabilities(q_image[0], k_kept[0], l_image[0], None if bias is None else bias[self.kept]))  # [h, N, n]
+            k_kept = k_text[0].index_select(1, self.kept)
+            kept = fold(probabilities(q_image[0], k_kept, l_image[0], None if bias is None else bias[self.kept]))  # [h, N, n]
             text_mask = None if bias is None else bias.to(q.dtype).expand(1, 1, self.image_len, self.text_len).contiguous()
             text_share = fold(torch.exp(fused_attention(q_image, k_text, v_text, text_mask)[1][0] - l_image[0]))  # [h, N]
             made["image_to_text"] = torch.cat([kept, (text_share - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
-        if "text_to_image" in self.buffers:
-            made["text_to_image"] = fold(probabilities(q_kept[0], k_image[0], l_kept[0]))
-        if "text_to_text" in self.buffers:
-            rows = fold(probabilities(q_kept[0], k_text[0], l_kept[0]))  # [h, n, T]: few rows, so the whole text
-            kept = rows.index_select(-1, self.kept)
-            made["text_to_text"] = torch.cat([kept, (rows.sum(-1) - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
+        if "text_to_image" in self.buffers or "text_to_text" in self.buffers:
+            # The prompt's few tokens as queries (padding's own queries are not shown), against every key at once: one
+            # product over the whole joint sequence, then cut into its text and image columns
+            rows = fold(probabilities(q_text[0].index_select(1, self.kept), k[-1], l_text[0].index_select(1, self.kept)))
+            text_columns, made["text_to_image"] = self.split(rows, dim=-1)  # [h, n, T], [h, n, N]
+            kept = text_columns.index_select(-1, self.kept)
+            made["text_to_text"] = torch.cat([kept, (text_columns.sum(-1) - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
         if "image_to_image" in self.buffers:
             made["image_to_image"] = fold(probabilities(q_image[0], k_image[0], l_image[0]))
+        made = {quadrant: p for quadrant, p in made.items() if quadrant in self.buffers}
         for quadrant, p in made.items():  # [h, rows, columns]
             if self.compact:
                 self.buffers[quadrant][0, 0].add_(p, alpha=self.weight)
             else:
                 self.buffers[quadrant][self.step, layer] = p
+
+
+    def send_to_host(self) -> None:
+        """Start copying the maps to the CPU without waiting (:func:`~illustrated_sd.recorders.to_host`): the loops call
+        it as the denoising ends, so that the copy runs while the VAE decodes instead of after it."""
+        self.buffers = {quadrant: to_host(maps) for quadrant, maps in self.buffers.items()}
 
 
 def attend(processor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

@@ -86,7 +86,9 @@ def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowS
             seen["velocity"].append(velocity)
             seen["latents"].append(latents)
 
-    # 7. The VAE decoder
+    # 7. The VAE decoder (the maps set off for the CPU first: they copy meanwhile)
+    if recording is not None and record.to_cpu:
+        recording.send_to_host()
     picture = decode(sd3, latents)[0]
 
     # 8. Everything into one trace
