@@ -18,10 +18,14 @@ def attention_layers(unet) -> dict[str, dict[str, Attention]]:
         ``{"cross": {name: Attention}, "self": {name: Attention}}`` with names such as
         ``"down_blocks.0.attentions.0.transformer_blocks.0.attn2"``.
     """
+    # named_modules() lists the modules in the order they were made, and diffusers makes the up blocks before the
+    # middle one: sort down → mid → up, the way a latent travels through the U
+    part = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    found = [(name, module) for name, module in unet.named_modules() if isinstance(module, Attention)]
+    found.sort(key=lambda item: part.get(item[0].split(".")[0], 3))  # a stable sort: within a part, the model's order
     layers = {"cross": {}, "self": {}}
-    for name, module in unet.named_modules():
-        if isinstance(module, Attention):
-            layers["cross" if module.is_cross_attention else "self"][name] = module
+    for name, module in found:
+        layers["cross" if module.is_cross_attention else "self"][name] = module
     return layers
 
 

@@ -16,6 +16,15 @@ def test_maps_are_probabilities_over_tokens(trace):
         assert (maps >= 0).all()
 
 
+def test_layers_are_listed_in_the_order_the_unet_runs_them(pipe, trace):
+    # diffusers makes the up blocks before the middle one, so named_modules() puts "mid" last; a table of the layers
+    # should read down → mid → up, as the latent travels
+    for names in (list(attention_layers(pipe.unet)["cross"]), list(trace.attention_maps)):
+        parts = [name.split(".")[0] for name in names]
+        assert parts == sorted(parts, key=["down_blocks", "mid_block", "up_blocks"].index), parts
+        assert "mid_block" in parts
+
+
 def test_maps_equal_the_classic_attention_computation(pipe):
     """softmax(QKᵀ/√d) from the hooks equals diffusers' own get_attention_scores for the same layer."""
     unet = pipe.unet

@@ -79,7 +79,7 @@ def unet_boxes(pipe) -> dict[str, tuple[str, str]]:
         "denoiser": (f"UNet · {count(unet)}", f"predicts {predicts}"),
         "attention": (f"cross-attention × {len(pipe.cross_attention_layers)}",
                       f"pixels ask the {slots} tokens\nkeys, values: [{slots}, {width}]"),
-        "guidance": ("guidance", "ε̂ = ε_u + s·(ε_c − ε_u)\n2 rows: no prompt, prompt"),
+        "guidance": ("guidance", "ε̂ = ε_uncond\n + s·(ε_text − ε_uncond)\n2 rows: no prompt, prompt"),
         "scheduler": ("scheduler step", f"{class_name(pipe.scheduler)}\nx_t → x_t−1"),
         "encoder": (f"VAE encoder · {encoder}", "img2img, training:\nimage → latent"),
         "decoder": (f"VAE decoder · {decoder}", f"{latent} →\n[3, {side}, {side}]"),
@@ -166,7 +166,7 @@ def pipeline_diagram(pipe, highlight: str | list[str] | None = None):
       and the second one's pooled vector).
     - **noise** ``ε ~ N(0, I)`` ``[C, h, w]`` **→ latent x_t** ``[C, h, w]`` at the model's default size
       (``h = side / 8``) **→ UNet** (parameters, what it predicts: ε, v or x₀) with its **cross-attention** layers
-      (how many) **→ guidance** (``ε̂ = ε_u + s·(ε_c − ε_u)``) **→ scheduler step** (the scheduler's class), and back
+      (how many) **→ guidance** (``ε̂ = ε_uncond + s·(ε_text − ε_uncond)``) **→ scheduler step** (the scheduler's class), and back
       to x_t: the loop, ``× S steps``, in a dashed frame.
     - after the last step: **VAE decoder** (parameters, ``[C, h, w] → [3, H, W]``) **→ image** (``H × W`` px).
     - drawn lightly: the **VAE encoder** (img2img and training start from a picture's latent) and the **Trace**
