@@ -13,7 +13,7 @@ import illustrated_sd as isd
 from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
-from illustrated_sd.train.decoder import decoder_loss, object_weights, train_decoder
+from illustrated_sd.train.decoder import SEAM, decoder_loss, object_weights, spliced, train_decoder
 from illustrated_sd.train.stages import clip_loss
 
 
@@ -31,7 +31,7 @@ def test_smoke_run_resume_and_export(tmp_path):
                        "--out", str(ckpt)]) == 0  # fine-tunes
     assert json.loads((ckpt / "train_log.json").read_text())["ground"]["total_steps"] == 3
     before = load_file(ckpt / "vae-0.safetensors")
-    assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--out", str(ckpt)]) == 0
+    assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--local", "1", "--out", str(ckpt)]) == 0
     after = load_file(ckpt / "vae-0.safetensors")
     assert json.loads((ckpt / "train_log.json").read_text())["decoder"]["total_steps"] == 3
     # the encoder is frozen, so the latents the UNet learned stay the same; only the decoder moves
@@ -143,6 +143,21 @@ def test_equal_objects_weighs_a_small_object_like_a_big_one():
     assert equal[0, 0, 15, 15] == 1 + 9 * 4 and equal[0, 0, 80, 80] == 10 and equal[0, 0, 40, 40] == 1
 
 
+def test_spliced_latents_ask_each_side_of_the_cut_for_its_own_picture():
+    # picture i is the constant i (latent, pixels and mask), so every value says which picture it came from
+    latents, images, masks = (torch.arange(4.0).view(4, 1, 1, 1).expand(4, c, s, s).clone() for c, s in ((4, 16), (3, 128), (2, 128)))
+    mixed, targets, target_masks, weight = spliced(latents, images, masks, torch.Generator().manual_seed(0))
+    assert mixed.shape == latents.shape and targets.shape == images.shape and weight.shape == (4, 1, 128, 128)
+    for i in range(4):
+        own, other = mixed[i, 0] == i, mixed[i, 0] == (i - 1) % 4  # the next picture of the batch is the rolled one
+        assert (own | other).all() and own.any() and other.any()
+        pixels_own = torch.nn.functional.interpolate(own[None, None].float(), scale_factor=8)[0, 0] > 0
+        assert torch.equal(targets[i, 0] == i, pixels_own) and torch.equal(target_masks[i, 0] == i, pixels_own)
+        # the weight is 0 on a band 2·SEAM latent pixels (16·SEAM px) wide along the cut, 1 elsewhere
+        band = (weight[i, 0] == 0)
+        assert band.float().mean().item() == pytest.approx(2 * SEAM / 16)
+
+
 def test_decoder_stage_needs_a_trained_vae(tmp_path):
     with pytest.raises(RuntimeError, match="run the vae stage first"):
         train_decoder(tmp_path, 1, 2, torch.device("cpu"), 0, max_steps=1)
@@ -233,6 +248,7 @@ def refused(argv, capsys) -> str:
     (["run", "--out", "{tmp}/c", "--seed", "-1"], "argument --seed: must be ≥ 0"),
     (["run", "--out", "{tmp}/c", "--two-objects", "2"], "--two-objects is a share of scenes, in \\[0, 1\\]"),
     (["run", "--out", "{tmp}/c", "--binding=-1"], "--binding is a loss weight, ≥ 0"),
+    (["run", "--out", "{tmp}/c", "--local=-1"], "--local is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/afile"], "is a file; the checkpoint is a folder"),
     (["run"], "the following arguments are required: --out"),
     (["import", "{tmp}/nofolder", "{tmp}/ck"], "no pipeline folder at .*nofolder"),

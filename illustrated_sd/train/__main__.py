@@ -36,6 +36,8 @@ def main(argv=None) -> int:
                           "two objects both named with colour and place in world 2 (default 0)")
     run.add_argument("--equal-objects", action="store_true",
                      help="decoder: a small object weighs as much in the loss as a big one (its pixels up to 4× more)")
+    run.add_argument("--local", type=checks.finite_float, default=0.0,
+                     help="decoder: weight of the loss on spliced latents that keeps the decoder local (default: %(default)s, off)")
     run.add_argument("--world", type=int, choices=(1, 2), default=None,
                      help="the world to learn: 1 (tiny-sd) or 2 (tiny-sd 2); default: the checkpoint's, or 1 for a new one")
     run.add_argument("--dataset-size", type=checks.positive_int, default=None,
@@ -102,6 +104,8 @@ def run_stages(args) -> None:
     plan = stage_plan(args.stages, args.minutes)
     if args.two_objects is not None and not 0 <= args.two_objects <= 1:
         raise ValueError(f"--two-objects is a share of scenes, in [0, 1] (got {args.two_objects:g})")
+    if args.local < 0:
+        raise ValueError(f"--local is a loss weight, ≥ 0 (got {args.local:g})")
     if args.binding < 0:
         raise ValueError(f"--binding is a loss weight, ≥ 0 (got {args.binding:g})")
     if args.out.exists() and not args.out.is_dir():
@@ -120,7 +124,7 @@ def run_stages(args) -> None:
             if args.dataset_size:
                 extra["dataset_size"] = args.dataset_size
         if stage == "decoder":
-            extra["equal_objects"] = args.equal_objects
+            extra.update(equal_objects=args.equal_objects, local=args.local)
         if stage == "ground":
             extra.update(binding=args.binding, two_objects=args.two_objects)
         if args.smoke and stage in ("unet", "ground"):

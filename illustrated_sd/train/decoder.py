@@ -12,6 +12,11 @@ pixel loss is mostly a background loss, and the first VAE stage drew small stars
 blobs. The world knows where every object is, so pixels on and around an object weigh 10× more.
 With ``equal_objects`` a small object weighs as much in all as a big one (its pixels up to 4× more):
 tiny-sd 2's round trip lost small outline drawings far more often than anything else.
+
+With ``local`` the decoder is also taught to stay *local*: half of each batch is decoded from spliced latents (the
+part beyond a random cut comes from another picture, as after inpainting), and each side of the cut must look like
+its own picture. A decoder whose middle block attends over every latent pixel otherwise learns to spread one half's
+background over the other (notebook 07 measures it), since no single picture ever asked it not to.
 """
 
 from pathlib import Path
@@ -29,6 +34,7 @@ OBJECT_WEIGHT = 10.0  # a pixel on or near an object counts this much more than 
 EDGE = 4  # pixels around each object that count as "near": the anti-aliased edge the shape lives in
 BIG_AREA = 1000  # pixels a big object covers at 128²; with equal_objects, smaller ones weigh more...
 MAX_BOOST = 4.0  # ...up to this factor (a small object covers about 200 pixels)
+SEAM = 1  # latent pixels on each side of a cut where the decoder may blend the two pictures (8 px each side at 128²)
 
 
 def object_weights(masks: torch.Tensor, equal_objects: bool = False) -> torch.Tensor:
@@ -44,6 +50,26 @@ def object_weights(masks: torch.Tensor, equal_objects: bool = False) -> torch.Te
     return 1 + (OBJECT_WEIGHT - 1) * excess
 
 
+def spliced(latents: torch.Tensor, images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator):
+    """What an inpainting hands the decoder: latents ``[B, C, h, w]`` whose part beyond a random vertical or horizontal
+    cut comes from the next picture of the batch (``roll``), the pixels ``[B, 3, H, W]`` it should then draw (each side
+    its own picture), their object masks ``[B, K, H, W]``, and a weight ``[B, 1, H, W]`` that is 0 within ``SEAM``
+    latent pixels of the cut, where blending the two is fair."""
+    batch, _, h, w = latents.shape
+    device, scale = latents.device, images.shape[-1] // w
+    vertical = torch.rand(batch, generator=gen, device=device) < 0.5
+    cut = torch.randint(SEAM + 1, min(h, w) - SEAM, (batch,), generator=gen, device=device)  # between pixels cut − 1 and cut
+    flip = torch.rand(batch, generator=gen, device=device) < 0.5  # which side is the other picture's
+    rows, columns = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    where = torch.where(vertical[:, None, None], columns, rows)  # [B, h, w]: the coordinate across the cut
+    other = ((where >= cut[:, None, None]) ^ flip[:, None, None]).float()[:, None]  # [B, 1, h, w]
+    far = ((where.float() + 0.5 - cut[:, None, None]).abs() > SEAM).float()[:, None]
+    grow = lambda m: F.interpolate(m, scale_factor=scale, mode="nearest")  # noqa: E731  latent grid → pixels
+    mix = lambda a, m: a * (1 - m) + a.roll(1, 0) * m  # noqa: E731
+    pixels_other = grow(other)
+    return mix(latents, other), mix(images, pixels_other), mix(masks, pixels_other), grow(far)
+
+
 def decoder_loss(recon: torch.Tensor, images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The VAE stage's MSE + ½·L1, averaged with per-pixel ``weights``: images ``[B, 3, H, W]``,
     weights ``[B, 1, H, W]`` → a scalar."""
@@ -52,12 +78,13 @@ def decoder_loss(recon: torch.Tensor, images: torch.Tensor, weights: torch.Tenso
 
 
 def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
-                  anneal: bool = True, world: int = 1, equal_objects: bool = False):
+                  anneal: bool = True, world: int = 1, equal_objects: bool = False, local: float = 0.0):
     """Fine-tune ``vae.decoder`` and ``vae.post_quant_conv`` on world pictures; the encoder stays frozen.
 
     Each step encodes a fresh batch, *samples* a latent from the posterior (the UNet's latents are never
     exactly the posterior mean either) and decodes it. The learning rate falls over the second half.
-    ``equal_objects``: weigh every object about the same, however small (see ``object_weights``).
+    ``equal_objects``: weigh every object about the same, however small (see ``object_weights``). ``local``: the weight
+    of the spliced half of the loss (see ``spliced``; 0 = off).
     """
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     vae = pipe.vae.to(device)
@@ -74,8 +101,12 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
         with _autocast(device):
             with torch.no_grad():  # the frozen half: image → posterior → a latent sample
                 latents = vae.encode(images).latent_dist.sample(generator=gen)
-            recon = vae.decode(latents).sample.float()
-        return decoder_loss(recon, images, object_weights(masks, equal_objects))
+            if not local:
+                return decoder_loss(vae.decode(latents).sample.float(), images, object_weights(masks, equal_objects))
+            mixed, targets, target_masks, far = spliced(latents, images, masks, gen)
+            recon, recon_mixed = vae.decode(torch.cat([latents, mixed])).sample.float().chunk(2)
+        return (decoder_loss(recon, images, object_weights(masks, equal_objects))
+                + local * decoder_loss(recon_mixed, targets, far * object_weights(target_masks, equal_objects)))
 
     steps = _run("decoder", step_fn, params, 2e-4, ckpt, Budget(minutes, max_steps), log_every, anneal=anneal)
     save_weights(vae, ckpt, "vae")  # the encoder's weights are saved unchanged beside the new decoder
