@@ -17,7 +17,11 @@
 # thinner than one latent pixel), so the decoder trains on, one foreground device call per part:
 #   part 6  MODEL_DIR imported into CHECKPOINT_DIR.6; 7 more decoder minutes as in part 5; exported again (97.7%).
 #   part 7  the same once more, into CHECKPOINT_DIR.7.
-# PART is 1 to 7 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
+# The decoder then spread one half's background over the other when an inpainting spliced two latents (scripts/
+# decoder_locality.py: 34 grey levels on average beside a cut, 24% of the kept pixels within 4 levels), so:
+#   part 8  MODEL_DIR imported into CHECKPOINT_DIR.8; more decoder with half of each batch spliced at a random cut
+#           (--local 1); exported again (only the VAE decoder changed).
+# PART is 1 to 8 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
 # with the same command (a stage that already ran trains on for its budget once more).
 # History: the first candidate (model card) was part 1 as of commit 7973c37: the UNet stage at batch 512,
 # without --compile and without grounding. benchmarks/train_speed.py then showed that the compiled stage takes
@@ -72,3 +76,8 @@ for n in 6 7; do
     "$python" -m illustrated_sd.train export "$ckpt.$n" "$model" --force
   fi
 done
+if [[ $part == 8 || $part == all ]]; then
+  "$python" -m illustrated_sd.train import "$model" "$ckpt.8"
+  train --out "$ckpt.8" --stages decoder --minutes "${DECODER_MINUTES:-6}" --equal-objects --local 1
+  "$python" -m illustrated_sd.train export "$ckpt.8" "$model" --force
+fi
