@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-import illustrated_sd.dit.joint_attention as joint
-from illustrated_sd.dit.architectures import real_transformer
+import illustrated_sd.recording.joint_attention as joint
+from illustrated_sd.models.transformers import real_transformer
 
 SHAPES = {"flux-dev": dict(batch=1, image=4096, text=512), "sd3.5-large": dict(batch=2, image=4096, text=333),
           "sd3.5-medium": dict(batch=2, image=4096, text=333)}

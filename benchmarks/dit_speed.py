@@ -28,8 +28,8 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeli
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
 
 import illustrated_sd as isd
-from illustrated_sd.dit.joint_attention import kernels_in_use
-from illustrated_sd.dit.architectures import CLIP_G, CLIP_L, T5_XXL, real_transformer, t5_style_tokenizer
+from illustrated_sd.recording.joint_attention import kernels_in_use
+from illustrated_sd.models.transformers import CLIP_G, CLIP_L, T5_XXL, real_transformer, t5_style_tokenizer
 from illustrated_sd.paths import CLIP_TOKENIZER
 
 PROMPT = "a lighthouse on a cliff at sunset, waves below, a small boat on the left"

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 from common import pipeline_for  # benchmarks/common.py
-from illustrated_sd.explorer import PRESETS
-from illustrated_sd.report import write_report
+from illustrated_sd.plot.explorer import PRESETS
+from illustrated_sd.plot.report import write_report
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layout", default="tiny", help="'tiny' (the embedded model) or an isd.architectures layout, e.g. sd15")
+    parser.add_argument("--layout", default="tiny", help="'tiny' (the embedded model) or an isd.models.unet layout, e.g. sd15")
     parser.add_argument("--steps", type=int, default=None, help="default: 25 for tiny, 50 otherwise")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("docs/explorer_size.json"))

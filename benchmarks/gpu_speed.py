@@ -187,7 +187,7 @@ def write(result, out):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layout", default="sd15", help="an architecture from isd.architectures.LAYOUTS")
+    parser.add_argument("--layout", default="sd15", help="an architecture from isd.models.unet.LAYOUTS")
     parser.add_argument("--steps", type=int, default=None, help="default 50 (SDXL: 30)")
     parser.add_argument("--size", type=int, default=None, help="default: the layout's native size (512, SDXL 1024)")
     parser.add_argument("--guidance", type=float, default=None, help="default 7.5 (SDXL: 5)")

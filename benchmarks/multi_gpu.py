@@ -23,7 +23,7 @@ import torch
 from accelerate import PartialState
 
 import illustrated_sd as isd
-from illustrated_sd.batch import Job, run_prompt_set
+from illustrated_sd.trace.sets import Job, run_prompt_set
 
 from common import pipeline_for  # benchmarks/common.py (the script's own folder is on the path)
 from prompt_set import prompts

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-from illustrated_sd.attention_layers import attention_layers
+from illustrated_sd.recording.attention_layers import attention_layers
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""A prompt set through `illustrated-sd batch`'s machinery (isd.batch.run_prompt_set): its time and trace sizes.
+"""A prompt set through `illustrated-sd batch`'s machinery (isd.trace.sets.run_prompt_set): its time and trace sizes.
 
     python benchmarks/prompt_set.py --layout sd15 --prompts 1000 --device cuda --folder /tmp/set --out docs/prompt_set_sd15.json
     python benchmarks/prompt_set.py --prompts 20                      # the embedded tiny model on the CPU
@@ -25,7 +25,7 @@ import torch
 
 import illustrated_sd as isd
 from common import pipeline_for  # benchmarks/common.py
-from illustrated_sd.batch import Job, batches, read_index, run_prompt_set
+from illustrated_sd.trace.sets import Job, batches, read_index, run_prompt_set
 from illustrated_sd.world.vocabulary import COLORS, POSITION_PHRASES, POSITIONS, SHAPES
 
 
@@ -37,7 +37,7 @@ def prompts(n: int) -> list[str]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layout", default="tiny", help="'tiny' (the embedded model) or an isd.architectures layout, e.g. sd15")
+    parser.add_argument("--layout", default="tiny", help="'tiny' (the embedded model) or an isd.models.unet layout, e.g. sd15")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--steps", type=int, default=None, help="default: 25 for tiny, 50 otherwise")
     parser.add_argument("--device", default="cpu")

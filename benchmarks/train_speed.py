@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: python benchmarks/train_speed.py
-from illustrated_sd.architectures import build_random_pipeline
-from illustrated_sd.forward_diffusion import diffusion_loss
+from illustrated_sd.models.unet import build_random_pipeline
+from illustrated_sd.lessons.forward_diffusion import diffusion_loss
 
 VARIANTS = {  # name: (channels_last, fused, compile, batch)
     "before": (False, False, False, 256),

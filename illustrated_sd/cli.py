@@ -1,5 +1,5 @@
 """The command line: ``illustrated-sd explain "a red circle on the left" --out DIR`` (one generation, explained)
-and ``illustrated-sd batch prompts.txt --out DIR`` (a prompt set, traced; :mod:`illustrated_sd.batch`)."""
+and ``illustrated-sd batch prompts.txt --out DIR`` (a prompt set, traced; :mod:`illustrated_sd.trace.sets`)."""
 
 import argparse
 import shutil
@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from . import checks
-from .files import atomic_write, check_folder_name, check_output_folder, check_writable_folder, publish_folder, scratch_folder_beside
-from .pipeline import SCHEDULERS
-from .report import FILES
+from .trace.files import atomic_write, check_folder_name, check_output_folder, check_writable_folder, publish_folder, scratch_folder_beside
+from .loops.unet import SCHEDULERS
+from .plot.report import FILES
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -101,7 +101,7 @@ def explain(args) -> Path:
 
     matplotlib.use("Agg")
     import illustrated_sd as isd
-    from illustrated_sd.report import write_report
+    from illustrated_sd.plot.report import write_report
 
     # Everything that can be refused is refused before the model is loaded: the device, and --out.
     device = checks.device(args.device)
@@ -128,8 +128,8 @@ def explain(args) -> Path:
 
 def batch(args) -> Path:
     import illustrated_sd as isd
-    from illustrated_sd.batch import read_prompts, run_prompt_set
-    from illustrated_sd.loading import train_timesteps
+    from illustrated_sd.trace.sets import read_prompts, run_prompt_set
+    from illustrated_sd.models.loading import train_timesteps
 
     # Everything that can be refused is refused before the model loads: the whole prompt file, the device,
     # --out (run_prompt_set checks the folder against the set and these settings before it calls make_pipe)
@@ -156,7 +156,7 @@ def batch(args) -> Path:
 
 def model_settings(args) -> tuple[int, float]:
     """``--steps`` and ``--guidance``, or the model's own where they were not given (read from its folder, not loaded)."""
-    from illustrated_sd.loading import model_defaults
+    from illustrated_sd.models.loading import model_defaults
 
     defaults = model_defaults(args.model)
     return (defaults["steps"] if args.steps is None else args.steps,
@@ -165,7 +165,7 @@ def model_settings(args) -> tuple[int, float]:
 
 def summary(trace) -> str:
     """The few lines ``explain`` prints into summary.txt: the trace, its tokens, where each word's attention peaks."""
-    from illustrated_sd.dit.trace import FlowTrace
+    from illustrated_sd.trace.flow import FlowTrace
 
     if isinstance(trace, FlowTrace):  # SD3 / Flux: the prompt's tokens in the joint sequence, peaks on the image-token grid
         lines = [repr(trace), f"tokens: {trace.tokens}"]

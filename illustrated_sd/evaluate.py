@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from . import checks
 from .cli import OneLineParser, one_line, parse
-from .files import atomic_write, check_replaceable, check_writable_folder
-from .heatmaps import heatmap_iou, points_inside
-from .loading import ModelLoadError, load_pipeline
+from .trace.files import atomic_write, check_replaceable, check_writable_folder
+from .plot.heatmaps import heatmap_iou, points_inside
+from .models.loading import ModelLoadError, load_pipeline
 from .world import COLORS, HELD_OUT, POSITIONS, SHAPES, SHAPES_2
 from .world.detect import detect
 from .world.vocabulary import PAIRS, POSITION_PHRASES
@@ -243,7 +243,7 @@ def sampler_agreement(pipe, cases, samplers=("ddim", "euler", "dpm++", "euler_an
 # ---- interventions (issue 17): what taking a word out does, and whether its heatmap foretold it ---------------
 
 def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0, top: float = 0.1) -> dict:
-    """Take words out of single-object prompts and read what changes (:mod:`illustrated_sd.edits`).
+    """Take words out of single-object prompts and read what changes (:mod:`illustrated_sd.recording.edits`).
 
     For each case ``(prompt, [(colour, shape, position)], held_out)`` (drawn with seed ``seed + i``): the plain
     picture; the colour, the shape and the place removed (``Remove``); the colour's slot only silenced
@@ -257,12 +257,12 @@ def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, se
     at the named place (plain / place removed), the named shape (plain / shape removed), swaps whose object centre
     stays within one latent pixel of the plain picture's (swapped / same seed, no swap), and per word class
     (colour, shape, position, function) the mean correlation and IoU (top ``top`` of pixels) of the causal map
-    with the word's heatmap (:func:`illustrated_sd.causal.agreement`). ``"held_out"`` repeats the shares over the
+    with the word's heatmap (:func:`illustrated_sd.lessons.causal.agreement`). ``"held_out"`` repeats the shares over the
     held-out cases alone (colour+shape pairs training never showed).
     """
-    from .causal import causal_map
-    from .edits import Reweight, Swap
-    from .recorders import RecordOptions
+    from .lessons.causal import causal_map
+    from .recording.edits import Reweight, Swap
+    from .recording.recorders import RecordOptions
 
     world, shapes = world_of(pipe), (SHAPES_2 if world_of(pipe) == 2 else SHAPES)
     counts = {k: [] for k in ("colour_plain", "colour_removed", "colour_silenced", "place_plain", "place_removed",
@@ -322,7 +322,7 @@ def colour_removal(pipe, cases, seeds: int = 4, steps: int = 25, guidance: float
     "by_colour": {colour: share removed-but-still-there}}``: the shares of pictures in which the object at the named
     place has the named colour.
     """
-    from .edits import Remove
+    from .recording.edits import Remove
 
     world, rows = world_of(pipe), []
     draws = [(i, j) for j in range(seeds) for i in range(len(cases))]
@@ -386,7 +386,7 @@ def attention_at_scale(folder, world: int = 2, threshold: float = 0.4) -> dict:
     its words (colour, shape, position): DAAM's heatmap–mask IoU (:func:`heatmap_iou`) and the pointing game (does the
     heatmap's peak fall on the object?). Returns, per word class, the mean IoU and the pointing rate, with counts.
     """
-    from .batch import TraceSet
+    from .trace.sets import TraceSet
 
     cases = {text: objects for text, objects, _ in prompt_set(world=world)}
     traces = TraceSet(folder)

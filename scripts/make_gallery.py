@@ -75,7 +75,7 @@ def explorer_screenshot(trace, pipe):
     """The explorer of the same trace, at step 8 with "heart" picked and the mouse on the triangle."""
     from playwright.sync_api import sync_playwright
 
-    from illustrated_sd.report import write_report
+    from illustrated_sd.plot.report import write_report
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -1,4 +1,4 @@
-"""A prompt set, traced (illustrated_sd.batch, `illustrated-sd batch`): files, index, resume, several processes."""
+"""A prompt set, traced (illustrated_sd.trace.sets, `illustrated-sd batch`): files, index, resume, several processes."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import illustrated_sd as isd
-from illustrated_sd.batch import TraceSet, batches, read_index, read_prompts, run_prompt_set
+from illustrated_sd.trace.sets import TraceSet, batches, read_index, read_prompts, run_prompt_set
 from illustrated_sd.cli import main
 from illustrated_sd.paths import TINY_SD
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import illustrated_sd as isd
-from illustrated_sd.budget import TraceBudgetError, estimate_trace
+from illustrated_sd.recording.budget import TraceBudgetError, estimate_trace
 
 from .conftest import PROMPT
 
@@ -63,7 +63,7 @@ def test_sd15_default_trace_fits_half_a_gib():
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig
 
-    from illustrated_sd.architectures import LAYOUTS
+    from illustrated_sd.models.unet import LAYOUTS
     with torch.device("meta"):  # the real architecture, without spending time or memory on weights
         unet = UNet2DConditionModel(in_channels=4, out_channels=4, **LAYOUTS["sd15"]["unet"]).half()
     sd = SimpleNamespace(unet=unet, text_encoder=SimpleNamespace(config=CLIPTextConfig(**LAYOUTS["sd15"]["text"])))

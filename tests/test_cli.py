@@ -10,7 +10,7 @@ import torch
 import illustrated_sd as isd
 from illustrated_sd import cli
 from illustrated_sd.cli import main
-from illustrated_sd import pipeline
+from illustrated_sd.loops import unet as pipeline
 
 
 def test_explain_writes_report_image_trace_and_figures(tmp_path, capsys):
@@ -148,7 +148,7 @@ def test_a_failing_explain_leaves_the_previous_outputs_intact(tmp_path, capsys, 
         (folder / "report.html").write_text("half a page")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("illustrated_sd.report.write_report", disk_full)
+    monkeypatch.setattr("illustrated_sd.plot.report.write_report", disk_full)
     assert "No space left on device" in refused(["explain", "a blue square", "--steps", "2", "--out", str(out)], capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old report, whole
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # and no scratch folder

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import illustrated_sd as isd
-from illustrated_sd.clip import clip_similarity, load_clip
+from illustrated_sd.lessons.clip import clip_similarity, load_clip
 from illustrated_sd.world import render, sample_scenes
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import illustrated_sd as isd
-from illustrated_sd.budget import estimate_trace
-from illustrated_sd.trace import spread_steps
+from illustrated_sd.recording.budget import estimate_trace
+from illustrated_sd.trace.unet import spread_steps
 
 from .conftest import PROMPT
 

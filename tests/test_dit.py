@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import illustrated_sd as isd
-from illustrated_sd.dit import joint_attention
-from illustrated_sd.dit.architectures import t5_style_tokenizer
+from illustrated_sd.recording import joint_attention
+from illustrated_sd.models.transformers import t5_style_tokenizer
 
 PROMPT = "a red circle on the left"
 ALL = isd.RecordOptions(quadrants=("image_to_text", "text_to_image", "text_to_text", "image_to_image"))
@@ -232,8 +232,8 @@ def test_bad_img2img_input_is_refused_before_any_work(pipes, kwargs, error, mess
 
 
 def test_concept_attention_leaves_the_picture_and_is_the_text_stream_when_the_concepts_are_the_prompt(pipes, monkeypatch, tmp_path):
-    from illustrated_sd.dit.concepts import ConceptStream
-    from illustrated_sd.dit.joint_attention import recording_joint_attention
+    from illustrated_sd.recording.concepts import ConceptStream
+    from illustrated_sd.recording.joint_attention import recording_joint_attention
 
     pipe = pipes["tiny-flux"]
     plain_trace = pipe(PROMPT, num_inference_steps=3, max_sequence_length=16, progress=False)

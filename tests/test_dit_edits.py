@@ -1,4 +1,4 @@
-"""ConceptAttention on SD3 / SD3.5, and prompt-to-prompt's Swap on SD3 and Flux (illustrated_sd.dit.concepts, .dit.edits).
+"""ConceptAttention on SD3 / SD3.5, and prompt-to-prompt's Swap on SD3 and Flux (illustrated_sd.recording.concepts, .recording.flow_edits).
 
 Tiny random models built offline. The concepts only read: the picture equals a plain call's and diffusers'. A Swap's
 rows equal an explicit softmax with the source's image→text probabilities put in, and a Swap onto a source whose maps
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import illustrated_sd as isd
-from illustrated_sd.dit import joint_attention
+from illustrated_sd.recording import joint_attention
 
 PROMPT = "a red circle on the left"
 SETTINGS = {"tiny-sd3": dict(guidance_scale=7.0, negative_prompt="a blue square"), "tiny-sd35": dict(guidance_scale=4.5),
@@ -71,8 +71,8 @@ def test_the_sd3_concept_stream_is_the_text_stream_when_the_concepts_are_the_tex
     concept's map is the softmax over the tokens of o_patch · o_token, computed here by hand from the joint attention.
     The last block (context_pre_only) carries no text on, but still gives a map; SD3.5's first block also runs attn2.
     The batch has two rows, as with guidance: the concepts follow the last (the prompt's), its own timestep embedding."""
-    from illustrated_sd.dit.concepts import ConceptStream
-    from illustrated_sd.dit.joint_attention import recording_joint_attention
+    from illustrated_sd.recording.concepts import ConceptStream
+    from illustrated_sd.recording.joint_attention import recording_joint_attention
 
     transformer = pipes[layout].transformer
     generator = torch.Generator().manual_seed(3)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import illustrated_sd as isd
-from illustrated_sd.batch import TraceSet
+from illustrated_sd.trace.sets import TraceSet
 from illustrated_sd.cli import main
 
 PROMPT = "a red circle on the left"
@@ -91,7 +91,7 @@ def test_batch_traces_a_prompt_set_of_a_flow_model_and_resumes(pipes, folders, l
     assert main(["batch", str(prompts), "--model", str(folders[layout]), "--out", str(out), "--steps", "2"]) == 0
     assert "2 of 2 prompts traced" in capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
-    defaults = isd.loading.model_defaults(folders[layout])
+    defaults = isd.models.loading.model_defaults(folders[layout])
     assert [r["guidance"] for r in rows] == [defaults["guidance"]] * 2 == [3.5 if layout == "tiny-flux" else 7.0] * 2
     traces = TraceSet(out)
     trace = traces[1]
@@ -119,7 +119,7 @@ def test_batch_refuses_more_than_one_prompt_per_call_for_a_flow_model(folders, t
 
 
 def test_model_defaults_are_read_from_the_folder(folders, tmp_path):
-    from illustrated_sd.loading import model_defaults
+    from illustrated_sd.models.loading import model_defaults
 
     assert model_defaults(folders["tiny-flux"]) == {"steps": 28, "guidance": 3.5}
     assert model_defaults(folders["tiny-sd3"]) == {"steps": 28, "guidance": 7.0}

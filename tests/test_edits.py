@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 import illustrated_sd as isd
-from illustrated_sd.attention_layers import attention_layers
-from illustrated_sd.edits import EditPlan, Remove, Reweight, Swap
+from illustrated_sd.recording.attention_layers import attention_layers
+from illustrated_sd.recording.edits import EditPlan, Remove, Reweight, Swap
 from illustrated_sd.evaluate import detect
 
 from .conftest import PROMPT
@@ -254,10 +254,10 @@ def test_agreement_of_two_maps():
     a[:2] = 1  # the top 20% of pixels
     b = torch.zeros(10, 10)
     b[1:3] = 1
-    correlation, iou = isd.causal.agreement(a, b, top=0.2)
+    correlation, iou = isd.lessons.causal.agreement(a, b, top=0.2)
     assert iou == pytest.approx(10 / 30) and correlation == pytest.approx(np.corrcoef(a.flatten(), b.flatten())[0, 1])
-    assert isd.causal.agreement(a, a, top=0.2) == (pytest.approx(1.0), 1.0)
-    assert isd.causal.agreement(torch.zeros(4, 4), a[:4, :4], top=0.25)[0] == 0.0  # a flat map correlates with nothing
+    assert isd.lessons.causal.agreement(a, a, top=0.2) == (pytest.approx(1.0), 1.0)
+    assert isd.lessons.causal.agreement(torch.zeros(4, 4), a[:4, :4], top=0.25)[0] == 0.0  # a flat map correlates with nothing
 
 
 BASES = {  # made before the UNet calls are counted

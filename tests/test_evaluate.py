@@ -9,7 +9,7 @@ import torch
 
 import illustrated_sd as isd
 from illustrated_sd.evaluate import main
-from illustrated_sd import pipeline
+from illustrated_sd.loops import unet as pipeline
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_colour_removal_counts_each_picture_plain_and_without_its_colour(pipe, m
 # ---- attention at scale (issue 19) ----------------------------------------------------------------------------
 
 def test_heatmap_iou_is_daams_thresholded_overlap_and_the_pointing_game_its_peak():
-    from illustrated_sd.heatmaps import heatmap_iou, peak, points_inside
+    from illustrated_sd.plot.heatmaps import heatmap_iou, peak, points_inside
     heat = torch.zeros(4, 4)
     heat[:2, :2] = 1.0  # the top-left quarter
     heat[0, 0] = 1.2  # its hottest corner
@@ -162,7 +162,7 @@ def test_heatmap_iou_is_daams_thresholded_overlap_and_the_pointing_game_its_peak
 
 def test_attention_at_scale_over_a_traced_prompt_set(pipe, tmp_path, capsys):
     """A two-prompt set through the batch command, then the study's own measures over it."""
-    from illustrated_sd.batch import read_prompts, run_prompt_set
+    from illustrated_sd.trace.sets import read_prompts, run_prompt_set
     from illustrated_sd.evaluate import attention_at_scale, prompt_set, write_prompt_file
 
     assert write_prompt_file(tmp_path / "all.jsonl", world=2, seeds=4) == 4 * len(prompt_set(world=2))
@@ -179,7 +179,7 @@ def test_attention_at_scale_over_a_traced_prompt_set(pipe, tmp_path, capsys):
 
 
 def test_attention_at_scale_refuses_prompts_that_are_not_the_worlds(pipe, tmp_path):
-    from illustrated_sd.batch import read_prompts, run_prompt_set
+    from illustrated_sd.trace.sets import read_prompts, run_prompt_set
     from illustrated_sd.evaluate import attention_at_scale
 
     (tmp_path / "p.txt").write_text("a red circle in a red circle\n")

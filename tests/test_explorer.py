@@ -1,4 +1,4 @@
-"""The explorer's data (illustrated_sd.explorer): what the page is given is the trace's own numbers."""
+"""The explorer's data (illustrated_sd.plot.explorer): what the page is given is the trace's own numbers."""
 
 import base64
 import io
@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 import illustrated_sd as isd
-from illustrated_sd.explorer import explorer_data, explorer_html, explorer_size
-from illustrated_sd.trace import spread_steps
-from illustrated_sd.report import write_report
+from illustrated_sd.plot.explorer import explorer_data, explorer_html, explorer_size
+from illustrated_sd.trace.unet import spread_steps
+from illustrated_sd.plot.report import write_report
 
 
 def halves(b64: str, shape) -> np.ndarray:
@@ -44,7 +44,7 @@ def test_the_data_is_the_traces_numbers(trace, pipe):
 def test_auto_is_full_for_small_pictures_and_light_for_big_ones(trace):
     from dataclasses import replace
 
-    from illustrated_sd.explorer import resolve_preset
+    from illustrated_sd.plot.explorer import resolve_preset
     assert resolve_preset(trace, "auto") == "full" and explorer_data(trace)["preset"] == "full"  # 128²
     assert resolve_preset(replace(trace, height=512, width=512), "auto") == "light"
 
@@ -179,7 +179,7 @@ def test_sd3s_words_are_in_both_encoders_and_its_markers_are_entries(flow_pipes)
 def test_a_flow_trace_without_the_quadrant_the_page_needs_is_refused(flux_trace):
     from dataclasses import replace
 
-    from illustrated_sd.explorer import flow_explorer_data
+    from illustrated_sd.plot.explorer import flow_explorer_data
     with pytest.raises(ValueError, match=r"needs image_to_text attention, and this trace recorded \['text_to_image'\]; generate with"):
         explorer_data(replace(flux_trace, attention={"text_to_image": flux_trace.attention["text_to_image"]}))
     with pytest.raises(TypeError, match="flow_explorer_data takes a FlowTrace .*for SD 1/2/XL use explorer_data"):

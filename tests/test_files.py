@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from illustrated_sd.files import (atomic_write, check_folder_name, check_output_folder, check_writable_folder, publish_folder,
+from illustrated_sd.trace.files import (atomic_write, check_folder_name, check_output_folder, check_writable_folder, publish_folder,
                                   scratch_folder_beside)
 
 

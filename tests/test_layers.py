@@ -28,7 +28,7 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_the_runtime_modules_are_found():
     names = {p.relative_to(PACKAGE).as_posix() for p in RUNTIME}
-    assert {"pipeline.py", "inputs.py", "starts.py", "recorders.py", "text.py", "clip.py", "trace.py", "cli.py"} <= names
+    assert {"loops/unet.py", "loops/inputs.py", "loops/starts.py", "recording/recorders.py", "loops/text.py", "lessons/clip.py", "trace/unet.py", "cli.py"} <= names
 
 
 @pytest.mark.parametrize("path", RUNTIME, ids=lambda p: p.relative_to(PACKAGE).as_posix())
@@ -39,4 +39,4 @@ def test_a_runtime_module_imports_no_training_code(path):
 
 def test_the_check_reads_relative_imports():
     clip = imported_modules(PACKAGE / "train" / "stages.py")
-    assert "illustrated_sd.clip.ClipHead" in clip and "illustrated_sd.train.checkpoint" in clip
+    assert "illustrated_sd.lessons.clip.ClipHead" in clip and "illustrated_sd.train.checkpoint" in clip

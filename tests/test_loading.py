@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import illustrated_sd as isd
-from illustrated_sd.loading import ModelLoadError
+from illustrated_sd.models.loading import ModelLoadError
 
 from .conftest import PROMPT
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from illustrated_sd.latent_space import to_pixels
-from illustrated_sd.loss_guidance import loss_guided, unit_pixels
+from illustrated_sd.lessons.latent_space import to_pixels
+from illustrated_sd.lessons.loss_guidance import loss_guided, unit_pixels
 
 BLUE = torch.tensor([0.0, 0.0, 1.0]).view(1, 3)
 PROMPT = "a circle on the left and a star on the right"  # the colours are left open: the loss can choose them

@@ -6,7 +6,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
 import illustrated_sd as isd
-from illustrated_sd.sampling import pred_x0
+from illustrated_sd.loops.sampling import pred_x0
 
 from .conftest import PROMPT, plain_image
 

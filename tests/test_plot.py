@@ -178,7 +178,7 @@ def test_self_attention_one_panel_per_point_each_a_distribution(head_trace):
 
 
 def test_heatmaps_against_masks_one_row_per_picture_titled_with_iou_and_pointing(trace):
-    from illustrated_sd.heatmaps import heatmap_iou
+    from illustrated_sd.plot.heatmaps import heatmap_iou
     h, w = trace.image.height, trace.image.width
     left = np.zeros((h, w), bool)
     left[h // 4: 3 * h // 4, : w // 2] = True  # the left half's middle: where "a red circle on the left" is

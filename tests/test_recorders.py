@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import illustrated_sd as isd
-from illustrated_sd.attention_layers import attention_layers
-from illustrated_sd.recorders import StepRecorder, record_attention
+from illustrated_sd.recording.attention_layers import attention_layers
+from illustrated_sd.recording.recorders import StepRecorder, record_attention
 
 from .conftest import PROMPT
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from illustrated_sd.cli import main
-from illustrated_sd.report import write_report
+from illustrated_sd.plot.report import write_report
 
 from .conftest import launch
 from .test_explorer import HOSTILE_PROMPTS

@@ -2,8 +2,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-from illustrated_sd.architectures import SD_SCHEDULE
-from illustrated_sd.sampling import alpha_bars_for, classifier_free_guidance, is_sigma_space, pred_x0
+from illustrated_sd.models.unet import SD_SCHEDULE
+from illustrated_sd.loops.sampling import alpha_bars_for, classifier_free_guidance, is_sigma_space, pred_x0
 
 
 def make(cls, prediction_type):

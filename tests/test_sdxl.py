@@ -9,10 +9,10 @@ from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
 from PIL import Image
 
 import illustrated_sd as isd
-from illustrated_sd.architectures import LAYOUTS
-from illustrated_sd.budget import TraceBudgetError, estimate_trace
-from illustrated_sd.loading import ModelLoadError
-from illustrated_sd.sdxl import AESTHETIC_TIME_ID_NAMES, TIME_ID_NAMES
+from illustrated_sd.models.unet import LAYOUTS
+from illustrated_sd.recording.budget import TraceBudgetError, estimate_trace
+from illustrated_sd.models.loading import ModelLoadError
+from illustrated_sd.loops.sdxl import AESTHETIC_TIME_ID_NAMES, TIME_ID_NAMES
 
 PROMPT = "a red circle on the left"
 
@@ -186,8 +186,8 @@ def test_plots_widgets_and_report_read_an_sdxl_trace(xl, xl_trace, tmp_path):
     import matplotlib.pyplot as plt
 
     from illustrated_sd import plot
-    from illustrated_sd.report import write_report
-    from illustrated_sd.widgets import TraceExplorer
+    from illustrated_sd.plot.report import write_report
+    from illustrated_sd.plot.widgets import TraceExplorer
 
     t = xl_trace
     figures = [plot.token_heatmaps(t), plot.attention_grid(t, "circle"), plot.denoising_filmstrip(t, decode=xl.decode_latents),

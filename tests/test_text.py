@@ -2,7 +2,7 @@ import pytest
 from transformers import CLIPTokenizer
 
 from illustrated_sd.paths import CLIP_TOKENIZER
-from illustrated_sd.text import readable, tokenize_prompt
+from illustrated_sd.loops.text import readable, tokenize_prompt
 
 from .conftest import PROMPT
 

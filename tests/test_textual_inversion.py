@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import illustrated_sd as isd
-from illustrated_sd.forward_diffusion import diffusion_loss
+from illustrated_sd.lessons.forward_diffusion import diffusion_loss
 from illustrated_sd.train import textual_inversion
 from illustrated_sd.train.textual_inversion import concept_scenes, learn_word, nearest_words
 from illustrated_sd.world import SHAPES_2, render

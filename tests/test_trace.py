@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 import illustrated_sd as isd
-from illustrated_sd import trace as trace_module
+from illustrated_sd.trace import unet as trace_module
 
 from .conftest import PROMPT
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file as real_save_file
 
 import illustrated_sd as isd
 from illustrated_sd.train.__main__ import main as train_main
-from illustrated_sd.files import load_weights
+from illustrated_sd.trace.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
 from illustrated_sd.train.decoder import SEAM, decoder_loss, object_weights, spliced, train_decoder
 from illustrated_sd.train.stages import clip_loss

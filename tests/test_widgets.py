@@ -7,7 +7,7 @@ import pytest
 
 import illustrated_sd as isd
 from illustrated_sd import IllustratedPipeline
-from illustrated_sd.widgets import GuidanceSlider, PromptPlayground, TraceExplorer
+from illustrated_sd.plot.widgets import GuidanceSlider, PromptPlayground, TraceExplorer
 
 from .test_explorer import HOSTILE_PROMPTS, flow_pipes, flux_trace  # noqa: F401 (the flow fixtures)
 
@@ -76,7 +76,7 @@ def test_the_explorer_needs_a_trace():
 
 def test_the_explorer_of_a_flow_trace_follows_the_step_the_word_and_the_layer(flux_trace, flow_pipes):
     from illustrated_sd.plot.joint import telling_word, tokens_to_pixels, word_choices
-    from illustrated_sd.widgets import SIZE, _heat_image, _png
+    from illustrated_sd.plot.widgets import SIZE, _heat_image, _png
 
     trace = flux_trace
     explorer = TraceExplorer(trace, decode=flow_pipes["tiny-flux"].decode_latents)

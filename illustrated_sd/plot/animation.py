@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 
 from .. import checks
-from ..files import atomic_write, check_replaceable
-from ..trace import Trace, require_trace
+from ..trace.files import atomic_write, check_replaceable
+from ..trace.unet import Trace, require_trace
 from .attention import upsample
 from .denoising import _as_rgb
 

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 from .. import checks
-from ..heatmaps import at_size, heatmap_iou, peak, points_inside, strong_region
-from ..trace import Trace, require_trace
+from .heatmaps import at_size, heatmap_iou, peak, points_inside, strong_region
+from ..trace.unet import Trace, require_trace
 from .labels import literal, quoted
 
 
@@ -76,7 +76,7 @@ def attention_grid(trace: Trace, token, steps: int = 4, cmap: str = "inferno"):
         a Figure with ``layers × steps`` panels and a colourbar; row labels are short layer names with
         their grid and maximum.
     """
-    from ..attention_layers import short_name
+    from ..recording.attention_layers import short_name
     from .denoising import _pick_steps
 
     require_trace(trace, "plot.attention_grid", every_step=True)
@@ -202,7 +202,7 @@ def heatmaps_against_masks(traces, masks, words, threshold: float = 0.4, cmap: s
     Returns:
         a Figure of ``B × (1 + words)`` panels. In each word panel: the heatmap (scaled to its maximum), the mask's
         outline in cyan, the strong region's in white (dashed), the peak as a cross; the title gives the IoU of the
-        strong region with the mask and whether the peak is on the object (the pointing game, :mod:`illustrated_sd.heatmaps`).
+        strong region with the mask and whether the peak is on the object (the pointing game, :mod:`illustrated_sd.plot.heatmaps`).
     Example:
         >>> fig = heatmaps_against_masks(trace, detect(trace.image)[0].mask, ["red", "circle", "left"])
     """

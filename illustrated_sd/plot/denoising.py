@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from .. import checks
-from ..trace import Trace, require_trace
+from ..trace.unet import Trace, require_trace
 
 
 def _pick_steps(num_steps: int, n: int) -> list[int]:

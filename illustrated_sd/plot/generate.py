@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..text import encode_tokens, tokenize_prompt
+from ..loops.text import encode_tokens, tokenize_prompt
 from .denoising import _as_rgb
 from .labels import literal, quoted
 

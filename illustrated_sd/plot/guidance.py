@@ -4,7 +4,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .. import checks
-from ..trace import Trace, require_trace
+from ..trace.unet import Trace, require_trace
 from .attention import upsample
 from .denoising import _pick_steps
 from .labels import quoted

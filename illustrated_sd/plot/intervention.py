@@ -5,7 +5,7 @@ import textwrap
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..trace import require_trace
+from ..trace.unet import require_trace
 from .attention import upsample
 from .labels import quoted
 

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..dit.trace import FlowTrace
+from ..trace.flow import FlowTrace
 from .labels import literal, quoted
 
 SHARE = "share of the query's whole attention"
@@ -80,7 +80,7 @@ def joint_attention(trace: FlowTrace, word: str, step=None, layer=None, encoder:
     into one column). Each map shows one value per image token, as square blocks.
 
     Args:
-        trace: a :class:`~illustrated_sd.dit.trace.FlowTrace` (``pipe(...)`` of an SD3 or Flux pipeline).
+        trace: a :class:`~illustrated_sd.trace.flow.FlowTrace` (``pipe(...)`` of an SD3 or Flux pipeline).
         word: a word of the prompt; step, layer, encoder: as in ``trace.cross_attention`` (``None`` = mean / all).
     Returns:
         a ``matplotlib.figure.Figure``: the image; image→text for the word ``[gh, gw]``; text→image for the word;

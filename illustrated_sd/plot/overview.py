@@ -9,7 +9,7 @@ components, so a bigger model gives a picture with bigger numbers, and SDXL a pi
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
 
-from ..dit.pipeline import FlowPipeline, flow_family
+from ..loops.flow import FlowPipeline, flow_family
 from .labels import literal
 
 # part name → (what the title calls it, the boxes it lights up)
@@ -190,7 +190,7 @@ def pipeline_diagram(pipe, highlight: str | list[str] | None = None):
     Example:
         >>> isd.plot.pipeline_diagram(pipe, highlight="text")   # notebook 01: where the text encoder sits
     """
-    from ..pipeline import IllustratedPipeline  # the runtime's pipeline imports plot helpers; import it when called
+    from ..loops.unet import IllustratedPipeline  # the runtime's pipeline imports plot helpers; import it when called
 
     if not isinstance(pipe, (IllustratedPipeline, FlowPipeline)):
         if type(pipe).__module__.startswith("diffusers"):

@@ -3,7 +3,7 @@
 import matplotlib.pyplot as plt
 import torch.nn.functional as F
 
-from ..trace import Trace, require_trace
+from ..trace.unet import Trace, require_trace
 from .labels import literal, quoted
 
 
@@ -64,7 +64,7 @@ def similarity_matrix(similarity, captions: list[str], images=None, title: str =
     """CLIP's similarity matrix: rows = images, columns = captions; a trained CLIP lights the diagonal.
 
     Args:
-        similarity: ``[N, M]`` cosine similarities (from ``illustrated_sd.clip.clip_similarity``).
+        similarity: ``[N, M]`` cosine similarities (from ``illustrated_sd.lessons.clip.clip_similarity``).
         captions: the ``M`` captions, written under the columns.
         images: optional ``[N, 3, H, W]`` in [-1, 1], drawn as thumbnails beside the rows.
     Returns:

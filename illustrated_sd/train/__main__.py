@@ -7,7 +7,7 @@ import torch
 
 from .. import checks
 from ..cli import OneLineParser, one_line, parse
-from ..loading import ModelLoadError
+from ..models.loading import ModelLoadError
 
 from .checkpoint import read_log, write_log
 from .export import export, import_folder

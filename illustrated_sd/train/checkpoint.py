@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..files import atomic_write
+from ..trace.files import atomic_write
 
 SHARD_BYTES = 15 * 2**20  # files come back from the GPU machine at most 16 MiB each
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..architectures import build_random_pipeline
+from ..models.unet import build_random_pipeline
 from ..world import render, sample_scenes
-from ..files import load_weights
+from ..trace.files import load_weights
 from .checkpoint import read_log, save_weights
 from .stages import Budget, _autocast, _run
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from ..architectures import build_random_pipeline
-from ..files import publish_folder, scratch_folder_beside
+from ..models.unet import build_random_pipeline
+from ..trace.files import publish_folder, scratch_folder_beside
 from ..paths import CLIP_TOKENIZER
 from ..world import HELD_OUT, known_words, known_words_2
-from ..files import load_weights
+from ..trace.files import load_weights
 from .checkpoint import read_log, save_weights, write_log
 
 MAX_SHARD = "14MB"  # keeps every file under 15 MiB
@@ -84,7 +84,7 @@ def _write_folder(pipe, ckpt: Path, tmp: Path) -> None:
 
 def import_folder(folder: Path, ckpt: Path) -> Path:
     """The inverse of :func:`export`: a checkpoint to resume training from, made from a pipeline folder."""
-    from ..loading import load_pipeline
+    from ..models.loading import load_pipeline
 
     folder, ckpt = Path(folder), Path(ckpt)
     if not folder.is_dir():

@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from tqdm.auto import tqdm
 
-from ..architectures import build_random_pipeline
-from ..attention_layers import attention_layers
+from ..models.unet import build_random_pipeline
+from ..recording.attention_layers import attention_layers
 from ..world import render, sample_scenes
 from ..world.vocabulary import MAX_OBJECTS_2
-from ..files import load_weights
+from ..trace.files import load_weights
 from .checkpoint import read_log, save_weights
-from ..forward_diffusion import diffusion_loss
+from ..lessons.forward_diffusion import diffusion_loss
 from .stages import EMA, Budget, _autocast, _run, empty_context
 
 

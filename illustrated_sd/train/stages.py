@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..architectures import build_random_pipeline
-from ..clip import ClipHead, ImageTower, text_features
-from ..forward_diffusion import diffusion_loss
-from ..files import load_weights
+from ..models.unet import build_random_pipeline
+from ..lessons.clip import ClipHead, ImageTower, text_features
+from ..lessons.forward_diffusion import diffusion_loss
+from ..trace.files import load_weights
 from .checkpoint import read_log, save_weights, write_log
 from .data import world_batch
 

@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 from transformers import AddedToken
 
 from .. import checks
-from ..forward_diffusion import diffusion_loss
-from ..latent_space import to_latent
-from ..pipeline import IllustratedPipeline
-from ..text import END, START
+from ..lessons.forward_diffusion import diffusion_loss
+from ..lessons.latent_space import to_latent
+from ..loops.unet import IllustratedPipeline
+from ..loops.text import END, START
 from ..world import Scene, render, sample_scene_2
 
 

@@ -1,0 +1,333 @@
+"""Joint attention, recorded exactly: the four quadrants of every block of a diffusion transformer.
+
+In SD3 and Flux the prompt's tokens and the picture's patches sit in **one sequence**, and every block runs one
+attention over all of it: each query (a patch or a token) spreads one softmax over *all* keys, patches and tokens
+together. Cut the square of probabilities by where the rows and columns come from and there are four quadrants:
+
+                         keys: text            keys: image
+    queries: image   image → text           image → image      (where the picture looks for a word: the
+                     (cross-attention's      (self-attention)   cross-attention of SD 1/2, but sharing one
+                      analogue)                                  softmax with the picture's own patches)
+    queries: text    text → text            text → image       (what a word reads from the picture: new in
+                                                                 MMDiT, the prompt's tokens change layer by layer)
+
+The probabilities recorded are the model's own, normalised over all keys. The output is still computed by PyTorch's
+fused kernel, which also returns each query's log-sum-exp ``lse = log Σ_j exp(q·k_j·scale)``; then any one
+probability is ``p_ij = exp(q_i·k_j·scale − lse_i)``, exact, computed only for the columns we keep (the prompt's
+tokens, not every key). Padding slots (T5 pads to 256 or 512) are summed into one column: how much attention the
+padding absorbs is itself worth seeing. That sum is the text's whole share less the kept tokens', and the text's
+whole share is exp(lse_text − lse), where lse_text comes from the fused kernel run over the text keys alone.
+
+The processors below are diffusers' ``FluxAttnProcessor`` and ``JointAttnProcessor2_0`` written out line for line,
+the attention call replaced by :func:`fused_attention` plus the recording; they are installed for one generation
+(:func:`recording_joint_attention`) and the model's own processors are put back afterwards.
+"""
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
+from .recorders import to_host
+
+QUADRANTS = ("image_to_text", "text_to_image", "text_to_text", "image_to_image")
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(q·kᵀ/√d + mask)·v`` exactly as ``F.scaled_dot_product_attention`` computes it, and each query's log-sum-exp.
+
+    ``q, k, v``: ``[B, heads, L, d]``; ``mask``: an additive ``[B, 1, L, L]`` (an edit's bias) or ``None``. Returns
+    ``out [B, heads, L, d]`` (bit for bit ``F.scaled_dot_product_attention``'s: the same fused kernel, called directly so
+    that it also hands back its statistics) and ``lse [B, heads, L]`` (float32, the mask included).
+    """
+    key = (q.device, q.dtype, tuple(q.shape), tuple(k.shape), mask is None)
+    kernel = _chosen.get(key)
+    if kernel is None:
+        kernel = _chosen[key] = _kernel_of_sdpa(q, k, v, mask)
+    out, lse = kernel(q, k, v, mask)
+    return out, lse[..., :q.shape[2]].reshape(q.shape[:-1]).float()
+
+
+def _flash(q, k, v, mask):
+    if mask is not None:
+        raise NotImplementedError("flash attention takes no mask")
+    return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
+
+
+# PyTorch picks one of several fused kernels for F.scaled_dot_product_attention (on a Hopper GPU cuDNN's, or flash's,
+# or the memory-efficient one; on the CPU its own flash kernel). Each also returns the log-sum-exp when called
+# directly. Which one SDPA picks depends on the device, dtype and shapes, so the first call of each shape asks:
+# the kernel whose output equals SDPA's, bit for bit, is the one SDPA runs.
+_KERNELS = {
+    "cudnn": lambda q, k, v, m: torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, m, True, 0.0, False, False)[:2],
+    "flash": _flash,
+    "efficient": lambda q, k, v, m: torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, m, True)[:2],
+    "flash_cpu": lambda q, k, v, m: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=m)[:2],
+}
+_chosen = {}
+
+
+def _explicit_lse(q, k, v, mask):
+    """No kernel matched: SDPA's own output, and the log-sum-exp computed beside it (exact, one more product)."""
+    logits = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    lse = torch.logsumexp(logits if mask is None else logits + mask.float(), dim=-1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), lse
+
+
+def _kernel_of_sdpa(q, k, v, mask):
+    """The entry of ``_KERNELS`` that computes what ``F.scaled_dot_product_attention`` computes for these inputs."""
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    names = ("flash_cpu",) if q.device.type == "cpu" else ("cudnn", "flash", "efficient")
+    for name in names:
+        try:
+            if torch.equal(_KERNELS[name](q, k, v, mask)[0], reference):
+                return _KERNELS[name]
+        except (RuntimeError, NotImplementedError):  # not built here, or not for this dtype, head size or mask
+            continue
+    return _explicit_lse
+
+
+def kernels_in_use() -> dict:
+    """Which kernel each attention shape seen so far runs (for benchmarks): ``{"bfloat16 [1, 24, 4608, 128]": "cudnn", …}``."""
+    names = {kernel: name for name, kernel in _KERNELS.items()} | {_explicit_lse: "sdpa + explicit log-sum-exp"}
+    return {f"{str(dtype).removeprefix('torch.')} {list(q)}×{list(k)}{'' if plain else ' with a mask'}": names[kernel]
+            for (_, dtype, q, k, plain), kernel in _chosen.items()}
+
+
+def probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``p = exp(q·kᵀ·scale + bias − lse)``: rows of the attention's softmax for these queries and keys only, in float32.
+
+    ``q [heads, n, d]``, ``k [heads, m, d]``, ``lse [heads, n]`` (over *all* keys), ``bias [m]`` (an edit's, or ``None``)
+    → ``[heads, n, m]``.
+    """
+    scale = q.shape[-1] ** -0.5
+    start = -lse[..., None]  # [heads, n, 1]: the product is added to it, so the − lse costs no pass of its own
+    logits = None
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        try:  # one kernel, as the fused kernel makes its products: half-precision inputs, float32 sums, no float32 copies
+            logits = torch.baddbmm(start, q, k.transpose(-1, -2), alpha=scale, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # a torch without baddbmm's out_dtype
+            pass
+    if logits is None:
+        logits = torch.baddbmm(start, q.float(), k.float().transpose(-1, -2), alpha=scale)
+    return (logits if bias is None else logits.add_(bias)).exp_()  # in place: one [heads, n, m] float32 tensor, not two
+
+
+class JointAttentionRecording:
+    """The joint-attention maps of one generation, in buffers on the model's device.
+
+    Args:
+        layers: names of the recorded attention layers, in the order the transformer runs them.
+        text_len, image_len: slots of the text and of the image in the joint sequence.
+        text_first: Flux puts the text first (``[text, image]``), SD3 last (``[image, text]``).
+        kept: ``[n]`` the text slots kept as their own columns (the prompt's real tokens); the others are padding,
+            summed into one column after them.
+        steps: denoising steps; quadrants: which of :data:`QUADRANTS` to record; per_head: keep every head (else their mean).
+        compact: add every step's and layer's head-mean up as the loop goes (a compact trace, for prompt sets): the
+            buffers are then ``[1, 1, 1, rows, columns]`` in float32, the mean over all steps, layers and heads.
+        rows: how many rows of the batch are the prompt's, at the end of the batch (CFG puts them after the
+            unconditional rows).
+
+    Buffers (``h`` = heads or 1, ``n`` kept text slots, ``N`` image tokens, ``L`` layers):
+        image_to_text ``[S, L, h, N, n + 1]``, text_to_image ``[S, L, h, n, N]``, text_to_text ``[S, L, h, n, n + 1]``,
+        image_to_image ``[S, L, h, N, N]``.
+    """
+
+    def __init__(self, layers: list[str], text_len: int, image_len: int, text_first: bool, kept: torch.Tensor, steps: int,
+                 quadrants: tuple[str, ...], per_head: bool, heads: int, dtype: torch.dtype, device, compact: bool = False):
+        self.layers, self.text_first, self.per_head, self.compact = list(layers), text_first, per_head and not compact, compact
+        self.text_len, self.image_len = text_len, image_len
+        self.kept = kept.to(device)  # an index on the device: selecting with it never waits for the GPU
+        self.step, self.active = 0, True
+        n, N, h, L = len(kept), image_len, heads if self.per_head else 1, len(layers)
+        shapes = {"image_to_text": (N, n + 1), "text_to_image": (n, N), "text_to_text": (n, n + 1), "image_to_image": (N, N)}
+        if compact:  # one running mean per quadrant: each call adds its share, 1 / (steps × layers)
+            self.weight = 1 / (steps * L)
+            self.buffers = {q: torch.zeros(1, 1, 1, *shapes[q], dtype=torch.float32, device=device) for q in quadrants}
+        else:
+            self.buffers = {q: torch.zeros(steps, L, h, *shapes[q], dtype=dtype, device=device) for q in quadrants}
+
+    def split(self, x: torch.Tensor, dim: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` with the joint sequence along ``dim`` (``[B, heads, text + image, ...]`` by default) → its text part and
+        its image part."""
+        text, image = (slice(None, self.text_len), slice(self.text_len, None)) if self.text_first else \
+            (slice(self.image_len, None), slice(None, self.image_len))
+        cut = (slice(None),) * (dim % x.dim())
+        return x[cut + (text,)], x[cut + (image,)]
+
+    def record(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
+               bias: torch.Tensor | None = None) -> None:
+        """One attention call of layer ``layer``: ``q, k, v [B, heads, L, d]``, ``lse [B, heads, L]``; the last row is the
+        prompt's. ``bias [T]``: an edit's additive bias on the image queries' text logits (see :mod:`illustrated_sd.recording.flow_edits`)."""
+        if not self.active:
+            return
+        (q_text, q_image), (k_text, k_image), (v_text, _), (l_text, l_image) = (self.split(x[-1:]) for x in (q, k, v, lse))
+        # Each quadrant is [heads, rows, columns] until stored; without per_head the heads are averaged as soon as a
+        # tensor is made (``fold``), so the later sums and the concatenation touch 1/heads of the data. The mean is
+        # linear, so folding first gives the same padding column as folding last.
+        fold = (lambda p: p) if self.per_head else (lambda p: p.mean(0, keepdim=True))
+        made = {}
+        if "image_to_text" in self.buffers:
+            # The kept tokens' columns directly; all the padding at once as what is left of the text's share. That
+            # share comes from the fused kernel run over the text keys alone: its log-sum-exp is log Σ_text exp(q·k),
+            # so share = exp(lse_text − lse), without making the [heads, N, T] square of a 512-slot T5 text.
+            k_kept = k_text[0].index_select(1, self.kept)
+            kept = fold(probabilities(q_image[0], k_kept, l_image[0], None if bias is None else bias[self.kept]))  # [h, N, n]
+            text_mask = None if bias is None else bias.to(q.dtype).expand(1, 1, self.image_len, self.text_len).contiguous()
+            text_share = fold(torch.exp(fused_attention(q_image, k_text, v_text, text_mask)[1][0] - l_image[0]))  # [h, N]
+            made["image_to_text"] = torch.cat([kept, (text_share - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
+        if "text_to_image" in self.buffers or "text_to_text" in self.buffers:
+            # The prompt's few tokens as queries (padding's own queries are not shown), against every key at once: one
+            # product over the whole joint sequence, then cut into its text and image columns
+            rows = fold(probabilities(q_text[0].index_select(1, self.kept), k[-1], l_text[0].index_select(1, self.kept)))
+            text_columns, made["text_to_image"] = self.split(rows, dim=-1)  # [h, n, T], [h, n, N]
+            kept = text_columns.index_select(-1, self.kept)
+            made["text_to_text"] = torch.cat([kept, (text_columns.sum(-1) - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
+        if "image_to_image" in self.buffers:
+            made["image_to_image"] = fold(probabilities(q_image[0], k_image[0], l_image[0]))
+        made = {quadrant: p for quadrant, p in made.items() if quadrant in self.buffers}
+        for quadrant, p in made.items():  # [h, rows, columns]
+            if self.compact:
+                self.buffers[quadrant][0, 0].add_(p, alpha=self.weight)
+            else:
+                self.buffers[quadrant][self.step, layer] = p
+
+
+    def send_to_host(self) -> None:
+        """Start copying the maps to the CPU without waiting (:func:`~illustrated_sd.recording.recorders.to_host`): the loops call
+        it as the denoising ends, so that the copy runs while the VAE decodes instead of after it."""
+        self.buffers = {quadrant: to_host(maps) for quadrant, maps in self.buffers.items()}
+
+
+def attend(processor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The joint attention ``[B, heads, L, d]`` → ``[B, heads, L, d]`` as a recording processor runs it: the fused kernel
+    with an edit's mask, the recording of its probabilities, then a Swap's rows put in (each only when the processor has
+    one: ``processor.edits``, ``processor.recording`` at ``processor.layer``)."""
+    mask, bias = processor.edits.mask(processor.name) if processor.edits is not None else (None, None)
+    out, lse = fused_attention(query, key, value, mask)
+    if processor.layer is not None:
+        processor.recording.record(processor.layer, query, key, value, lse, bias)
+    if processor.edits is not None:  # a Swap's steps: the picture's rows read the text with the source's maps
+        out = processor.edits.swap(processor.name, query, key, value, out, processor.recording, processor.layer)
+    return out
+
+
+class FluxRecordingProcessor:
+    """``FluxAttnProcessor`` (diffusers' Flux attention, double- and single-stream), its attention recorded (as layer
+    ``layer`` of ``recording``, when given), changed by ``edits`` (a reweight's mask, a swap's source maps) and read by
+    the ConceptAttention stream (``concepts``, block ``block``)."""
+
+    def __init__(self, recording: JointAttentionRecording | None, layer: int | None, concepts=None, block: int | None = None,
+                 edits=None, name: str | None = None):
+        self.recording, self.layer, self.concepts, self.block, self.edits, self.name = recording, layer, concepts, block, edits, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query, key, value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (query, key, value))  # [B, L, heads, d]
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if attn.added_kv_proj_dim is not None:  # a double-stream block: the text has projections of its own
+            encoder_query, encoder_key, encoder_value = (x.unflatten(-1, (-1, attn.head_dim))
+                                                         for x in (encoder_query, encoder_key, encoder_value))
+            encoder_query, encoder_key = attn.norm_added_q(encoder_query), attn.norm_added_k(encoder_key)
+            query, key, value = (torch.cat([e, x], dim=1) for e, x in ((encoder_query, query), (encoder_key, key), (encoder_value, value)))
+        if image_rotary_emb is not None:  # RoPE, as the model applies it: the maps are of the rotated queries and keys
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        query, key, value = (x.permute(0, 2, 1, 3) for x in (query, key, value))  # [B, heads, L, d]
+        out = attend(self, query, key, value)
+        if self.concepts is not None:  # the picture's keys, values and outputs, for the concepts to read
+            text = encoder_hidden_states.shape[1]
+            self.concepts.attend(self.block, attn, key[-1:, :, text:], value[-1:, :, text:], out[-1:, :, text:])
+        hidden_states = out.permute(0, 2, 1, 3).flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is None:
+            return hidden_states
+        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+            [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
+        return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
+
+
+class SD3RecordingProcessor:
+    """``JointAttnProcessor2_0`` (diffusers' SD3 / SD3.5 joint attention), its attention recorded (as layer ``layer`` of
+    ``recording``, when given), changed by ``edits`` and read by the ConceptAttention stream (``concepts``, block ``block``).
+    SD3.5's image-only ``attn2`` keeps diffusers' processor: it has no text to record, edit or show the concepts."""
+
+    def __init__(self, recording: JointAttentionRecording | None, layer: int | None, edits=None, name: str | None = None,
+                 concepts=None, block: int | None = None):
+        self.recording, self.layer, self.edits, self.name = recording, layer, edits, name
+        self.concepts, self.block = concepts, block
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        residual, batch = hidden_states, hidden_states.shape[0]
+        heads = lambda x: x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)  # noqa: E731  [B, heads, L, d]
+        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        text_q, text_k, text_v = (heads(p(encoder_hidden_states)) for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+        if attn.norm_added_q is not None:
+            text_q = attn.norm_added_q(text_q)
+        if attn.norm_added_k is not None:
+            text_k = attn.norm_added_k(text_k)
+        query, key, value = torch.cat([query, text_q], dim=2), torch.cat([key, text_k], dim=2), torch.cat([value, text_v], dim=2)
+        out = attend(self, query, key, value)
+        if self.concepts is not None:  # the picture's keys, values and outputs (the image first in SD3), for the concepts
+            image = residual.shape[1]
+            self.concepts.attend(self.block, attn, key[-1:, :, :image], value[-1:, :, :image], out[-1:, :, :image])
+        hidden_states = out.transpose(1, 2).reshape(batch, -1, out.shape[1] * out.shape[-1]).to(query.dtype)
+        hidden_states, encoder_hidden_states = hidden_states[:, :residual.shape[1]], hidden_states[:, residual.shape[1]:]
+        if not attn.context_pre_only:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return attn.to_out[1](attn.to_out[0](hidden_states)), encoder_hidden_states
+
+
+def joint_layers(transformer) -> dict:
+    """The joint-attention modules of a Flux or SD3 transformer, by name, in the order they run.
+
+    Flux: ``double.0 …`` (``transformer_blocks``: text and image with projections each) then ``single.0 …``
+    (``single_transformer_blocks``: one stream). SD3: ``joint.0 …``. (SD3.5's extra image-only attention,
+    ``attn2`` of its first blocks, is self-attention of the picture and is not recorded.)
+    """
+    if hasattr(transformer, "single_transformer_blocks"):
+        return {**{f"double.{i}": b.attn for i, b in enumerate(transformer.transformer_blocks)},
+                **{f"single.{i}": b.attn for i, b in enumerate(transformer.single_transformer_blocks)}}
+    return {f"joint.{i}": b.attn for i, b in enumerate(transformer.transformer_blocks)}
+
+
+@contextmanager
+def recording_joint_attention(transformer, recording: JointAttentionRecording | None, concepts=None, edits=None):
+    """Install processors on ``transformer``'s joint-attention layers for one ``with`` block: on those that ``recording``
+    records (none when it is ``None``), those ``edits`` (a :class:`~illustrated_sd.recording.flow_edits.FlowEditPlan`) change, and
+    the blocks with text projections (Flux's double-stream blocks, every SD3 block) when a ConceptAttention stream
+    (``concepts``, see :mod:`illustrated_sd.recording.concepts`) reads them. The model's own processors (and no hooks) are
+    there again afterwards, also after an error."""
+    modules = joint_layers(transformer)
+    flux = hasattr(transformer, "single_transformer_blocks")
+    recorded = {} if recording is None else {name: i for i, name in enumerate(recording.layers)}
+    prefix = "double" if flux else "joint"
+    streamed = {f"{prefix}.{i}": i for i in range(len(transformer.transformer_blocks))} if concepts is not None else {}
+    edited = [] if edits is None else edits.layers
+    names = [name for name in modules if name in recorded or name in streamed or name in edited]
+    originals = {name: modules[name].processor for name in names}
+    hooks = []
+    try:
+        for name in names:
+            block = streamed.get(name)
+            stream = concepts if block is not None else None
+            if flux:
+                processor = FluxRecordingProcessor(recording, recorded.get(name), stream, block, edits, name)
+            else:
+                processor = SD3RecordingProcessor(recording, recorded.get(name), edits, name, stream, block)
+            modules[name].set_processor(processor)
+        for index, block in enumerate(transformer.transformer_blocks if concepts is not None else []):
+            hooks.append(block.register_forward_pre_hook(
+                lambda module, args, kwargs, index=index: concepts.before_block(index, kwargs["temb"]), with_kwargs=True))
+        yield recording
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for name, original in originals.items():
+            modules[name].set_processor(original)
