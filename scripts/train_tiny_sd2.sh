@@ -18,7 +18,7 @@
 #   part 6  MODEL_DIR imported into CHECKPOINT_DIR.6; 7 more decoder minutes as in part 5; exported again (97.7%).
 #   part 7  the same once more, into CHECKPOINT_DIR.7.
 # The decoder then spread one half's background over the other when an inpainting spliced two latents (scripts/
-# decoder_locality.py: 34 grey levels on average beside a cut, 24% of the kept pixels within 4 levels), so:
+# decoder_locality.py: 72 grey levels on average beyond a cut, 13% of the kept pixels within 4 levels), so:
 #   part 8  MODEL_DIR imported into CHECKPOINT_DIR.8; more decoder with half of each batch spliced at a random cut
 #           (--local 1); exported again (only the VAE decoder changed).
 # PART is 1 to 8 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again

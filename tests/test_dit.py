@@ -1,4 +1,4 @@
-"""Diffusion transformers traced (illustrated_sd.dit): SD3, SD3.5 and Flux on tiny random configs built offline.
+"""Diffusion transformers traced (illustrated_sd.loops.flux, .sd3 and the recording of their joint attention): SD3, SD3.5 and Flux on tiny random configs built offline.
 
 The image equals diffusers' own pipeline's for the same seed; the recorded joint attention equals an explicit
 softmax over the whole sequence, quadrant by quadrant, in every block.
