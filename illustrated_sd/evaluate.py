@@ -368,6 +368,33 @@ def background_obedience(pipe, cases, seeds: int = 2, steps: int = 25, guidance:
             "by_background": {bg: rate([a == d for a, d in rows if a == bg]) for bg in BACKGROUNDS}, "drawn_instead": instead}
 
 
+def ghost_smudges(pipe, cases, seeds: int = 2, steps: int = 25, guidance: float = 7.5, seed: int = 30_000) -> dict:
+    """How often a picture holds a faint coloured smudge away from its objects (:func:`~illustrated_sd.world.detect.stray_marks`):
+    every case drawn with ``seeds`` seeds, and — to know what the detector finds where there is none — as many of the
+    world's own rendered held-out scenes.
+
+    Returns ``{"pictures": n, "with_marks": share, "marks_per_picture": mean, "by_guidance": …, "world_renders_with_marks": share}``;
+    the pictures are also drawn at guidance 1 (no guidance), to see whether guidance makes the smudges or only keeps them.
+    """
+    from .world import render, sample_scenes
+    from .world.detect import stray_marks
+
+    world = world_of(pipe)
+    rows = {guidance: [], 1.0: []}
+    draws = [(i, j, s) for s in rows for j in range(seeds) for i in range(len(cases))]
+    for i, j, s in tqdm(draws, desc="smudges", unit="picture"):
+        trace = pipe(cases[i][0], num_inference_steps=steps, guidance_scale=s, seed=seed + i + 1000 * j, progress=False)
+        rows[s].append(len(stray_marks(trace.image, version=world)))
+    images, _ = render(sample_scenes([seed, 7], len(rows[guidance]), held_out=True, version=world))
+    renders = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    false = [len(stray_marks(picture, version=world)) > 0 for picture in renders]
+    share = lambda counts: round(float(np.mean([c > 0 for c in counts])), 4)  # noqa: E731
+    return {"pictures": len(rows[guidance]), "prompts": len(cases), "seeds": seeds, "with_marks": share(rows[guidance]),
+            "marks_per_picture": round(float(np.mean(rows[guidance])), 3),
+            "by_guidance": {str(s): {"with_marks": share(c), "marks_per_picture": round(float(np.mean(c)), 3)} for s, c in rows.items()},
+            "world_renders_with_marks": round(float(np.mean(false)), 4)}
+
+
 # ---- attention at scale (issue 19): every heatmap of a traced prompt set against the detector's masks ---------
 
 def write_prompt_file(path, world: int = 2, seeds: int = 4, seed: int = 0) -> int:
@@ -474,6 +501,9 @@ def main(argv=None) -> int:
     parser.add_argument("--backgrounds", type=checks.natural_int, default=0, metavar="K",
                         help="only measure whether the background the prompt asks for is drawn: 12 single-object prompts with "
                              "'on a plain <colour> background' for each background colour, K seeds each (0 = skip, default)")
+    parser.add_argument("--smudges", type=checks.natural_int, default=0, metavar="K",
+                        help="only measure how often a faint coloured smudge sits away from the objects: 24 single-object "
+                             "prompts, K seeds each, guided and unguided (0 = skip, default)")
     parser.add_argument("--remove-colour", type=checks.natural_int, default=0, metavar="K",
                         help="only measure how often Remove(colour) takes the colour away: every held-out single-object prompt "
                              "drawn with K seeds unlike the interventions' (0 = skip, default)")
@@ -527,6 +557,13 @@ def run(args) -> None:
                   "background_obedience": background_obedience(pipe, single[:: max(1, len(single) // 12)][:12], seeds=args.backgrounds,
                                                                steps=args.steps, guidance=args.guidance)}
         result["background_obedience"]["seconds"] = round(time.time() - start, 1)
+    elif args.smudges:  # ghost smudges, nothing else
+        start = time.time()
+        single = prompt_group(everything, "single")
+        result = {"settings": {"steps": args.steps, "guidance": args.guidance, "model": pipe.name, "world": world_of(pipe)},
+                  "ghost_smudges": ghost_smudges(pipe, single[:: max(1, len(single) // 24)][:24], seeds=args.smudges,
+                                                 steps=args.steps, guidance=args.guidance)}
+        result["ghost_smudges"]["seconds"] = round(time.time() - start, 1)
     elif args.remove_colour:  # Remove(colour) over many held-out pictures, nothing else
         start = time.time()
         result = {"settings": {"steps": args.steps, "guidance": args.guidance, "model": pipe.name, "world": world_of(pipe)},

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from illustrated_sd.world import HELD_OUT, POSITIONS, known_words, render, sample_scenes
-from illustrated_sd.world.detect import detect
+from illustrated_sd.world.detect import detect, stray_marks
 from illustrated_sd.world.vocabulary import PAIR_FORMS, PATTERNS, POSITION_PHRASES, SHAPES_2, SINGLE_FORMS, STYLES, known_words_2
 
 
@@ -146,3 +146,26 @@ def test_fill_holes_fills_enclosed_holes_only():
     assert (fill_holes(ring) == (r <= 12)).all()
     cup = ring & ~((xx > 20) & (abs(yy - 20) < 3))  # a ring with a gap: its inside reaches the outside
     assert (fill_holes(cup) == cup).all()
+
+
+def test_stray_marks_finds_a_faint_coloured_smudge_and_not_the_worlds_own_patterns():
+    images, _ = render(sample_scenes([7, 7], 64, held_out=True, version=2))
+    pictures = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    assert sum(bool(stray_marks(p)) for p in pictures) <= 2  # patterns, shadows and outlines are not marks
+    clean = next(p for p in pictures if not stray_marks(p))
+    # a smudge as the model draws them: mottled colour a few grey levels off the background, 8×8 px, far from objects
+    objects = np.zeros(clean.shape[:2], bool)
+    for found in detect(clean, version=2):
+        objects |= found.mask
+    ys, xs = np.nonzero(~objects)
+    free = [(y, x) for y, x in zip(ys, xs) if 12 <= y < 116 and 12 <= x < 116 and not objects[y - 12:y + 12, x - 12:x + 12].any()]
+    y, x = free[len(free) // 2]
+    smudged = clean.astype(np.int16)
+    mottle = np.random.default_rng(0).choice([-14, 14], size=(8, 8, 3))
+    smudged[y - 4:y + 4, x - 4:x + 4] += mottle
+    found = stray_marks(smudged.clip(0, 255).astype(np.uint8))
+    assert len(found) == 1 and abs(found[0][1][0] * 128 - x) < 3 and abs(found[0][1][1] * 128 - y) < 3
+    # the same patch in grey (the same offset in R, G and B) is a pattern, not a smudge
+    grey = clean.astype(np.int16)
+    grey[y - 4:y + 4, x - 4:x + 4] += mottle[..., :1]
+    assert not stray_marks(grey.clip(0, 255).astype(np.uint8))
