@@ -1,5 +1,6 @@
 """The command line: ``illustrated-sd explain "a red circle on the left" --out DIR`` (one generation, explained)
-and ``illustrated-sd batch prompts.txt --out DIR`` (a prompt set, traced; :mod:`illustrated_sd.trace.sets`)."""
+``illustrated-sd batch prompts.txt --out DIR`` (a prompt set, traced; :mod:`illustrated_sd.trace.sets`) and
+``illustrated-sd export-web OUT`` (a static site that generates in the browser; :mod:`illustrated_sd.web.site`)."""
 
 import argparse
 import shutil
@@ -68,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--force", action="store_true", help="write into an --out that holds files of other programs too (they are "
                                                             "left alone: nothing this command did not write is replaced or removed)")
     _model_options(batch)
+    web = sub.add_parser("export-web", help="write a static web site in which the embedded model generates in the browser",
+                         description="Write OUT: a static site (index.html, the model as ONNX files, onnxruntime-web and the "
+                                     "tokenizer) in which a visitor's browser generates and explores images, with nothing "
+                                     "fetched from outside the folder. Serve it with any static host, or locally: "
+                                     "python -m http.server -d OUT. The first export downloads the pinned npm packages "
+                                     "(illustrated_sd/web/npm.lock.json) into ~/.cache/illustrated_sd/npm/.")
+    web.add_argument("out", help="folder to write into (new, empty, or an earlier export-web)")
+    web.add_argument("--force", action="store_true", help="write into an OUT that holds other files too (they are left alone)")
     return parser
 
 
@@ -154,6 +163,18 @@ def batch(args) -> Path:
     return out
 
 
+def export_web(args) -> Path:
+    try:
+        from illustrated_sd.web.site import export_web as write_site, folder_bytes
+    except ImportError as err:  # onnx / onnxruntime missing: the message names the install
+        raise ValueError(str(err)) from err
+
+    out = write_site(args.out, force=args.force)
+    print(f"wrote the site ({folder_bytes(out) / 2**20:.1f} MiB) to {out}/\nserve it: python -m http.server -d {out}, "
+          "then open http://127.0.0.1:8000/")
+    return out
+
+
 def model_settings(args) -> tuple[int, float]:
     """``--steps`` and ``--guidance``, or the model's own where they were not given (read from its folder, not loaded)."""
     from illustrated_sd.models.loading import model_defaults
@@ -202,7 +223,7 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            out = explain(args) if args.command == "explain" else batch(args)
+            out = {"explain": explain, "batch": batch, "export-web": export_web}[args.command](args)
     except (ValueError, TypeError, OSError, RuntimeError) as err:  # (FileNotFoundError and ModelLoadError among them)
         print(f"illustrated-sd: error: {one_line(err)}", file=sys.stderr)
         return 2

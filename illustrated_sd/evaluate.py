@@ -373,8 +373,10 @@ def ghost_smudges(pipe, cases, seeds: int = 2, steps: int = 25, guidance: float 
     every case drawn with ``seeds`` seeds, and — to know what the detector finds where there is none — as many of the
     world's own rendered held-out scenes.
 
-    Returns ``{"pictures": n, "with_marks": share, "marks_per_picture": mean, "by_guidance": …, "world_renders_with_marks": share}``;
-    the pictures are also drawn at guidance 1 (no guidance), to see whether guidance makes the smudges or only keeps them.
+    Returns ``{"pictures": n, "with_marks": share, "marks_per_picture": mean, "by_guidance": …, "world_renders_with_marks": share,
+    "vae_round_trips_with_marks": share}``; the pictures are also drawn at guidance 1 (no guidance), to see whether guidance
+    makes the smudges or only keeps them, and the world's pictures are also sent through the VAE alone (encode, decode),
+    to see whether the decoder draws them without the UNet.
     """
     from .world import render, sample_scenes
     from .world.detect import stray_marks
@@ -386,13 +388,20 @@ def ghost_smudges(pipe, cases, seeds: int = 2, steps: int = 25, guidance: float 
         trace = pipe(cases[i][0], num_inference_steps=steps, guidance_scale=s, seed=seed + i + 1000 * j, progress=False)
         rows[s].append(len(stray_marks(trace.image, version=world)))
     images, _ = render(sample_scenes([seed, 7], len(rows[guidance]), held_out=True, version=world))
-    renders = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    false = [len(stray_marks(picture, version=world)) > 0 for picture in renders]
+    as_pixels = lambda x: ((x.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)  # noqa: E731
+    false = [len(stray_marks(picture, version=world)) > 0 for picture in as_pixels(images)]
+    # the same pictures through the VAE alone (encode, decode; no UNet): does the decoder draw the marks?
+    vae = pipe.vae
+    with torch.no_grad():
+        latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
+        round_trips = vae.decode(latents).sample.float().clamp(-1, 1)
+    decoded = [len(stray_marks(picture, version=world)) > 0 for picture in as_pixels(round_trips)]
     share = lambda counts: round(float(np.mean([c > 0 for c in counts])), 4)  # noqa: E731
     return {"pictures": len(rows[guidance]), "prompts": len(cases), "seeds": seeds, "with_marks": share(rows[guidance]),
             "marks_per_picture": round(float(np.mean(rows[guidance])), 3),
             "by_guidance": {str(s): {"with_marks": share(c), "marks_per_picture": round(float(np.mean(c)), 3)} for s, c in rows.items()},
-            "world_renders_with_marks": round(float(np.mean(false)), 4)}
+            "world_renders_with_marks": round(float(np.mean(false)), 4),
+            "vae_round_trips_with_marks": round(float(np.mean(decoded)), 4)}
 
 
 # ---- attention at scale (issue 19): every heatmap of a traced prompt set against the detector's masks ---------

@@ -149,9 +149,11 @@ def _channels(x: torch.Tensor) -> dict:
             "scale": [round(float(v), 4) for v in x.abs().amax(dim=(0, 2, 3)).clamp_min(1e-6)]}
 
 
-def _colormap(name: str) -> list[str]:
-    """A matplotlib colormap as 256 hex colours, so the page paints heatmaps as the plots do."""
-    return [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps[name](np.linspace(0, 1, 256))]
+def page_colormaps() -> dict[str, list[str]]:
+    """The page's two colour scales as 256 hex colours each, so it paints heatmaps as the plots do: ``"heat"`` (inferno,
+    for probabilities) and ``"signed"`` (RdBu_r, for differences around 0). The report and the web page share them."""
+    scale = lambda name: [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps[name](np.linspace(0, 1, 256))]  # noqa: E731
+    return {"heat": scale("inferno"), "signed": scale("RdBu_r")}
 
 
 def explorer_data(trace: Trace | FlowTrace, decode=None, preset: str = "auto") -> dict:
@@ -228,7 +230,7 @@ def _common_data(trace: Trace | FlowTrace, steps: list[int], decode, preset: str
         "x0": [_picture_uri(p, px) for p in _x0_pictures(trace, steps, decode)],
         "x0_decoded": decode is not None,
         "latents": _channels(trace.latents[1:][steps]),
-        "colormaps": {"heat": _colormap("inferno"), "signed": _colormap("RdBu_r")},
+        "colormaps": page_colormaps(),
     }
 
 

@@ -308,7 +308,7 @@ def build_parts(pipe) -> list[Part]:
     if len(maps) != len(recorders):
         raise ValueError(f"two cross-attention layers share a short name: {[short_name(n) for n in cross]}")
 
-    # x̂₀ from the guided prediction ε̂ = ε_u + 7.5·(ε_c − ε_u): the picture the model believes in at this step
+    # x̂₀ from the guided prediction ε̂ = ε_uncond + 7.5·(ε_text − ε_uncond): the picture the model believes in at this step
     alpha_bar = steps.alphas_cumprod[int(timestep)].to(device)
     latents = pred_x0(sample[:1], classifier_free_guidance(*noise_pred.chunk(2), 7.5), alpha_bar, scheduler.config.prediction_type)
     image = to_pixels(pipe.vae, latents).clamp(-1, 1)

@@ -1,0 +1,51 @@
+// The page's main thread: the form, the progress, and the explorer of the result. The model runs in worker.js.
+const $ = (id) => document.getElementById(id);
+const worker = new Worker("worker.js", { type: "module" });
+const explorerHtml = fetch("explorer.html").then((r) => r.text());
+let runs = 0;
+
+// Show one generation in the report's explorer: its markup, its data (explorer_data's format) as the
+// <script id="isd-data"> block explorer.js reads, then explorer.js itself, run afresh for this data.
+async function showExplorer(data) {
+  const holder = $("explorer");
+  holder.innerHTML = await explorerHtml;
+  const block = Object.assign(document.createElement("script"), { type: "application/json", id: "isd-data", textContent: JSON.stringify(data) });
+  const script = Object.assign(document.createElement("script"), { src: `explorer.js?run=${++runs}` });
+  holder.append(block, script);
+}
+
+worker.onmessage = async ({ data: message }) => {
+  if (message.type === "status") $("status").textContent = message.text + "…";
+  if (message.type === "ready") { $("status").textContent = "ready"; $("generate").disabled = false; }
+  if (message.type === "step") {
+    $("status").textContent = `denoising: step ${message.i} of ${message.of}`;
+    $("progress").max = message.of; $("progress").value = message.i;
+  }
+  if (message.type === "error") { $("status").textContent = `error: ${message.message}`; $("generate").disabled = false; }
+  if (message.type === "done") {
+    await showExplorer(message.data);
+    window.isdResult = message;  // (for tests and the curious: the data, the token ids, the seconds)
+    $("status").textContent = `done: ${message.data.num_steps} steps in ${message.seconds.toFixed(1)} s (${message.threads} thread${message.threads > 1 ? "s" : ""})`;
+    $("generate").disabled = false;
+  }
+};
+
+// The settings, checked before the worker gets them: a mistake is one line saying what to type instead.
+function settings() {
+  const seed = Number($("seed").value), steps = Number($("steps").value), guidance = Number($("guidance").value);
+  if (!Number.isSafeInteger(seed) || seed < 0) return "seed must be a whole number ≥ 0";
+  if (!Number.isInteger(steps) || steps < 1 || steps > 1000) return "steps must be a whole number from 1 to 1000 (try 25)";
+  if (!Number.isFinite(guidance) || guidance < 0) return "guidance must be a number ≥ 0 (7.5 is usual; 1 = no guidance)";
+  return null;
+}
+
+$("generate-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const wrong = settings();
+  if (wrong) { $("status").textContent = `error: ${wrong}`; return; }
+  $("generate").disabled = true;
+  window.isdResult = null;
+  worker.postMessage({ type: "generate", prompt: $("prompt").value, seed: Number($("seed").value), steps: Number($("steps").value),
+                       guidance: Number($("guidance").value), sampler: $("sampler").value });
+});
+worker.postMessage({ type: "load" });
