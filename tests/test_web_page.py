@@ -112,6 +112,8 @@ def test_the_page_generates_what_python_generates_offline(site, server, pipe, ch
         page.wait_for_selector("#isd-token-list button")
         page.screenshot(path=tmp_path / "done.png", full_page=True)
         data = result["data"]
+        # which backend ran, on how many threads: WebAssembly, one (this server sends no COOP/COEP headers)
+        assert result["backend"] == "wasm" and page.text_content("#status").endswith("(wasm, 1 thread)")
 
         # the tokens: the ids Python's tokenizer gives, and the same labels
         assert result["ids"] == trace.token_ids.tolist()

@@ -24,8 +24,8 @@ worker.onmessage = async ({ data: message }) => {
   if (message.type === "error") { $("status").textContent = `error: ${message.message}`; $("generate").disabled = false; }
   if (message.type === "done") {
     await showExplorer(message.data);
-    window.isdResult = message;  // (for tests and the curious: the data, the token ids, the seconds)
-    $("status").textContent = `done: ${message.data.num_steps} steps in ${message.seconds.toFixed(1)} s (${message.threads} thread${message.threads > 1 ? "s" : ""})`;
+    window.isdResult = message;  // (for tests and the curious: the data, the token ids, the seconds, the backend)
+    $("status").textContent = `done: ${message.data.num_steps} steps in ${message.seconds.toFixed(1)} s (${message.backend}, ${message.threads} thread${message.threads > 1 ? "s" : ""})`;
     $("generate").disabled = false;
   }
 };

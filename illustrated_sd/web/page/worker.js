@@ -13,6 +13,10 @@ ort.env.wasm.wasmPaths = new URL("vendor/", here).href;
 // Several threads need SharedArrayBuffer, which only a cross-origin isolated page has (COOP/COEP headers): a file://
 // page or a plain static host is not, so one thread there.
 ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+// WebAssembly only, on every browser: onnxruntime-web's WebGPU backend needs another build of its runtime
+// (ort.webgpu.min.mjs with ort-wasm-simd-threaded.jspi.wasm, 18 MB, or .asyncify.wasm, 29 MB) beside this one's 15 MB,
+// which would double the folder for the visitors whose browser has a GPU to offer.
+const BACKEND = "wasm";
 env.allowRemoteModels = false;  // the tokenizer comes from ./tokenizer/, never from the Hub
 env.allowLocalModels = true;
 env.localModelPath = new URL(here).pathname;  // a path, not an http URL, which transformers.js would take for remote
@@ -29,7 +33,7 @@ async function load() {
   const sessions = {};
   for (const [name, file] of Object.entries(models.files)) {
     status(`loading ${file.file} (${(file.bytes / 2 ** 20).toFixed(1)} MB)`);
-    sessions[name] = await ort.InferenceSession.create(file.file, { executionProviders: ["wasm"] });
+    sessions[name] = await ort.InferenceSession.create(file.file, { executionProviders: [BACKEND] });
   }
   status("loading the tokenizer");
   const tokenizer = await AutoTokenizer.from_pretrained("tokenizer");
@@ -276,7 +280,7 @@ async function generate({ prompt, seed, steps: S, guidance: s, sampler: samplerN
     noise: channels(record.noise, c, h, w),
     guidance: guided ? { h, w, data: halves(record.push.flatMap((p) => Array.from(p))), max: round(pushMax, 4) } : null,
   };
-  postMessage({ type: "done", data, ids: text.ids, seconds, threads: ort.env.wasm.numThreads });
+  postMessage({ type: "done", data, ids: text.ids, seconds, threads: ort.env.wasm.numThreads, backend: BACKEND });
 }
 
 onmessage = (event) => {
