@@ -559,26 +559,21 @@ def run(args) -> None:
         raise ValueError("--interventions-only needs --interventions N (how many prompts to take words out of)")
     pipe = load_pipeline(args.model, device=device)
     everything = prompt_set(world=world_of(pipe))
-    if args.backgrounds:  # the background the prompt asks for, nothing else
-        start = time.time()
-        single = prompt_group(everything, "single")
-        result = {"settings": {"steps": args.steps, "guidance": args.guidance, "model": pipe.name, "world": world_of(pipe)},
-                  "background_obedience": background_obedience(pipe, single[:: max(1, len(single) // 12)][:12], seeds=args.backgrounds,
-                                                               steps=args.steps, guidance=args.guidance)}
-        result["background_obedience"]["seconds"] = round(time.time() - start, 1)
-    elif args.smudges:  # ghost smudges, nothing else
-        start = time.time()
-        single = prompt_group(everything, "single")
-        result = {"settings": {"steps": args.steps, "guidance": args.guidance, "model": pipe.name, "world": world_of(pipe)},
-                  "ghost_smudges": ghost_smudges(pipe, single[:: max(1, len(single) // 24)][:24], seeds=args.smudges,
-                                                 steps=args.steps, guidance=args.guidance)}
-        result["ghost_smudges"]["seconds"] = round(time.time() - start, 1)
-    elif args.remove_colour:  # Remove(colour) over many held-out pictures, nothing else
+    single = prompt_group(everything, "single")
+    every_kth = lambda cases, n: cases[:: max(1, len(cases) // n)][:n]  # noqa: E731  n cases spread over the group
+    measured = dict(steps=args.steps, guidance=args.guidance)
+    alone = [  # (seeds asked for, its key, how): each of these measurements runs by itself, the first asked for
+        (args.backgrounds, "background_obedience", lambda k: background_obedience(pipe, every_kth(single, 12), seeds=k, **measured)),
+        (args.smudges, "ghost_smudges", lambda k: ghost_smudges(pipe, every_kth(single, 24), seeds=k, **measured)),
+        (args.remove_colour, "colour_removal", lambda k: colour_removal(pipe, prompt_group(everything, "held-out"), seeds=k, **measured)),
+    ]
+    asked = [(seeds, key, measure) for seeds, key, measure in alone if seeds]
+    if asked:
+        seeds, key, measure = asked[0]
         start = time.time()
         result = {"settings": {"steps": args.steps, "guidance": args.guidance, "model": pipe.name, "world": world_of(pipe)},
-                  "colour_removal": colour_removal(pipe, prompt_group(everything, "held-out"), seeds=args.remove_colour,
-                                                   steps=args.steps, guidance=args.guidance)}
-        result["colour_removal"]["seconds"] = round(time.time() - start, 1)
+                  key: measure(seeds)}
+        result[key]["seconds"] = round(time.time() - start, 1)
     elif args.trace_set is not None:  # heatmaps against masks over a traced prompt set, nothing else
         start = time.time()
         result = {"settings": {"trace_set": str(args.trace_set), "world": world_of(pipe)},

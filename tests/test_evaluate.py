@@ -230,3 +230,15 @@ def test_ghost_smudges_counts_marks_with_and_without_guidance(pipe, monkeypatch)
     assert result["pictures"] == 2 and result["with_marks"] == 0.5 and result["marks_per_picture"] == 1.0
     assert result["by_guidance"]["1.0"] == {"with_marks": 0.5, "marks_per_picture": 0.5}
     assert result["world_renders_with_marks"] == 0.0 and result["vae_round_trips_with_marks"] == 0.5
+
+
+def test_a_measurement_asked_alone_writes_its_settings_and_time(tmp_path, monkeypatch):
+    from illustrated_sd import evaluate
+
+    seen = {}
+    monkeypatch.setattr(evaluate, "ghost_smudges", lambda pipe, cases, seeds, steps, guidance: seen.update(n=len(cases), seeds=seeds) or {"with_marks": 0.5})
+    out = tmp_path / "smudges.json"
+    assert evaluate.main(["--smudges", "3", "--steps", "4", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert seen == {"n": 24, "seeds": 3} and written["ghost_smudges"]["with_marks"] == 0.5
+    assert written["settings"]["steps"] == 4 and written["settings"]["world"] == 2 and "seconds" in written["ghost_smudges"]
