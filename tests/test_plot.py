@@ -54,7 +54,7 @@ def test_denoising_filmstrip(trace, what):
     assert not np.allclose(first, last)
     if what == "latents":  # the start, then x_t after each shown step
         assert panels[0].get_title() == "start\npure noise"
-        assert panels[-1].get_title() == f"after step {trace.num_steps - 1}\nt = {trace.timesteps[-1].item():.0f}"
+        assert panels[-1].get_title() == f"after step {trace.num_steps - 1}\nfrom t = {trace.timesteps[-1].item():.0f}"
     else:
         assert panels[0].get_title() == f"step 0\nt = {trace.timesteps[0].item():.0f}"
 

@@ -56,8 +56,11 @@ def denoising_filmstrip(trace: Trace, what: str = "pred_x0", n: int = 8, decode=
         step, t = (k - 1, None) if what == "latents" else (k, None)
         t = trace.timesteps[step].item() if step >= 0 else None
         # latents[k] is x_t *after* step k − 1 (which ran at its timestep t); x̂₀ and ε̂ are *at* step k
-        done = "after step" if what == "latents" else "step"
-        ax.set_title(_start_title(trace) if step < 0 else f"{done} {step}\nt = {t:.0f}", fontsize=9)
+        # ("from t": the latent shown is already one step further, at the next timestep)
+        if step < 0:
+            ax.set_title(_start_title(trace), fontsize=9)
+        else:
+            ax.set_title(f"after step {step}\nfrom t = {t:.0f}" if what == "latents" else f"step {step}\nt = {t:.0f}", fontsize=9)
         ax.set_axis_off()
     how = "decoded by the VAE" if pictures is not None else "latent channels 0–2 as RGB"
     names = {"latents": "x_t, the latent after each step", "pred_x0": "predicted x0, the clean latent the model believes in",
