@@ -20,7 +20,9 @@
 # The decoder then spread one half's background over the other when an inpainting spliced two latents (scripts/
 # decoder_locality.py: 72 grey levels on average beyond a cut, 13% of the kept pixels within 4 levels), so:
 #   part 8  MODEL_DIR imported into CHECKPOINT_DIR.8; more decoder with half of each batch spliced at a random cut
-#           (--local 1); exported again (only the VAE decoder changed).
+#           (--local 1), and the ghost smudges priced as the detector sees them (--clean 1: faint colour away from every
+#           object; 65% of the decoder's round trips of world pictures carried one); exported again (only the VAE
+#           decoder changed).
 # PART is 1 to 8 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
 # with the same command (a stage that already ran trains on for its budget once more).
 # History: the first candidate (model card) was part 1 as of commit 7973c37: the UNet stage at batch 512,
@@ -78,6 +80,6 @@ for n in 6 7; do
 done
 if [[ $part == 8 || $part == all ]]; then
   "$python" -m illustrated_sd.train import "$model" "$ckpt.8"
-  train --out "$ckpt.8" --stages decoder --minutes "${DECODER_MINUTES:-6}" --equal-objects --local 1
+  train --out "$ckpt.8" --stages decoder --minutes "${DECODER_MINUTES:-6}" --equal-objects --local 1 --clean 1
   "$python" -m illustrated_sd.train export "$ckpt.8" "$model" --force
 fi

@@ -13,7 +13,7 @@ import illustrated_sd as isd
 from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.trace.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
-from illustrated_sd.train.decoder import SEAM, decoder_loss, object_weights, spliced, train_decoder
+from illustrated_sd.train.decoder import SEAM, decoder_loss, object_weights, spliced, stray_colour, train_decoder
 from illustrated_sd.train.stages import clip_loss
 
 
@@ -31,7 +31,8 @@ def test_smoke_run_resume_and_export(tmp_path):
                        "--out", str(ckpt)]) == 0  # fine-tunes
     assert json.loads((ckpt / "train_log.json").read_text())["ground"]["total_steps"] == 3
     before = load_file(ckpt / "vae-0.safetensors")
-    assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--local", "1", "--out", str(ckpt)]) == 0
+    assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--local", "1", "--clean", "1",
+                       "--out", str(ckpt)]) == 0
     after = load_file(ckpt / "vae-0.safetensors")
     assert json.loads((ckpt / "train_log.json").read_text())["decoder"]["total_steps"] == 3
     # the encoder is frozen, so the latents the UNet learned stay the same; only the decoder moves
@@ -143,6 +144,23 @@ def test_equal_objects_weighs_a_small_object_like_a_big_one():
     assert equal[0, 0, 15, 15] == 1 + 9 * 4 and equal[0, 0, 80, 80] == 10 and equal[0, 0, 40, 40] == 1
 
 
+def test_stray_colour_prices_a_faint_coloured_patch_away_from_the_objects_only():
+    masks = torch.zeros(1, 1, 128, 128)
+    masks[0, 0, 20:40, 20:40] = 1  # one object
+    images = torch.zeros(1, 3, 128, 128)
+    def patch(y, x, rgb):  # a 6×6 patch added to the picture, 8 grey levels (0.0625 on [-1, 1]) in the given channels
+        out = images.clone()
+        out[0, :, y:y + 6, x:x + 6] += 0.0625 * torch.tensor(rgb).view(3, 1, 1)
+        return out
+    assert stray_colour(images, images, masks) == 0
+    assert stray_colour(patch(90, 90, [1, 1, 1]), images, masks) == pytest.approx(0, abs=1e-6)  # grey: a pattern or shadow
+    on_object = stray_colour(patch(27, 27, [1, 0, 0]), images, masks)
+    away = stray_colour(patch(90, 90, [1, 0, 0]), images, masks)
+    # the patch's colour length is 0.0625·√(2/3) = 0.051; the worst 1% (164 pixels) averages it with its 5×5 blur's rim
+    assert on_object == 0 and 0.01 < away < 0.051
+    assert stray_colour(patch(90, 90, [2, 0, 0]), images, masks) == pytest.approx(2 * away.item())
+
+
 def test_spliced_latents_ask_each_side_of_the_cut_for_its_own_picture():
     # picture i is the constant i (latent, pixels and mask), so every value says which picture it came from
     latents, images, masks = (torch.arange(4.0).view(4, 1, 1, 1).expand(4, c, s, s).clone() for c, s in ((4, 16), (3, 128), (2, 128)))
@@ -249,6 +267,7 @@ def refused(argv, capsys) -> str:
     (["run", "--out", "{tmp}/c", "--two-objects", "2"], "--two-objects is a share of scenes, in \\[0, 1\\]"),
     (["run", "--out", "{tmp}/c", "--binding=-1"], "--binding is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/c", "--local=-1"], "--local is a loss weight, ≥ 0"),
+    (["run", "--out", "{tmp}/c", "--clean=-1"], "--clean is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/afile"], "is a file; the checkpoint is a folder"),
     (["run"], "the following arguments are required: --out"),
     (["import", "{tmp}/nofolder", "{tmp}/ck"], "no pipeline folder at .*nofolder"),

@@ -38,6 +38,8 @@ def main(argv=None) -> int:
                      help="decoder: a small object weighs as much in the loss as a big one (its pixels up to 4× more)")
     run.add_argument("--local", type=checks.finite_float, default=0.0,
                      help="decoder: weight of the loss on spliced latents that keeps the decoder local (default: %(default)s, off)")
+    run.add_argument("--clean", type=checks.finite_float, default=0.0,
+                     help="decoder: weight of the loss on faint colour marks away from the objects, the ghost smudges (default: %(default)s, off)")
     run.add_argument("--world", type=int, choices=(1, 2), default=None,
                      help="the world to learn: 1 (tiny-sd) or 2 (tiny-sd 2); default: the checkpoint's, or 1 for a new one")
     run.add_argument("--dataset-size", type=checks.positive_int, default=None,
@@ -106,6 +108,8 @@ def run_stages(args) -> None:
         raise ValueError(f"--two-objects is a share of scenes, in [0, 1] (got {args.two_objects:g})")
     if args.local < 0:
         raise ValueError(f"--local is a loss weight, ≥ 0 (got {args.local:g})")
+    if args.clean < 0:
+        raise ValueError(f"--clean is a loss weight, ≥ 0 (got {args.clean:g})")
     if args.binding < 0:
         raise ValueError(f"--binding is a loss weight, ≥ 0 (got {args.binding:g})")
     if args.out.exists() and not args.out.is_dir():
@@ -124,7 +128,7 @@ def run_stages(args) -> None:
             if args.dataset_size:
                 extra["dataset_size"] = args.dataset_size
         if stage == "decoder":
-            extra.update(equal_objects=args.equal_objects, local=args.local)
+            extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean)
         if stage == "ground":
             extra.update(binding=args.binding, two_objects=args.two_objects)
         if args.smoke and stage in ("unet", "ground"):

@@ -17,6 +17,13 @@ With ``local`` the decoder is also taught to stay *local*: half of each batch is
 part beyond a random cut comes from another picture, as after inpainting), and each side of the cut must look like
 its own picture. A decoder whose middle block attends over every latent pixel otherwise learns to spread one half's
 background over the other (notebook 07 measures it), since no single picture ever asked it not to.
+
+With ``clean`` the decoder is also taught not to leave *ghost smudges*: faint patches of colour a few grey levels off
+the background, away from every object (``world.detect.stray_marks`` finds them in two of three VAE round trips of
+tiny-sd 2). Under the pixel loss such a patch costs almost nothing (8 grey levels squared is 0.004 on the [-1, 1]
+scale, spread over a few dozen pixels of 16,384), so nothing pushed them away. The ``stray_colour`` term prices them as
+the detector sees them: the error's colour (its grey part taken out), averaged over 5×5 pixels, and only its worst
+1% away from the objects counted, so one smudge weighs as much as a whole picture's worth of small errors.
 """
 
 from pathlib import Path
@@ -34,6 +41,7 @@ OBJECT_WEIGHT = 10.0  # a pixel on or near an object counts this much more than 
 EDGE = 4  # pixels around each object that count as "near": the anti-aliased edge the shape lives in
 BIG_AREA = 1000  # pixels a big object covers at 128²; with equal_objects, smaller ones weigh more...
 MAX_BOOST = 4.0  # ...up to this factor (a small object covers about 200 pixels)
+STRAY_SHARE = 0.01  # the share of each picture's background pixels (the worst) that the stray_colour term averages
 SEAM = 1  # latent pixels on each side of a cut where the decoder may blend the two pictures (8 px each side at 128²)
 
 
@@ -77,14 +85,28 @@ def decoder_loss(recon: torch.Tensor, images: torch.Tensor, weights: torch.Tenso
     return (weights * per_pixel).sum() / weights.sum()
 
 
+def stray_colour(recon: torch.Tensor, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The ghost-smudge loss: decoded ``recon`` against ``images`` ``[B, 3, H, W]``, object coverage ``masks``
+    ``[B, K, H, W]`` → a scalar. Per pixel, the error's colour (the error minus its mean over R, G, B: a grey-level
+    offset is a pattern or a shadow, not a smudge) as a length, averaged over 5×5 pixels as ``stray_marks`` does; on
+    pixels more than ``EDGE`` from every object, the mean of each picture's worst ``STRAY_SHARE``."""
+    error = recon - images
+    colour = (error - error.mean(1, keepdim=True)).norm(dim=1, keepdim=True)  # [B, 1, H, W]
+    local = F.avg_pool2d(colour, 5, stride=1, padding=2, count_include_pad=False)
+    away = F.max_pool2d(masks.amax(1, keepdim=True), 2 * EDGE + 1, stride=1, padding=EDGE) == 0
+    worst = max(1, round(STRAY_SHARE * local[0].numel()))
+    return (local * away).flatten(1).topk(worst, dim=1).values.mean()
+
+
 def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
-                  anneal: bool = True, world: int = 1, equal_objects: bool = False, local: float = 0.0):
+                  anneal: bool = True, world: int = 1, equal_objects: bool = False, local: float = 0.0, clean: float = 0.0):
     """Fine-tune ``vae.decoder`` and ``vae.post_quant_conv`` on world pictures; the encoder stays frozen.
 
     Each step encodes a fresh batch, *samples* a latent from the posterior (the UNet's latents are never
     exactly the posterior mean either) and decodes it. The learning rate falls over the second half.
     ``equal_objects``: weigh every object about the same, however small (see ``object_weights``). ``local``: the weight
-    of the spliced half of the loss (see ``spliced``; 0 = off).
+    of the spliced half of the loss (see ``spliced``; 0 = off). ``clean``: the weight of the ghost-smudge term (see
+    ``stray_colour``; 0 = off).
     """
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     vae = pipe.vae.to(device)
@@ -102,11 +124,16 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
             with torch.no_grad():  # the frozen half: image → posterior → a latent sample
                 latents = vae.encode(images).latent_dist.sample(generator=gen)
             if not local:
-                return decoder_loss(vae.decode(latents).sample.float(), images, object_weights(masks, equal_objects))
-            mixed, targets, target_masks, far = spliced(latents, images, masks, gen)
-            recon, recon_mixed = vae.decode(torch.cat([latents, mixed])).sample.float().chunk(2)
-        return (decoder_loss(recon, images, object_weights(masks, equal_objects))
-                + local * decoder_loss(recon_mixed, targets, far * object_weights(target_masks, equal_objects)))
+                recon = vae.decode(latents).sample.float()
+            else:
+                mixed, targets, target_masks, far = spliced(latents, images, masks, gen)
+                recon, recon_mixed = vae.decode(torch.cat([latents, mixed])).sample.float().chunk(2)
+        loss = decoder_loss(recon, images, object_weights(masks, equal_objects))
+        if local:
+            loss = loss + local * decoder_loss(recon_mixed, targets, far * object_weights(target_masks, equal_objects))
+        if clean:
+            loss = loss + clean * stray_colour(recon, images, masks)
+        return loss
 
     steps = _run("decoder", step_fn, params, 2e-4, ckpt, Budget(minutes, max_steps), log_every, anneal=anneal)
     save_weights(vae, ckpt, "vae")  # the encoder's weights are saved unchanged beside the new decoder
