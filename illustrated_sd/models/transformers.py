@@ -27,8 +27,10 @@ WORDS = ("a an the of on in at and with to is photo picture drawing there red gr
          "background plain cat dog house tree sun moon sky lighthouse sunset").split()
 
 
-def t5_style_tokenizer() -> T5Tokenizer:
-    """A small T5-like (Unigram, "▁"-prefixed pieces) tokenizer: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, then pieces.
+def t5_style_tokenizer(words=WORDS, extra_ids: int = 0) -> T5Tokenizer:
+    """A small T5-like (Unigram, "▁"-prefixed pieces) tokenizer: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, then a piece per
+    word of ``words``, then single characters (so any text can be written), then ``extra_ids`` sentinels
+    ``<extra_id_0>``, … (what T5's span corruption puts where it cut a span out).
 
     Example:
         >>> t5_style_tokenizer().tokenize("a red circle")      # ['▁a', '▁red', '▁circle']
@@ -36,8 +38,8 @@ def t5_style_tokenizer() -> T5Tokenizer:
     specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     letters = string.ascii_letters + string.digits + string.punctuation
     # Unigram picks the segmentation with the highest total log-probability: whole words score above spellings
-    pieces = [("▁" + w, -2.0) for w in WORDS] + [("▁", -3.0)] + [("▁" + c, -6.0) for c in letters] + [(c, -5.0) for c in letters]
-    return T5Tokenizer(vocab=specials + pieces, extra_ids=0)
+    pieces = [("▁" + w, -2.0) for w in words] + [("▁", -3.0)] + [("▁" + c, -6.0) for c in letters] + [(c, -5.0) for c in letters]
+    return T5Tokenizer(vocab=specials + pieces, extra_ids=extra_ids)
 
 
 LAYOUTS = {
@@ -154,6 +156,29 @@ def build_random_sd3(layout: str = "tiny-sd3", seed: int = 0) -> StableDiffusion
                                     text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# tiny-flux, the embedded diffusion transformer (trained by illustrated_sd.train.flux): Flux's layout at a size that fits
+# the repository, on tiny-sd 2's latents (4 channels × 16 × 16 at 128², packed 2×2 into an 8×8 grid of 16-value tokens)
+# and its CLIP tower's pooled vector (128 values); the token sequence from a tiny T5 trained on the world's captions.
+TINY_FLUX = dict(
+    transformer=dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=32, num_attention_heads=4,
+                     joint_attention_dim=128, pooled_projection_dim=128, guidance_embeds=False, axes_dims_rope=(8, 12, 12)),
+    t5=dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=1, num_heads=4, relative_attention_num_buckets=16,
+            feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0),
+    sentinels=8,  # <extra_id_0> … <extra_id_7>: a caption loses at most this many spans in span corruption
+    max_sequence_length=64,  # T5 slots: the longest world caption (four objects, every attribute said) takes about 45
+    # Flux-dev's σ schedule (bent toward the noise by μ, which grows with the number of image tokens)
+    scheduler=dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096),
+)
+
+
+def world_t5_tokenizer() -> T5Tokenizer:
+    """tiny-flux's T5 tokenizer: a piece per word of the world's captions (both versions), characters for anything
+    else, and ``TINY_FLUX["sentinels"]`` span-corruption sentinels. ``<pad>`` 0, ``</s>`` 1."""
+    from ..world import known_words, known_words_2
+
+    return t5_style_tokenizer(sorted(set(known_words()) | set(known_words_2())), extra_ids=TINY_FLUX["sentinels"])
 
 
 def _layout(layout: str, family: str) -> dict:

@@ -12,12 +12,14 @@ from ..models.loading import ModelLoadError
 from .checkpoint import read_log, write_log
 from .export import export, import_folder
 from .decoder import train_decoder
+from .flux import train_flux, train_t5
 from .grounding import train_grounding
 from .stages import train_clip, train_unet, train_vae
 
 # "ground" and "decoder" are optional: "ground" fine-tunes a trained UNet so that each object's words are
 # looked at on the object; "decoder" sharpens the VAE's decoder while its encoder (and so the UNet) stays valid
-STAGES = {"clip": train_clip, "vae": train_vae, "unet": train_unet, "ground": train_grounding, "decoder": train_decoder}
+STAGES = {"clip": train_clip, "vae": train_vae, "unet": train_unet, "ground": train_grounding, "decoder": train_decoder,
+          "t5": train_t5, "flux": train_flux}  # the last two: tiny-flux, in a checkpoint of its own
 
 
 def main(argv=None) -> int:
@@ -88,6 +90,20 @@ def stage_plan(stages: str, minutes: str) -> list[tuple[str, float]]:
     return list(zip(names, budgets))
 
 
+FLUX_STAGES = ("t5", "flux")
+
+
+def checkpoint_family(ckpt: Path, stages: list[str]) -> str:
+    """``"tiny-flux"`` or ``"tiny-sd"``: which model ``stages`` train; ``ValueError`` if they mix the two, or if the
+    checkpoint already holds the other model (one checkpoint, one model)."""
+    families = {"tiny-flux" if stage in FLUX_STAGES else "tiny-sd" for stage in stages}
+    done = {"tiny-flux" if stage in FLUX_STAGES else "tiny-sd" for stage in read_log(ckpt) if stage in STAGES}
+    if len(families | done) > 1:
+        raise ValueError(f"--stages t5 and flux train tiny-flux, the others tiny-sd; {ckpt} would hold both: train each into "
+                         "its own --out folder")
+    return families.pop()
+
+
 def checkpoint_world(ckpt: Path, asked: int | None) -> int:
     """The world version a checkpoint learns: fixed by its first run (and written to its log), never mixed."""
     log = read_log(ckpt)
@@ -114,24 +130,27 @@ def run_stages(args) -> None:
         raise ValueError(f"--binding is a loss weight, ≥ 0 (got {args.binding:g})")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; the checkpoint is a folder: choose a new folder name")
-    world = checkpoint_world(args.out, args.world)
+    family = checkpoint_family(args.out, [stage for stage, _ in plan])
+    world = checkpoint_world(args.out, args.world if family == "tiny-sd" else args.world or 2)
+    if family == "tiny-flux" and world != 2:
+        raise ValueError(f"tiny-flux learns the version-2 world (tiny-sd 2's latents); got --world {world}: pass --world 2")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     batch, max_steps = (4, 3) if args.smoke else (args.batch_size, None)
     for stage, budget in plan:
-        extra = {"anneal": args.anneal} if stage in ("unet", "ground") else {}
+        extra = {"anneal": args.anneal} if stage in ("unet", "ground", "flux") else {}
         extra["world"] = world
-        if stage == "unet":
+        if stage in ("unet", "flux"):
             extra["compile"] = args.compile
-            if args.dataset_size:
+            if args.dataset_size:  # (unet and flux)
                 extra["dataset_size"] = args.dataset_size
         if stage == "decoder":
             extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean)
         if stage == "ground":
             extra.update(binding=args.binding, two_objects=args.two_objects)
-        if args.smoke and stage in ("unet", "ground"):
+        if args.smoke and stage in ("unet", "ground", "flux"):
             extra["dataset_size"] = 12
         steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20, **extra)
         print(f"{stage}: {steps} steps on {device}", flush=True)

@@ -34,7 +34,8 @@ def check_export_target(folder: Path, force: bool = False) -> Path:
 
 
 def export(ckpt: Path, folder: Path, force: bool = False) -> Path:
-    """Write ``folder`` (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) from ``ckpt``.
+    """Write ``folder`` (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) from ``ckpt``; from a
+    tiny-flux checkpoint, tiny-flux's folder (:func:`~illustrated_sd.train.flux.export_flux`).
 
     Weights are stored in float16 (half the size); ``load_pipeline`` reads them back as float32.
     ``illustrated_sd.json`` beside them lists the words the model knows and the held-out combinations;
@@ -47,6 +48,11 @@ def export(ckpt: Path, folder: Path, force: bool = False) -> Path:
     ckpt, folder = Path(ckpt), check_export_target(folder, force)
     if not ckpt.is_dir():
         raise FileNotFoundError(f"no checkpoint folder at {ckpt}; train one with python -m illustrated_sd.train run --out {ckpt}")
+    from .flux import export_flux, is_flux_checkpoint
+
+    if is_flux_checkpoint(ckpt):  # tiny-flux: a transformer and a T5 on tiny-sd 2's shared parts
+        export_flux(ckpt, folder)
+        return folder
     log = read_log(ckpt)
     if "vae_scaling_factor" not in log:
         raise ValueError(f"{ckpt} has no trained VAE (train_log.json has no vae_scaling_factor); run the vae stage first")
@@ -55,13 +61,19 @@ def export(ckpt: Path, folder: Path, force: bool = False) -> Path:
         if not load_weights(module, ckpt, name):
             raise FileNotFoundError(f"{ckpt} has no {name} weights; train that stage first")
     pipe.vae.register_to_config(scaling_factor=log["vae_scaling_factor"])
+    write_atomically(folder, lambda tmp: _write_folder(pipe, ckpt, tmp))
+    return folder
+
+
+def write_atomically(folder: Path, write) -> None:
+    """Call ``write(tmp)`` on a scratch folder beside ``folder``, then put it in ``folder``'s place in one step: a
+    failure halfway leaves the earlier export as it was."""
     tmp = scratch_folder_beside(folder)
     try:
-        _write_folder(pipe, ckpt, tmp)
+        write(tmp)
         publish_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def _write_folder(pipe, ckpt: Path, tmp: Path) -> None:

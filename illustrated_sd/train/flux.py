@@ -1,0 +1,251 @@
+"""tiny-flux: a diffusion transformer trained with flow matching on the same world and the same latents as tiny-sd 2.
+
+Two stages, as Flux was built (its text encoders were trained by others, then frozen):
+
+1. ``t5``: a tiny T5 (``T5ForConditionalGeneration``: an encoder and a one-layer decoder) trained on the world's
+   captions alone with T5's own objective, *span corruption*: spans of a caption are cut out and replaced by
+   sentinels (``a <extra_id_0> circle on the <extra_id_1>``) and the decoder must say what was cut
+   (``<extra_id_0> big red <extra_id_1> left``). It never sees a picture. Its encoder is kept: a word's vector is
+   made from the words on *both* sides of it (CLIP's causal tower sees only the words before).
+2. ``flux``: diffusers' ``FluxTransformer2DModel`` (double-stream blocks, then single-stream blocks, RoPE) learns
+   the *velocity* of the straight path between a picture's latent x₀ and noise ε,
+
+       x_σ = (1 − σ)·x₀ + σ·ε,      v = dx_σ/dσ = ε − x₀,      loss = ‖v̂(x_σ, σ, text) − v‖²,
+
+   on tiny-sd 2's latents (its VAE encoder frozen, so the decoder is shared), with T5's token sequence and the
+   pooled vector of tiny-sd 2's CLIP tower (both frozen), as FluxPipeline hands them to the transformer. 10% of
+   captions are dropped to "" so that classifier-free guidance works (``true_cfg_scale``). σ is drawn
+   logit-normal (SD3's choice: most training where the middle noise levels are hard), then bent toward the noise
+   by the same μ as the sampler's schedule.
+
+    python -m illustrated_sd.train run --stages t5,flux --minutes 2,8 --world 2 --out checkpoints/tiny-flux
+    python -m illustrated_sd.train export checkpoints/tiny-flux illustrated_sd/assets/tiny-flux
+"""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from tqdm.auto import tqdm
+from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
+
+from ..models.transformers import TINY_FLUX, world_t5_tokenizer
+from ..paths import TINY_SD
+from ..trace.files import load_weights, publish_folder, scratch_folder_beside
+from ..world import HELD_OUT, known_words_2, render, sample_scenes
+from .checkpoint import read_log, save_weights
+from .stages import EMA, Budget, _autocast, _run
+
+SIZE = 128  # pixels per side: tiny-sd 2's pictures, 16 × 16 latents, 8 × 8 tokens
+SPAN_DENSITY, MEAN_SPAN = 0.15, 3.0  # T5's: 15% of the tokens cut out, in spans of 3 on average
+SHARED = ("vae", "text_encoder", "tokenizer")  # what tiny-flux takes from tiny-sd 2 instead of shipping its own
+
+
+def span_corruption(ids: list[int], rng: np.random.Generator, sentinels: list[int], eos: int) -> tuple[list[int], list[int]]:
+    """T5's pre-training example from one caption's token ids (without ``</s>``): ``(inputs, targets)``.
+
+    About ``SPAN_DENSITY`` of the tokens (at least one) are cut out in spans of ``MEAN_SPAN`` on average, each span
+    replaced in the input by the next sentinel; the target lists each sentinel followed by what it replaced:
+
+        ids      a  big  red  circle  on  the  left
+        inputs   a  <extra_id_0>  circle  on  the  <extra_id_1>  </s>
+        targets  <extra_id_0>  big  red  <extra_id_1>  left  </s>
+    """
+    n = len(ids)
+    cut = min(n, max(1, round(SPAN_DENSITY * n)))
+    spans = max(1, min(len(sentinels), round(cut / MEAN_SPAN), n - cut if n > cut else 1))
+    cut_lengths = _partition(cut, spans, rng, allow_empty=False)
+    kept_lengths = _partition(n - cut, spans, rng, allow_empty=True)  # the kept run before each span (may be empty)
+    inputs, targets, at = [], [], 0
+    for sentinel, kept, gone in zip(sentinels, kept_lengths, cut_lengths):
+        inputs += ids[at:at + kept] + [sentinel]
+        targets += [sentinel] + ids[at + kept:at + kept + gone]
+        at += kept + gone
+    return inputs + ids[at:] + [eos], targets + [eos]
+
+
+def _partition(total: int, parts: int, rng: np.random.Generator, allow_empty: bool) -> list[int]:
+    """``total`` split into ``parts`` random lengths that add up to it, each ≥ 1 (or ≥ 0 with ``allow_empty``)."""
+    if allow_empty:  # cut points anywhere, repeats allowed
+        cuts = sorted(rng.integers(0, total + 1, parts - 1).tolist())
+    else:  # distinct cut points strictly inside
+        cuts = sorted(rng.choice(np.arange(1, total), size=parts - 1, replace=False).tolist())
+    return np.diff([0, *cuts, total]).tolist()
+
+
+def new_t5(tokenizer) -> T5ForConditionalGeneration:
+    """tiny-flux's T5 with random weights: ``TINY_FLUX["t5"]``, a vocabulary of ``len(tokenizer)``."""
+    return T5ForConditionalGeneration(T5Config(vocab_size=len(tokenizer), is_encoder_decoder=True, **TINY_FLUX["t5"]))
+
+
+def _pad(rows: list[list[int]], length: int, value: int) -> torch.Tensor:
+    return torch.tensor([row[:length] + [value] * (length - len(row[:length])) for row in rows])
+
+
+def train_t5(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20, world: int = 2):
+    """Stage ``t5``: span corruption on fresh world captions each step (no pictures), as T5 was trained on text.
+
+    The encoder reads the corrupted caption as FluxPipeline will hand it the prompt: padded with ``<pad>`` to
+    ``TINY_FLUX["max_sequence_length"]`` slots and *without* an attention mask (so it learns to read past padding)."""
+    tokenizer = world_t5_tokenizer()
+    model = new_t5(tokenizer).to(device).train()
+    if load_weights(model, ckpt, "t5"):
+        model.float()
+    sentinels = tokenizer.convert_tokens_to_ids([f"<extra_id_{i}>" for i in range(TINY_FLUX["sentinels"])])
+    length = TINY_FLUX["max_sequence_length"]
+
+    def step_fn(step):
+        rng = np.random.default_rng([seed, 6, step])
+        captions = [s.caption for s in sample_scenes([seed, 6, step], batch_size, version=world)]
+        pairs = [span_corruption(ids, rng, sentinels, tokenizer.eos_token_id)
+                 for ids in tokenizer(captions, add_special_tokens=False).input_ids]
+        inputs = _pad([p[0] for p in pairs], length, tokenizer.pad_token_id).to(device)
+        labels = _pad([p[1] for p in pairs], max(len(p[1]) for p in pairs), -100).to(device)  # -100: not scored
+        with _autocast(device):
+            return model(input_ids=inputs, labels=labels).loss.float()
+
+    steps = _run("t5", step_fn, list(model.parameters()), 1e-3, ckpt, Budget(minutes, max_steps), log_every, warmup=100, anneal=True)
+    save_weights(model, ckpt, "t5")
+    return steps
+
+
+def t5_encoder(ckpt: Path) -> T5EncoderModel:
+    """The trained T5's encoder alone (what Flux keeps), read from the checkpoint's ``t5`` weights."""
+    tokenizer = world_t5_tokenizer()
+    full = new_t5(tokenizer)
+    if not load_weights(full, ckpt, "t5"):
+        raise RuntimeError(f"{ckpt} has no trained T5 yet: run the t5 stage first (--stages t5)")
+    encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), is_encoder_decoder=False, use_cache=False,
+                                      **{k: v for k, v in TINY_FLUX["t5"].items() if k != "num_decoder_layers"}))
+    encoder.load_state_dict({k: v for k, v in full.state_dict().items() if k.startswith(("shared.", "encoder."))})
+    return encoder.float().eval()
+
+
+def tiny_flux_pipeline(ckpt: Path, seed: int = 0) -> FluxPipeline:
+    """A ``FluxPipeline`` of tiny-flux's layout: tiny-sd 2's VAE, CLIP tower and tokenizer (the shipped model), the
+    checkpoint's T5 encoder, the world T5 tokenizer, a transformer with seeded random weights, Flux's scheduler."""
+    from ..models.loading import load_pipeline  # the shipped tiny-sd 2, loaded as a user would
+
+    sd = load_pipeline(TINY_SD).pipeline
+    sd.vae.register_to_config(shift_factor=0.0)  # Flux's latents are (z − shift)·scale; tiny-sd 2's have no shift
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(**TINY_FLUX["transformer"])
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**TINY_FLUX["scheduler"]), vae=sd.vae, text_encoder=sd.text_encoder,
+                        tokenizer=sd.tokenizer, text_encoder_2=t5_encoder(ckpt), tokenizer_2=world_t5_tokenizer(), transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def schedule_mu(pipe: FluxPipeline, size: int = SIZE) -> float:
+    """μ of the σ schedule at ``size``² (FluxPipeline's ``calculate_shift`` of the number of image tokens)."""
+    c, tokens = pipe.scheduler.config, (size // pipe.vae_scale_factor // 2) ** 2
+    return calculate_shift(tokens, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+
+
+def shifted(sigma: torch.Tensor, mu: float) -> torch.Tensor:
+    """σ bent toward the noise as the sampler's schedule is: e^μ·σ / (1 + (e^μ − 1)·σ) (0 and 1 stay put)."""
+    return math.exp(mu) * sigma / (1 + (math.exp(mu) - 1) * sigma)
+
+
+@torch.no_grad()
+def encode_world_flux(pipe: FluxPipeline, seed: int, n: int, device, world: int = 2, chunk: int = 1000) -> dict:
+    """Draw ``n`` scenes once and keep what the transformer needs, on ``device``: the VAE posterior of each picture
+    (``mean``, ``std`` ``[n, 4, 16, 16]``), and its caption as FluxPipeline encodes a prompt: T5's ``text [n, 64, 128]``
+    and CLIP's ``pooled [n, 128]``; plus the empty prompt's (``empty_text``, ``empty_pooled``) for dropped captions."""
+    means, stds, texts, pooled = [], [], [], []
+    store = torch.bfloat16 if device.type == "cuda" else torch.float32
+    for start in tqdm(range(0, n, chunk), desc="encoding the world", unit="chunk"):
+        scenes = sample_scenes([seed, 7, start], min(chunk, n - start), version=world)
+        images, _ = render(scenes, device=device)
+        posterior = pipe.vae.encode(images).latent_dist
+        text, pool, _ = pipe.encode_prompt([s.caption for s in scenes], prompt_2=None, device=device,
+                                           max_sequence_length=TINY_FLUX["max_sequence_length"])
+        means.append(posterior.mean.float())
+        stds.append(posterior.std.float())
+        texts.append(text.to(store))
+        pooled.append(pool.to(store))
+    empty_text, empty_pooled, _ = pipe.encode_prompt([""], prompt_2=None, device=device, max_sequence_length=TINY_FLUX["max_sequence_length"])
+    return dict(mean=torch.cat(means), std=torch.cat(stds), text=torch.cat(texts), pooled=torch.cat(pooled),
+                empty_text=empty_text.to(store), empty_pooled=empty_pooled.to(store))
+
+
+def flow_matching_loss(transformer, x0: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor, image_ids: torch.Tensor,
+                       text_ids: torch.Tensor, mu: float, generator: torch.Generator) -> torch.Tensor:
+    """One flow-matching step's loss: packed clean latents ``x0 [B, N, 16]``, T5 states ``text [B, T, D]``, CLIP's
+    ``pooled [B, P]``, RoPE ids ``image_ids [N, 3]``, ``text_ids [T, 3]`` → the scalar ‖v̂ − (ε − x₀)‖² (mean)."""
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    sigma = shifted(torch.sigmoid(torch.randn(len(x0), generator=generator, device=x0.device)), mu)  # logit-normal, bent
+    s = sigma[:, None, None]
+    x_sigma = (1 - s) * x0 + s * noise  # the straight path, one jump
+    velocity = transformer(hidden_states=x_sigma, encoder_hidden_states=text, pooled_projections=pooled, timestep=sigma,
+                           img_ids=image_ids, txt_ids=text_ids, return_dict=False)[0]
+    return F.mse_loss(velocity.float(), noise - x0)
+
+
+def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20, ema_decay=0.999,
+               dataset_size: int = 100_000, drop_caption: float = 0.1, anneal: bool = False, world: int = 2, compile: bool = False):
+    """Stage ``flux``: the transformer learns the velocity on ``dataset_size`` scenes encoded once (see the module)."""
+    pipe = tiny_flux_pipeline(ckpt, seed=seed).to(device)
+    data = encode_world_flux(pipe, seed, dataset_size, device, world=world)
+    transformer, scaling, mu = pipe.transformer.train(), pipe.vae.config.scaling_factor, schedule_mu(pipe)
+    load_weights(transformer, ckpt, "transformer")
+    transformer.float()
+    ema = EMA(transformer, ema_decay)
+    forward = torch.compile(transformer) if compile and device.type == "cuda" else transformer
+    side = SIZE // pipe.vae_scale_factor  # 16 latent pixels
+    image_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, device, torch.float32)  # [64, 3]: (0, row, column)
+    text_ids = torch.zeros(TINY_FLUX["max_sequence_length"], 3, device=device)  # Flux gives every text token position 0
+    gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 11 + len(read_log(ckpt).get("flux", {}).get("step", [])))
+
+    def step_fn(step):
+        idx = torch.randint(0, len(data["mean"]), (batch_size,), generator=gen, device=device)
+        latents = (data["mean"][idx] + data["std"][idx] * torch.randn(data["mean"][idx].shape, generator=gen, device=device)) * scaling
+        x0 = FluxPipeline._pack_latents(latents, batch_size, latents.shape[1], side, side)  # [B, 64, 16]: 2×2 latent pixels per token
+        dropped = (torch.rand(batch_size, generator=gen, device=device) < drop_caption)
+        text = torch.where(dropped[:, None, None], data["empty_text"], data["text"][idx])
+        pooled = torch.where(dropped[:, None], data["empty_pooled"], data["pooled"][idx])
+        with _autocast(device):
+            return flow_matching_loss(forward, x0, text, pooled, image_ids, text_ids, mu, gen)
+
+    steps = _run("flux", step_fn, list(transformer.parameters()), 3e-4, ckpt, Budget(minutes, max_steps), log_every,
+                 after_step=ema.update, anneal=anneal)
+    if steps:
+        transformer.load_state_dict(ema.weights)  # the averaged weights are what we ship
+    save_weights(transformer, ckpt, "transformer")
+    return steps
+
+
+def is_flux_checkpoint(ckpt: Path) -> bool:
+    """Whether ``ckpt`` holds tiny-flux (its t5 or flux stage ran) rather than tiny-sd."""
+    return any(stage in read_log(Path(ckpt)) for stage in ("t5", "flux"))
+
+
+def export_flux(ckpt: Path, folder: Path) -> None:
+    """Write tiny-flux's pipeline folder (``folder`` was checked by the caller): ``model_index.json``, ``transformer/``,
+    ``text_encoder_2/``, ``tokenizer_2/``, ``scheduler/`` in float16, without the parts it shares with tiny-sd 2
+    (``SHARED``: ``illustrated_sd.json`` says where they are; ``load_pipeline("tiny-flux")`` puts them in)."""
+    from .export import write_atomically
+
+    pipe = tiny_flux_pipeline(ckpt)
+    if not load_weights(pipe.transformer, ckpt, "transformer"):
+        raise FileNotFoundError(f"{ckpt} has no transformer weights; train the flux stage first (--stages flux)")
+
+    def write(tmp: Path) -> None:
+        pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        for name in SHARED:
+            shutil.rmtree(tmp / name)
+        shutil.copy(ckpt / "train_log.json", tmp / "train_log.json")
+        info = {"known_words": known_words_2(), "held_out": HELD_OUT, "image_size": SIZE, "world": 2,
+                "shares": {name: "tiny-sd" for name in SHARED},
+                "defaults": {"num_inference_steps": 25, "true_cfg_scale": 4.0, "negative_prompt": "",
+                             "max_sequence_length": TINY_FLUX["max_sequence_length"]}}
+        (tmp / "illustrated_sd.json").write_text(json.dumps(info, indent=1))
+
+    write_atomically(folder, write)
