@@ -1,7 +1,14 @@
-"""Files that ship inside the package: the CLIP tokenizer and the embedded default model."""
+"""Files that ship inside the package: the CLIP tokenizer and the embedded models."""
 
 from pathlib import Path
 
 ASSETS = Path(__file__).parent / "assets"
 CLIP_TOKENIZER = ASSETS / "clip_tokenizer"  # vocab.json + merges.txt made by scripts/convert_clip_tokenizer.py
 TINY_SD = ASSETS / "tiny-sd"  # the embedded default model (a diffusers pipeline folder), once trained
+TINY_FLUX = ASSETS / "tiny-flux"  # the embedded diffusion transformer: shares tiny-sd's VAE and CLIP tower
+# The embedded models by name (isd.load_pipeline(name)), each with one line on what it is (isd.embedded_models())
+EMBEDDED = {
+    "tiny-sd": (TINY_SD, "tiny-sd 2 (the default): a UNet with cross-attention, ε-prediction, CLIP text; SD 1/2's design"),
+    "tiny-flux": (TINY_FLUX, "a Flux-style diffusion transformer: joint attention, flow matching, a T5 text encoder; "
+                             "the same VAE and latents as tiny-sd"),
+}

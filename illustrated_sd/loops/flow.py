@@ -46,6 +46,9 @@ class FlowPipeline:
         self.pipeline = pipeline
         self.record = record or RecordOptions()
         self.name = name or pipeline.name_or_path or type(pipeline).__name__
+        # settings a model is meant to run with, where a call leaves them out (tiny-flux: 25 steps, true CFG 4 against
+        # ""); load_pipeline reads them from the folder's illustrated_sd.json
+        self.defaults: dict = {}
 
     transformer = property(lambda self: self.pipeline.transformer)
     vae = property(lambda self: self.pipeline.vae)
@@ -78,9 +81,9 @@ class FlowPipeline:
         return f"FlowPipeline({self.family}, {self.name!r}, {type(self.scheduler).__name__}, {self.device}, {self.dtype})"
 
     @torch.no_grad()
-    def __call__(self, prompt: str, num_inference_steps: int = 28, guidance_scale: float | None = None, seed: int = 0,
+    def __call__(self, prompt: str, num_inference_steps: int | None = None, guidance_scale: float | None = None, seed: int = 0,
                  negative_prompt: str | None = None, height: int | None = None, width: int | None = None, *,
-                 true_cfg_scale: float = 1.0, max_sequence_length: int | None = None, record: RecordOptions | None = None,
+                 true_cfg_scale: float | None = None, max_sequence_length: int | None = None, record: RecordOptions | None = None,
                  progress: bool = True, image: Image.Image | None = None, strength: float | None = None,
                  concepts: list[str] | None = None, concept_layers: list[int] | None = None, edits: list | None = None,
                  **unsupported) -> FlowTrace:
@@ -88,12 +91,14 @@ class FlowPipeline:
 
         Args:
             prompt: what to draw. num_inference_steps: Euler steps ``S`` (28 is SD3's and Flux-dev's default).
+                Left out (``None``), these settings take the model's own defaults (``self.defaults``: tiny-flux runs 25
+                steps with ``true_cfg_scale=4`` against the negative prompt ""), else the values below.
             guidance_scale: SD3: classifier-free guidance (default 7.0; ≤ 1 is the prompt alone). Flux-dev: the distilled
                 guidance the transformer reads (default 3.5; ignored by schnell, which has no such input).
             seed: the initial noise, as ``torch.Generator("cpu").manual_seed(seed)`` in diffusers.
             negative_prompt: SD3: the unconditional row's text (``None`` = ""). Flux: used only with ``true_cfg_scale > 1``.
             height, width: multiples of 16 (the VAE's 8 × the 2×2 patch); default the model's size.
-            true_cfg_scale: Flux only: real classifier-free guidance with ``negative_prompt`` (two passes per step).
+            true_cfg_scale: Flux only: real classifier-free guidance with ``negative_prompt`` (two passes per step; 1 = off).
             max_sequence_length: T5's slots (Flux-dev 512, schnell and SD3 256 by default); a longer prompt is cut, with a warning.
             record: what to record (default ``self.record``): ``RecordOptions(quadrants=...)`` picks the quadrants.
             progress: a progress bar over the steps.
@@ -113,6 +118,14 @@ class FlowPipeline:
                             "prompt, num_inference_steps, guidance_scale, seed, negative_prompt, height, width, true_cfg_scale "
                             "(Flux), max_sequence_length, record and progress")
         flux = self.family == "flux"
+        given = dict(num_inference_steps=num_inference_steps, true_cfg_scale=true_cfg_scale, negative_prompt=negative_prompt,
+                     max_sequence_length=max_sequence_length, guidance_scale=guidance_scale)
+        given = {k: self.defaults.get(k) if v is None else v for k, v in given.items()}
+        num_inference_steps, true_cfg_scale, negative_prompt, max_sequence_length, guidance_scale = given.values()
+        if num_inference_steps is None:
+            num_inference_steps = 28
+        if true_cfg_scale is None:
+            true_cfg_scale = 1.0
         if guidance_scale is None:
             guidance_scale = 3.5 if flux else 7.0
         if max_sequence_length is None:
@@ -174,7 +187,7 @@ class FlowPipeline:
             layers = sorted(set(layers))
         return list(concepts), layers
 
-    def img2img(self, prompt: str, image: Image.Image, strength: float = 0.6, num_inference_steps: int = 28, **kwargs) -> FlowTrace:
+    def img2img(self, prompt: str, image: Image.Image, strength: float = 0.6, num_inference_steps: int | None = None, **kwargs) -> FlowTrace:
         """Alter ``image`` toward ``prompt``: encode it, move it part of the way toward noise along the straight path
         (x_σ = (1 − σ)·x₀ + σ·ε at the first visited σ), and denoise from there.
 

@@ -1,5 +1,6 @@
 """Getting a pipeline: the embedded default, a local diffusers folder, or a Hugging Face Hub id."""
 
+import importlib
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from diffusers import (DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
 from .unet import build_random_pipeline
 from .. import checks
 from ..loops.unet import SCHEDULERS, IllustratedPipeline
-from ..paths import TINY_SD
+from ..paths import EMBEDDED, TINY_SD
 
 PIPELINE_FILES = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"
 # model_index.json names the pipeline class; these are the ones IllustratedPipeline drives.
@@ -58,12 +59,19 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to pass instead."""
 
 
+def embedded_models() -> dict[str, str]:
+    """The models that ship inside the package, ``{name: what it is}``, for :func:`load_pipeline` (``load_pipeline()``
+    is ``load_pipeline("tiny-sd")``); a model whose folder is missing from this copy is left out."""
+    return {name: line for name, (folder, line) in EMBEDDED.items() if folder.is_dir()}
+
+
 def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, scheduler: str | None = None) -> IllustratedPipeline:
     """Load a Stable Diffusion pipeline, ready to trace.
 
     Args:
-        model: ``None`` for the embedded default model (offline, CPU-sized); a local folder in
+        model: ``None`` for the embedded default model (offline, CPU-sized); an embedded model's name
+            (``"tiny-sd"``, ``"tiny-flux"``: :func:`embedded_models`); a local folder in
             diffusers layout (``model_index.json``, ``unet/``, ``vae/``, …); or a Hub id such as
             ``"stable-diffusion-v1-5/stable-diffusion-v1-5"`` (needs a network or a cached copy).
             SD 1/2, SDXL (base, or a refiner for img2img), SD3 / SD3.5 and Flux are recognized from
@@ -86,7 +94,12 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     checks.text("scheduler", scheduler, allow_none=True, hint=f"one of {sorted(SCHEDULERS)}")
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a folder path or a Hub id (got {type(model).__name__}); None loads the embedded model")
-    known_words = world = None
+    known_words = world = embedded = None
+    if isinstance(model, str) and model in EMBEDDED:  # an embedded model by name ("tiny-sd" is the default's)
+        if not EMBEDDED[model][0].is_dir():
+            raise ModelLoadError(f"the embedded model {model!r} is not in this copy of the package ({EMBEDDED[model][0]} is "
+                                 f"missing); train and export it (docs/model-card.md says how), or load another: {embedded_models()}")
+        embedded, model = model, None if model == "tiny-sd" else EMBEDDED[model][0]
     if model is None:
         with _quiet():
             pipe = _load_default()
@@ -102,13 +115,15 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
             raise FileNotFoundError(f"no model folder at {path}; pass a folder in diffusers layout ({PIPELINE_FILES}) or a Hub id")
         else:
             pipe = _load_hub(str(model), dtype)
-        name = str(model)
+        name = f"illustrated_sd {embedded}" if embedded else str(model)
     if model is None and dtype != torch.float32:
         pipe = pipe.to(dtype=dtype)  # folders are loaded in `dtype` already
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline)):
         illustrated = IllustratedPipeline(pipe, name=name)  # SD3 or Flux: a FlowPipeline
+        if model is not None and Path(model).expanduser().is_dir():  # a model of ours says how it is meant to run
+            illustrated.defaults = _folder_info(Path(model).expanduser()).get("defaults", {})
     else:
         illustrated = IllustratedPipeline(pipe, name=name, known_words=known_words, world=world)
     if scheduler is not None:
@@ -170,12 +185,47 @@ def _load_folder(path: Path, dtype: torch.dtype) -> StableDiffusionPipeline | St
         raise ModelLoadError(f"{path}/model_index.json is not a JSON object ({err}); re-download or re-export the pipeline") from err
     cls = _pipeline_class(class_name, path)
     try:
-        return cls.from_pretrained(path, dtype=dtype, local_files_only=True, **_class_kwargs(cls))
+        pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, **_class_kwargs(cls), **_shared_components(path, dtype))
     except Exception as err:  # diffusers raises OSError, ValueError, safetensors errors, … for a damaged folder
         raise ModelLoadError(
             f"could not load the pipeline in {path}: {type(err).__name__}: {err}. "
             f"Check that the folder is complete ({PIPELINE_FILES}, each with its config and weights) and not cut short."
         ) from err
+    if isinstance(pipe, (FluxPipeline, StableDiffusion3Pipeline)):
+        if pipe.vae.config.shift_factor is None:  # a VAE made for SD 1/2 (tiny-flux's): these pipelines read (z − shift)·scale
+            pipe.vae.register_to_config(shift_factor=0.0)
+        size = _folder_info(path).get("image_size")
+        if size:  # the pipelines' default side is 1024 px (128 latent pixels); an embedded model's is its own
+            pipe.default_sample_size = size // pipe.vae_scale_factor
+    return pipe
+
+
+def _folder_info(path: Path) -> dict:
+    """A folder's ``illustrated_sd.json`` (what illustrated_sd wrote beside a model it trained), or ``{}``."""
+    try:
+        return json.loads((path / "illustrated_sd.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _shared_components(path: Path, dtype: torch.dtype) -> dict:
+    """The components a folder takes from a sibling model instead of shipping its own (tiny-flux takes tiny-sd's VAE,
+    CLIP tower and tokenizer: ``"shares": {"vae": "tiny-sd", …}`` in its ``illustrated_sd.json``), loaded with the classes
+    that its ``model_index.json`` names; they go to ``from_pretrained`` as keyword arguments, the diffusers way."""
+    shares = _folder_info(path).get("shares", {})
+    if not shares:
+        return {}
+    index = json.loads((path / "model_index.json").read_text())
+    parts = {}
+    for name, sibling in shares.items():
+        folder = path.parent / sibling / name
+        if not folder.is_dir():
+            raise ModelLoadError(f"{path} takes its {name} from {folder}, which is missing; "
+                                 f"keep the {sibling} folder beside it (the package ships both)")
+        library, class_name = index[name]
+        part = getattr(importlib.import_module(library), class_name).from_pretrained(folder)
+        parts[name] = part.to(dtype) if isinstance(part, torch.nn.Module) else part
+    return parts
 
 
 def _load_hub(model_id: str, dtype: torch.dtype) -> StableDiffusionPipeline | StableDiffusionXLPipeline:

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The exact commands that trained tiny-flux (docs/model-card-tiny-flux.md) on one GPU, one foreground device call
+# (≤ 10 minutes) per part:
+#   bash scripts/train_tiny_flux.sh CHECKPOINT_DIR MODEL_DIR [PART]     (PYTHON=python3 to choose the interpreter)
+#   part 1  the T5 on captions alone (span corruption), then the transformer (flow matching on tiny-sd 2's latents,
+#           100,000 scenes encoded once), exported to MODEL_DIR.
+#   part 2  MODEL_DIR's checkpoint trained on (more transformer), exported again.
+# MODEL_DIR must sit beside tiny-sd's folder (illustrated_sd/assets/tiny-flux beside illustrated_sd/assets/tiny-sd):
+# tiny-flux ships no VAE, CLIP tower or CLIP tokenizer of its own; it takes tiny-sd's.
+# Every stage resumes from its checkpoint, so a part cut short can be started again with the same command.
+set -euo pipefail
+ckpt=${1:?checkpoint folder}
+model=${2:?folder to export the pipeline to}
+part=${3:-all}
+python=${PYTHON:-python}
+train() { "$python" -m illustrated_sd.train run --world 2 "$@"; }
+if [[ $part == 1 || $part == all ]]; then
+  train --out "$ckpt" --stages t5 --minutes "${T5_MINUTES:-1.5}" --batch-size 512
+  train --out "$ckpt" --stages flux --minutes "${FLUX_MINUTES:-6}" --batch-size 1024 --dataset-size 100000 --anneal
+  "$python" -m illustrated_sd.train export "$ckpt" "$model" --force
+fi
+if [[ $part == 2 || $part == all ]]; then
+  train --out "$ckpt" --stages flux --minutes "${FLUX_MINUTES:-7}" --batch-size 1024 --dataset-size 100000 --anneal
+  "$python" -m illustrated_sd.train export "$ckpt" "$model" --force
+fi
