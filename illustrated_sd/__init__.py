@@ -35,12 +35,12 @@ from .loops.flow import FlowPipeline
 from .trace.flow import FlowTrace
 from .lessons.forward_diffusion import ForwardDiffusion, cpu_threads, diffusion_loss, encode_examples, forward_diffusion, training_step
 from .loops.inputs import paste_kept
-from .models.loading import ModelLoadError, load_pipeline
+from .models.loading import ModelLoadError, embedded_models, load_pipeline
 from .loops.unet import SCHEDULERS, IllustratedPipeline
 from .recording.recorders import RecordOptions
 from .trace.unet import Trace
 
-__all__ = ["budget", "clip", "edits", "plot", "world", "ForwardDiffusion", "cpu_threads", "diffusion_loss", "encode_examples", "forward_diffusion", "training_step", "CausalMap", "causal_map", "FlowPipeline", "FlowTrace", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "TraceSet", "build_random_pipeline", "load_pipeline", "paste_kept"]
+__all__ = ["budget", "clip", "edits", "plot", "world", "ForwardDiffusion", "cpu_threads", "diffusion_loss", "encode_examples", "forward_diffusion", "training_step", "CausalMap", "causal_map", "FlowPipeline", "FlowTrace", "IllustratedPipeline", "ModelLoadError", "RecordOptions", "SCHEDULERS", "Trace", "TraceSet", "build_random_pipeline", "embedded_models", "load_pipeline", "paste_kept"]
 __version__ = "0.1.0"
 
 

@@ -1,0 +1,124 @@
+"""tiny-flux's training and loading: span corruption, the flow-matching loss, the stages, the export without the parts
+it shares with tiny-sd 2, and load_pipeline putting them back (equal to plain diffusers)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline
+
+import illustrated_sd as isd
+from illustrated_sd.models.transformers import TINY_FLUX, world_t5_tokenizer
+from illustrated_sd.paths import TINY_SD
+from illustrated_sd.train.__main__ import main as train_main
+from illustrated_sd.train.flux import SHARED, flow_matching_loss, shifted, span_corruption
+from illustrated_sd.world import known_words_2
+
+
+def test_the_world_t5_tokenizer_has_a_piece_per_world_word_and_spells_the_rest():
+    tokenizer = world_t5_tokenizer()
+    for word in known_words_2():
+        assert tokenizer.tokenize(word) == ["▁" + word]
+    assert tokenizer("a red circle").input_ids[-1] == tokenizer.eos_token_id == 1 and tokenizer.pad_token_id == 0
+    assert tokenizer.unk_token_id not in tokenizer("an unusual zebra").input_ids  # spelled in letters, not <unk>
+    assert len({tokenizer.convert_tokens_to_ids(f"<extra_id_{i}>") for i in range(TINY_FLUX["sentinels"])}) == TINY_FLUX["sentinels"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 20, 45])
+def test_span_corruption_cuts_spans_out_and_the_target_says_what_was_cut(n):
+    ids, sentinels = list(range(100, 100 + n)), [90, 91, 92, 93]
+    for seed in range(20):
+        inputs, targets = span_corruption(ids, np.random.default_rng(seed), sentinels, eos=1)
+        assert inputs[-1] == targets[-1] == 1
+        used = [t for t in targets if t in sentinels]
+        assert used == sentinels[:len(used)] and [t for t in inputs if t in sentinels] == used and used
+        # put each span back where its sentinel stands: the caption again
+        spans, current = {}, None
+        for t in targets[:-1]:
+            current = t if t in sentinels else current
+            spans.setdefault(current, []).extend([] if t in sentinels else [t])
+        restored = [x for t in inputs[:-1] for x in (spans[t] if t in sentinels else [t])]
+        assert restored == ids
+        cut = sum(len(v) for v in spans.values())
+        assert cut == min(n, max(1, round(0.15 * n)))
+
+
+def test_shifted_sigma_bends_toward_the_noise_and_keeps_the_ends():
+    sigma = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    out = shifted(sigma, mu=0.5)
+    assert out[0] == 0 and out[-1] == 1 and torch.all(out[1:3] > sigma[1:3])
+    assert torch.allclose(shifted(sigma, mu=0.0), sigma)
+
+
+def test_flow_matching_loss_is_zero_for_the_true_velocity_and_positive_otherwise():
+    class Oracle(torch.nn.Module):  # knows ε − x₀ from x_σ and σ, because x₀ is fixed: v = (x_σ − x₀) / σ
+        def forward(self, hidden_states, timestep, **_):
+            return ((hidden_states - x0) / timestep[:, None, None],)
+
+    x0 = torch.randn(3, 64, 16)
+    args = dict(text=torch.zeros(3, 8, 4), pooled=torch.zeros(3, 4), image_ids=torch.zeros(64, 3), text_ids=torch.zeros(8, 3), mu=0.4)
+    assert flow_matching_loss(Oracle(), x0, generator=torch.Generator().manual_seed(0), **args) < 1e-8
+    wrong = lambda hidden_states, **_: (torch.zeros_like(hidden_states),)  # noqa: E731  predicts no motion
+    assert flow_matching_loss(wrong, x0, generator=torch.Generator().manual_seed(0), **args) > 0.5
+
+
+@pytest.fixture(scope="module")
+def smoke_tiny_flux(tmp_path_factory):
+    """A tiny-flux trained for 3 smoke steps per stage and exported beside (a link to) the shipped tiny-sd."""
+    if not TINY_SD.is_dir():
+        pytest.skip("the embedded tiny-sd is not in this copy")
+    root = tmp_path_factory.mktemp("embedded")
+    (root / "tiny-sd").symlink_to(TINY_SD)
+    assert train_main(["run", "--smoke", "--stages", "t5,flux", "--minutes", "1,1", "--out", str(root / "ckpt")]) == 0
+    assert train_main(["export", str(root / "ckpt"), str(root / "tiny-flux")]) == 0
+    return root / "tiny-flux"
+
+
+def test_the_export_ships_only_what_tiny_flux_does_not_share(smoke_tiny_flux):
+    names = {p.name for p in smoke_tiny_flux.iterdir()}
+    assert {"transformer", "text_encoder_2", "tokenizer_2", "scheduler", "model_index.json"} <= names
+    assert not names & set(SHARED)
+    info = json.loads((smoke_tiny_flux / "illustrated_sd.json").read_text())
+    assert info["shares"] == {name: "tiny-sd" for name in SHARED} and info["image_size"] == 128
+    log = json.loads((smoke_tiny_flux / "train_log.json").read_text())
+    assert log["t5"]["total_steps"] == 3 and log["flux"]["total_steps"] == 3 and log["world"] == 2
+
+
+def test_loaded_tiny_flux_is_traced_and_equals_plain_diffusers(smoke_tiny_flux):
+    pipe = isd.load_pipeline(smoke_tiny_flux)
+    assert pipe.family == "flux" and pipe.default_size == 128 and pipe.vae.config.shift_factor == 0.0
+    assert pipe.defaults == {"num_inference_steps": 25, "true_cfg_scale": 4.0, "negative_prompt": "", "max_sequence_length": 64}
+    trace = pipe("a red circle on the left", seed=3, num_inference_steps=4, progress=False)
+    assert trace.image.size == (128, 128) and trace.text_length == 64 and trace.latents.shape == (5, 4, 16, 16)
+    plain = FluxPipeline(**pipe.pipeline.components)("a red circle on the left", negative_prompt="", true_cfg_scale=4.0,
+                                                      num_inference_steps=4, height=128, width=128, max_sequence_length=64,
+                                                      generator=torch.Generator("cpu").manual_seed(3)).images[0]
+    assert np.array_equal(np.asarray(plain), np.asarray(trace.image))
+    # the shared parts are tiny-sd's own weights
+    sd = isd.load_pipeline()
+    assert all(torch.equal(a, b) for a, b in zip(sd.vae.parameters(), pipe.vae.parameters()))
+
+
+def test_a_missing_shared_folder_says_what_to_keep_beside_it(smoke_tiny_flux, tmp_path):
+    import shutil
+
+    lonely = tmp_path / "tiny-flux"
+    shutil.copytree(smoke_tiny_flux, lonely)
+    with pytest.raises(isd.ModelLoadError, match="takes its vae from .*tiny-sd.* keep the tiny-sd folder beside it"):
+        isd.load_pipeline(lonely)
+
+
+def test_one_checkpoint_holds_one_model(tmp_path, capsys):
+    ckpt = tmp_path / "c"
+    assert train_main(["run", "--smoke", "--stages", "t5", "--minutes", "1", "--out", str(ckpt)]) == 0
+    assert train_main(["run", "--smoke", "--stages", "unet", "--minutes", "1", "--out", str(ckpt)]) == 2
+    assert "train each into its own --out folder" in capsys.readouterr().err
+    assert train_main(["run", "--smoke", "--stages", "t5,clip", "--minutes", "1,1", "--out", str(tmp_path / "d")]) == 2
+    assert train_main(["run", "--smoke", "--stages", "t5", "--world", "1", "--minutes", "1", "--out", str(tmp_path / "e")]) == 2
+    assert "tiny-flux learns the version-2 world" in capsys.readouterr().err
+
+
+def test_embedded_models_by_name():
+    assert "tiny-sd" in isd.embedded_models()
+    assert isd.load_pipeline("tiny-sd").name == isd.load_pipeline().name
