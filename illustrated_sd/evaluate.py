@@ -83,6 +83,15 @@ def world_of(pipe) -> int:
     return getattr(pipe, "world", None) or 1
 
 
+def draw(pipe, prompt: str, steps: int, guidance: float, seed: int, **options):
+    """One traced generation of ``prompt`` with ``guidance`` as the model's classifier-free guidance scale s: the UNet
+    models' and SD3's ``guidance_scale``; for a Flux model without a guidance input (tiny-flux) real CFG,
+    ``true_cfg_scale`` = s against the empty prompt. ``options`` go to the call (``edits``, ``record``)."""
+    if getattr(pipe, "family", None) == "flux" and not pipe.transformer.config.guidance_embeds:
+        return pipe(prompt, num_inference_steps=steps, true_cfg_scale=guidance, negative_prompt="", seed=seed, progress=False, **options)
+    return pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, seed=seed, progress=False, **options)
+
+
 def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0, examples_dir: Path | None = None,
              seeds: int = 1) -> dict:
     """Generate each case and grade it; returns the summary figures and every case's result.
@@ -98,7 +107,7 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
     draws = [(i, j) for j in range(seeds) for i in range(len(cases))]
     for i, j in tqdm(draws, desc="evaluating", unit="prompt"):
         text, objects, held_out = cases[i]
-        trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i + 10_000 * j, progress=False)
+        trace = draw(pipe, text, steps, guidance, seed + i + 10_000 * j)
         found = detect(trace.image, version=world)
         row = {"prompt": text, "held_out": held_out, "seed": seed + i + 10_000 * j, "objects": []}
         for color, shape, position in objects:
@@ -180,7 +189,7 @@ def guidance_curve(pipe, cases, scales=(0.0, 1.0, 2.0, 4.0, 7.5, 12.0, 20.0), se
         for i, (text, objects, _) in enumerate(cases):
             images = []
             for j in range(seeds):
-                trace = pipe(text, num_inference_steps=steps, guidance_scale=scale, seed=seed + i + 10_000 * j, progress=False)
+                trace = draw(pipe, text, steps, scale, seed + i + 10_000 * j)
                 ok, unnamed = adherence(detect(trace.image, version=world), objects, world)
                 right.append(ok)
                 extra.append(unnamed)
@@ -199,7 +208,7 @@ def x0_sharpness(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int 
     """
     ratios = []
     for i, (text, _, _) in enumerate(tqdm(cases, desc="x̂₀ sharpness")):
-        trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i, progress=False)
+        trace = draw(pipe, text, steps, guidance, seed + i)
         chosen = list(range(0, trace.num_steps, every))
         final = sharpness(trace.image)
         ratios.append([sharpness(im) / final for im in pipe.decode_latents(trace.pred_x0[chosen])])
@@ -223,7 +232,7 @@ def sampler_agreement(pipe, cases, samplers=("ddim", "euler", "dpm++", "euler_an
         for name in samplers:
             pipe.set_scheduler(name)
             for i, (text, objects, _) in enumerate(tqdm(cases, desc=name)):
-                trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i, progress=False)
+                trace = draw(pipe, text, steps, guidance, seed + i)
                 found = detect(trace.image, version=world)
                 readings[name, i] = [(d.color, d.shape, d.position) if (d := match_object(found, p, len(objects), world)) else None
                                      for _, _, p in objects]
@@ -272,8 +281,7 @@ def intervention_effects(pipe, cases, steps: int = 25, guidance: float = 7.5, se
     held = [held_out for _, _, held_out in cases]
     for i, (text, objects, _) in enumerate(tqdm(cases, desc="interventions")):
         color, shape, position = objects[0]
-        run = lambda prompt=text, scale=guidance, **kw: pipe(prompt, num_inference_steps=steps, guidance_scale=scale,  # noqa: E731
-                                                             seed=seed + i, progress=False, **kw)
+        run = lambda prompt=text, scale=guidance, **kw: draw(pipe, prompt, steps, scale, seed + i, **kw)  # noqa: E731
         read = lambda trace: match_object(detect(trace.image, version=world), position, 1, world)  # noqa: E731
         base = run(record=RecordOptions(per_head=True))
         plain = read(base)
@@ -331,7 +339,7 @@ def colour_removal(pipe, cases, seeds: int = 4, steps: int = 25, guidance: float
         color, _, position = objects[0]
         kept = []
         for edits in ([], [Remove(color)]):
-            trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i + 1000 * j, progress=False, edits=edits)
+            trace = draw(pipe, text, steps, guidance, seed + i + 1000 * j, edits=edits)
             d = match_object(detect(trace.image, version=world), position, 1, world)
             kept.append(d is not None and d.color == color)
         rows.append((color, *kept))
@@ -357,7 +365,7 @@ def background_obedience(pipe, cases, seeds: int = 2, steps: int = 25, guidance:
     draws = [(i, j, bg) for j in range(seeds) for i in range(len(cases)) for bg in BACKGROUNDS if cases[i][1][0][0] != bg]
     for i, j, bg in tqdm(draws, desc="backgrounds", unit="prompt"):
         text = f"{cases[i][0]} on a plain {bg} background"
-        trace = pipe(text, num_inference_steps=steps, guidance_scale=guidance, seed=seed + i + 1000 * j, progress=False)
+        trace = draw(pipe, text, steps, guidance, seed + i + 1000 * j)
         rows.append((bg, background_of(trace.image)))
     rate = lambda v: round(float(np.mean(v)), 4) if len(v) else None  # noqa: E731
     instead = {bg: {} for bg in BACKGROUNDS}
@@ -385,7 +393,7 @@ def ghost_smudges(pipe, cases, seeds: int = 2, steps: int = 25, guidance: float 
     rows = {guidance: [], 1.0: []}
     draws = [(i, j, s) for s in rows for j in range(seeds) for i in range(len(cases))]
     for i, j, s in tqdm(draws, desc="smudges", unit="picture"):
-        trace = pipe(cases[i][0], num_inference_steps=steps, guidance_scale=s, seed=seed + i + 1000 * j, progress=False)
+        trace = draw(pipe, cases[i][0], steps, s, seed + i + 1000 * j)
         rows[s].append(len(stray_marks(trace.image, version=world)))
     images, _ = render(sample_scenes([seed, 7], len(rows[guidance]), held_out=True, version=world))
     as_pixels = lambda x: ((x.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)  # noqa: E731
@@ -597,7 +605,9 @@ def run(args) -> None:
                                "guidance_curve_pairs": guidance_curve(pipe, pairs, seeds=args.seeds, steps=args.steps, seed=args.seed),
                                "x0_sharpness": x0_sharpness(pipe, chosen, steps=args.steps, guidance=args.guidance, seed=args.seed),
                                "x0_sharpness_unguided": x0_sharpness(pipe, chosen, steps=args.steps, guidance=1.0, seed=args.seed),
-                               "sampler_agreement": sampler_agreement(pipe, chosen, steps=args.steps, guidance=args.guidance, seed=args.seed),
+                               # (the flow models have one sampler: the Euler step of the straight path)
+                               **({} if getattr(pipe, "family", None) else
+                                  {"sampler_agreement": sampler_agreement(pipe, chosen, steps=args.steps, guidance=args.guidance, seed=args.seed)}),
                                "prompts": [text for text, _, _ in chosen], "pair_prompts": [text for text, _, _ in pairs],
                                "seconds": round(time.time() - start, 1)}
     if args.interventions:

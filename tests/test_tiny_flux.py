@@ -122,3 +122,18 @@ def test_one_checkpoint_holds_one_model(tmp_path, capsys):
 def test_embedded_models_by_name():
     assert "tiny-sd" in isd.embedded_models()
     assert isd.load_pipeline("tiny-sd").name == isd.load_pipeline().name
+
+
+def test_the_evaluator_grades_tiny_flux_with_real_guidance(smoke_tiny_flux):
+    from illustrated_sd.evaluate import draw, evaluate, prompt_set
+
+    pipe = isd.load_pipeline(smoke_tiny_flux)
+    assert pipe.world == 2
+    cases = prompt_set(world=2)[:2]
+    result = evaluate(pipe, cases, steps=2, guidance=4.0)
+    assert result["settings"]["world"] == 2 and len(result["cases"]) == 2
+    assert 0 <= result["summary"]["pointing_game"] <= 1
+    # the guidance scale is real CFG against "": s = 1 is the prompt alone, and a larger s changes the picture
+    alone, guided = (np.asarray(draw(pipe, cases[0][0], 2, s, seed=0).image, dtype=float) for s in (1.0, 4.0))
+    plain = pipe(cases[0][0], num_inference_steps=2, true_cfg_scale=1.0, seed=0, progress=False).image
+    assert np.array_equal(alone, np.asarray(plain, dtype=float)) and not np.array_equal(alone, guided)

@@ -49,6 +49,7 @@ class FlowPipeline:
         # settings a model is meant to run with, where a call leaves them out (tiny-flux: 25 steps, true CFG 4 against
         # ""); load_pipeline reads them from the folder's illustrated_sd.json
         self.defaults: dict = {}
+        self.world: int | None = None  # the synthetic world's version, for a model illustrated_sd trained (tiny-flux: 2)
 
     transformer = property(lambda self: self.pipeline.transformer)
     vae = property(lambda self: self.pipeline.vae)

@@ -124,6 +124,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         illustrated = IllustratedPipeline(pipe, name=name)  # SD3 or Flux: a FlowPipeline
         if model is not None and Path(model).expanduser().is_dir():  # a model of ours says how it is meant to run
             illustrated.defaults = _folder_info(Path(model).expanduser()).get("defaults", {})
+            illustrated.world = world
     else:
         illustrated = IllustratedPipeline(pipe, name=name, known_words=known_words, world=world)
     if scheduler is not None:
