@@ -3,8 +3,10 @@
 from pathlib import Path
 
 ASSETS = Path(__file__).parent / "assets"
-CLIP_TOKENIZER = ASSETS / "clip_tokenizer"  # vocab.json + merges.txt made by scripts/convert_clip_tokenizer.py
-TINY_SD = ASSETS / "tiny-sd"  # the embedded default model (a diffusers pipeline folder), once trained
+TINY_SD = ASSETS / "tiny-sd"  # the embedded default model (a diffusers pipeline folder)
+# The real CLIP BPE tokenizer (vocab.json + merges.txt made by scripts/convert_clip_tokenizer.py), kept once: in the
+# embedded model's folder, where diffusers looks for it; the random test pipelines read it from there too
+CLIP_TOKENIZER = TINY_SD / "tokenizer"
 TINY_FLUX = ASSETS / "tiny-flux"  # the embedded diffusion transformer: shares tiny-sd's VAE and CLIP tower
 # The embedded models by name (isd.load_pipeline(name)), each with one line on what it is (isd.embedded_models())
 EMBEDDED = {

@@ -9,7 +9,7 @@ a list of 48,894 byte-pair merges. CLIP's vocabulary is built from it determinis
 This script rebuilds that list, writes `vocab.json` / `merges.txt` beside a tokenizer config, and
 checks that the result encodes prompts exactly as open_clip's own tokenizer does. It is run once by
 a developer (it needs `pip download open_clip_torch`); its output is committed under
-`illustrated_sd/assets/clip_tokenizer/`, so open_clip is not a dependency of the package.
+`illustrated_sd/assets/tiny-sd/tokenizer/` (the embedded model's own tokenizer folder), so open_clip is not a dependency of the package.
 
     pip download --no-deps -d /tmp/oc open_clip_torch
     python scripts/convert_clip_tokenizer.py /tmp/oc/open_clip_torch-*.whl
@@ -24,7 +24,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "illustrated_sd" / "assets" / "clip_tokenizer"
+OUT = Path(__file__).resolve().parents[1] / "illustrated_sd" / "assets" / "tiny-sd" / "tokenizer"  # paths.CLIP_TOKENIZER
 N_MERGES = 49152 - 256 - 2  # the slice open_clip and OpenAI's CLIP both take from the file
 
 CHECK_PROMPTS = [
