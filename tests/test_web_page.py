@@ -94,6 +94,11 @@ def generate(page, prompt, steps, seed, guidance=7.5):
     page.click("#generate")
     page.wait_for_function("window.isdResult || document.getElementById('status').textContent.startsWith('error')", timeout=90_000)
     assert page.text_content("#status").startswith("done"), page.text_content("#status")
+    # the picture comes first, each step's x̂₀ decoded after it: until then the slider shows latent channels 0–2
+    assert page.evaluate("window.isdResult.data.x0_decoded") is False
+    page.wait_for_function("window.isdResult.x0Ready || document.getElementById('status').textContent.startsWith('error')",
+                           timeout=90_000)
+    assert page.evaluate("window.isdExplorer.data.x0_decoded") is True
     return page.evaluate("window.isdResult")
 
 
@@ -172,6 +177,14 @@ def test_the_page_generates_what_python_generates_offline(site, server, pipe, ch
         want = pipe(PROMPT, num_inference_steps=STEPS, seed=SEED, guidance_scale=1, progress=False).image
         assert np.abs(picture(plain["data"]["image"]) - np.asarray(want, dtype=np.float64)).max() <= 4
         assert plain["data"]["guidance"] is None and "no guidance" in page.text_content("#isd-guidance-caption")
+        # a second Generate while the first's x̂₀ frames are still decoding: the new picture comes, its frames after it
+        page.fill("#steps", "4")
+        page.evaluate("window.isdResult = null")
+        page.click("#generate")
+        page.wait_for_function("window.isdResult")
+        first = page.evaluate("window.isdResult.run")
+        second = generate(page, PROMPT, 4, SEED + 1)
+        assert second["run"] == first + 1 and second["x0Ready"] and len(second["data"]["x0"]) == 4
         # a setting that makes no sense is one line on the page, and nothing runs
         page.fill("#steps", "0")
         page.click("#generate")

@@ -296,6 +296,8 @@
     element.addEventListener("pointermove", (e) => setPixel(e, element));
     element.addEventListener("pointerdown", (e) => setPixel(e, element));  // a tap on a touch screen
   }
+  // A page that fills in the data later (the live page decodes each step's x̂₀ after the picture) redraws through this.
+  window.isdExplorer = { data: D, redraw: draw };
   $("isd-image").src = D.image;
   // The heatmap paints over the final image: draw once it has loaded (a data URI loads at once, but not synchronously).
   if ($("isd-image").complete) draw(); else $("isd-image").addEventListener("load", draw, { once: true });

@@ -11,7 +11,10 @@ async function showExplorer(data) {
   holder.innerHTML = await explorerHtml;
   const block = Object.assign(document.createElement("script"), { type: "application/json", id: "isd-data", textContent: JSON.stringify(data) });
   const script = Object.assign(document.createElement("script"), { src: `explorer.js?run=${++runs}` });
+  const loaded = new Promise((resolve) => { script.onload = resolve; });
   holder.append(block, script);
+  await loaded;
+  window.isdExplorer.data.x0 = data.x0;  // one array: the x̂₀ frames decoded later land in the explorer's data too
 }
 
 worker.onmessage = async ({ data: message }) => {
@@ -23,12 +26,26 @@ worker.onmessage = async ({ data: message }) => {
   }
   if (message.type === "error") { $("status").textContent = `error: ${message.message}`; $("generate").disabled = false; }
   if (message.type === "done") {
-    await showExplorer(message.data);
+    shown = message;
+    explorerShown = showExplorer(message.data);
+    await explorerShown;
     window.isdResult = message;  // (for tests and the curious: the data, the token ids, the seconds, the backend)
-    $("status").textContent = `done: ${message.data.num_steps} steps in ${message.seconds.toFixed(1)} s (${message.backend}, ${message.threads} thread${message.threads > 1 ? "s" : ""})`;
+    $("status").textContent = `${doneText(message)} · decoding each step's x̂₀…`;
     $("generate").disabled = false;
   }
+  // each step's x̂₀ through the decoder, after the picture: the explorer's slider picture is replaced in place
+  if (message.type === "x0" && shown && message.run === shown.run) {
+    await explorerShown;
+    shown.data.x0[message.k] = message.uri;
+    const last = message.k === message.of - 1;
+    if (last) shown.data.x0_decoded = window.isdExplorer.data.x0_decoded = true;
+    window.isdExplorer.redraw();
+    $("status").textContent = last ? doneText(shown) : `${doneText(shown)} · decoding x̂₀ ${message.k + 1} of ${message.of}…`;
+    if (last) shown.x0Ready = true;
+  }
 };
+let shown = null, explorerShown = null;  // the generation on screen, and the promise of its explorer being ready
+const doneText = (m) => `done: ${m.data.num_steps} steps in ${m.seconds.toFixed(1)} s (${m.backend}, ${m.threads} thread${m.threads > 1 ? "s" : ""})`;
 
 // The settings, checked before the worker gets them: a mistake is one line saying what to type instead.
 function settings() {

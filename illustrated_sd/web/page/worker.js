@@ -213,7 +213,7 @@ function pictureURI(image, H, W) {
 
 // ---- the loop ----
 
-async function generate({ prompt, seed, steps: S, guidance: s, sampler: samplerName }) {
+async function generate({ prompt, seed, steps: S, guidance: s, sampler: samplerName, run }) {
   const { models, sessions, tokenizer, pieces, colormaps } = await load();
   const started = performance.now();
   const [c, h, w] = [models.latent.channels, ...models.latent.default_size], n = c * h * w;
@@ -256,22 +256,21 @@ async function generate({ prompt, seed, steps: S, guidance: s, sampler: samplerN
     }));
   }
 
-  // 5. Decode: the last latent → the picture; and each step's x̂₀, for the slider.
+  // 5. Decode the last latent → the picture. Each step's x̂₀ is shown at first as its latent channels 0–2 (as Python's
+  //    explorer shows them without a decoder), and decoded after the picture is on screen (decodeX0 below).
   postMessage({ type: "status", text: "decoding" });
   const [H, W] = models.image.default_size;
-  const decode = async (x) => (await sessions.vae_decoder.run({ latents: new ort.Tensor("float32", Float32Array.from(x), [1, c, h, w]) })).image.data;
-  const image = await pictureURI(await decode(latents), H, W);
+  const image = await pictureURI(await decodeLatent(sessions, latents, c, h, w), H, W);
   const seconds = (performance.now() - started) / 1000;
-  const x0 = [];
-  for (const step of record.x0) x0.push(await pictureURI(await decode(step), H, W));
+  const x0 = await Promise.all(record.x0.map((step) => latentURI(step, c, h, w, H, W)));
 
-  // 6. The explorer's data: explorer_data(trace, decode=pipe.decode_latents, preset="full"), built from this run.
+  // 6. The explorer's data: explorer_data(trace, preset="full"), built from this run (x0_decoded once decodeX0 is done).
   const T = text.real, slotPieces = text.ids.slice(0, T).map((id) => pieces[id]);
   const pushMax = guided ? Math.max(...record.push.map((p) => Math.max(...p))) : 0;
   const data = {
     prompt, num_steps: S, steps: [...Array(S).keys()], preset: "full",
     timesteps: sched.timesteps.map((t) => round(t, 1)), guidance_scale: s,
-    image, x0, x0_decoded: true,
+    image, x0, x0_decoded: false,
     latents: channels(record.latents, c, h, w), colormaps,
     kind: "unet",
     alpha_bars: sched.timesteps.map((_, i) => round(sched.alphaBar(i), 4)),
@@ -280,10 +279,53 @@ async function generate({ prompt, seed, steps: S, guidance: s, sampler: samplerN
     noise: channels(record.noise, c, h, w),
     guidance: guided ? { h, w, data: halves(record.push.flatMap((p) => Array.from(p))), max: round(pushMax, 4) } : null,
   };
-  postMessage({ type: "done", data, ids: text.ids, seconds, threads: ort.env.wasm.numThreads, backend: BACKEND });
+  postMessage({ type: "done", run, data, ids: text.ids, seconds, threads: ort.env.wasm.numThreads, backend: BACKEND });
+  return { run, steps: record.x0, shape: [c, h, w], size: [H, W] };
 }
 
+// After the picture: each step's x̂₀ through the VAE decoder, one message per step (the slider's pictures, sharpening from
+// the blurry average toward the final image). About 0.3 s each on one thread: the picture does not wait for them.
+async function decodeX0({ run, steps, shape: [c, h, w], size: [H, W] }) {
+  const { sessions } = await load();
+  for (let k = 0; k < steps.length; k++) {
+    if (pending > 0 || run !== runs) return;  // a newer generation was asked for: its picture first; these frames are stale
+    postMessage({ type: "x0", run, k, of: steps.length, uri: await pictureURI(await decodeLatent(sessions, steps[k], c, h, w), H, W) });
+  }
+}
+
+const decodeLatent = async (sessions, x, c, h, w) =>
+  (await sessions.vae_decoder.run({ latents: new ort.Tensor("float32", Float32Array.from(x), [1, c, h, w]) })).image.data;
+
+// A latent [c, h, w] as a picture: channels 0–2 as red, green, blue, each stretched to its own range, blown up (nearest)
+// to H × W: what Python's explorer shows for x̂₀ without a decoder (plot/denoising.py: _as_rgb).
+function latentURI(x, c, h, w, H, W) {
+  const image = new Float32Array(3 * H * W);
+  for (let k = 0; k < 3; k++) {
+    const plane = x.subarray ? x.subarray(k * h * w, (k + 1) * h * w) : x.slice(k * h * w, (k + 1) * h * w);
+    let lo = Infinity, hi = -Infinity;
+    for (const v of plane) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    for (let p = 0; p < H * W; p++) {
+      const v = plane[Math.floor(Math.floor(p / W) * h / H) * w + Math.floor((p % W) * w / W)];
+      image[k * H * W + p] = 2 * (v - lo) / Math.max(hi - lo, 1e-8) - 1;  // pictureURI reads [-1, 1]
+    }
+  }
+  return pictureURI(image, H, W);
+}
+
+// One job at a time (onnxruntime runs one session call at a time); a generation asked for while x̂₀ frames are still
+// being decoded goes first, and those frames are dropped.
+let queue = Promise.resolve(), pending = 0, runs = 0;
+const report = (err) => postMessage({ type: "error", message: String(err && err.message ? err.message : err) });
 onmessage = (event) => {
-  const job = event.data.type === "load" ? load().then(() => postMessage({ type: "ready" })) : generate(event.data);
-  job.catch((err) => postMessage({ type: "error", message: String(err && err.message ? err.message : err) }));
+  if (event.data.type === "load") {
+    queue = queue.then(() => load()).then(() => postMessage({ type: "ready" })).catch(report);
+    return;
+  }
+  const run = ++runs;
+  pending += 1;
+  queue = queue.then(async () => {
+    pending -= 1;
+    const made = await generate({ ...event.data, run });
+    queue = queue.then(() => decodeX0(made)).catch(report);
+  }).catch(report);
 };
