@@ -8,40 +8,25 @@ with the COOP/COEP headers that make it cross-origin isolated (SharedArrayBuffer
 """
 
 import argparse
-import functools
-import http.server
 import json
 import os
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 import illustrated_sd as isd
+from illustrated_sd.web.serve import site_server
 
 PROMPTS = ["a red circle on the left", "a yellow triangle on the left and a purple heart on the right",
            "a blue square at the top and a green star at the bottom"]
-ISOLATING = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 
 
-def serve(folder: Path, headers: dict) -> tuple[http.server.ThreadingHTTPServer, str]:
-    """The folder on 127.0.0.1 (a free port), each response carrying `headers`."""
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def end_headers(self):
-            for name, value in headers.items():
-                self.send_header(name, value)
-            super().end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/"
+def serve(folder: Path, isolated: bool) -> tuple:
+    return site_server(folder, isolated=isolated, background=True)
 
 
 class Page:
@@ -57,8 +42,9 @@ class Page:
         assert self.page.text_content("#status") == "ready", self.page.text_content("#status")
         self.isolated = self.page.evaluate("self.crossOriginIsolated")
 
-    def generate(self, prompt: str, seed: int, steps: int) -> tuple[float, dict]:
-        """Seconds from pressing Generate to "done" (the explorer shown), and the worker's message."""
+    def generate(self, prompt: str, seed: int, steps: int) -> tuple[float, float, dict]:
+        """Seconds from pressing Generate to "done" (the picture and the explorer shown), to every step's x̂₀ decoded,
+        and the worker's message."""
         for field, value in (("#prompt", prompt), ("#steps", steps), ("#seed", seed), ("#guidance", 7.5)):
             self.page.fill(field, str(value))
         self.page.select_option("#sampler", "ddim")
@@ -69,7 +55,9 @@ class Page:
                                     timeout=300_000, polling=50)
         seconds = time.perf_counter() - started
         assert self.page.text_content("#status").startswith("done"), self.page.text_content("#status")
-        return seconds, self.page.evaluate("({seconds: isdResult.seconds, threads: isdResult.threads, backend: isdResult.backend})")
+        self.page.wait_for_function("window.isdResult.x0Ready", timeout=300_000, polling=50)
+        x0_seconds = time.perf_counter() - started
+        return seconds, x0_seconds, self.page.evaluate("({seconds: isdResult.seconds, threads: isdResult.threads, backend: isdResult.backend})")
 
 
 def main():
@@ -89,7 +77,7 @@ def main():
     pipe = isd.load_pipeline()
     scratch = tempfile.TemporaryDirectory()
     site = args.site or export_web(Path(scratch.name) / "site", pipe)
-    servers = {"page": serve(site, {}), "page_isolated": serve(site, ISOLATING)}
+    servers = {"page": serve(site, False), "page_isolated": serve(site, True)}
 
     def python(prompt, seed):
         started = time.perf_counter()
@@ -97,7 +85,7 @@ def main():
         return time.perf_counter() - started
 
     runs = {name: [] for name in ("python", "page", "page_isolated")}
-    worker_seconds = {name: [] for name in servers}
+    worker_seconds, x0_seconds = {name: [] for name in servers}, {name: [] for name in servers}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
         pages = {name: Page(browser, url) for name, (_, url) in servers.items()}
@@ -109,8 +97,9 @@ def main():
             for i, prompt in enumerate(PROMPTS):
                 runs["python"].append(python(prompt, r * 10 + i))
                 for name, page in pages.items():
-                    seconds, message = page.generate(prompt, r * 10 + i, args.steps)
+                    seconds, x0, message = page.generate(prompt, r * 10 + i, args.steps)
                     runs[name].append(seconds)
+                    x0_seconds[name].append(x0)
                     worker_seconds[name].append(message["seconds"])
                     used[name] = {"threads": message["threads"], "backend": message.get("backend"),
                                   "cross_origin_isolated": page.isolated, "load_seconds": round(page.load_seconds, 2)}
@@ -124,7 +113,8 @@ def main():
     median = {name: round(statistics.median(v), 2) for name, v in runs.items()}
     result = {
         "what": f"seconds per image, {args.steps} DDIM steps, guidance 7.5, 3 prompts x {args.rounds} rounds, alternating; "
-                "page: pressing Generate to 'done' (includes decoding every step's x0 for the slider and showing the explorer); "
+                "page: pressing Generate to 'done' (the picture and the explorer shown); page x0_seconds: to every step's x0 "
+                "decoded for the slider, after the picture; "
                 "page worker_seconds: the worker's own count, up to the final image",
         "written_by": "benchmarks/web_speed.py",
         "machine": {"cpu_count": os.cpu_count(), "chromium": browser_version,
@@ -132,6 +122,7 @@ def main():
                     "torch": torch.__version__, "torch_threads": args.threads},
         "median_seconds": median,
         "median_worker_seconds": {name: round(statistics.median(v), 2) for name, v in worker_seconds.items()},
+        "median_x0_seconds": {name: round(statistics.median(v), 2) for name, v in x0_seconds.items()},
         "ratio_to_python": {name: round(median[name] / median["python"], 2) for name in servers},
         "page_settings": used,
         "runs": {name: [round(s, 3) for s in v] for name, v in runs.items()},

@@ -1,6 +1,7 @@
 """The command line: ``illustrated-sd explain "a red circle on the left" --out DIR`` (one generation, explained)
 ``illustrated-sd batch prompts.txt --out DIR`` (a prompt set, traced; :mod:`illustrated_sd.trace.sets`) and
-``illustrated-sd export-web OUT`` (a static site that generates in the browser; :mod:`illustrated_sd.web.site`)."""
+``illustrated-sd export-web OUT`` (a static site that generates in the browser; :mod:`illustrated_sd.web.site`) and
+``illustrated-sd serve OUT`` (that site from this machine, with the headers that give the page several threads)."""
 
 import argparse
 import shutil
@@ -77,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(illustrated_sd/web/npm.lock.json) into ~/.cache/illustrated_sd/npm/.")
     web.add_argument("out", help="folder to write into (new, empty, or an earlier export-web)")
     web.add_argument("--force", action="store_true", help="write into an OUT that holds other files too (they are left alone)")
+    serve = sub.add_parser("serve", help="serve a site that export-web wrote, on this machine (browsers do not run it from file://)",
+                           description="Serve SITE (written by export-web) at http://127.0.0.1:PORT/ until Ctrl-C, with the "
+                                       "COOP/COEP headers that make the page cross-origin isolated, so onnxruntime-web runs on "
+                                       "several threads. Opened straight from disk (file://) the page cannot load its model.")
+    serve.add_argument("site", help="the folder export-web wrote")
+    serve.add_argument("--port", type=int, default=8000, help="the port (default: %(default)s; 0 = any free one)")
+    serve.add_argument("--plain", action="store_true", help="no COOP/COEP headers: one thread, as a plain static host serves it")
     return parser
 
 
@@ -170,9 +178,30 @@ def export_web(args) -> Path:
         raise ValueError(str(err)) from err
 
     out = write_site(args.out, force=args.force)
-    print(f"wrote the site ({folder_bytes(out) / 2**20:.1f} MiB) to {out}/\nserve it: python -m http.server -d {out}, "
-          "then open http://127.0.0.1:8000/")
+    print(f"wrote the site ({folder_bytes(out) / 2**20:.1f} MiB) to {out}/\nserve it: illustrated-sd serve {out} "
+          f"(or any static server: python -m http.server -d {out}), then open http://127.0.0.1:8000/")
     return out
+
+
+def serve(args) -> Path:
+    from illustrated_sd.web.serve import site_server
+
+    site = Path(args.site).expanduser()
+    if not (site / "index.html").is_file() or not (site / "models.json").is_file():
+        raise ValueError(f"{site} is not a site written by export-web (no index.html and models.json); "
+                         f"write one first: illustrated-sd export-web {site}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be from 0 to 65535 (got {args.port}); 8000 is usual")
+    httpd, url = site_server(site, port=args.port, isolated=not args.plain)
+    threads = "one thread (--plain)" if args.plain else "several threads (cross-origin isolated)"
+    print(f"serving {site}/ at {url} ({threads}); open it in a browser, Ctrl-C to stop", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        httpd.server_close()
+    return site
 
 
 def model_settings(args) -> tuple[int, float]:
@@ -223,7 +252,7 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            out = {"explain": explain, "batch": batch, "export-web": export_web}[args.command](args)
+            out = {"explain": explain, "batch": batch, "export-web": export_web, "serve": serve}[args.command](args)
     except (ValueError, TypeError, OSError, RuntimeError) as err:  # (FileNotFoundError and ModelLoadError among them)
         print(f"illustrated-sd: error: {one_line(err)}", file=sys.stderr)
         return 2

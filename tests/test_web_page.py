@@ -5,12 +5,9 @@ outside it is aborted and fails the test, as does any console error.
 """
 
 import base64
-import functools
-import http.server
 import io
 import json
 import subprocess
-import threading
 import time
 import warnings
 
@@ -36,13 +33,11 @@ def site(pipe, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(site):
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    """A plain static host: no COOP/COEP headers, so the page runs on one thread."""
+    from illustrated_sd.web.serve import site_server
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd, url = site_server(site, isolated=False, background=True)
+    yield url
     httpd.shutdown()
 
 
@@ -254,6 +249,45 @@ def test_export_web_rewrites_its_own_folder(site, capsys):
 
     before = json.loads((site / "site.json").read_text())
     assert main(["export-web", str(site)]) == 0
-    assert "python -m http.server" in capsys.readouterr().out
+    assert f"illustrated-sd serve {site}" in capsys.readouterr().out
     assert json.loads((site / "site.json").read_text()) == before
     assert not [p for p in site.rglob("*") if "node_modules" in p.parts or p.suffix == ".tgz"]
+
+
+def test_serve_sends_the_isolating_headers_and_refuses_a_folder_that_is_no_site(site, tmp_path, capsys, monkeypatch):
+    import http.server
+    import urllib.request
+
+    from illustrated_sd.cli import main
+    from illustrated_sd.web.serve import site_server
+
+    httpd, url = site_server(site, background=True)
+    with urllib.request.urlopen(url + "index.html") as response:
+        assert response.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert response.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+        assert b"app.js" in response.read()
+    httpd.shutdown()
+    assert main(["serve", str(tmp_path)]) == 2
+    assert f"illustrated-sd export-web {tmp_path}" in capsys.readouterr().err
+    assert main(["serve", str(site), "--port", "70000"]) == 2
+    assert "--port must be from 0 to 65535" in capsys.readouterr().err
+
+    def interrupted(self, *args):  # Ctrl-C at once
+        raise KeyboardInterrupt
+    monkeypatch.setattr(http.server.ThreadingHTTPServer, "serve_forever", interrupted)
+    assert main(["serve", str(site), "--port", "0"]) == 0
+    out = capsys.readouterr()
+    assert "serving" in out.out and "several threads (cross-origin isolated)" in out.out and "stopped" in out.err
+
+
+def test_opened_from_disk_the_page_says_how_to_serve_it(site, chromium, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch(p, chromium)
+        page = browser.new_page()
+        page.goto((site / "index.html").as_uri())
+        status = page.text_content("#status")
+        page.screenshot(path=tmp_path / "file.png")
+        browser.close()
+    assert "opened from disk" in status and "illustrated-sd serve" in status, status
