@@ -130,7 +130,7 @@ def explain(args) -> Path:
     try:
         pipe = isd.load_pipeline(args.model, device=device, dtype=DTYPES[args.dtype], scheduler=args.scheduler)
         steps, guidance = model_settings(args)
-        trace = pipe(args.prompt, num_inference_steps=steps, guidance_scale=guidance, seed=args.seed, negative_prompt=args.negative)
+        trace = pipe(args.prompt, num_inference_steps=steps, seed=args.seed, negative_prompt=args.negative, **pipe.guidance_option(guidance))
         trace.save(staging / "trace.safetensors")
         write_report(trace, staging, scheduler=pipe.scheduler, decode=pipe.decode_latents,
                      explorer=None if args.explorer == "none" else args.explorer)

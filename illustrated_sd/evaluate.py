@@ -84,12 +84,9 @@ def world_of(pipe) -> int:
 
 
 def draw(pipe, prompt: str, steps: int, guidance: float, seed: int, **options):
-    """One traced generation of ``prompt`` with ``guidance`` as the model's classifier-free guidance scale s: the UNet
-    models' and SD3's ``guidance_scale``; for a Flux model without a guidance input (tiny-flux) real CFG,
-    ``true_cfg_scale`` = s against the empty prompt. ``options`` go to the call (``edits``, ``record``)."""
-    if getattr(pipe, "family", None) == "flux" and not pipe.transformer.config.guidance_embeds:
-        return pipe(prompt, num_inference_steps=steps, true_cfg_scale=guidance, negative_prompt="", seed=seed, progress=False, **options)
-    return pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, seed=seed, progress=False, **options)
+    """One traced generation of ``prompt`` with ``guidance`` as the model's guidance scale s (``pipe.guidance_option``:
+    tiny-flux's is real CFG, ``true_cfg_scale``). ``options`` go to the call (``edits``, ``record``)."""
+    return pipe(prompt, num_inference_steps=steps, seed=seed, progress=False, **pipe.guidance_option(guidance), **options)
 
 
 def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0, examples_dir: Path | None = None,

@@ -137,3 +137,17 @@ def test_the_evaluator_grades_tiny_flux_with_real_guidance(smoke_tiny_flux):
     alone, guided = (np.asarray(draw(pipe, cases[0][0], 2, s, seed=0).image, dtype=float) for s in (1.0, 4.0))
     plain = pipe(cases[0][0], num_inference_steps=2, true_cfg_scale=1.0, seed=0, progress=False).image
     assert np.array_equal(alone, np.asarray(plain, dtype=float)) and not np.array_equal(alone, guided)
+
+
+def test_guidance_option_names_the_option_each_model_reads(smoke_tiny_flux):
+    from illustrated_sd.models.loading import model_defaults
+    from illustrated_sd.models.transformers import build_random_flux, build_random_sd3
+
+    assert isd.load_pipeline(smoke_tiny_flux).guidance_option(5.0) == {"true_cfg_scale": 5.0}  # real CFG, no guidance input
+    assert isd.IllustratedPipeline(build_random_flux()).guidance_option(5.0) == {"guidance_scale": 5.0}  # Flux-dev: distilled
+    assert isd.IllustratedPipeline(build_random_sd3()).guidance_option(5.0) == {"guidance_scale": 5.0}  # SD3: CFG
+    assert isd.load_pipeline().guidance_option(5.0) == {"guidance_scale": 5.0}
+    assert model_defaults(smoke_tiny_flux) == {"steps": 25, "guidance": 4.0}
+    # the diagram draws what a call does: 64 T5 slots, two passes against ""
+    boxes = isd.plot.overview.flow_boxes(isd.load_pipeline(smoke_tiny_flux))
+    assert "T5 64 slots" in boxes["tokenizer"][1] and "s = 4" in boxes["guidance"][1]

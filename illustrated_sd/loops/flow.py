@@ -58,6 +58,23 @@ class FlowPipeline:
     dtype = property(lambda self: self.pipeline.transformer.dtype)
     is_sdxl = False
 
+    def call_defaults(self) -> dict:
+        """What a call uses for each setting it leaves out (``None``): the model's own (``self.defaults``), else the
+        family's (Flux-dev 28 steps, distilled guidance 3.5 and 512 T5 slots; schnell 256; SD3 28 steps, guidance 7.0)."""
+        flux = self.family == "flux"
+        family = dict(num_inference_steps=28, guidance_scale=3.5 if flux else 7.0, true_cfg_scale=1.0, negative_prompt=None,
+                      max_sequence_length=512 if flux and self.transformer.config.guidance_embeds else 256)
+        return {**family, **self.defaults}
+
+    def guidance_option(self, scale: float) -> dict:
+        """The call option that sets this model's guidance to ``scale``: ``{"true_cfg_scale": scale}`` for a Flux model
+        that has no guidance input and runs real classifier-free guidance by default (tiny-flux; against its default
+        negative prompt ""), else ``{"guidance_scale": scale}`` (SD3's CFG, Flux-dev's distilled guidance)."""
+        defaults = self.call_defaults()
+        if self.family == "flux" and not self.transformer.config.guidance_embeds and defaults["true_cfg_scale"] > 1:
+            return {"true_cfg_scale": scale}
+        return {"guidance_scale": scale}
+
     @property
     def size_multiple(self) -> int:
         """Image sides must be multiples of this: the VAE's factor times the 2×2 patch."""
@@ -119,18 +136,11 @@ class FlowPipeline:
                             "prompt, num_inference_steps, guidance_scale, seed, negative_prompt, height, width, true_cfg_scale "
                             "(Flux), max_sequence_length, record and progress")
         flux = self.family == "flux"
-        given = dict(num_inference_steps=num_inference_steps, true_cfg_scale=true_cfg_scale, negative_prompt=negative_prompt,
-                     max_sequence_length=max_sequence_length, guidance_scale=guidance_scale)
-        given = {k: self.defaults.get(k) if v is None else v for k, v in given.items()}
-        num_inference_steps, true_cfg_scale, negative_prompt, max_sequence_length, guidance_scale = given.values()
-        if num_inference_steps is None:
-            num_inference_steps = 28
-        if true_cfg_scale is None:
-            true_cfg_scale = 1.0
-        if guidance_scale is None:
-            guidance_scale = 3.5 if flux else 7.0
-        if max_sequence_length is None:
-            max_sequence_length = 512 if flux and self.transformer.config.guidance_embeds else 256
+        given = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, true_cfg_scale=true_cfg_scale,
+                     negative_prompt=negative_prompt, max_sequence_length=max_sequence_length)
+        defaults = self.call_defaults()
+        num_inference_steps, guidance_scale, true_cfg_scale, negative_prompt, max_sequence_length = (
+            defaults[k] if v is None else v for k, v in given.items())
         if image is not None:  # img2img: the picture sets the size
             if height is not None or width is not None:
                 raise ValueError("height and width come from the input image; resize the image instead of passing them")

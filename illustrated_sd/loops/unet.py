@@ -130,6 +130,11 @@ class IllustratedPipeline:
         """The image side the UNet was trained for, in pixels (``sample_size × 8``)."""
         return self.unet.config.sample_size * self.vae_scale_factor
 
+    def guidance_option(self, scale: float) -> dict:
+        """The call option that sets classifier-free guidance to ``scale``: ``{"guidance_scale": scale}`` (the same
+        method on a :class:`FlowPipeline` names the option its model reads)."""
+        return {"guidance_scale": scale}
+
     def set_scheduler(self, name: str) -> None:
         """Swap the sampler, keeping the model's noise schedule: one of ``SCHEDULERS`` (``"ddim"``, ``"euler"``, ``"dpm++"``, …)."""
         if not isinstance(name, str) or name not in SCHEDULERS:

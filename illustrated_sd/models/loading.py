@@ -27,10 +27,20 @@ PIPELINE_CLASSES = {cls.__name__: cls for cls in (StableDiffusionPipeline, Stabl
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "owner/name"
 
 
+def model_folder(model: str | os.PathLike | None) -> Path:
+    """Where ``model`` is on disk: the embedded default for ``None``, an embedded model's folder for its name, else the
+    path itself (for a Hub id, a path that does not exist)."""
+    if model is None:
+        return TINY_SD
+    if isinstance(model, str) and model in EMBEDDED:
+        return EMBEDDED[model][0]
+    return Path(model).expanduser()
+
+
 def train_timesteps(model: str | os.PathLike | None = None) -> int | None:
     """How many timesteps ``model``'s scheduler was trained with (the most steps a generation may take), read
     from its ``scheduler/scheduler_config.json`` without loading anything; ``None`` when not on disk (a Hub id)."""
-    folder = TINY_SD if model is None else Path(model).expanduser()
+    folder = model_folder(model)
     try:
         return int(json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["num_train_timesteps"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -42,7 +52,10 @@ def model_defaults(model: str | os.PathLike | None = None) -> dict:
     ``transformer/config.json``) without loading anything: ``{"steps": 25, "guidance": 7.5}`` for SD 1/2 and SDXL
     (and for a Hub id, which is not on disk), 28 and 7.0 for SD3, 28 and 3.5 (the distilled guidance) for Flux-dev,
     4 steps for Flux-schnell (which reads no guidance)."""
-    folder = TINY_SD if model is None else Path(model).expanduser()
+    folder = model_folder(model)
+    own = _folder_info(folder).get("defaults", {})
+    if own:  # a model of ours says how it runs (tiny-flux: 25 steps, real CFG 4: its guidance_option)
+        return {"steps": own.get("num_inference_steps", 25), "guidance": own.get("true_cfg_scale", own.get("guidance_scale", 7.5))}
     try:
         name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
         if name == "FluxPipeline":

@@ -19,7 +19,7 @@ def guidance_sweep(pipe, prompt: str, scales=(1.0, 3.0, 7.5, 12.0), seed: int = 
     scales = list(scales)
     if not scales:
         raise ValueError("scales is empty; pass the guidance scales to compare, e.g. (1.0, 3.0, 7.5)")
-    traces = [pipe(prompt, num_inference_steps=steps, guidance_scale=s, seed=seed, progress=False) for s in scales]
+    traces = [pipe(prompt, num_inference_steps=steps, seed=seed, progress=False, **pipe.guidance_option(s)) for s in scales]
     fig, axes = plt.subplots(1, len(scales), figsize=(2.4 * len(scales), 2.8), squeeze=False, layout="constrained")
     for ax, s, trace in zip(axes[0], scales, traces):
         ax.imshow(trace.image)

@@ -109,13 +109,17 @@ def flow_boxes(pipe: FlowPipeline) -> dict[str, tuple[str, str]]:
     encoder, decoder = vae_halves(vae)
     flux = pipe.family == "flux"
     t5 = p.text_encoder_2 if flux else p.text_encoder_3
-    t5_slots = (512 if transformer.config.guidance_embeds else 256) if flux else 256  # a call's default max_sequence_length
+    defaults = pipe.call_defaults()
+    t5_slots = defaults["max_sequence_length"]
     clips = [p.text_encoder] if flux else [p.text_encoder, p.text_encoder_2]
     clip_count = count(clips[0]) if flux else f"{count(clips[0])} + {count(clips[1])}"
     text_len = t5_slots if flux else 77 + t5_slots  # SD3: the CLIPs' 77 slots, then T5's
     blocks = (f"{transformer.config.num_layers} double + {transformer.config.num_single_layers} single" if flux
               else f"{transformer.config.num_layers} joint")
-    if flux:
+    true_cfg = flux and defaults["true_cfg_scale"] > 1 and defaults["negative_prompt"] is not None
+    if true_cfg:  # tiny-flux: no guidance input, real classifier-free guidance against the negative prompt
+        guidance = ("guidance", f"v̂ = v_u + s·(v_c − v_u), s = {defaults['true_cfg_scale']:g}\n2 passes: \"\", prompt")
+    elif flux:
         distilled = transformer.config.guidance_embeds
         guidance = ("guidance (distilled)", "g is an input of the\ntransformer: one pass") if distilled else \
             ("guidance", "none (schnell):\none pass per step")

@@ -242,8 +242,8 @@ class PromptPlayground(W.VBox):
         self.progress.clear_output()
         try:
             with self.progress:  # the pipeline's progress bar shows here
-                trace = self.pipe(self.prompt.value, num_inference_steps=self.steps.value, guidance_scale=self.guidance.value,
-                                  seed=self.seed.value)
+                trace = self.pipe(self.prompt.value, num_inference_steps=self.steps.value, seed=self.seed.value,
+                                  **self.pipe.guidance_option(self.guidance.value))
             explorer = TraceExplorer(trace, decode=self.pipe.decode_latents)
         except Exception as err:  # shown, not raised: a button's callback has no one above it to catch it
             self.status.value = _error_html(err)

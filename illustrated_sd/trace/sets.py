@@ -439,8 +439,8 @@ def run_prompt_set(pipe_factory, jobs: list[Job], out, record=None, progress: bo
     for group in batches(mine, batch_size):
         first = group[0]
         if one_at_a_time:
-            traces = [pipe(first.prompt, num_inference_steps=first.steps, guidance_scale=first.guidance, seed=first.seed,
-                           negative_prompt=first.negative, record=record, progress=False)]
+            traces = [pipe(first.prompt, num_inference_steps=first.steps, seed=first.seed, negative_prompt=first.negative,
+                           record=record, progress=False, **pipe.guidance_option(first.guidance))]
         else:
             traces = pipe([job.prompt for job in group], num_inference_steps=first.steps, guidance_scale=first.guidance,
                           seed=[job.seed for job in group], negative_prompt=first.negative, record=record, progress=False)
