@@ -27,7 +27,7 @@ def test_smoke_run_resume_and_export(tmp_path):
     assert log["vae_scaling_factor"] > 0
     assert train_main(["run", "--smoke", "--stages", "unet", "--minutes", "1", "--out", str(ckpt)]) == 0  # resumes
     assert json.loads((ckpt / "train_log.json").read_text())["unet"]["total_steps"] == 6
-    assert train_main(["run", "--smoke", "--stages", "ground", "--minutes", "1", "--binding", "0.1", "--two-objects", "0.6",
+    assert train_main(["run", "--smoke", "--stages", "ground", "--minutes", "1", "--binding", "0.1", "--two-objects", "0.6", "--name-backgrounds", "0.5",
                        "--out", str(ckpt)]) == 0  # fine-tunes
     assert json.loads((ckpt / "train_log.json").read_text())["ground"]["total_steps"] == 3
     before = load_file(ckpt / "vae-0.safetensors")
@@ -268,6 +268,7 @@ def refused(argv, capsys) -> str:
     (["run", "--out", "{tmp}/c", "--binding=-1"], "--binding is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/c", "--local=-1"], "--local is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/c", "--clean=-1"], "--clean is a loss weight, ≥ 0"),
+    (["run", "--out", "{tmp}/c", "--name-backgrounds", "1.5"], "--name-backgrounds is a share of scenes, in \\[0, 1\\]"),
     (["run", "--out", "{tmp}/afile"], "is a file; the checkpoint is a folder"),
     (["run"], "the following arguments are required: --out"),
     (["import", "{tmp}/nofolder", "{tmp}/ck"], "no pipeline folder at .*nofolder"),

@@ -123,6 +123,15 @@ def test_version_2_captions_name_only_part_of_the_scene():
     assert min(lengths) == 2 and max(lengths) >= 20  # "a heart" … a long sentence
 
 
+def test_name_backgrounds_practises_the_background_colour_word_and_leaves_the_default_mix_alone():
+    plain = sample_scenes(14, 200, version=2)
+    assert [s.caption for s in plain] == [s.caption for s in sample_scenes(14, 200, version=2, name_backgrounds=None)]
+    said = lambda scenes: np.mean([f"{s.background} background" in s.caption for s in scenes])  # noqa: E731
+    practised = sample_scenes(14, 400, version=2, name_backgrounds=1.0)
+    assert all(s.mentioned["background"] for s in practised) and said(practised) == 1.0
+    assert said(plain) < 0.4 and 0.35 < said(sample_scenes(15, 400, version=2, name_backgrounds=0.5)) < 0.8
+
+
 def test_version_2_objects_never_touch_and_masks_hold_each():
     scenes = sample_scenes(13, 40, version=2)
     _, masks = render(scenes)

@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     run.add_argument("--two-objects", type=checks.finite_float, default=None,
                      help="ground: share of scenes that practise binding: two-object scenes in world 1 (default 0.3), "
                           "two objects both named with colour and place in world 2 (default 0)")
+    run.add_argument("--name-backgrounds", type=checks.finite_float, default=None,
+                     help="ground, world 2: share of scenes whose caption surely names the background's colour (default: the "
+                          "world's own mix, where 40%% of captions name the colour, the pattern or both)")
     run.add_argument("--equal-objects", action="store_true",
                      help="decoder: a small object weighs as much in the loss as a big one (its pixels up to 4× more)")
     run.add_argument("--local", type=checks.finite_float, default=0.0,
@@ -122,6 +125,8 @@ def run_stages(args) -> None:
     plan = stage_plan(args.stages, args.minutes)
     if args.two_objects is not None and not 0 <= args.two_objects <= 1:
         raise ValueError(f"--two-objects is a share of scenes, in [0, 1] (got {args.two_objects:g})")
+    if args.name_backgrounds is not None and not 0 <= args.name_backgrounds <= 1:
+        raise ValueError(f"--name-backgrounds is a share of scenes, in [0, 1] (got {args.name_backgrounds:g})")
     if args.local < 0:
         raise ValueError(f"--local is a loss weight, ≥ 0 (got {args.local:g})")
     if args.clean < 0:
@@ -149,7 +154,7 @@ def run_stages(args) -> None:
         if stage == "decoder":
             extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean)
         if stage == "ground":
-            extra.update(binding=args.binding, two_objects=args.two_objects)
+            extra.update(binding=args.binding, two_objects=args.two_objects, name_backgrounds=args.name_backgrounds)
         if args.smoke and stage in ("unet", "ground", "flux"):
             extra["dataset_size"] = 12
         steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20, **extra)

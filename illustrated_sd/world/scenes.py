@@ -105,13 +105,15 @@ def _caption(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def sample_scenes(seed, n: int, held_out: bool = False, n_objects: int | None = None, two_objects: float | None = None,
-                  version: int = 1) -> list[Scene]:
+                  version: int = 1, name_backgrounds: float | None = None) -> list[Scene]:
     """``n`` scenes, the same ones for the same ``seed`` (an int or a sequence of ints, e.g. ``[run, step]``).
 
     ``version=2`` draws the richer world of tiny-sd 2 (:func:`sample_scene_2`).
     ``two_objects`` practises binding: in version 1 it is the share of two-object scenes (default 30%);
     in version 2 it is the share of scenes drawn like the pair prompts instead, two objects that the
     caption names both with colour and place (default none: the world's own mix).
+    ``name_backgrounds`` (version 2): the share of scenes whose caption surely names the background's colour (default
+    none: the world's own 40% that name the colour, the pattern or both), to practise "on a white background".
     """
     if version not in (1, 2):
         raise ValueError(f"the world has versions 1 and 2 (got {version!r})")
@@ -121,7 +123,8 @@ def sample_scenes(seed, n: int, held_out: bool = False, n_objects: int | None = 
         for _ in range(n):
             # no draw at all without a share, so the default mix stays the same scenes for the same seed
             practice = bool(two_objects) and rng.random() < two_objects
-            scenes.append(sample_scene_2(rng, held_out, 2 if practice else n_objects, say_all=practice))
+            background = bool(name_backgrounds) and rng.random() < name_backgrounds
+            scenes.append(sample_scene_2(rng, held_out, 2 if practice else n_objects, say_all=practice, say_background=background))
         return scenes
     return [sample_scene(rng, held_out, n_objects, 0.3 if two_objects is None else two_objects) for _ in range(n)]
 
@@ -138,7 +141,8 @@ def _colour_and_shape(rng, background: str, held_out: bool) -> tuple[str, str]:
             return color, shape
 
 
-def sample_scene_2(rng: np.random.Generator, held_out: bool = False, n_objects: int | None = None, say_all: bool = False) -> Scene:
+def sample_scene_2(rng: np.random.Generator, held_out: bool = False, n_objects: int | None = None, say_all: bool = False,
+                   say_background: bool = False) -> Scene:
     """Draw a version-2 scene: 1–4 objects that do not touch, a patterned background, a style, and a caption
     that names some of the objects and some of their attributes (see :func:`caption_2`).
 
@@ -167,11 +171,11 @@ def sample_scene_2(rng: np.random.Generator, held_out: bool = False, n_objects: 
               *rng.uniform(6, 22, size=6).tolist(), float(rng.uniform(12, 30)))
     style = str(rng.choice(list(STYLES), p=[0.4, 0.2, 0.2, 0.2]))
     scene = Scene(objects, background, caption="", pattern=pattern, pattern_params=params, style=style, version=2)
-    scene.caption = caption_2(scene, rng, say_all)
+    scene.caption = caption_2(scene, rng, say_all, say_background)
     return scene
 
 
-def caption_2(scene: Scene, rng: np.random.Generator, say_all: bool = False) -> str:
+def caption_2(scene: Scene, rng: np.random.Generator, say_all: bool = False, say_background: bool = False) -> str:
     """A caption that says only part of what ``scene`` shows, and records what it said.
 
     It names 1 to all of the objects; of each named object always its shape, its colour 80% of the time,
@@ -179,6 +183,7 @@ def caption_2(scene: Scene, rng: np.random.Generator, say_all: bool = False) -> 
     and "a painting of a big purple heart at the top left and a small orange star on a striped
     background" are both captions. Each object's ``said`` lists what was said of it (``()`` = not mentioned).
     ``say_all=True`` names every object with its colour and place, as the pair prompts of the evaluation do.
+    ``say_background=True`` always names the background's colour (and its pattern half of the time).
     """
     k = len(scene.objects) if say_all else int(rng.integers(1, len(scene.objects) + 1))
     named = sorted(rng.choice(len(scene.objects), size=k, replace=False).tolist())
@@ -202,8 +207,8 @@ def caption_2(scene: Scene, rng: np.random.Generator, say_all: bool = False) -> 
     if (scene.style != "flat" and rng.random() < 0.6) or (scene.style == "flat" and rng.random() < 0.1):
         text = f"{STYLES[scene.style]} {text}"
         scene.mentioned["style"] = True
-    if rng.random() < 0.4:
-        say = int(rng.integers(3))  # the colour, the pattern, or both
+    if say_background or rng.random() < 0.4:
+        say = int(rng.integers(2)) * 2 if say_background else int(rng.integers(3))  # 0: the colour, 1: the pattern, 2: both
         words = [PATTERNS[scene.pattern]] * (say != 0) + [scene.background] * (say != 1)
         text += f" on a {' '.join(words)} background"
         scene.mentioned["background"] = True
