@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(illustrated_sd/web/npm.lock.json) into ~/.cache/illustrated_sd/npm/.")
     web.add_argument("out", help="folder to write into (new, empty, or an earlier export-web)")
     web.add_argument("--force", action="store_true", help="write into an OUT that holds other files too (they are left alone)")
+    web.add_argument("--webgpu", action="store_true", help="also ship onnxruntime-web's WebGPU build (18 MB more): the page runs "
+                                                           "on the GPU where the browser offers one (Chromium 137+), else on WebAssembly")
     serve = sub.add_parser("serve", help="serve a site that export-web wrote, on this machine (browsers do not run it from file://)",
                            description="Serve SITE (written by export-web) at http://127.0.0.1:PORT/ until Ctrl-C, with the "
                                        "COOP/COEP headers that make the page cross-origin isolated, so onnxruntime-web runs on "
@@ -177,7 +179,7 @@ def export_web(args) -> Path:
     except ImportError as err:  # onnx / onnxruntime missing: the message names the install
         raise ValueError(str(err)) from err
 
-    out = write_site(args.out, force=args.force)
+    out = write_site(args.out, force=args.force, webgpu=args.webgpu)
     print(f"wrote the site ({folder_bytes(out) / 2**20:.1f} MiB) to {out}/\nserve it: illustrated-sd serve {out} "
           f"(or any static server: python -m http.server -d {out}), then open http://127.0.0.1:8000/")
     return out

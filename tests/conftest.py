@@ -62,8 +62,10 @@ def chromium():
     return found
 
 
-def launch(playwright, chromium: str, **kwargs):
-    """Headless Chromium for a test: no sandbox (CI runs as root), no GPU, nothing that phones home."""
+def launch(playwright, chromium: str, extra=(), **kwargs):
+    """Headless Chromium for a test: no sandbox (CI runs as root), no GPU (unless ``extra`` flags ask for an emulated
+    one), nothing that phones home."""
+    gpu = [] if extra else ["--disable-gpu"]
     return playwright.chromium.launch(executable_path=chromium, args=[
-        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"], **kwargs)
+        "--no-sandbox", *gpu, "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", *extra], **kwargs)

@@ -291,3 +291,34 @@ def test_opened_from_disk_the_page_says_how_to_serve_it(site, chromium, tmp_path
         page.screenshot(path=tmp_path / "file.png")
         browser.close()
     assert "opened from disk" in status and "illustrated-sd serve" in status, status
+
+
+def test_with_webgpu_the_page_runs_on_the_gpu_and_draws_pythons_picture(pipe, chromium, tmp_path):
+    """export-web --webgpu, in a Chromium whose WebGPU adapter is SwiftShader (a GPU emulated on the CPU: slow, so one
+    unguided step)."""
+    from playwright.sync_api import sync_playwright
+
+    from illustrated_sd.web.serve import site_server
+    from illustrated_sd.web.site import export_web
+
+    site = export_web(tmp_path / "site", pipe, webgpu=True)
+    assert json.loads((site / "site.json").read_text())["webgpu"] is True and (site / "vendor" / "ort.jspi.min.mjs").is_file()
+    httpd, url = site_server(site, isolated=False, background=True)
+    want = np.asarray(pipe(PROMPT, num_inference_steps=1, seed=SEED, guidance_scale=1, progress=False).image, dtype=np.float64)
+    errors, outside = [], []
+    with sync_playwright() as p:
+        browser = launch(p, chromium, extra=["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader", "--enable-unsafe-swiftshader"])
+        page = open_page(browser, url, errors, outside)
+        result = generate(page, PROMPT, 1, SEED, guidance=1)
+        page.screenshot(path=tmp_path / "webgpu.png", full_page=True)
+        browser.close()
+    httpd.shutdown()
+    assert result["backend"] == "webgpu"
+    difference = np.abs(picture(result["data"]["image"]) - want)
+    print(f"\n[web page, WebGPU on SwiftShader] image max difference {difference.max():.0f} grey levels")
+    assert difference.max() <= 8, difference.max()  # WebGPU sums in another order than WebAssembly (≤ 1 there)
+    assert not outside and not errors, (outside, errors)
+    # the same site, exported again without --webgpu, drops the WebGPU build
+    export_web(site, pipe)
+    assert not (site / "vendor" / "ort.jspi.min.mjs").exists() and json.loads((site / "site.json").read_text())["webgpu"] is False
+

@@ -42,7 +42,9 @@ CACHE = Path.home() / ".cache" / "illustrated_sd" / "npm"
 
 
 def npm_lock() -> dict:
-    """The pinned npm packages: ``{name: {version, tarball, integrity, files: {path in tarball: name in vendor/}}}``."""
+    """The pinned npm packages: ``{name: {version, tarball, integrity, files: {path in tarball: name in vendor/}}}``;
+    onnxruntime-web's ``webgpu_files`` are its JSPI build (WebAssembly with the WebGPU backend), vendored only when
+    asked for (``export_web(webgpu=True)``)."""
     return json.loads(resources.files("illustrated_sd.web").joinpath("npm.lock.json").read_text(encoding="utf-8"))
 
 
@@ -75,13 +77,15 @@ def npm_tarball(name: str, package: dict, registry: str, cache: Path = CACHE) ->
     return path
 
 
-def vendor_npm(folder: Path, cache: Path = CACHE) -> dict[str, int]:
-    """Copy the files the page needs out of the pinned npm tarballs into ``folder``; ``{file name: bytes}``."""
+def vendor_npm(folder: Path, cache: Path = CACHE, webgpu: bool = False) -> dict[str, int]:
+    """Copy the files the page needs out of the pinned npm tarballs into ``folder`` (with ``webgpu``, onnxruntime-web's
+    WebGPU build too); ``{file name: bytes}``."""
     lock = npm_lock()
     written = {}
     for name, package in lock["packages"].items():
+        files = {**package["files"], **(package.get("webgpu_files", {}) if webgpu else {})}
         with tarfile.open(npm_tarball(name, package, lock["registry"], cache)) as tar:
-            for inside, target in package["files"].items():
+            for inside, target in files.items():
                 member = tar.extractfile(inside) if inside in tar.getnames() else None
                 if member is None:
                     raise ValueError(f"{name}@{package['version']} has no file {inside}; npm.lock.json is wrong")
@@ -141,7 +145,7 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def export_web(folder, pipe=None, force: bool = False) -> Path:
+def export_web(folder, pipe=None, force: bool = False, webgpu: bool = False) -> Path:
     """Write a static site in which ``pipe`` (default: the embedded model) generates in the browser; returns the folder.
 
     Open ``folder/index.html`` through any static web server (``python -m http.server -d folder``, a static host);
@@ -153,6 +157,8 @@ def export_web(folder, pipe=None, force: bool = False) -> Path:
         pipe: an SD 1/2 :class:`~illustrated_sd.IllustratedPipeline` in float32 at a latent size the page draws
             (default: ``isd.load_pipeline()``, 128×128 px from 16×16×4 latents).
         force: write into a folder that holds other files too (they are left alone).
+        webgpu: also ship onnxruntime-web's WebGPU build (18 MB more), which the page uses where the browser offers a
+            GPU adapter and WebAssembly's JSPI (Chromium 137 and later); elsewhere it runs on WebAssembly as without.
     Returns:
         the folder; ``site.json`` in it lists what was written. For the embedded model it holds 64.6 MB (61.6 MiB):
         the three ONNX files 45.3 MB (float16 weights), onnxruntime's WebAssembly 14.8, the tokenizer 3.6,
@@ -160,14 +166,17 @@ def export_web(folder, pipe=None, force: bool = False) -> Path:
     Example:
         >>> export_web("site")   # then: python -m http.server -d site, and open http://127.0.0.1:8000/
     """
-    if not isinstance(force, bool):
-        raise TypeError(f"force is True or False (got {force!r})")
+    for flag, value in (("force", force), ("webgpu", webgpu)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} is True or False (got {value!r})")
     folder = check_site_folder(folder, force)
     if pipe is None:
         import illustrated_sd as isd
 
         pipe = isd.load_pipeline()
-    vendored = vendor_npm(folder / "vendor")  # first: a missing download fails before the slow export
+    vendored = vendor_npm(folder / "vendor", webgpu=webgpu)  # first: a missing download fails before the slow export
+    for stale in set(npm_lock()["packages"]["onnxruntime-web"]["webgpu_files"].values()) - set(vendored):
+        (folder / "vendor" / stale).unlink(missing_ok=True)  # an earlier export's WebGPU build, not asked for now
     info = export_onnx(pipe, folder)
     tokenizer = write_tokenizer(pipe.tokenizer, folder / "tokenizer")
     for name, text in page_files().items():
@@ -180,7 +189,7 @@ def export_web(folder, pipe=None, force: bool = False) -> Path:
     site = {"format": SITE_FORMAT, "model": info["model"], "models": MANIFEST, "tokenizer": tokenizer,
             "page": PAGE_FILES + EXPLORER_FILES + ["colormaps.json"],
             "vendor": {name: {"bytes": size} for name, size in vendored.items()},
-            "npm": {name: p["version"] for name, p in npm_lock()["packages"].items()}}
+            "npm": {name: p["version"] for name, p in npm_lock()["packages"].items()}, "webgpu": webgpu}
     with atomic_write(folder / SITE_MANIFEST, "site.json") as tmp:
         tmp.write_text(json.dumps(site, indent=1))
     return folder

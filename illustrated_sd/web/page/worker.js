@@ -4,19 +4,25 @@
 //   (the prompt's row alone at s = 1),
 //   ε̂ = ε_uncond + s·(ε_text − ε_uncond), scheduler step → 5. decode → 6. the explorer's data (explorer_data's format).
 // Everything is fetched from this folder (relative URLs): the page works offline, from any static host.
-import * as ort from "./vendor/ort.wasm.min.mjs";
 import { AutoTokenizer, env } from "./vendor/transformers.min.js";
 import { torchRandn } from "./torch_random.js";
 
 const here = new URL("./", import.meta.url).href;
-ort.env.wasm.wasmPaths = new URL("vendor/", here).href;
-// Several threads need SharedArrayBuffer, which only a cross-origin isolated page has (COOP/COEP headers): a file://
-// page or a plain static host is not, so one thread there.
-ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
-// WebAssembly only, on every browser: onnxruntime-web's WebGPU backend needs another build of its runtime
-// (ort.webgpu.min.mjs with ort-wasm-simd-threaded.jspi.wasm, 18 MB, or .asyncify.wasm, 29 MB) beside this one's 15 MB,
-// which would double the folder for the visitors whose browser has a GPU to offer.
-const BACKEND = "wasm";
+// The backend: WebGPU where the site ships onnxruntime-web's WebGPU build (export-web --webgpu: its JSPI build, 18 MB),
+// the browser offers a GPU adapter and WebAssembly can suspend for it (JSPI: Chromium 137 and later); else WebAssembly,
+// on every browser (the default build, 15 MB).
+// Chosen when the models load (load() below): no await at the top of this module, so no message is missed meanwhile.
+let ort = null, BACKEND = null;
+async function loadRuntime() {
+  const site = await (await fetch("site.json")).json();
+  const gpu = site.webgpu && typeof WebAssembly.Suspending === "function" && navigator.gpu && await navigator.gpu.requestAdapter();
+  BACKEND = gpu ? "webgpu" : "wasm";
+  ort = await import(gpu ? "./vendor/ort.jspi.min.mjs" : "./vendor/ort.wasm.min.mjs");
+  ort.env.wasm.wasmPaths = new URL("vendor/", here).href;
+  // Several threads need SharedArrayBuffer, which only a cross-origin isolated page has (COOP/COEP headers): a file://
+  // page or a plain static host is not, so one thread there.
+  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+}
 env.allowRemoteModels = false;  // the tokenizer comes from ./tokenizer/, never from the Hub
 env.allowLocalModels = true;
 env.localModelPath = new URL(here).pathname;  // a path, not an http URL, which transformers.js would take for remote
@@ -28,12 +34,18 @@ let loaded = null;
 // models.json, the three graphs, the tokenizer (and its vocabulary, to show each slot's piece).
 async function load() {
   if (loaded) return loaded;
+  status("choosing the backend");
+  await loadRuntime();
   status("loading models.json");
   const models = await (await fetch("models.json")).json();
   const sessions = {};
   for (const [name, file] of Object.entries(models.files)) {
     status(`loading ${file.file} (${(file.bytes / 2 ** 20).toFixed(1)} MB)`);
-    sessions[name] = await ort.InferenceSession.create(file.file, { executionProviders: [BACKEND] });
+    // On WebGPU an operator it lacks runs on WebAssembly. The runtime's warnings reach the console as errors, and
+    // "some nodes were not assigned to WebGPU" is expected there (shape arithmetic stays on the CPU by design): only
+    // errors are logged (severity 3).
+    sessions[name] = await ort.InferenceSession.create(file.file, {
+      executionProviders: BACKEND === "webgpu" ? ["webgpu", "wasm"] : ["wasm"], logSeverityLevel: 3 });
   }
   status("loading the tokenizer");
   const tokenizer = await AutoTokenizer.from_pretrained("tokenizer");
