@@ -151,3 +151,37 @@ def test_guidance_option_names_the_option_each_model_reads(smoke_tiny_flux):
     # the diagram draws what a call does: 64 T5 slots, two passes against ""
     boxes = isd.plot.overview.flow_boxes(isd.load_pipeline(smoke_tiny_flux))
     assert "T5 64 slots" in boxes["tokenizer"][1] and "s = 4" in boxes["guidance"][1]
+
+
+def test_reflow_distills_a_student_that_starts_as_the_teacher_and_loads_as_tiny_flux_fast(smoke_tiny_flux):
+    from illustrated_sd.train.distill import student_transformer, teacher_pairs
+
+    root = smoke_tiny_flux.parent
+    teacher = isd.load_pipeline(smoke_tiny_flux)
+    student = student_transformer(teacher.transformer)
+    # before training the student is the teacher, whatever guidance it is given (its guidance embedder's last layer is 0)
+    x, text = torch.randn(1, 64, 16), torch.randn(1, 64, TINY_FLUX["transformer"]["joint_attention_dim"])
+    args = dict(hidden_states=x, encoder_hidden_states=text, pooled_projections=torch.randn(1, 128), timestep=torch.tensor([0.5]),
+                img_ids=torch.zeros(64, 3), txt_ids=torch.zeros(64, 3), return_dict=False)
+    with torch.no_grad():
+        want = teacher.transformer(**args)[0]
+        for g in (1.0, 7.0):
+            assert torch.allclose(student(**args, guidance=torch.tensor([g]))[0], want, atol=1e-6)
+    # the teacher's pairs are what FluxPipeline draws from that noise with real CFG at that scale
+    noise, x0, _, _ = teacher_pairs(teacher.pipeline, ["a red circle on the left"], torch.tensor([4.0]),
+                                    torch.Generator().manual_seed(0), steps=3)
+    plain = teacher.pipeline("a red circle on the left", negative_prompt="", true_cfg_scale=4.0, num_inference_steps=3,
+                             height=128, width=128, max_sequence_length=64, latents=noise.clone(), output_type="latent").images
+    assert torch.allclose(x0, plain, atol=1e-5)
+    # the stages, the export beside tiny-flux and tiny-sd, and loading it by folder
+    ckpt = root / "fast-ckpt"
+    assert train_main(["run", "--smoke", "--stages", "pairs,reflow", "--minutes", "1,1", "--teacher", str(smoke_tiny_flux),
+                       "--out", str(ckpt)]) == 0
+    assert train_main(["export", str(ckpt), str(root / "tiny-flux-fast")]) == 0
+    info = json.loads((root / "tiny-flux-fast" / "illustrated_sd.json").read_text())
+    assert info["shares"]["text_encoder_2"] == "tiny-flux" and info["shares"]["vae"] == "tiny-sd"
+    assert {p.name for p in (root / "tiny-flux-fast").iterdir()} >= {"transformer", "scheduler", "model_index.json"}
+    fast = isd.load_pipeline(root / "tiny-flux-fast")
+    assert fast.transformer.config.guidance_embeds and fast.guidance_option(2.0) == {"guidance_scale": 2.0}
+    trace = fast("a red circle on the left", seed=0, progress=False)
+    assert trace.num_steps == 4 and trace.image.size == (128, 128)  # its defaults: 4 steps, one pass each

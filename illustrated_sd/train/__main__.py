@@ -12,6 +12,7 @@ from ..models.loading import ModelLoadError
 from .checkpoint import read_log, write_log
 from .export import export, import_folder
 from .decoder import train_decoder
+from .distill import make_pairs, train_reflow
 from .flux import train_flux, train_t5
 from .grounding import train_grounding
 from .stages import train_clip, train_unet, train_vae
@@ -19,7 +20,8 @@ from .stages import train_clip, train_unet, train_vae
 # "ground" and "decoder" are optional: "ground" fine-tunes a trained UNet so that each object's words are
 # looked at on the object; "decoder" sharpens the VAE's decoder while its encoder (and so the UNet) stays valid
 STAGES = {"clip": train_clip, "vae": train_vae, "unet": train_unet, "ground": train_grounding, "decoder": train_decoder,
-          "t5": train_t5, "flux": train_flux}  # the last two: tiny-flux, in a checkpoint of its own
+          "t5": train_t5, "flux": train_flux,  # tiny-flux, in a checkpoint of its own
+          "pairs": make_pairs, "reflow": train_reflow}  # tiny-flux-fast (distilled from the shipped tiny-flux), likewise
 
 
 def main(argv=None) -> int:
@@ -45,6 +47,8 @@ def main(argv=None) -> int:
                      help="decoder: weight of the loss on spliced latents that keeps the decoder local (default: %(default)s, off)")
     run.add_argument("--clean", type=checks.finite_float, default=0.0,
                      help="decoder: weight of the loss on faint colour marks away from the objects, the ghost smudges (default: %(default)s, off)")
+    run.add_argument("--teacher", type=Path, default=None,
+                     help="pairs: the tiny-flux folder to distill (default: the shipped illustrated_sd/assets/tiny-flux)")
     run.add_argument("--world", type=int, choices=(1, 2), default=None,
                      help="the world to learn: 1 (tiny-sd) or 2 (tiny-sd 2); default: the checkpoint's, or 1 for a new one")
     run.add_argument("--dataset-size", type=checks.positive_int, default=None,
@@ -93,17 +97,17 @@ def stage_plan(stages: str, minutes: str) -> list[tuple[str, float]]:
     return list(zip(names, budgets))
 
 
-FLUX_STAGES = ("t5", "flux")
+FAMILY = {"t5": "tiny-flux", "flux": "tiny-flux", "pairs": "tiny-flux-fast", "reflow": "tiny-flux-fast"}  # else tiny-sd
 
 
 def checkpoint_family(ckpt: Path, stages: list[str]) -> str:
-    """``"tiny-flux"`` or ``"tiny-sd"``: which model ``stages`` train; ``ValueError`` if they mix the two, or if the
-    checkpoint already holds the other model (one checkpoint, one model)."""
-    families = {"tiny-flux" if stage in FLUX_STAGES else "tiny-sd" for stage in stages}
-    done = {"tiny-flux" if stage in FLUX_STAGES else "tiny-sd" for stage in read_log(ckpt) if stage in STAGES}
+    """``"tiny-sd"``, ``"tiny-flux"`` or ``"tiny-flux-fast"``: which model ``stages`` train; ``ValueError`` if they mix
+    models, or if the checkpoint already holds another (one checkpoint, one model)."""
+    families = {FAMILY.get(stage, "tiny-sd") for stage in stages}
+    done = {FAMILY.get(stage, "tiny-sd") for stage in read_log(ckpt) if stage in STAGES}
     if len(families | done) > 1:
-        raise ValueError(f"--stages t5 and flux train tiny-flux, the others tiny-sd; {ckpt} would hold both: train each into "
-                         "its own --out folder")
+        raise ValueError(f"--stages t5 and flux train tiny-flux, pairs and reflow tiny-flux-fast, the others tiny-sd; {ckpt} "
+                         f"would hold {' and '.join(sorted(families | done))}: train each into its own --out folder")
     return families.pop()
 
 
@@ -137,7 +141,7 @@ def run_stages(args) -> None:
         raise ValueError(f"--out {args.out} is a file; the checkpoint is a folder: choose a new folder name")
     family = checkpoint_family(args.out, [stage for stage, _ in plan])
     world = checkpoint_world(args.out, args.world if family == "tiny-sd" else args.world or 2)
-    if family == "tiny-flux" and world != 2:
+    if family != "tiny-sd" and world != 2:
         raise ValueError(f"tiny-flux learns the version-2 world (tiny-sd 2's latents); got --world {world}: pass --world 2")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type == "cuda":
@@ -145,12 +149,14 @@ def run_stages(args) -> None:
         torch.backends.cudnn.allow_tf32 = True
     batch, max_steps = (4, 3) if args.smoke else (args.batch_size, None)
     for stage, budget in plan:
-        extra = {"anneal": args.anneal} if stage in ("unet", "ground", "flux") else {}
+        extra = {"anneal": args.anneal} if stage in ("unet", "ground", "flux", "reflow") else {}
         extra["world"] = world
         if stage in ("unet", "flux"):
             extra["compile"] = args.compile
             if args.dataset_size:  # (unet and flux)
                 extra["dataset_size"] = args.dataset_size
+        if stage == "pairs":
+            extra["teacher"] = args.teacher
         if stage == "decoder":
             extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean)
         if stage == "ground":

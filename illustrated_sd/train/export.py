@@ -48,12 +48,17 @@ def export(ckpt: Path, folder: Path, force: bool = False) -> Path:
     ckpt, folder = Path(ckpt), check_export_target(folder, force)
     if not ckpt.is_dir():
         raise FileNotFoundError(f"no checkpoint folder at {ckpt}; train one with python -m illustrated_sd.train run --out {ckpt}")
-    from .flux import export_flux, is_flux_checkpoint
+    from .distill import export_fast
+    from .flux import export_flux
 
-    if is_flux_checkpoint(ckpt):  # tiny-flux: a transformer and a T5 on tiny-sd 2's shared parts
+    stages = read_log(ckpt)
+    if "reflow" in stages:  # tiny-flux-fast: a student transformer on tiny-flux's other parts
+        export_fast(ckpt, folder)
+        return folder
+    if "t5" in stages or "flux" in stages:  # tiny-flux: a transformer and a T5 on tiny-sd 2's shared parts
         export_flux(ckpt, folder)
         return folder
-    log = read_log(ckpt)
+    log = stages
     if "vae_scaling_factor" not in log:
         raise ValueError(f"{ckpt} has no trained VAE (train_log.json has no vae_scaling_factor); run the vae stage first")
     pipe = build_random_pipeline("tiny-sd")

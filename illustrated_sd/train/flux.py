@@ -37,7 +37,7 @@ from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
 
 from ..models.transformers import TINY_FLUX, world_t5_tokenizer
 from ..paths import TINY_SD
-from ..trace.files import load_weights, publish_folder, scratch_folder_beside
+from ..trace.files import load_weights
 from ..world import HELD_OUT, known_words_2, render, sample_scenes
 from .checkpoint import read_log, save_weights
 from .stages import EMA, Budget, _autocast, _run
@@ -220,11 +220,6 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
         transformer.load_state_dict(ema.weights)  # the averaged weights are what we ship
     save_weights(transformer, ckpt, "transformer")
     return steps
-
-
-def is_flux_checkpoint(ckpt: Path) -> bool:
-    """Whether ``ckpt`` holds tiny-flux (its t5 or flux stage ran) rather than tiny-sd."""
-    return any(stage in read_log(Path(ckpt)) for stage in ("t5", "flux"))
 
 
 def export_flux(ckpt: Path, folder: Path) -> None:
