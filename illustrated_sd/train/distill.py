@@ -34,9 +34,9 @@ from ..models.transformers import TINY_FLUX
 from ..paths import TINY_FLUX as TEACHER
 from ..trace.files import atomic_write, load_weights
 from ..world import HELD_OUT, known_words_2, sample_scenes
-from .checkpoint import read_log, save_weights, write_log
+from .checkpoint import read_log, write_log
 from .flux import SIZE, schedule_mu, shifted
-from .stages import EMA, Budget, _autocast, _run
+from .stages import Budget, _autocast, _run_averaged
 
 SCALES = (1.0, 8.0)  # the teacher's guidance scales are drawn uniformly from this range; the student reads s as an input
 TEACHER_STEPS = 25  # the teacher's own sampling: 25 guided Euler steps
@@ -140,7 +140,6 @@ def train_reflow(ckpt: Path, minutes: float, batch_size: int, device, seed: int,
     student = student_transformer(pipe.transformer)
     load_weights(student, ckpt, "transformer")
     student = student.to(device).float().train()
-    ema = EMA(student, ema_decay)
     side = SIZE // pipe.vae_scale_factor
     image_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, device, torch.float32)
     text_ids = torch.zeros(TINY_FLUX["max_sequence_length"], 3, device=device)
@@ -158,12 +157,8 @@ def train_reflow(ckpt: Path, minutes: float, batch_size: int, device, seed: int,
                         return_dict=False)[0]
         return F.mse_loss(v.float(), noise - x0)
 
-    steps = _run("reflow", step_fn, list(student.parameters()), 1e-4, ckpt, Budget(minutes, max_steps), log_every,
-                 warmup=50, after_step=ema.update, anneal=anneal)
-    if steps:
-        student.load_state_dict(ema.weights)
-    save_weights(student, ckpt, "transformer")
-    return steps
+    return _run_averaged("reflow", step_fn, student, "transformer", 1e-4, ckpt, Budget(minutes, max_steps), log_every, ema_decay,
+                         warmup=50, anneal=anneal)
 
 
 def export_fast(ckpt: Path, folder: Path) -> None:

@@ -40,7 +40,7 @@ from ..paths import TINY_SD
 from ..trace.files import load_weights
 from ..world import HELD_OUT, known_words_2, render, sample_scenes
 from .checkpoint import read_log, save_weights
-from .stages import EMA, Budget, _autocast, _run
+from .stages import Budget, _autocast, _run, _run_averaged
 
 SIZE = 128  # pixels per side: tiny-sd 2's pictures, 16 × 16 latents, 8 × 8 tokens
 SPAN_DENSITY, MEAN_SPAN = 0.15, 3.0  # T5's: 15% of the tokens cut out, in spans of 3 on average
@@ -197,7 +197,6 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
     transformer, scaling, mu = pipe.transformer.train(), pipe.vae.config.scaling_factor, schedule_mu(pipe)
     load_weights(transformer, ckpt, "transformer")
     transformer.float()
-    ema = EMA(transformer, ema_decay)
     forward = torch.compile(transformer) if compile and device.type == "cuda" else transformer
     side = SIZE // pipe.vae_scale_factor  # 16 latent pixels
     image_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, device, torch.float32)  # [64, 3]: (0, row, column)
@@ -214,12 +213,8 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
         with _autocast(device):
             return flow_matching_loss(forward, x0, text, pooled, image_ids, text_ids, mu, gen)
 
-    steps = _run("flux", step_fn, list(transformer.parameters()), 3e-4, ckpt, Budget(minutes, max_steps), log_every,
-                 after_step=ema.update, anneal=anneal)
-    if steps:
-        transformer.load_state_dict(ema.weights)  # the averaged weights are what we ship
-    save_weights(transformer, ckpt, "transformer")
-    return steps
+    return _run_averaged("flux", step_fn, transformer, "transformer", 3e-4, ckpt, Budget(minutes, max_steps), log_every, ema_decay,
+                         anneal=anneal)
 
 
 def export_flux(ckpt: Path, folder: Path) -> None:

@@ -30,9 +30,9 @@ from ..recording.attention_layers import attention_layers
 from ..world import render, sample_scenes
 from ..world.vocabulary import MAX_OBJECTS_2
 from ..trace.files import load_weights
-from .checkpoint import read_log, save_weights
+from .checkpoint import read_log
 from ..lessons.forward_diffusion import diffusion_loss
-from .stages import EMA, Budget, _autocast, _run, empty_context
+from .stages import Budget, _autocast, _run_averaged, empty_context
 
 
 def object_token_slots(ids: torch.Tensor, scenes, tokenizer, objects: int = 2) -> torch.Tensor:
@@ -200,7 +200,6 @@ def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: i
                                                                         name_backgrounds=name_backgrounds)
     del vae, text_encoder
     unet = unet.to(device).float().train()
-    ema = EMA(unet, ema_decay)
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     heads = {name: attn.heads for name, attn in attention_layers(unet)["cross"].items()}
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 7 + len(read_log(ckpt).get("ground", {}).get("step", [])))
@@ -221,9 +220,5 @@ def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: i
                     ground = ground + binding * binding_loss(store, heads, words, masks[idx])
             return denoising + ground
 
-        steps = _run("ground", step_fn, list(unet.parameters()), 1e-4, ckpt, Budget(minutes, max_steps), log_every,
-                     warmup=50, after_step=ema.update, anneal=anneal)
-    if steps:
-        unet.load_state_dict(ema.weights)
-    save_weights(unet, ckpt, "unet")
-    return steps
+        return _run_averaged("ground", step_fn, unet, "unet", 1e-4, ckpt, Budget(minutes, max_steps), log_every, ema_decay,
+                             warmup=50, anneal=anneal)

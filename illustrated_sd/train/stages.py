@@ -106,6 +106,18 @@ def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_
     return step - start_step
 
 
+def _run_averaged(stage: str, step_fn, module: torch.nn.Module, weights: str, lr: float, ckpt: Path, budget: Budget, log_every: int,
+                  ema_decay: float, **options) -> int:
+    """:func:`_run` on ``module``'s parameters while an :class:`EMA` averages its weights; then the averaged weights
+    (what ships: they sample better than the last step's) are loaded back and saved as ``weights``. The steps taken."""
+    ema = EMA(module, ema_decay)
+    steps = _run(stage, step_fn, list(module.parameters()), lr, ckpt, budget, log_every, after_step=ema.update, **options)
+    if steps:
+        module.load_state_dict(ema.weights)
+    save_weights(module, ckpt, weights)
+    return steps
+
+
 def train_clip(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20, world: int = 1):
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     text_encoder, tokenizer = pipe.text_encoder.to(device).train(), pipe.tokenizer
@@ -192,7 +204,6 @@ def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
     unet = unet.to(device).train()
     load_weights(unet, ckpt, "unet")
     unet.float()
-    ema = EMA(unet, ema_decay)
     forward = unet
     if device.type == "cuda":
         # convolutions in bf16 run fastest with channels last (NHWC) on tensor cores; compiling fuses the
@@ -212,8 +223,4 @@ def train_unet(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
         with _autocast(device):  # forward diffusion in one jump, then the UNet names the noise
             return diffusion_loss(forward, latents, context, alphas_cumprod, generator=gen)
 
-    steps = _run("unet", step_fn, list(unet.parameters()), 3e-4, ckpt, Budget(minutes, max_steps), log_every, after_step=ema.update, anneal=anneal)
-    if steps:
-        unet.load_state_dict(ema.weights)  # the averaged weights are what we ship
-    save_weights(unet, ckpt, "unet")
-    return steps
+    return _run_averaged("unet", step_fn, unet, "unet", 3e-4, ckpt, Budget(minutes, max_steps), log_every, ema_decay, anneal=anneal)
