@@ -185,3 +185,17 @@ def test_reflow_distills_a_student_that_starts_as_the_teacher_and_loads_as_tiny_
     assert fast.transformer.config.guidance_embeds and fast.guidance_option(2.0) == {"guidance_scale": 2.0}
     trace = fast("a red circle on the left", seed=0, progress=False)
     assert trace.num_steps == 4 and trace.image.size == (128, 128)  # its defaults: 4 steps, one pass each
+
+
+def test_the_filmstrip_draws_a_flow_trace_by_sigma(smoke_tiny_flux):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    pipe = isd.load_pipeline(smoke_tiny_flux)
+    trace = pipe("a red circle on the left", seed=0, num_inference_steps=4, progress=False)
+    fig = isd.plot.denoising_filmstrip(trace, "pred_x0", n=4, decode=pipe.decode_latents)
+    assert [ax.get_title() for ax in fig.axes][0] == f"step 0\nσ = {trace.sigmas[0]:.2f}"
+    fig = isd.plot.denoising_filmstrip(trace, "velocity", n=4)
+    assert "velocity" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="what must be one of \\['latents', 'pred_x0', 'velocity'\\]"):
+        isd.plot.denoising_filmstrip(trace, "noise")

@@ -24,16 +24,18 @@ def _start_title(trace: Trace) -> str:
     """What ``latents[0]`` is: pure noise, or (img2img, inpainting below strength 1) the picture noised to the first timestep."""
     if trace.mode == "text2img" or trace.strength == 1:
         return "start\npure noise"
-    return f"start: picture\nnoised to t = {trace.timesteps[0].item():.0f}"
+    at = f"t = {trace.timesteps[0].item():.0f}" if isinstance(trace, Trace) else f"σ = {trace.sigmas[0].item():.2f}"
+    return f"start: picture\nnoised to {at}"
 
 
 def denoising_filmstrip(trace: Trace, what: str = "pred_x0", n: int = 8, decode=None):
     """A row of snapshots of the denoising, from pure noise (left) to the finished latent (right).
 
     Args:
-        trace: a recorded generation.
+        trace: a recorded generation (a :class:`Trace`, or a :class:`FlowTrace` of SD3 or Flux: its panels say σ).
         what: ``"latents"`` (x_t after each step, with the starting noise first), ``"pred_x0"`` (the
-            clean latent the model believes in at each step) or ``"noise"`` (the guided noise prediction).
+            clean latent the model believes in at each step), ``"noise"`` (the guided noise prediction; a
+            FlowTrace: ``"velocity"``, the guided velocity).
         n: how many snapshots.
         decode: optional callable ``[N, C, h, w] latents → list of PIL images`` (e.g.
             ``pipe.decode_latents``) to show pictures; without it, latent channels 0–2 are shown as
@@ -41,30 +43,32 @@ def denoising_filmstrip(trace: Trace, what: str = "pred_x0", n: int = 8, decode=
     Returns:
         a Figure with ``n`` panels titled by step and timestep.
     """
-    require_trace(trace, "plot.denoising_filmstrip", every_step=True)
-    series = {"latents": trace.latents, "pred_x0": trace.pred_x0, "noise": trace.noise_pred}
+    require_trace(trace, "plot.denoising_filmstrip", every_step=True, flow=True)
+    flow = not isinstance(trace, Trace)  # flow matching: σ from 1 to 0 instead of t from T to 0
+    predicted = ("velocity", trace.velocity) if flow else ("noise", trace.noise_pred)
+    series = {"latents": trace.latents, "pred_x0": trace.pred_x0, predicted[0]: predicted[1]}
     if what not in series:
         raise ValueError(f"what must be one of {list(series)}, got {what!r}")
     data = series[what]
     n = checks.whole_number("n", n, minimum=1, hint="how many snapshots to show, e.g. 8")
     steps = _pick_steps(len(data), n)
-    pictures = decode(data[steps]) if decode is not None and what != "noise" else None
+    pictures = decode(data[steps]) if decode is not None and what != predicted[0] else None
     fig, axes = plt.subplots(1, len(steps), figsize=(1.9 * len(steps), 2.4), squeeze=False, layout="constrained")
     for ax, k, i in zip(axes[0], steps, range(len(steps))):
         ax.imshow(pictures[i] if pictures is not None else _as_rgb(data[k]))
         # latents[0] is the starting noise; latents[k] is after step k-1
         step, t = (k - 1, None) if what == "latents" else (k, None)
-        t = trace.timesteps[step].item() if step >= 0 else None
+        at = (f"σ = {trace.sigmas[step].item():.2f}" if flow else f"t = {trace.timesteps[step].item():.0f}") if step >= 0 else None
         # latents[k] is x_t *after* step k − 1 (which ran at its timestep t); x̂₀ and ε̂ are *at* step k
         # ("from t": the latent shown is already one step further, at the next timestep)
         if step < 0:
             ax.set_title(_start_title(trace), fontsize=9)
         else:
-            ax.set_title(f"after step {step}\nfrom t = {t:.0f}" if what == "latents" else f"step {step}\nt = {t:.0f}", fontsize=9)
+            ax.set_title(f"after step {step}\nfrom {at}" if what == "latents" else f"step {step}\n{at}", fontsize=9)
         ax.set_axis_off()
     how = "decoded by the VAE" if pictures is not None else "latent channels 0–2 as RGB"
     names = {"latents": "x_t, the latent after each step", "pred_x0": "predicted x0, the clean latent the model believes in",
-             "noise": "predicted noise ε̂"}
+             "noise": "predicted noise ε̂", "velocity": "predicted velocity v̂"}
     fig.suptitle(f"{names[what]} ({how})", fontsize=11)
     return fig
 

@@ -416,12 +416,15 @@ def spread_steps(num_steps: int, k: int | None) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, num_steps - 1, k)})
 
 
-def require_trace(value, who: str, every_step: bool = False) -> "Trace":
-    """``value`` if it is a :class:`Trace`; else a ``TypeError`` saying where one comes from (a common slip: the prompt).
+def require_trace(value, who: str, every_step: bool = False, flow: bool = False) -> "Trace":
+    """``value`` if it is a :class:`Trace` (or, with ``flow``, a :class:`~illustrated_sd.trace.flow.FlowTrace`); else a
+    ``TypeError`` saying where one comes from (a common slip: the prompt).
 
     ``every_step``: ``who`` reads every step, so a compact trace is refused (``ValueError``) with what it lacks.
     """
-    if not isinstance(value, Trace):
+    from .flow import FlowTrace
+
+    if not isinstance(value, (Trace, FlowTrace) if flow else Trace):
         raise TypeError(f"{who} takes a Trace, got {type(value).__name__} {value!r:.60}; make one with trace = pipe(prompt) "
                         "or isd.Trace.load(path)")
     if every_step and value.is_compact:
