@@ -9,10 +9,10 @@ import torch
 from diffusers import FluxPipeline
 
 import illustrated_sd as isd
-from illustrated_sd.models.transformers import TINY_FLUX, world_t5_tokenizer
+from illustrated_sd.models.transformers import TINY_FLUX
 from illustrated_sd.paths import TINY_SD
 from illustrated_sd.train.__main__ import main as train_main
-from illustrated_sd.train.flux import SHARED, flow_matching_loss, shifted, span_corruption
+from illustrated_sd.train.flux import SHARED, flow_matching_loss, shifted, span_corruption, world_t5_tokenizer
 from illustrated_sd.world import known_words_2
 
 

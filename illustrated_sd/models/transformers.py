@@ -176,14 +176,6 @@ TINY_FLUX = dict(
 )
 
 
-def world_t5_tokenizer() -> T5Tokenizer:
-    """tiny-flux's T5 tokenizer: a piece per word of the world's captions (both versions), characters for anything
-    else, and ``TINY_FLUX["sentinels"]`` span-corruption sentinels. ``<pad>`` 0, ``</s>`` 1."""
-    from ..world import known_words, known_words_2
-
-    return t5_style_tokenizer(sorted(set(known_words()) | set(known_words_2())), extra_ids=TINY_FLUX["sentinels"])
-
-
 def _layout(layout: str, family: str) -> dict:
     names = sorted(name for name in LAYOUTS if family in name)
     if layout not in names:

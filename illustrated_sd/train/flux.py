@@ -33,18 +33,24 @@ import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from tqdm.auto import tqdm
-from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
+from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Tokenizer
 
-from ..models.transformers import TINY_FLUX, world_t5_tokenizer
+from ..models.transformers import TINY_FLUX, t5_style_tokenizer
 from ..paths import TINY_SD
 from ..trace.files import load_weights
-from ..world import HELD_OUT, known_words_2, render, sample_scenes
+from ..world import HELD_OUT, known_words, known_words_2, render, sample_scenes
 from .checkpoint import read_log, save_weights
 from .stages import Budget, _autocast, _run, _run_averaged
 
 SIZE = 128  # pixels per side: tiny-sd 2's pictures, 16 × 16 latents, 8 × 8 tokens
 SPAN_DENSITY, MEAN_SPAN = 0.15, 3.0  # T5's: 15% of the tokens cut out, in spans of 3 on average
 SHARED = ("vae", "text_encoder", "tokenizer")  # what tiny-flux takes from tiny-sd 2 instead of shipping its own
+
+
+def world_t5_tokenizer() -> T5Tokenizer:
+    """tiny-flux's T5 tokenizer: a piece per word of the world's captions (both versions), characters for anything
+    else, and ``TINY_FLUX["sentinels"]`` span-corruption sentinels. ``<pad>`` 0, ``</s>`` 1."""
+    return t5_style_tokenizer(sorted(set(known_words()) | set(known_words_2())), extra_ids=TINY_FLUX["sentinels"])
 
 
 def span_corruption(ids: list[int], rng: np.random.Generator, sentinels: list[int], eos: int) -> tuple[list[int], list[int]]:
