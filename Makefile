@@ -51,7 +51,7 @@ build/notebooks/%.ipynb: notebooks/%.ipynb $(PACKAGE_FILES) | setup
 docs: setup $(EXECUTED)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/illustrated-sd export-web build/site/live --force   # the live page the docs link to (mkdocs build empties build/site first)
-	@echo "docs site: build/site/index.html (the live page, build/site/live/, needs serving: python -m http.server -d build/site)"
+	@echo "docs site: build/site/index.html (the live page needs serving: illustrated-sd serve build/site/live)"
 
 # Step through the course in JupyterLab (installs it into .venv the first time)
 lab: setup
