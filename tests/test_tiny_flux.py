@@ -199,3 +199,19 @@ def test_the_filmstrip_draws_a_flow_trace_by_sigma(smoke_tiny_flux):
     assert "velocity" in fig._suptitle.get_text()
     with pytest.raises(ValueError, match="what must be one of \\['latents', 'pred_x0', 'velocity'\\]"):
         isd.plot.denoising_filmstrip(trace, "noise")
+
+
+def test_the_side_by_side_script_measures_both_models_on_the_same_prompts(smoke_tiny_flux, tmp_path):
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "compare_denoisers.py"))
+    out = tmp_path / "denoisers.json"
+    result = script["main"](["--models", f"tiny-sd,{smoke_tiny_flux}", "--prompts", "1", "--steps", "1,2", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    for name in ("tiny-sd", str(smoke_tiny_flux)):
+        model = result["models"][name]
+        assert set(model["few_steps"]) == {"1", "2"} and 0 <= model["few_steps"]["2"]["adherence"] <= 1
+        assert 0 <= model["binding"]["colour_leakage"] <= 1 and model["binding"]["prompts"] == 1
+        assert model["first_x0"]["median_ratio"][0] > 0
+    assert result["models"]["tiny-sd"]["guidance"] == 7.5 and result["models"][str(smoke_tiny_flux)]["guidance"] == 4.0
