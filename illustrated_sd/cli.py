@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Write OUT: a static site (index.html, the model as ONNX files, onnxruntime-web and the "
                                      "tokenizer) in which a visitor's browser generates and explores images, with nothing "
                                      "fetched from outside the folder. Serve it with any static host, or locally: "
-                                     "python -m http.server -d OUT. The first export downloads the pinned npm packages "
+                                     "illustrated-sd serve OUT. The first export downloads the pinned npm packages "
                                      "(illustrated_sd/web/npm.lock.json) into ~/.cache/illustrated_sd/npm/.")
     web.add_argument("out", help="folder to write into (new, empty, or an earlier export-web)")
     web.add_argument("--force", action="store_true", help="write into an OUT that holds other files too (they are left alone)")
