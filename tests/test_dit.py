@@ -51,8 +51,11 @@ def refused_before_the_transformer_runs(pipe, error, message, **kwargs):
     assert calls == []
 
 
+@pytest.mark.parametrize("road", ["small", "by layer"])
 @pytest.mark.parametrize("case", CASES)
-def test_the_image_equals_diffusers_and_the_maps_equal_an_explicit_softmax(pipes, monkeypatch, case):
+def test_the_image_equals_diffusers_and_the_maps_equal_an_explicit_softmax(pipes, monkeypatch, case, road):
+    """Both roads of the recording: the small one (every map made at the end, in one batch) and the one real models
+    take (each layer's maps as it runs, the padding's share from the fused kernel over the text alone)."""
     layout, settings = CASES[case]
     pipe = pipes[layout]
     seen = []  # every attention call's q and k: [B, heads, L, d]
@@ -63,21 +66,24 @@ def test_the_image_equals_diffusers_and_the_maps_equal_an_explicit_softmax(pipes
 
     fused = joint_attention.fused_attention
     monkeypatch.setattr(joint_attention, "fused_attention", watched)
+    if road == "by layer":
+        monkeypatch.setattr(joint_attention, "SMALL_ROAD_LIMIT", 0)
     trace = pipe(PROMPT, num_inference_steps=3, seed=0, max_sequence_length=16, record=ALL, progress=False, **settings)
     monkeypatch.undo()
+    text_only = [k for _, k in seen if k.shape[2] == trace.text_length]  # the fused kernel over the text keys alone
+    assert bool(text_only) == (road == "by layer")
     assert isinstance(pipe, isd.FlowPipeline) and isinstance(trace, isd.FlowTrace)
     np.testing.assert_array_equal(np.asarray(trace.image), np.asarray(plain(pipe, **settings)))
 
     # The reference: softmax(q·kᵀ/√d) over the whole joint sequence, then cut into quadrants by hand
     flux, layers = pipe.family == "flux", len(trace.layers)
-    calls = 2 if settings.get("true_cfg_scale", 1) > 1 else 1  # true CFG: the prompt's pass, then the negative's (not recorded)
     T, kept = trace.text_length, trace.kept_slots
     seen = [(q, k) for q, k in seen if k.shape[2] == T + trace.grid_hw[0] * trace.grid_hw[1]]  # the joint calls (not the text-only one)
     padding = torch.ones(T, dtype=torch.bool)
     padding[kept] = False
     for step in range(3):
         for layer in range(layers):
-            q, k = seen[(step * calls * layers) + layer]
+            q, k = seen[step * layers + layer]  # (true CFG's negative pass, not recorded, runs plain SDPA)
             p = torch.softmax((q[-1].double() @ k[-1].double().transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1).mean(0)  # [L, L]
             text, image = (slice(0, T), slice(T, None)) if flux else (slice(p.shape[0] - T, None), slice(0, p.shape[0] - T))
             text_cols = lambda rows: torch.cat([rows[:, kept], rows[:, padding].sum(-1, keepdim=True)], -1)  # noqa: E731

@@ -81,8 +81,9 @@ def recording_gib(record: RecordOptions, steps: int, layers: int, heads: int, to
 
 
 def new_recording(transformer, layout: TextLayout, image_len: int, steps: int, record: RecordOptions,
-                  text_first: bool) -> JointAttentionRecording | None:
-    """The attention recording of one generation, as ``record`` asks (``None`` when it asks for no maps).
+                  text_first: bool, edited: bool = False) -> JointAttentionRecording | None:
+    """The attention recording of one generation, as ``record`` asks (``None`` when it asks for no maps); ``edited``:
+    the call has edits (the maps are then made as each layer runs, never on the small road at the end).
 
     Refuses (``ValueError``) a recording over ``record.memory_budget_gib``, naming what would make it fit.
     """
@@ -101,7 +102,8 @@ def new_recording(transformer, layout: TextLayout, image_len: int, steps: int, r
                          "fewer quadrants (RecordOptions(quadrants=('image_to_text',))), fewer layers (layers=[...]), no "
                          "per_head, fewer steps or a smaller image; or raise memory_budget_gib")
     return JointAttentionRecording(layers, layout.length, image_len, text_first, layout.kept, steps, record.quadrants,
-                                   record.per_head, heads, dtype, transformer.device, compact=record.compact)
+                                   record.per_head, heads, dtype, transformer.device, compact=record.compact,
+                                   small=not edited)
 
 
 def encode(pipeline, pixels: torch.Tensor, seed: int) -> torch.Tensor:

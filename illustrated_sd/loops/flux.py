@@ -68,7 +68,7 @@ def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: Flow
     guidance = torch.full([1], s.guidance_scale, device=device, dtype=torch.float32) if transformer.config.guidance_embeds else None
 
     # 6. Denoise: v̂ = transformer(x, σ, text); with true CFG v̂ = v̂_u + s·(v̂_c − v̂_u); then the Euler step
-    recording = new_recording(transformer, layout, latents.shape[1], len(timesteps), record, text_first=True)
+    recording = new_recording(transformer, layout, latents.shape[1], len(timesteps), record, text_first=True, edited=bool(edits))
     edit = new_edit_plan(transformer, edits, layout, latents.shape[1], len(timesteps), text_first=True, rows=1)
     stream = None
     if concepts:  # ConceptAttention: the concepts' own stream through the double-stream blocks (recording/concepts.py)
@@ -98,9 +98,10 @@ def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: Flow
             seen["velocity"].append(velocity)
             seen["latents"].append(latents)
 
-    # 7. Tokens back into a latent [1, C, h, w], then the VAE decoder (the maps set off for the CPU first: they copy meanwhile)
-    if recording is not None and record.to_cpu:
-        recording.send_to_host()
+    # 7. Tokens back into a latent [1, C, h, w], then the VAE decoder (the maps finished first, a small model's all made now in one
+    #    product, and set off for the CPU: they copy meanwhile)
+    if recording is not None:
+        recording.finish(copy_to_host=record.to_cpu)
     unpack = lambda x: flux._unpack_latents(x, s.height, s.width, flux.vae_scale_factor)  # noqa: E731
     picture = decode(flux, unpack(latents))[0]
 

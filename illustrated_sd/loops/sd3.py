@@ -62,7 +62,7 @@ def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowS
         init_latents = encode(sd3, pixels, s.seed)
 
     # 6. Denoise (there is no stage 5: SD3 has no guidance input)
-    recording = new_recording(transformer, layout, image_len, len(timesteps), record, text_first=False)
+    recording = new_recording(transformer, layout, image_len, len(timesteps), record, text_first=False, edited=bool(edits))
     edit = new_edit_plan(transformer, edits, layout, image_len, len(timesteps), text_first=False, rows=2 if guided else 1)
     stream = None
     if concepts:  # ConceptAttention: the concepts' own stream through the joint blocks, read in the prompt's row (recording/concepts.py)
@@ -86,9 +86,10 @@ def generate_sd3(pipe, prompt: str, negative_prompt: str | None, settings: FlowS
             seen["velocity"].append(velocity)
             seen["latents"].append(latents)
 
-    # 7. The VAE decoder (the maps set off for the CPU first: they copy meanwhile)
-    if recording is not None and record.to_cpu:
-        recording.send_to_host()
+    # 7. The VAE decoder (the maps finished first, a small model's all made now in one
+    #    product, and set off for the CPU: they copy meanwhile)
+    if recording is not None:
+        recording.finish(copy_to_host=record.to_cpu)
     picture = decode(sd3, latents)[0]
 
     # 8. Everything into one trace

@@ -18,6 +18,12 @@ tokens, not every key). Padding slots (T5 pads to 256 or 512) are summed into on
 padding absorbs is itself worth seeing. That sum is the text's whole share less the kept tokens', and the text's
 whole share is exp(lse_text − lse), where lse_text comes from the fused kernel run over the text keys alone.
 
+A small model (the embedded tiny-flux: 64 patches, 64 text slots) takes a shorter road. There each PyTorch call costs
+more than its arithmetic (a dozen calls per layer slowed the generation by a tenth), so each layer only keeps the
+prompt's queries, keys and log-sum-exps, and when the loop ends every step's and layer's maps are made in one batch,
+the padding's share from all the text's columns at once. On a real model those products would be gigabytes, so each
+layer makes its maps as it runs.
+
 The processors below are diffusers' ``FluxAttnProcessor`` and ``JointAttnProcessor2_0`` written out line for line,
 the attention call replaced by :func:`fused_attention` plus the recording; they are installed for one generation
 (:func:`recording_joint_attention`) and the model's own processors are put back afterwards.
@@ -33,6 +39,10 @@ from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 from .recorders import to_host
 
 QUADRANTS = ("image_to_text", "text_to_image", "text_to_text", "image_to_image")
+# The most probabilities the small road may make at the end of a generation (steps × layers × heads × the image's rows
+# against the text, and the prompt's tokens against everything); above it each layer makes its maps as it runs.
+# 2²⁴ float32 numbers are 64 MiB: tiny-flux's 25 steps make 1.2 million; one step of Flux-dev at 256² would make 300 million.
+SMALL_ROAD_LIMIT = 1 << 24
 
 
 def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +109,8 @@ def kernels_in_use() -> dict:
 def probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``p = exp(q·kᵀ·scale + bias − lse)``: rows of the attention's softmax for these queries and keys only, in float32.
 
-    ``q [heads, n, d]``, ``k [heads, m, d]``, ``lse [heads, n]`` (over *all* keys), ``bias [m]`` (an edit's, or ``None``)
-    → ``[heads, n, m]``.
+    ``q [heads, n, d]``, ``k [heads, m, d]``, ``lse [heads, n]`` (over *all* keys), ``bias`` broadcastable to ``[n, m]``
+    (an edit's, or ``None``) → ``[heads, n, m]``.
     """
     scale = q.shape[-1] ** -0.5
     start = -lse[..., None]  # [heads, n, 1]: the product is added to it, so the − lse costs no pass of its own
@@ -127,8 +137,9 @@ class JointAttentionRecording:
         steps: denoising steps; quadrants: which of :data:`QUADRANTS` to record; per_head: keep every head (else their mean).
         compact: add every step's and layer's head-mean up as the loop goes (a compact trace, for prompt sets): the
             buffers are then ``[1, 1, 1, rows, columns]`` in float32, the mean over all steps, layers and heads.
-        rows: how many rows of the batch are the prompt's, at the end of the batch (CFG puts them after the
-            unconditional rows).
+        small: take the small road when its products stay under :data:`SMALL_ROAD_LIMIT` (the loops turn it off under
+            edits: a Swap writes into the maps as the loop goes); the maps are then made by :meth:`finish`.
+    The prompt's rows are the last of each attention call's batch (CFG puts them after the unconditional rows).
 
     Buffers (``h`` = heads or 1, ``n`` kept text slots, ``N`` image tokens, ``L`` layers):
         image_to_text ``[S, L, h, N, n + 1]``, text_to_image ``[S, L, h, n, N]``, text_to_text ``[S, L, h, n, n + 1]``,
@@ -136,12 +147,16 @@ class JointAttentionRecording:
     """
 
     def __init__(self, layers: list[str], text_len: int, image_len: int, text_first: bool, kept: torch.Tensor, steps: int,
-                 quadrants: tuple[str, ...], per_head: bool, heads: int, dtype: torch.dtype, device, compact: bool = False):
+                 quadrants: tuple[str, ...], per_head: bool, heads: int, dtype: torch.dtype, device, compact: bool = False,
+                 small: bool = True):
         self.layers, self.text_first, self.per_head, self.compact = list(layers), text_first, per_head and not compact, compact
         self.text_len, self.image_len = text_len, image_len
         self.kept = kept.to(device)  # an index on the device: selecting with it never waits for the GPU
         self.step, self.active = 0, True
         n, N, h, L = len(kept), image_len, heads if self.per_head else 1, len(layers)
+        # The small road (see the module's text) when its products, every step's and layer's at once, stay small
+        self.small = small and steps * L * heads * (N * text_len + n * (text_len + N)) <= SMALL_ROAD_LIMIT
+        self.pending = []  # on the small road, the prompt's row of each call: (step, layer, q, k, lse)
         shapes = {"image_to_text": (N, n + 1), "text_to_image": (n, N), "text_to_text": (n, n + 1), "image_to_image": (N, N)}
         if compact:  # one running mean per quadrant: each call adds its share, 1 / (steps × layers)
             self.weight = 1 / (steps * L)
@@ -163,48 +178,75 @@ class JointAttentionRecording:
         prompt's. ``bias [T]``: an edit's additive bias on the image queries' text logits (see :mod:`illustrated_sd.recording.flow_edits`)."""
         if not self.active:
             return
-        (q_text, q_image), (k_text, k_image), (v_text, _), (l_text, l_image) = (self.split(x[-1:]) for x in (q, k, v, lse))
-        # Each quadrant is [heads, rows, columns] until stored; without per_head the heads are averaged as soon as a
-        # tensor is made (``fold``), so the later sums and the concatenation touch 1/heads of the data. The mean is
-        # linear, so folding first gives the same padding column as folding last.
-        fold = (lambda p: p) if self.per_head else (lambda p: p.mean(0, keepdim=True))
+        if self.small:  # the small road: keep the prompt's row; finish() makes every map at once
+            self.pending.append((self.step, layer, q[-1], k[-1], lse[-1]))
+            return
+        for quadrant, p in self._quadrants(q[-1:], k[-1:], lse[-1:], v[-1:], bias).items():  # [1, h, rows, columns]
+            if self.compact:
+                self.buffers[quadrant][0, 0].add_(p[0], alpha=self.weight)
+            else:
+                self.buffers[quadrant][self.step, layer] = p[0]
+
+    def finish(self, copy_to_host: bool = True) -> None:
+        """The loops call it as the denoising ends: the small road's maps are made now (all steps and layers in one
+        batch), and with ``copy_to_host`` the maps set off for the CPU without waiting
+        (:func:`~illustrated_sd.recording.recorders.to_host`), so that the copy runs while the VAE decodes instead of after it."""
+        if self.pending:
+            steps, layers, q, k, lse = zip(*self.pending)
+            self.pending = []
+            at = (torch.tensor(steps, device=self.kept.device), torch.tensor(layers, device=self.kept.device))
+            for quadrant, p in self._quadrants(torch.stack(q), torch.stack(k), torch.stack(lse)).items():  # [calls, h, rows, columns]
+                if self.compact:  # each call adds weight × its map
+                    self.buffers[quadrant][0, 0].add_(p.sum(0), alpha=self.weight)
+                else:
+                    self.buffers[quadrant][at] = p.to(self.buffers[quadrant].dtype)
+        if copy_to_host:
+            self.buffers = {quadrant: to_host(maps) for quadrant, maps in self.buffers.items()}
+
+    def _quadrants(self, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, v: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None) -> dict:
+        """``q, k [C, heads, L, d]``, ``lse [C, heads, L]``: the prompt's rows of ``C`` attention calls (one layer as it
+        runs, or every step's and layer's at the end on the small road) → each recorded quadrant ``[C, h, rows, columns]``,
+        made from the products it needs and no more. The padding's column is the text's whole share less the kept
+        tokens'; with ``v`` that share comes from the fused kernel run over the text keys alone (a real model, see the
+        module's text), without it from all the text's columns at once (a small model: cheaper than a second kernel)."""
+        calls, heads = q.shape[:2]
+        (q_text, q_image), (k_text, k_image), (l_text, l_image) = (self.split(x) for x in (q, k, lse))
+        flat = lambda x: x.flatten(0, 1)  # noqa: E731  [C, heads, ...] → [C × heads, ...]: one batch for the products
+        # Each quadrant is [C, heads, rows, columns]; without per_head the heads are averaged as soon as a tensor is
+        # made (``fold``), so the later sums and cuts touch 1/heads of the data. The mean is linear, so folding first
+        # gives the same padding column as folding last.
+        fold = lambda p: p.unflatten(0, (calls, heads)) if self.per_head else p.unflatten(0, (calls, heads)).mean(1, keepdim=True)  # noqa: E731
         made = {}
         if "image_to_text" in self.buffers:
-            # The kept tokens' columns directly; all the padding at once as what is left of the text's share. That
-            # share comes from the fused kernel run over the text keys alone: its log-sum-exp is log Σ_text exp(q·k),
-            # so share = exp(lse_text − lse), without making the [heads, N, T] square of a 512-slot T5 text.
-            k_kept = k_text[0].index_select(1, self.kept)
-            kept = fold(probabilities(q_image[0], k_kept, l_image[0], None if bias is None else bias[self.kept]))  # [h, N, n]
-            text_mask = None if bias is None else bias.to(q.dtype).expand(1, 1, self.image_len, self.text_len).contiguous()
-            text_share = fold(torch.exp(fused_attention(q_image, k_text, v_text, text_mask)[1][0] - l_image[0]))  # [h, N]
-            made["image_to_text"] = torch.cat([kept, (text_share - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
+            if v is None:  # every text column, then what is not kept summed: [C, h, N, T]
+                columns = fold(probabilities(flat(q_image), flat(k_text), flat(l_image)))
+                kept = columns.index_select(-1, self.kept)
+                share = columns.sum(-1)
+            else:  # the kept columns directly; the text's whole share exp(lse_text − lse) without the [heads, N, T] square
+                k_kept = k_text.index_select(2, self.kept)
+                kept = fold(probabilities(flat(q_image), flat(k_kept), flat(l_image), None if bias is None else bias[self.kept]))
+                text_mask = None if bias is None else bias.to(q.dtype).expand(calls, 1, self.image_len, self.text_len).contiguous()
+                share = fold(flat(torch.exp(fused_attention(q_image, k_text, self.split(v)[0], text_mask)[1] - l_image)))  # [C, h, N]
+            made["image_to_text"] = torch.cat([kept, (share - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
         if "text_to_image" in self.buffers or "text_to_text" in self.buffers:
             # The prompt's few tokens as queries (padding's own queries are not shown), against every key at once: one
             # product over the whole joint sequence, then cut into its text and image columns
-            rows = fold(probabilities(q_text[0].index_select(1, self.kept), k[-1], l_text[0].index_select(1, self.kept)))
-            text_columns, made["text_to_image"] = self.split(rows, dim=-1)  # [h, n, T], [h, n, N]
+            rows = fold(probabilities(flat(q_text.index_select(2, self.kept)), flat(k), flat(l_text.index_select(2, self.kept))))
+            text_columns, made["text_to_image"] = self.split(rows, dim=-1)  # [C, h, n, T], [C, h, n, N]
             kept = text_columns.index_select(-1, self.kept)
             made["text_to_text"] = torch.cat([kept, (text_columns.sum(-1) - kept.sum(-1)).clamp_min(0)[..., None]], dim=-1)
         if "image_to_image" in self.buffers:
-            made["image_to_image"] = fold(probabilities(q_image[0], k_image[0], l_image[0]))
-        made = {quadrant: p for quadrant, p in made.items() if quadrant in self.buffers}
-        for quadrant, p in made.items():  # [h, rows, columns]
-            if self.compact:
-                self.buffers[quadrant][0, 0].add_(p, alpha=self.weight)
-            else:
-                self.buffers[quadrant][self.step, layer] = p
-
-
-    def send_to_host(self) -> None:
-        """Start copying the maps to the CPU without waiting (:func:`~illustrated_sd.recording.recorders.to_host`): the loops call
-        it as the denoising ends, so that the copy runs while the VAE decodes instead of after it."""
-        self.buffers = {quadrant: to_host(maps) for quadrant, maps in self.buffers.items()}
+            made["image_to_image"] = fold(probabilities(flat(q_image), flat(k_image), flat(l_image)))
+        return {quadrant: p for quadrant, p in made.items() if quadrant in self.buffers}
 
 
 def attend(processor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """The joint attention ``[B, heads, L, d]`` → ``[B, heads, L, d]`` as a recording processor runs it: the fused kernel
     with an edit's mask, the recording of its probabilities, then a Swap's rows put in (each only when the processor has
     one: ``processor.edits``, ``processor.recording`` at ``processor.layer``)."""
+    if processor.edits is None and processor.layer is not None and not processor.recording.active:
+        return F.scaled_dot_product_attention(query, key, value)  # a pass the recording skips (true CFG's negative one)
     mask, bias = processor.edits.mask(processor.name) if processor.edits is not None else (None, None)
     out, lse = fused_attention(query, key, value, mask)
     if processor.layer is not None:
