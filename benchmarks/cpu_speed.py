@@ -4,9 +4,11 @@ CFG 4), rounds alternating, the order reversed every other round.
 
     python benchmarks/cpu_speed.py --threads 2 --out docs/cpu_speed.json
     python benchmarks/cpu_speed.py --model tiny-flux --untrained --rounds 20 --out docs/cpu_speed_tiny_flux.json
+    python benchmarks/cpu_speed.py --model tiny-flux-fast --untrained --steps 1 --rounds 20 --out docs/cpu_speed_tiny_flux_fast.json
 
-``--untrained`` times a model the package has not shipped yet (tiny-flux before its training) with weights from
-three smoke steps of its training stages: the same architecture, and speed does not depend on the weights' values.
+``--untrained`` times a model the package has not shipped yet (tiny-flux, tiny-flux-fast before their training) with
+weights from three smoke steps of its training stages: the same architecture, and speed does not depend on the
+weights' values. ``--steps`` defaults to the model's own (25; tiny-flux-fast 4).
 """
 
 import argparse
@@ -27,15 +29,18 @@ PROMPT = "a yellow triangle on the left and a purple heart on the right"
 
 def untrained(name: str, root: Path) -> Path:
     """``name``'s folder exported from smoke-trained stages into ``root``, beside a link to the shipped tiny-sd (whose
-    parts it shares)."""
+    parts it shares); tiny-flux-fast beside the tiny-flux it is distilled from."""
     from illustrated_sd.train.__main__ import main as train  # the benchmark, not the runtime, may train
 
-    stages = {"tiny-flux": "t5,flux"}
-    if name not in stages:
-        raise SystemExit(f"--untrained knows {sorted(stages)}, not {name!r}")
+    if name not in ("tiny-flux", "tiny-flux-fast"):
+        raise SystemExit(f"--untrained knows tiny-flux and tiny-flux-fast, not {name!r}")
     (root / "tiny-sd").symlink_to(TINY_SD)
-    train(["run", "--smoke", "--stages", stages[name], "--minutes", "1,1", "--out", str(root / "ckpt")])
-    train(["export", str(root / "ckpt"), str(root / name)])
+    train(["run", "--smoke", "--stages", "t5,flux", "--minutes", "1,1", "--out", str(root / "ckpt")])
+    train(["export", str(root / "ckpt"), str(root / "tiny-flux")])
+    if name == "tiny-flux-fast":
+        train(["run", "--smoke", "--stages", "pairs,reflow", "--minutes", "1,1", "--teacher", str(root / "tiny-flux"),
+               "--out", str(root / "fast-ckpt")])
+        train(["export", str(root / "fast-ckpt"), str(root / name)])
     return root / name
 
 
@@ -65,12 +70,13 @@ def main():
     parser.add_argument("--untrained", action="store_true", help="time a model not shipped yet, with smoke-trained weights")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", "--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
     parser.add_argument("--out", type=Path, default=Path("docs/cpu_speed.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         pipe = isd.load_pipeline(untrained(args.model, Path(tmp)) if args.untrained else args.model)
+        args.steps = args.steps or (pipe.call_defaults()["num_inference_steps"] if isinstance(pipe, isd.FlowPipeline) else 25)
         traced, plain, guidance = calls(pipe, args.steps)
         runs = {"traced": [], "plain": []}
         traced(), plain()  # warm-up
