@@ -171,7 +171,7 @@ def pipeline_diagram(pipe, highlight: str | list[str] | None = None):
     - **noise** ``ε ~ N(0, I)`` ``[C, h, w]`` **→ latent x_t** ``[C, h, w]`` at the model's default size
       (``h = side / 8``) **→ UNet** (parameters, what it predicts: ε, v or x₀) with its **cross-attention** layers
       (how many) **→ guidance** (``ε̂ = ε_uncond + s·(ε_text − ε_uncond)``) **→ scheduler step** (the scheduler's class), and back
-      to x_t: the loop, ``× S steps``, in a dashed frame.
+      to x_t: the loop, once per denoising step, in a dashed frame.
     - after the last step: **VAE decoder** (parameters, ``[C, h, w] → [3, H, W]``) **→ image** (``H × W`` px).
     - drawn lightly: the **VAE encoder** (img2img and training start from a picture's latent) and the **Trace**
       the recorders fill while the loop runs.
@@ -284,7 +284,7 @@ def pipeline_diagram(pipe, highlight: str | list[str] | None = None):
     colour = (STRONG_EDGE if lit else "#333333") if on else MUTED_EDGE
     ax.plot([rx, rx, lx], [low, RETURN_Y, RETURN_Y], color=colour, lw=1.6 if lit and on else 1.1, zorder=1)
     arrow((lx, RETURN_Y), (lx, low), ["scheduler", "latent"])
-    ax.text((lx + rx) / 2, RETURN_Y + 0.08, "next step: × S steps", ha="center", va="bottom", fontsize=FONT + 0.5,
+    ax.text((lx + rx) / 2, RETURN_Y + 0.08, "next step: the loop runs once per denoising step", ha="center", va="bottom", fontsize=FONT + 0.5,
             style="italic", color=colour)
 
     # 3. after the last step: decoder → image; lightly, the encoder (img2img, training) and the Trace
