@@ -69,7 +69,9 @@ def load_clip(trained: bool = True, seed: int = 0) -> Clip:
         FileNotFoundError: if the model folder lacks the ``clip/`` towers (a hand-made folder).
     """
     pipe = build_random_pipeline("tiny-sd", seed=seed)
-    tower, head = ImageTower(), ClipHead(pipe.text_encoder.config.hidden_size)
+    with torch.random.fork_rng():  # the random towers are the same on every run (a notebook's counts stay put)
+        torch.manual_seed(seed)
+        tower, head = ImageTower(), ClipHead(pipe.text_encoder.config.hidden_size)
     if trained:
         from ..models.loading import load_pipeline
 
