@@ -11,7 +11,8 @@ Reports, over prompts in the world's plainest sentence forms:
 - two objects ("a red circle on the left and a blue star on the right"): both objects right;
 - the held-out colour+shape pairs, never seen in training, separately;
 - the pointing game: for each object's colour and shape word, does the argmax of its cross-attention
-  heatmap (all steps, all layers) fall inside that object's detected mask?
+  heatmap (all steps, all layers) fall inside that object's detected mask? For a diffusion transformer, the same
+  game is played by the word's own reading of the picture too (text→image attention: ``pointing_game_text_to_image``).
 """
 
 import json
@@ -114,6 +115,8 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
                 "shape": d is not None and d.shape == shape,
                 "position": d is not None and d.position == position,
                 "points": {w: d is not None and points_inside(trace.cross_attention(w), d.mask) for w in (color, shape)},
+                **({"reads": {w: d is not None and points_inside(trace.text_to_image(w), d.mask) for w in (color, shape)}}
+                   if reads_the_picture(trace) else {}),
             })
         rows.append(row)
         if examples_dir is not None and i % 10 == 0 and j == 0:
@@ -139,6 +142,9 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
     for kind, words in (("color", COLORS), ("shape", SHAPES_2 if world == 2 else SHAPES)):  # which words find their object
         summary[f"pointing_game_{kind}_words"] = rate(p for r in rows if not r["held_out"] for o in r["objects"]
                                                       for w, p in o["points"].items() if w in words)
+    if any("reads" in o for r in rows for o in r["objects"]):  # a diffusion transformer: where each word reads the picture
+        summary["pointing_game_text_to_image"] = rate(p for r in rows if not r["held_out"] for o in r["objects"]
+                                                      for p in o["reads"].values())
     return {"summary": summary, "settings": {"steps": steps, "guidance": guidance, "seed": seed, "seeds": seeds, "model": pipe.name,
                                              "scheduler": type(pipe.scheduler).__name__, "world": world}, "cases": rows}
 
@@ -420,18 +426,25 @@ def write_prompt_file(path, world: int = 2, seeds: int = 4, seed: int = 0) -> in
     return len(rows)
 
 
+def reads_the_picture(trace) -> bool:
+    """Whether ``trace`` recorded where its words read the picture (a diffusion transformer's text→image attention)."""
+    return "text_to_image" in (getattr(trace, "attention", None) or {})
+
+
 def attention_at_scale(folder, world: int = 2, threshold: float = 0.4) -> dict:
     """Heatmaps against masks over a folder of ``illustrated-sd batch`` (compact traces will do) of evaluation prompts.
 
     For every object the picture drew right (the detector reads its colour and shape at its place), and for each of
     its words (colour, shape, position): DAAM's heatmap–mask IoU (:func:`heatmap_iou`) and the pointing game (does the
-    heatmap's peak fall on the object?). Returns, per word class, the mean IoU and the pointing rate, with counts.
+    heatmap's peak fall on the object?). Returns, per word class, the mean IoU and the pointing rate, with counts; for
+    a diffusion transformer also ``"text_to_image"``: the same two scores for where each word *reads* the picture.
     """
     from .trace.sets import TraceSet
 
     cases = {text: objects for text, objects, _ in prompt_set(world=world)}
     traces = TraceSet(folder)
     scores = {kind: {"iou": [], "points": []} for kind in ("colour", "shape", "position")}
+    reading = {kind: {"iou": [], "points": []} for kind in scores}  # text→image, where the trace has it
     named = drawn = 0
     for i, row in enumerate(tqdm(traces.rows, desc="heatmaps against masks")):
         objects = cases.get(row["prompt"])
@@ -447,11 +460,19 @@ def attention_at_scale(folder, world: int = 2, threshold: float = 0.4) -> dict:
                 continue  # a heatmap of an object that is not there has nothing to agree with
             drawn += 1
             for kind, word in (("colour", color), ("shape", shape), ("position", position)):
-                scores[kind]["iou"].append(heatmap_iou(trace.cross_attention(word), d.mask, threshold))
-                scores[kind]["points"].append(points_inside(trace.cross_attention(word), d.mask))
+                maps = [(scores, trace.cross_attention(word))]
+                if reads_the_picture(trace):
+                    maps.append((reading, trace.text_to_image(word)))
+                for table, heat in maps:
+                    table[kind]["iou"].append(heatmap_iou(heat, d.mask, threshold))
+                    table[kind]["points"].append(points_inside(heat, d.mask))
     mean = lambda v: round(float(np.mean(v)), 4) if v else None  # noqa: E731
-    return {"traces": len(traces), "objects_named": named, "objects_drawn_right": drawn, "threshold": threshold,
-            **{kind: {"iou": mean(s["iou"]), "pointing": mean(s["points"]), "words": len(s["iou"])} for kind, s in scores.items()}}
+    summarize = lambda table: {kind: {"iou": mean(s["iou"]), "pointing": mean(s["points"]), "words": len(s["iou"])}  # noqa: E731
+                               for kind, s in table.items()}
+    result = {"traces": len(traces), "objects_named": named, "objects_drawn_right": drawn, "threshold": threshold, **summarize(scores)}
+    if reading["colour"]["iou"]:
+        result["text_to_image"] = summarize(reading)
+    return result
 
 
 @torch.no_grad()

@@ -134,6 +134,14 @@ def test_sd3_keeps_each_encoders_tokens_and_sums_the_padding(pipes):
         trace.cross_attention("red", encoder="clip-g")
 
 
+def test_a_few_words_side_by_side_name_all_their_tokens(pipes):
+    trace = pipes["tiny-flux"](PROMPT, num_inference_steps=1, max_sequence_length=16, progress=False)
+    assert trace.token_index("the left") == sorted(trace.token_index("the") + trace.token_index("left"))
+    assert trace.cross_attention("the left").shape == trace.grid_hw
+    with pytest.raises(ValueError, match="'left the' is not a word of the prompt"):
+        trace.token_index("left the")  # not side by side in this order
+
+
 def test_t5_style_tokens_end_with_their_marker():
     tokenizer = t5_style_tokenizer()
     assert tokenizer.tokenize("a red circle") == ["▁a", "▁red", "▁circle"]

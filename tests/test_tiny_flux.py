@@ -133,6 +133,9 @@ def test_the_evaluator_grades_tiny_flux_with_real_guidance(smoke_tiny_flux):
     result = evaluate(pipe, cases, steps=2, guidance=4.0)
     assert result["settings"]["world"] == 2 and len(result["cases"]) == 2
     assert 0 <= result["summary"]["pointing_game"] <= 1
+    # a transformer's words also read the picture: the same pointing game on text→image attention
+    assert 0 <= result["summary"]["pointing_game_text_to_image"] <= 1
+    assert all(set(o["reads"]) == set(o["points"]) for case in result["cases"] for o in case["objects"])
     # the guidance scale is real CFG against "": s = 1 is the prompt alone, and a larger s changes the picture
     alone, guided = (np.asarray(draw(pipe, cases[0][0], 2, s, seed=0).image, dtype=float) for s in (1.0, 4.0))
     plain = pipe(cases[0][0], num_inference_steps=2, true_cfg_scale=1.0, seed=0, progress=False).image
@@ -215,3 +218,27 @@ def test_the_side_by_side_script_measures_both_models_on_the_same_prompts(smoke_
         assert 0 <= model["binding"]["colour_leakage"] <= 1 and model["binding"]["prompts"] == 1
         assert model["first_x0"]["median_ratio"][0] > 0
     assert result["models"]["tiny-sd"]["guidance"] == 7.5 and result["models"][str(smoke_tiny_flux)]["guidance"] == 4.0
+
+
+def test_attention_at_scale_also_scores_where_a_transformers_words_read_the_picture(smoke_tiny_flux, tmp_path, monkeypatch):
+    """Over a compact tiny-flux prompt set, with the detector told that every named object was drawn filling the
+    picture (the smoke model draws nothing yet): every word's text→image map then points inside its object."""
+    from types import SimpleNamespace
+
+    from illustrated_sd import evaluate
+    from illustrated_sd.trace.sets import read_prompts, run_prompt_set
+
+    pipe = isd.load_pipeline(smoke_tiny_flux)
+    singles = [(text, objects[0]) for text, objects, held_out in evaluate.prompt_set(world=2) if len(objects) == 1]
+    cases = list({position: (text, (color, shape)) for text, (color, shape, position) in singles}.items())[:2]  # two places
+    (tmp_path / "p.txt").write_text("".join(f"{text}\n" for _, (text, _) in cases))
+    run_prompt_set(lambda device: pipe, read_prompts(tmp_path / "p.txt"), tmp_path / "set", settings={"num_inference_steps": 2},
+                   record=isd.RecordOptions(compact=True), progress=False)
+    whole, drawn = np.ones((128, 128), dtype=bool), {position: words for position, (_, words) in cases}
+    monkeypatch.setattr(evaluate, "match_object", lambda found, position, n, world: SimpleNamespace(
+        color=drawn[position][0], shape=drawn[position][1], mask=whole))
+    result = evaluate.attention_at_scale(tmp_path / "set", world=2)
+    assert result["objects_drawn_right"] == 2
+    for table in (result, result["text_to_image"]):
+        for kind in ("colour", "shape", "position"):
+            assert table[kind]["words"] == 2 and table[kind]["pointing"] == 1

@@ -154,6 +154,7 @@ class FlowTrace:
     def token_index(self, word: str | int, encoder: str | None = None) -> list[int]:
         """The places among ``tokens`` of ``word`` (in every encoder that has it, or in ``encoder`` only), or of token ``int``.
 
+        ``word`` may be a few words side by side in the prompt (``"bottom left"``): every token of each of them.
         Raises ``ValueError`` listing the prompt's words when it is not there.
         """
         if checks.is_int(word):
@@ -163,8 +164,11 @@ class FlowTrace:
         checks.text("word", word, hint="a word of the prompt, e.g. 'red'")
         if encoder is not None and encoder not in self.encoders:
             raise ValueError(f"encoder {encoder!r} is not in this trace; its text comes from {sorted(self.encoders)}")
-        found = [i for w, places in self.words if w.lower() == word.strip().lower() for i in places
-                 if encoder is None or self.token_sources[i] == encoder]
+        wanted, names = word.lower().split(), [w.lower() for w, _ in self.words]
+        runs = [self.words[start:start + len(wanted)] for start in range(len(names) - len(wanted) + 1)
+                if names[start:start + len(wanted)] == wanted]  # the words side by side, as the prompt says them
+        found = sorted({i for run in runs for w, places in run for i in places  # (each encoder's, in SD3: CLIP's and T5's)
+                        if encoder is None or self.token_sources[i] == encoder})
         if not found:
             said = sorted({w for w, _ in self.words})
             where = f" in {encoder}'s tokens" if encoder else ""

@@ -178,17 +178,21 @@ ROW = {  # key → (check, what it must be)
     "words": (lambda v: isinstance(v, dict), "an object"),
     "settings": (lambda v: isinstance(v, dict), "an object"),
 }
+OPTIONAL_ROW = {  # keys a line may have (sets written before them lack them)
+    # the option the model read the guidance by: guidance_scale, or true_cfg_scale (tiny-flux's real guidance)
+    "guidance_option": (lambda v: v in ("guidance_scale", "true_cfg_scale"), "guidance_scale or true_cfg_scale"),
+}
 
 
 def _check_row(row) -> None:
     """Raise ``ValueError(what is wrong)`` unless ``row`` is an index line this command writes."""
     if not isinstance(row, dict):
         raise ValueError(f"not an index line (a JSON object with {sorted(ROW)}; got {type(row).__name__})")
-    missing, unknown = sorted(set(ROW) - set(row)), sorted(set(row) - set(ROW))
+    missing, unknown = sorted(set(ROW) - set(row)), sorted(set(row) - set(ROW) - set(OPTIONAL_ROW))
     if missing or unknown:
         raise ValueError(f"keys {missing} are missing" if missing else f"keys {unknown} are unknown")
-    for key, (ok, what) in ROW.items():
-        if not ok(row[key]):
+    for key, (ok, what) in (ROW | OPTIONAL_ROW).items():
+        if key in row and not ok(row[key]):
             raise ValueError(f"{key} must be {what} (got {row[key]!r})")
     expected = f"{row['index']:06d}.safetensors"
     if row["file"] != expected:  # a name of our own making: never a path out of the folder
@@ -245,8 +249,9 @@ def read_index(folder) -> dict[int, dict]:
 
 def disagreement(row: dict, header: dict) -> str | None:
     """What a trace file's header (:func:`~illustrated_sd.trace.unet.read_header`) says otherwise than its index
-    ``row``, or ``None`` when they agree."""
-    pairs = (("prompt", "prompt"), ("seed", "seed"), ("steps", "num_steps"), ("guidance", "guidance_scale"))
+    ``row``, or ``None`` when they agree. The row's guidance is compared with the option the model read it as
+    (``row["guidance_option"]``: ``guidance_scale``, or ``true_cfg_scale`` for tiny-flux's real guidance)."""
+    pairs = (("prompt", "prompt"), ("seed", "seed"), ("steps", "num_steps"), ("guidance", row.get("guidance_option", "guidance_scale")))
     for key, field in pairs:
         if row[key] != header.get(field):
             return f"its trace file holds {key} {header.get(field)!r}, the index says {row[key]!r}"
@@ -444,9 +449,11 @@ def run_prompt_set(pipe_factory, jobs: list[Job], out, record=None, progress: bo
         else:
             traces = pipe([job.prompt for job in group], num_inference_steps=first.steps, guidance_scale=first.guidance,
                           seed=[job.seed for job in group], negative_prompt=first.negative, record=record, progress=False)
+        option = next(iter(pipe.guidance_option(first.guidance)))  # the name the model reads the job's guidance by
         for job, trace in zip(group, traces):
             trace.save(out / job.file)  # atomic: complete, or not there at all
-            _append_line(part_file, {**asdict(job), "file": job.file, "rank": rank, "words": summary(trace), "settings": settings})
+            _append_line(part_file, {**asdict(job), "file": job.file, "rank": rank, "words": summary(trace), "settings": settings,
+                                     "guidance_option": option})
         bar.update(len(group))
     bar.close()
     if state is not None:
@@ -516,7 +523,8 @@ class TraceSet:
         row = self.rows[i]
         trace = Trace.load(self.folder / row["file"])
         problem = disagreement(row, {"prompt": trace.prompt, "seed": trace.seed, "num_steps": trace.num_steps,
-                                     "guidance_scale": trace.guidance_scale, "negative_prompt": trace.negative_prompt})
+                                     "guidance_scale": trace.guidance_scale, "true_cfg_scale": getattr(trace, "true_cfg_scale", None),
+                                     "negative_prompt": trace.negative_prompt})
         if problem is not None:  # the file changed since the set was opened
             raise ValueError(f"{self.folder / row['file']}: {problem}; rerun `illustrated-sd batch` to make it again")
         return trace
