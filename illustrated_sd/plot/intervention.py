@@ -48,7 +48,7 @@ def intervention(base, edited, word=None, cmap: str = "inferno"):
     axes[1].imshow(b.astype(np.uint8))
     axes[1].set_title(textwrap.fill("; ".join(describe_edit(e) for e in edited.edits) or "no edit", 36), fontsize=8)
     im = axes[2].imshow(difference, cmap="magma", vmin=0, vmax=max(float(difference.max()), 1e-6))
-    axes[2].set_title(f"|difference| (mean {difference.mean():.2g})", fontsize=8)
+    axes[2].set_title(f"|difference|, 1 = full scale (mean {difference.mean():.2g})", fontsize=8)
     fig.colorbar(im, ax=axes[2], shrink=0.7)
     if word is not None:
         heat = base.cross_attention(word)
