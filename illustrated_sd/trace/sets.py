@@ -443,13 +443,15 @@ def run_prompt_set(pipe_factory, jobs: list[Job], out, record=None, progress: bo
     bar = tqdm(total=len(mine), desc=f"prompts (process {rank + 1} of {world})" if world > 1 else "prompts", disable=not progress)
     for group in batches(mine, batch_size):
         first = group[0]
-        if one_at_a_time:
+        if one_at_a_time:  # (the option the model reads the guidance by: guidance_scale, or tiny-flux's true_cfg_scale)
+            guidance = pipe.guidance_option(first.guidance)
             traces = [pipe(first.prompt, num_inference_steps=first.steps, seed=first.seed, negative_prompt=first.negative,
-                           record=record, progress=False, **pipe.guidance_option(first.guidance))]
+                           record=record, progress=False, **guidance)]
         else:
-            traces = pipe([job.prompt for job in group], num_inference_steps=first.steps, guidance_scale=first.guidance,
-                          seed=[job.seed for job in group], negative_prompt=first.negative, record=record, progress=False)
-        option = next(iter(pipe.guidance_option(first.guidance)))  # the name the model reads the job's guidance by
+            guidance = {"guidance_scale": first.guidance}
+            traces = pipe([job.prompt for job in group], num_inference_steps=first.steps, seed=[job.seed for job in group],
+                          negative_prompt=first.negative, record=record, progress=False, **guidance)
+        option = next(iter(guidance))
         for job, trace in zip(group, traces):
             trace.save(out / job.file)  # atomic: complete, or not there at all
             _append_line(part_file, {**asdict(job), "file": job.file, "rank": rank, "words": summary(trace), "settings": settings,
