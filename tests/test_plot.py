@@ -286,3 +286,36 @@ def test_prompts_are_printed_letter_for_letter_never_as_maths(pipe, prompt):
 def test_plots_given_a_prompt_instead_of_a_trace_say_where_a_trace_comes_from(call):
     with pytest.raises(TypeError, match="takes a Trace.*trace = pipe\\(prompt\\) or isd.Trace.load"):
         call()
+
+
+def test_detour_is_one_for_a_straight_road_and_root_two_for_an_l():
+    from illustrated_sd.lessons.paths import detour
+
+    assert detour(torch.linspace(0, 1, 5)[:, None] * torch.ones(1, 4)) == pytest.approx(1)
+    assert detour(torch.tensor([[0.0, 0], [1, 0], [1, 1]])) == pytest.approx(2**0.5)
+    with pytest.raises(ValueError, match="ends where it starts"):
+        detour(torch.zeros(3, 2))
+
+
+def test_latent_roads_draws_each_road_in_one_plane_from_a_shared_start(pipe, trace):
+    from illustrated_sd.lessons.paths import detour, project_roads
+
+    short = pipe(trace.prompt, num_inference_steps=3, guidance_scale=7.5, seed=0, progress=False)  # the same noise, fewer steps
+    flat = project_roads([trace.latents, short.latents])
+    assert [p.shape for p in flat] == [(len(trace.latents), 2), (len(short.latents), 2)]
+    np.testing.assert_allclose(flat[0][0], flat[1][0], atol=1e-9)  # one seed, one start
+    assert detour(trace.latents) > 1
+    fig = isd.plot.latent_roads([trace, short], labels=["6 steps", "3 steps"])
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts == [f"6 steps: detour {detour(trace.latents):.2f}", f"3 steps: detour {detour(short.latents):.2f}"]
+    assert png(fig).shape[0] > 100
+    plt.close(fig)
+    # a flow model's trace is drawn too; the random test layout's latents [4, 8, 8] cannot share a plane with [4, 16, 16]
+    flow = isd.IllustratedPipeline(isd.build_random_pipeline("tiny-flux"))("a red circle", num_inference_steps=2, progress=False)
+    plt.close(isd.plot.latent_roads([flow]))
+    with pytest.raises(ValueError, match="differ in size"):
+        isd.plot.latent_roads([trace, flow])
+    with pytest.raises(ValueError, match="2 labels for 1 traces"):
+        isd.plot.latent_roads([trace], labels=["a", "b"])
+    with pytest.raises(TypeError, match="takes a Trace"):
+        isd.plot.latent_roads(["a red circle"])

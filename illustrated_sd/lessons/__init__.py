@@ -5,4 +5,5 @@
     loss_guidance.py       steering a generation with any differentiable score of its picture
     causal.py              what a word causes: generate with and without it, compared with its heatmap
     clip.py                the tiny CLIP's two towers and their image–caption similarity (isd.clip)
+    paths.py               the road from noise to picture: how much longer than a straight line, drawn in one plane
 """

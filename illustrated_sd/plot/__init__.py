@@ -12,7 +12,7 @@ Beside the figures, modules of their own (not re-exported as isd.plot functions)
 
 from .animation import animate
 from .attention import attention_grid, attention_shares, heatmaps_against_masks, self_attention, token_heatmaps
-from .denoising import denoising_filmstrip, latent_channels, latent_parts, noise_schedule
+from .denoising import denoising_filmstrip, latent_channels, latent_parts, latent_roads, noise_schedule
 from .guidance import guidance_map
 from .images import image_row
 from .intervention import intervention
@@ -22,5 +22,5 @@ from .generate import guidance_sweep, prompt_similarity, vae_roundtrip
 from .text import similarity_matrix, text_embeddings
 
 __all__ = ["animate", "attention_grid", "attention_shares", "concept_maps", "denoising_filmstrip", "guidance_map", "guidance_sweep", "heatmaps_against_masks", "image_row", "intervention", "joint_attention", "latent_channels", "latent_parts",
-           "noise_schedule", "pipeline_diagram", "prompt_similarity", "self_attention", "similarity_matrix", "text_embeddings", "token_heatmaps",
+           "latent_roads", "noise_schedule", "pipeline_diagram", "prompt_similarity", "self_attention", "similarity_matrix", "text_embeddings", "token_heatmaps",
            "vae_roundtrip"]

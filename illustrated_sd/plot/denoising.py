@@ -163,3 +163,38 @@ def noise_schedule(scheduler, trace: Trace | None = None):
             ax.legend(fontsize=8)
     fig.suptitle(f"{type(scheduler).__name__}: {scheduler.config.beta_schedule} schedule over {len(t)} steps", fontsize=11)
     return fig
+
+
+def latent_roads(traces: list, labels: list[str] | None = None):
+    """The roads of several generations from noise to picture, drawn in one plane (a projection fitted to all their
+    points together, :func:`~illustrated_sd.lessons.paths.project_roads`): a dot per step, the start a circle, the end
+    a square, and in the legend each road's detour (:func:`~illustrated_sd.lessons.paths.detour`: its length over the
+    straight line between its ends; 1 = straight).
+
+    Args:
+        traces: :class:`Trace` or :class:`FlowTrace` objects whose ``latents`` ``[S + 1, C, h, w]`` share one latent
+            shape (tiny-sd 2 and tiny-flux do: the same VAE; from the same seed they start at the same noise).
+        labels: a name per trace (default: its model and step count).
+    Returns:
+        a Figure.
+    """
+    from ..lessons.paths import detour, project_roads
+
+    traces = list(traces)
+    if not traces:
+        raise ValueError("pass at least one trace")
+    for trace in traces:
+        require_trace(trace, "plot.latent_roads", every_step=True, flow=True)
+    labels = labels or [f"{trace.model}, {len(trace.latents) - 1} steps" for trace in traces]
+    if len(labels) != len(traces):
+        raise ValueError(f"{len(labels)} labels for {len(traces)} traces: give one label per trace")
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
+    for k, (trace, points, label) in enumerate(zip(traces, project_roads([t.latents for t in traces]), labels)):
+        colour = f"C{k}"
+        ax.plot(points[:, 0], points[:, 1], "-o", color=colour, markersize=3, lw=1.2,
+                label=f"{label}: detour {detour(trace.latents):.2f}")
+        ax.plot(*points[0], "o", color=colour, markersize=9, markerfacecolor="none")
+        ax.plot(*points[-1], "s", color=colour, markersize=8)
+    ax.set(xlabel="direction of most spread", ylabel="second direction", title="the road from noise (○) to picture (□)")
+    ax.legend(fontsize=8)
+    return fig
