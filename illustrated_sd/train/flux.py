@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from tqdm.auto import tqdm
@@ -45,6 +46,10 @@ from .stages import Budget, _autocast, _run, _run_averaged
 SIZE = 128  # pixels per side: tiny-sd 2's pictures, 16 × 16 latents, 8 × 8 tokens
 SPAN_DENSITY, MEAN_SPAN = 0.15, 3.0  # T5's: 15% of the tokens cut out, in spans of 3 on average
 SHARED = ("vae", "text_encoder", "tokenizer")  # what tiny-flux takes from tiny-sd 2 instead of shipping its own
+# The attention kernels the transformer trains with: all but cuDNN's. On an H100 with torch 2.11, cuDNN's attention
+# (PyTorch's first choice there) crashed the backward pass of the flux stage ("illegal memory access",
+# "CUBLAS_STATUS_EXECUTION_FAILED"); the flash and memory-efficient kernels compute the same attention.
+TRAIN_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def world_t5_tokenizer() -> T5Tokenizer:
@@ -216,7 +221,7 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
         dropped = (torch.rand(batch_size, generator=gen, device=device) < drop_caption)
         text = torch.where(dropped[:, None, None], data["empty_text"], data["text"][idx])
         pooled = torch.where(dropped[:, None], data["empty_pooled"], data["pooled"][idx])
-        with _autocast(device):
+        with _autocast(device), sdpa_kernel(TRAIN_ATTENTION):  # the backward pass uses the kernel chosen here
             return flow_matching_loss(forward, x0, text, pooled, image_ids, text_ids, mu, gen)
 
     return _run_averaged("flux", step_fn, transformer, "transformer", 3e-4, ckpt, Budget(minutes, max_steps), log_every, ema_decay,
