@@ -27,6 +27,10 @@
 # only about a quarter of the pictures, so:
 #   part 9  MODEL_DIR imported into CHECKPOINT_DIR.9; grounding with half of the captions naming the background's
 #           colour (--name-backgrounds 0.5) beside the pair practice of part 4; exported again (only the UNet changed).
+# Parts 8 and 9 of the shipped model ran side by side on one H100 in one device call (2026-12-05), each from part 7's
+# export into its own MODEL_DIR copy, 6 minutes each (the defaults below); the decoder of part 8 and the UNet of part 9
+# were put together (part 9 trains only the UNet, part 8 only the decoder, so running them in turn gives the same
+# pair). On the same card the flux stage of tiny-flux first crashed inside cuDNN's attention (train/flux.py).
 # PART is 1 to 9 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
 # with the same command (a stage that already ran trains on for its budget once more).
 # History: the first candidate (model card) was part 1 as of commit 7973c37: the UNet stage at batch 512,
@@ -89,6 +93,6 @@ if [[ $part == 8 || $part == all ]]; then
 fi
 if [[ $part == 9 || $part == all ]]; then
   "$python" -m illustrated_sd.train import "$model" "$ckpt.9"
-  train --out "$ckpt.9" --stages ground --minutes "${GROUND_MINUTES:-5}" --anneal --two-objects 0.6 --name-backgrounds 0.5
+  train --out "$ckpt.9" --stages ground --minutes "${GROUND_MINUTES:-6}" --anneal --two-objects 0.6 --name-backgrounds 0.5
   "$python" -m illustrated_sd.train export "$ckpt.9" "$model" --force
 fi
