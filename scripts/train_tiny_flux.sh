@@ -3,9 +3,11 @@
 # (≤ 10 minutes) per part:
 #   bash scripts/train_tiny_flux.sh CHECKPOINT_DIR MODEL_DIR [PART]     (PYTHON=python3 to choose the interpreter)
 #   part 1  the T5 on captions alone (span corruption), then the transformer (flow matching on tiny-sd 2's latents,
-#           50,000 scenes encoded once), exported to MODEL_DIR. The shipped model is part 1 as below, run on one H100
+#           50,000 scenes encoded once), exported to MODEL_DIR. A first candidate ran part 1 as below on one H100
 #           (2026-12-05): T5 0.8 minutes (230 steps), flux 3 minutes (4,055 steps of 512), in one device call that
 #           also had to find out why the flux stage crashed there at first (cuDNN's attention; see train/flux.py).
+#           Its pictures are blobs of roughly the right colour and place, not yet the named shapes: not shipped;
+#           part 2 trains it on.
 #   part 2  MODEL_DIR's checkpoint trained on (more transformer), exported again.
 # MODEL_DIR must sit beside tiny-sd's folder (illustrated_sd/assets/tiny-flux beside illustrated_sd/assets/tiny-sd):
 # tiny-flux ships no VAE, CLIP tower or CLIP tokenizer of its own; it takes tiny-sd's.
