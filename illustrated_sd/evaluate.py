@@ -379,28 +379,36 @@ def background_obedience(pipe, cases, seeds: int = 2, steps: int = 25, guidance:
             "by_background": {bg: rate([a == d for a, d in rows if a == bg]) for bg in BACKGROUNDS}, "drawn_instead": instead}
 
 
+NEAR = 2  # pixels: how close to an object a mark may lie in ghost_smudges' second count (stray_marks' own default is 4)
+
+
 def ghost_smudges(pipe, cases, seeds: int = 2, steps: int = 25, guidance: float = 7.5, seed: int = 30_000) -> dict:
     """How often a picture holds a faint coloured smudge away from its objects (:func:`~illustrated_sd.world.detect.stray_marks`):
     every case drawn with ``seeds`` seeds, and — to know what the detector finds where there is none — as many of the
     world's own rendered held-out scenes.
 
     Returns ``{"pictures": n, "with_marks": share, "marks_per_picture": mean, "by_guidance": …, "world_renders_with_marks": share,
-    "vae_round_trips_with_marks": share}``; the pictures are also drawn at guidance 1 (no guidance), to see whether guidance
-    makes the smudges or only keeps them, and the world's pictures are also sent through the VAE alone (encode, decode),
-    to see whether the decoder draws them without the UNet.
+    "vae_round_trips_with_marks": share, "near_objects": …}``; the pictures are also drawn at guidance 1 (no guidance), to
+    see whether guidance makes the smudges or only keeps them, and the world's pictures are also sent through the VAE
+    alone (encode, decode), to see whether the decoder draws them without the UNet. ``near_objects`` counts again with
+    marks allowed as close as ``NEAR`` pixels to an object (a smudge that touches it): there the objects' own soft edges
+    are sometimes read as marks too, so it gives the world's renders' share beside the guided pictures'.
     """
     from .world import render, sample_scenes
     from .world.detect import stray_marks
 
     world = world_of(pipe)
-    rows = {guidance: [], 1.0: []}
+    rows, near = {guidance: [], 1.0: []}, []
     draws = [(i, j, s) for s in rows for j in range(seeds) for i in range(len(cases))]
     for i, j, s in tqdm(draws, desc="smudges", unit="picture"):
         trace = draw(pipe, cases[i][0], steps, s, seed + i + 1000 * j)
         rows[s].append(len(stray_marks(trace.image, version=world)))
+        if s == guidance:
+            near.append(len(stray_marks(trace.image, version=world, clearance=NEAR)))
     images, _ = render(sample_scenes([seed, 7], len(rows[guidance]), held_out=True, version=world))
     as_pixels = lambda x: ((x.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)  # noqa: E731
     false = [len(stray_marks(picture, version=world)) > 0 for picture in as_pixels(images)]
+    false_near = [len(stray_marks(picture, version=world, clearance=NEAR)) > 0 for picture in as_pixels(images)]
     # the same pictures through the VAE alone (encode, decode; no UNet): does the decoder draw the marks?
     vae = pipe.vae
     with torch.no_grad():
@@ -412,7 +420,8 @@ def ghost_smudges(pipe, cases, seeds: int = 2, steps: int = 25, guidance: float 
             "marks_per_picture": round(float(np.mean(rows[guidance])), 3),
             "by_guidance": {str(s): {"with_marks": share(c), "marks_per_picture": round(float(np.mean(c)), 3)} for s, c in rows.items()},
             "world_renders_with_marks": round(float(np.mean(false)), 4),
-            "vae_round_trips_with_marks": round(float(np.mean(decoded)), 4)}
+            "vae_round_trips_with_marks": round(float(np.mean(decoded)), 4),
+            "near_objects": {"clearance": NEAR, "with_marks": share(near), "world_renders_with_marks": round(float(np.mean(false_near)), 4)}}
 
 
 # ---- attention at scale (issue 19): every heatmap of a traced prompt set against the detector's masks ---------

@@ -223,13 +223,16 @@ def test_ghost_smudges_counts_marks_with_and_without_guidance(pipe, monkeypatch)
     generate = type(pipe).__call__
     monkeypatch.setattr(type(pipe), "__call__", lambda self, text, **k: drawn.append(k["guidance_scale"]) or generate(self, text, **k))
     counts = iter([0, 2, 1, 0] + [0, 0] + [1, 0])  # four pictures (two guided, two not); two renders; their two round trips
-    monkeypatch.setattr("illustrated_sd.world.detect.stray_marks", lambda image, **k: [(10, (0.5, 0.5))] * next(counts))
+    near = iter([1, 1] + [1, 0])  # counted again with marks allowed near the objects: the two guided pictures; the renders
+    monkeypatch.setattr("illustrated_sd.world.detect.stray_marks",
+                        lambda image, **k: [(10, (0.5, 0.5))] * next(near if k.get("clearance") == evaluate.NEAR else counts))
     cases = [("a red circle on the left", [("red", "circle", "left")], False)]
     result = evaluate.ghost_smudges(pipe, cases, seeds=2, steps=2)
     assert drawn == [7.5, 7.5, 1.0, 1.0]
     assert result["pictures"] == 2 and result["with_marks"] == 0.5 and result["marks_per_picture"] == 1.0
     assert result["by_guidance"]["1.0"] == {"with_marks": 0.5, "marks_per_picture": 0.5}
     assert result["world_renders_with_marks"] == 0.0 and result["vae_round_trips_with_marks"] == 0.5
+    assert result["near_objects"] == {"clearance": evaluate.NEAR, "with_marks": 1.0, "world_renders_with_marks": 0.5}
 
 
 def test_a_measurement_asked_alone_writes_its_settings_and_time(tmp_path, monkeypatch):
