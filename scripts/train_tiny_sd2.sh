@@ -27,10 +27,10 @@
 # only about a quarter of the pictures, so:
 #   part 9  MODEL_DIR imported into CHECKPOINT_DIR.9; grounding with half of the captions naming the background's
 #           colour (--name-backgrounds 0.5) beside the pair practice of part 4; exported again (only the UNet changed).
-# Parts 8 and 9 of the shipped model ran side by side on one H100 in one device call (2026-12-05), each from part 7's
-# export into its own MODEL_DIR copy, 6 minutes each (the defaults below); the decoder of part 8 and the UNet of part 9
-# were put together (part 9 trains only the UNet, part 8 only the decoder, so running them in turn gives the same
-# pair). On the same card the flux stage of tiny-flux first crashed inside cuDNN's attention (train/flux.py).
+# Parts 8 and 9 ran side by side on one H100 in one device call (2026-12-05), each from part 7's export into its own
+# MODEL_DIR copy, 6 minutes each (the defaults below). The shipped model is part 9's UNet with part 7's decoder: part
+# 8's decoder mended the smudges away from objects and the locality but drew orange as yellow (model card, Known
+# flaws), so it waits to be trained again with the objects' colours priced.
 # PART is 1 to 9 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
 # with the same command (a stage that already ran trains on for its budget once more).
 # History: the first candidate (model card) was part 1 as of commit 7973c37: the UNet stage at batch 512,
