@@ -31,7 +31,9 @@
 # MODEL_DIR copy, 6 minutes each (the defaults below). The shipped model is part 9's UNet with part 7's decoder: part
 # 8's decoder mended the smudges away from objects and the locality but drew orange as yellow (model card, Known
 # flaws), so it waits to be trained again with the objects' colours priced.
-# PART is 1 to 9 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
+#   part 10 MODEL_DIR imported into CHECKPOINT_DIR.10; part 8's decoder training with each object's mean colour priced
+#           too (--object-colour 1); not run yet (it needs a GPU session). Check the round trip's colours before shipping.
+# PART is 1 to 10 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
 # with the same command (a stage that already ran trains on for its budget once more).
 # History: the first candidate (model card) was part 1 as of commit 7973c37: the UNet stage at batch 512,
 # without --compile and without grounding. benchmarks/train_speed.py then showed that the compiled stage takes
@@ -95,4 +97,9 @@ if [[ $part == 9 || $part == all ]]; then
   "$python" -m illustrated_sd.train import "$model" "$ckpt.9"
   train --out "$ckpt.9" --stages ground --minutes "${GROUND_MINUTES:-6}" --anneal --two-objects 0.6 --name-backgrounds 0.5
   "$python" -m illustrated_sd.train export "$ckpt.9" "$model" --force
+fi
+if [[ $part == 10 || $part == all ]]; then
+  "$python" -m illustrated_sd.train import "$model" "$ckpt.10"
+  train --out "$ckpt.10" --stages decoder --minutes "${DECODER_MINUTES:-6}" --equal-objects --local 1 --clean 1 --object-colour 1
+  "$python" -m illustrated_sd.train export "$ckpt.10" "$model" --force
 fi

@@ -13,7 +13,7 @@ import illustrated_sd as isd
 from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.trace.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
-from illustrated_sd.train.decoder import SEAM, decoder_loss, object_weights, spliced, stray_colour, train_decoder
+from illustrated_sd.train.decoder import SEAM, decoder_loss, object_colour_error, object_weights, spliced, stray_colour, train_decoder
 from illustrated_sd.train.stages import clip_loss
 
 
@@ -31,7 +31,7 @@ def test_smoke_run_resume_and_export(tmp_path):
                        "--out", str(ckpt)]) == 0  # fine-tunes
     assert json.loads((ckpt / "train_log.json").read_text())["ground"]["total_steps"] == 3
     before = load_file(ckpt / "vae-0.safetensors")
-    assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--local", "1", "--clean", "1",
+    assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--local", "1", "--clean", "1", "--object-colour", "1",
                        "--out", str(ckpt)]) == 0
     after = load_file(ckpt / "vae-0.safetensors")
     assert json.loads((ckpt / "train_log.json").read_text())["decoder"]["total_steps"] == 3
@@ -268,6 +268,7 @@ def refused(argv, capsys) -> str:
     (["run", "--out", "{tmp}/c", "--binding=-1"], "--binding is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/c", "--local=-1"], "--local is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/c", "--clean=-1"], "--clean is a loss weight, ≥ 0"),
+    (["run", "--out", "{tmp}/c", "--object-colour=-1"], "--object-colour is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/c", "--name-backgrounds", "1.5"], "--name-backgrounds is a share of scenes, in \\[0, 1\\]"),
     (["run", "--out", "{tmp}/afile"], "is a file; the checkpoint is a folder"),
     (["run"], "the following arguments are required: --out"),
@@ -376,3 +377,17 @@ def test_an_export_says_which_world_its_model_learned(checkpoint, tmp_path):
     pipe = isd.load_pipeline(tmp_path / "model")
     assert pipe.world == 2 and {"moon", "striped", "painting"} <= pipe.known_words
     assert isd.load_pipeline().world == 2  # the shipped model (tiny-sd 2) learned version 2
+
+
+def test_object_colour_error_prices_an_objects_mean_colour_not_its_background():
+    images = torch.zeros(1, 3, 32, 32)
+    masks = torch.zeros(1, 2, 32, 32)
+    masks[0, 0, 4:12, 4:12] = 1  # one object; the second slot is empty and must not count
+    images[:, :, 4:12, 4:12] = torch.tensor([1.0, 0.1, -1.0])[:, None, None]  # orange-ish
+    assert object_colour_error(images, images, masks) == 0
+    yellower = images.clone()
+    yellower[:, 1, 4:12, 4:12] += 0.5  # every pixel of the object a little greener: a small per-pixel error, a new colour
+    assert object_colour_error(yellower, images, masks) == pytest.approx(0.25)
+    background = images.clone()
+    background[:, :, 20:28, 20:28] = 0.7  # a change away from the object costs nothing here
+    assert object_colour_error(background, images, masks) == 0

@@ -47,6 +47,8 @@ def main(argv=None) -> int:
                      help="decoder: weight of the loss on spliced latents that keeps the decoder local (default: %(default)s, off)")
     run.add_argument("--clean", type=checks.finite_float, default=0.0,
                      help="decoder: weight of the loss on faint colour marks away from the objects, the ghost smudges (default: %(default)s, off)")
+    run.add_argument("--object-colour", type=checks.finite_float, default=0.0,
+                     help="decoder: weight of the loss on each object's mean colour, as the detector reads it (default: %(default)s, off)")
     run.add_argument("--teacher", type=Path, default=None,
                      help="pairs: the tiny-flux folder to distill (default: the shipped illustrated_sd/assets/tiny-flux)")
     run.add_argument("--world", type=int, choices=(1, 2), default=None,
@@ -135,6 +137,8 @@ def run_stages(args) -> None:
         raise ValueError(f"--local is a loss weight, ≥ 0 (got {args.local:g})")
     if args.clean < 0:
         raise ValueError(f"--clean is a loss weight, ≥ 0 (got {args.clean:g})")
+    if args.object_colour < 0:
+        raise ValueError(f"--object-colour is a loss weight, ≥ 0 (got {args.object_colour:g})")
     if args.binding < 0:
         raise ValueError(f"--binding is a loss weight, ≥ 0 (got {args.binding:g})")
     if args.out.exists() and not args.out.is_dir():
@@ -158,7 +162,7 @@ def run_stages(args) -> None:
         if stage == "pairs":
             extra["teacher"] = args.teacher
         if stage == "decoder":
-            extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean)
+            extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean, object_colour=args.object_colour)
         if stage == "ground":
             extra.update(binding=args.binding, two_objects=args.two_objects, name_backgrounds=args.name_backgrounds)
         if args.smoke and stage in ("unet", "ground", "flux"):

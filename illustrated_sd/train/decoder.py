@@ -24,6 +24,11 @@ tiny-sd 2). Under the pixel loss such a patch costs almost nothing (8 grey level
 scale, spread over a few dozen pixels of 16,384), so nothing pushed them away. The ``stray_colour`` term prices them as
 the detector sees them: the error's colour (its grey part taken out), averaged over 5×5 pixels, and only its worst
 1% away from the objects counted, so one smudge weighs as much as a whole picture's worth of small errors.
+
+With ``object_colour`` the decoder is also held to each object's *colour* as the detector reads it: the mean colour
+over the object's pixels. A decoder trained with ``local`` and ``clean`` (part 8, 2026-12-05) drew orange objects
+yellow in a quarter of the pictures while its per-pixel loss barely moved: a shift of every pixel of one object by a
+few levels in one channel is a small error per pixel but a different colour word. ``object_colour_error`` prices it.
 """
 
 from pathlib import Path
@@ -98,15 +103,27 @@ def stray_colour(recon: torch.Tensor, images: torch.Tensor, masks: torch.Tensor)
     return (local * away).flatten(1).topk(worst, dim=1).values.mean()
 
 
+def object_colour_error(recon: torch.Tensor, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The object-colour loss: decoded ``recon`` against ``images`` ``[B, 3, H, W]``, object coverage ``masks``
+    ``[B, K, H, W]`` → a scalar. Each object's mean colour (R, G, B over its coverage) in the decoded picture against the
+    original's, the squared distance averaged over the objects present (slots with no coverage are left out)."""
+    area = masks.sum((2, 3))  # [B, K]
+    mean = lambda x: torch.einsum("bchw,bkhw->bkc", x, masks) / area.clamp(min=1)[..., None]  # noqa: E731  [B, K, 3]
+    present = (area > 0).float()
+    return (((mean(recon) - mean(images)) ** 2).sum(-1) * present).sum() / present.sum().clamp(min=1)
+
+
 def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
-                  anneal: bool = True, world: int = 1, equal_objects: bool = False, local: float = 0.0, clean: float = 0.0):
+                  anneal: bool = True, world: int = 1, equal_objects: bool = False, local: float = 0.0, clean: float = 0.0,
+                  object_colour: float = 0.0):
     """Fine-tune ``vae.decoder`` and ``vae.post_quant_conv`` on world pictures; the encoder stays frozen.
 
     Each step encodes a fresh batch, *samples* a latent from the posterior (the UNet's latents are never
     exactly the posterior mean either) and decodes it. The learning rate falls over the second half.
     ``equal_objects``: weigh every object about the same, however small (see ``object_weights``). ``local``: the weight
     of the spliced half of the loss (see ``spliced``; 0 = off). ``clean``: the weight of the ghost-smudge term (see
-    ``stray_colour``; 0 = off).
+    ``stray_colour``; 0 = off). ``object_colour``: the weight of the object-colour term (see ``object_colour_error``;
+    0 = off).
     """
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     vae = pipe.vae.to(device)
@@ -133,6 +150,8 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
             loss = loss + local * decoder_loss(recon_mixed, targets, far * object_weights(target_masks, equal_objects))
         if clean:
             loss = loss + clean * stray_colour(recon, images, masks)
+        if object_colour:
+            loss = loss + object_colour * object_colour_error(recon, images, masks)
         return loss
 
     steps = _run("decoder", step_fn, params, 2e-4, ckpt, Budget(minutes, max_steps), log_every, anneal=anneal)
