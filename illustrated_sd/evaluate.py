@@ -407,8 +407,9 @@ def ghost_smudges(pipe, cases, seeds: int = 2, steps: int = 25, guidance: float 
             near.append(len(stray_marks(trace.image, version=world, clearance=NEAR)))
     images, _ = render(sample_scenes([seed, 7], len(rows[guidance]), held_out=True, version=world))
     as_pixels = lambda x: ((x.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)  # noqa: E731
-    false = [len(stray_marks(picture, version=world)) > 0 for picture in as_pixels(images)]
-    false_near = [len(stray_marks(picture, version=world, clearance=NEAR)) > 0 for picture in as_pixels(images)]
+    renders = as_pixels(images)
+    false = [len(stray_marks(picture, version=world)) > 0 for picture in renders]
+    false_near = [len(stray_marks(picture, version=world, clearance=NEAR)) > 0 for picture in renders]
     # the same pictures through the VAE alone (encode, decode; no UNet): does the decoder draw the marks?
     vae = pipe.vae
     with torch.no_grad():
