@@ -7,17 +7,21 @@ then traced, plain; …):
 
     plain     diffusers' own FluxPipeline / StableDiffusion3Pipeline
     traced    isd.IllustratedPipeline(the same pipeline): the default trace (image→text, text→image and text→text
-              attention of every block, velocities, latents, x̂₀)
+              attention of every block, velocities, latents, x̂₀); on a GPU with Triton, the maps made by the
+              recording's GPU kernels (illustrated_sd/recording/joint_kernels.py)
+    traced_pytorch   the same with the maps made by PyTorch (ISD_FUSED_RECORDING=0; only with --variants)
 
 It reports seconds per image (median and min), traced / plain, peak GPU memory of each, the trace's size, and
 whether every traced image equals plain's. Results are written after each model.
 
     python benchmarks/dit_speed.py --models flux-dev --rounds 20 --out docs/gpu_speed_dit.json
+    python benchmarks/dit_speed.py --models flux-dev --variants plain,traced,traced_pytorch   (the two roads beside plain)
 """
 
 import argparse
 import gc
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -28,7 +32,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeli
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
 
 import illustrated_sd as isd
-from illustrated_sd.recording.joint_attention import kernels_in_use
+from illustrated_sd.recording.joint_attention import fused_kernels, kernels_in_use
 from illustrated_sd.models.transformers import CLIP_G, CLIP_L, T5_XXL, real_transformer, t5_style_tokenizer
 from illustrated_sd.paths import CLIP_TOKENIZER
 
@@ -75,7 +79,7 @@ def build(model: str):
     return pipe
 
 
-def measure(model: str, rounds: int, steps: int, size: int) -> dict:
+def measure(model: str, rounds: int, steps: int, size: int, variants: list[str]) -> dict:
     began = time.perf_counter()
     pipe = build(model)
     built = time.perf_counter() - began
@@ -90,12 +94,19 @@ def measure(model: str, rounds: int, steps: int, size: int) -> dict:
     def traced():
         return traced_pipe(PROMPT, num_inference_steps=steps, height=size, width=size, seed=0, progress=False, **settings)
 
-    runs = {"plain": plain, "traced": traced}
+    def traced_pytorch():
+        os.environ["ISD_FUSED_RECORDING"] = "0"
+        try:
+            return traced()
+        finally:
+            del os.environ["ISD_FUSED_RECORDING"]
+
+    runs = {name: {"plain": plain, "traced": traced, "traced_pytorch": traced_pytorch}[name] for name in variants}
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     reference = np.asarray(plain())
     traced()  # warm-up of both
-    peaks = {}
+    peaks, traces = {}, {}
     for name, run in runs.items():
         sync()
         if cuda:
@@ -103,25 +114,32 @@ def measure(model: str, rounds: int, steps: int, size: int) -> dict:
         out = run()
         sync()
         peaks[name] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
-        if name == "traced":
-            trace = out
-    times, equal = {"plain": [], "traced": []}, []
-    for r in range(rounds):
-        for name in (("plain", "traced") if r % 2 == 0 else ("traced", "plain")):
+        if name != "plain":
+            trace = traces[name] = out
+    times, equal = {name: [] for name in runs}, []
+    for r in range(rounds):  # each round a rotation of the variants, every other one reversed: no variant always first
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        for name in (order if r % 2 == 0 else order[::-1]):
             sync()
             t = time.perf_counter()
             out = runs[name]()
             sync()
             times[name].append(time.perf_counter() - t)
-            if name == "traced":
+            if name != "plain":
                 equal.append(bool(np.array_equal(np.asarray(out.image), reference)))
+    roads = {}
+    if "traced_pytorch" in traces and "traced" in traces:  # the two roads' maps (each rounded to bf16 in the trace)
+        roads = {quadrant: float((traces["traced"].attention[quadrant].float() - maps.float()).abs().max())
+                 for quadrant, maps in traces["traced_pytorch"].attention.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     trace_bytes = sum(x.numel() * x.element_size() for x in [*trace.attention.values(), trace.latents, trace.velocity, trace.pred_x0])
     return {"model": model + " architecture, random weights", "params_b": round(sum(p.numel() for p in pipe.transformer.parameters()) / 1e9, 2),
             "dtype": "bfloat16", "size": size, "steps": steps, "rounds": rounds, "build_s": round(built, 1),
             "s_median": {k: round(v, 3) for k, v in med.items()}, "s_min": {k: round(min(v), 3) for k, v in times.items()},
-            "traced_over_plain": round(med["traced"] / med["plain"], 4), "peak_gib": peaks,
+            **{f"{name}_over_plain": round(med[name] / med["plain"], 4) for name in runs if name != "plain"}, "peak_gib": peaks,
             "peak_extra_gib": round(peaks["traced"] - peaks["plain"], 2) if cuda else None, "images_equal": f"{sum(equal)} of {len(equal)}",
+            "recording_kernels": "triton" if cuda and fused_kernels(torch.zeros(1, 1, 16, 128, device="cuda", dtype=torch.bfloat16), False, 33)
+            else "pytorch", "maps_kernels_vs_pytorch_max_abs": roads,
             "trace_gib": round(trace_bytes / 2**30, 3), "layers": len(trace.layers), "text_tokens_kept": len(trace.tokens),
             "text_slots": trace.text_length, "padding_share": round(trace.padding_share(), 4),
             "attention_kernels": kernels_in_use(),
@@ -135,11 +153,12 @@ def main():
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--out", default="docs/gpu_speed_dit.json")
+    parser.add_argument("--variants", default="plain,traced", help="plain, traced and traced_pytorch, comma-separated")
     args = parser.parse_args()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     results = {"device": device, "torch": torch.__version__, "runs": []}
     for model in args.models.split(","):
-        results["runs"].append(measure(model, args.rounds, args.steps, args.size))
+        results["runs"].append(measure(model, args.rounds, args.steps, args.size, args.variants.split(",")))
         print(json.dumps(results["runs"][-1], indent=None)[:1500], flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

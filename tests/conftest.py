@@ -1,5 +1,6 @@
 """Shared, session-scoped objects: real (tiny) pipelines and a real trace, built once."""
 
+import importlib
 import os
 import shutil
 
@@ -7,7 +8,12 @@ import matplotlib
 import pytest
 import torch
 
-import illustrated_sd as isd
+# The recording's GPU kernels (illustrated_sd/recording/joint_kernels.py, Triton) are tested on the CPU by Triton's
+# interpreter, which must be on before Triton is first imported (diffusers imports it when it is installed).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import illustrated_sd as isd  # noqa: E402  (after the interpreter is chosen)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -20,6 +26,15 @@ def close_figures():
     """Every test starts with no open matplotlib figure, and leaves none (pyplot keeps each one until closed)."""
     yield
     plt.close("all")
+
+
+@pytest.fixture(scope="session")
+def interpreted_kernels():
+    """:mod:`illustrated_sd.recording.joint_kernels`: the GPU kernels, run on the CPU by Triton's interpreter (turned on
+    above)."""
+    pytest.importorskip("triton", reason="Triton is a dev dependency (pip install -e '.[dev]')")
+    assert os.environ.get("TRITON_INTERPRET") == "1", "this test runs the kernels on the CPU, through Triton's interpreter"
+    return importlib.import_module("illustrated_sd.recording.joint_kernels")
 
 
 @pytest.fixture(scope="session")

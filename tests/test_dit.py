@@ -51,11 +51,12 @@ def refused_before_the_transformer_runs(pipe, error, message, **kwargs):
     assert calls == []
 
 
-@pytest.mark.parametrize("road", ["small", "by layer"])
+@pytest.mark.parametrize("road", ["small", "by layer", "GPU kernels"])
 @pytest.mark.parametrize("case", CASES)
-def test_the_image_equals_diffusers_and_the_maps_equal_an_explicit_softmax(pipes, monkeypatch, case, road):
-    """Both roads of the recording: the small one (every map made at the end, in one batch) and the one real models
-    take (each layer's maps as it runs, the padding's share from the fused kernel over the text alone)."""
+def test_the_image_equals_diffusers_and_the_maps_equal_an_explicit_softmax(pipes, monkeypatch, request, case, road):
+    """Every road of the recording: the small one (every map made at the end, in one batch), the one real models take
+    (each layer's maps as it runs, the padding's share from the fused kernel over the text alone), and that one with
+    the maps made by the GPU kernels (:mod:`~illustrated_sd.recording.joint_kernels`, here through Triton's interpreter)."""
     layout, settings = CASES[case]
     pipe = pipes[layout]
     seen = []  # every attention call's q and k: [B, heads, L, d]
@@ -66,8 +67,11 @@ def test_the_image_equals_diffusers_and_the_maps_equal_an_explicit_softmax(pipes
 
     fused = joint_attention.fused_attention
     monkeypatch.setattr(joint_attention, "fused_attention", watched)
-    if road == "by layer":
+    if road != "small":
         monkeypatch.setattr(joint_attention, "SMALL_ROAD_LIMIT", 0)
+    if road == "GPU kernels":
+        kernels = request.getfixturevalue("interpreted_kernels")
+        monkeypatch.setattr(joint_attention, "fused_kernels", lambda *args: kernels)
     trace = pipe(PROMPT, num_inference_steps=3, seed=0, max_sequence_length=16, record=ALL, progress=False, **settings)
     monkeypatch.undo()
     text_only = [k for _, k in seen if k.shape[2] == trace.text_length]  # the fused kernel over the text keys alone
@@ -316,8 +320,9 @@ def test_the_concept_maps_figure(pipes):
         isd.plot.concept_maps(pipes["tiny-flux"](PROMPT, num_inference_steps=1, max_sequence_length=16, progress=False))
 
 
+@pytest.mark.parametrize("road", ["PyTorch", "GPU kernels"])
 @pytest.mark.parametrize("layout", ["tiny-flux", "tiny-sd3"])
-def test_a_reweight_biases_the_pictures_reading_of_a_word_and_the_maps_show_it(pipes, monkeypatch, layout):
+def test_a_reweight_biases_the_pictures_reading_of_a_word_and_the_maps_show_it(pipes, monkeypatch, request, layout, road):
     pipe = pipes[layout]
     seen = []
     fused = joint_attention.fused_attention
@@ -327,6 +332,9 @@ def test_a_reweight_biases_the_pictures_reading_of_a_word_and_the_maps_show_it(p
         return fused(q, k, v, mask)
 
     monkeypatch.setattr(joint_attention, "fused_attention", watched)
+    if road == "GPU kernels":  # the edit's bias added inside the kernel, as on a GPU
+        kernels = request.getfixturevalue("interpreted_kernels")
+        monkeypatch.setattr(joint_attention, "fused_kernels", lambda *args: kernels)
     edits = [isd.edits.Reweight("red", 3.0, steps=[1], layers=pipe.attention_layers[:1])]
     trace = pipe(PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False, edits=edits)
     monkeypatch.undo()
@@ -340,8 +348,10 @@ def test_a_reweight_biases_the_pictures_reading_of_a_word_and_the_maps_show_it(p
         p = torch.softmax(logits + (0 if mask is None else mask[-1].double()), dim=-1).mean(0)
         image = slice(T, None) if pipe.family == "flux" else slice(0, N)
         text = slice(0, T) if pipe.family == "flux" else slice(N, None)
-        expected = p[image, text][:, trace.kept_slots]
-        torch.testing.assert_close(trace.attention["image_to_text"][step, 0, 0, :, :-1].double(), expected, atol=1e-5, rtol=0)
+        padding = torch.ones(T, dtype=torch.bool)
+        padding[trace.kept_slots] = False
+        expected = torch.cat([p[image, text][:, trace.kept_slots], p[image, text][:, padding].sum(-1, keepdim=True)], -1)
+        torch.testing.assert_close(trace.attention["image_to_text"][step, 0, 0].double(), expected, atol=1e-5, rtol=0)
     plain = pipe(PROMPT, num_inference_steps=2, max_sequence_length=16, progress=False)
     red = trace.token_index("red")
     edited, before = trace.attention["image_to_text"][1, 0, 0][:, red].sum(), plain.attention["image_to_text"][1, 0, 0][:, red].sum()
@@ -358,3 +368,28 @@ def test_a_reweight_biases_the_pictures_reading_of_a_word_and_the_maps_show_it(p
 ])
 def test_bad_edits_on_a_flow_model_are_refused_before_the_transformer_runs(pipes, edits, error, message):
     refused_before_the_transformer_runs(pipes["tiny-flux"], error, message, edits=edits)
+
+
+def test_the_gpu_kernels_apply_only_where_they_can_and_a_failing_one_falls_back_to_pytorch(pipes, monkeypatch):
+    half = lambda *shape, device="cpu": torch.zeros(*shape, dtype=torch.bfloat16, device=device)  # noqa: E731
+    assert joint_attention.fused_kernels(half(1, 24, 4608, 128), per_head=False, kept=33) is False  # a CPU tensor
+    if torch.cuda.is_available():
+        assert joint_attention.fused_kernels(half(1, 24, 4608, 128, device="cuda"), per_head=False, kept=33)
+        assert joint_attention.fused_kernels(half(1, 24, 4608, 128, device="cuda"), per_head=True, kept=33) is False
+        assert joint_attention.fused_kernels(half(1, 24, 4608, 128, device="cuda"), per_head=False, kept=200) is False
+
+    class Broken:  # as a Triton that cannot compile the kernels would behave
+        def image_rows(self, *args, **kwargs):
+            raise RuntimeError("PassManager::run failed\nmore lines")
+
+        text_rows = image_rows
+
+    pipe = pipes["tiny-flux"]
+    kwargs = dict(num_inference_steps=2, seed=0, max_sequence_length=16, progress=False)
+    monkeypatch.setattr(joint_attention, "SMALL_ROAD_LIMIT", 0)
+    expected = pipe(PROMPT, **kwargs)
+    monkeypatch.setattr(joint_attention, "fused_kernels", lambda *args: Broken())
+    with pytest.warns(UserWarning, match=r"GPU kernels failed \(RuntimeError: PassManager::run failed\); recording with PyTorch"):
+        trace = pipe(PROMPT, **kwargs)
+    for quadrant, maps in expected.attention.items():
+        torch.testing.assert_close(trace.attention[quadrant], maps)

@@ -29,6 +29,8 @@ the attention call replaced by :func:`fused_attention` plus the recording; they 
 (:func:`recording_joint_attention`) and the model's own processors are put back afterwards.
 """
 
+import os
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -125,6 +127,22 @@ def probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, bias: tor
     return (logits if bias is None else logits.add_(bias)).exp_()  # in place: one [heads, n, m] float32 tensor, not two
 
 
+def fused_kernels(q: torch.Tensor, per_head: bool, kept: int):
+    """:mod:`~illustrated_sd.recording.joint_kernels` when its kernels can record this attention (``q [B, heads, L, d]``),
+    else ``False`` (PyTorch's road): on a CUDA device with Triton installed, half-precision queries, head-averaged maps
+    (``per_head`` off), a head size that is a power of two from 16 to 256, and at most 128 kept text tokens (the tile of
+    kept columns a kernel holds at once). ``ISD_FUSED_RECORDING=0`` turns them off (to compare the two roads)."""
+    d = q.shape[-1]
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not per_head and 16 <= d <= 256 and d & (d - 1) == 0
+            and kept <= 128 and q.stride(-1) == 1 and os.environ.get("ISD_FUSED_RECORDING", "1") != "0"):
+        return False
+    try:
+        from . import joint_kernels
+    except ImportError:  # no Triton (a CPU build of PyTorch)
+        return False
+    return joint_kernels
+
+
 class JointAttentionRecording:
     """The joint-attention maps of one generation, in buffers on the model's device.
 
@@ -157,6 +175,7 @@ class JointAttentionRecording:
         # The small road (see the module's text) when its products, every step's and layer's at once, stay small
         self.small = small and steps * L * heads * (N * text_len + n * (text_len + N)) <= SMALL_ROAD_LIMIT
         self.pending = []  # on the small road, the prompt's row of each call: (step, layer, q, k, lse)
+        self.fused = None  # undecided until the first call: then the GPU kernels' module, or False for PyTorch's road
         shapes = {"image_to_text": (N, n + 1), "text_to_image": (n, N), "text_to_text": (n, n + 1), "image_to_image": (N, N)}
         if compact:  # one running mean per quadrant: each call adds its share, 1 / (steps × layers)
             self.weight = 1 / (steps * L)
@@ -181,11 +200,44 @@ class JointAttentionRecording:
         if self.small:  # the small road: keep the prompt's row; finish() makes every map at once
             self.pending.append((self.step, layer, q[-1], k[-1], lse[-1]))
             return
+        first = self.fused is None
+        if first:  # the first call decides: the GPU kernels when they apply (see fused_kernels), and compile
+            self.fused = fused_kernels(q, self.per_head, len(self.kept))
+        if self.fused:
+            try:
+                return self._record_fused(layer, q[-1], k[-1], lse[-1], bias)
+            except Exception as err:  # a Triton too old for the kernels, a GPU it cannot compile for, …
+                if not first:
+                    raise
+                first_line = (str(err).strip().splitlines() or [""])[0]
+                warnings.warn(f"the recording's GPU kernels failed ({type(err).__name__}: {first_line}); recording with "
+                              "PyTorch instead (slower; ISD_FUSED_RECORDING=0 skips the kernels)")
+                self.fused = False
         for quadrant, p in self._quadrants(q[-1:], k[-1:], lse[-1:], v[-1:], bias).items():  # [1, h, rows, columns]
             if self.compact:
                 self.buffers[quadrant][0, 0].add_(p[0], alpha=self.weight)
             else:
                 self.buffers[quadrant][self.step, layer] = p[0]
+
+    def _record_fused(self, layer: int, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """The prompt's row of one call (``q, k [heads, L, d]``, ``lse [heads, L]``) recorded by the GPU kernels of
+        :mod:`~illustrated_sd.recording.joint_kernels`, straight into the buffers (image → image, if asked, by PyTorch)."""
+        slot = (lambda quadrant: self.buffers[quadrant][0, 0, 0]) if self.compact else \
+            (lambda quadrant: self.buffers[quadrant][self.step, layer, 0])  # noqa: E731  [rows, columns]
+        weight = self.weight if self.compact else None
+        (q_text, q_image), (k_text, k_image), (_, l_image) = (self.split(x, dim=1) for x in (q, k, lse))
+        if "image_to_text" in self.buffers:
+            self.fused.image_rows(q_image, k_text, l_image, self.kept, slot("image_to_text"),
+                                  None if bias is None else bias.float(), weight)
+        asked = {quadrant: slot(quadrant) if quadrant in self.buffers else None for quadrant in ("text_to_image", "text_to_text")}
+        if any(out is not None for out in asked.values()):
+            self.fused.text_rows(q, k, lse, self.kept, self.text_len, self.text_first, asked["text_to_image"], asked["text_to_text"], weight)
+        if "image_to_image" in self.buffers:
+            p = probabilities(q_image, k_image, l_image).mean(0)  # [N, N]
+            if self.compact:
+                slot("image_to_image").add_(p, alpha=self.weight)
+            else:
+                slot("image_to_image").copy_(p)
 
     def finish(self, copy_to_host: bool = True) -> None:
         """The loops call it as the denoising ends: the small road's maps are made now (all steps and layers in one
