@@ -4,7 +4,9 @@ One attention call shaped as Flux-dev's at 1024² (24 heads of 128, 512 text + 4
 SD3.5-large's (38 heads of 64, 4,096 image + 333 text, image first), random bfloat16 queries and keys with a
 log-sum-exp computed from them; the prompt keeps 33 text tokens. Both roads record the default quadrants (image→text,
 text→image, text→text, head-averaged) into their own buffers; each is compared with an explicit float64 softmax, and
-timed with CUDA events over ``--rounds`` alternating rounds (median).
+timed with CUDA events over ``--rounds`` alternating rounds (median): alone (one recording between two events, Python's
+launch time included) and with the GPU kept busy (what a recording adds inside a generation, where the GPU never waits
+for Python: the launches queue behind a sleep kernel).
 
     python benchmarks/dit_kernels.py --rounds 50 --out /tmp/dit_kernels.json
 """
@@ -44,6 +46,27 @@ def reference(q, k, shape: dict, kept: torch.Tensor) -> dict:
     return {"image_to_text": columns(p[image, text]), "text_to_image": p[text, image][kept], "text_to_text": columns(p[text, text][kept])}
 
 
+REPEATS = 10  # recordings per busy-GPU measurement
+
+
+def gpu_time(work, repeats: int, sleep_ms: float = 40.0) -> float:
+    """Milliseconds of GPU time one ``work()`` takes once its launches are queued behind a busy GPU: (a sleep kernel,
+    then ``repeats`` × ``work``) less the sleep alone, over ``repeats``."""
+    cycles = int(sleep_ms * 1e-3 * torch.cuda.get_device_properties(0).clock_rate * 1e3)  # clock_rate is in kHz
+
+    def timed(n):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(cycles)
+        for _ in range(n):
+            work()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+
+    return (timed(repeats) - timed(0)) / repeats
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
@@ -65,18 +88,24 @@ def main():
             errors[road] = {quadrant: float((recording.buffers[quadrant][0, 0, 0].double() - expected[quadrant]).abs().max())
                             for quadrant in QUADRANTS}
             roads[road] = recording
-        times = {road: [] for road in roads}
+        times, busy = {road: [] for road in roads}, {road: [] for road in roads}
         for r in range(args.rounds):
             for road in (("kernels", "pytorch") if r % 2 == 0 else ("pytorch", "kernels")):
+                # as a lone call: CUDA events around one recording (the GPU waits for Python's launches in between)
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
                 roads[road].record(0, q, k, v, lse)
                 end.record()
                 torch.cuda.synchronize()
                 times[road].append(start.elapsed_time(end) * 1000)
+                # as inside a generation, where the GPU is never idle: the launches queue behind a busy GPU (a sleep
+                # kernel longer than their Python time), so the events see the kernels' own time only
+                busy[road].append(gpu_time(lambda: roads[road].record(0, q, k, v, lse), repeats=REPEATS) * 1000)
         run = {"model": model, **shape, "kept": KEPT, "max_error_vs_explicit_softmax": errors,
-               "us_median": {road: round(statistics.median(t), 1) for road, t in times.items()},
-               "us_min": {road: round(min(t), 1) for road, t in times.items()}}
+               "us_median_alone": {road: round(statistics.median(t), 1) for road, t in times.items()},
+               "us_min_alone": {road: round(min(t), 1) for road, t in times.items()},
+               "us_median_gpu_busy": {road: round(statistics.median(t), 1) for road, t in busy.items()},
+               "us_min_gpu_busy": {road: round(min(t), 1) for road, t in busy.items()}}
         results["runs"].append(run)
         print(json.dumps(run), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import json
 import os
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,11 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str])
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     reference = np.asarray(plain())
-    traced()  # warm-up of both
+    with warnings.catch_warnings(record=True) as caught:  # warm-up of both; did the recording's GPU kernels run?
+        warnings.simplefilter("always")
+        traced()
+    failed = [str(w.message) for w in caught if "GPU kernels failed" in str(w.message)]
+    gpu_kernels = cuda and bool(fused_kernels(torch.zeros(1, 1, 16, 128, device="cuda", dtype=torch.bfloat16), 33)) and not failed
     peaks, traces = {}, {}
     for name, run in runs.items():
         sync()
@@ -138,8 +143,7 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str])
             "s_median": {k: round(v, 3) for k, v in med.items()}, "s_min": {k: round(min(v), 3) for k, v in times.items()},
             **{f"{name}_over_plain": round(med[name] / med["plain"], 4) for name in runs if name != "plain"}, "peak_gib": peaks,
             "peak_extra_gib": round(peaks["traced"] - peaks["plain"], 2) if cuda else None, "images_equal": f"{sum(equal)} of {len(equal)}",
-            "recording_kernels": "triton" if cuda and fused_kernels(torch.zeros(1, 1, 16, 128, device="cuda", dtype=torch.bfloat16), False, 33)
-            else "pytorch", "maps_kernels_vs_pytorch_max_abs": roads,
+            "recording_kernels": "triton" if gpu_kernels else f"pytorch{' (' + failed[0] + ')' if failed else ''}", "maps_kernels_vs_pytorch_max_abs": roads,
             "trace_gib": round(trace_bytes / 2**30, 3), "layers": len(trace.layers), "text_tokens_kept": len(trace.tokens),
             "text_slots": trace.text_length, "padding_share": round(trace.padding_share(), 4),
             "attention_kernels": kernels_in_use(),

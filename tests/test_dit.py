@@ -372,11 +372,11 @@ def test_bad_edits_on_a_flow_model_are_refused_before_the_transformer_runs(pipes
 
 def test_the_gpu_kernels_apply_only_where_they_can_and_a_failing_one_falls_back_to_pytorch(pipes, monkeypatch):
     half = lambda *shape, device="cpu": torch.zeros(*shape, dtype=torch.bfloat16, device=device)  # noqa: E731
-    assert joint_attention.fused_kernels(half(1, 24, 4608, 128), per_head=False, kept=33) is False  # a CPU tensor
+    assert joint_attention.fused_kernels(half(1, 24, 4608, 128), kept=33) is False  # a CPU tensor
     if torch.cuda.is_available():
-        assert joint_attention.fused_kernels(half(1, 24, 4608, 128, device="cuda"), per_head=False, kept=33)
-        assert joint_attention.fused_kernels(half(1, 24, 4608, 128, device="cuda"), per_head=True, kept=33) is False
-        assert joint_attention.fused_kernels(half(1, 24, 4608, 128, device="cuda"), per_head=False, kept=200) is False
+        assert joint_attention.fused_kernels(half(1, 24, 4608, 128, device="cuda"), kept=33)
+        assert joint_attention.fused_kernels(half(1, 24, 4608, 128, device="cuda"), kept=200) is False
+        assert joint_attention.fused_kernels(half(1, 24, 4608, 96, device="cuda"), kept=33) is False
 
     class Broken:  # as a Triton that cannot compile the kernels would behave
         def image_rows(self, *args, **kwargs):
@@ -393,3 +393,18 @@ def test_the_gpu_kernels_apply_only_where_they_can_and_a_failing_one_falls_back_
         trace = pipe(PROMPT, **kwargs)
     for quadrant, maps in expected.attention.items():
         torch.testing.assert_close(trace.attention[quadrant], maps)
+
+
+@pytest.mark.parametrize("layout", ["tiny-flux", "tiny-sd3"])
+def test_per_head_maps_are_the_same_on_the_gpu_kernels_road(pipes, monkeypatch, interpreted_kernels, layout):
+    """Every head kept (RecordOptions(per_head=True)): the kernels' maps, head by head, are PyTorch's."""
+    pipe, record = pipes[layout], isd.RecordOptions(per_head=True)
+    kwargs = dict(num_inference_steps=2, seed=0, max_sequence_length=16, progress=False, record=record)
+    monkeypatch.setattr(joint_attention, "SMALL_ROAD_LIMIT", 0)
+    expected = pipe(PROMPT, **kwargs)
+    monkeypatch.setattr(joint_attention, "fused_kernels", lambda *args: interpreted_kernels)
+    trace = pipe(PROMPT, **kwargs)
+    heads = pipe.transformer.config.num_attention_heads
+    for quadrant, maps in expected.attention.items():
+        assert maps.shape[2] == heads
+        torch.testing.assert_close(trace.attention[quadrant], maps, atol=1e-6, rtol=0)

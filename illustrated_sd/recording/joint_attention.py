@@ -22,7 +22,9 @@ A small model (the embedded tiny-flux: 64 patches, 64 text slots) takes a shorte
 more than its arithmetic (a dozen calls per layer slowed the generation by a tenth), so each layer only keeps the
 prompt's queries, keys and log-sum-exps, and when the loop ends every step's and layer's maps are made in one batch,
 the padding's share from all the text's columns at once. On a real model those products would be gigabytes, so each
-layer makes its maps as it runs.
+layer makes its maps as it runs: on a GPU with Triton by two kernels (:mod:`~illustrated_sd.recording.joint_kernels`:
+the products, exponentials, head mean and padding sum in registers, the maps written once), elsewhere, or for
+per-head maps, by the PyTorch calls of :meth:`JointAttentionRecording._quadrants`, which say the same in plain tensors.
 
 The processors below are diffusers' ``FluxAttnProcessor`` and ``JointAttnProcessor2_0`` written out line for line,
 the attention call replaced by :func:`fused_attention` plus the recording; they are installed for one generation
@@ -127,13 +129,13 @@ def probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, bias: tor
     return (logits if bias is None else logits.add_(bias)).exp_()  # in place: one [heads, n, m] float32 tensor, not two
 
 
-def fused_kernels(q: torch.Tensor, per_head: bool, kept: int):
+def fused_kernels(q: torch.Tensor, kept: int):
     """:mod:`~illustrated_sd.recording.joint_kernels` when its kernels can record this attention (``q [B, heads, L, d]``),
-    else ``False`` (PyTorch's road): on a CUDA device with Triton installed, half-precision queries, head-averaged maps
-    (``per_head`` off), a head size that is a power of two from 16 to 256, and at most 128 kept text tokens (the tile of
-    kept columns a kernel holds at once). ``ISD_FUSED_RECORDING=0`` turns them off (to compare the two roads)."""
+    else ``False`` (PyTorch's road): on a CUDA device with Triton installed, half-precision queries, a head size that is
+    a power of two from 16 to 256, and at most 128 kept text tokens (the tile of kept columns a kernel holds at once).
+    ``ISD_FUSED_RECORDING=0`` turns them off (to compare the two roads)."""
     d = q.shape[-1]
-    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not per_head and 16 <= d <= 256 and d & (d - 1) == 0
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and 16 <= d <= 256 and d & (d - 1) == 0
             and kept <= 128 and q.stride(-1) == 1 and os.environ.get("ISD_FUSED_RECORDING", "1") != "0"):
         return False
     try:
@@ -202,7 +204,7 @@ class JointAttentionRecording:
             return
         first = self.fused is None
         if first:  # the first call decides: the GPU kernels when they apply (see fused_kernels), and compile
-            self.fused = fused_kernels(q, self.per_head, len(self.kept))
+            self.fused = fused_kernels(q, len(self.kept))
         if self.fused:
             try:
                 return self._record_fused(layer, q[-1], k[-1], lse[-1], bias)
@@ -221,23 +223,24 @@ class JointAttentionRecording:
 
     def _record_fused(self, layer: int, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, bias: torch.Tensor | None) -> None:
         """The prompt's row of one call (``q, k [heads, L, d]``, ``lse [heads, L]``) recorded by the GPU kernels of
-        :mod:`~illustrated_sd.recording.joint_kernels`, straight into the buffers (image → image, if asked, by PyTorch)."""
-        slot = (lambda quadrant: self.buffers[quadrant][0, 0, 0]) if self.compact else \
-            (lambda quadrant: self.buffers[quadrant][self.step, layer, 0])  # noqa: E731  [rows, columns]
-        weight = self.weight if self.compact else None
-        (q_text, q_image), (k_text, k_image), (_, l_image) = (self.split(x, dim=1) for x in (q, k, lse))
-        if "image_to_text" in self.buffers:
-            self.fused.image_rows(q_image, k_text, l_image, self.kept, slot("image_to_text"),
-                                  None if bias is None else bias.float(), weight)
-        asked = {quadrant: slot(quadrant) if quadrant in self.buffers else None for quadrant in ("text_to_image", "text_to_text")}
-        if any(out is not None for out in asked.values()):
-            self.fused.text_rows(q, k, lse, self.kept, self.text_len, self.text_first, asked["text_to_image"], asked["text_to_text"], weight)
+        :mod:`~illustrated_sd.recording.joint_kernels` (image → image, if asked, by PyTorch): each head's maps into a
+        float32 scratch ``[heads, rows, columns]``, then the head mean (or every head) into the buffers."""
+        heads, n, N = q.shape[0], len(self.kept), self.image_len
+        (_, q_image), (k_text, k_image), (_, l_image) = (self.split(x, dim=1) for x in (q, k, lse))
+        scratch = lambda rows, columns: torch.empty(heads, rows, columns, dtype=torch.float32, device=q.device)  # noqa: E731
+        made = {quadrant: scratch(*shape) for quadrant, shape in
+                (("image_to_text", (N, n + 1)), ("text_to_image", (n, N)), ("text_to_text", (n, n + 1))) if quadrant in self.buffers}
+        if "image_to_text" in made:
+            self.fused.image_rows(q_image, k_text, l_image, self.kept, made["image_to_text"], None if bias is None else bias.float())
+        if "text_to_image" in made or "text_to_text" in made:
+            self.fused.text_rows(q, k, lse, self.kept, self.text_len, self.text_first, made.get("text_to_image"), made.get("text_to_text"))
         if "image_to_image" in self.buffers:
-            p = probabilities(q_image, k_image, l_image).mean(0)  # [N, N]
+            made["image_to_image"] = probabilities(q_image, k_image, l_image)  # [heads, N, N]
+        for quadrant, p in made.items():
             if self.compact:
-                slot("image_to_image").add_(p, alpha=self.weight)
+                self.buffers[quadrant][0, 0, 0].add_(p.mean(0), alpha=self.weight)
             else:
-                slot("image_to_image").copy_(p)
+                self.buffers[quadrant][self.step, layer].copy_(p if self.per_head else p.mean(0, keepdim=True))
 
     def finish(self, copy_to_host: bool = True) -> None:
         """The loops call it as the denoising ends: the small road's maps are made now (all steps and layers in one
