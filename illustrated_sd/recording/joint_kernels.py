@@ -55,11 +55,12 @@ def _image_rows_kernel(q_ptr, k_ptr, lse_ptr, kept_ptr, bias_ptr, out_ptr,
     for t0 in range(0, T, BLOCK_T):  # every text column, kept or padding
         cols = t0 + tl.arange(0, BLOCK_T)
         ok = cols < T
-        k = tl.load(k_ptr + h * sk_h + cols[:, None] * sk_t + d[None, :], mask=ok[:, None], other=0.0)
-        logits = tl.dot(q, tl.trans(k)) * (scale * _LOG2E) + start[:, None]
+        # (new names inside the loop: a name that changes shape, kept columns to a block of BLOCK_T, does not compile)
+        k_block = tl.load(k_ptr + h * sk_h + cols[:, None] * sk_t + d[None, :], mask=ok[:, None], other=0.0)
+        block_logits = tl.dot(q, tl.trans(k_block)) * (scale * _LOG2E) + start[:, None]
         if HAS_BIAS:
-            logits += tl.load(bias_ptr + cols, mask=ok, other=0.0)[None, :] * _LOG2E
-        share += tl.sum(tl.where(ok[None, :], tl.math.exp2(logits), 0.0), axis=1)
+            block_logits += tl.load(bias_ptr + cols, mask=ok, other=0.0)[None, :] * _LOG2E
+        share += tl.sum(tl.where(ok[None, :], tl.math.exp2(block_logits), 0.0), axis=1)
     out = out_ptr + h * so_h
     tl.store(out + rows[:, None] * so_n + kept_cols[None, :], p.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & kept_ok[None, :])
     # float32 rounding may leave a hair below zero where the padding takes nothing
@@ -97,9 +98,9 @@ def _text_rows_kernel(q_ptr, k_ptr, lse_ptr, kept_ptr, image_out_ptr, text_out_p
         for t0 in range(0, T, BLOCK_N):
             cols = t0 + tl.arange(0, BLOCK_N)
             ok = cols < T
-            k = tl.load(k_ptr + h * sk_h + (text_start + cols)[:, None] * sk_l + d[None, :], mask=ok[:, None], other=0.0)
-            logits = tl.dot(q, tl.trans(k)) * (scale * _LOG2E) + start[:, None]
-            share += tl.sum(tl.where(ok[None, :], tl.math.exp2(logits), 0.0), axis=1)
+            k_block = tl.load(k_ptr + h * sk_h + (text_start + cols)[:, None] * sk_l + d[None, :], mask=ok[:, None], other=0.0)
+            block_logits = tl.dot(q, tl.trans(k_block)) * (scale * _LOG2E) + start[:, None]
+            share += tl.sum(tl.where(ok[None, :], tl.math.exp2(block_logits), 0.0), axis=1)
         out = text_out_ptr + h * st_h
         tl.store(out + kept_rows[:, None] * st_n + kept_cols[None, :], p.to(text_out_ptr.dtype.element_ty), mask=kept_ok[:, None] & kept_ok[None, :])
         tl.store(out + kept_rows * st_n + n, tl.maximum(share, 0.0).to(text_out_ptr.dtype.element_ty), mask=kept_ok)
