@@ -32,7 +32,11 @@
 # 8's decoder mended the smudges away from objects and the locality but drew orange as yellow (model card, Known
 # flaws), so it waits to be trained again with the objects' colours priced.
 #   part 10 MODEL_DIR imported into CHECKPOINT_DIR.10; part 8's decoder training with each object's mean colour priced
-#           too (--object-colour 1); not run yet (it needs a GPU session). Check the round trip's colours before shipping.
+#           too (--object-colour 1), and the colours the decoder gives the UNet's own latents kept (--keep-generated 1:
+#           part 8's round trips read orange right, 71 of 72, while its generated pictures drew orange as yellow, so
+#           the colour term on the encoder's latents alone would not have held it). Not run to the end yet: a first try
+#           (2026-12-05, without --keep-generated, 429 steps beside two other jobs on one H100) lost its weights to the
+#           call's time limit. Copy the VAE off the machine first, then check the generated pictures' colours.
 # PART is 1 to 10 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
 # with the same command (a stage that already ran trains on for its budget once more).
 # History: the first candidate (model card) was part 1 as of commit 7973c37: the UNet stage at batch 512,
@@ -100,6 +104,7 @@ if [[ $part == 9 || $part == all ]]; then
 fi
 if [[ $part == 10 || $part == all ]]; then
   "$python" -m illustrated_sd.train import "$model" "$ckpt.10"
-  train --out "$ckpt.10" --stages decoder --minutes "${DECODER_MINUTES:-6}" --equal-objects --local 1 --clean 1 --object-colour 1
+  train --out "$ckpt.10" --stages decoder --minutes "${DECODER_MINUTES:-6}" --equal-objects --local 1 --clean 1 --object-colour 1 \
+    --keep-generated 1
   "$python" -m illustrated_sd.train export "$ckpt.10" "$model" --force
 fi

@@ -32,7 +32,7 @@ def test_smoke_run_resume_and_export(tmp_path):
     assert json.loads((ckpt / "train_log.json").read_text())["ground"]["total_steps"] == 3
     before = load_file(ckpt / "vae-0.safetensors")
     assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--local", "1", "--clean", "1", "--object-colour", "1",
-                       "--out", str(ckpt)]) == 0
+                       "--keep-generated", "1", "--out", str(ckpt)]) == 0
     after = load_file(ckpt / "vae-0.safetensors")
     assert json.loads((ckpt / "train_log.json").read_text())["decoder"]["total_steps"] == 3
     # the encoder is frozen, so the latents the UNet learned stay the same; only the decoder moves
@@ -391,3 +391,17 @@ def test_object_colour_error_prices_an_objects_mean_colour_not_its_background():
     background = images.clone()
     background[:, :, 20:28, 20:28] = 0.7  # a change away from the object costs nothing here
     assert object_colour_error(background, images, masks) == 0
+
+
+def test_the_generated_bank_holds_the_unets_latents_and_what_the_decoder_draws_from_them_now():
+    from illustrated_sd.models.unet import build_random_pipeline
+    from illustrated_sd.train.decoder import generated_bank
+
+    pipe = build_random_pipeline("tiny-sd", seed=0)
+    latents, pictures, masks = generated_bank(pipe, pipe.vae, 3, torch.device("cpu"), seed=0, world=2, batch=2, steps=2)
+    assert latents.shape == (3, 4, 16, 16) and pictures.shape == (3, 3, 128, 128) and masks.shape == (3, 4, 128, 128)
+    assert pictures.min() >= -1 and pictures.max() <= 1 and set(masks.unique().tolist()) <= {0.0, 1.0}
+    with torch.no_grad():  # the decoder as it starts draws the bank's pictures: the term starts at zero
+        again = pipe.vae.decode(latents).sample.float().clamp(-1, 1)
+    torch.testing.assert_close(again, pictures)
+    assert object_colour_error(again, pictures, masks) < 1e-10

@@ -49,6 +49,9 @@ def main(argv=None) -> int:
                      help="decoder: weight of the loss on faint colour marks away from the objects, the ghost smudges (default: %(default)s, off)")
     run.add_argument("--object-colour", type=checks.finite_float, default=0.0,
                      help="decoder: weight of the loss on each object's mean colour, as the detector reads it (default: %(default)s, off)")
+    run.add_argument("--keep-generated", type=checks.finite_float, default=0.0,
+                     help="decoder: weight of the loss that keeps the colours the decoder gave the UNet's own latents when the "
+                          "stage began (default: %(default)s, off)")
     run.add_argument("--teacher", type=Path, default=None,
                      help="pairs: the tiny-flux folder to distill (default: the shipped illustrated_sd/assets/tiny-flux)")
     run.add_argument("--world", type=int, choices=(1, 2), default=None,
@@ -162,7 +165,8 @@ def run_stages(args) -> None:
         if stage == "pairs":
             extra["teacher"] = args.teacher
         if stage == "decoder":
-            extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean, object_colour=args.object_colour)
+            extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean, object_colour=args.object_colour,
+                         keep_generated=args.keep_generated, **({"bank_size": 4} if args.smoke else {}))
         if stage == "ground":
             extra.update(binding=args.binding, two_objects=args.two_objects, name_backgrounds=args.name_backgrounds)
         if args.smoke and stage in ("unet", "ground", "flux"):

@@ -29,12 +29,22 @@ With ``object_colour`` the decoder is also held to each object's *colour* as the
 over the object's pixels. A decoder trained with ``local`` and ``clean`` (part 8, 2026-12-05) drew orange objects
 yellow in a quarter of the pictures while its per-pixel loss barely moved: a shift of every pixel of one object by a
 few levels in one channel is a small error per pixel but a different colour word. ``object_colour_error`` prices it.
+
+With ``keep_generated`` the decoder is held to the colours it gave the *UNet's* latents when the stage began. Every term
+above trains on the encoder's latents, and part 8 showed that this is not enough: its round trips read orange as
+orange (71 of 72 objects, as before), yet in generated pictures it drew orange as yellow, because the UNet's latents
+sit a little off the encoder's and nothing held the decoder there. So before the first step the UNet draws a bank of
+latents for world captions, the starting decoder pictures them and the detector finds their objects; each step then
+decodes part of the bank and prices each object's mean colour against the starting decoder's
+(``object_colour_error``), while the other terms mend the rest.
 """
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 
 from ..models.unet import build_random_pipeline
 from ..world import render, sample_scenes
@@ -113,9 +123,39 @@ def object_colour_error(recon: torch.Tensor, images: torch.Tensor, masks: torch.
     return (((mean(recon) - mean(images)) ** 2).sum(-1) * present).sum() / present.sum().clamp(min=1)
 
 
+def generated_bank(pipe, vae, n: int, device, seed: int, world: int, batch: int = 128, steps: int = 20) -> tuple:
+    """What the UNet of ``pipe`` (a trained tiny-sd pipeline) makes for ``n`` world captions, guided (7.5, DDIM with
+    ``steps`` steps), and how ``vae``'s decoder, as it is now, draws it: ``latents [n, 4, h, w]`` (unscaled, as the
+    decoder takes them), ``pictures [n, 3, H, W]`` in [-1, 1] and the detector's object masks in them ``[n, 4, H, W]``
+    (zeros where fewer objects were found)."""
+    from ..world.detect import detect  # (the detector reads numpy pictures; only this bank needs it)
+
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    scenes = sample_scenes([seed, 11], n, version=world)
+    latents, pictures = [], []
+    for start in range(0, n, batch):
+        generator = torch.Generator(device).manual_seed(seed * 1_000_003 + start)
+        with torch.no_grad():
+            made = pipe([scene.caption for scene in scenes[start:start + batch]], num_inference_steps=steps, guidance_scale=7.5,
+                        generator=generator, output_type="latent").images / vae.config.scaling_factor
+            latents.append(made)
+            pictures.append(vae.decode(made).sample.float().clamp(-1, 1))
+    latents, pictures = torch.cat(latents), torch.cat(pictures)
+    as_pixels = ((pictures + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+    masks = np.zeros((n, 4, *pictures.shape[-2:]), dtype=np.float32)
+    for i, picture in enumerate(as_pixels):
+        for j, found in enumerate(detect(picture, version=world)[:4]):
+            masks[i, j] = found.mask
+    return latents, pictures, torch.from_numpy(masks).to(device)
+
+
+BANK = 1024  # generated latents kept for keep_generated (250 MB with their pictures and masks)
+
+
 def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
                   anneal: bool = True, world: int = 1, equal_objects: bool = False, local: float = 0.0, clean: float = 0.0,
-                  object_colour: float = 0.0):
+                  object_colour: float = 0.0, keep_generated: float = 0.0, bank_size: int = BANK):
     """Fine-tune ``vae.decoder`` and ``vae.post_quant_conv`` on world pictures; the encoder stays frozen.
 
     Each step encodes a fresh batch, *samples* a latent from the posterior (the UNet's latents are never
@@ -123,7 +163,8 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
     ``equal_objects``: weigh every object about the same, however small (see ``object_weights``). ``local``: the weight
     of the spliced half of the loss (see ``spliced``; 0 = off). ``clean``: the weight of the ghost-smudge term (see
     ``stray_colour``; 0 = off). ``object_colour``: the weight of the object-colour term (see ``object_colour_error``;
-    0 = off).
+    0 = off). ``keep_generated``: the weight of the term that keeps the colours of the UNet's own latents (see
+    ``generated_bank``; 0 = off): ``bank_size`` of them, a quarter of a batch decoded each step.
     """
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     vae = pipe.vae.to(device)
@@ -133,6 +174,16 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
     for frozen in (vae.encoder, vae.quant_conv):
         frozen.eval().requires_grad_(False)
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    if keep_generated:  # the UNet's own latents, and the colours the decoder gives them now (before any step)
+        for module, name in ((pipe.text_encoder, "text_encoder"), (pipe.unet, "unet")):
+            if not load_weights(module, ckpt, name):
+                raise RuntimeError(f"{ckpt} has no trained {name} yet: keep_generated needs the UNet's latents (run the unet stage first)")
+            module.to(device).eval()
+        vae.eval()
+        bank = generated_bank(pipe, vae, bank_size, device, seed, world)
+        vae.train()
+        for frozen in (vae.encoder, vae.quant_conv):
+            frozen.eval()
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 5 + len(read_log(ckpt).get("decoder", {}).get("step", [])))
 
     def step_fn(step):
@@ -152,6 +203,11 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
             loss = loss + clean * stray_colour(recon, images, masks)
         if object_colour:
             loss = loss + object_colour * object_colour_error(recon, images, masks)
+        if keep_generated:
+            pick = torch.randint(0, bank_size, (max(1, batch_size // 4),), generator=gen, device=device)
+            with _autocast(device):
+                kept = vae.decode(bank[0][pick]).sample.float()
+            loss = loss + keep_generated * object_colour_error(kept, bank[1][pick], bank[2][pick])
         return loss
 
     steps = _run("decoder", step_fn, params, 2e-4, ckpt, Budget(minutes, max_steps), log_every, anneal=anneal)
