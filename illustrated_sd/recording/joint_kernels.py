@@ -30,6 +30,32 @@ _LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
+def _text_columns(q, start, k_ptr, sk_row, kept_slots, kept_ok, bias_ptr, T, scale, D: tl.constexpr, BLOCK_T: tl.constexpr,
+                  HAS_BIAS: tl.constexpr):
+    """Queries ``q [rows, D]`` (one head's; ``start [rows]`` = −lse in base 2) against the text's keys (``k_ptr``: the
+    head's first text key, ``sk_row`` apart; ``T`` of them): the kept columns' probabilities ``[rows, BLOCK_KEPT]``
+    (zeros beyond the kept) and the padding's share ``[rows]`` (every text column's probability summed, less the kept
+    columns'). With ``HAS_BIAS``, an edit's bias per text column (``bias_ptr``) is added to the logits first."""
+    d = tl.arange(0, D)
+    k = tl.load(k_ptr + kept_slots[:, None] * sk_row + d[None, :], mask=kept_ok[:, None], other=0.0)
+    logits = tl.dot(q, tl.trans(k)) * (scale * _LOG2E) + start[:, None]
+    if HAS_BIAS:  # an edit's additive bias on the text's columns (Reweight, Remove)
+        logits += tl.load(bias_ptr + kept_slots, mask=kept_ok, other=0.0)[None, :] * _LOG2E
+    p = tl.where(kept_ok[None, :], tl.math.exp2(logits), 0.0)
+    share = -tl.sum(p, axis=1)  # the text's whole share less the kept columns': the padding's
+    for t0 in range(0, T, BLOCK_T):  # every text column, kept or padding
+        cols = t0 + tl.arange(0, BLOCK_T)
+        ok = cols < T
+        # (new names inside the loop: a name that changes shape, kept columns to a block of BLOCK_T, does not compile)
+        k_block = tl.load(k_ptr + cols[:, None] * sk_row + d[None, :], mask=ok[:, None], other=0.0)
+        block_logits = tl.dot(q, tl.trans(k_block)) * (scale * _LOG2E) + start[:, None]
+        if HAS_BIAS:
+            block_logits += tl.load(bias_ptr + cols, mask=ok, other=0.0)[None, :] * _LOG2E
+        share += tl.sum(tl.where(ok[None, :], tl.math.exp2(block_logits), 0.0), axis=1)
+    return p, tl.maximum(share, 0.0)  # (float32 rounding may leave a hair below zero where the padding takes nothing)
+
+
+@triton.jit
 def _image_rows_kernel(q_ptr, k_ptr, lse_ptr, kept_ptr, bias_ptr, out_ptr,
                        N, T, n, scale,
                        sq_h, sq_n, sk_h, sk_t, sl_h, sl_n, so_h, so_n,
@@ -39,32 +65,16 @@ def _image_rows_kernel(q_ptr, k_ptr, lse_ptr, kept_ptr, bias_ptr, out_ptr,
     h = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < N
-    d = tl.arange(0, D)
     kept_cols = tl.arange(0, BLOCK_KEPT)
     kept_ok = kept_cols < n
     kept_slots = tl.load(kept_ptr + kept_cols, mask=kept_ok, other=0)
-    q = tl.load(q_ptr + h * sq_h + rows[:, None] * sq_n + d[None, :], mask=row_ok[:, None], other=0.0)
+    q = tl.load(q_ptr + h * sq_h + rows[:, None] * sq_n + tl.arange(0, D)[None, :], mask=row_ok[:, None], other=0.0)
     # −lse (in base 2) starts each logit, so the subtraction costs no pass of its own
     start = -tl.load(lse_ptr + h * sl_h + rows * sl_n, mask=row_ok, other=0.0) * _LOG2E
-    k = tl.load(k_ptr + h * sk_h + kept_slots[:, None] * sk_t + d[None, :], mask=kept_ok[:, None], other=0.0)
-    logits = tl.dot(q, tl.trans(k)) * (scale * _LOG2E) + start[:, None]
-    if HAS_BIAS:  # an edit's additive bias on the text's columns (Reweight, Remove)
-        logits += tl.load(bias_ptr + kept_slots, mask=kept_ok, other=0.0)[None, :] * _LOG2E
-    p = tl.where(kept_ok[None, :], tl.math.exp2(logits), 0.0)  # [BLOCK_M, BLOCK_KEPT]
-    share = -tl.sum(p, axis=1)  # the text's whole share less the kept columns': the padding's
-    for t0 in range(0, T, BLOCK_T):  # every text column, kept or padding
-        cols = t0 + tl.arange(0, BLOCK_T)
-        ok = cols < T
-        # (new names inside the loop: a name that changes shape, kept columns to a block of BLOCK_T, does not compile)
-        k_block = tl.load(k_ptr + h * sk_h + cols[:, None] * sk_t + d[None, :], mask=ok[:, None], other=0.0)
-        block_logits = tl.dot(q, tl.trans(k_block)) * (scale * _LOG2E) + start[:, None]
-        if HAS_BIAS:
-            block_logits += tl.load(bias_ptr + cols, mask=ok, other=0.0)[None, :] * _LOG2E
-        share += tl.sum(tl.where(ok[None, :], tl.math.exp2(block_logits), 0.0), axis=1)
+    p, padding = _text_columns(q, start, k_ptr + h * sk_h, sk_t, kept_slots, kept_ok, bias_ptr, T, scale, D, BLOCK_T, HAS_BIAS)
     out = out_ptr + h * so_h
     tl.store(out + rows[:, None] * so_n + kept_cols[None, :], p.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & kept_ok[None, :])
-    # float32 rounding may leave a hair below zero where the padding takes nothing
-    tl.store(out + rows * so_n + n, tl.maximum(share, 0.0).to(out_ptr.dtype.element_ty), mask=row_ok)
+    tl.store(out + rows * so_n + n, padding.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
 @triton.jit
@@ -92,18 +102,11 @@ def _text_rows_kernel(q_ptr, k_ptr, lse_ptr, kept_ptr, image_out_ptr, text_out_p
             tl.store(image_out_ptr + h * si_h + kept_rows[:, None] * si_n + cols[None, :], p.to(image_out_ptr.dtype.element_ty), mask=kept_ok[:, None] & ok[None, :])
     elif WITH_TEXT:
         kept_cols = tl.arange(0, BLOCK_KEPT)
-        k = tl.load(k_ptr + h * sk_h + (text_start + kept_slots)[:, None] * sk_l + d[None, :], mask=kept_ok[:, None], other=0.0)
-        p = tl.where(kept_ok[None, :], tl.math.exp2(tl.dot(q, tl.trans(k)) * (scale * _LOG2E) + start[:, None]), 0.0)
-        share = -tl.sum(p, axis=1)
-        for t0 in range(0, T, BLOCK_N):
-            cols = t0 + tl.arange(0, BLOCK_N)
-            ok = cols < T
-            k_block = tl.load(k_ptr + h * sk_h + (text_start + cols)[:, None] * sk_l + d[None, :], mask=ok[:, None], other=0.0)
-            block_logits = tl.dot(q, tl.trans(k_block)) * (scale * _LOG2E) + start[:, None]
-            share += tl.sum(tl.where(ok[None, :], tl.math.exp2(block_logits), 0.0), axis=1)
+        p, padding = _text_columns(q, start, k_ptr + h * sk_h + text_start * sk_l, sk_l, kept_slots, kept_ok, q_ptr, T, scale, D,
+                                   BLOCK_N, False)
         out = text_out_ptr + h * st_h
         tl.store(out + kept_rows[:, None] * st_n + kept_cols[None, :], p.to(text_out_ptr.dtype.element_ty), mask=kept_ok[:, None] & kept_ok[None, :])
-        tl.store(out + kept_rows * st_n + n, tl.maximum(share, 0.0).to(text_out_ptr.dtype.element_ty), mask=kept_ok)
+        tl.store(out + kept_rows * st_n + n, padding.to(text_out_ptr.dtype.element_ty), mask=kept_ok)
 
 
 def _block(n: int) -> int:
