@@ -23,8 +23,8 @@ more than its arithmetic (a dozen calls per layer slowed the generation by a ten
 prompt's queries, keys and log-sum-exps, and when the loop ends every step's and layer's maps are made in one batch,
 the padding's share from all the text's columns at once. On a real model those products would be gigabytes, so each
 layer makes its maps as it runs: on a GPU with Triton by two kernels (:mod:`~illustrated_sd.recording.joint_kernels`:
-the products, exponentials, head mean and padding sum in registers, the maps written once), elsewhere, or for
-per-head maps, by the PyTorch calls of :meth:`JointAttentionRecording._quadrants`, which say the same in plain tensors.
+each head's products, exponentials and padding sum in registers, its maps written once, then the mean over heads),
+elsewhere by the PyTorch calls of :meth:`JointAttentionRecording._quadrants`, which say the same in plain tensors.
 
 The processors below are diffusers' ``FluxAttnProcessor`` and ``JointAttnProcessor2_0`` written out line for line,
 the attention call replaced by :func:`fused_attention` plus the recording; they are installed for one generation
