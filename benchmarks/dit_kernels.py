@@ -2,7 +2,7 @@
 
 One attention call shaped as Flux-dev's at 1024² (24 heads of 128, 512 text + 4,096 image tokens, text first) and as
 SD3.5-large's (38 heads of 64, 4,096 image + 333 text, image first), random bfloat16 queries and keys with a
-log-sum-exp computed from them; the prompt keeps 33 text tokens. Both roads record the default quadrants (image→text,
+log-sum-exp computed from them; the prompt keeps 7, 33 or 77 text tokens. Both roads record the default quadrants (image→text,
 text→image, text→text, head-averaged) into their own buffers; each is compared with an explicit float64 softmax, and
 timed with CUDA events over ``--rounds`` alternating rounds (median): alone (one recording between two events, Python's
 launch time included) and with the GPU kept busy (what a recording adds inside a generation, where the GPU never waits
@@ -23,7 +23,7 @@ from illustrated_sd.recording import joint_attention
 SHAPES = {"flux-dev": dict(heads=24, d=128, text=512, image=4096, text_first=True),
           "sd3.5-large": dict(heads=38, d=64, text=333, image=4096, text_first=False)}
 QUADRANTS = ("image_to_text", "text_to_image", "text_to_text")
-KEPT = 33
+KEPTS = (7, 33, 77)  # the prompt's own tokens: a short prompt, the benchmarks' prompt, a long one (kernel tiles 16, 64, 128)
 
 
 def one_layer(shape: dict, device: str):
@@ -74,9 +74,9 @@ def main():
     args = parser.parse_args()
     device = "cuda"
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
-    for model, shape in SHAPES.items():
+    for (model, shape), n_kept in ((m, n) for m in SHAPES.items() for n in KEPTS):
         q, k, v, lse = one_layer(shape, device)
-        kept = torch.arange(KEPT)
+        kept = torch.arange(n_kept)
         expected = reference(q, k, shape, kept.to(device))
         roads, errors = {}, {}
         for road in ("kernels", "pytorch"):
@@ -101,7 +101,7 @@ def main():
                 # as inside a generation, where the GPU is never idle: the launches queue behind a busy GPU (a sleep
                 # kernel longer than their Python time), so the events see the kernels' own time only
                 busy[road].append(gpu_time(lambda: roads[road].record(0, q, k, v, lse), repeats=REPEATS) * 1000)
-        run = {"model": model, **shape, "kept": KEPT, "max_error_vs_explicit_softmax": errors,
+        run = {"model": model, **shape, "kept": n_kept, "max_error_vs_explicit_softmax": errors,
                "us_median_alone": {road: round(statistics.median(t), 1) for road, t in times.items()},
                "us_min_alone": {road: round(min(t), 1) for road, t in times.items()},
                "us_median_gpu_busy": {road: round(statistics.median(t), 1) for road, t in busy.items()},

@@ -96,11 +96,15 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str])
         return traced_pipe(PROMPT, num_inference_steps=steps, height=size, width=size, seed=0, progress=False, **settings)
 
     def traced_pytorch():
+        before = os.environ.get("ISD_FUSED_RECORDING")
         os.environ["ISD_FUSED_RECORDING"] = "0"
         try:
             return traced()
-        finally:
-            del os.environ["ISD_FUSED_RECORDING"]
+        finally:  # as it was
+            if before is None:
+                del os.environ["ISD_FUSED_RECORDING"]
+            else:
+                os.environ["ISD_FUSED_RECORDING"] = before
 
     runs = {name: {"plain": plain, "traced": traced, "traced_pytorch": traced_pytorch}[name] for name in variants}
     cuda = torch.cuda.is_available()
@@ -159,10 +163,13 @@ def main():
     parser.add_argument("--out", default="docs/gpu_speed_dit.json")
     parser.add_argument("--variants", default="plain,traced", help="plain, traced and traced_pytorch, comma-separated")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if not {"plain", "traced"} <= set(variants) or not set(variants) <= {"plain", "traced", "traced_pytorch"}:
+        parser.error(f"--variants must hold plain and traced (and may add traced_pytorch), got {args.variants}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     results = {"device": device, "torch": torch.__version__, "runs": []}
     for model in args.models.split(","):
-        results["runs"].append(measure(model, args.rounds, args.steps, args.size, args.variants.split(",")))
+        results["runs"].append(measure(model, args.rounds, args.steps, args.size, variants))
         print(json.dumps(results["runs"][-1], indent=None)[:1500], flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

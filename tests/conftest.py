@@ -33,7 +33,8 @@ def interpreted_kernels():
     """:mod:`illustrated_sd.recording.joint_kernels`: the GPU kernels, run on the CPU by Triton's interpreter (turned on
     above)."""
     pytest.importorskip("triton", reason="Triton is a dev dependency (pip install -e '.[dev]')")
-    assert os.environ.get("TRITON_INTERPRET") == "1", "this test runs the kernels on the CPU, through Triton's interpreter"
+    if os.environ.get("TRITON_INTERPRET") != "1":  # a machine with a GPU: benchmarks/dit_kernels.py checks them there
+        pytest.skip("the kernels run through Triton's interpreter on machines without a GPU")
     return importlib.import_module("illustrated_sd.recording.joint_kernels")
 
 

@@ -370,7 +370,8 @@ def test_bad_edits_on_a_flow_model_are_refused_before_the_transformer_runs(pipes
     refused_before_the_transformer_runs(pipes["tiny-flux"], error, message, edits=edits)
 
 
-def test_the_gpu_kernels_apply_only_where_they_can_and_a_failing_one_falls_back_to_pytorch(pipes, monkeypatch):
+@pytest.mark.parametrize("fails_from_call", [0, 5])
+def test_the_gpu_kernels_apply_only_where_they_can_and_a_failing_one_falls_back_to_pytorch(pipes, monkeypatch, request, fails_from_call):
     half = lambda *shape, device="cpu": torch.zeros(*shape, dtype=torch.bfloat16, device=device)  # noqa: E731
     assert joint_attention.fused_kernels(half(1, 24, 4608, 128), kept=33) is False  # a CPU tensor
     if torch.cuda.is_available():
@@ -378,11 +379,16 @@ def test_the_gpu_kernels_apply_only_where_they_can_and_a_failing_one_falls_back_
         assert joint_attention.fused_kernels(half(1, 24, 4608, 128, device="cuda"), kept=200) is False
         assert joint_attention.fused_kernels(half(1, 24, 4608, 96, device="cuda"), kept=33) is False
 
-    class Broken:  # as a Triton that cannot compile the kernels would behave
-        def image_rows(self, *args, **kwargs):
-            raise RuntimeError("PassManager::run failed\nmore lines")
+    class Broken:  # as a Triton that cannot compile the kernels would behave: at once, or for a variant needed later
+        calls = 0
 
-        text_rows = image_rows
+        def __getattr__(self, name):
+            def kernel(*args, **kwargs):
+                Broken.calls += 1
+                if Broken.calls > fails_from_call:
+                    raise RuntimeError("PassManager::run failed\nmore lines")
+                return getattr(request.getfixturevalue("interpreted_kernels"), name)(*args, **kwargs)
+            return kernel
 
     pipe = pipes["tiny-flux"]
     kwargs = dict(num_inference_steps=2, seed=0, max_sequence_length=16, progress=False)

@@ -21,8 +21,10 @@ POINTERS = {"q_ptr": "*bf16", "k_ptr": "*bf16", "lse_ptr": "*fp32", "kept_ptr": 
 VARIANTS = [  # (kernel, constexprs): every branch a generation takes (Flux's heads of 128, SD3's of 64)
     ("_image_rows_kernel", dict(HAS_BIAS=False, D=128, BLOCK_M=64, BLOCK_KEPT=64, BLOCK_T=64)),
     ("_image_rows_kernel", dict(HAS_BIAS=True, D=64, BLOCK_M=64, BLOCK_KEPT=128, BLOCK_T=64)),
-    ("_text_rows_kernel", dict(WITH_IMAGE=True, WITH_TEXT=True, D=128, BLOCK_KEPT=64, BLOCK_N=64)),
+    ("_image_rows_kernel", dict(HAS_BIAS=False, D=256, BLOCK_M=64, BLOCK_KEPT=16, BLOCK_T=64)),
+    *[("_text_rows_kernel", dict(WITH_IMAGE=True, WITH_TEXT=True, D=128, BLOCK_KEPT=kept, BLOCK_N=64)) for kept in (16, 32, 64, 128)],
     ("_text_rows_kernel", dict(WITH_IMAGE=False, WITH_TEXT=True, D=64, BLOCK_KEPT=16, BLOCK_N=64)),
+    ("_text_rows_kernel", dict(WITH_IMAGE=True, WITH_TEXT=False, D=64, BLOCK_KEPT=32, BLOCK_N=64)),
 ]
 
 

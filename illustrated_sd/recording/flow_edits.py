@@ -104,7 +104,8 @@ class FlowEditPlan:
             mask = torch.zeros(self.rows, 1, T + N, T + N)
             rows, columns = (slice(T, None), slice(0, T)) if self.text_first else (slice(0, N), slice(N, None))
             mask[-1, 0, rows, columns] = bias
-            self._made[key] = (mask.to(self.device, self.dtype), bias.to(self.device, torch.float32))
+            # the bias as the mask holds it (rounded to the model's dtype), so that the maps use the values the attention did
+            self._made[key] = (mask.to(self.device, self.dtype), bias.to(self.dtype).to(self.device, torch.float32))
         return self._made[key]
 
     def _factors(self, name: str) -> torch.Tensor:

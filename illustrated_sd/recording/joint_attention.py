@@ -202,15 +202,13 @@ class JointAttentionRecording:
         if self.small:  # the small road: keep the prompt's row; finish() makes every map at once
             self.pending.append((self.step, layer, q[-1], k[-1], lse[-1]))
             return
-        first = self.fused is None
-        if first:  # the first call decides: the GPU kernels when they apply (see fused_kernels), and compile
+        if self.fused is None:  # the first call decides: the GPU kernels when they apply (see fused_kernels)
             self.fused = fused_kernels(q, len(self.kept))
         if self.fused:
-            try:
+            try:  # (a variant compiles when first needed: an edit's bias, say, may first come at a later step)
                 return self._record_fused(layer, q[-1], k[-1], lse[-1], bias)
-            except Exception as err:  # a Triton too old for the kernels, a GPU it cannot compile for, …
-                if not first:
-                    raise
+            except Exception as err:  # a Triton too old for the kernels, a GPU it cannot compile for, …: this call's
+                # maps are not written yet (the kernels write scratch tensors), so PyTorch's road makes them below
                 first_line = (str(err).strip().splitlines() or [""])[0]
                 warnings.warn(f"the recording's GPU kernels failed ({type(err).__name__}: {first_line}); recording with "
                               "PyTorch instead (slower; ISD_FUSED_RECORDING=0 skips the kernels)")

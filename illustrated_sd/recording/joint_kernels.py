@@ -98,14 +98,17 @@ def _text_rows_kernel(q_ptr, k_ptr, lse_ptr, kept_ptr, image_out_ptr, text_out_p
             cols = block * BLOCK_N + tl.arange(0, BLOCK_N)
             ok = cols < N
             k = tl.load(k_ptr + h * sk_h + (image_start + cols)[:, None] * sk_l + d[None, :], mask=ok[:, None], other=0.0)
-            p = tl.math.exp2(tl.dot(q, tl.trans(k)) * (scale * _LOG2E) + start[:, None])
-            tl.store(image_out_ptr + h * si_h + kept_rows[:, None] * si_n + cols[None, :], p.to(image_out_ptr.dtype.element_ty), mask=kept_ok[:, None] & ok[None, :])
+            # (names of their own in each branch: one name with two shapes in the two branches does not compile)
+            p_image = tl.math.exp2(tl.dot(q, tl.trans(k)) * (scale * _LOG2E) + start[:, None])
+            tl.store(image_out_ptr + h * si_h + kept_rows[:, None] * si_n + cols[None, :], p_image.to(image_out_ptr.dtype.element_ty),
+                     mask=kept_ok[:, None] & ok[None, :])
     elif WITH_TEXT:
         kept_cols = tl.arange(0, BLOCK_KEPT)
-        p, padding = _text_columns(q, start, k_ptr + h * sk_h + text_start * sk_l, sk_l, kept_slots, kept_ok, q_ptr, T, scale, D,
-                                   BLOCK_N, False)
+        p_text, padding = _text_columns(q, start, k_ptr + h * sk_h + text_start * sk_l, sk_l, kept_slots, kept_ok, q_ptr, T, scale,
+                                        D, BLOCK_N, False)
         out = text_out_ptr + h * st_h
-        tl.store(out + kept_rows[:, None] * st_n + kept_cols[None, :], p.to(text_out_ptr.dtype.element_ty), mask=kept_ok[:, None] & kept_ok[None, :])
+        tl.store(out + kept_rows[:, None] * st_n + kept_cols[None, :], p_text.to(text_out_ptr.dtype.element_ty),
+                 mask=kept_ok[:, None] & kept_ok[None, :])
         tl.store(out + kept_rows * st_n + n, padding.to(text_out_ptr.dtype.element_ty), mask=kept_ok)
 
 
