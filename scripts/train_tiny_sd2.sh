@@ -37,6 +37,12 @@
 #           the colour term on the encoder's latents alone would not have held it). Not run to the end yet: a first try
 #           (2026-12-05, without --keep-generated, 429 steps beside two other jobs on one H100) lost its weights to the
 #           call's time limit. Copy the VAE off the machine first, then check the generated pictures' colours.
+# The smudges' cause, as far as it is known (2026-12-05): 39% of the world's scenes hold an object their caption leaves
+# out, so "a red circle on the left" may come with an unnamed object; the UNet draws a faint average of one (the
+# smudge sits in the same place at every guidance), and the decoder draws faint colour even from clean latents (65% of
+# round trips). Part 8's decoder hid the far ones by merging them into the object's edge (near-object marks 56%). The
+# grounding stage's --name-all P (the share of captions that name every object) is the data side of a fix; a first
+# try on 2 CPU cores (137 steps of 64, from the shipped model) moved nothing measurable (smudges 71% → 69% of 48).
 # PART is 1 to 10 or all (default). Every stage resumes from its checkpoint, so a run cut short can be started again
 # with the same command (a stage that already ran trains on for its budget once more).
 # History: the first candidate (model card) was part 1 as of commit 7973c37: the UNet stage at batch 512,

@@ -270,6 +270,8 @@ def refused(argv, capsys) -> str:
     (["run", "--out", "{tmp}/c", "--clean=-1"], "--clean is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/c", "--object-colour=-1"], "--object-colour is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/c", "--name-backgrounds", "1.5"], "--name-backgrounds is a share of scenes, in \\[0, 1\\]"),
+    (["run", "--out", "{tmp}/c", "--name-all=-0.5"], "--name-all is a share of scenes, in \\[0, 1\\]"),
+    (["run", "--out", "{tmp}/c", "--keep-generated=-1"], "--keep-generated is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/afile"], "is a file; the checkpoint is a folder"),
     (["run"], "the following arguments are required: --out"),
     (["import", "{tmp}/nofolder", "{tmp}/ck"], "no pipeline folder at .*nofolder"),

@@ -132,6 +132,17 @@ def test_name_backgrounds_practises_the_background_colour_word_and_leaves_the_de
     assert said(plain) < 0.4 and 0.35 < said(sample_scenes(15, 400, version=2, name_backgrounds=0.5)) < 0.8
 
 
+def test_name_all_leaves_no_object_out_of_the_caption_and_the_default_mix_alone():
+    plain = sample_scenes(16, 300, version=2)
+    assert [s.caption for s in plain] == [s.caption for s in sample_scenes(16, 300, version=2, name_all=None)]
+    named = lambda scene: all(o.shape in scene.caption.split() for o in scene.objects)  # noqa: E731
+    left_out = lambda scenes: 1 - np.mean([named(s) for s in scenes])  # noqa: E731
+    assert 0.3 < left_out(plain) < 0.5  # the world's own captions: about 39% leave an object out
+    every = sample_scenes(16, 300, version=2, name_all=1.0)
+    assert left_out(every) == 0 and max(len(s.objects) for s in every) == 4  # every object, however many
+    assert 0.1 < left_out(sample_scenes(17, 400, version=2, name_all=0.5)) < 0.3
+
+
 def test_version_2_objects_never_touch_and_masks_hold_each():
     scenes = sample_scenes(13, 40, version=2)
     _, masks = render(scenes)

@@ -41,6 +41,9 @@ def main(argv=None) -> int:
     run.add_argument("--name-backgrounds", type=checks.finite_float, default=None,
                      help="ground, world 2: share of scenes whose caption surely names the background's colour (default: the "
                           "world's own mix, where 40%% of captions name the colour, the pattern or both)")
+    run.add_argument("--name-all", type=checks.finite_float, default=None,
+                     help="ground, world 2: share of scenes whose caption names every object (default: the world's own mix, "
+                          "where 39%% of scenes hold an object the caption leaves out)")
     run.add_argument("--equal-objects", action="store_true",
                      help="decoder: a small object weighs as much in the loss as a big one (its pixels up to 4× more)")
     run.add_argument("--local", type=checks.finite_float, default=0.0,
@@ -57,7 +60,8 @@ def main(argv=None) -> int:
     run.add_argument("--world", type=int, choices=(1, 2), default=None,
                      help="the world to learn: 1 (tiny-sd) or 2 (tiny-sd 2); default: the checkpoint's, or 1 for a new one")
     run.add_argument("--dataset-size", type=checks.positive_int, default=None,
-                     help="unet: how many scenes to draw and encode once for the stage (default: 100,000)")
+                     help="unet, flux, ground: how many scenes to draw and encode once for the stage (default: the stage's own, "
+                          "100,000 for the unet and flux, 50,000 for ground)")
     run.add_argument("--compile", action="store_true", help="unet: torch.compile the UNet (GPU; faster after a minute of compiling)")
     run.add_argument("--smoke", action="store_true", help="a few tiny steps per stage on the CPU, to check the machinery")
     exp = sub.add_parser("export", help="write a diffusers pipeline folder from a checkpoint")
@@ -134,14 +138,18 @@ def run_stages(args) -> None:
     plan = stage_plan(args.stages, args.minutes)
     if args.two_objects is not None and not 0 <= args.two_objects <= 1:
         raise ValueError(f"--two-objects is a share of scenes, in [0, 1] (got {args.two_objects:g})")
-    if args.name_backgrounds is not None and not 0 <= args.name_backgrounds <= 1:
-        raise ValueError(f"--name-backgrounds is a share of scenes, in [0, 1] (got {args.name_backgrounds:g})")
+    for option in ("name_backgrounds", "name_all"):
+        share = getattr(args, option)
+        if share is not None and not 0 <= share <= 1:
+            raise ValueError(f"--{option.replace('_', '-')} is a share of scenes, in [0, 1] (got {share:g})")
     if args.local < 0:
         raise ValueError(f"--local is a loss weight, ≥ 0 (got {args.local:g})")
     if args.clean < 0:
         raise ValueError(f"--clean is a loss weight, ≥ 0 (got {args.clean:g})")
     if args.object_colour < 0:
         raise ValueError(f"--object-colour is a loss weight, ≥ 0 (got {args.object_colour:g})")
+    if args.keep_generated < 0:
+        raise ValueError(f"--keep-generated is a loss weight, ≥ 0 (got {args.keep_generated:g})")
     if args.binding < 0:
         raise ValueError(f"--binding is a loss weight, ≥ 0 (got {args.binding:g})")
     if args.out.exists() and not args.out.is_dir():
@@ -160,15 +168,15 @@ def run_stages(args) -> None:
         extra["world"] = world
         if stage in ("unet", "flux"):
             extra["compile"] = args.compile
-            if args.dataset_size:  # (unet and flux)
-                extra["dataset_size"] = args.dataset_size
+        if stage in ("unet", "flux", "ground") and args.dataset_size:
+            extra["dataset_size"] = args.dataset_size
         if stage == "pairs":
             extra["teacher"] = args.teacher
         if stage == "decoder":
             extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean, object_colour=args.object_colour,
                          keep_generated=args.keep_generated, **({"bank_size": 4} if args.smoke else {}))
         if stage == "ground":
-            extra.update(binding=args.binding, two_objects=args.two_objects, name_backgrounds=args.name_backgrounds)
+            extra.update(binding=args.binding, two_objects=args.two_objects, name_backgrounds=args.name_backgrounds, name_all=args.name_all)
         if args.smoke and stage in ("unet", "ground", "flux"):
             extra["dataset_size"] = 12
         steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20, **extra)

@@ -150,19 +150,21 @@ def binding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, masks:
 
 @torch.no_grad()
 def encode_grounded_world(vae, text_encoder, tokenizer, seed, n: int, device, latent_hw, chunk: int = 1000,
-                          two_objects: float | None = None, world: int = 1, name_backgrounds: float | None = None):
+                          two_objects: float | None = None, world: int = 1, name_backgrounds: float | None = None,
+                          name_all: float | None = None):
     """Like ``stages.encode_world``, plus each example's object masks ``[n, K, h, w]`` and token slots
     ``[n, K, 2]`` (``K`` = 2 in world 1, 4 in world 2).
 
     ``two_objects`` practises binding (see ``world.sample_scenes``): world 1's share of two-object scenes
     (default 30%), or world 2's share of scenes of two objects both named with colour and place (default 0).
-    ``name_backgrounds`` (world 2): the share of captions that surely name the background's colour.
+    ``name_backgrounds`` (world 2): the share of captions that surely name the background's colour; ``name_all``: the
+    share that name every object.
     """
     objects = MAX_OBJECTS_2 if world == 2 else 2
     means, stds, contexts, masks, slots = [], [], [], [], []
     for start in tqdm(range(0, n, chunk), desc="encoding the world with masks", unit="chunk"):
         scenes = sample_scenes([seed, 4, start], min(chunk, n - start), two_objects=two_objects, version=world,
-                               name_backgrounds=name_backgrounds)
+                               name_backgrounds=name_backgrounds, name_all=name_all)
         images, object_masks = render(scenes, device=device)
         ids = tokenizer([s.caption for s in scenes], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         with _autocast(device):
@@ -179,11 +181,12 @@ def encode_grounded_world(vae, text_encoder, tokenizer, seed, n: int, device, la
 
 def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
                     ema_decay=0.999, dataset_size: int = 50_000, weight: float = 0.05, anneal: bool = False,
-                    binding: float = 0.0, two_objects: float | None = None, world: int = 1, name_backgrounds: float | None = None):
+                    binding: float = 0.0, two_objects: float | None = None, world: int = 1, name_backgrounds: float | None = None,
+                    name_all: float | None = None):
     """Fine-tune the trained UNet: denoising loss + ``weight`` × token loss + ``binding`` × binding loss.
 
-    A share ``two_objects`` of the scenes practises binding, a share ``name_backgrounds`` the background's colour word
-    (see ``encode_grounded_world``). World 2 keeps the caption
+    A share ``two_objects`` of the scenes practises binding, a share ``name_backgrounds`` the background's colour word,
+    a share ``name_all`` captions that leave no object out (see ``encode_grounded_world``). World 2 keeps the caption
     dropout of the UNet stage (10% of examples see the empty prompt and have no words to ground), so
     that the unconditional model that guidance needs is not forgotten while the words are taught.
     """
@@ -197,7 +200,7 @@ def train_grounding(ckpt: Path, minutes: float, batch_size: int, device, seed: i
     latent_hw = (unet.config.sample_size, unet.config.sample_size)
     means, stds, contexts, masks, slots, empty = encode_grounded_world(vae, text_encoder, tokenizer, seed, dataset_size, device,
                                                                         latent_hw, two_objects=two_objects, world=world,
-                                                                        name_backgrounds=name_backgrounds)
+                                                                        name_backgrounds=name_backgrounds, name_all=name_all)
     del vae, text_encoder
     unet = unet.to(device).float().train()
     alphas_cumprod = scheduler.alphas_cumprod.to(device)

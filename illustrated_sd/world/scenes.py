@@ -105,7 +105,7 @@ def _caption(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def sample_scenes(seed, n: int, held_out: bool = False, n_objects: int | None = None, two_objects: float | None = None,
-                  version: int = 1, name_backgrounds: float | None = None) -> list[Scene]:
+                  version: int = 1, name_backgrounds: float | None = None, name_all: float | None = None) -> list[Scene]:
     """``n`` scenes, the same ones for the same ``seed`` (an int or a sequence of ints, e.g. ``[run, step]``).
 
     ``version=2`` draws the richer world of tiny-sd 2 (:func:`sample_scene_2`).
@@ -114,6 +114,9 @@ def sample_scenes(seed, n: int, held_out: bool = False, n_objects: int | None = 
     caption names both with colour and place (default none: the world's own mix).
     ``name_backgrounds`` (version 2): the share of scenes whose caption surely names the background's colour (default
     none: the world's own 40% that name the colour, the pattern or both), to practise "on a white background".
+    ``name_all`` (version 2): the share of scenes whose caption names every object (default none: the world's own
+    captions name a random number of them, so 39% of its scenes hold an object the caption leaves out; a model taught
+    on them may add a faint unnamed one to any prompt: the ghost smudges).
     """
     if version not in (1, 2):
         raise ValueError(f"the world has versions 1 and 2 (got {version!r})")
@@ -124,7 +127,8 @@ def sample_scenes(seed, n: int, held_out: bool = False, n_objects: int | None = 
             # no draw at all without a share, so the default mix stays the same scenes for the same seed
             practice = bool(two_objects) and rng.random() < two_objects
             background = bool(name_backgrounds) and rng.random() < name_backgrounds
-            scenes.append(sample_scene_2(rng, held_out, 2 if practice else n_objects, say_all=practice, say_background=background))
+            every = practice or (bool(name_all) and rng.random() < name_all)
+            scenes.append(sample_scene_2(rng, held_out, 2 if practice else n_objects, say_all=every, say_background=background))
         return scenes
     return [sample_scene(rng, held_out, n_objects, 0.3 if two_objects is None else two_objects) for _ in range(n)]
 
