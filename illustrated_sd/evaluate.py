@@ -31,7 +31,7 @@ from .cli import OneLineParser, one_line, parse
 from .trace.files import atomic_write, check_replaceable, check_writable_folder
 from .plot.heatmaps import heatmap_iou, points_inside
 from .models.loading import ModelLoadError, load_pipeline
-from .world import COLORS, HELD_OUT, POSITIONS, SHAPES, SHAPES_2
+from .world import COLORS, HELD_OUT, POSITIONS, SHAPES, SHAPES_2, as_uint8
 from .world.detect import detect
 from .world.vocabulary import PAIRS, POSITION_PHRASES
 
@@ -406,8 +406,7 @@ def ghost_smudges(pipe, cases, seeds: int = 2, steps: int = 25, guidance: float 
         if s == guidance:
             near.append(len(stray_marks(trace.image, version=world, clearance=NEAR)))
     images, _ = render(sample_scenes([seed, 7], len(rows[guidance]), held_out=True, version=world))
-    as_pixels = lambda x: ((x.permute(0, 2, 3, 1).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)  # noqa: E731
-    renders = as_pixels(images)
+    renders = as_uint8(images)
     false = [len(stray_marks(picture, version=world)) > 0 for picture in renders]
     false_near = [len(stray_marks(picture, version=world, clearance=NEAR)) > 0 for picture in renders]
     # the same pictures through the VAE alone (encode, decode; no UNet): does the decoder draw the marks?
@@ -415,7 +414,7 @@ def ghost_smudges(pipe, cases, seeds: int = 2, steps: int = 25, guidance: float 
     with torch.no_grad():
         latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
         round_trips = vae.decode(latents).sample.float().clamp(-1, 1)
-    decoded = [len(stray_marks(picture, version=world)) > 0 for picture in as_pixels(round_trips)]
+    decoded = [len(stray_marks(picture, version=world)) > 0 for picture in as_uint8(round_trips)]
     share = lambda counts: round(float(np.mean([c > 0 for c in counts])), 4)  # noqa: E731
     return {"pictures": len(rows[guidance]), "prompts": len(cases), "seeds": seeds, "with_marks": share(rows[guidance]),
             "marks_per_picture": round(float(np.mean(rows[guidance])), 3),
@@ -516,9 +515,8 @@ def vae_psnr(pipe, n: int = 256, seed: int = 424242) -> dict:
 
 def _objects_read_right(scenes, images: torch.Tensor, world: int) -> list[bool]:
     """For each object of ``scenes``: does the detector read its colour and shape in ``images`` ``[B, 3, H, W]`` in [-1, 1]?"""
-    pixels = ((images + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
     right = []
-    for scene, picture in zip(scenes, pixels):
+    for scene, picture in zip(scenes, as_uint8(images)):
         found = detect(picture, version=world)
         for obj in scene.objects:
             d = match_object(found, obj.position, len(scene.objects), world)

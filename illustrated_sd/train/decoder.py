@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
 from ..models.unet import build_random_pipeline
-from ..world import render, sample_scenes
+from ..world import render, sample_scenes, as_uint8
 from ..trace.files import load_weights
 from .checkpoint import read_log, save_weights
 from .stages import Budget, _autocast, _run
@@ -142,9 +142,8 @@ def generated_bank(pipe, vae, n: int, device, seed: int, world: int, batch: int 
             latents.append(made)
             pictures.append(vae.decode(made).sample.float().clamp(-1, 1))
     latents, pictures = torch.cat(latents), torch.cat(pictures)
-    as_pixels = ((pictures + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
     masks = np.zeros((n, 4, *pictures.shape[-2:]), dtype=np.float32)
-    for i, picture in enumerate(as_pixels):
+    for i, picture in enumerate(as_uint8(pictures)):
         for j, found in enumerate(detect(picture, version=world)[:4]):
             masks[i, j] = found.mask
     return latents, pictures, torch.from_numpy(masks).to(device)

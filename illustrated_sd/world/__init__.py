@@ -9,10 +9,10 @@ patterned backgrounds, drawn flat, as outlines, as photos or as paintings, with 
 only some of them ("a heart" over a scene that also holds a small green square).
 """
 
-from .render import inside, render
+from .render import inside, render, as_uint8
 from .scenes import Scene, WorldObject, caption, caption_2, sample_scene, sample_scene_2, sample_scenes
 from .vocabulary import BACKGROUNDS, COLORS, HELD_OUT, PATTERNS, POSITIONS, SHAPES, SHAPES_2, SIZES, SIZES_2, STYLES, UNSEEN_SHAPES, known_words, known_words_2
 
 __all__ = ["BACKGROUNDS", "COLORS", "HELD_OUT", "PATTERNS", "POSITIONS", "SHAPES", "SHAPES_2", "SIZES", "SIZES_2", "STYLES", "Scene", "UNSEEN_SHAPES",
-           "WorldObject", "caption", "caption_2", "inside", "known_words", "known_words_2", "render", "sample_scene", "sample_scene_2",
+           "WorldObject", "caption", "caption_2", "inside", "known_words", "known_words_2", "render", "sample_scene", "sample_scene_2", "as_uint8",
            "sample_scenes"]

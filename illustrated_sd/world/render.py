@@ -103,6 +103,12 @@ def render(scenes: list[Scene], size: int = 128, device="cpu") -> tuple[torch.Te
     return images, F.avg_pool2d(masks, 2)
 
 
+def as_uint8(images: torch.Tensor):
+    """``images [B, 3, H, W]`` in [-1, 1] (what :func:`render` and the VAE give) → ``[B, H, W, 3]`` uint8 numpy, the
+    pictures the detector reads."""
+    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
 def _erode(m: torch.Tensor, widths: list[float]) -> torch.Tensor:
     """``m`` ``[N, 1, H, W]`` shrunk by ``widths[i]`` pixels at every edge (a min-filter, as max-pooling of 1 − m)."""
     out = torch.empty_like(m)
