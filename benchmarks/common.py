@@ -1,4 +1,4 @@
-"""What several benchmarks share: the pipeline to measure."""
+"""What several benchmarks share: the pipeline to measure, the order of each timed round."""
 
 import torch
 
@@ -14,3 +14,16 @@ def pipeline_for(layout: str, device: str, steps: int | None) -> tuple:
     with torch.device(device):  # weights drawn where they will live: SDXL's 3.5 B would take minutes on the CPU
         pipe = isd.IllustratedPipeline(isd.build_random_pipeline(layout, dtype=dtype))
     return pipe, steps or 50
+
+
+def round_order(variants, r: int) -> list:
+    """The order in which round ``r`` runs ``variants``: a rotation that moves on every two rounds, reversed in the odd
+    rounds, so that each variant runs first (and after each other one) equally often. (A rotation every round that is
+    also reversed every other round cancels itself for two variants: the first would always run first.)
+
+        >>> [round_order(["plain", "traced"], r) for r in range(4)]
+        [['plain', 'traced'], ['traced', 'plain'], ['traced', 'plain'], ['plain', 'traced']]
+    """
+    shift = (r // 2) % len(variants)
+    order = list(variants[shift:]) + list(variants[:shift])
+    return order if r % 2 == 0 else order[::-1]

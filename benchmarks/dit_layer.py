@@ -28,6 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import illustrated_sd.recording.joint_attention as joint
 from illustrated_sd.models.transformers import real_transformer
+from common import round_order  # benchmarks/common.py (the script's own folder is on the path)
 
 SHAPES = {"flux-dev": dict(batch=1, image=4096, text=512), "sd3.5-large": dict(batch=2, image=4096, text=333),
           "sd3.5-medium": dict(batch=2, image=4096, text=333)}
@@ -93,9 +94,8 @@ def measure(model: str, rounds: int) -> dict:
     for name in variants:
         run(name), run(name)  # warm-up (and each shape's kernel chosen)
     times = {name: [] for name in variants}
-    order = list(variants)
     for r in range(rounds):
-        for name in (order if r % 2 == 0 else order[::-1]):
+        for name in round_order(list(variants), r):
             times[name].append(run(name))
     ms = {name: round(statistics.median(t), 2) for name, t in times.items()}
     result = {"model": model, **s, "heads": heads, "layers": len(layers), "rounds": rounds, "ms_per_step": ms,

@@ -36,6 +36,7 @@ import illustrated_sd as isd
 from illustrated_sd.recording.joint_attention import fused_kernels, kernels_in_use
 from illustrated_sd.models.transformers import CLIP_G, CLIP_L, T5_XXL, real_transformer, t5_style_tokenizer
 from illustrated_sd.paths import CLIP_TOKENIZER
+from common import round_order  # benchmarks/common.py (the script's own folder is on the path)
 
 PROMPT = "a lighthouse on a cliff at sunset, waves below, a small boat on the left"
 def vae16(shift: float, scale: float) -> AutoencoderKL:
@@ -126,9 +127,8 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str])
         if name != "plain":
             trace = traces[name] = out
     times, equal = {name: [] for name in runs}, []
-    for r in range(rounds):  # each round a rotation of the variants, every other one reversed: no variant always first
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
-        for name in (order if r % 2 == 0 else order[::-1]):
+    for r in range(rounds):  # no variant always first (see round_order)
+        for name in round_order(variants, r):
             sync()
             t = time.perf_counter()
             out = runs[name]()
