@@ -121,7 +121,7 @@ def test_widgets_render_and_answer_in_jupyterlab(lab, chromium, name, tmp_path):
         page.keyboard.press("Home")
         page.wait_for_function("([img, before]) => img.src !== before", arg=[latent.element_handle(), before], timeout=30_000)
         assert explorer.locator(".widget-readout").first.inner_text().strip() == "0"
-        explorer.get_by_text("step 1 of").wait_for(timeout=30_000)  # the caption follows (the views arrive one by one)
+        explorer.get_by_text("step 0 of steps").wait_for(timeout=30_000)  # the caption follows (the views arrive one by one)
         explorer.screenshot(path=str(tmp_path / "explorer-step-0.png"))
         browser.close()
     assert errors == [] and outside == []

@@ -112,7 +112,7 @@ def test_the_explorer_answers_the_slider_the_tokens_and_the_mouse_offline(report
         page.focus("#isd-step")
         page.keyboard.press("Home")
         assert page.get_attribute("#isd-x0", "src") != last_x0 and page.get_attribute("#isd-x0", "data-step") == "0"
-        assert page.inner_text("#isd-step-label").startswith(f"step 1 of {trace.num_steps}")
+        assert page.inner_text("#isd-step-label").startswith(f"step 0 of steps 0–{trace.num_steps - 1}")
         shot("first-step")
 
         # The token picker: another token, another heatmap.
@@ -305,7 +305,7 @@ def test_the_quadrant_view_answers_the_words_the_patches_and_the_slider_offline(
         for label, (_, key) in zip(labels, entries):
             assert float(label.rsplit("  ", 1)[1].rstrip("%")) == pytest.approx(100 * float(trace.cross_attention(key, step=-1).mean()),
                                                                                   rel=0.02, abs=0.002)
-        assert page.is_visible("#isd-reads") and page.inner_text("#isd-step-label").startswith(f"step {trace.num_steps} of {trace.num_steps}, σ = ")
+        assert page.is_visible("#isd-reads") and page.inner_text("#isd-step-label").startswith(f"step {trace.num_steps - 1} of steps 0–{trace.num_steps - 1}, σ = ")
         assert "v̂" in page.inner_text("#isd-prediction-title") and page.locator("#isd-latents canvas").count() == 4
 
         # Another word: both heatmaps change, the captions name it.
@@ -340,7 +340,7 @@ def test_the_quadrant_view_answers_the_words_the_patches_and_the_slider_offline(
         heat, x0 = _canvas(page, "#isd-heat"), page.get_attribute("#isd-x0", "src")
         page.focus("#isd-step")
         page.keyboard.press("Home")
-        assert page.inner_text("#isd-step-label").startswith(f"step 1 of {trace.num_steps}, σ = 1")
+        assert page.inner_text("#isd-step-label").startswith(f"step 0 of steps 0–{trace.num_steps - 1}, σ = 1")
         assert page.get_attribute("#isd-x0", "src") != x0 and _canvas(page, "#isd-heat") != heat
         heat, reads = _canvas(page, "#isd-heat"), _canvas(page, "#isd-reads")
         page.select_option("#isd-group", label="single-stream blocks (2)")

@@ -27,7 +27,7 @@ def test_trace_explorer_views_follow_the_controls(trace, head_trace):
     heat = explorer.views["heatmap"].value
     explorer.layer.value = explorer.layer.options[-1][1]
     assert explorer.views["heatmap"].value != heat
-    assert "step 1 of 6" in explorer.caption.value
+    assert "step 0 of steps 0–5" in explorer.caption.value
     per_head = TraceExplorer(head_trace)
     heat = per_head.views["heatmap"].value
     per_head.head.value = 1
@@ -91,7 +91,7 @@ def test_the_explorer_of_a_flow_trace_follows_the_step_the_word_and_the_layer(fl
     after = shown()
     assert [name for name in after if after[name] != before[name]] == ["latent", "pred_x0", "image→text", "text→image", "text share"]
     assert after["image→text"] == drawn(trace.cross_attention(telling_word(trace), step=0))
-    assert explorer.caption.value.startswith("step 1 of 4, σ = 1.000 → ")
+    assert explorer.caption.value.startswith("step 0 of steps 0–3, σ = 1.000 → ")
 
     explorer.word.value = "square"
     now = shown()
@@ -237,7 +237,7 @@ def test_the_playground_without_cross_attention_says_why_there_is_no_heatmap(cou
     assert playground.trace.attention_maps == {} and explorer.views["heatmap"].value == b""
     assert "no heatmap: this trace has no cross-attention maps (generate with RecordOptions(cross_attention=True))" in explorer.caption.value
     explorer.token.value = 2
-    assert explorer.caption.value.startswith("step 1 of 1")
+    assert explorer.caption.value.startswith("step 0 of steps 0–0")
 
 
 @pytest.mark.parametrize("decode, words", [

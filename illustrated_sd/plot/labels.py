@@ -11,6 +11,13 @@ def literal(text) -> str:
     return str(text).replace("$", r"\$")
 
 
+def step_label(step: int, num_steps: int) -> str:
+    """Which denoising step this is, counted from 0 as the trace's tensors are indexed and as every figure's titles count
+    (``trace.pred_x0[0]`` is "step 0"): ``step_label(12, 25)`` → ``"step 12 of steps 0–24"``. The explorer page says the
+    same in JavaScript."""
+    return f"step {step} of steps 0–{num_steps - 1}"
+
+
 def quoted(text: str) -> str:
     """A prompt in quotes, as a title shows it: ``repr(text)``, made literal."""
     return literal(repr(text))

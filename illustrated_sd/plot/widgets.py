@@ -17,6 +17,7 @@ from PIL import Image
 from .. import checks
 from ..trace.flow import FlowTrace
 from .explorer import require_any_trace
+from .labels import step_label
 from ..loops.unet import IllustratedPipeline
 from .attention import upsample
 from .denoising import _as_rgb
@@ -181,7 +182,7 @@ class TraceExplorer(W.VBox):
             heat = upsample(trace.cross_attention(self.token.value, step=step, layer=self.layer.value, head=self.head.value), (SIZE, SIZE))
             self.views["heatmap"].value = _png(_heat_image(heat, trace.image))
         t = trace.timesteps[step].item()
-        return (f"step {step + 1} of {trace.num_steps}, t = {t:.0f}, ᾱ = {trace.alpha_bars[step].item():.3f}: "
+        return (f"{step_label(step, trace.num_steps)}, t = {t:.0f}, ᾱ = {trace.alpha_bars[step].item():.3f}: "
                 f"<i>latent</i> is x<sub>t</sub> after this step, <i>pred_x0</i> the clean picture the model "
                 f"believes in here" + ("" if trace.attention_maps else "; no heatmap: this trace has no "
                                        "cross-attention maps (generate with RecordOptions(cross_attention=True))"))
@@ -195,7 +196,7 @@ class TraceExplorer(W.VBox):
         for name, heat in maps.items():  # each scaled to its own maximum, one block per image token
             self.views[name].value = _png(_heat_image(tokens_to_pixels(heat, (SIZE, SIZE)), trace.image))
         sigma, after = trace.sigmas[step].item(), trace.sigmas[step + 1].item()
-        return (f"step {step + 1} of {trace.num_steps}, σ = {sigma:.3f} → {after:.3f}: <i>latent</i> is x after this step, "
+        return (f"{step_label(step, trace.num_steps)}, σ = {sigma:.3f} → {after:.3f}: <i>latent</i> is x after this step, "
                 f"<i>pred_x0</i> the clean picture the model believes in here (x̂₀ = x<sub>σ</sub> − σ·v̂). The picture gives "
                 f"{100 * float(maps['text share'].mean()):.1f}% of its attention to the text, "
                 f"{100 * float(maps['image→text'].mean()):.2f}% to “{html.escape(self.word.label)}” "

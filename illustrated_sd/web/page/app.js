@@ -21,7 +21,7 @@ worker.onmessage = async ({ data: message }) => {
   if (message.type === "status") $("status").textContent = message.text + "…";
   if (message.type === "ready") { $("status").textContent = "ready"; $("generate").disabled = false; }
   if (message.type === "step") {
-    $("status").textContent = `denoising: step ${message.i} of ${message.of}`;
+    $("status").textContent = `denoising: ${message.i} of ${message.of} steps done`;
     $("progress").max = message.of; $("progress").value = message.i;
   }
   if (message.type === "error") { $("status").textContent = `error: ${message.message}`; $("generate").disabled = false; }
