@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -34,11 +35,15 @@ def test_smoke_run_resume_and_export(tmp_path):
     assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--local", "1", "--clean", "1", "--object-colour", "1",
                        "--keep-generated", "1", "--out", str(ckpt)]) == 0
     after = load_file(ckpt / "vae-0.safetensors")
-    assert json.loads((ckpt / "train_log.json").read_text())["decoder"]["total_steps"] == 3
+    assert train_main(["export", str(ckpt), str(folder)]) == 0  # a folder whose decoder draws the kept colours
+    assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--keep-generated", "1", "--colour-reference", str(folder),
+                       "--out", str(ckpt)]) == 0
+    assert json.loads((ckpt / "train_log.json").read_text())["decoder"]["total_steps"] == 6
+    after = load_file(ckpt / "vae-0.safetensors")
     # the encoder is frozen, so the latents the UNet learned stay the same; only the decoder moves
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
-    assert train_main(["export", str(ckpt), str(folder)]) == 0
+    assert train_main(["export", str(ckpt), str(folder), "--force"]) == 0
     plain = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     assert plain.vae.config.scaling_factor == log["vae_scaling_factor"]
     pipe = isd.load_pipeline(folder)
@@ -272,6 +277,10 @@ def refused(argv, capsys) -> str:
     (["run", "--out", "{tmp}/c", "--name-backgrounds", "1.5"], "--name-backgrounds is a share of scenes, in \\[0, 1\\]"),
     (["run", "--out", "{tmp}/c", "--name-all=-0.5"], "--name-all is a share of scenes, in \\[0, 1\\]"),
     (["run", "--out", "{tmp}/c", "--keep-generated=-1"], "--keep-generated is a loss weight, ≥ 0"),
+    (["run", "--out", "{tmp}/c", "--colour-reference", "{tmp}"], "choose what --keep-generated keeps: add --keep-generated W"),
+    (["run", "--out", "{tmp}/c", "--bank-size", "64"], "choose what --keep-generated keeps"),
+    (["run", "--out", "{tmp}/c", "--keep-generated", "1", "--colour-reference", "{tmp}"], "has no vae/config.json: pass an exported pipeline folder"),
+    (["run", "--out", "{tmp}/c", "--bank-size", "0"], "argument --bank-size: must be ≥ 1"),
     (["run", "--out", "{tmp}/afile"], "is a file; the checkpoint is a folder"),
     (["run"], "the following arguments are required: --out"),
     (["import", "{tmp}/nofolder", "{tmp}/ck"], "no pipeline folder at .*nofolder"),
@@ -407,3 +416,27 @@ def test_the_generated_bank_holds_the_unets_latents_and_what_the_decoder_draws_f
         again = pipe.vae.decode(latents).sample.float().clamp(-1, 1)
     torch.testing.assert_close(again, pictures)
     assert object_colour_error(again, pictures, masks) < 1e-10
+
+
+def test_colour_reference_draws_the_bank_with_its_own_decoder(checkpoint, tmp_path, monkeypatch):
+    """--colour-reference: the bank's pictures (whose colours the decoder is held to) come from that folder's VAE, not
+    from the decoder being trained."""
+    import illustrated_sd.train.decoder as decoder
+
+    reference = isd.build_random_pipeline("tiny-sd", seed=7)  # other weights than the checkpoint's
+    reference.vae.save_pretrained(tmp_path / "ref" / "vae")
+    seen = []
+
+    def bank(pipe, vae, n, device, seed, world):
+        seen.append({k: v.clone() for k, v in vae.decoder.state_dict().items()})
+        return torch.zeros(n, 4, 16, 16), torch.zeros(n, 3, 128, 128), torch.zeros(n, 4, 128, 128)
+
+    monkeypatch.setattr(decoder, "generated_bank", bank)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, ckpt)
+    for folder in (None, tmp_path / "ref"):
+        train_decoder(ckpt, 1, 2, torch.device("cpu"), 0, max_steps=1, keep_generated=1.0, bank_size=2, colour_reference=folder)
+    own, referenced = seen
+    wanted = reference.vae.decoder.state_dict()
+    assert all(torch.equal(referenced[k], wanted[k]) for k in wanted)
+    assert not all(torch.equal(own[k], wanted[k]) for k in wanted)

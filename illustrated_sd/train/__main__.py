@@ -11,7 +11,7 @@ from ..models.loading import ModelLoadError
 
 from .checkpoint import read_log, write_log
 from .export import export, import_folder
-from .decoder import train_decoder
+from .decoder import BANK, train_decoder
 from .distill import make_pairs, train_reflow
 from .flux import train_flux, train_t5
 from .grounding import train_grounding
@@ -55,6 +55,11 @@ def main(argv=None) -> int:
     run.add_argument("--keep-generated", type=checks.finite_float, default=0.0,
                      help="decoder: weight of the loss that keeps the colours the decoder gave the UNet's own latents when the "
                           "stage began (default: %(default)s, off)")
+    run.add_argument("--colour-reference", type=Path, default=None,
+                     help="decoder, with --keep-generated: a pipeline folder whose VAE draws the pictures whose colours are kept "
+                          "(default: the decoder being trained, as the stage begins)")
+    run.add_argument("--bank-size", type=checks.positive_int, default=None,
+                     help="decoder, with --keep-generated: how many of the UNet's latents to draw and keep (default: 1024)")
     run.add_argument("--teacher", type=Path, default=None,
                      help="pairs: the tiny-flux folder to distill (default: the shipped illustrated_sd/assets/tiny-flux)")
     run.add_argument("--world", type=int, choices=(1, 2), default=None,
@@ -150,6 +155,11 @@ def run_stages(args) -> None:
         raise ValueError(f"--object-colour is a loss weight, ≥ 0 (got {args.object_colour:g})")
     if args.keep_generated < 0:
         raise ValueError(f"--keep-generated is a loss weight, ≥ 0 (got {args.keep_generated:g})")
+    if (args.colour_reference is not None or args.bank_size is not None) and not args.keep_generated:
+        raise ValueError("--colour-reference and --bank-size choose what --keep-generated keeps: add --keep-generated W (say 1)")
+    if args.colour_reference is not None and not (args.colour_reference / "vae" / "config.json").is_file():
+        raise ValueError(f"--colour-reference {args.colour_reference} has no vae/config.json: pass an exported pipeline folder "
+                         "(say illustrated_sd/assets/tiny-sd)")
     if args.binding < 0:
         raise ValueError(f"--binding is a loss weight, ≥ 0 (got {args.binding:g})")
     if args.out.exists() and not args.out.is_dir():
@@ -174,7 +184,8 @@ def run_stages(args) -> None:
             extra["teacher"] = args.teacher
         if stage == "decoder":
             extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean, object_colour=args.object_colour,
-                         keep_generated=args.keep_generated, **({"bank_size": 4} if args.smoke else {}))
+                         keep_generated=args.keep_generated, colour_reference=args.colour_reference,
+                         bank_size=4 if args.smoke else args.bank_size or BANK)
         if stage == "ground":
             extra.update(binding=args.binding, two_objects=args.two_objects, name_backgrounds=args.name_backgrounds, name_all=args.name_all)
         if args.smoke and stage in ("unet", "ground", "flux"):

@@ -36,7 +36,9 @@ orange (71 of 72 objects, as before), yet in generated pictures it drew orange a
 sit a little off the encoder's and nothing held the decoder there. So before the first step the UNet draws a bank of
 latents for world captions, the starting decoder pictures them and the detector finds their objects; each step then
 decodes part of the bank and prices each object's mean colour against the starting decoder's
-(``object_colour_error``), while the other terms mend the rest.
+(``object_colour_error``), while the other terms mend the rest. With ``colour_reference`` the bank's pictures come from
+another folder's decoder instead: a decoder that already mends the rest (part 8's) can then take its colours from one
+that draws them right (part 7's), rather than keep its own.
 """
 
 from pathlib import Path
@@ -44,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler
+from diffusers import AutoencoderKL, DDIMScheduler
 
 from ..models.unet import build_random_pipeline
 from ..world import render, sample_scenes, as_uint8
@@ -154,7 +156,7 @@ BANK = 1024  # generated latents kept for keep_generated (250 MB with their pict
 
 def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
                   anneal: bool = True, world: int = 1, equal_objects: bool = False, local: float = 0.0, clean: float = 0.0,
-                  object_colour: float = 0.0, keep_generated: float = 0.0, bank_size: int = BANK):
+                  object_colour: float = 0.0, keep_generated: float = 0.0, bank_size: int = BANK, colour_reference: Path | None = None):
     """Fine-tune ``vae.decoder`` and ``vae.post_quant_conv`` on world pictures; the encoder stays frozen.
 
     Each step encodes a fresh batch, *samples* a latent from the posterior (the UNet's latents are never
@@ -163,7 +165,8 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
     of the spliced half of the loss (see ``spliced``; 0 = off). ``clean``: the weight of the ghost-smudge term (see
     ``stray_colour``; 0 = off). ``object_colour``: the weight of the object-colour term (see ``object_colour_error``;
     0 = off). ``keep_generated``: the weight of the term that keeps the colours of the UNet's own latents (see
-    ``generated_bank``; 0 = off): ``bank_size`` of them, a quarter of a batch decoded each step.
+    ``generated_bank``; 0 = off): ``bank_size`` of them, a quarter of a batch decoded each step. ``colour_reference``: a
+    pipeline folder whose VAE draws the bank's pictures (default: the decoder being trained, as it starts).
     """
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     vae = pipe.vae.to(device)
@@ -179,7 +182,9 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
                 raise RuntimeError(f"{ckpt} has no trained {name} yet: keep_generated needs the UNet's latents (run the unet stage first)")
             module.to(device).eval()
         vae.eval()
-        bank = generated_bank(pipe, vae, bank_size, device, seed, world)
+        reference = vae if colour_reference is None else AutoencoderKL.from_pretrained(Path(colour_reference) / "vae").to(device).eval()
+        bank = generated_bank(pipe, reference, bank_size, device, seed, world)
+        del reference
         vae.train()
         for frozen in (vae.encoder, vae.quant_conv):
             frozen.eval()
