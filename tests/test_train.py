@@ -440,3 +440,10 @@ def test_colour_reference_draws_the_bank_with_its_own_decoder(checkpoint, tmp_pa
     wanted = reference.vae.decoder.state_dict()
     assert all(torch.equal(referenced[k], wanted[k]) for k in wanted)
     assert not all(torch.equal(own[k], wanted[k]) for k in wanted)
+
+
+def test_decoder_learning_rate_shrinks_with_the_batch():
+    from illustrated_sd.train.decoder import decoder_lr
+
+    assert decoder_lr(256) == decoder_lr(1024) == 2e-4  # the GPU's batches: as before
+    assert decoder_lr(16) == pytest.approx(5e-5)  # 16 times smaller: gradients 4 times noisier, a step 4 times shorter
