@@ -18,8 +18,8 @@ def pipeline_for(layout: str, device: str, steps: int | None) -> tuple:
 
 def round_order(variants, r: int) -> list:
     """The order in which round ``r`` runs ``variants``: a rotation that moves on every two rounds, reversed in the odd
-    rounds, so that each variant runs first (and after each other one) equally often. (A rotation every round that is
-    also reversed every other round cancels itself for two variants: the first would always run first.)
+    rounds, so that over any 2·len(variants) rounds each variant runs first, and last, equally often. (A rotation every
+    round that is also reversed every other round cancels itself for two variants: the first would always run first.)
 
         >>> [round_order(["plain", "traced"], r) for r in range(4)]
         [['plain', 'traced'], ['traced', 'plain'], ['traced', 'plain'], ['plain', 'traced']]

@@ -43,9 +43,11 @@
 # round trips). Part 8's decoder hid the far ones by merging them into the object's edge (near-object marks 56%). The
 # grounding stage's --name-all P (the share of captions that name every object) is the data side of a fix; a first
 # try on 2 CPU cores (137 steps of 64, from the shipped model) moved nothing measurable (smudges 71% → 69% of 48).
-#   part 11 (2 CPU cores, no GPU): part 8's decoder taught part 7's colours back. MODEL_DIR (part 9's UNet, part 7's
-#           decoder) copied with part 8's decoder put in (PART8_VAE: the vae/ folder of part 8's export), imported into
-#           CHECKPOINT_DIR.11; decoder with part 8's smudge term (--clean 1), each object's colour priced (--object-colour 1)
+#   part 11 (2 CPU cores, no GPU; run alone, not by all): part 8's decoder taught part 7's colours back. MODEL_DIR must
+#           hold the shipped model (part 9's UNet, part 7's decoder: illustrated_sd/assets/tiny-sd, not part 10's export);
+#           it is copied with part 8's decoder put in (PART8_VAE: the vae/ folder of part 8's export), imported into
+#           CHECKPOINT_DIR.11; decoder with part 8's terms but the splicing one (--equal-objects --clean 1), each object's
+#           colour priced (--object-colour 1)
 #           and the colours part 7's decoder gives the UNet's own latents kept (--keep-generated 1 --colour-reference
 #           MODEL_DIR, a bank of 256); batches of 16 (the learning rate shrinks with the batch: train/decoder.decoder_lr),
 #           no --local (it doubles a CPU step). Exported to MODEL_DIR.11, beside MODEL_DIR, for evaluation; first run
@@ -122,11 +124,14 @@ if [[ $part == 10 || $part == all ]]; then
   "$python" -m illustrated_sd.train export "$ckpt.10" "$model" --force
 fi
 if [[ $part == 11 ]]; then
+  part8_vae=${PART8_VAE:?PART8_VAE: the vae folder of the part 8 export}
   with8=$(mktemp -d)
-  cp -r "$model"/. "$with8" && cp -r "${PART8_VAE:?PART8_VAE: the vae folder of the part 8 export}"/. "$with8/vae"
+  trap 'rm -rf "$with8"' EXIT
+  cp -r "$model"/. "$with8"
+  rm -rf "$with8/vae"
+  cp -r "$part8_vae" "$with8/vae"
   "$python" -m illustrated_sd.train import "$with8" "$ckpt.11"
-  rm -rf "$with8"
   train --out "$ckpt.11" --stages decoder --minutes "${DECODER_MINUTES:-30}" --batch-size 16 --equal-objects --clean 1 --object-colour 1 \
     --keep-generated 1 --colour-reference "$model" --bank-size 256
-  "$python" -m illustrated_sd.train export "$ckpt.11" "$model.11" --force
+  "$python" -m illustrated_sd.train export "$ckpt.11" "${model%/}.11" --force
 fi

@@ -127,7 +127,7 @@ def object_colour_error(recon: torch.Tensor, images: torch.Tensor, masks: torch.
 
 def generated_bank(pipe, vae, n: int, device, seed: int, world: int, batch: int = 128, steps: int = 20) -> tuple:
     """What the UNet of ``pipe`` (a trained tiny-sd pipeline) makes for ``n`` world captions, guided (7.5, DDIM with
-    ``steps`` steps), and how ``vae``'s decoder, as it is now, draws it: ``latents [n, 4, h, w]`` (unscaled, as the
+    ``steps`` steps), and how ``vae``'s decoder (the one being trained, as it starts, or a ``colour_reference``) draws it: ``latents [n, 4, h, w]`` (unscaled, as the
     decoder takes them), ``pictures [n, 3, H, W]`` in [-1, 1] and the detector's object masks in them ``[n, 4, H, W]``
     (zeros where fewer objects were found)."""
     from ..world.detect import detect  # (the detector reads numpy pictures; only this bank needs it)

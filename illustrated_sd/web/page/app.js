@@ -21,8 +21,8 @@ worker.onmessage = async ({ data: message }) => {
   if (message.type === "status") $("status").textContent = message.text + "…";
   if (message.type === "ready") { $("status").textContent = "ready"; $("generate").disabled = false; }
   if (message.type === "step") {
-    $("status").textContent = `denoising: ${message.i} of ${message.of} steps done`;
-    $("progress").max = message.of; $("progress").value = message.i;
+    $("status").textContent = `denoising: step ${message.i} of steps 0–${message.of - 1}`;
+    $("progress").max = message.of; $("progress").value = message.i;  // the steps done before this one
   }
   if (message.type === "error") { $("status").textContent = `error: ${message.message}`; $("generate").disabled = false; }
   if (message.type === "done") {

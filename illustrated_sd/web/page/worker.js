@@ -246,7 +246,7 @@ async function generate({ prompt, seed, steps: S, guidance: s, sampler: samplerN
 
   const record = { latents: [], noise: [], push: [], x0: [], maps: [] };
   for (let i = 0; i < S; i++) {
-    postMessage({ type: "step", i: i + 1, of: S });
+    postMessage({ type: "step", i, of: S });  // step i starts (counted from 0, as the explorer counts)
     // 4. The UNet on the batch of 2 ([uncond, prompt]), the latent scaled as the sampler wants it.
     const input = latents.map((v) => v * sched.scaleInput(i));
     const sample = new ort.Tensor("float32", Float32Array.from(guided ? [...input, ...input] : input), [B, c, h, w]);
