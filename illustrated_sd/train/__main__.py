@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                      help="decoder, with --keep-generated: a pipeline folder whose VAE draws the pictures whose colours are kept "
                           "(default: the decoder being trained, as the stage begins)")
     run.add_argument("--bank-size", type=checks.positive_int, default=None,
-                     help="decoder, with --keep-generated: how many of the UNet's latents to draw and keep (default: 1024)")
+                     help=f"decoder, with --keep-generated: how many of the UNet's latents to draw and keep (default: {BANK})")
     run.add_argument("--teacher", type=Path, default=None,
                      help="pairs: the tiny-flux folder to distill (default: the shipped illustrated_sd/assets/tiny-flux)")
     run.add_argument("--world", type=int, choices=(1, 2), default=None,

@@ -189,9 +189,9 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
                 raise RuntimeError(f"{ckpt} has no trained {name} yet: keep_generated needs the UNet's latents (run the unet stage first)")
             module.to(device).eval()
         vae.eval()
-        reference = vae if colour_reference is None else AutoencoderKL.from_pretrained(Path(colour_reference) / "vae").to(device).eval()
-        bank = generated_bank(pipe, reference, bank_size, device, seed, world)
-        del reference
+        painter = vae if colour_reference is None else AutoencoderKL.from_pretrained(Path(colour_reference) / "vae").to(device).eval()
+        bank = generated_bank(pipe, painter, bank_size, device, seed, world)
+        del painter  # a reference VAE's memory is free again once the bank is drawn
         vae.train()
         for frozen in (vae.encoder, vae.quant_conv):
             frozen.eval()

@@ -14,5 +14,5 @@ from .scenes import Scene, WorldObject, caption, caption_2, sample_scene, sample
 from .vocabulary import BACKGROUNDS, COLORS, HELD_OUT, PATTERNS, POSITIONS, SHAPES, SHAPES_2, SIZES, SIZES_2, STYLES, UNSEEN_SHAPES, known_words, known_words_2
 
 __all__ = ["BACKGROUNDS", "COLORS", "HELD_OUT", "PATTERNS", "POSITIONS", "SHAPES", "SHAPES_2", "SIZES", "SIZES_2", "STYLES", "Scene", "UNSEEN_SHAPES",
-           "WorldObject", "caption", "caption_2", "inside", "known_words", "known_words_2", "render", "sample_scene", "sample_scene_2", "as_uint8",
+           "WorldObject", "as_uint8", "caption", "caption_2", "inside", "known_words", "known_words_2", "render", "sample_scene", "sample_scene_2",
            "sample_scenes"]

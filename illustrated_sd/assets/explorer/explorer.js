@@ -249,7 +249,7 @@
   function draw() {
     const k = state.k, step = D.steps[k];
     $("isd-step").value = k;
-    $("isd-step-label").textContent = `step ${step} of steps 0–${D.num_steps - 1}, ${lens.stepLabel(k)}`;  // counted from 0, as the figures and plot.labels.step_label count;
+    $("isd-step-label").textContent = `step ${step} of steps 0–${D.num_steps - 1}, ${lens.stepLabel(k)}`;  // counted from 0, as the figures and plot.labels.step_label count
     $("isd-x0").src = D.x0[k];
     $("isd-x0").dataset.step = step;
     $("isd-x0-caption").textContent = D.x0_decoded ? "x̂₀: the clean picture the model believes in at this step"
