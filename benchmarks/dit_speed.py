@@ -10,6 +10,11 @@ then traced, plain; …):
               attention of every block, velocities, latents, x̂₀); on a GPU with Triton, the maps made by the
               recording's GPU kernels (illustrated_sd/recording/joint_kernels.py)
     traced_pytorch   the same with the maps made by PyTorch (ISD_FUSED_RECORDING=0; only with --variants)
+    traced_on_gpu    the default trace left on the GPU (RecordOptions(to_cpu=False): what the copies to the CPU cost)
+    traced_no_maps   the trace without attention maps (RecordOptions(cross_attention=False): what the rest costs)
+
+``--keep-traces`` keeps every trace alive, as a notebook that appends them to a list does: each traced call then
+needs new page-locked memory (without it, a trace is freed when the next call returns and its memory is reused).
 
 It reports seconds per image (median and min), traced / plain, peak GPU memory of each, the trace's size, and
 whether every traced image equals plain's. Results are written after each model.
@@ -81,7 +86,7 @@ def build(model: str):
     return pipe
 
 
-def measure(model: str, rounds: int, steps: int, size: int, variants: list[str]) -> dict:
+def measure(model: str, rounds: int, steps: int, size: int, variants: list[str], keep_traces: bool = False) -> dict:
     began = time.perf_counter()
     pipe = build(model)
     built = time.perf_counter() - began
@@ -107,7 +112,16 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str])
             else:
                 os.environ["ISD_FUSED_RECORDING"] = before
 
-    runs = {name: {"plain": plain, "traced": traced, "traced_pytorch": traced_pytorch}[name] for name in variants}
+    def traced_on_gpu():
+        return traced_pipe(PROMPT, num_inference_steps=steps, height=size, width=size, seed=0, progress=False,
+                           record=isd.RecordOptions(to_cpu=False), **settings)
+
+    def traced_no_maps():
+        return traced_pipe(PROMPT, num_inference_steps=steps, height=size, width=size, seed=0, progress=False,
+                           record=isd.RecordOptions(cross_attention=False), **settings)
+
+    made = {"plain": plain, "traced": traced, "traced_pytorch": traced_pytorch, "traced_on_gpu": traced_on_gpu, "traced_no_maps": traced_no_maps}
+    runs = {name: made[name] for name in variants}
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     reference = np.asarray(plain())
@@ -126,7 +140,7 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str])
         peaks[name] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
         if name != "plain":
             trace = traces[name] = out
-    times, equal = {name: [] for name in runs}, []
+    times, equal, kept = {name: [] for name in runs}, [], []
     for r in range(rounds):  # no variant always first (see round_order)
         for name in round_order(variants, r):
             sync()
@@ -134,13 +148,20 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str])
             out = runs[name]()
             sync()
             times[name].append(time.perf_counter() - t)
+            if keep_traces:
+                kept.append(out)
             if name != "plain":
                 equal.append(bool(np.array_equal(np.asarray(out.image), reference)))
+    copies = {}  # the maps that went to the CPU against those left on the GPU: the copies lose nothing
+    if "traced_on_gpu" in traces and "traced" in traces:
+        copies = {quadrant: bool(torch.equal(traces["traced"].attention[quadrant], maps.cpu()))
+                  for quadrant, maps in traces["traced_on_gpu"].attention.items()}
     roads = {}
     if "traced_pytorch" in traces and "traced" in traces:  # the two roads' maps (each rounded to bf16 in the trace)
         roads = {quadrant: float((traces["traced"].attention[quadrant].float() - maps.float()).abs().max())
                  for quadrant, maps in traces["traced_pytorch"].attention.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
+    trace = traces.get("traced", trace)  # the default trace's size and layout (not another variant's)
     trace_bytes = sum(x.numel() * x.element_size() for x in [*trace.attention.values(), trace.latents, trace.velocity, trace.pred_x0])
     return {"model": model + " architecture, random weights", "params_b": round(sum(p.numel() for p in pipe.transformer.parameters()) / 1e9, 2),
             "dtype": "bfloat16", "size": size, "steps": steps, "rounds": rounds, "build_s": round(built, 1),
@@ -148,6 +169,7 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str])
             **{f"{name}_over_plain": round(med[name] / med["plain"], 4) for name in runs if name != "plain"}, "peak_gib": peaks,
             "peak_extra_gib": round(peaks["traced"] - peaks["plain"], 2) if cuda else None, "images_equal": f"{sum(equal)} of {len(equal)}",
             "recording_kernels": "triton" if gpu_kernels else f"pytorch{' (' + failed[0] + ')' if failed else ''}", "maps_kernels_vs_pytorch_max_abs": roads,
+            "maps_copied_equal_gpu": copies, "keep_traces": keep_traces,
             "trace_gib": round(trace_bytes / 2**30, 3), "layers": len(trace.layers), "text_tokens_kept": len(trace.tokens),
             "text_slots": trace.text_length, "padding_share": round(trace.padding_share(), 4),
             "attention_kernels": kernels_in_use(),
@@ -161,15 +183,17 @@ def main():
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--out", default="docs/gpu_speed_dit.json")
-    parser.add_argument("--variants", default="plain,traced", help="plain, traced and traced_pytorch, comma-separated")
+    parser.add_argument("--variants", default="plain,traced", help="plain, traced, traced_pytorch, traced_on_gpu, traced_no_maps; comma-separated")
+    parser.add_argument("--keep-traces", action="store_true", help="keep every trace alive (each call needs new CPU memory)")
     args = parser.parse_args()
     variants = args.variants.split(",")
-    if not {"plain", "traced"} <= set(variants) or not set(variants) <= {"plain", "traced", "traced_pytorch"}:
-        parser.error(f"--variants must hold plain and traced (and may add traced_pytorch), got {args.variants}")
+    others = {"traced_pytorch", "traced_on_gpu", "traced_no_maps"}
+    if not {"plain", "traced"} <= set(variants) or not set(variants) <= {"plain", "traced"} | others:
+        parser.error(f"--variants must hold plain and traced (and may add {', '.join(sorted(others))}), got {args.variants}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     results = {"device": device, "torch": torch.__version__, "runs": []}
     for model in args.models.split(","):
-        results["runs"].append(measure(model, args.rounds, args.steps, args.size, variants))
+        results["runs"].append(measure(model, args.rounds, args.steps, args.size, variants, args.keep_traces))
         print(json.dumps(results["runs"][-1], indent=None)[:1500], flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

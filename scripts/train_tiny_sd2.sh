@@ -52,7 +52,11 @@
 #           MODEL_DIR, a bank of 256); batches of 16 (the learning rate shrinks with the batch: train/decoder.decoder_lr),
 #           no --local (it doubles a CPU step). Exported to MODEL_DIR.11, beside MODEL_DIR, for evaluation; first run
 #           2026-12-05 for 30 minutes (see the model card).
-# PART is 1 to 11 or all (default; all stops at 10). Every stage resumes from its checkpoint, so a run cut short can be started again
+#   part 12 (2 CPU cores, no GPU; run alone, not by all): part 10's terms on the CPU, from the shipped model (part 7's
+#           decoder, whose colours hold on held-out prompts, which part 11's start lost): MODEL_DIR imported into
+#           CHECKPOINT_DIR.12; --equal-objects --clean 1 --object-colour 1 --keep-generated 1 (its own colours kept on a
+#           bank of 256 UNet latents), batches of 16, no --local. Exported to MODEL_DIR.12 for evaluation.
+# PART is 1 to 12 or all (default; all stops at 10). Every stage resumes from its checkpoint, so a run cut short can be started again
 # with the same command (a stage that already ran trains on for its budget once more).
 # History: the first candidate (model card) was part 1 as of commit 7973c37: the UNet stage at batch 512,
 # without --compile and without grounding. benchmarks/train_speed.py then showed that the compiled stage takes
@@ -134,4 +138,10 @@ if [[ $part == 11 ]]; then
   train --out "$ckpt.11" --stages decoder --minutes "${DECODER_MINUTES:-30}" --batch-size 16 --equal-objects --clean 1 --object-colour 1 \
     --keep-generated 1 --colour-reference "$model" --bank-size 256
   "$python" -m illustrated_sd.train export "$ckpt.11" "${model%/}.11" --force
+fi
+if [[ $part == 12 ]]; then
+  "$python" -m illustrated_sd.train import "$model" "$ckpt.12"
+  train --out "$ckpt.12" --stages decoder --minutes "${DECODER_MINUTES:-30}" --batch-size 16 --equal-objects --clean 1 --object-colour 1 \
+    --keep-generated 1 --bank-size 256
+  "$python" -m illustrated_sd.train export "$ckpt.12" "${model%/}.12" --force
 fi
