@@ -68,6 +68,9 @@ ckpt=${1:?checkpoint folder}
 model=${2:?folder to export the pipeline to}
 compile=${3:-}
 part=${4:-all}
+# A part's checkpoint starts as an import of a pipeline folder, once: started again, the part trains on from its own
+# checkpoint (importing again would put the folder's weights back and throw the part's training away)
+start() { [[ -f "$2/train_log.json" ]] || "$python" -m illustrated_sd.train import "$1" "$2"; }
 python=${PYTHON:-python}
 train() { "$python" -m illustrated_sd.train run --world 2 "$@"; }
 if [[ $part == 1 || $part == all ]]; then
@@ -78,7 +81,7 @@ if [[ $part == 1 || $part == all ]]; then
   "$python" -m illustrated_sd.train export "$ckpt" "$model" --force
 fi
 if [[ $part == 2 || $part == all ]]; then
-  "$python" -m illustrated_sd.train import "$model" "$ckpt.2"
+  start "$model" "$ckpt.2"
   train --out "$ckpt.2" --stages unet --minutes 11 --batch-size 1024 --dataset-size 200000 --anneal $compile
   train --out "$ckpt.2" --stages ground --minutes 4 --anneal
   train --out "$ckpt.2" --stages decoder --minutes 5
@@ -87,7 +90,7 @@ fi
 # The second candidate's pairs (52.5%) missed mostly the second object's colour, and world 2's own captions
 # name two objects with colour and place only about one time in ten; world 1's pairs rose the same way.
 if [[ $part == 3 || $part == all ]]; then
-  "$python" -m illustrated_sd.train import "$model" "$ckpt.3"
+  start "$model" "$ckpt.3"
   train --out "$ckpt.3" --stages ground --minutes 12 --anneal --two-objects 0.5
   train --out "$ckpt.3" --stages decoder --minutes 6
   "$python" -m illustrated_sd.train export "$ckpt.3" "$model" --force
@@ -95,34 +98,34 @@ fi
 # The third candidate's pairs (78.3%) were just short of 80%, and its VAE round trip (95.1%) lost small outline
 # drawings most (12 of 39 missed, against 0 of 32 big ones): a small object covers a fifth of a big one's pixels.
 if [[ $part == 4 || $part == all ]]; then
-  "$python" -m illustrated_sd.train import "$model" "$ckpt.4"
+  start "$model" "$ckpt.4"
   train --out "$ckpt.4" --stages ground --minutes 7 --anneal --two-objects 0.6
   "$python" -m illustrated_sd.train export "$ckpt.4" "$model" --force
 fi
 if [[ $part == 5 || $part == all ]]; then
-  "$python" -m illustrated_sd.train import "$model" "$ckpt.5"
+  start "$model" "$ckpt.5"
   train --out "$ckpt.5" --stages decoder --minutes 7 --equal-objects
   "$python" -m illustrated_sd.train export "$ckpt.5" "$model" --force
 fi
 for n in 6 7; do
   if [[ $part == "$n" || $part == all ]]; then
-    "$python" -m illustrated_sd.train import "$model" "$ckpt.$n"
+    start "$model" "$ckpt.$n"
     train --out "$ckpt.$n" --stages decoder --minutes 7 --equal-objects
     "$python" -m illustrated_sd.train export "$ckpt.$n" "$model" --force
   fi
 done
 if [[ $part == 8 || $part == all ]]; then
-  "$python" -m illustrated_sd.train import "$model" "$ckpt.8"
+  start "$model" "$ckpt.8"
   train --out "$ckpt.8" --stages decoder --minutes "${DECODER_MINUTES:-6}" --equal-objects --local 1 --clean 1
   "$python" -m illustrated_sd.train export "$ckpt.8" "$model" --force
 fi
 if [[ $part == 9 || $part == all ]]; then
-  "$python" -m illustrated_sd.train import "$model" "$ckpt.9"
+  start "$model" "$ckpt.9"
   train --out "$ckpt.9" --stages ground --minutes "${GROUND_MINUTES:-6}" --anneal --two-objects 0.6 --name-backgrounds 0.5
   "$python" -m illustrated_sd.train export "$ckpt.9" "$model" --force
 fi
 if [[ $part == 10 || $part == all ]]; then
-  "$python" -m illustrated_sd.train import "$model" "$ckpt.10"
+  start "$model" "$ckpt.10"
   train --out "$ckpt.10" --stages decoder --minutes "${DECODER_MINUTES:-6}" --equal-objects --local 1 --clean 1 --object-colour 1 \
     --keep-generated 1
   "$python" -m illustrated_sd.train export "$ckpt.10" "$model" --force
@@ -134,13 +137,13 @@ if [[ $part == 11 ]]; then
   cp -r "$model"/. "$with8"
   rm -rf "$with8/vae"
   cp -r "$part8_vae" "$with8/vae"
-  "$python" -m illustrated_sd.train import "$with8" "$ckpt.11"
+  start "$with8" "$ckpt.11"
   train --out "$ckpt.11" --stages decoder --minutes "${DECODER_MINUTES:-30}" --batch-size 16 --equal-objects --clean 1 --object-colour 1 \
     --keep-generated 1 --colour-reference "$model" --bank-size 256
   "$python" -m illustrated_sd.train export "$ckpt.11" "${model%/}.11" --force
 fi
 if [[ $part == 12 ]]; then
-  "$python" -m illustrated_sd.train import "$model" "$ckpt.12"
+  start "$model" "$ckpt.12"
   train --out "$ckpt.12" --stages decoder --minutes "${DECODER_MINUTES:-30}" --batch-size 16 --equal-objects --clean 1 --object-colour 1 \
     --keep-generated 1 --bank-size 256
   "$python" -m illustrated_sd.train export "$ckpt.12" "${model%/}.12" --force
