@@ -3,6 +3,8 @@
 import json
 import re
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -447,3 +449,18 @@ def test_decoder_learning_rate_shrinks_with_the_batch():
 
     assert decoder_lr(256) == decoder_lr(1024) == 2e-4  # the GPU's batches: as before
     assert decoder_lr(16) == pytest.approx(5e-5)  # 16 times smaller: gradients 4 times noisier, a step 4 times shorter
+
+
+def test_training_script_starts_a_part_again_from_its_own_checkpoint(tmp_path):
+    # PYTHON=echo prints each step the script would run: the import happens only while the part has no checkpoint
+    script = Path(__file__).parents[1] / "scripts" / "train_tiny_sd2.sh"
+
+    def steps():
+        run = subprocess.run(["bash", str(script), str(tmp_path / "ckpt"), str(tmp_path / "model"), "", "12"],
+                             env={"PATH": "/usr/bin:/bin", "PYTHON": "echo"}, capture_output=True, text=True, check=True)
+        return [line.split()[2] for line in run.stdout.splitlines()]  # "-m illustrated_sd.train <command> …"
+
+    assert steps() == ["import", "run", "export"]
+    (tmp_path / "ckpt.12").mkdir()
+    write_log(tmp_path / "ckpt.12", {"stages": []})
+    assert steps() == ["run", "export"]
