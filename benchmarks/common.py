@@ -1,4 +1,4 @@
-"""What several benchmarks share: the pipeline to measure, the order of each timed round."""
+"""What several benchmarks share: the pipeline to measure, the order of each timed round, the GPU's busy time."""
 
 import torch
 
@@ -27,3 +27,10 @@ def round_order(variants, r: int) -> list:
     shift = (r // 2) % len(variants)
     order = list(variants[shift:]) + list(variants[:shift])
     return order if r % 2 == 0 else order[::-1]
+
+
+def gpu_busy_ms(events) -> float:
+    """Milliseconds the GPU ran kernels, from ``torch.profiler``'s ``key_averages()``: the GPU's own events only (with
+    CPU activity recorded too, each operator also carries its kernels' time, which would count them twice)."""
+    return sum(e.self_device_time_total for e in events  # (as the profiler's own table adds them up)
+               if e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False)) / 1e3

@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import illustrated_sd.recording.joint_attention as joint
 from illustrated_sd.models.transformers import real_transformer
-from common import round_order  # benchmarks/common.py (the script's own folder is on the path)
+from common import gpu_busy_ms, round_order  # benchmarks/common.py (the script's own folder is on the path)
 
 SHAPES = {"flux-dev": dict(batch=1, image=4096, text=512), "sd3.5-large": dict(batch=2, image=4096, text=333),
           "sd3.5-medium": dict(batch=2, image=4096, text=333)}
@@ -107,7 +107,7 @@ def measure(model: str, rounds: int) -> dict:
             transformer(**x)
             torch.cuda.synchronize()
         events = prof.key_averages()
-        print(f"== {model} {name}: GPU busy {sum(e.self_device_time_total for e in events) / 1e3:.1f} ms")
+        print(f"== {model} {name}: GPU busy {gpu_busy_ms(events):.1f} ms")
         print(events.table(sort_by="self_device_time_total", row_limit=16, max_name_column_width=70), flush=True)
     del transformer
     torch.cuda.empty_cache()

@@ -13,8 +13,11 @@ then traced, plain; …):
     traced_on_gpu    the default trace left on the GPU (RecordOptions(to_cpu=False): what the copies to the CPU cost)
     traced_no_maps   the trace without attention maps (RecordOptions(cross_attention=False): what the rest costs)
 
-``--keep-traces`` keeps every trace alive, as a notebook that appends them to a list does: each traced call then
-needs new page-locked memory (without it, a trace is freed when the next call returns and its memory is reused).
+Each call's result is held until the next call returns, as ``trace = pipe(...)`` run again holds the old trace. The
+maps go to page-locked CPU memory, which PyTorch keeps for reuse once a trace is freed; a traced call needs new such
+memory only while earlier traces hold what there is: the first timed call (the warm-up's trace is held), and a traced
+call right after another. ``--keep-traces`` keeps every trace whose maps are on the CPU, as a notebook that appends
+them to a list does: then every traced call needs new memory.
 
 It reports seconds per image (median and min), traced / plain, peak GPU memory of each, the trace's size, and
 whether every traced image equals plain's. Results are written after each model.
@@ -130,7 +133,7 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str],
         traced()
     failed = [str(w.message) for w in caught if "GPU kernels failed" in str(w.message)]
     gpu_kernels = cuda and bool(fused_kernels(torch.zeros(1, 1, 16, 128, device="cuda", dtype=torch.bfloat16), 33)) and not failed
-    peaks, traces = {}, {}
+    peaks, maps = {}, {}  # each traced variant's maps, on the CPU (maps left on the GPU would raise the next peaks)
     for name, run in runs.items():
         sync()
         if cuda:
@@ -138,8 +141,11 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str],
         out = run()
         sync()
         peaks[name] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+        if name == "traced":
+            trace = out  # the default trace, for its size and layout below
         if name != "plain":
-            trace = traces[name] = out
+            maps[name] = {quadrant: m.cpu() for quadrant, m in out.attention.items()}
+        del out
     times, equal, kept = {name: [] for name in runs}, [], []
     for r in range(rounds):  # no variant always first (see round_order)
         for name in round_order(variants, r):
@@ -148,20 +154,17 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str],
             out = runs[name]()
             sync()
             times[name].append(time.perf_counter() - t)
-            if keep_traces:
+            if keep_traces and name != "traced_on_gpu":  # (those would fill the GPU)
                 kept.append(out)
             if name != "plain":
                 equal.append(bool(np.array_equal(np.asarray(out.image), reference)))
-    copies = {}  # the maps that went to the CPU against those left on the GPU: the copies lose nothing
-    if "traced_on_gpu" in traces and "traced" in traces:
-        copies = {quadrant: bool(torch.equal(traces["traced"].attention[quadrant], maps.cpu()))
-                  for quadrant, maps in traces["traced_on_gpu"].attention.items()}
+    copies = {}  # do the maps copied to the CPU equal those a call left on the GPU? (two calls: determinism asked too)
+    if "traced_on_gpu" in maps:
+        copies = {quadrant: bool(torch.equal(maps["traced"][quadrant], m)) for quadrant, m in maps["traced_on_gpu"].items()}
     roads = {}
-    if "traced_pytorch" in traces and "traced" in traces:  # the two roads' maps (each rounded to bf16 in the trace)
-        roads = {quadrant: float((traces["traced"].attention[quadrant].float() - maps.float()).abs().max())
-                 for quadrant, maps in traces["traced_pytorch"].attention.items()}
+    if "traced_pytorch" in maps:  # the two roads' maps (each rounded to bf16 in the trace)
+        roads = {quadrant: float((maps["traced"][quadrant].float() - m.float()).abs().max()) for quadrant, m in maps["traced_pytorch"].items()}
     med = {k: statistics.median(v) for k, v in times.items()}
-    trace = traces.get("traced", trace)  # the default trace's size and layout (not another variant's)
     trace_bytes = sum(x.numel() * x.element_size() for x in [*trace.attention.values(), trace.latents, trace.velocity, trace.pred_x0])
     return {"model": model + " architecture, random weights", "params_b": round(sum(p.numel() for p in pipe.transformer.parameters()) / 1e9, 2),
             "dtype": "bfloat16", "size": size, "steps": steps, "rounds": rounds, "build_s": round(built, 1),
@@ -184,9 +187,11 @@ def main():
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--out", default="docs/gpu_speed_dit.json")
     parser.add_argument("--variants", default="plain,traced", help="plain, traced, traced_pytorch, traced_on_gpu, traced_no_maps; comma-separated")
-    parser.add_argument("--keep-traces", action="store_true", help="keep every trace alive (each call needs new CPU memory)")
+    parser.add_argument("--keep-traces", action="store_true", help="keep every trace whose maps are on the CPU (each traced call then needs new page-locked memory)")
     args = parser.parse_args()
     variants = args.variants.split(",")
+    if len(set(variants)) < len(variants):
+        parser.error(f"--variants names a variant twice: {args.variants}")
     others = {"traced_pytorch", "traced_on_gpu", "traced_no_maps"}
     if not {"plain", "traced"} <= set(variants) or not set(variants) <= {"plain", "traced"} | others:
         parser.error(f"--variants must hold plain and traced (and may add {', '.join(sorted(others))}), got {args.variants}")

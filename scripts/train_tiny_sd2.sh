@@ -52,12 +52,14 @@
 #           MODEL_DIR, a bank of 256); batches of 16 (the learning rate shrinks with the batch: train/decoder.decoder_lr),
 #           no --local (it doubles a CPU step). Exported to MODEL_DIR.11, beside MODEL_DIR, for evaluation; first run
 #           2026-12-05 for 30 minutes (see the model card).
-#   part 12 (2 CPU cores, no GPU; run alone, not by all): part 10's terms on the CPU, from the shipped model (part 7's
-#           decoder, whose colours hold on held-out prompts, which part 11's start lost): MODEL_DIR imported into
-#           CHECKPOINT_DIR.12; --equal-objects --clean 1 --object-colour 1 --keep-generated 1 (its own colours kept on a
+#   part 12 (2 CPU cores, no GPU; run alone, not by all): part 10's terms on the CPU, starting from part 7's decoder
+#           (its colours hold on held-out prompts; part 11, started from part 8's, lost them). MODEL_DIR must hold the
+#           shipped model (illustrated_sd/assets/tiny-sd, not part 10's export); it is imported into CHECKPOINT_DIR.12; --equal-objects --clean 1 --object-colour 1 --keep-generated 1 (its own colours kept on a
 #           bank of 256 UNet latents), batches of 16, no --local. Exported to MODEL_DIR.12 for evaluation.
-# PART is 1 to 12 or all (default; all stops at 10). Every stage resumes from its checkpoint, so a run cut short can be started again
-# with the same command (a stage that already ran trains on for its budget once more).
+# PART is 1 to 12 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
+# started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
+# over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,
+# not from the new export: delete CHECKPOINT_DIR.N of the parts to redo.
 # History: the first candidate (model card) was part 1 as of commit 7973c37: the UNet stage at batch 512,
 # without --compile and without grounding. benchmarks/train_speed.py then showed that the compiled stage takes
 # a step of batch 1024 in the same time, and the candidate's pointing game (22.6%) and pairs (40%) showed that
@@ -68,11 +70,18 @@ ckpt=${1:?checkpoint folder}
 model=${2:?folder to export the pipeline to}
 compile=${3:-}
 part=${4:-all}
-# A part's checkpoint starts as an import of a pipeline folder, once: started again, the part trains on from its own
-# checkpoint (importing again would put the folder's weights back and throw the part's training away)
-start() { [[ -f "$2/train_log.json" ]] || "$python" -m illustrated_sd.train import "$1" "$2"; }
 python=${PYTHON:-python}
 train() { "$python" -m illustrated_sd.train run --world 2 "$@"; }
+# A part's checkpoint starts as an import of a pipeline folder, once: started again, the part trains on from its own
+# checkpoint (importing again would put the folder's weights back and throw the part's training away). The import
+# writes train_log.json last, so a checkpoint with one is whole.
+start() {
+  if [[ -f "$2/train_log.json" ]]; then
+    echo "$2 exists: training on from it (delete it to start this part again from $1)" >&2
+  else
+    "$python" -m illustrated_sd.train import "$1" "$2"
+  fi
+}
 if [[ $part == 1 || $part == all ]]; then
   train --out "$ckpt" --stages clip,vae --minutes 1.5,3.5
   train --out "$ckpt" --stages unet --minutes 10 --batch-size 1024 --dataset-size 200000 --anneal $compile
@@ -131,13 +140,15 @@ if [[ $part == 10 || $part == all ]]; then
   "$python" -m illustrated_sd.train export "$ckpt.10" "$model" --force
 fi
 if [[ $part == 11 ]]; then
-  part8_vae=${PART8_VAE:?PART8_VAE: the vae folder of the part 8 export}
-  with8=$(mktemp -d)
-  trap 'rm -rf "$with8"' EXIT
-  cp -r "$model"/. "$with8"
-  rm -rf "$with8/vae"
-  cp -r "$part8_vae" "$with8/vae"
-  start "$with8" "$ckpt.11"
+  if [[ ! -f "$ckpt.11/train_log.json" ]]; then  # the start: the shipped model with part 8's decoder put in
+    part8_vae=${PART8_VAE:?PART8_VAE: the vae folder of the part 8 export}
+    with8=$(mktemp -d)
+    trap 'rm -rf "$with8"' EXIT
+    cp -r "$model"/. "$with8"
+    rm -rf "$with8/vae"
+    cp -r "$part8_vae" "$with8/vae"
+    start "$with8" "$ckpt.11"
+  fi
   train --out "$ckpt.11" --stages decoder --minutes "${DECODER_MINUTES:-30}" --batch-size 16 --equal-objects --clean 1 --object-colour 1 \
     --keep-generated 1 --colour-reference "$model" --bank-size 256
   "$python" -m illustrated_sd.train export "$ckpt.11" "${model%/}.11" --force

@@ -14,6 +14,7 @@ from safetensors.torch import save_file as real_save_file
 
 import illustrated_sd as isd
 from illustrated_sd.train.__main__ import main as train_main
+from illustrated_sd.paths import TINY_SD
 from illustrated_sd.trace.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
 from illustrated_sd.train.decoder import SEAM, decoder_loss, object_colour_error, object_weights, spliced, stray_colour, train_decoder
@@ -451,16 +452,31 @@ def test_decoder_learning_rate_shrinks_with_the_batch():
     assert decoder_lr(16) == pytest.approx(5e-5)  # 16 times smaller: gradients 4 times noisier, a step 4 times shorter
 
 
-def test_training_script_starts_a_part_again_from_its_own_checkpoint(tmp_path):
-    # PYTHON=echo prints each step the script would run: the import happens only while the part has no checkpoint
+@pytest.mark.parametrize("part", [2, 3, 4, 5, 6, 7, 8, 9, 10, 12])
+def test_training_script_starts_a_part_again_from_its_own_checkpoint(tmp_path, part):
+    # PYTHON=echo prints each command the script would run. A part imports the pipeline folder into its checkpoint only
+    # while it has none; started again, it trains on from that checkpoint (and says so), then exports it.
     script = Path(__file__).parents[1] / "scripts" / "train_tiny_sd2.sh"
+    ckpt, model = tmp_path / f"ckpt.{part}", tmp_path / "model"
+    out = f"{model}.12" if part == 12 else str(model)
 
-    def steps():
-        run = subprocess.run(["bash", str(script), str(tmp_path / "ckpt"), str(tmp_path / "model"), "", "12"],
+    def commands():
+        run = subprocess.run(["bash", str(script), str(tmp_path / "ckpt"), str(model), "", str(part)],
                              env={"PATH": "/usr/bin:/bin", "PYTHON": "echo"}, capture_output=True, text=True, check=True)
-        return [line.split()[2] for line in run.stdout.splitlines()]  # "-m illustrated_sd.train <command> …"
+        lines = [line.split() for line in run.stdout.splitlines()]  # "-m illustrated_sd.train <command> …"
+        return [(words[2], words[words.index("--out") + 1] if "--out" in words else words[3:5]) for words in lines], run.stderr
 
-    assert steps() == ["import", "run", "export"]
-    (tmp_path / "ckpt.12").mkdir()
-    write_log(tmp_path / "ckpt.12", {"stages": []})
-    assert steps() == ["run", "export"]
+    first, _ = commands()
+    runs = first[1:-1]  # a part may train several stages, each a run into its own checkpoint
+    assert first[0] == ("import", [str(model), str(ckpt)]) and first[-1] == ("export", [str(ckpt), out])
+    assert runs and runs == [("run", str(ckpt))] * len(runs)
+    ckpt.mkdir()
+    write_log(ckpt, {})  # what an import leaves last (see the test below)
+    again, said = commands()
+    assert again == first[1:] and "training on from it" in said
+
+
+def test_import_writes_the_log_that_marks_a_checkpoint_whole(tmp_path):
+    # the training script takes a checkpoint with a train_log.json as started (its start() above)
+    assert train_main(["import", str(TINY_SD), str(tmp_path / "ckpt")]) == 0
+    assert (tmp_path / "ckpt" / "train_log.json").is_file() and (tmp_path / "ckpt" / "vae-0.safetensors").is_file()
