@@ -53,6 +53,11 @@ def test_smoke_run_resume_and_export(tmp_path):
     assert pipe("a red circle", num_inference_steps=2, progress=False).latents.shape == (3, 4, 16, 16)
 
 
+def test_max_steps_stops_a_stage_whatever_its_minutes(tmp_path):
+    assert train_main(["run", "--smoke", "--stages", "vae", "--minutes", "10", "--max-steps", "2", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "train_log.json").read_text())["vae"]["total_steps"] == 2
+
+
 def test_weights_round_trip_through_fp16_shards(tmp_path):
     def make():
         return torch.nn.Sequential(torch.nn.Linear(600, 9000), torch.nn.Linear(9000, 600))  # 21.6 MB in fp16
@@ -284,6 +289,7 @@ def refused(argv, capsys) -> str:
     (["run", "--out", "{tmp}/c", "--bank-size", "64"], "choose what --keep-generated keeps"),
     (["run", "--out", "{tmp}/c", "--keep-generated", "1", "--colour-reference", "{tmp}"], "has no vae/config.json: pass an exported pipeline folder"),
     (["run", "--out", "{tmp}/c", "--bank-size", "0"], "argument --bank-size: must be ≥ 1"),
+    (["run", "--out", "{tmp}/c", "--max-steps", "0"], "argument --max-steps: must be ≥ 1"),
     (["run", "--out", "{tmp}/afile"], "is a file; the checkpoint is a folder"),
     (["run"], "the following arguments are required: --out"),
     (["import", "{tmp}/nofolder", "{tmp}/ck"], "no pipeline folder at .*nofolder"),

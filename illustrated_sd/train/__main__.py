@@ -68,6 +68,9 @@ def main(argv=None) -> int:
                      help="unet, flux, ground: how many scenes to draw and encode once for the stage (default: the stage's own, "
                           "100,000 for the unet and flux, 50,000 for ground)")
     run.add_argument("--compile", action="store_true", help="unet: torch.compile the UNet (GPU; faster after a minute of compiling)")
+    run.add_argument("--max-steps", type=checks.positive_int, default=None,
+                     help="stop each stage after this many steps, if its --minutes do not end it first (the same steps on "
+                          "any machine: minutes alone give a fast GPU many more)")
     run.add_argument("--smoke", action="store_true", help="a few tiny steps per stage on the CPU, to check the machinery")
     exp = sub.add_parser("export", help="write a diffusers pipeline folder from a checkpoint")
     exp.add_argument("checkpoint", type=Path)
@@ -172,7 +175,7 @@ def run_stages(args) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    batch, max_steps = (4, 3) if args.smoke else (args.batch_size, None)
+    batch, max_steps = (4, args.max_steps or 3) if args.smoke else (args.batch_size, args.max_steps)
     for stage, budget in plan:
         extra = {"anneal": args.anneal} if stage in ("unet", "ground", "flux", "reflow") else {}
         extra["world"] = world
