@@ -54,8 +54,9 @@
 #           2026-12-05 for 30 minutes (see the model card).
 #   part 12 (2 CPU cores, no GPU; run alone, not by all): part 10's terms on the CPU, starting from part 7's decoder
 #           (its colours hold on held-out prompts; part 11, started from part 8's, lost them). MODEL_DIR must hold the
-#           shipped model (illustrated_sd/assets/tiny-sd, not part 10's export); it is imported into CHECKPOINT_DIR.12; --equal-objects --clean 1 --object-colour 1 --keep-generated 1 (its own colours kept on a
-#           bank of 256 UNet latents), 1,000 steps of 16 (DECODER_STEPS; about an hour on 2 CPU cores), no --local.
+#           shipped model (illustrated_sd/assets/tiny-sd, not part 10's export); it is imported into CHECKPOINT_DIR.12;
+#           --equal-objects --clean 1 --object-colour 1 --keep-generated 1 (its own colours kept on a bank of 256 UNet
+#           latents), 1,000 steps of 16 (DECODER_STEPS; about an hour on 2 CPU cores), no --local.
 #           Exported to MODEL_DIR.12 for evaluation. The candidate in the model card (2026-12-05) had 985 steps, in two
 #           runs of 30 minutes (484, then 501 from its export: its optimiser started again, before --max-steps existed).
 # PART is 1 to 12 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
