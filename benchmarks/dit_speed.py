@@ -101,8 +101,9 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str],
         return pipe(PROMPT, num_inference_steps=steps, height=size, width=size, generator=torch.Generator().manual_seed(0),
                     max_sequence_length=512 if flux else 256, **settings).images[0]
 
-    def traced():
-        return traced_pipe(PROMPT, num_inference_steps=steps, height=size, width=size, seed=0, progress=False, **settings)
+    def traced(record=None):  # the default trace, or the one ``record`` (a RecordOptions) asks for
+        chosen = {} if record is None else {"record": record}
+        return traced_pipe(PROMPT, num_inference_steps=steps, height=size, width=size, seed=0, progress=False, **chosen, **settings)
 
     def traced_pytorch():
         before = os.environ.get("ISD_FUSED_RECORDING")
@@ -115,15 +116,9 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str],
             else:
                 os.environ["ISD_FUSED_RECORDING"] = before
 
-    def traced_on_gpu():
-        return traced_pipe(PROMPT, num_inference_steps=steps, height=size, width=size, seed=0, progress=False,
-                           record=isd.RecordOptions(to_cpu=False), **settings)
-
-    def traced_no_maps():
-        return traced_pipe(PROMPT, num_inference_steps=steps, height=size, width=size, seed=0, progress=False,
-                           record=isd.RecordOptions(cross_attention=False), **settings)
-
-    made = {"plain": plain, "traced": traced, "traced_pytorch": traced_pytorch, "traced_on_gpu": traced_on_gpu, "traced_no_maps": traced_no_maps}
+    made = {"plain": plain, "traced": traced, "traced_pytorch": traced_pytorch,
+            "traced_on_gpu": lambda: traced(isd.RecordOptions(to_cpu=False)),
+            "traced_no_maps": lambda: traced(isd.RecordOptions(cross_attention=False))}
     runs = {name: made[name] for name in variants}
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from safetensors.torch import save_file as real_save_file
 
 import illustrated_sd as isd
-from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.paths import TINY_SD
+from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.trace.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
 from illustrated_sd.train.decoder import SEAM, decoder_loss, object_colour_error, object_weights, spliced, stray_colour, train_decoder
