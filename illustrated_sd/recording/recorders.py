@@ -227,13 +227,8 @@ def host_buffers_ahead(tensors: dict[str, torch.Tensor]) -> "Future[dict[str, to
         return None
     _pinning = _pinning or ThreadPoolExecutor(max_workers=1, thread_name_prefix="illustrated_sd-pin")
     shapes = {name: (t.shape, t.dtype) for name, t in tensors.items()}
-    device = next(iter(tensors.values())).device
-
-    def pin() -> dict[str, torch.Tensor]:
-        with torch.cuda.device(device):  # a new thread starts on GPU 0: lock the memory with the tensors' GPU's context
-            return {name: torch.empty(shape, dtype=dtype, pin_memory=True) for name, (shape, dtype) in shapes.items()}
-
-    return _pinning.submit(pin)
+    return _pinning.submit(lambda: {name: torch.empty(shape, dtype=dtype, pin_memory=True)
+                                    for name, (shape, dtype) in shapes.items()})
 
 
 def wait_for_host_copies(device: torch.device) -> None:
