@@ -12,8 +12,6 @@ then traced, plain; …):
     traced_pytorch   the same with the maps made by PyTorch (ISD_FUSED_RECORDING=0; only with --variants)
     traced_on_gpu    the default trace left on the GPU (RecordOptions(to_cpu=False): what the copies to the CPU cost)
     traced_no_maps   the trace without attention maps (RecordOptions(cross_attention=False): what the rest costs)
-    traced_pin_late  the default trace with its page-locked CPU memory made as the copies start, at the end of the
-                     denoising, instead of on a background thread while it runs (what recorders.host_buffers_ahead saves)
 
 Each call's result is held until the next call returns, as ``trace = pipe(...)`` run again holds the old trace. The
 maps go to page-locked CPU memory, which PyTorch keeps for reuse once a trace is freed; a traced call needs new such
@@ -43,7 +41,6 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeli
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
 
 import illustrated_sd as isd
-from illustrated_sd.recording import joint_attention
 from illustrated_sd.recording.joint_attention import fused_kernels, kernels_in_use
 from illustrated_sd.models.transformers import CLIP_G, CLIP_L, T5_XXL, real_transformer, t5_style_tokenizer
 from illustrated_sd.paths import CLIP_TOKENIZER
@@ -119,15 +116,7 @@ def measure(model: str, rounds: int, steps: int, size: int, variants: list[str],
             else:
                 os.environ["ISD_FUSED_RECORDING"] = before
 
-    def traced_pin_late():
-        ahead = joint_attention.host_buffers_ahead
-        joint_attention.host_buffers_ahead = lambda tensors: None  # to_host then makes the memory as it copies
-        try:
-            return traced()
-        finally:
-            joint_attention.host_buffers_ahead = ahead
-
-    made = {"plain": plain, "traced": traced, "traced_pytorch": traced_pytorch, "traced_pin_late": traced_pin_late,
+    made = {"plain": plain, "traced": traced, "traced_pytorch": traced_pytorch,
             "traced_on_gpu": lambda: traced(isd.RecordOptions(to_cpu=False)),
             "traced_no_maps": lambda: traced(isd.RecordOptions(cross_attention=False))}
     runs = {name: made[name] for name in variants}
@@ -192,13 +181,13 @@ def main():
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--out", default="docs/gpu_speed_dit.json")
-    parser.add_argument("--variants", default="plain,traced", help="plain, traced, traced_pytorch, traced_on_gpu, traced_no_maps, traced_pin_late; comma-separated")
+    parser.add_argument("--variants", default="plain,traced", help="plain, traced, traced_pytorch, traced_on_gpu, traced_no_maps; comma-separated")
     parser.add_argument("--keep-traces", action="store_true", help="keep every trace whose maps are on the CPU (each traced call then needs new page-locked memory)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     if len(set(variants)) < len(variants):
         parser.error(f"--variants names a variant twice: {args.variants}")
-    others = {"traced_pytorch", "traced_on_gpu", "traced_no_maps", "traced_pin_late"}
+    others = {"traced_pytorch", "traced_on_gpu", "traced_no_maps"}
     if not {"plain", "traced"} <= set(variants) or not set(variants) <= {"plain", "traced"} | others:
         parser.error(f"--variants must hold plain and traced (and may add {', '.join(sorted(others))}), got {args.variants}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

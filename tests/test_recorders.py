@@ -107,20 +107,3 @@ def test_record_options_refuse_mistakes_when_made(kwargs, error, message):
 def test_record_options_take_numpy_numbers_and_tuples():
     options = isd.RecordOptions(memory_budget_gib=np.float32(1.5), self_attention_resolutions=[np.int64(8)], layers=("a",))
     assert options.memory_budget_gib == 1.5 and options.self_attention_resolutions == (8,) and options.layers == ["a"]
-
-
-def test_host_buffers_ahead_lock_memory_only_for_gpu_tensors():
-    from illustrated_sd.recording.recorders import host_buffers_ahead, to_host, wait_for_host_copies
-
-    assert host_buffers_ahead({"maps": torch.ones(2, 3)}) is None  # on the CPU there is nothing to lock
-    assert host_buffers_ahead({}) is None
-    if not torch.cuda.is_available():
-        return
-    maps = {"a": torch.randn(4, 5, device="cuda", dtype=torch.bfloat16), "b": torch.rand(3, device="cuda")}
-    host = host_buffers_ahead(maps).result()
-    assert {name: (t.shape, t.dtype, t.is_pinned()) for name, t in host.items()} == \
-        {name: (t.shape, t.dtype, True) for name, t in maps.items()}
-    copies = {name: to_host(t, host[name]) for name, t in maps.items()}
-    wait_for_host_copies(torch.device("cuda"))
-    for name, t in maps.items():
-        assert copies[name] is host[name] and torch.equal(copies[name], t.cpu())

@@ -103,7 +103,7 @@ def new_recording(transformer, layout: TextLayout, image_len: int, steps: int, r
                          "per_head, fewer steps or a smaller image; or raise memory_budget_gib")
     return JointAttentionRecording(layers, layout.length, image_len, text_first, layout.kept, steps, record.quadrants,
                                    record.per_head, heads, dtype, transformer.device, compact=record.compact,
-                                   small=not edited, to_cpu=record.to_cpu)
+                                   small=not edited)
 
 
 def encode(pipeline, pixels: torch.Tensor, seed: int) -> torch.Tensor:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import _get_qkv_projections
 
-from .recorders import host_buffers_ahead, to_host
+from .recorders import to_host
 
 QUADRANTS = ("image_to_text", "text_to_image", "text_to_text", "image_to_image")
 # The most probabilities the small road may make at the end of a generation (steps × layers × heads × the image's rows
@@ -159,7 +159,6 @@ class JointAttentionRecording:
             buffers are then ``[1, 1, 1, rows, columns]`` in float32, the mean over all steps, layers and heads.
         small: take the small road when its products stay under :data:`SMALL_ROAD_LIMIT` (the loops turn it off under
             edits: a Swap writes into the maps as the loop goes); the maps are then made by :meth:`finish`.
-        to_cpu: the maps will be copied to the CPU: their page-locked memory is made on a background thread meanwhile.
     The prompt's rows are the last of each attention call's batch (CFG puts them after the unconditional rows).
 
     Buffers (``h`` = heads or 1, ``n`` kept text slots, ``N`` image tokens, ``L`` layers):
@@ -169,7 +168,7 @@ class JointAttentionRecording:
 
     def __init__(self, layers: list[str], text_len: int, image_len: int, text_first: bool, kept: torch.Tensor, steps: int,
                  quadrants: tuple[str, ...], per_head: bool, heads: int, dtype: torch.dtype, device, compact: bool = False,
-                 small: bool = True, to_cpu: bool = False):
+                 small: bool = True):
         self.layers, self.text_first, self.per_head, self.compact = list(layers), text_first, per_head and not compact, compact
         self.text_len, self.image_len = text_len, image_len
         self.kept = kept.to(device)  # an index on the device: selecting with it never waits for the GPU
@@ -185,8 +184,6 @@ class JointAttentionRecording:
             self.buffers = {q: torch.zeros(1, 1, 1, *shapes[q], dtype=torch.float32, device=device) for q in quadrants}
         else:
             self.buffers = {q: torch.zeros(steps, L, h, *shapes[q], dtype=dtype, device=device) for q in quadrants}
-        # Their CPU copies' page-locked memory, made while the GPU denoises (see host_buffers_ahead)
-        self.host = host_buffers_ahead(self.buffers) if to_cpu else None
 
     def split(self, x: torch.Tensor, dim: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` with the joint sequence along ``dim`` (``[B, heads, text + image, ...]`` by default) → its text part and
@@ -257,8 +254,7 @@ class JointAttentionRecording:
                 else:
                     self.buffers[quadrant][at] = p.to(self.buffers[quadrant].dtype)
         if copy_to_host:
-            host = self.host.result() if self.host is not None else {}
-            self.buffers = {quadrant: to_host(maps, host.get(quadrant)) for quadrant, maps in self.buffers.items()}
+            self.buffers = {quadrant: to_host(maps) for quadrant, maps in self.buffers.items()}
 
     def _quadrants(self, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, v: torch.Tensor | None = None,
                    bias: torch.Tensor | None = None) -> dict:

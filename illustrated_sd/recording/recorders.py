@@ -8,7 +8,6 @@ spirit of DAAM's ``trace(pipe)``.
 
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -187,9 +186,8 @@ def attention_probabilities(query: torch.Tensor, key: torch.Tensor | None, heads
 _copy_streams: dict[torch.device, "torch.cuda.Stream"] = {}
 
 
-def to_host(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Start copying ``x`` to the CPU without waiting for it; into ``out`` (page-locked, ``x``'s shape and dtype,
-    from :func:`host_buffers_ahead`) when given.
+def to_host(x: torch.Tensor) -> torch.Tensor:
+    """Start copying ``x`` to the CPU without waiting for it.
 
     From a GPU, ``non_blocking=True`` copies into page-locked memory (which PyTorch caches between calls),
     about twice as fast as ordinary memory, and returns at once. The copy runs on a stream of its own: on
@@ -203,32 +201,9 @@ def to_host(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     stream = _copy_streams.setdefault(x.device, torch.cuda.Stream(x.device))
     stream.wait_stream(torch.cuda.current_stream(x.device))  # the copy starts once x has been written
     with torch.cuda.stream(stream):
-        host = x.to("cpu", non_blocking=True) if out is None else out.copy_(x, non_blocking=True)
+        host = x.to("cpu", non_blocking=True)
     x.record_stream(stream)  # x's memory is not handed out again before the copy has read it
     return host
-
-
-_pinning: ThreadPoolExecutor | None = None
-
-
-def host_buffers_ahead(tensors: dict[str, torch.Tensor]) -> "Future[dict[str, torch.Tensor]] | None":
-    """Page-locked CPU tensors shaped like ``tensors`` (each ``[...]`` on a GPU), made on a background thread.
-
-    Locking memory is slow: the operating system must pin every page, and CUDA must map it (measured on an
-    H100: about 0.4 s for a 0.6 GiB trace). PyTorch reuses page-locked blocks once their tensors are freed, but a
-    notebook that keeps its traces needs new ones on every call, and :func:`to_host` would make them at the end of
-    the denoising, holding up the VAE. Asked for as the recording starts, they are made while the GPU denoises
-    (PyTorch lets go of Python's lock while it allocates); :func:`to_host` then copies into them.
-
-    Returns a future of ``{name: pinned tensor}``, or ``None`` when the tensors are not on a GPU (nothing to lock).
-    """
-    global _pinning
-    if not tensors or any(t.device.type != "cuda" for t in tensors.values()):
-        return None
-    _pinning = _pinning or ThreadPoolExecutor(max_workers=1, thread_name_prefix="illustrated_sd-pin")
-    shapes = {name: (t.shape, t.dtype) for name, t in tensors.items()}
-    return _pinning.submit(lambda: {name: torch.empty(shape, dtype=dtype, pin_memory=True)
-                                    for name, (shape, dtype) in shapes.items()})
 
 
 def wait_for_host_copies(device: torch.device) -> None:
