@@ -59,6 +59,10 @@
 #           latents), 1,000 steps of 16 (DECODER_STEPS; about an hour on 2 CPU cores), no --local.
 #           Exported to MODEL_DIR.12 for evaluation. The candidate in the model card (2026-12-05) had 985 steps, in two
 #           runs of 30 minutes (484, then 501 from its export: its optimiser started again, before --max-steps existed).
+#           Session 22 (model card): 500 more on the CPU (DECODER_STEPS=500), and the part from the start on one H100
+#           (DECODER_MINUTES=6 DECODER_STEPS=4000: 2,814 steps in 6 minutes, beside part 10 in the same call). That
+#           part 10 was cut off before its export by the call's time limit, again: drawing its bank of 1,024 took
+#           about 2.5 minutes on top of its 6. The decoder stage now counts the bank in its minutes.
 # PART is 1 to 12 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,

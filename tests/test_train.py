@@ -451,6 +451,25 @@ def test_colour_reference_draws_the_bank_with_its_own_decoder(checkpoint, tmp_pa
     assert not all(torch.equal(own[k], wanted[k]) for k in wanted)
 
 
+def test_the_decoder_stage_counts_drawing_its_bank_in_its_minutes(checkpoint, tmp_path, monkeypatch):
+    """--minutes is the stage's whole wall time: a bank that takes longer than the budget leaves no time to train (a
+    device call cut part 10 off before its export when the bank's minutes came on top)."""
+    import time
+
+    import illustrated_sd.train.decoder as decoder
+
+    def bank(pipe, vae, n, device, seed, world, wait=0.0):
+        time.sleep(wait)
+        return torch.zeros(n, 4, 16, 16), torch.zeros(n, 3, 128, 128), torch.zeros(n, 4, 128, 128)
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, ckpt)
+    monkeypatch.setattr(decoder, "generated_bank", lambda *args: bank(*args, wait=1))  # longer than the 0.6 s budget
+    assert train_decoder(ckpt, 0.01, 2, torch.device("cpu"), 0, keep_generated=1.0, bank_size=2) == 0
+    monkeypatch.setattr(decoder, "generated_bank", bank)  # drawn at once, with time left: it trains
+    assert train_decoder(ckpt, 1, 2, torch.device("cpu"), 0, max_steps=1, keep_generated=1.0, bank_size=2) == 1
+
+
 def test_decoder_learning_rate_shrinks_with_the_batch():
     from illustrated_sd.train.decoder import decoder_lr
 
@@ -486,3 +505,29 @@ def test_import_writes_the_log_that_marks_a_checkpoint_whole(tmp_path):
     # the training script takes a checkpoint with a train_log.json as started (its start() above)
     assert train_main(["import", str(TINY_SD), str(tmp_path / "ckpt")]) == 0
     assert (tmp_path / "ckpt" / "train_log.json").is_file() and (tmp_path / "ckpt" / "vae-0.safetensors").is_file()
+
+
+def test_blend_decoders_mixes_the_two_vaes_weight_by_weight(tmp_path):
+    """scripts/blend_decoders.py: α = 0 gives A, 1 gives B's VAE, ½ their mean; A's other parts are kept; wrong
+    inputs are refused naming the fix."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("blend", Path(__file__).parents[1] / "scripts" / "blend_decoders.py")
+    blend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blend)
+    for name, seed in (("a", 0), ("b", 1)):
+        isd.build_random_pipeline("tiny-sd", seed=seed).save_pretrained(tmp_path / name)
+    a, b = (load_file(tmp_path / name / blend.WEIGHTS) for name in "ab")
+    for alpha in (0.0, 0.5, 1.0):
+        counts = blend.blend(tmp_path / "a", tmp_path / "b", tmp_path / "out", alpha)
+        mixed = load_file(tmp_path / "out" / blend.WEIGHTS)
+        for k in a:
+            torch.testing.assert_close(mixed[k], (1 - alpha) * a[k] + alpha * b[k])
+    assert counts["tensors"] == len(a) and 0 < counts["differing"] <= len(a)
+    assert (tmp_path / "out" / "unet").is_dir()  # the rest of A's pipeline comes along
+    with pytest.raises(ValueError, match=r"--alpha must be within \[0, 1\], got 1.5"):
+        blend.blend(tmp_path / "a", tmp_path / "b", tmp_path / "out", 1.5)
+    other = isd.build_random_pipeline("tiny-sd3")  # another VAE layout
+    other.vae.save_pretrained(tmp_path / "c" / "vae")
+    with pytest.raises(ValueError, match="VAEs of different layouts"):
+        blend.blend(tmp_path / "a", tmp_path / "c", tmp_path / "out", 0.5)

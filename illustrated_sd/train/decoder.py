@@ -175,6 +175,10 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
     ``generated_bank``; 0 = off): ``bank_size`` of them, a quarter of a batch decoded each step. ``colour_reference``: a
     pipeline folder whose VAE draws the bank's pictures (default: the decoder being trained, as it starts).
     """
+    # The clock starts before the bank is drawn: ``minutes`` is the stage's whole wall time, as a machine lent for a
+    # fixed time needs it (part 10 drew its bank of 1,024 for about 2.5 minutes on an H100, outside its 6, and a device
+    # call's time limit cut it off before its export, twice)
+    budget = Budget(minutes, max_steps)
     pipe = build_random_pipeline("tiny-sd", seed=seed)
     vae = pipe.vae.to(device)
     if not load_weights(vae, ckpt, "vae"):
@@ -221,6 +225,6 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
             loss = loss + keep_generated * object_colour_error(kept, bank[1][pick], bank[2][pick])
         return loss
 
-    steps = _run("decoder", step_fn, params, decoder_lr(batch_size), ckpt, Budget(minutes, max_steps), log_every, anneal=anneal)
+    steps = _run("decoder", step_fn, params, decoder_lr(batch_size), ckpt, budget, log_every, anneal=anneal)
     save_weights(vae, ckpt, "vae")  # the encoder's weights are saved unchanged beside the new decoder
     return steps
