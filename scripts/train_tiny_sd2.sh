@@ -52,7 +52,7 @@
 #           MODEL_DIR, a bank of 256); batches of 16 (the learning rate shrinks with the batch: train/decoder.decoder_lr),
 #           no --local (it doubles a CPU step). Exported to MODEL_DIR.11, beside MODEL_DIR, for evaluation; first run
 #           2026-12-05 for 30 minutes (see the model card).
-#   part 12 (2 CPU cores, no GPU; run alone, not by all): part 10's terms on the CPU, starting from part 7's decoder
+#   part 12 (2 CPU cores or one GPU; run alone, not by all): part 10's terms on the CPU, starting from part 7's decoder
 #           (its colours hold on held-out prompts; part 11, started from part 8's, lost them). MODEL_DIR must hold the
 #           shipped model (illustrated_sd/assets/tiny-sd, not part 10's export); it is imported into CHECKPOINT_DIR.12;
 #           --equal-objects --clean 1 --object-colour 1 --keep-generated 1 (its own colours kept on a bank of 256 UNet
@@ -62,7 +62,9 @@
 #           Session 22 (model card): 500 more on the CPU (DECODER_STEPS=500), and the part from the start on one H100
 #           (DECODER_MINUTES=6 DECODER_STEPS=4000: 2,814 steps in 6 minutes, beside part 10 in the same call). That
 #           part 10 was cut off before its export by the call's time limit, again: drawing its bank of 1,024 took
-#           about 2.5 minutes on top of its 6. The decoder stage now counts the bank in its minutes.
+#           about 2.5 minutes on top of its 6. The decoder stage now counts the bank in its minutes (and anneals over
+#           the steps after it), so DECODER_MINUTES=6 now makes fewer than those 2,814 steps: pass DECODER_STEPS alone
+#           (DECODER_MINUTES=9 DECODER_STEPS=2814) for as many.
 # PART is 1 to 12 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,

@@ -507,9 +507,9 @@ def test_import_writes_the_log_that_marks_a_checkpoint_whole(tmp_path):
     assert (tmp_path / "ckpt" / "train_log.json").is_file() and (tmp_path / "ckpt" / "vae-0.safetensors").is_file()
 
 
-def test_blend_decoders_mixes_the_two_vaes_weight_by_weight(tmp_path):
-    """scripts/blend_decoders.py: α = 0 gives A, 1 gives B's VAE, ½ their mean; A's other parts are kept; wrong
-    inputs are refused naming the fix."""
+def test_blend_decoders_mixes_the_two_decoders_weight_by_weight(tmp_path):
+    """scripts/blend_decoders.py: α = 0 gives A's decoder, 1 gives B's, ½ their mean; the encoder and the rest of the
+    pipeline are A's; wrong inputs, and an output that would overwrite a folder, are refused naming the fix."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("blend", Path(__file__).parents[1] / "scripts" / "blend_decoders.py")
@@ -519,15 +519,34 @@ def test_blend_decoders_mixes_the_two_vaes_weight_by_weight(tmp_path):
         isd.build_random_pipeline("tiny-sd", seed=seed).save_pretrained(tmp_path / name)
     a, b = (load_file(tmp_path / name / blend.WEIGHTS) for name in "ab")
     for alpha in (0.0, 0.5, 1.0):
-        counts = blend.blend(tmp_path / "a", tmp_path / "b", tmp_path / "out", alpha)
+        counts = blend.blend(tmp_path / "a", tmp_path / "b", tmp_path / "out", alpha, force=True)
         mixed = load_file(tmp_path / "out" / blend.WEIGHTS)
         for k in a:
-            torch.testing.assert_close(mixed[k], (1 - alpha) * a[k] + alpha * b[k])
-    assert counts["tensors"] == len(a) and 0 < counts["differing"] <= len(a)
+            wanted = (1 - alpha) * a[k] + alpha * b[k] if k.startswith(("decoder.", "post_quant_conv.")) else a[k]
+            torch.testing.assert_close(mixed[k], wanted)
+    assert 0 < counts["differing"] == counts["decoder_tensors"] < len(a)  # random weights: every decoder tensor differs
     assert (tmp_path / "out" / "unet").is_dir()  # the rest of A's pipeline comes along
     with pytest.raises(ValueError, match=r"--alpha must be within \[0, 1\], got 1.5"):
-        blend.blend(tmp_path / "a", tmp_path / "b", tmp_path / "out", 1.5)
+        blend.blend(tmp_path / "a", tmp_path / "b", tmp_path / "new", 1.5)
+    with pytest.raises(FileExistsError, match="pass --force to replace it"):
+        blend.blend(tmp_path / "a", tmp_path / "b", tmp_path / "out", 0.5)
+    for kept in (tmp_path / "a", tmp_path):  # a folder blended, or one that holds it: never replaced, even with force
+        with pytest.raises(ValueError, match="is one of the folders blended"):
+            blend.blend(tmp_path / "a", tmp_path / "b", kept, 0.5, force=True)
+    assert (tmp_path / "a" / blend.WEIGHTS).exists()
     other = isd.build_random_pipeline("tiny-sd3")  # another VAE layout
     other.vae.save_pretrained(tmp_path / "c" / "vae")
     with pytest.raises(ValueError, match="VAEs of different layouts"):
-        blend.blend(tmp_path / "a", tmp_path / "c", tmp_path / "out", 0.5)
+        blend.blend(tmp_path / "a", tmp_path / "c", tmp_path / "new", 0.5)
+
+
+def test_budget_begin_steps_keeps_the_deadline_and_starts_the_anneal_again():
+    from illustrated_sd.train.stages import Budget
+
+    budget = Budget(1, None)
+    budget.start -= 30  # half a minute of setup gone
+    budget.deadline -= 30
+    assert budget.used(0) == pytest.approx(0.5, abs=0.01)
+    deadline = budget.deadline
+    budget.begin_steps()
+    assert budget.deadline == deadline and budget.used(0) < 0.01 and budget.more(0)

@@ -199,6 +199,7 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
         vae.train()
         for frozen in (vae.encoder, vae.quant_conv):
             frozen.eval()
+    budget.begin_steps()
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 5 + len(read_log(ckpt).get("decoder", {}).get("step", [])))
 
     def step_fn(step):

@@ -38,6 +38,11 @@ class Budget:
         by_time = (time.time() - self.start) / max(self.deadline - self.start, 1e-9)
         return min(1.0, max(by_time, step / self.max_steps if self.max_steps else 0.0))
 
+    def begin_steps(self) -> None:
+        """The steps start now, after a stage's setup: the deadline stays, and the learning rate's anneal (``used``)
+        spans the time from here to it, not the setup's share too."""
+        self.start = time.time()
+
     def more(self, step: int) -> bool:
         return time.time() < self.deadline and (self.max_steps is None or step < self.max_steps)
 
