@@ -3,8 +3,8 @@
 A fine-tuned network and the one it started from can be averaged weight by weight (Wortsman et al., "Robust
 fine-tuning of zero-shot models", 2022: WiSE-FT): the fine-tune started from the other, so both sit in one basin and
 the blend keeps much of what each is good at. Here A is the shipped decoder (part 7: right colours and shapes, faint
-marks away from the objects) and B a decoder trained on from it against those marks (part 12), which lost some pair
-and shape grades; α is B's share. Only the decoder's weights blend (``decoder.*`` and ``post_quant_conv.*``); the
+marks away from the objects) and B a decoder trained on from it against those marks (part 12), which draws a few
+more shapes wrong; α is B's share. (For these two the blends found no middle worth having: docs/model-card.md.) Only the decoder's weights blend (``decoder.*`` and ``post_quant_conv.*``); the
 encoder is A's, so latents, and every UNet, are unchanged.
 
     python scripts/blend_decoders.py A_FOLDER B_FOLDER OUT_FOLDER --alpha 0.5 [--force]
@@ -18,8 +18,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 WEIGHTS = Path("vae") / "diffusion_pytorch_model.safetensors"
-
-
 DECODER = ("decoder.", "post_quant_conv.")  # the VAE's tensors that decode; the rest encode
 
 
