@@ -52,7 +52,7 @@
 #           MODEL_DIR, a bank of 256); batches of 16 (the learning rate shrinks with the batch: train/decoder.decoder_lr),
 #           no --local (it doubles a CPU step). Exported to MODEL_DIR.11, beside MODEL_DIR, for evaluation; first run
 #           2026-12-05 for 30 minutes (see the model card).
-#   part 12 (2 CPU cores or one GPU; run alone, not by all): part 10's terms on the CPU, starting from part 7's decoder
+#   part 12 (2 CPU cores or one GPU; run alone, not by all): part 10's terms but the splicing one, from part 7's decoder
 #           (its colours hold on held-out prompts; part 11, started from part 8's, lost them). MODEL_DIR must hold the
 #           shipped model (illustrated_sd/assets/tiny-sd, not part 10's export); it is imported into CHECKPOINT_DIR.12;
 #           --equal-objects --clean 1 --object-colour 1 --keep-generated 1 (its own colours kept on a bank of 256 UNet

@@ -427,6 +427,11 @@ def test_the_generated_bank_holds_the_unets_latents_and_what_the_decoder_draws_f
     assert object_colour_error(again, pictures, masks) < 1e-10
 
 
+def empty_bank(n: int) -> tuple:
+    """A stand-in for decoder.generated_bank's ``n`` latents, pictures and masks (zeros, of the tiny world's shapes)."""
+    return torch.zeros(n, 4, 16, 16), torch.zeros(n, 3, 128, 128), torch.zeros(n, 4, 128, 128)
+
+
 def test_colour_reference_draws_the_bank_with_its_own_decoder(checkpoint, tmp_path, monkeypatch):
     """--colour-reference: the bank's pictures (whose colours the decoder is held to) come from that folder's VAE, not
     from the decoder being trained."""
@@ -438,7 +443,7 @@ def test_colour_reference_draws_the_bank_with_its_own_decoder(checkpoint, tmp_pa
 
     def bank(pipe, vae, n, device, seed, world):
         seen.append({k: v.clone() for k, v in vae.decoder.state_dict().items()})
-        return torch.zeros(n, 4, 16, 16), torch.zeros(n, 3, 128, 128), torch.zeros(n, 4, 128, 128)
+        return empty_bank(n)
 
     monkeypatch.setattr(decoder, "generated_bank", bank)
     ckpt = tmp_path / "ckpt"
@@ -460,7 +465,7 @@ def test_the_decoder_stage_counts_drawing_its_bank_in_its_minutes(checkpoint, tm
 
     def bank(pipe, vae, n, device, seed, world, wait=0.0):
         time.sleep(wait)
-        return torch.zeros(n, 4, 16, 16), torch.zeros(n, 3, 128, 128), torch.zeros(n, 4, 128, 128)
+        return empty_bank(n)
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(checkpoint, ckpt)
@@ -522,7 +527,7 @@ def test_blend_decoders_mixes_the_two_decoders_weight_by_weight(tmp_path):
         counts = blend.blend(tmp_path / "a", tmp_path / "b", tmp_path / "out", alpha, force=True)
         mixed = load_file(tmp_path / "out" / blend.WEIGHTS)
         for k in a:
-            wanted = (1 - alpha) * a[k] + alpha * b[k] if k.startswith(("decoder.", "post_quant_conv.")) else a[k]
+            wanted = (1 - alpha) * a[k] + alpha * b[k] if k.startswith(blend.DECODER) else a[k]
             torch.testing.assert_close(mixed[k], wanted)
     # the convolutions' random weights differ; the norms' ones and zeros are the same in both
     assert 0 < counts["differing"] < counts["decoder_tensors"] < len(a)
