@@ -28,9 +28,10 @@
 #   part 9  MODEL_DIR imported into CHECKPOINT_DIR.9; grounding with half of the captions naming the background's
 #           colour (--name-backgrounds 0.5) beside the pair practice of part 4; exported again (only the UNet changed).
 # Parts 8 and 9 ran side by side on one H100 in one device call (2026-12-05), each from part 7's export into its own
-# MODEL_DIR copy, 6 minutes each (the defaults below). The shipped model is part 9's UNet with part 7's decoder: part
-# 8's decoder mended the smudges away from objects and the locality but drew orange as yellow (model card, Known
-# flaws), so it waits to be trained again with the objects' colours priced.
+# MODEL_DIR copy, 6 minutes each (the defaults below). Part 9's UNet shipped; part 8's decoder mended the smudges away
+# from objects and the locality but drew orange as yellow (model card, Known flaws), so the decoder was trained again
+# with the objects' colours priced (parts 10 to 12). The shipped model (2026-12-06) is part 9's UNet with part 12's
+# decoder (the H100 run below).
 #   part 10 MODEL_DIR imported into CHECKPOINT_DIR.10; part 8's decoder training with each object's mean colour priced
 #           too (--object-colour 1), and the colours the decoder gives the UNet's own latents kept (--keep-generated 1:
 #           part 8's round trips read orange right, 71 of 72, while its generated pictures drew orange as yellow, so
@@ -44,7 +45,8 @@
 # grounding stage's --name-all P (the share of captions that name every object) is the data side of a fix; a first
 # try on 2 CPU cores (137 steps of 64, from the shipped model) moved nothing measurable (smudges 71% → 69% of 48).
 #   part 11 (2 CPU cores, no GPU; run alone, not by all): part 8's decoder taught part 7's colours back. MODEL_DIR must
-#           hold the shipped model (part 9's UNet, part 7's decoder: illustrated_sd/assets/tiny-sd, not part 10's export);
+#           hold part 9's UNet with part 7's decoder (illustrated_sd/assets/tiny-sd as of commit 4d7a78f, before part
+#           12's decoder shipped: `git archive 4d7a78f illustrated_sd/assets/tiny-sd | tar x -C DIR`; not part 10's export);
 #           it is copied with part 8's decoder put in (PART8_VAE: the vae/ folder of part 8's export), imported into
 #           CHECKPOINT_DIR.11; decoder with part 8's terms but the splicing one (--equal-objects --clean 1), each object's
 #           colour priced (--object-colour 1)
@@ -53,8 +55,8 @@
 #           no --local (it doubles a CPU step). Exported to MODEL_DIR.11, beside MODEL_DIR, for evaluation; first run
 #           2026-12-05 for 30 minutes (see the model card).
 #   part 12 (2 CPU cores or one GPU; run alone, not by all): part 10's terms but the splicing one, from part 7's decoder
-#           (its colours hold on held-out prompts; part 11, started from part 8's, lost them). MODEL_DIR must hold the
-#           shipped model (illustrated_sd/assets/tiny-sd, not part 10's export); it is imported into CHECKPOINT_DIR.12;
+#           (its colours hold on held-out prompts; part 11, started from part 8's, lost them). MODEL_DIR must hold part
+#           9's UNet with part 7's decoder (tiny-sd as of commit 4d7a78f, as for part 11); it is imported into CHECKPOINT_DIR.12;
 #           --equal-objects --clean 1 --object-colour 1 --keep-generated 1 (its own colours kept on a bank of 256 UNet
 #           latents), 1,000 steps of 16 (DECODER_STEPS; about an hour on 2 CPU cores), no --local.
 #           Exported to MODEL_DIR.12 for evaluation. The candidate in the model card (2026-12-05) had 985 steps, in two
@@ -65,6 +67,7 @@
 #           about 2.5 minutes on top of its 6. The decoder stage now counts the bank in its minutes (and anneals over
 #           the steps after it), so DECODER_MINUTES=6 now makes fewer than those 2,814 steps: pass DECODER_STEPS alone
 #           (DECODER_MINUTES=9 DECODER_STEPS=2814) for as many.
+#           That H100 export's decoder ships (2026-12-06; graded by scripts/grade_decoder.sh, the model card's table).
 # PART is 1 to 12 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,
