@@ -173,6 +173,32 @@ def stray_marks(image, threshold: float = 8.0, min_area: int = 10, clearance: in
     return sorted(marks, key=lambda m: -m[0])
 
 
+def invented_marks(round_trips, originals, masks, clearance: int = 4, threshold: float = 8.0, min_area: int = 10) -> dict:
+    """What a VAE round trip adds away from the objects, by kind: ``{"coloured": [N], "darker": [N], "lighter": [N]}``,
+    each a bool tensor saying which pictures got such a mark.
+
+    ``round_trips``, ``originals`` ``[N, 3, H, W]`` in [-1, 1]; ``masks`` ``[N, objects, H, W]`` (the renderer's). Where
+    the original is known, any patch the round trip adds is an invention, whatever its colour, so unlike
+    :func:`stray_marks` (which must leave the world's grey shadows and patterns alone) grey counts too: each pixel's
+    difference is split into its grey part (the mean of R, G and B: darker or lighter) and what is left (coloured).
+    A mark is a patch of ``min_area`` pixels or more where one part, averaged over 5×5 pixels, passes ``threshold``
+    grey levels, more than ``clearance`` pixels from every object and 3 from the picture's edge (where decoders err).
+    Meant for plain backgrounds: on a textured one, the texture a decoder loses counts as marks too.
+    """
+    covered = masks.sum(1, keepdim=True).clamp(max=1)  # [N, 1, H, W]
+    away = F.max_pool2d(covered.float(), 2 * clearance + 1, 1, clearance)[:, 0] == 0  # [N, H, W]
+    away[:, :3] = away[:, -3:] = away[:, :, :3] = away[:, :, -3:] = False
+    difference = (round_trips.float() - originals.float()) * 127.5  # [N, 3, H, W] grey levels
+    grey = difference.mean(1)  # [N, H, W]
+    parts = {"coloured": (difference - grey[:, None]).norm(dim=1), "darker": -grey, "lighter": grey}
+    found = {}
+    for kind, size in parts.items():
+        local = F.avg_pool2d(size[:, None], 5, 1, 2, count_include_pad=False)[:, 0]  # [N, H, W]
+        found[kind] = torch.tensor([any(part.sum() >= min_area for part in _components(((local[i] > threshold) & away[i]).numpy()))
+                                    for i in range(len(originals))])
+    return found
+
+
 def _classify_2(part: np.ndarray) -> str:
     """A version-2 shape: the filled outline decides, and a hole of the right size makes a circle a ring."""
     filled = fill_holes(part)

@@ -1,0 +1,70 @@
+"""What the VAE decoder invents away from the objects, by kind: coloured, darker or lighter marks in round trips.
+
+    python scripts/decoder_marks.py --out docs/decoder_marks.json                 # the embedded decoder
+    python scripts/decoder_marks.py --reference OLD/vae/diffusion_pytorch_model.safetensors --out F   # and another
+    (docs/decoder_marks.json's reference, part 7's decoder: `git show 4d7a78f:illustrated_sd/assets/tiny-sd/vae/\
+    diffusion_pytorch_model.safetensors > /tmp/part7.safetensors`, the package's decoder until 2026-12-06)
+
+`evaluate --smudges` counts the *coloured* marks the world's detector sees (``stray_marks`` takes the grey part of
+each pixel's difference out, because the world's shadows and patterns are grey). A decoder trained against those
+marks can trade them for grey ones, which a student sees just as well. Here the original is known, so any patch the
+round trip adds is an invention, whatever its colour (``world.detect.invented_marks``: grey counts too), measured on
+world pictures with a plain background, where there is no texture for the decoder to lose.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+import illustrated_sd as isd
+from illustrated_sd.world.detect import invented_marks
+
+
+def shares(round_trips, originals, masks, clearance: int) -> dict:
+    """The share of round trips with each kind of invented mark: ``{"coloured": share, "darker": …, "lighter": …}``."""
+    return {kind: round(float(found.float().mean()), 4) for kind, found in invented_marks(round_trips, originals, masks, clearance).items()}
+
+
+def round_trip(vae, images):
+    """Encode (the mean) and decode ``images`` ``[N, 3, H, W]`` → ``[N, 3, H, W]`` in [-1, 1], as the VAE's grade does."""
+    with torch.no_grad():
+        return vae.decode(vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().clamp(-1, 1)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a pipeline folder (default: the embedded tiny-sd 2)")
+    parser.add_argument("--reference", type=Path, help="another decoder's vae safetensors file, measured beside it")
+    parser.add_argument("--pictures", type=int, default=96, help="plain-background world pictures (default: %(default)s)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    pipe = isd.load_pipeline(args.model) if args.model else isd.load_pipeline()
+    vae = pipe.vae
+    # held-out scenes the decoder never trained on, with a plain background: whatever the round trip adds is new
+    scenes = [s for s in isd.world.sample_scenes([30_000, 8], 20 * args.pictures, version=pipe.world) if s.pattern == "plain"]
+    scenes = scenes[: args.pictures]
+    images, masks = isd.world.render(scenes)  # [N, 3, 128, 128], [N, objects, 128, 128]
+    decoders = {"this decoder": vae.state_dict()}
+    if args.reference:
+        decoders["reference"] = load_file(args.reference)
+    own = {k: v.clone() for k, v in vae.state_dict().items()}
+    result = {"model": args.model or "tiny-sd 2 (embedded)", "reference": str(args.reference) if args.reference else None,
+              "pictures": len(scenes), "decoders": {}}
+    for name, weights in decoders.items():
+        vae.load_state_dict({k: weights[k].to(v.dtype) for k, v in own.items()})
+        trips = round_trip(vae, images)
+        result["decoders"][name] = {f"more than {c} px from objects": shares(trips, images, masks, c) for c in (4, 2)}
+        print(name, json.dumps(result["decoders"][name]))
+    vae.load_state_dict(own)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
