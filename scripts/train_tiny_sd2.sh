@@ -68,7 +68,13 @@
 #           the steps after it), so DECODER_MINUTES=6 now makes fewer than those 2,814 steps: pass DECODER_STEPS alone
 #           (DECODER_MINUTES=9 DECODER_STEPS=2814) for as many.
 #           That H100 export's decoder ships (2026-12-06; graded by scripts/grade_decoder.sh, the model card's table).
-# PART is 1 to 12 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
+#   part 13 (one GPU; run alone, not by all): the shipped decoder (part 12's) trained on with part 10's terms (the
+#           splicing one at batches of 256 included) and the grey part of the marks priced too (--clean-grey 1: part
+#           12's decoder drew dark marks in 10% of plain round trips, 5% before, where the detector does not look).
+#           MODEL_DIR must hold the shipped model (illustrated_sd/assets/tiny-sd as of 2026-12-06); it is imported
+#           into CHECKPOINT_DIR.13 and exported to MODEL_DIR.13 for evaluation (scripts/grade_decoder.sh and
+#           scripts/decoder_marks.py). DECODER_MINUTES (default 7) counts the bank of 1,024 generated latents too.
+# PART is 1 to 13 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,
 # not from the new export: delete CHECKPOINT_DIR.N of the parts to redo.
@@ -170,4 +176,10 @@ if [[ $part == 12 ]]; then
   train --out "$ckpt.12" --stages decoder --minutes "${DECODER_MINUTES:-90}" --max-steps "${DECODER_STEPS:-1000}" --batch-size 16 \
     --equal-objects --clean 1 --object-colour 1 --keep-generated 1 --bank-size 256
   "$python" -m illustrated_sd.train export "$ckpt.12" "${model%/}.12" --force
+fi
+if [[ $part == 13 ]]; then
+  start "$model" "$ckpt.13"
+  train --out "$ckpt.13" --stages decoder --minutes "${DECODER_MINUTES:-7}" --equal-objects --local 1 --clean 1 --clean-grey 1 \
+    --object-colour 1 --keep-generated 1
+  "$python" -m illustrated_sd.train export "$ckpt.13" "${model%/}.13" --force
 fi

@@ -35,8 +35,8 @@ def test_smoke_run_resume_and_export(tmp_path):
                        "--out", str(ckpt)]) == 0  # fine-tunes
     assert json.loads((ckpt / "train_log.json").read_text())["ground"]["total_steps"] == 3
     before = load_file(ckpt / "vae-0.safetensors")
-    assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--local", "1", "--clean", "1", "--object-colour", "1",
-                       "--keep-generated", "1", "--out", str(ckpt)]) == 0
+    assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--local", "1", "--clean", "1", "--clean-grey", "1",
+                       "--object-colour", "1", "--keep-generated", "1", "--out", str(ckpt)]) == 0
     after = load_file(ckpt / "vae-0.safetensors")
     assert train_main(["export", str(ckpt), str(folder)]) == 0  # a folder whose decoder draws the kept colours
     assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--keep-generated", "1", "--colour-reference", str(folder),
@@ -172,6 +172,10 @@ def test_stray_colour_prices_a_faint_coloured_patch_away_from_the_objects_only()
     # the patch's colour length is 0.0625·√(2/3) = 0.051; the worst 1% (164 pixels) averages it with its 5×5 blur's rim
     assert on_object == 0 and 0.01 < away < 0.051
     assert stray_colour(patch(90, 90, [2, 0, 0]), images, masks) == pytest.approx(2 * away.item())
+    # with grey weighed, a dark patch away from the object costs what its offset is; on the object, still nothing
+    dark = stray_colour(patch(90, 90, [-1, -1, -1]), images, masks, grey=1)
+    assert 0.01 < dark < 0.0625 and stray_colour(patch(27, 27, [-1, -1, -1]), images, masks, grey=1) == 0
+    assert stray_colour(patch(90, 90, [1, 0, 0]), images, masks, grey=1) > away  # a red patch is a little lighter too
 
 
 def test_spliced_latents_ask_each_side_of_the_cut_for_its_own_picture():
@@ -281,6 +285,8 @@ def refused(argv, capsys) -> str:
     (["run", "--out", "{tmp}/c", "--binding=-1"], "--binding is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/c", "--local=-1"], "--local is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/c", "--clean=-1"], "--clean is a loss weight, ≥ 0"),
+    (["run", "--out", "{tmp}/c", "--clean-grey=-1"], "--clean-grey is a loss weight, ≥ 0"),
+    (["run", "--out", "{tmp}/c", "--clean-grey", "1"], "add --clean W"),
     (["run", "--out", "{tmp}/c", "--object-colour=-1"], "--object-colour is a loss weight, ≥ 0"),
     (["run", "--out", "{tmp}/c", "--name-backgrounds", "1.5"], "--name-backgrounds is a share of scenes, in \\[0, 1\\]"),
     (["run", "--out", "{tmp}/c", "--name-all=-0.5"], "--name-all is a share of scenes, in \\[0, 1\\]"),

@@ -50,6 +50,9 @@ def main(argv=None) -> int:
                      help="decoder: weight of the loss on spliced latents that keeps the decoder local (default: %(default)s, off)")
     run.add_argument("--clean", type=checks.finite_float, default=0.0,
                      help="decoder: weight of the loss on faint colour marks away from the objects, the ghost smudges (default: %(default)s, off)")
+    run.add_argument("--clean-grey", type=checks.finite_float, default=0.0,
+                     help="decoder, with --clean: weight of a mark's grey part (darker or lighter) beside its colour; the detector "
+                          "ignores grey, and a decoder trained without it drew more dark marks (default: %(default)s, colour only)")
     run.add_argument("--object-colour", type=checks.finite_float, default=0.0,
                      help="decoder: weight of the loss on each object's mean colour, as the detector reads it (default: %(default)s, off)")
     run.add_argument("--keep-generated", type=checks.finite_float, default=0.0,
@@ -154,6 +157,10 @@ def run_stages(args) -> None:
         raise ValueError(f"--local is a loss weight, ≥ 0 (got {args.local:g})")
     if args.clean < 0:
         raise ValueError(f"--clean is a loss weight, ≥ 0 (got {args.clean:g})")
+    if args.clean_grey < 0:
+        raise ValueError(f"--clean-grey is a loss weight, ≥ 0 (got {args.clean_grey:g})")
+    if args.clean_grey and not args.clean:
+        raise ValueError("--clean-grey weighs part of the --clean term: add --clean W (say 1)")
     if args.object_colour < 0:
         raise ValueError(f"--object-colour is a loss weight, ≥ 0 (got {args.object_colour:g})")
     if args.keep_generated < 0:
@@ -186,7 +193,8 @@ def run_stages(args) -> None:
         if stage == "pairs":
             extra["teacher"] = args.teacher
         if stage == "decoder":
-            extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean, object_colour=args.object_colour,
+            extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean, clean_grey=args.clean_grey,
+                         object_colour=args.object_colour,
                          keep_generated=args.keep_generated, colour_reference=args.colour_reference,
                          bank_size=4 if args.smoke else args.bank_size or BANK)
         if stage == "ground":

@@ -23,7 +23,11 @@ the background, away from every object (``world.detect.stray_marks`` finds them 
 tiny-sd 2). Under the pixel loss such a patch costs almost nothing (8 grey levels squared is 0.004 on the [-1, 1]
 scale, spread over a few dozen pixels of 16,384), so nothing pushed them away. The ``stray_colour`` term prices them as
 the detector sees them: the error's colour (its grey part taken out), averaged over 5×5 pixels, and only its worst
-1% away from the objects counted, so one smudge weighs as much as a whole picture's worth of small errors.
+1% away from the objects counted, so one smudge weighs as much as a whole picture's worth of small errors. A decoder
+trained so (part 12, 2026-12-05) took most coloured marks out of its round trips (73% → 5% of plain-background
+pictures) but drew twice as many faint *dark* ones (5% → 10%, ``scripts/decoder_marks.py``): it moved the flaw
+where the term does not look. ``clean_grey`` prices the grey part too, in training, where the original is known (a
+world picture's own shadows and patterns are in ``images``, so a grey error there is the decoder's, not the world's).
 
 With ``object_colour`` the decoder is also held to each object's *colour* as the detector reads it: the mean colour
 over the object's pixels. A decoder trained with ``local`` and ``clean`` (part 8, 2026-12-05) drew orange objects
@@ -102,13 +106,16 @@ def decoder_loss(recon: torch.Tensor, images: torch.Tensor, weights: torch.Tenso
     return (weights * per_pixel).sum() / weights.sum()
 
 
-def stray_colour(recon: torch.Tensor, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def stray_colour(recon: torch.Tensor, images: torch.Tensor, masks: torch.Tensor, grey: float = 0.0) -> torch.Tensor:
     """The ghost-smudge loss: decoded ``recon`` against ``images`` ``[B, 3, H, W]``, object coverage ``masks``
-    ``[B, K, H, W]`` → a scalar. Per pixel, the error's colour (the error minus its mean over R, G, B: a grey-level
-    offset is a pattern or a shadow, not a smudge) as a length, averaged over 5×5 pixels as ``stray_marks`` does; on
-    pixels more than ``EDGE`` from every object, the mean of each picture's worst ``STRAY_SHARE``."""
+    ``[B, K, H, W]`` → a scalar. Per pixel, the error's colour (the error minus its mean over R, G, B: the detector
+    takes a grey-level offset for a pattern or a shadow, not a smudge) as a length, plus ``grey`` times the size of
+    that grey part (0: the detector's view; 1: a dark or light mark costs as much as a coloured one), averaged over
+    5×5 pixels as ``stray_marks`` does; on pixels more than ``EDGE`` from every object, the mean of each picture's
+    worst ``STRAY_SHARE``."""
     error = recon - images
-    colour = (error - error.mean(1, keepdim=True)).norm(dim=1, keepdim=True)  # [B, 1, H, W]
+    offset = error.mean(1, keepdim=True)  # [B, 1, H, W]: the grey part
+    colour = (error - offset).norm(dim=1, keepdim=True) + grey * offset.abs()  # [B, 1, H, W]
     local = F.avg_pool2d(colour, 5, stride=1, padding=2, count_include_pad=False)
     away = F.max_pool2d(masks.amax(1, keepdim=True), 2 * EDGE + 1, stride=1, padding=EDGE) == 0
     worst = max(1, round(STRAY_SHARE * local[0].numel()))
@@ -163,14 +170,14 @@ BANK = 1024  # generated latents kept for keep_generated (250 MB with their pict
 
 def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
                   anneal: bool = True, world: int = 1, equal_objects: bool = False, local: float = 0.0, clean: float = 0.0,
-                  object_colour: float = 0.0, keep_generated: float = 0.0, bank_size: int = BANK, colour_reference: Path | None = None):
+                  clean_grey: float = 0.0, object_colour: float = 0.0, keep_generated: float = 0.0, bank_size: int = BANK, colour_reference: Path | None = None):
     """Fine-tune ``vae.decoder`` and ``vae.post_quant_conv`` on world pictures; the encoder stays frozen.
 
     Each step encodes a fresh batch, *samples* a latent from the posterior (the UNet's latents are never
     exactly the posterior mean either) and decodes it. The learning rate falls over the second half.
     ``equal_objects``: weigh every object about the same, however small (see ``object_weights``). ``local``: the weight
     of the spliced half of the loss (see ``spliced``; 0 = off). ``clean``: the weight of the ghost-smudge term (see
-    ``stray_colour``; 0 = off). ``object_colour``: the weight of the object-colour term (see ``object_colour_error``;
+    ``stray_colour``; 0 = off), ``clean_grey`` its grey part's weight within it (0 = coloured marks only). ``object_colour``: the weight of the object-colour term (see ``object_colour_error``;
     0 = off). ``keep_generated``: the weight of the term that keeps the colours of the UNet's own latents (see
     ``generated_bank``; 0 = off): ``bank_size`` of them, a quarter of a batch decoded each step. ``colour_reference``: a
     pipeline folder whose VAE draws the bank's pictures (default: the decoder being trained, as it starts).
@@ -216,7 +223,7 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
         if local:
             loss = loss + local * decoder_loss(recon_mixed, targets, far * object_weights(target_masks, equal_objects))
         if clean:
-            loss = loss + clean * stray_colour(recon, images, masks)
+            loss = loss + clean * stray_colour(recon, images, masks, grey=clean_grey)
         if object_colour:
             loss = loss + object_colour * object_colour_error(recon, images, masks)
         if keep_generated:
