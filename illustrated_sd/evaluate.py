@@ -410,11 +410,7 @@ def ghost_smudges(pipe, cases, seeds: int = 2, steps: int = 25, guidance: float 
     false = [len(stray_marks(picture, version=world)) > 0 for picture in renders]
     false_near = [len(stray_marks(picture, version=world, clearance=NEAR)) > 0 for picture in renders]
     # the same pictures through the VAE alone (encode, decode; no UNet): does the decoder draw the marks?
-    vae = pipe.vae
-    with torch.no_grad():
-        latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean
-        round_trips = vae.decode(latents).sample.float().clamp(-1, 1)
-    decoded = [len(stray_marks(picture, version=world)) > 0 for picture in as_uint8(round_trips)]
+    decoded = [len(stray_marks(picture, version=world)) > 0 for picture in as_uint8(round_trip(pipe.vae, images))]
     share = lambda counts: round(float(np.mean([c > 0 for c in counts])), 4)  # noqa: E731
     return {"pictures": len(rows[guidance]), "prompts": len(cases), "seeds": seeds, "with_marks": share(rows[guidance]),
             "marks_per_picture": round(float(np.mean(rows[guidance])), 3),
@@ -485,6 +481,15 @@ def attention_at_scale(folder, world: int = 2, threshold: float = 0.4) -> dict:
 
 
 @torch.no_grad()
+def round_trip(vae, images: torch.Tensor) -> torch.Tensor:
+    """Encode ``images`` ``[N, 3, H, W]`` in [-1, 1] (the posterior's mode: its mean) and decode them again:
+    ``[N, 3, H, W]`` float in [-1, 1], on the VAE's device. The VAE alone, no UNet: what the decoder does to a latent
+    it was made for."""
+    latents = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mode()
+    return vae.decode(latents).sample.float().clamp(-1, 1)
+
+
+@torch.no_grad()
 def vae_psnr(pipe, n: int = 256, seed: int = 424242) -> dict:
     """Round-trip ``n`` world images (a seed training never used) through the VAE.
 
@@ -502,7 +507,7 @@ def vae_psnr(pipe, n: int = 256, seed: int = 424242) -> dict:
     scores, right, right_originals = [], [], []
     for start in range(0, n, 32):
         batch = images[start : start + 32].to(pipe.device, vae.dtype)
-        recon = vae.decode(vae.encode(batch).latent_dist.mode()).sample.clamp(-1, 1).float()
+        recon = round_trip(vae, batch)
         mse = (((recon + 1) / 2 - (batch.float() + 1) / 2) ** 2).mean(dim=(1, 2, 3))
         scores.append(10 * torch.log10(1 / mse))
         right += _objects_read_right(scenes[start : start + 32], recon, world)

@@ -13,14 +13,16 @@ world pictures with a plain background, where there is no texture for the decode
 """
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 import illustrated_sd as isd
+from illustrated_sd.evaluate import round_trip, world_of
+from illustrated_sd.paths import TINY_SD
 from illustrated_sd.world.detect import invented_marks
 
 
@@ -29,32 +31,34 @@ def shares(round_trips, originals, masks, clearance: int) -> dict:
     return {kind: round(float(found.float().mean()), 4) for kind, found in invented_marks(round_trips, originals, masks, clearance).items()}
 
 
-def round_trip(vae, images):
-    """Encode (the mean) and decode ``images`` ``[N, 3, H, W]`` → ``[N, 3, H, W]`` in [-1, 1], as the VAE's grade does."""
-    with torch.no_grad():
-        return vae.decode(vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean).sample.float().clamp(-1, 1)
+def weights_sha256(model_folder) -> str:
+    """The SHA-256 of a pipeline folder's VAE weights file: which decoder a measurement was made with (notebook 02
+    checks that this file's numbers are the embedded decoder's)."""
+    return hashlib.sha256((Path(model_folder) / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a pipeline folder (default: the embedded tiny-sd 2)")
     parser.add_argument("--reference", type=Path, help="another decoder's vae safetensors file, measured beside it")
-    parser.add_argument("--pictures", type=int, default=96, help="plain-background world pictures (default: %(default)s)")
+    parser.add_argument("--pictures", type=int, default=384, help="plain-background world pictures (default: %(default)s)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     start = time.perf_counter()
     pipe = isd.load_pipeline(args.model) if args.model else isd.load_pipeline()
     vae = pipe.vae
-    # held-out scenes the decoder never trained on, with a plain background: whatever the round trip adds is new
-    scenes = [s for s in isd.world.sample_scenes([30_000, 8], 20 * args.pictures, version=pipe.world) if s.pattern == "plain"]
+    # held-out colour–shape pairs drawn with a seed training never used, on a plain background: whatever the round
+    # trip adds there is the decoder's own
+    scenes = isd.world.sample_scenes([30_000, 8], 20 * args.pictures, held_out=True, version=world_of(pipe))
+    scenes = [s for s in scenes if s.pattern == "plain"]
     scenes = scenes[: args.pictures]
     images, masks = isd.world.render(scenes)  # [N, 3, 128, 128], [N, objects, 128, 128]
     decoders = {"this decoder": vae.state_dict()}
     if args.reference:
         decoders["reference"] = load_file(args.reference)
     own = {k: v.clone() for k, v in vae.state_dict().items()}
-    result = {"model": args.model or "tiny-sd 2 (embedded)", "reference": str(args.reference) if args.reference else None,
-              "pictures": len(scenes), "decoders": {}}
+    result = {"model": args.model or "tiny-sd 2 (embedded)", "vae_sha256": weights_sha256(args.model or TINY_SD),
+              "reference": str(args.reference) if args.reference else None, "pictures": len(scenes), "decoders": {}}
     for name, weights in decoders.items():
         vae.load_state_dict({k: weights[k].to(v.dtype) for k, v in own.items()})
         trips = round_trip(vae, images)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Grade a candidate VAE decoder of tiny-sd 2 by the model card's commands, on the same prompts and seeds as every
 # candidate before it (docs/model-card.md, "Known flaws"), so its column can stand beside theirs:
-#   bash scripts/grade_decoder.sh MODEL_DIR NAME [OUT_DIR]     (PYTHON=... to choose the interpreter)
+#   bash scripts/grade_decoder.sh MODEL_DIR NAME [OUT_DIR]     (PYTHON=.venv/bin/python to choose the interpreter)
 # MODEL_DIR is a whole pipeline folder (the shipped UNet with the candidate's vae/); the grades go to
-# OUT_DIR/NAME-{smudges,held-out,pairs,backgrounds,locality,single}.json (OUT_DIR: docs/decoder_candidates).
+# OUT_DIR/NAME-{smudges,marks,held-out,pairs,backgrounds,locality,single}.json (OUT_DIR: docs/decoder_candidates).
+# REFERENCE=FILE (another decoder's vae safetensors) measures the marks of every kind beside that decoder's.
 # About 30 minutes on 2 CPU cores, the quick grades first: the smudges (what the decoder is trained against) and
 # the held-out prompts (what it most easily loses) tell within 6 minutes whether the rest is worth waiting for.
 # Each grade is skipped when its file exists, so a run cut short goes on where it stopped.
@@ -11,7 +12,7 @@ set -euo pipefail
 model=${1:?a pipeline folder holding the candidate decoder}
 name=${2:?a name for the candidate (the files are NAME-*.json)}
 out=${3:-docs/decoder_candidates}
-python=${PYTHON:-.venv/bin/python}
+python=${PYTHON:-python}
 # Two torch threads on two cores: run this alone (two such jobs slow each other several times over).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 mkdir -p "$out"
@@ -27,6 +28,7 @@ grade() {  # grade WHAT ARGS...: one evaluation, written to $out/$name-WHAT.json
 evaluate() { "$python" -m illustrated_sd.evaluate --model "$model" "$@"; }
 
 grade smudges evaluate --smudges 2
+grade marks "$python" scripts/decoder_marks.py --model "$model" ${REFERENCE:+--reference "$REFERENCE"}
 grade held-out evaluate --only held-out
 grade pairs evaluate --only pairs
 grade backgrounds evaluate --backgrounds 2

@@ -70,8 +70,8 @@
 #           That H100 export's decoder ships (2026-12-06; graded by scripts/grade_decoder.sh, the model card's table).
 #   part 13 (one GPU; run alone, not by all): the shipped decoder (part 12's) trained on with part 10's terms (the
 #           splicing one at batches of 256 included) and the grey part of the marks priced too (--clean-grey 1: part
-#           12's decoder drew dark marks in 10% of plain round trips, 5% before, where the detector does not look).
-#           MODEL_DIR must hold the shipped model (illustrated_sd/assets/tiny-sd as of 2026-12-06); it is imported
+#           12's decoder left dark marks in 11% of plain round trips, as part 7's did, and drew more near the objects).
+#           MODEL_DIR must hold the shipped model (illustrated_sd/assets/tiny-sd as of commit 52fdd5a); it is imported
 #           into CHECKPOINT_DIR.13 and exported to MODEL_DIR.13 for evaluation (scripts/grade_decoder.sh and
 #           scripts/decoder_marks.py). DECODER_MINUTES (default 7) counts the bank of 1,024 generated latents too.
 # PART is 1 to 13 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be

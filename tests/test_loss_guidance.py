@@ -31,10 +31,12 @@ def test_scale_zero_is_the_plain_pipeline_and_scores_its_predictions(pipe, ungui
 
 
 def test_guidance_lowers_the_loss_and_nudges_every_kth_step(pipe, unguided):
-    steered = loss_guided(pipe, PROMPT, bluer, scale=100, every=1, steps=20, seed=2)
+    steered = loss_guided(pipe, PROMPT, bluer, scale=300, every=1, steps=20, seed=2)  # notebook 06's scale
     assert steered.nudged == list(range(20))
     assert steered.losses[0] == unguided.losses[0]  # the first guess is scored before any nudge
-    assert steered.losses[-1] < unguided.losses[-1] - 0.1  # 1.08 against 1.28 when this was written
+    # 0.82 against 1.28 with part 12's decoder (at scale 100, 1.20: how far a scale reaches depends on the decoder's
+    # gradient, which the loss flows back through)
+    assert steered.losses[-1] < unguided.losses[-1] - 0.1
     sparse = loss_guided(pipe, PROMPT, bluer, scale=100, every=8, steps=20, seed=2)
     assert sparse.nudged == [0, 8, 16]
 

@@ -176,6 +176,12 @@ def test_stray_colour_prices_a_faint_coloured_patch_away_from_the_objects_only()
     dark = stray_colour(patch(90, 90, [-1, -1, -1]), images, masks, grey=1)
     assert 0.01 < dark < 0.0625 and stray_colour(patch(27, 27, [-1, -1, -1]), images, masks, grey=1) == 0
     assert stray_colour(patch(90, 90, [1, 0, 0]), images, masks, grey=1) > away  # a red patch is a little lighter too
+    # a texture drawn a little off, grey errors both ways (a checkerboard of ±8 levels over a quarter of the picture),
+    # mostly averages out of the grey part: it costs less than the small dark patch (taking sizes before averaging,
+    # it would cost its full 0.0625, more than four times the patch)
+    texture = images.clone()
+    texture[0, :, 64:, 64:] += 0.0625 * (torch.arange(64).view(-1, 1) + torch.arange(64)).remainder(2).mul(2).sub(1)
+    assert stray_colour(texture, images, masks, grey=1) < dark / 2
 
 
 def test_spliced_latents_ask_each_side_of_the_cut_for_its_own_picture():
@@ -563,24 +569,3 @@ def test_budget_begin_steps_keeps_the_deadline_and_starts_the_anneal_again():
     budget.begin_steps()
     assert budget.deadline == deadline and budget.used(0) < 0.01 and budget.more(0)
 
-
-def test_decoder_marks_sorts_what_a_round_trip_adds_by_kind():
-    """scripts/decoder_marks.py: a dark patch away from the object is a darker mark, a reddish one a coloured mark, one
-    on the object's border is not counted at 4 pixels' clearance, and an unchanged round trip has none."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("marks", Path(__file__).parents[1] / "scripts" / "decoder_marks.py")
-    marks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(marks)
-    originals = torch.zeros(3, 3, 64, 64)  # a plain grey background, [-1, 1]
-    masks = torch.zeros(3, 1, 64, 64)
-    masks[:, :, 20:30, 20:30] = 1  # the object
-    trips = originals.clone()
-    trips[0, :, 45:53, 45:53] -= 0.2  # 25 grey levels darker, far from the object
-    trips[1, 0, 45:53, 45:53] += 0.2  # redder and no lighter (green and blue down as much), far from the object
-    trips[1, 1:, 45:53, 45:53] -= 0.1
-    trips[2, :, 30:33, 20:30] -= 0.2  # darker, but touching the object
-    found = marks.shares(trips, originals, masks, clearance=4)
-    assert found == {"coloured": round(1 / 3, 4), "darker": round(1 / 3, 4), "lighter": 0.0}
-    assert marks.shares(originals, originals, masks, clearance=4) == {"coloured": 0.0, "darker": 0.0, "lighter": 0.0}
-    assert marks.shares(trips, originals, masks, clearance=1)["darker"] == round(2 / 3, 4)  # the one touching it counts now

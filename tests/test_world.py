@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from illustrated_sd.world import HELD_OUT, POSITIONS, known_words, render, sample_scenes
-from illustrated_sd.world.detect import detect, stray_marks
+from illustrated_sd.world.detect import detect, invented_marks, stray_marks
 from illustrated_sd.world.vocabulary import PAIR_FORMS, PATTERNS, POSITION_PHRASES, SHAPES_2, SINGLE_FORMS, STYLES, known_words_2
 
 
@@ -189,3 +189,20 @@ def test_stray_marks_finds_a_faint_coloured_smudge_and_not_the_worlds_own_patter
     grey = clean.astype(np.int16)
     grey[y - 4:y + 4, x - 4:x + 4] += mottle[..., :1]
     assert not stray_marks(grey.clip(0, 255).astype(np.uint8))
+
+
+def test_invented_marks_sorts_what_a_round_trip_adds_by_kind():
+    """A dark patch away from the object is a darker mark, a reddish one (no lighter overall) a coloured mark, one
+    touching the object counts only with a smaller clearance, and an unchanged round trip has none."""
+    originals = torch.zeros(3, 3, 64, 64)  # a plain grey background, [-1, 1]
+    masks = torch.zeros(3, 1, 64, 64)
+    masks[:, :, 20:30, 20:30] = 1  # the object
+    trips = originals.clone()
+    trips[0, :, 45:53, 45:53] -= 0.2  # 25 grey levels darker, far from the object
+    trips[1, 0, 45:53, 45:53] += 0.2  # redder, and green and blue down as much: no lighter
+    trips[1, 1:, 45:53, 45:53] -= 0.1
+    trips[2, :, 30:33, 20:30] -= 0.2  # darker, but touching the object
+    found = {kind: marks.tolist() for kind, marks in invented_marks(trips, originals, masks, clearance=4).items()}
+    assert found == {"coloured": [False, True, False], "darker": [True, False, False], "lighter": [False, False, False]}
+    assert invented_marks(trips, originals, masks, clearance=1)["darker"].tolist() == [True, False, True]
+    assert not any(m.any() for m in invented_marks(originals, originals, masks).values())

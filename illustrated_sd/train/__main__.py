@@ -52,7 +52,7 @@ def main(argv=None) -> int:
                      help="decoder: weight of the loss on faint colour marks away from the objects, the ghost smudges (default: %(default)s, off)")
     run.add_argument("--clean-grey", type=checks.finite_float, default=0.0,
                      help="decoder, with --clean: weight of a mark's grey part (darker or lighter) beside its colour; the detector "
-                          "ignores grey, and a decoder trained without it drew more dark marks (default: %(default)s, colour only)")
+                          "ignores grey, and a decoder trained without it kept its dark marks (default: %(default)s, colour only)")
     run.add_argument("--object-colour", type=checks.finite_float, default=0.0,
                      help="decoder: weight of the loss on each object's mean colour, as the detector reads it (default: %(default)s, off)")
     run.add_argument("--keep-generated", type=checks.finite_float, default=0.0,

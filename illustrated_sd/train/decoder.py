@@ -19,14 +19,14 @@ its own picture. A decoder whose middle block attends over every latent pixel ot
 background over the other (notebook 07 measures it), since no single picture ever asked it not to.
 
 With ``clean`` the decoder is also taught not to leave *ghost smudges*: faint patches of colour a few grey levels off
-the background, away from every object (``world.detect.stray_marks`` finds them in two of three VAE round trips of
-tiny-sd 2). Under the pixel loss such a patch costs almost nothing (8 grey levels squared is 0.004 on the [-1, 1]
+the background, away from every object (``world.detect.stray_marks`` found them in two of three VAE round trips of
+part 7's decoder). Under the pixel loss such a patch costs almost nothing (8 grey levels squared is 0.004 on the [-1, 1]
 scale, spread over a few dozen pixels of 16,384), so nothing pushed them away. The ``stray_colour`` term prices them as
 the detector sees them: the error's colour (its grey part taken out), averaged over 5×5 pixels, and only its worst
 1% away from the objects counted, so one smudge weighs as much as a whole picture's worth of small errors. A decoder
 trained so (part 12, 2026-12-05) took most coloured marks out of its round trips (73% → 5% of plain-background
-pictures) but drew twice as many faint *dark* ones (5% → 10%, ``scripts/decoder_marks.py``): it moved the flaw
-where the term does not look. ``clean_grey`` prices the grey part too, in training, where the original is known (a
+pictures) but left the faint *dark* ones away from the objects as common as before (11%) and drew more near them
+(11% → 20%, counting from 2 px; ``scripts/decoder_marks.py``): a term that looks only at colour mends only colour. ``clean_grey`` prices the grey part too, in training, where the original is known (a
 world picture's own shadows and patterns are in ``images``, so a grey error there is the decoder's, not the world's).
 
 With ``object_colour`` the decoder is also held to each object's *colour* as the detector reads it: the mean colour
@@ -109,14 +109,16 @@ def decoder_loss(recon: torch.Tensor, images: torch.Tensor, weights: torch.Tenso
 def stray_colour(recon: torch.Tensor, images: torch.Tensor, masks: torch.Tensor, grey: float = 0.0) -> torch.Tensor:
     """The ghost-smudge loss: decoded ``recon`` against ``images`` ``[B, 3, H, W]``, object coverage ``masks``
     ``[B, K, H, W]`` → a scalar. Per pixel, the error's colour (the error minus its mean over R, G, B: the detector
-    takes a grey-level offset for a pattern or a shadow, not a smudge) as a length, plus ``grey`` times the size of
-    that grey part (0: the detector's view; 1: a dark or light mark costs as much as a coloured one), averaged over
-    5×5 pixels as ``stray_marks`` does; on pixels more than ``EDGE`` from every object, the mean of each picture's
-    worst ``STRAY_SHARE``."""
+    takes a grey-level offset for a pattern or a shadow, not a smudge) as a length, averaged over 5×5 pixels as
+    ``stray_marks`` does, plus ``grey`` times the size of the grey part's own 5×5 average (0: the detector's view; 1: a
+    dark or light patch costs as much as a coloured one); on pixels more than ``EDGE`` from every object, the mean of
+    each picture's worst ``STRAY_SHARE``."""
     error = recon - images
-    offset = error.mean(1, keepdim=True)  # [B, 1, H, W]: the grey part
-    colour = (error - offset).norm(dim=1, keepdim=True) + grey * offset.abs()  # [B, 1, H, W]
-    local = F.avg_pool2d(colour, 5, stride=1, padding=2, count_include_pad=False)
+    offset = error.mean(1, keepdim=True)  # [B, 1, H, W]: the grey part, signed
+    blur = lambda x: F.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)  # noqa: E731
+    # the grey part is averaged *before* its size is taken: a texture the decoder draws a little off (errors both
+    # ways, as on noise and stripes) averages out, a dark or light patch does not (world.detect.invented_marks too)
+    local = blur((error - offset).norm(dim=1, keepdim=True)) + grey * blur(offset).abs()  # [B, 1, H, W]
     away = F.max_pool2d(masks.amax(1, keepdim=True), 2 * EDGE + 1, stride=1, padding=EDGE) == 0
     worst = max(1, round(STRAY_SHARE * local[0].numel()))
     return (local * away).flatten(1).topk(worst, dim=1).values.mean()

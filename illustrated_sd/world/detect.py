@@ -194,7 +194,7 @@ def invented_marks(round_trips, originals, masks, clearance: int = 4, threshold:
     found = {}
     for kind, size in parts.items():
         local = F.avg_pool2d(size[:, None], 5, 1, 2, count_include_pad=False)[:, 0]  # [N, H, W]
-        found[kind] = torch.tensor([any(part.sum() >= min_area for part in _components(((local[i] > threshold) & away[i]).numpy()))
+        found[kind] = torch.tensor([any(part.sum() >= min_area for part in _components(((local[i] > threshold) & away[i]).cpu().numpy()))
                                     for i in range(len(originals))])
     return found
 
