@@ -480,6 +480,14 @@ def attention_at_scale(folder, world: int = 2, threshold: float = 0.4) -> dict:
     return result
 
 
+def vae_sha256(model_folder) -> str:
+    """The SHA-256 of a pipeline folder's VAE weights file: which decoder a stored measurement was made with (notebook
+    02 checks that ``docs/decoder_marks.json`` measured the embedded decoder, not one shipped before it)."""
+    import hashlib
+
+    return hashlib.sha256((Path(model_folder) / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
+
+
 @torch.no_grad()
 def round_trip(vae, images: torch.Tensor) -> torch.Tensor:
     """Encode ``images`` ``[N, 3, H, W]`` in [-1, 1] (the posterior's mode: its mean) and decode them again:

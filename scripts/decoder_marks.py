@@ -13,7 +13,6 @@ world pictures with a plain background, where there is no texture for the decode
 """
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 import illustrated_sd as isd
-from illustrated_sd.evaluate import round_trip, world_of
+from illustrated_sd.evaluate import round_trip, vae_sha256, world_of
 from illustrated_sd.paths import TINY_SD
 from illustrated_sd.world.detect import invented_marks
 
@@ -29,12 +28,6 @@ from illustrated_sd.world.detect import invented_marks
 def shares(round_trips, originals, masks, clearance: int) -> dict:
     """The share of round trips with each kind of invented mark: ``{"coloured": share, "darker": …, "lighter": …}``."""
     return {kind: round(float(found.float().mean()), 4) for kind, found in invented_marks(round_trips, originals, masks, clearance).items()}
-
-
-def weights_sha256(model_folder) -> str:
-    """The SHA-256 of a pipeline folder's VAE weights file: which decoder a measurement was made with (notebook 02
-    checks that this file's numbers are the embedded decoder's)."""
-    return hashlib.sha256((Path(model_folder) / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
 
 
 def main():
@@ -57,7 +50,7 @@ def main():
     if args.reference:
         decoders["reference"] = load_file(args.reference)
     own = {k: v.clone() for k, v in vae.state_dict().items()}
-    result = {"model": args.model or "tiny-sd 2 (embedded)", "vae_sha256": weights_sha256(args.model or TINY_SD),
+    result = {"model": args.model or "tiny-sd 2 (embedded)", "vae_sha256": vae_sha256(args.model or TINY_SD),
               "reference": str(args.reference) if args.reference else None, "pictures": len(scenes), "decoders": {}}
     for name, weights in decoders.items():
         vae.load_state_dict({k: weights[k].to(v.dtype) for k, v in own.items()})
