@@ -29,6 +29,14 @@ def test_atomic_write_follows_the_umask(tmp_path):
     assert (tmp_path / "private").stat().st_mode & 0o777 == 0o600
 
 
+def test_a_folder_under_parents_that_do_not_exist_yet_is_made(tmp_path):
+    out = tmp_path / "models" / "new" / "out"
+    staged = scratch_folder_beside(out)
+    (staged / "a.txt").write_text("x")
+    publish_folder(staged, out)
+    assert (out / "a.txt").read_text() == "x" and [p.name for p in out.parent.iterdir()] == ["out"]
+
+
 def test_publish_folder_swaps_whole_folders_and_puts_the_old_one_back_on_failure(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()

@@ -105,12 +105,13 @@ def atomic_write(path: str | os.PathLike, what: str = "file"):
 
 
 def scratch_folder_beside(folder: Path) -> Path:
-    """A new, empty folder next to ``folder``, to fill and then :func:`publish_folder` onto it.
+    """A new, empty folder next to ``folder`` (its parent made if missing), to fill and then :func:`publish_folder` onto it.
 
     Beside it, so that it is on the same disk and the final move is a single rename; with the
     permissions an ordinary new folder gets (``mkdtemp`` would make it private).
     """
     folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)  # a new path (``export ckpt models/new/tiny-flux``) is made, not refused
     scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.new-"))
     os.chmod(scratch, 0o777 & ~_umask())
     return scratch
