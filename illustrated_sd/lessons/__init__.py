@@ -1,6 +1,7 @@
 """Tools the notebooks teach with: the parts of diffusion a generation alone does not show.
 
     forward_diffusion.py   noising an image to any t, and what one training step measures
+    flow_matching.py       the straight path of tiny-flux's training, the velocity it names, and its σ schedule
     latent_space.py        the VAE's two doors, with their scaling
     loss_guidance.py       steering a generation with any differentiable score of its picture
     causal.py              what a word causes: generate with and without it, compared with its heatmap

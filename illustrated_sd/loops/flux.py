@@ -23,6 +23,15 @@ from .flow_prompt import flux_layout
 from .flow_shared import FlowSettings, build_trace, decode, encode, new_edit_plan, new_recording
 
 
+def schedule_mu(scheduler, image_len: int) -> float:
+    """μ, how far the σ schedule is bent toward the noise for ``image_len`` image tokens: a straight line in the
+    number of tokens, from ``base_shift`` at ``base_image_seq_len`` to ``max_shift`` at ``max_image_seq_len``
+    (Flux-dev: 0.5 at 256 tokens, 1.15 at 4,096), as diffusers' ``calculate_shift``."""
+    c = scheduler.config
+    return calculate_shift(image_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
+                           c.get("max_shift", 1.15))
+
+
 @torch.no_grad()
 def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: FlowSettings, progress: bool, image=None,
                   strength: float | None = None, concepts: list[str] | None = None, concept_layers: list[int] | None = None,
@@ -44,9 +53,8 @@ def generate_flux(pipe, prompt: str, negative_prompt: str | None, settings: Flow
     # 3. The σ schedule: S evenly spaced values from 1 down, bent toward the noise by μ, which grows with the number
     #    of image tokens (a big picture keeps its layout through more noise, so it spends more steps at high σ)
     image_len = (s.height // flux.vae_scale_factor // 2) * (s.width // flux.vae_scale_factor // 2)
-    mu = calculate_shift(image_len, scheduler.config.get("base_image_seq_len", 256), scheduler.config.get("max_image_seq_len", 4096),
-                         scheduler.config.get("base_shift", 0.5), scheduler.config.get("max_shift", 1.15))
-    timesteps, _ = retrieve_timesteps(scheduler, s.steps, device, sigmas=np.linspace(1.0, 1 / s.steps, s.steps), mu=mu)
+    timesteps, _ = retrieve_timesteps(scheduler, s.steps, device, sigmas=np.linspace(1.0, 1 / s.steps, s.steps),
+                                      mu=schedule_mu(scheduler, image_len))
 
     # 4. Where the loop starts: noise drawn as [1, C, h, w] and packed into tokens [1, (h/2)(w/2), 4C], with each token's
     #    (row, column) id for RoPE; or (img2img) the encoded picture moved part of the way toward the noise, on the

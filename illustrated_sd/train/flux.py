@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from tqdm.auto import tqdm
 from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Tokenizer
 
+from ..loops.flux import schedule_mu
 from ..models.transformers import TINY_FLUX, t5_style_tokenizer
 from ..paths import TINY_SD
 from ..trace.files import load_weights
@@ -154,10 +154,9 @@ def tiny_flux_pipeline(ckpt: Path, seed: int = 0) -> FluxPipeline:
     return pipe
 
 
-def schedule_mu(pipe: FluxPipeline, size: int = SIZE) -> float:
-    """μ of the σ schedule at ``size``² (FluxPipeline's ``calculate_shift`` of the number of image tokens)."""
-    c, tokens = pipe.scheduler.config, (size // pipe.vae_scale_factor // 2) ** 2
-    return calculate_shift(tokens, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+def image_mu(pipe: FluxPipeline, size: int = SIZE) -> float:
+    """μ of the σ schedule at ``size``² (the generation loop's ``schedule_mu`` of the number of image tokens)."""
+    return schedule_mu(pipe.scheduler, (size // pipe.vae_scale_factor // 2) ** 2)
 
 
 def shifted(sigma: torch.Tensor, mu: float) -> torch.Tensor:
@@ -205,7 +204,7 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
     """Stage ``flux``: the transformer learns the velocity on ``dataset_size`` scenes encoded once (see the module)."""
     pipe = tiny_flux_pipeline(ckpt, seed=seed).to(device)
     data = encode_world_flux(pipe, seed, dataset_size, device, world=world)
-    transformer, scaling, mu = pipe.transformer.train(), pipe.vae.config.scaling_factor, schedule_mu(pipe)
+    transformer, scaling, mu = pipe.transformer.train(), pipe.vae.config.scaling_factor, image_mu(pipe)
     load_weights(transformer, ckpt, "transformer")
     transformer.float()
     forward = torch.compile(transformer) if compile and device.type == "cuda" else transformer
