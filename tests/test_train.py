@@ -58,6 +58,34 @@ def test_max_steps_stops_a_stage_whatever_its_minutes(tmp_path):
     assert json.loads((tmp_path / "train_log.json").read_text())["vae"]["total_steps"] == 2
 
 
+def test_a_stage_killed_from_outside_keeps_its_last_save_and_trains_on_from_it(tmp_path):
+    """A GPU call's time limit kills a stage without warning: what it saved every ``save_every`` seconds survives,
+    with a log that says how many steps those weights have had (the EMA's weights, for an averaged stage)."""
+    from illustrated_sd.train.stages import Budget, _run_averaged
+
+    torch.manual_seed(0)
+    model, target = torch.nn.Linear(4, 1), torch.randn(64, 1)
+    x = torch.randn(64, 4)
+
+    class Killed(Exception):
+        pass
+
+    def step_fn(step):
+        if step == 5:
+            raise Killed  # the sixth step never finishes
+        return ((model(x) - target) ** 2).mean()
+
+    with pytest.raises(Killed):
+        _run_averaged("toy", step_fn, model, "toy", 0.1, tmp_path, Budget(10, None), 100, 0.9, save_every=0)
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert log["toy"]["total_steps"] == 5
+    saved = load_file(tmp_path / "toy-0.safetensors")
+    assert not torch.equal(saved["weight"], model.weight.detach().half())  # the average, not the last step's weights
+    # started again, it trains on from the save: the step count goes on from 5
+    assert _run_averaged("toy", lambda step: ((model(x) - target) ** 2).mean(), model, "toy", 0.1, tmp_path, Budget(10, 3), 100, 0.9) == 3
+    assert json.loads((tmp_path / "train_log.json").read_text())["toy"]["total_steps"] == 8
+
+
 def test_weights_round_trip_through_fp16_shards(tmp_path):
     def make():
         return torch.nn.Sequential(torch.nn.Linear(600, 9000), torch.nn.Linear(9000, 600))  # 21.6 MB in fp16

@@ -12,8 +12,8 @@ from ..trace.files import atomic_write
 SHARD_BYTES = 15 * 2**20  # files come back from the GPU machine at most 16 MiB each
 
 
-def save_weights(module: torch.nn.Module, folder: Path, name: str) -> list[Path]:
-    """Write ``module``'s weights as fp16 shards ``name-0.safetensors``, ``name-1…`` of at most 15 MiB.
+def save_weights(module: torch.nn.Module | dict, folder: Path, name: str) -> list[Path]:
+    """Write ``module``'s weights (or a state dict, e.g. an EMA's) as fp16 shards ``name-0.safetensors``, ``name-1…`` of at most 15 MiB.
 
     Every new shard is written to a temporary file first; only when all are complete do they replace
     the old shards (one rename each), and only then are old shards beyond the new count deleted. A
@@ -22,7 +22,8 @@ def save_weights(module: torch.nn.Module, folder: Path, name: str) -> list[Path]
     folder.mkdir(parents=True, exist_ok=True)
     old = set(folder.glob(f"{name}-*.safetensors"))
     shards, current, size = [], {}, 0
-    for key, value in module.state_dict().items():
+    state = module if isinstance(module, dict) else module.state_dict()
+    for key, value in state.items():
         value = value.detach().to("cpu", torch.float16 if value.is_floating_point() else value.dtype).contiguous()
         nbytes = value.numel() * value.element_size()
         if current and size + nbytes > SHARD_BYTES:

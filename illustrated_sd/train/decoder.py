@@ -235,6 +235,7 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
             loss = loss + keep_generated * object_colour_error(kept, bank[1][pick], bank[2][pick])
         return loss
 
-    steps = _run("decoder", step_fn, params, decoder_lr(batch_size), ckpt, budget, log_every, anneal=anneal)
+    steps = _run("decoder", step_fn, params, decoder_lr(batch_size), ckpt, budget, log_every, anneal=anneal,
+                 save=lambda: save_weights(vae, ckpt, "vae"))
     save_weights(vae, ckpt, "vae")  # the encoder's weights are saved unchanged beside the new decoder
     return steps

@@ -70,10 +70,17 @@ def _autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
-def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_step=None, anneal=False):
+SAVE_EVERY = 120.0  # seconds between a stage's saves while it runs (see _run's ``save``)
+
+
+def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_step=None, anneal=False, save=None,
+         save_every: float = SAVE_EVERY):
     """A generic loop: AdamW with linear warm-up, loss logged to the checkpoint's JSON every ``log_every`` steps.
 
-    With ``anneal``, the learning rate falls linearly to 10% over the second half of the budget.
+    With ``anneal``, the learning rate falls linearly to 10% over the second half of the budget. ``save`` (a function
+    of no arguments that writes the stage's weights) is also called every ``save_every`` seconds, with the log beside
+    it, so that a run killed from outside (a GPU call's time limit) keeps all but its last minutes: started again, it
+    trains on from the last save. (The caller still saves at the end.)
     """
     log = read_log(ckpt)
     curve = log.setdefault(stage, {"step": [], "loss": [], "seconds": []})
@@ -82,6 +89,7 @@ def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_
     # fused: one kernel updates every parameter (on a GPU), instead of several per parameter tensor
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=all(p.is_cuda for p in params))
     step, t0, running = start_step, time.time(), []
+    last_save = t0
     bar = tqdm(desc=stage, unit="step")
     while budget.more(step - start_step):
         factor = min(1.0, (step - start_step + 1) / warmup)  # warm up again on resume: Adam's moments start from zero
@@ -105,6 +113,11 @@ def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_
             running = []
         step += 1
         bar.update()
+        if save is not None and time.time() - last_save >= save_every:
+            save()
+            curve["total_steps"] = step  # the log says how many steps the saved weights have had
+            write_log(ckpt, log)
+            last_save = time.time()
     bar.close()
     curve["total_steps"] = step
     write_log(ckpt, log)
@@ -116,7 +129,8 @@ def _run_averaged(stage: str, step_fn, module: torch.nn.Module, weights: str, lr
     """:func:`_run` on ``module``'s parameters while an :class:`EMA` averages its weights; then the averaged weights
     (what ships: they sample better than the last step's) are loaded back and saved as ``weights``. The steps taken."""
     ema = EMA(module, ema_decay)
-    steps = _run(stage, step_fn, list(module.parameters()), lr, ckpt, budget, log_every, after_step=ema.update, **options)
+    steps = _run(stage, step_fn, list(module.parameters()), lr, ckpt, budget, log_every, after_step=ema.update,
+                 save=lambda: save_weights(ema.weights, ckpt, weights), **options)
     if steps:
         module.load_state_dict(ema.weights)
     save_weights(module, ckpt, weights)
