@@ -10,6 +10,13 @@
 #           At width 96 the transformer (1.17 M parameters) is tiny for an H100: a step of 512 took 45 ms, nearly all of
 #           it kernel launches, so a step of 2,048 costs about the same; part 1 now draws 4× the pictures per step from
 #           100,000 scenes (the stage's default) for 6 minutes.
+#           Session 24 (2026-12-06, one H100): part 1 as below beside a decoder run lost its flux stage to the call's
+#           time limit (encoding 100,000 scenes took 1.7 minutes; the stage then saved only at its end, which is why
+#           every stage now saves every 2 minutes); a second call trained the flux stage alone from that call's T5
+#           (236 steps): 5,100 steps of 2,048 from 50,000 scenes in 5.5 minutes, loss 2.57 → 0.961, still falling.
+#           Its pictures: the named colour, place and background, but blobs, not shapes, and faint dots and a
+#           grid-like texture in plain backgrounds. Not shipped; part 2 trains it on (its checkpoint was kept off the
+#           repository: a fresh one costs part 1 again).
 #   part 2  MODEL_DIR's checkpoint trained on (more transformer), exported again.
 # MODEL_DIR must sit beside tiny-sd's folder (illustrated_sd/assets/tiny-flux beside illustrated_sd/assets/tiny-sd):
 # tiny-flux ships no VAE, CLIP tower or CLIP tokenizer of its own; it takes tiny-sd's.
