@@ -85,3 +85,15 @@ def test_the_lesson_refuses_a_unet_pipeline_with_the_fix():
     unet = isd.IllustratedPipeline(isd.build_random_pipeline("tiny-sd", seed=0))
     with pytest.raises(TypeError, match=r"load_pipeline\('tiny-flux'\)"):
         sigma_schedule(unet, 4, 128)
+
+
+def test_shifted_sigma_bends_toward_the_noise_and_keeps_the_ends_and_mu_grows_with_the_picture(pipe):
+    from illustrated_sd.lessons.flow_matching import mu_at, shifted
+
+    sigma = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    out = shifted(sigma, mu=0.5)
+    assert out[0] == 0 and out[-1] == 1 and torch.all(out[1:3] > sigma[1:3])
+    assert torch.allclose(shifted(sigma, mu=0.0), sigma)
+    assert mu_at(pipe, 128) < mu_at(pipe, 512) < mu_at(pipe, 1024)
+    # the schedule is evenly spaced σ bent by that μ
+    np.testing.assert_allclose(sigma_schedule(pipe, 4, 512)[:-1], shifted(np.linspace(1, 0.25, 4), mu_at(pipe, 512)), atol=1e-6)

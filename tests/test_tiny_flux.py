@@ -12,7 +12,7 @@ import illustrated_sd as isd
 from illustrated_sd.models.transformers import TINY_FLUX
 from illustrated_sd.paths import TINY_SD
 from illustrated_sd.train.__main__ import main as train_main
-from illustrated_sd.train.flux import SHARED, flow_matching_loss, shifted, span_corruption, world_t5_tokenizer
+from illustrated_sd.train.flux import SHARED, flow_matching_loss, span_corruption, world_t5_tokenizer
 from illustrated_sd.world import known_words_2
 
 
@@ -42,13 +42,6 @@ def test_span_corruption_cuts_spans_out_and_the_target_says_what_was_cut(n):
         assert restored == ids
         cut = sum(len(v) for v in spans.values())
         assert cut == min(n, max(1, round(0.15 * n)))
-
-
-def test_shifted_sigma_bends_toward_the_noise_and_keeps_the_ends():
-    sigma = torch.tensor([0.0, 0.25, 0.5, 1.0])
-    out = shifted(sigma, mu=0.5)
-    assert out[0] == 0 and out[-1] == 1 and torch.all(out[1:3] > sigma[1:3])
-    assert torch.allclose(shifted(sigma, mu=0.0), sigma)
 
 
 def test_flow_matching_loss_is_zero_for_the_true_velocity_and_positive_otherwise():

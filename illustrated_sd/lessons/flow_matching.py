@@ -11,6 +11,7 @@ ends with weights whose *squares* add to 1: a quarter circle, not a line.
 """
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -84,14 +85,25 @@ def predict_velocity(pipe, latents: torch.Tensor, sigma, prompt: str | list[str]
     return flux._unpack_latents(velocity, h * flux.vae_scale_factor, w * flux.vae_scale_factor, flux.vae_scale_factor)
 
 
+def shifted(sigma, mu: float):
+    """σ bent toward the noise as the sampler's schedule is: e^μ·σ / (1 + (e^μ − 1)·σ) (0 and 1 stay put; μ = 0 leaves
+    σ as it was). Training draws its σ and bends it the same way, so it practises most where sampling will ask."""
+    return math.exp(mu) * sigma / (1 + (math.exp(mu) - 1) * sigma)
+
+
+def mu_at(pipe, size: int) -> float:
+    """The μ a generation at ``size``² pixels bends its schedule by (it grows with the number of image tokens)."""
+    flux = _flux(pipe)
+    if size % (flux.vae_scale_factor * 2):
+        raise ValueError(f"size must be a multiple of {flux.vae_scale_factor * 2} pixels (one token's side); got {size}")
+    return schedule_mu(flux.scheduler, (size // flux.vae_scale_factor // 2) ** 2)
+
+
 def sigma_schedule(pipe, steps: int, size: int) -> np.ndarray:
     """The σ values a ``steps``-step generation at ``size``² pixels visits, ``[steps + 1]`` from 1 to 0: evenly spaced,
     then bent toward the noise by the shift μ that grows with the number of image tokens (``loops/flux.py`` step 3;
     the pipeline's own scheduler is left as it was)."""
-    flux = _flux(pipe)
-    if size % (flux.vae_scale_factor * 2):
-        raise ValueError(f"size must be a multiple of {flux.vae_scale_factor * 2} pixels (one token's side); got {size}")
-    scheduler = copy.deepcopy(flux.scheduler)
-    tokens = (size // flux.vae_scale_factor // 2) ** 2
-    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=schedule_mu(scheduler, tokens))
+    mu = mu_at(pipe, size)
+    scheduler = copy.deepcopy(pipe.pipeline.scheduler)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
     return scheduler.sigmas.numpy().astype(np.float64)

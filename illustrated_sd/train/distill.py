@@ -35,7 +35,8 @@ from ..paths import TINY_FLUX as TEACHER
 from ..trace.files import atomic_write, load_weights
 from ..world import HELD_OUT, known_words_2, sample_scenes
 from .checkpoint import read_log, write_log
-from .flux import SIZE, image_mu, shifted
+from ..lessons.flow_matching import shifted
+from .flux import SIZE, image_mu
 from .stages import Budget, _autocast, _run_averaged
 
 SCALES = (1.0, 8.0)  # the teacher's guidance scales are drawn uniformly from this range; the student reads s as an input

@@ -23,7 +23,6 @@ Two stages, as Flux was built (its text encoders were trained by others, then fr
 """
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransfo
 from tqdm.auto import tqdm
 from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Tokenizer
 
+from ..lessons.flow_matching import shifted
 from ..loops.flux import schedule_mu
 from ..models.transformers import TINY_FLUX, t5_style_tokenizer
 from ..paths import TINY_SD
@@ -157,11 +157,6 @@ def tiny_flux_pipeline(ckpt: Path, seed: int = 0) -> FluxPipeline:
 def image_mu(pipe: FluxPipeline, size: int = SIZE) -> float:
     """μ of the σ schedule at ``size``² (the generation loop's ``schedule_mu`` of the number of image tokens)."""
     return schedule_mu(pipe.scheduler, (size // pipe.vae_scale_factor // 2) ** 2)
-
-
-def shifted(sigma: torch.Tensor, mu: float) -> torch.Tensor:
-    """σ bent toward the noise as the sampler's schedule is: e^μ·σ / (1 + (e^μ − 1)·σ) (0 and 1 stay put)."""
-    return math.exp(mu) * sigma / (1 + (math.exp(mu) - 1) * sigma)
 
 
 @torch.no_grad()
