@@ -8,16 +8,16 @@
 #           also had to find out why the flux stage crashed there at first (cuDNN's attention; see train/flux.py).
 #           Its pictures are blobs of roughly the right colour and place, not yet the named shapes: not shipped.
 #           At width 96 the transformer (1.17 M parameters) is tiny for an H100: a step of 512 took 45 ms, nearly all of
-#           it kernel launches, so a step of 2,048 costs about the same; part 1 now draws 4× the pictures per step from
-#           100,000 scenes (the stage's default) for 6 minutes.
+#           it kernel launches, so a step of 2,048 costs about the same; part 1 now draws 4× the pictures per step.
 #           Session 24 (2026-12-06, one H100): part 1 as below beside a decoder run lost its flux stage to the call's
 #           time limit (encoding 100,000 scenes took 1.7 minutes; the stage then saved only at its end, which is why
 #           every stage now saves every 2 minutes); a second call trained the flux stage alone from that call's T5
-#           (236 steps): 5,100 steps of 2,048 from 50,000 scenes in 5.5 minutes, loss 2.57 → 0.961, still falling.
+#           (236 steps): 5,100 steps of 2,048 from 50,000 scenes (52 s to encode) in 5.5 minutes, loss 2.57 → 0.961,
+#           still falling. Part 1 below is those two calls' commands, in one.
 #           Its pictures: the named colour, place and background, but blobs, not shapes, and faint dots and a
 #           grid-like texture in plain backgrounds. Not shipped; part 2 trains it on (its checkpoint was kept off the
 #           repository: a fresh one costs part 1 again).
-#   part 2  MODEL_DIR's checkpoint trained on (more transformer), exported again.
+#   part 2  CHECKPOINT_DIR trained on (more transformer; 7 minutes and the encoding fit one call), exported again.
 # MODEL_DIR must sit beside tiny-sd's folder (illustrated_sd/assets/tiny-flux beside illustrated_sd/assets/tiny-sd):
 # tiny-flux ships no VAE, CLIP tower or CLIP tokenizer of its own; it takes tiny-sd's.
 # Every stage resumes from its checkpoint, so a part cut short can be started again with the same command.
@@ -29,10 +29,10 @@ python=${PYTHON:-python}
 train() { "$python" -m illustrated_sd.train run --world 2 "$@"; }
 if [[ $part == 1 || $part == all ]]; then
   train --out "$ckpt" --stages t5 --minutes "${T5_MINUTES:-0.8}" --batch-size 512
-  train --out "$ckpt" --stages flux --minutes "${FLUX_MINUTES:-6}" --batch-size 2048 --dataset-size 100000 --anneal
+  train --out "$ckpt" --stages flux --minutes "${FLUX_MINUTES:-5.5}" --batch-size 2048 --dataset-size 50000 --anneal
   "$python" -m illustrated_sd.train export "$ckpt" "$model" --force
 fi
 if [[ $part == 2 || $part == all ]]; then
-  train --out "$ckpt" --stages flux --minutes "${FLUX_MINUTES:-7}" --batch-size 2048 --dataset-size 100000 --anneal
+  train --out "$ckpt" --stages flux --minutes "${FLUX_MINUTES:-7}" --batch-size 2048 --dataset-size 50000 --anneal
   "$python" -m illustrated_sd.train export "$ckpt" "$model" --force
 fi
