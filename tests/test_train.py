@@ -597,3 +597,24 @@ def test_budget_begin_steps_keeps_the_deadline_and_starts_the_anneal_again():
     budget.begin_steps()
     assert budget.deadline == deadline and budget.used(0) < 0.01 and budget.more(0)
 
+
+
+def test_the_ema_follows_its_recurrence_and_leaves_integer_buffers_alone():
+    from illustrated_sd.train.stages import EMA
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5))  # BatchNorm counts its batches in a long
+    ema, expected = EMA(module, 0.9), {k: v.clone() for k, v in module.state_dict().items()}
+    for n in range(6):
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(torch.randn_like(p))
+            module[1].num_batches_tracked += 1
+        ema.update(n)
+        decay = min(0.9, (1 + n) / (10 + n))  # ramps up: the first updates forget the start quickly
+        for k, v in module.state_dict().items():
+            if v.is_floating_point():
+                expected[k] = expected[k] + (1 - decay) * (v - expected[k])
+    for k, v in expected.items():
+        torch.testing.assert_close(ema.weights[k], v, rtol=1e-6, atol=1e-6)
+    assert ema.weights["1.num_batches_tracked"] == 0  # not averaged

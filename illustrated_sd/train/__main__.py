@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     run.add_argument("--dataset-size", type=checks.positive_int, default=None,
                      help="unet, flux, ground: how many scenes to draw and encode once for the stage (default: the stage's own, "
                           "100,000 for the unet and flux, 50,000 for ground)")
-    run.add_argument("--compile", action="store_true", help="unet: torch.compile the UNet (GPU; faster after a minute of compiling)")
+    run.add_argument("--compile", action="store_true", help="unet, flux: torch.compile the UNet or the transformer (GPU; faster after a minute of compiling)")
     run.add_argument("--max-steps", type=checks.positive_int, default=None,
                      help="stop each stage after this many steps, if its --minutes do not end it first (the same steps on "
                           "any machine: minutes alone give a fast GPU many more)")

@@ -61,9 +61,9 @@ class EMA:
     @torch.no_grad()
     def update(self, n: int) -> None:
         decay = min(self.decay, (1 + n) / (10 + n))
-        for k, v in self.module.state_dict().items():
-            if v.is_floating_point():
-                self.weights[k].lerp_(v, 1 - decay)
+        live = [(self.weights[k], v) for k, v in self.module.state_dict().items() if v.is_floating_point()]
+        # one kernel for all the weights (on a GPU a small model's step is mostly launches: one per tensor adds up)
+        torch._foreach_lerp_([average for average, _ in live], [v for _, v in live], 1 - decay)
 
 
 def _autocast(device):
