@@ -8,10 +8,10 @@
 #           also had to find out why the flux stage crashed there at first (cuDNN's attention; see train/flux.py).
 #           Its pictures are blobs of roughly the right colour and place, not yet the named shapes: not shipped.
 #           At width 96 the transformer (1.17 M parameters) is tiny for an H100: a step of 512 took 45 ms, nearly all of
-#           it kernel launches, so a step of 2,048 costs about the same; part 1 now draws 4× the pictures per step.
-#           Session 24 (2026-12-06, one H100): part 1 as below beside a decoder run lost its flux stage to the call's
+#           it kernel launches, so part 1 now draws 4× the pictures per step (a step of 2,048 took 65 ms).
+#           Session 24 (2026-12-06, one H100): part 1 as it then was (100,000 scenes), beside a decoder run, lost its flux stage to the call's
 #           time limit (encoding 100,000 scenes took 1.7 minutes; the stage then saved only at its end, which is why
-#           every stage now saves every 2 minutes); a second call trained the flux stage alone from that call's T5
+#           the training stages now save every 2 minutes); a second call trained the flux stage alone from that call's T5
 #           (236 steps): 5,100 steps of 2,048 from 50,000 scenes (52 s to encode) in 5.5 minutes, loss 2.57 → 0.961,
 #           still falling. Part 1 below is those two calls' commands, in one.
 #           Its pictures: the named colour, place and background, but blobs, not shapes, and faint dots and a

@@ -76,7 +76,10 @@
 #           scripts/decoder_marks.py). DECODER_MINUTES (default 7) counts the bank of 1,024 generated latents too.
 #           First run (session 24, one H100, beside a tiny-flux run): 236 steps; dark marks 20% → 4% of plain round
 #           trips, but held-out orange drawn yellow again (colour 93.5% → 85.2%): not shipped (model card).
-# PART is 1 to 13 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
+#   part 14 (2 CPU cores; run alone, not by all): part 13 without its splicing term, to tell which of its two new terms
+#           cost the orange: the shipped decoder trained on with part 12's terms and --clean-grey 1, batches of 16 and
+#           a bank of 256 as part 12 on the CPU; DECODER_STEPS (default 600, about 40 minutes). Exported to MODEL_DIR.14.
+# PART is 1 to 14 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,
 # not from the new export: delete CHECKPOINT_DIR.N of the parts to redo.
@@ -178,6 +181,12 @@ if [[ $part == 12 ]]; then
   train --out "$ckpt.12" --stages decoder --minutes "${DECODER_MINUTES:-90}" --max-steps "${DECODER_STEPS:-1000}" --batch-size 16 \
     --equal-objects --clean 1 --object-colour 1 --keep-generated 1 --bank-size 256
   "$python" -m illustrated_sd.train export "$ckpt.12" "${model%/}.12" --force
+fi
+if [[ $part == 14 ]]; then
+  start "$model" "$ckpt.14"
+  train --out "$ckpt.14" --stages decoder --minutes "${DECODER_MINUTES:-60}" --max-steps "${DECODER_STEPS:-600}" --batch-size 16 \
+    --equal-objects --clean 1 --clean-grey 1 --object-colour 1 --keep-generated 1 --bank-size 256
+  "$python" -m illustrated_sd.train export "$ckpt.14" "${model%/}.14" --force
 fi
 if [[ $part == 13 ]]; then
   start "$model" "$ckpt.13"

@@ -79,6 +79,11 @@ def test_encode_picture_gives_the_centre_of_the_vaes_gaussian(pipe):
     x0 = encode_picture(pipe, picture)
     assert x0.shape == (pipe.transformer.config.in_channels // 4, picture.height // 8, picture.width // 8)
     assert torch.equal(x0, encode_picture(pipe, picture))  # no sample drawn: the same every time
+    vae = pipe.vae
+    pixels = pipe.pipeline.image_processor.preprocess(picture)
+    with torch.no_grad():
+        mean = vae.encode(pixels).latent_dist.mean[0]
+    torch.testing.assert_close(x0, (mean - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor)
 
 
 def test_the_lesson_refuses_a_unet_pipeline_with_the_fix():

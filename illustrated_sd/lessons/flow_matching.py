@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 import torch
+from diffusers import FluxPipeline
 from PIL import Image
 
 from ..loops.flux import schedule_mu
@@ -22,6 +23,9 @@ from ..loops.inputs import check_image
 
 
 def _flux(pipe):
+    """The diffusers ``FluxPipeline`` of ``pipe`` (an illustrated_sd Flux pipeline, or a ``FluxPipeline`` itself)."""
+    if isinstance(pipe, FluxPipeline):
+        return pipe
     if getattr(pipe, "family", None) != "flux":
         raise TypeError(f"this lesson runs a Flux transformer (isd.load_pipeline('tiny-flux')); got {pipe!r}")
     return pipe.pipeline
@@ -32,7 +36,7 @@ def straight_path(x0: torch.Tensor, noise: torch.Tensor, sigmas) -> torch.Tensor
     same shape, at each of ``sigmas`` (a list or ``[K]`` tensor in [0, 1]) → ``[K, C, h, w]``."""
     if x0.shape != noise.shape:
         raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have the same shape")
-    s = torch.as_tensor(sigmas, dtype=x0.dtype).reshape(-1)
+    s = torch.as_tensor(sigmas, dtype=x0.dtype, device=x0.device).reshape(-1)
     if len(s) == 0 or not torch.all((s >= 0) & (s <= 1)):
         raise ValueError(f"each σ must lie in [0, 1] (0 is the picture, 1 the noise); got {s.tolist()}")
     s = s[:, None, None, None]
@@ -41,8 +45,9 @@ def straight_path(x0: torch.Tensor, noise: torch.Tensor, sigmas) -> torch.Tensor
 
 @torch.no_grad()
 def encode_picture(pipe, image: Image.Image) -> torch.Tensor:
-    """A picture → its clean latent x₀ ``[C, h, w]`` as tiny-flux was trained on it: the centre of the VAE's Gaussian
-    (no sample drawn), shifted and scaled as Flux's pipeline does (``(z − shift)·scale``)."""
+    """A picture → its clean latent x₀ ``[C, h, w]`` (float32): the centre of the VAE's Gaussian (training draws its
+    latents around it, mean + std·noise; here none is drawn, so a picture has one x₀), shifted and scaled as Flux's
+    pipeline does (``(z − shift)·scale``)."""
     flux = _flux(pipe)
     image = check_image(image, "image", flux.vae_scale_factor * 2)
     pixels = flux.image_processor.preprocess(image).to(pipe.device, flux.vae.dtype)
@@ -66,6 +71,7 @@ def predict_velocity(pipe, latents: torch.Tensor, sigma, prompt: str | list[str]
     transformer = flux.transformer if transformer is None else transformer
     if latents.dim() != 4:
         raise ValueError(f"latents must be [B, C, h, w]; got {tuple(latents.shape)}")
+    latents = latents.to(transformer.device, transformer.dtype)  # e.g. encode_picture's float32 into a bf16 model on a GPU
     b, c, h, w = latents.shape
     prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
     if len(prompts) != b:
@@ -82,7 +88,7 @@ def predict_velocity(pipe, latents: torch.Tensor, sigma, prompt: str | list[str]
         guidance = torch.full([b], float(scale), device=latents.device)
     velocity = transformer(hidden_states=packed, timestep=sigma, guidance=guidance, pooled_projections=pooled,
                            encoder_hidden_states=text, txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
-    return flux._unpack_latents(velocity, h * flux.vae_scale_factor, w * flux.vae_scale_factor, flux.vae_scale_factor)
+    return flux._unpack_latents(velocity, h * flux.vae_scale_factor, w * flux.vae_scale_factor, flux.vae_scale_factor).float()
 
 
 def shifted(sigma, mu: float):
@@ -92,7 +98,8 @@ def shifted(sigma, mu: float):
 
 
 def mu_at(pipe, size: int) -> float:
-    """The μ a generation at ``size``² pixels bends its schedule by (it grows with the number of image tokens)."""
+    """The μ a generation at ``size``² pixels bends its schedule by (it grows with the number of image tokens).
+    ``pipe``: an illustrated_sd Flux pipeline, or diffusers' ``FluxPipeline`` (training draws its σ with this μ)."""
     flux = _flux(pipe)
     if size % (flux.vae_scale_factor * 2):
         raise ValueError(f"size must be a multiple of {flux.vae_scale_factor * 2} pixels (one token's side); got {size}")
@@ -104,6 +111,6 @@ def sigma_schedule(pipe, steps: int, size: int) -> np.ndarray:
     then bent toward the noise by the shift μ that grows with the number of image tokens (``loops/flux.py`` step 3;
     the pipeline's own scheduler is left as it was)."""
     mu = mu_at(pipe, size)
-    scheduler = copy.deepcopy(pipe.pipeline.scheduler)
+    scheduler = copy.deepcopy(_flux(pipe).scheduler)
     scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
     return scheduler.sigmas.numpy().astype(np.float64)

@@ -35,8 +35,8 @@ from ..paths import TINY_FLUX as TEACHER
 from ..trace.files import atomic_write, load_weights
 from ..world import HELD_OUT, known_words_2, sample_scenes
 from .checkpoint import read_log, write_log
-from ..lessons.flow_matching import shifted
-from .flux import SIZE, image_mu
+from ..lessons.flow_matching import mu_at, shifted
+from .flux import SIZE
 from .stages import Budget, _autocast, _run_averaged
 
 SCALES = (1.0, 8.0)  # the teacher's guidance scales are drawn uniformly from this range; the student reads s as an input
@@ -86,7 +86,7 @@ def teacher_pairs(pipe: FluxPipeline, captions: list[str], scales: torch.Tensor,
     side = SIZE // pipe.vae_scale_factor
     image_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, device, text.dtype)
     noise = torch.randn(batch, (side // 2) ** 2, pipe.transformer.config.in_channels, generator=generator, device=device)
-    sigmas = shifted(torch.linspace(1.0, 1.0 / steps, steps, device=device), image_mu(pipe))
+    sigmas = shifted(torch.linspace(1.0, 1.0 / steps, steps, device=device), mu_at(pipe, SIZE))
     sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
     both_text, both_pooled = torch.cat([text, empty.expand_as(text)]), torch.cat([pooled, empty_pooled.expand_as(pooled)])
     x, s = noise.clone(), scales.to(device)[:, None, None]
@@ -144,7 +144,7 @@ def train_reflow(ckpt: Path, minutes: float, batch_size: int, device, seed: int,
     side = SIZE // pipe.vae_scale_factor
     image_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, device, torch.float32)
     text_ids = torch.zeros(TINY_FLUX["max_sequence_length"], 3, device=device)
-    mu = image_mu(pipe)
+    mu = mu_at(pipe, SIZE)
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 17 + len(read_log(ckpt).get("reflow", {}).get("step", [])))
 
     def step_fn(step):

@@ -34,8 +34,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransfo
 from tqdm.auto import tqdm
 from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Tokenizer
 
-from ..lessons.flow_matching import shifted
-from ..loops.flux import schedule_mu
+from ..lessons.flow_matching import mu_at, shifted
 from ..models.transformers import TINY_FLUX, t5_style_tokenizer
 from ..paths import TINY_SD
 from ..trace.files import load_weights
@@ -121,7 +120,8 @@ def train_t5(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max
         with _autocast(device):
             return model(input_ids=inputs, labels=labels).loss.float()
 
-    steps = _run("t5", step_fn, list(model.parameters()), 1e-3, ckpt, Budget(minutes, max_steps), log_every, warmup=100, anneal=True)
+    steps = _run("t5", step_fn, list(model.parameters()), 1e-3, ckpt, Budget(minutes, max_steps), log_every, warmup=100, anneal=True,
+                 save=lambda: save_weights(model, ckpt, "t5"))
     save_weights(model, ckpt, "t5")
     return steps
 
@@ -152,11 +152,6 @@ def tiny_flux_pipeline(ckpt: Path, seed: int = 0) -> FluxPipeline:
                         tokenizer=sd.tokenizer, text_encoder_2=t5_encoder(ckpt), tokenizer_2=world_t5_tokenizer(), transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def image_mu(pipe: FluxPipeline, size: int = SIZE) -> float:
-    """μ of the σ schedule at ``size``² (the generation loop's ``schedule_mu`` of the number of image tokens)."""
-    return schedule_mu(pipe.scheduler, (size // pipe.vae_scale_factor // 2) ** 2)
 
 
 @torch.no_grad()
@@ -199,7 +194,7 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
     """Stage ``flux``: the transformer learns the velocity on ``dataset_size`` scenes encoded once (see the module)."""
     pipe = tiny_flux_pipeline(ckpt, seed=seed).to(device)
     data = encode_world_flux(pipe, seed, dataset_size, device, world=world)
-    transformer, scaling, mu = pipe.transformer.train(), pipe.vae.config.scaling_factor, image_mu(pipe)
+    transformer, scaling, mu = pipe.transformer.train(), pipe.vae.config.scaling_factor, mu_at(pipe, SIZE)
     load_weights(transformer, ckpt, "transformer")
     transformer.float()
     forward = torch.compile(transformer) if compile and device.type == "cuda" else transformer

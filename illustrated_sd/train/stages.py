@@ -61,7 +61,12 @@ class EMA:
     @torch.no_grad()
     def update(self, n: int) -> None:
         decay = min(self.decay, (1 + n) / (10 + n))
-        live = [(self.weights[k], v) for k, v in self.module.state_dict().items() if v.is_floating_point()]
+        live = []
+        for k, v in self.module.state_dict().items():
+            if v.is_floating_point():
+                live.append((self.weights[k], v))
+            else:
+                self.weights[k].copy_(v)  # counters (e.g. BatchNorm's batches seen) are not averaged: the latest
         # one kernel for all the weights (on a GPU a small model's step is mostly launches: one per tensor adds up)
         torch._foreach_lerp_([average for average, _ in live], [v for _, v in live], 1 - decay)
 
@@ -151,9 +156,13 @@ def train_clip(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
             return clip_loss(tower(images), text_features(text_encoder, head, ids), head.logit_scale).float()
 
     params = [*text_encoder.parameters(), *tower.parameters(), *head.parameters()]
-    steps = _run("clip", step_fn, params, 5e-4, ckpt, Budget(minutes, max_steps), log_every)
-    for module, name in ((text_encoder, "text_encoder"), (tower, "clip_image_tower"), (head, "clip_head")):
-        save_weights(module, ckpt, name)
+
+    def save():
+        for module, name in ((text_encoder, "text_encoder"), (tower, "clip_image_tower"), (head, "clip_head")):
+            save_weights(module, ckpt, name)
+
+    steps = _run("clip", step_fn, params, 5e-4, ckpt, Budget(minutes, max_steps), log_every, save=save)
+    save()
     return steps
 
 
@@ -170,7 +179,8 @@ def train_vae(ckpt: Path, minutes: float, batch_size: int, device, seed: int, ma
         # pixels first (MSE drives PSNR, L1 keeps edges crisp); a tiny KL term keeps the latent tame, as in SD
         return F.mse_loss(recon, images) + 0.5 * F.l1_loss(recon, images) + 1e-6 * posterior.kl().mean()
 
-    steps = _run("vae", step_fn, list(vae.parameters()), 4e-4, ckpt, Budget(minutes, max_steps), log_every)
+    steps = _run("vae", step_fn, list(vae.parameters()), 4e-4, ckpt, Budget(minutes, max_steps), log_every,
+                 save=lambda: save_weights(vae, ckpt, "vae"))
     save_weights(vae, ckpt, "vae")
     # SD scales latents to unit variance before diffusion (0.18215 for its VAE); measure ours the same way
     vae.eval()
