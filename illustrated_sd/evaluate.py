@@ -30,7 +30,7 @@ from . import checks
 from .cli import OneLineParser, one_line, parse
 from .trace.files import atomic_write, check_replaceable, check_writable_folder
 from .plot.heatmaps import heatmap_iou, points_inside
-from .models.loading import ModelLoadError, load_pipeline
+from .models.loading import ModelLoadError, load_pipeline, model_defaults
 from .world import COLORS, HELD_OUT, POSITIONS, SHAPES, SHAPES_2, as_uint8
 from .world.detect import detect
 from .world.vocabulary import PAIRS, POSITION_PHRASES
@@ -541,8 +541,9 @@ def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m illustrated_sd.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="diffusers folder (default: the embedded model)")
     parser.add_argument("--out", type=Path, default=Path("outputs/evaluation.json"))
-    parser.add_argument("--steps", type=checks.positive_int, default=25)
-    parser.add_argument("--guidance", type=checks.finite_float, default=7.5)
+    parser.add_argument("--steps", type=checks.positive_int, default=None, help="default: the model's own (25 for the embedded models)")
+    parser.add_argument("--guidance", type=checks.finite_float, default=None,
+                        help="default: the model's own (tiny-sd: 7.5; tiny-flux: real CFG 4)")
     parser.add_argument("--seed", type=checks.natural_int, default=0, help="prompt i is drawn with seed SEED + i (default: %(default)s)")
     parser.add_argument("--only", choices=list(GROUPS), default=None, help="grade one group of prompts only")
     parser.add_argument("--seeds", type=checks.positive_int, default=3, help="draw every prompt this many times (default: %(default)s)")
@@ -605,6 +606,10 @@ def run(args) -> None:
     if args.interventions_only and not args.interventions:
         raise ValueError("--interventions-only needs --interventions N (how many prompts to take words out of)")
     pipe = load_pipeline(args.model, device=device)
+    # each model is graded as it is meant to run (model_defaults): SD's 7.5 would over-guide tiny-flux's real CFG
+    defaults = model_defaults(args.model)
+    args.steps = args.steps or defaults["steps"]
+    args.guidance = defaults["guidance"] if args.guidance is None else args.guidance
     everything = prompt_set(world=world_of(pipe))
     single = prompt_group(everything, "single")
     every_kth = lambda cases, n: cases[:: max(1, len(cases) // n)][:n]  # noqa: E731  n cases spread over the group

@@ -68,6 +68,50 @@ def smoke_tiny_flux(tmp_path_factory):
     return root / "tiny-flux"
 
 
+def test_grounded_attention_is_the_models_own_and_keeps_the_image_to_text_probabilities():
+    """The flux stage's token loss reads the attention through GroundedAttention: the transformer's output must not
+    change, and the kept probabilities (picture rows, text columns) must carry gradients back to the weights."""
+    from diffusers import FluxTransformer2DModel
+    from illustrated_sd.recording.joint_attention import joint_layers
+    from illustrated_sd.train.flux import grounded_attention
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(**TINY_FLUX["transformer"])
+    B, side, T = 2, 4, 8  # a 4×4 grid of image tokens, 8 text slots
+    inputs = dict(hidden_states=torch.randn(B, side * side, transformer.config.in_channels),
+                  encoder_hidden_states=torch.randn(B, T, transformer.config.joint_attention_dim),
+                  pooled_projections=torch.randn(B, transformer.config.pooled_projection_dim), timestep=torch.full((B,), 0.5),
+                  img_ids=FluxPipeline._prepare_latent_image_ids(1, side, side, "cpu", torch.float32), txt_ids=torch.zeros(T, 3),
+                  return_dict=False)
+    if transformer.config.guidance_embeds:
+        inputs["guidance"] = torch.full((B,), 1.0)
+    plain = transformer(**inputs)[0]
+    with grounded_attention(transformer, T) as store:
+        grounded = transformer(**inputs)[0]
+    torch.testing.assert_close(grounded, plain, atol=1e-5, rtol=1e-4)
+    layers = joint_layers(transformer)
+    assert list(store) == list(layers)  # every double- and single-stream layer
+    heads = layers["double.0"].heads
+    for probs in store.values():
+        assert probs.shape == (B * heads, side * side, T)
+        assert (probs >= 0).all() and (probs.sum(-1) < 1).all()  # a row's share on the text: the picture's tokens take the rest
+    sum(p[:, :, 3].sum() for p in store.values()).backward()  # a loss on one word's column …
+    assert transformer.transformer_blocks[0].attn.to_q.weight.grad.abs().sum() > 0  # … reaches the image queries' weights
+    assert all(type(attn.processor).__name__ != "GroundedAttention" for attn in layers.values())  # the model's own are back
+
+
+def test_the_flux_stage_trains_with_the_token_loss_and_refuses_negative_weights(tmp_path, capsys):
+    if not TINY_SD.is_dir():
+        pytest.skip("the embedded tiny-sd is not in this copy")
+    ckpt = tmp_path / "grounded"
+    assert train_main(["run", "--smoke", "--stages", "t5,flux", "--minutes", "1,1", "--out", str(ckpt), "--token-loss", "0.1",
+                       "--binding", "0.1", "--two-objects", "0.5"]) == 0
+    log = json.loads((ckpt / "train_log.json").read_text())
+    assert log["flux"]["total_steps"] == 3 and all(np.isfinite(log["flux"]["loss"]))
+    assert train_main(["run", "--smoke", "--stages", "flux", "--minutes", "1", "--out", str(ckpt), "--token-loss", "-1"]) == 2
+    assert "--token-loss is a loss weight" in capsys.readouterr().err
+
+
 def test_the_export_ships_only_what_tiny_flux_does_not_share(smoke_tiny_flux):
     names = {p.name for p in smoke_tiny_flux.iterdir()}
     assert {"transformer", "text_encoder_2", "tokenizer_2", "scheduler", "model_index.json"} <= names
@@ -133,6 +177,16 @@ def test_the_evaluator_grades_tiny_flux_with_real_guidance(smoke_tiny_flux):
     alone, guided = (np.asarray(draw(pipe, cases[0][0], 2, s, seed=0).image, dtype=float) for s in (1.0, 4.0))
     plain = pipe(cases[0][0], num_inference_steps=2, true_cfg_scale=1.0, seed=0, progress=False).image
     assert np.array_equal(alone, np.asarray(plain, dtype=float)) and not np.array_equal(alone, guided)
+
+
+def test_the_evaluator_grades_each_model_at_its_own_guidance_unless_told(smoke_tiny_flux, tmp_path):
+    from illustrated_sd.evaluate import main as evaluate_main
+
+    common = ["--model", str(smoke_tiny_flux), "--only", "single", "--limit", "1", "--seeds", "1", "--steps", "1"]
+    assert evaluate_main([*common, "--out", str(tmp_path / "own.json")]) == 0
+    assert json.loads((tmp_path / "own.json").read_text())["settings"]["guidance"] == 4.0  # tiny-flux's real CFG, not SD's 7.5
+    assert evaluate_main([*common, "--guidance", "2", "--out", str(tmp_path / "told.json")]) == 0
+    assert json.loads((tmp_path / "told.json").read_text())["settings"]["guidance"] == 2.0
 
 
 def test_guidance_option_names_the_option_each_model_reads(smoke_tiny_flux):

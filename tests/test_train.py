@@ -132,18 +132,22 @@ def test_object_token_slots_find_each_objects_words():
         assert (slots[b, len(scene.objects):] == -1).all()
 
 
-def test_object_token_slots_in_world_2_find_only_what_the_caption_says():
+@pytest.mark.parametrize("encoder", ["clip", "t5"])
+def test_object_token_slots_in_world_2_find_only_what_the_caption_says(encoder):
+    """With tiny-sd 2's CLIP tokenizer (the ground stage) and tiny-flux's T5 one (the flux stage's token loss)."""
+    from illustrated_sd.train.flux import world_t5_tokenizer
     from illustrated_sd.train.grounding import object_token_slots
     from illustrated_sd.world import sample_scenes
 
-    pipe = isd.load_pipeline()
+    tokenizer, length, piece = ((isd.load_pipeline().tokenizer, 77, lambda w: w + "</w>") if encoder == "clip"
+                                else (world_t5_tokenizer(), 64, lambda w: "▁" + w))
     scenes = sample_scenes(5, 60, version=2)
-    ids = pipe.tokenizer([s.caption for s in scenes], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    slots = object_token_slots(ids, scenes, pipe.tokenizer, objects=4)
+    ids = tokenizer([s.caption for s in scenes], padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+    slots = object_token_slots(ids, scenes, tokenizer, objects=4)
     assert slots.shape == (60, 4, 2)
     seen = {"unnamed": 0, "no colour": 0, "colour": 0}
     for b, scene in enumerate(scenes):
-        tokens = pipe.tokenizer.convert_ids_to_tokens(ids[b].tolist())
+        tokens = tokenizer.convert_ids_to_tokens(ids[b].tolist())
         for k in range(4):
             color, shape = slots[b, k].tolist()
             obj = scene.objects[k] if k < len(scene.objects) else None
@@ -151,9 +155,9 @@ def test_object_token_slots_in_world_2_find_only_what_the_caption_says():
                 assert color == shape == -1, scene.caption
                 seen["unnamed"] += obj is not None
                 continue
-            assert tokens[shape] == obj.shape + "</w>", scene.caption
+            assert tokens[shape] == piece(obj.shape), scene.caption
             if "color" in obj.said:
-                assert (tokens[color], color) == (obj.color + "</w>", shape - 1), scene.caption
+                assert (tokens[color], color) == (piece(obj.color), shape - 1), scene.caption
                 seen["colour"] += 1
             else:
                 assert color == -1, scene.caption

@@ -111,7 +111,8 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     if isinstance(model, str) and model in EMBEDDED:  # an embedded model by name ("tiny-sd" is the default's)
         if not EMBEDDED[model][0].is_dir():
             raise ModelLoadError(f"the embedded model {model!r} is not in this copy of the package ({EMBEDDED[model][0]} is "
-                                 f"missing); train and export it (docs/model-card.md says how), or load another: {embedded_models()}")
+                                 f"missing); train and export it (docs/model-card.md and docs/model-card-tiny-flux.md say how), "
+                                 f"or load another: {embedded_models()}")
         embedded, model = model, None if model == "tiny-sd" else EMBEDDED[model][0]
     if model is None:
         with _quiet():

@@ -318,6 +318,11 @@ class FluxRecordingProcessor:
                  edits=None, name: str | None = None):
         self.recording, self.layer, self.concepts, self.block, self.edits, self.name = recording, layer, concepts, block, edits, name
 
+    def joint_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """softmax(q·kᵀ/√d)·v over the joint sequence, ``[B, heads, L, d]`` each, as :func:`attend` runs it (training's
+        grounding processor, ``train.flux.GroundedAttention``, computes it in the open to keep its probabilities)."""
+        return attend(self, query, key, value)
+
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         query, key, value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (query, key, value))  # [B, L, heads, d]
@@ -331,7 +336,7 @@ class FluxRecordingProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         query, key, value = (x.permute(0, 2, 1, 3) for x in (query, key, value))  # [B, heads, L, d]
-        out = attend(self, query, key, value)
+        out = self.joint_attention(query, key, value)
         if self.concepts is not None:  # the picture's keys, values and outputs, for the concepts to read
             text = encoder_hidden_states.shape[1]
             self.concepts.attend(self.block, attn, key[-1:, :, text:], value[-1:, :, text:], out[-1:, :, text:])

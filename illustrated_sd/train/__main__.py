@@ -34,15 +34,18 @@ def main(argv=None) -> int:
     run.add_argument("--batch-size", type=checks.positive_int, default=256)
     run.add_argument("--seed", type=checks.natural_int, default=0)
     run.add_argument("--anneal", action="store_true", help="unet: let the learning rate fall over the second half of the budget (the last run)")
-    run.add_argument("--binding", type=checks.finite_float, default=0.0, help="ground: weight of the binding loss (default: %(default)s, off)")
+    run.add_argument("--binding", type=checks.finite_float, default=0.0, help="ground, flux: weight of the binding loss (default: %(default)s, off)")
+    run.add_argument("--token-loss", type=checks.finite_float, default=0.0,
+                     help="flux: weight of the token loss that grounds each object word's image→text attention in its object "
+                          "(the ground stage's, for tiny-flux; default: %(default)s, off)")
     run.add_argument("--two-objects", type=checks.finite_float, default=None,
-                     help="ground: share of scenes that practise binding: two-object scenes in world 1 (default 0.3), "
+                     help="ground, flux: share of scenes that practise binding: two-object scenes in world 1 (default 0.3), "
                           "two objects both named with colour and place in world 2 (default 0)")
     run.add_argument("--name-backgrounds", type=checks.finite_float, default=None,
-                     help="ground, world 2: share of scenes whose caption surely names the background's colour (default: the "
+                     help="ground, flux (world 2): share of scenes whose caption surely names the background's colour (default: the "
                           "world's own mix, where 40%% of captions name the colour, the pattern or both)")
     run.add_argument("--name-all", type=checks.finite_float, default=None,
-                     help="ground, world 2: share of scenes whose caption names every object (default: the world's own mix, "
+                     help="ground, flux (world 2): share of scenes whose caption names every object (default: the world's own mix, "
                           "where 39%% of scenes hold an object the caption leaves out)")
     run.add_argument("--equal-objects", action="store_true",
                      help="decoder: a small object weighs as much in the loss as a big one (its pixels up to 4× more)")
@@ -153,25 +156,16 @@ def run_stages(args) -> None:
         share = getattr(args, option)
         if share is not None and not 0 <= share <= 1:
             raise ValueError(f"--{option.replace('_', '-')} is a share of scenes, in [0, 1] (got {share:g})")
-    if args.local < 0:
-        raise ValueError(f"--local is a loss weight, ≥ 0 (got {args.local:g})")
-    if args.clean < 0:
-        raise ValueError(f"--clean is a loss weight, ≥ 0 (got {args.clean:g})")
-    if args.clean_grey < 0:
-        raise ValueError(f"--clean-grey is a loss weight, ≥ 0 (got {args.clean_grey:g})")
+    for option in ("binding", "token_loss", "local", "clean", "clean_grey", "object_colour", "keep_generated"):
+        if getattr(args, option) < 0:
+            raise ValueError(f"--{option.replace('_', '-')} is a loss weight, ≥ 0 (got {getattr(args, option):g})")
     if args.clean_grey and not args.clean:
         raise ValueError("--clean-grey weighs part of the --clean term: add --clean W (say 1)")
-    if args.object_colour < 0:
-        raise ValueError(f"--object-colour is a loss weight, ≥ 0 (got {args.object_colour:g})")
-    if args.keep_generated < 0:
-        raise ValueError(f"--keep-generated is a loss weight, ≥ 0 (got {args.keep_generated:g})")
     if (args.colour_reference is not None or args.bank_size is not None) and not args.keep_generated:
         raise ValueError("--colour-reference and --bank-size choose what --keep-generated keeps: add --keep-generated W (say 1)")
     if args.colour_reference is not None and not (args.colour_reference / "vae" / "config.json").is_file():
         raise ValueError(f"--colour-reference {args.colour_reference} has no vae/config.json: pass an exported pipeline folder "
                          "(say illustrated_sd/assets/tiny-sd)")
-    if args.binding < 0:
-        raise ValueError(f"--binding is a loss weight, ≥ 0 (got {args.binding:g})")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; the checkpoint is a folder: choose a new folder name")
     family = checkpoint_family(args.out, [stage for stage, _ in plan])
@@ -197,8 +191,10 @@ def run_stages(args) -> None:
                          object_colour=args.object_colour,
                          keep_generated=args.keep_generated, colour_reference=args.colour_reference,
                          bank_size=4 if args.smoke else args.bank_size or BANK)
-        if stage == "ground":
+        if stage in ("ground", "flux"):
             extra.update(binding=args.binding, two_objects=args.two_objects, name_backgrounds=args.name_backgrounds, name_all=args.name_all)
+        if stage == "flux":
+            extra["token_loss"] = args.token_loss
         if args.smoke and stage in ("unet", "ground", "flux"):
             extra["dataset_size"] = 12
         steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20, **extra)

@@ -18,12 +18,19 @@ Two stages, as Flux was built (its text encoders were trained by others, then fr
    logit-normal (SD3's choice: most training where the middle noise levels are hard), then bent toward the noise
    by the same μ as the sampler's schedule.
 
+   With ``token_loss`` > 0 the stage also *grounds* the words, as tiny-sd 2's ``ground`` stage does for the UNet
+   (TokenCompose's token loss, :mod:`.grounding`): the world knows every object's mask, so the share of an object word's
+   image→text attention (the picture's tokens reading that word, in every joint-attention layer) that falls inside
+   the object's mask is pushed toward 1. Flux's own attention is never told where a word's object is; without this
+   tiny-flux's pictures read their words from the right places only about a third of the time (model card).
+
     python -m illustrated_sd.train run --stages t5,flux --minutes 2,8 --world 2 --out checkpoints/tiny-flux
     python -m illustrated_sd.train export checkpoints/tiny-flux illustrated_sd/assets/tiny-flux
 """
 
 import json
 import shutil
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +44,12 @@ from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration, T
 from ..lessons.flow_matching import mu_at, shifted
 from ..models.transformers import TINY_FLUX, t5_style_tokenizer
 from ..paths import TINY_SD
+from ..recording.joint_attention import FluxRecordingProcessor, joint_layers
 from ..trace.files import load_weights
 from ..world import HELD_OUT, known_words, known_words_2, render, sample_scenes
+from ..world.vocabulary import MAX_OBJECTS_2
 from .checkpoint import read_log, save_weights
+from .grounding import binding_loss, grounding_loss, object_token_slots
 from .stages import Budget, _autocast, _run, _run_averaged
 
 SIZE = 128  # pixels per side: tiny-sd 2's pictures, 16 × 16 latents, 8 × 8 tokens
@@ -155,25 +165,69 @@ def tiny_flux_pipeline(ckpt: Path, seed: int = 0) -> FluxPipeline:
 
 
 @torch.no_grad()
-def encode_world_flux(pipe: FluxPipeline, seed: int, n: int, device, world: int = 2, chunk: int = 1000) -> dict:
+def encode_world_flux(pipe: FluxPipeline, seed: int, n: int, device, world: int = 2, chunk: int = 1000, grounded: bool = False,
+                      **shares) -> dict:
     """Draw ``n`` scenes once and keep what the transformer needs, on ``device``: the VAE posterior of each picture
     (``mean``, ``std`` ``[n, 4, 16, 16]``), and its caption as FluxPipeline encodes a prompt: T5's ``text [n, 64, 128]``
-    and CLIP's ``pooled [n, 128]``; plus the empty prompt's (``empty_text``, ``empty_pooled``) for dropped captions."""
-    means, stds, texts, pooled = [], [], [], []
+    and CLIP's ``pooled [n, 128]``; plus the empty prompt's (``empty_text``, ``empty_pooled``) for dropped captions.
+    ``grounded`` adds each scene's object ``masks [n, 4, 16, 16]`` (at latent resolution) and where each object's
+    colour and shape words sit among T5's 64 slots, ``slots [n, 4, 2]`` (-1 where the caption does not say it).
+    ``shares`` (``two_objects``, ``name_backgrounds``, ``name_all``) change the mix of scenes: see ``world.sample_scenes``."""
+    length = TINY_FLUX["max_sequence_length"]
+    means, stds, texts, pooled, masks, slots = [], [], [], [], [], []
     store = torch.bfloat16 if device.type == "cuda" else torch.float32
     for start in tqdm(range(0, n, chunk), desc="encoding the world", unit="chunk"):
-        scenes = sample_scenes([seed, 7, start], min(chunk, n - start), version=world)
-        images, _ = render(scenes, device=device)
+        scenes = sample_scenes([seed, 7, start], min(chunk, n - start), version=world, **shares)
+        captions = [s.caption for s in scenes]
+        images, object_masks = render(scenes, device=device)
         posterior = pipe.vae.encode(images).latent_dist
-        text, pool, _ = pipe.encode_prompt([s.caption for s in scenes], prompt_2=None, device=device,
-                                           max_sequence_length=TINY_FLUX["max_sequence_length"])
+        text, pool, _ = pipe.encode_prompt(captions, prompt_2=None, device=device, max_sequence_length=length)
         means.append(posterior.mean.float())
         stds.append(posterior.std.float())
         texts.append(text.to(store))
         pooled.append(pool.to(store))
-    empty_text, empty_pooled, _ = pipe.encode_prompt([""], prompt_2=None, device=device, max_sequence_length=TINY_FLUX["max_sequence_length"])
-    return dict(mean=torch.cat(means), std=torch.cat(stds), text=torch.cat(texts), pooled=torch.cat(pooled),
+        if grounded:  # the same ids FluxPipeline gave T5 above (its _get_t5_prompt_embeds pads and cuts the same way)
+            ids = pipe.tokenizer_2(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+            grid = F.adaptive_avg_pool2d(object_masks, posterior.mean.shape[-2:])  # [chunk, K', 16, 16], K' = most objects here
+            masks.append(F.pad(grid, (0, 0, 0, 0, 0, MAX_OBJECTS_2 - grid.shape[1])))
+            slots.append(object_token_slots(ids, scenes, pipe.tokenizer_2, MAX_OBJECTS_2).to(device))
+    empty_text, empty_pooled, _ = pipe.encode_prompt([""], prompt_2=None, device=device, max_sequence_length=length)
+    data = dict(mean=torch.cat(means), std=torch.cat(stds), text=torch.cat(texts), pooled=torch.cat(pooled),
                 empty_text=empty_text.to(store), empty_pooled=empty_pooled.to(store))
+    if grounded:
+        data.update(masks=torch.cat(masks), slots=torch.cat(slots))
+    return data
+
+
+class GroundedAttention(FluxRecordingProcessor):
+    """Flux's joint attention computed in the open, softmax(q·kᵀ/√d)·v, so that the probabilities of the picture's
+    tokens reading the text, ``[B·heads, image tokens, text tokens]``, are kept in ``store[name]`` with their gradients
+    (for the token loss). Training only: generation keeps the fused kernel and the recorders."""
+
+    def __init__(self, store: dict, name: str, text_len: int):
+        super().__init__(None, None, name=name)
+        self.store, self.text_len = store, text_len
+
+    def joint_attention(self, query, key, value):
+        probs = (query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5).float().softmax(-1)  # [B, heads, L, L], text first
+        self.store[self.name] = probs[:, :, self.text_len:, :self.text_len].flatten(0, 1)  # image rows, text columns
+        return probs.to(value.dtype) @ value
+
+
+@contextmanager
+def grounded_attention(transformer, text_len: int):
+    """Install :class:`GroundedAttention` on every joint-attention layer (double- and single-stream) for one ``with``
+    block; yields the store the layers refill at each call (``{layer: [B·heads, 64, text_len]}``). The model's own
+    processors are back afterwards."""
+    store, layers = {}, joint_layers(transformer)
+    originals = {name: attn.processor for name, attn in layers.items()}
+    try:
+        for name, attn in layers.items():
+            attn.set_processor(GroundedAttention(store, name, text_len))
+        yield store
+    finally:
+        for name, attn in layers.items():
+            attn.set_processor(originals[name])
 
 
 def flow_matching_loss(transformer, x0: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor, image_ids: torch.Tensor,
@@ -190,14 +244,25 @@ def flow_matching_loss(transformer, x0: torch.Tensor, text: torch.Tensor, pooled
 
 
 def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20, ema_decay=0.999,
-               dataset_size: int = 100_000, drop_caption: float = 0.1, anneal: bool = False, world: int = 2, compile: bool = False):
-    """Stage ``flux``: the transformer learns the velocity on ``dataset_size`` scenes encoded once (see the module)."""
+               dataset_size: int = 100_000, drop_caption: float = 0.1, anneal: bool = False, world: int = 2, compile: bool = False,
+               token_loss: float = 0.0, binding: float = 0.0, **shares):
+    """Stage ``flux``: the transformer learns the velocity on ``dataset_size`` scenes encoded once (see the module).
+
+    ``token_loss`` and ``binding`` weigh the grounding terms of :mod:`.grounding` on the image→text attention of every
+    joint-attention layer (0: off); ``shares`` (``two_objects``, ``name_backgrounds``, ``name_all``) change the mix of
+    scenes (``world.sample_scenes``). Grounding computes the attention in the open (its probabilities are needed), so
+    it runs uncompiled.
+    """
+    grounded = token_loss > 0 or binding > 0
     pipe = tiny_flux_pipeline(ckpt, seed=seed).to(device)
-    data = encode_world_flux(pipe, seed, dataset_size, device, world=world)
+    data = encode_world_flux(pipe, seed, dataset_size, device, world=world, grounded=grounded,
+                             **{k: v for k, v in shares.items() if v is not None})
     transformer, scaling, mu = pipe.transformer.train(), pipe.vae.config.scaling_factor, mu_at(pipe, SIZE)
     load_weights(transformer, ckpt, "transformer")
     transformer.float()
-    forward = torch.compile(transformer) if compile and device.type == "cuda" else transformer
+    # the store of GroundedAttention is Python state that a compiled graph would break at: grounding runs eager
+    forward = torch.compile(transformer) if compile and device.type == "cuda" and not grounded else transformer
+    heads = {name: attn.heads for name, attn in joint_layers(transformer).items()}
     side = SIZE // pipe.vae_scale_factor  # 16 latent pixels
     image_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, device, torch.float32)  # [64, 3]: (0, row, column)
     text_ids = torch.zeros(TINY_FLUX["max_sequence_length"], 3, device=device)  # Flux gives every text token position 0
@@ -211,10 +276,18 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
         text = torch.where(dropped[:, None, None], data["empty_text"], data["text"][idx])
         pooled = torch.where(dropped[:, None], data["empty_pooled"], data["pooled"][idx])
         with _autocast(device), sdpa_kernel(TRAIN_ATTENTION):  # the backward pass uses the kernel chosen here
-            return flow_matching_loss(forward, x0, text, pooled, image_ids, text_ids, mu, gen)
+            loss = flow_matching_loss(forward, x0, text, pooled, image_ids, text_ids, mu, gen)
+            if grounded:  # the call above refilled `store` with every layer's image→text attention
+                words = data["slots"][idx].masked_fill(dropped[:, None, None], -1)  # a dropped caption has no words
+                masks = data["masks"][idx]
+                loss = loss + token_loss * grounding_loss(store, heads, words, masks)
+                if binding:
+                    loss = loss + binding * binding_loss(store, heads, words, masks)
+            return loss
 
-    return _run_averaged("flux", step_fn, transformer, "transformer", 3e-4, ckpt, Budget(minutes, max_steps), log_every, ema_decay,
-                         anneal=anneal)
+    with grounded_attention(transformer, TINY_FLUX["max_sequence_length"]) if grounded else nullcontext({}) as store:
+        return _run_averaged("flux", step_fn, transformer, "transformer", 3e-4, ckpt, Budget(minutes, max_steps), log_every,
+                             ema_decay, anneal=anneal)
 
 
 def export_flux(ckpt: Path, folder: Path) -> None:

@@ -36,15 +36,17 @@ from .stages import Budget, _autocast, _run_averaged, empty_context
 
 
 def object_token_slots(ids: torch.Tensor, scenes, tokenizer, objects: int = 2) -> torch.Tensor:
-    """Where each object's colour and shape words sit among the 77 slots.
+    """Where each object's colour and shape words sit among the text slots (CLIP's 77, tiny-flux's T5 64).
 
     Captions say "<colour> <shape>" next to each other. In world 1 every object is named with both, so
     the pair is found by its two token ids. In world 2 a caption names only some objects, in the order
     of ``scene.objects``, always by their shape and sometimes by their colour ("a heart and a red star"),
     so each named object's shape word is the next one of its kind, and its colour word (when said) the
     token before it. Returns ``[B, objects, 2 (colour, shape)]`` slot indices, ``-1`` where absent (an
-    unnamed object, a colour not said).
+    unnamed object, a colour not said). ``tokenizer``: CLIP's (``red</w>``) or tiny-flux's T5 (``▁red``): every
+    world word is one piece in both.
     """
+    word = lambda w: tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w))[0]  # noqa: E731  a world word is one piece
     slots = torch.full((len(scenes), objects, 2), -1, dtype=torch.long)
     for b, scene in enumerate(scenes):
         row = ids[b].tolist()
@@ -53,15 +55,14 @@ def object_token_slots(ids: torch.Tensor, scenes, tokenizer, objects: int = 2) -
             for k, obj in enumerate(scene.objects):
                 if not obj.said:
                     continue
-                shape = tokenizer.convert_tokens_to_ids(obj.shape + "</w>")
-                j = row.index(shape, cursor)
+                j = row.index(word(obj.shape), cursor)
                 color = j - 1 if "color" in obj.said else -1
                 slots[b, k] = torch.tensor([color, j])
                 cursor = j + 1
             continue
         used = set()
         for k, obj in enumerate(scene.objects):
-            color, shape = tokenizer.convert_tokens_to_ids([obj.color + "</w>", obj.shape + "</w>"])
+            color, shape = word(obj.color), word(obj.shape)
             for j in range(len(row) - 1):
                 if row[j] == color and row[j + 1] == shape and j not in used:
                     slots[b, k] = torch.tensor([j, j + 1])
