@@ -68,7 +68,7 @@
 #           the steps after it), so DECODER_MINUTES=6 now makes fewer than those 2,814 steps: pass DECODER_STEPS alone
 #           (DECODER_MINUTES=9 DECODER_STEPS=2814) for as many.
 #           That H100 export's decoder ships (2026-12-06; graded by scripts/grade_decoder.sh, the model card's table).
-#   part 13 (one GPU; run alone, not by all): the shipped decoder (part 12's) trained on with part 10's terms (the
+#   part 13 (one GPU; run alone, not by all): part 12's decoder (then the shipped one) trained on with part 10's terms (the
 #           splicing one at batches of 256 included) and the grey part of the marks priced too (--clean-grey 1: part
 #           12's decoder left dark marks in 11% of plain round trips, as part 7's did, and drew more near the objects).
 #           MODEL_DIR must hold the shipped model (illustrated_sd/assets/tiny-sd as of commit 52fdd5a); it is imported
@@ -77,10 +77,12 @@
 #           First run (session 24, one H100, beside a tiny-flux run): 236 steps; dark marks 20% → 4% of plain round
 #           trips, but held-out orange drawn yellow again (colour 93.5% → 85.2%): not shipped (model card).
 #   part 14 (2 CPU cores; run alone, not by all): part 13 without its splicing term, to tell which of its two new terms
-#           cost the orange: the shipped decoder trained on with part 12's terms and --clean-grey 1, batches of 16 and
+#           cost the orange: part 12's decoder (MODEL_DIR: illustrated_sd/assets/tiny-sd as of commit 3aad488) trained
+#           on with part 12's terms and --clean-grey 1, batches of 16 and
 #           a bank of 256 as part 12 on the CPU; DECODER_STEPS (default 600, about 40 minutes). Exported to MODEL_DIR.14.
-#           First run (session 24, 600 steps in 43 minutes): dark marks 20% → 3% of plain round trips, held-out colour
-#           93.5% → 91.7% (model card): a candidate, graded in part.
+#           First run (session 24, 600 steps in 43 minutes, from part 12's decoder, then the shipped one): dark marks
+#           20% → 3% of plain round trips, held-out colour 93.5% → 91.7%, single-object orange 69 → 63 of 72 (model
+#           card). Shipped in session 25: the package's decoder is this run's (part 12's is in commit 3aad488).
 # PART is 1 to 14 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,
