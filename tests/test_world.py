@@ -206,3 +206,19 @@ def test_invented_marks_sorts_what_a_round_trip_adds_by_kind():
     assert found == {"coloured": [False, True, False], "darker": [True, False, False], "lighter": [False, False, False]}
     assert invented_marks(trips, originals, masks, clearance=1)["darker"].tolist() == [True, False, True]
     assert not any(m.any() for m in invented_marks(originals, originals, masks).values())
+
+
+def test_darkest_addition_measures_the_faintest_marks_where_they_are():
+    from illustrated_sd.world.detect import darkest_addition
+
+    originals = torch.zeros(2, 3, 64, 64)
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[:, :, 20:30, 20:30] = 1
+    trips = originals.clone()
+    trips[0, :, 45:52, 10:17] -= 6 / 127.5  # 6 grey levels darker over 7×7 pixels: below invented_marks' 8
+    trips[1, :, 22:28, 22:28] -= 0.5  # darker, but on the object: not counted
+    levels, where = darkest_addition(trips, originals, masks)
+    row, column = where[0].tolist()
+    assert levels[0].item() == pytest.approx(6, abs=1e-4) and 45 <= row < 52 and 10 <= column < 17
+    assert levels[1].item() == pytest.approx(0, abs=1e-4)
+    assert not invented_marks(trips, originals, masks)["darker"][0]

@@ -185,18 +185,40 @@ def invented_marks(round_trips, originals, masks, clearance: int = 4, threshold:
     grey levels, more than ``clearance`` pixels from every object and 3 from the picture's edge (where decoders err).
     Meant for plain backgrounds: on a textured one, the texture a decoder loses counts as marks too.
     """
-    covered = masks.sum(1, keepdim=True).clamp(max=1)  # [N, 1, H, W]
-    away = F.max_pool2d(covered.float(), 2 * clearance + 1, 1, clearance)[:, 0] == 0  # [N, H, W]
-    away[:, :3] = away[:, -3:] = away[:, :, :3] = away[:, :, -3:] = False
+    away = _away_from_objects(masks, clearance)
     difference = (round_trips.float() - originals.float()) * 127.5  # [N, 3, H, W] grey levels
     grey = difference.mean(1)  # [N, H, W]
     parts = {"coloured": (difference - grey[:, None]).norm(dim=1), "darker": -grey, "lighter": grey}
     found = {}
     for kind, size in parts.items():
-        local = F.avg_pool2d(size[:, None], 5, 1, 2, count_include_pad=False)[:, 0]  # [N, H, W]
+        local = _patch_mean(size)
         found[kind] = torch.tensor([any(part.sum() >= min_area for part in _components(((local[i] > threshold) & away[i]).cpu().numpy()))
                                     for i in range(len(originals))])
     return found
+
+
+def darkest_addition(round_trips, originals, masks, clearance: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """How much darker a round trip draws its darkest 5×5 patch more than ``clearance`` pixels from every object (and 3
+    from the edge), in grey levels: ``([N] levels, [N, 2] (row, column) of the patch's centre)``. The faint marks
+    below :func:`invented_marks`' threshold, measured rather than counted (same arguments)."""
+    darker = _patch_mean(-(round_trips.float() - originals.float()).mean(1) * 127.5)  # [N, H, W]
+    darker = darker.masked_fill(~_away_from_objects(masks, clearance), float("-inf")).flatten(1)
+    levels, where = darker.max(1)
+    return levels, torch.stack([where // originals.shape[-1], where % originals.shape[-1]], dim=1)
+
+
+def _away_from_objects(masks, clearance: int) -> torch.Tensor:
+    """``[N, H, W]`` True more than ``clearance`` pixels from every object of ``masks [N, objects, H, W]`` and 3 from the
+    picture's edge (where decoders err on any picture)."""
+    covered = masks.sum(1, keepdim=True).clamp(max=1)  # [N, 1, H, W]
+    away = F.max_pool2d(covered.float(), 2 * clearance + 1, 1, clearance)[:, 0] == 0  # [N, H, W]
+    away[:, :3] = away[:, -3:] = away[:, :, :3] = away[:, :, -3:] = False
+    return away
+
+
+def _patch_mean(size: torch.Tensor) -> torch.Tensor:
+    """``[N, H, W]`` averaged over each pixel's 5×5 neighbourhood (what a mark must pass, not one odd pixel)."""
+    return F.avg_pool2d(size[:, None], 5, 1, 2, count_include_pad=False)[:, 0]
 
 
 def _classify_2(part: np.ndarray) -> str:
