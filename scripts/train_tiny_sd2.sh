@@ -83,7 +83,11 @@
 #           First run (session 24, 600 steps in 43 minutes, from part 12's decoder, then the shipped one): dark marks
 #           20% → 3% of plain round trips, held-out colour 93.5% → 91.7%, single-object orange 69 → 63 of 72 (model
 #           card). Shipped in session 25: the package's decoder is this run's (part 12's is in commit 3aad488).
-# PART is 1 to 14 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
+#   part 15 (one GPU; run alone, not by all): the locality again, with the colours held harder: part 14's decoder (the
+#           shipped one, from session 25) trained on with part 13's terms, the colour terms weighed 3× (part 13, at
+#           weight 1, lost orange: held-out colour 85.2%). Exported to MODEL_DIR.15 for scripts/grade_decoder.sh. Not
+#           run yet.
+# PART is 1 to 15 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,
 # not from the new export: delete CHECKPOINT_DIR.N of the parts to redo.
@@ -191,6 +195,12 @@ if [[ $part == 14 ]]; then
   train --out "$ckpt.14" --stages decoder --minutes "${DECODER_MINUTES:-60}" --max-steps "${DECODER_STEPS:-600}" --batch-size 16 \
     --equal-objects --clean 1 --clean-grey 1 --object-colour 1 --keep-generated 1 --bank-size 256
   "$python" -m illustrated_sd.train export "$ckpt.14" "${model%/}.14" --force
+fi
+if [[ $part == 15 ]]; then
+  start "$model" "$ckpt.15"
+  train --out "$ckpt.15" --stages decoder --minutes "${DECODER_MINUTES:-7}" --equal-objects --local 1 --clean 1 --clean-grey 1 \
+    --object-colour 3 --keep-generated 3
+  "$python" -m illustrated_sd.train export "$ckpt.15" "${model%/}.15" --force
 fi
 if [[ $part == 13 ]]; then
   start "$model" "$ckpt.13"
