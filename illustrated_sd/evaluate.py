@@ -608,7 +608,7 @@ def run(args) -> None:
     pipe = load_pipeline(args.model, device=device)
     # each model is graded as it is meant to run (model_defaults): SD's 7.5 would over-guide tiny-flux's real CFG
     defaults = model_defaults(args.model)
-    args.steps = args.steps or defaults["steps"]
+    args.steps = defaults["steps"] if args.steps is None else args.steps
     args.guidance = defaults["guidance"] if args.guidance is None else args.guidance
     everything = prompt_set(world=world_of(pipe))
     single = prompt_group(everything, "single")

@@ -196,15 +196,15 @@ if [[ $part == 14 ]]; then
     --equal-objects --clean 1 --clean-grey 1 --object-colour 1 --keep-generated 1 --bank-size 256
   "$python" -m illustrated_sd.train export "$ckpt.14" "${model%/}.14" --force
 fi
-if [[ $part == 15 ]]; then
-  start "$model" "$ckpt.15"
-  train --out "$ckpt.15" --stages decoder --minutes "${DECODER_MINUTES:-7}" --equal-objects --local 1 --clean 1 --clean-grey 1 \
-    --object-colour 3 --keep-generated 3
-  "$python" -m illustrated_sd.train export "$ckpt.15" "${model%/}.15" --force
-fi
 if [[ $part == 13 ]]; then
   start "$model" "$ckpt.13"
   train --out "$ckpt.13" --stages decoder --minutes "${DECODER_MINUTES:-7}" --equal-objects --local 1 --clean 1 --clean-grey 1 \
     --object-colour 1 --keep-generated 1
   "$python" -m illustrated_sd.train export "$ckpt.13" "${model%/}.13" --force
+fi
+if [[ $part == 15 ]]; then
+  start "$model" "$ckpt.15"
+  train --out "$ckpt.15" --stages decoder --minutes "${DECODER_MINUTES:-7}" --equal-objects --local 1 --clean 1 --clean-grey 1 \
+    --object-colour 3 --keep-generated 3
+  "$python" -m illustrated_sd.train export "$ckpt.15" "${model%/}.15" --force
 fi

@@ -176,6 +176,8 @@ def test_grounding_loss_rewards_attention_inside_the_mask():
     outside[0, [10, 11, 14, 15], 2:4] = 1.0
     loss = lambda probs: grounding_loss({"layer": probs}, {"layer": 1}, slots, masks).item()
     assert loss(inside) == 0.0 and loss(outside) == 1.0
+    # a batch without a word to ground (every caption dropped) adds nothing, not NaN
+    assert grounding_loss({"layer": inside}, {"layer": 1}, torch.full_like(slots, -1), masks).item() == 0.0
 
 
 def test_decoder_loss_weighs_pixels_on_and_around_objects_more():

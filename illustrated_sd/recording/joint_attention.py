@@ -319,8 +319,9 @@ class FluxRecordingProcessor:
         self.recording, self.layer, self.concepts, self.block, self.edits, self.name = recording, layer, concepts, block, edits, name
 
     def joint_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """softmax(q·kᵀ/√d)·v over the joint sequence, ``[B, heads, L, d]`` each, as :func:`attend` runs it (training's
-        grounding processor, ``train.flux.GroundedAttention``, computes it in the open to keep its probabilities)."""
+        """The joint attention, ``[B, heads, L, d]`` each, as :func:`attend` runs it (the fused kernel, an edit's mask,
+        the recording); a subclass may compute it otherwise (``train.flux.GroundedAttention`` does, in the open, to keep
+        its probabilities for training)."""
         return attend(self, query, key, value)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):

@@ -159,6 +159,8 @@ def run_stages(args) -> None:
     for option in ("binding", "token_loss", "local", "clean", "clean_grey", "object_colour", "keep_generated"):
         if getattr(args, option) < 0:
             raise ValueError(f"--{option.replace('_', '-')} is a loss weight, ≥ 0 (got {getattr(args, option):g})")
+    if args.token_loss and "flux" not in [stage for stage, _ in plan]:
+        raise ValueError("--token-loss grounds tiny-flux's words: it needs --stages flux (the ground stage weighs its own token loss)")
     if args.clean_grey and not args.clean:
         raise ValueError("--clean-grey weighs part of the --clean term: add --clean W (say 1)")
     if (args.colour_reference is not None or args.bank_size is not None) and not args.keep_generated:

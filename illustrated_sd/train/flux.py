@@ -18,7 +18,7 @@ Two stages, as Flux was built (its text encoders were trained by others, then fr
    logit-normal (SD3's choice: most training where the middle noise levels are hard), then bent toward the noise
    by the same μ as the sampler's schedule.
 
-   With ``token_loss`` > 0 the stage also *grounds* the words, as tiny-sd 2's ``ground`` stage does for the UNet
+   With ``token_loss`` or ``binding`` > 0 the stage also *grounds* the words, as tiny-sd 2's ``ground`` stage does for the UNet
    (TokenCompose's token loss, :mod:`.grounding`): the world knows every object's mask, so the share of an object word's
    image→text attention (the picture's tokens reading that word, in every joint-attention layer) that falls inside
    the object's mask is pushed toward 1. Flux's own attention is never told where a word's object is; without this
@@ -49,7 +49,7 @@ from ..trace.files import load_weights
 from ..world import HELD_OUT, known_words, known_words_2, render, sample_scenes
 from ..world.vocabulary import MAX_OBJECTS_2
 from .checkpoint import read_log, save_weights
-from .grounding import binding_loss, grounding_loss, object_token_slots
+from .grounding import binding_loss, grounding_loss, grounding_targets
 from .stages import Budget, _autocast, _run, _run_averaged
 
 SIZE = 128  # pixels per side: tiny-sd 2's pictures, 16 × 16 latents, 8 × 8 tokens
@@ -166,18 +166,19 @@ def tiny_flux_pipeline(ckpt: Path, seed: int = 0) -> FluxPipeline:
 
 @torch.no_grad()
 def encode_world_flux(pipe: FluxPipeline, seed: int, n: int, device, world: int = 2, chunk: int = 1000, grounded: bool = False,
-                      **shares) -> dict:
+                      two_objects: float | None = None, name_backgrounds: float | None = None, name_all: float | None = None) -> dict:
     """Draw ``n`` scenes once and keep what the transformer needs, on ``device``: the VAE posterior of each picture
     (``mean``, ``std`` ``[n, 4, 16, 16]``), and its caption as FluxPipeline encodes a prompt: T5's ``text [n, 64, 128]``
     and CLIP's ``pooled [n, 128]``; plus the empty prompt's (``empty_text``, ``empty_pooled``) for dropped captions.
     ``grounded`` adds each scene's object ``masks [n, 4, 16, 16]`` (at latent resolution) and where each object's
     colour and shape words sit among T5's 64 slots, ``slots [n, 4, 2]`` (-1 where the caption does not say it).
-    ``shares`` (``two_objects``, ``name_backgrounds``, ``name_all``) change the mix of scenes: see ``world.sample_scenes``."""
+    ``two_objects``, ``name_backgrounds`` and ``name_all`` change the mix of scenes (see ``world.sample_scenes``)."""
     length = TINY_FLUX["max_sequence_length"]
     means, stds, texts, pooled, masks, slots = [], [], [], [], [], []
     store = torch.bfloat16 if device.type == "cuda" else torch.float32
     for start in tqdm(range(0, n, chunk), desc="encoding the world", unit="chunk"):
-        scenes = sample_scenes([seed, 7, start], min(chunk, n - start), version=world, **shares)
+        scenes = sample_scenes([seed, 7, start], min(chunk, n - start), version=world, two_objects=two_objects,
+                               name_backgrounds=name_backgrounds, name_all=name_all)
         captions = [s.caption for s in scenes]
         images, object_masks = render(scenes, device=device)
         posterior = pipe.vae.encode(images).latent_dist
@@ -188,9 +189,10 @@ def encode_world_flux(pipe: FluxPipeline, seed: int, n: int, device, world: int 
         pooled.append(pool.to(store))
         if grounded:  # the same ids FluxPipeline gave T5 above (its _get_t5_prompt_embeds pads and cuts the same way)
             ids = pipe.tokenizer_2(captions, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-            grid = F.adaptive_avg_pool2d(object_masks, posterior.mean.shape[-2:])  # [chunk, K', 16, 16], K' = most objects here
-            masks.append(F.pad(grid, (0, 0, 0, 0, 0, MAX_OBJECTS_2 - grid.shape[1])))
-            slots.append(object_token_slots(ids, scenes, pipe.tokenizer_2, MAX_OBJECTS_2).to(device))
+            chunk_masks, chunk_slots = grounding_targets(scenes, object_masks, ids, pipe.tokenizer_2, posterior.mean.shape[-2:],
+                                                         MAX_OBJECTS_2)
+            masks.append(chunk_masks)
+            slots.append(chunk_slots)
     empty_text, empty_pooled, _ = pipe.encode_prompt([""], prompt_2=None, device=device, max_sequence_length=length)
     data = dict(mean=torch.cat(means), std=torch.cat(stds), text=torch.cat(texts), pooled=torch.cat(pooled),
                 empty_text=empty_text.to(store), empty_pooled=empty_pooled.to(store))
@@ -209,7 +211,8 @@ class GroundedAttention(FluxRecordingProcessor):
         self.store, self.text_len = store, text_len
 
     def joint_attention(self, query, key, value):
-        probs = (query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5).float().softmax(-1)  # [B, heads, L, L], text first
+        # the logits in float32 even under autocast (the fused kernels keep their scores in float32 too)
+        probs = (query.float() @ key.float().transpose(-1, -2) * query.shape[-1] ** -0.5).softmax(-1)  # [B, heads, L, L], text first
         self.store[self.name] = probs[:, :, self.text_len:, :self.text_len].flatten(0, 1)  # image rows, text columns
         return probs.to(value.dtype) @ value
 
@@ -245,22 +248,24 @@ def flow_matching_loss(transformer, x0: torch.Tensor, text: torch.Tensor, pooled
 
 def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20, ema_decay=0.999,
                dataset_size: int = 100_000, drop_caption: float = 0.1, anneal: bool = False, world: int = 2, compile: bool = False,
-               token_loss: float = 0.0, binding: float = 0.0, **shares):
+               token_loss: float = 0.0, binding: float = 0.0, two_objects: float | None = None, name_backgrounds: float | None = None,
+               name_all: float | None = None):
     """Stage ``flux``: the transformer learns the velocity on ``dataset_size`` scenes encoded once (see the module).
 
     ``token_loss`` and ``binding`` weigh the grounding terms of :mod:`.grounding` on the image→text attention of every
-    joint-attention layer (0: off); ``shares`` (``two_objects``, ``name_backgrounds``, ``name_all``) change the mix of
-    scenes (``world.sample_scenes``). Grounding computes the attention in the open (its probabilities are needed), so
-    it runs uncompiled.
+    joint-attention layer (0: off; either turns grounding on, and the logged loss then includes the terms);
+    ``two_objects``, ``name_backgrounds`` and ``name_all`` change the mix of scenes (``world.sample_scenes``).
+    Grounding computes the attention in the open (its probabilities are needed), so it runs uncompiled.
     """
     grounded = token_loss > 0 or binding > 0
     pipe = tiny_flux_pipeline(ckpt, seed=seed).to(device)
-    data = encode_world_flux(pipe, seed, dataset_size, device, world=world, grounded=grounded,
-                             **{k: v for k, v in shares.items() if v is not None})
+    data = encode_world_flux(pipe, seed, dataset_size, device, world=world, grounded=grounded, two_objects=two_objects,
+                             name_backgrounds=name_backgrounds, name_all=name_all)
     transformer, scaling, mu = pipe.transformer.train(), pipe.vae.config.scaling_factor, mu_at(pipe, SIZE)
     load_weights(transformer, ckpt, "transformer")
     transformer.float()
-    # the store of GroundedAttention is Python state that a compiled graph would break at: grounding runs eager
+    if compile and grounded:  # GroundedAttention's store is Python state that a compiled graph would break at
+        print("flux: grounding runs uncompiled (--compile ignored)", flush=True)
     forward = torch.compile(transformer) if compile and device.type == "cuda" and not grounded else transformer
     heads = {name: attn.heads for name, attn in joint_layers(transformer).items()}
     side = SIZE // pipe.vae_scale_factor  # 16 latent pixels
@@ -268,24 +273,25 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
     text_ids = torch.zeros(TINY_FLUX["max_sequence_length"], 3, device=device)  # Flux gives every text token position 0
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 11 + len(read_log(ckpt).get("flux", {}).get("step", [])))
 
-    def step_fn(step):
-        idx = torch.randint(0, len(data["mean"]), (batch_size,), generator=gen, device=device)
-        latents = (data["mean"][idx] + data["std"][idx] * torch.randn(data["mean"][idx].shape, generator=gen, device=device)) * scaling
-        x0 = FluxPipeline._pack_latents(latents, batch_size, latents.shape[1], side, side)  # [B, 64, 16]: 2×2 latent pixels per token
-        dropped = (torch.rand(batch_size, generator=gen, device=device) < drop_caption)
-        text = torch.where(dropped[:, None, None], data["empty_text"], data["text"][idx])
-        pooled = torch.where(dropped[:, None], data["empty_pooled"], data["pooled"][idx])
-        with _autocast(device), sdpa_kernel(TRAIN_ATTENTION):  # the backward pass uses the kernel chosen here
-            loss = flow_matching_loss(forward, x0, text, pooled, image_ids, text_ids, mu, gen)
-            if grounded:  # the call above refilled `store` with every layer's image→text attention
-                words = data["slots"][idx].masked_fill(dropped[:, None, None], -1)  # a dropped caption has no words
-                masks = data["masks"][idx]
-                loss = loss + token_loss * grounding_loss(store, heads, words, masks)
-                if binding:
-                    loss = loss + binding * binding_loss(store, heads, words, masks)
-            return loss
+    grounding = grounded_attention(transformer, TINY_FLUX["max_sequence_length"]) if grounded else nullcontext({})
+    with grounding as store:  # grounded: every transformer call refills `store` with each layer's image→text attention
+        def step_fn(step):
+            idx = torch.randint(0, len(data["mean"]), (batch_size,), generator=gen, device=device)
+            latents = (data["mean"][idx] + data["std"][idx] * torch.randn(data["mean"][idx].shape, generator=gen, device=device)) * scaling
+            x0 = FluxPipeline._pack_latents(latents, batch_size, latents.shape[1], side, side)  # [B, 64, 16]: 2×2 latent pixels per token
+            dropped = (torch.rand(batch_size, generator=gen, device=device) < drop_caption)
+            text = torch.where(dropped[:, None, None], data["empty_text"], data["text"][idx])
+            pooled = torch.where(dropped[:, None], data["empty_pooled"], data["pooled"][idx])
+            with _autocast(device), sdpa_kernel(TRAIN_ATTENTION):  # the backward pass uses the kernel chosen here
+                loss = flow_matching_loss(forward, x0, text, pooled, image_ids, text_ids, mu, gen)
+                if grounded:
+                    words = data["slots"][idx].masked_fill(dropped[:, None, None], -1)  # a dropped caption has no words
+                    masks = data["masks"][idx]
+                    loss = loss + token_loss * grounding_loss(store, heads, words, masks)
+                    if binding:
+                        loss = loss + binding * binding_loss(store, heads, words, masks)
+                return loss
 
-    with grounded_attention(transformer, TINY_FLUX["max_sequence_length"]) if grounded else nullcontext({}) as store:
         return _run_averaged("flux", step_fn, transformer, "transformer", 3e-4, ckpt, Budget(minutes, max_steps), log_every,
                              ema_decay, anneal=anneal)
 

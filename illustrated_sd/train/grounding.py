@@ -1,4 +1,5 @@
-"""Stage 4 (optional): teach the UNet to look at each word where its object is.
+"""Stage 4 (optional): teach the UNet to look at each word where its object is (and, through the same losses,
+tiny-flux's transformer: ``train.flux``'s ``--token-loss``).
 
 The synthetic world knows every object's mask, so the cross-attention of an object's colour and shape
 tokens can be *supervised*: the share of a token's attention that falls inside its object's mask
@@ -46,7 +47,7 @@ def object_token_slots(ids: torch.Tensor, scenes, tokenizer, objects: int = 2) -
     unnamed object, a colour not said). ``tokenizer``: CLIP's (``red</w>``) or tiny-flux's T5 (``▁red``): every
     world word is one piece in both.
     """
-    word = lambda w: tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w))[0]  # noqa: E731  a world word is one piece
+    word = _word_ids(tokenizer)
     slots = torch.full((len(scenes), objects, 2), -1, dtype=torch.long)
     for b, scene in enumerate(scenes):
         row = ids[b].tolist()
@@ -69,6 +70,31 @@ def object_token_slots(ids: torch.Tensor, scenes, tokenizer, objects: int = 2) -
                     used.add(j)
                     break
     return slots
+
+
+def _word_ids(tokenizer):
+    """``word → its token id`` for ``tokenizer``, each word tokenized once; a world word must be one piece."""
+    ids = {}
+
+    def word(w: str) -> int:
+        if w not in ids:
+            pieces = tokenizer.tokenize(w)
+            if len(pieces) != 1:
+                raise ValueError(f"the world word {w!r} is {len(pieces)} pieces for this tokenizer ({pieces}); a slot needs one")
+            ids[w] = tokenizer.convert_tokens_to_ids(pieces[0])
+        return ids[w]
+
+    return word
+
+
+def grounding_targets(scenes, object_masks: torch.Tensor, ids: torch.Tensor, tokenizer, latent_hw, objects: int):
+    """What the grounding losses compare the attention with, for rendered ``scenes``: their ``object_masks``
+    ``[B, K', H, W]`` (the renderer's) pooled to the latent's ``latent_hw`` and padded to ``objects`` → ``[B, objects, h, w]``,
+    and where each object's words sit among the caption's token ``ids [B, T]`` → ``[B, objects, 2]``
+    (:func:`object_token_slots`), on the masks' device."""
+    pooled = F.adaptive_avg_pool2d(object_masks, latent_hw)  # [B, K', h, w], K' = most objects in this batch of scenes
+    masks = F.pad(pooled, (0, 0, 0, 0, 0, objects - pooled.shape[1]))
+    return masks, object_token_slots(ids, scenes, tokenizer, objects).to(object_masks.device)
 
 
 @contextmanager
@@ -98,13 +124,14 @@ def attention_with_gradients(unet):
 
 
 def _word_maps(store: dict, heads: dict[str, int], slots: torch.Tensor, masks: torch.Tensor):
-    """For each layer: the heads-averaged attention maps of each object's colour and shape words,
+    """For each layer of ``store`` (``{layer: [B·heads, n, T]}``: how each of the ``n`` pixels or image tokens
+    attends to the ``T`` text slots): the heads-averaged maps of each object's colour and shape words,
     ``[B, 2K (colour₀, shape₀, colour₁, shape₁, …), n]`` (zero for an absent word), and the ``K`` object
     masks pooled to that layer's ``n = h·w`` pixels, ``[B, K, n]``."""
-    index = slots.clamp_min(0).flatten(1)  # [B, 2K]; absent words read slot 0 (<|startoftext|>) …
+    index = slots.clamp_min(0).flatten(1)  # [B, 2K]; absent words read slot 0 (any word) …
     present = (slots >= 0).flatten(1)[:, :, None]  # … and are zeroed here
     for name, probs in store.items():
-        probs = probs.float().unflatten(0, (-1, heads[name])).mean(1)  # [B, n, 77], heads averaged
+        probs = probs.float().unflatten(0, (-1, heads[name])).mean(1)  # [B, n, T], heads averaged
         n = probs.shape[1]
         h = w = int(n**0.5)
         grid = F.adaptive_avg_pool2d(masks, (h, w)).flatten(2)  # [B, K, n]
@@ -115,7 +142,8 @@ def grounding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, mask
     """TokenCompose's token loss, averaged over layers and the (object, token) pairs present.
 
     Args:
-        store: from :func:`attention_with_gradients` after a UNet call on ``B`` examples.
+        store: ``{layer: [B·heads, n, T]}``, from :func:`attention_with_gradients` after a UNet call on ``B`` examples
+            (or ``train.flux.grounded_attention`` after a transformer call).
         heads: each layer's head count.
         slots: ``[B, K, 2]`` from :func:`object_token_slots` (on the device).
         masks: ``[B, K, H, W]`` object coverage in [0, 1] at latent resolution.
@@ -126,7 +154,8 @@ def grounding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, mask
         object_masks = grid.repeat_interleave(2, dim=1)  # [B, 4, n]: the colour and shape token share the mask
         inside = (token_maps * object_masks).sum(-1) / token_maps.sum(-1).clamp_min(1e-8)
         losses.append(((1 - inside) ** 2)[valid.flatten(1)])
-    return torch.cat(losses).mean()
+    losses = torch.cat(losses)
+    return losses.mean() if losses.numel() else masks.new_zeros(())  # no word to ground (every caption dropped): nothing
 
 
 def binding_loss(store: dict, heads: dict[str, int], slots: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -173,9 +202,9 @@ def encode_grounded_world(vae, text_encoder, tokenizer, seed, n: int, device, la
             contexts.append(text_encoder(ids.to(device))[0].float())
         means.append(posterior.mean.float())
         stds.append(posterior.std.float())
-        pooled = F.adaptive_avg_pool2d(object_masks, latent_hw)  # [chunk, K', h, w], K' = most objects in this chunk
-        masks.append(F.pad(pooled, (0, 0, 0, 0, 0, objects - pooled.shape[1])))
-        slots.append(object_token_slots(ids, scenes, tokenizer, objects).to(device))
+        chunk_masks, chunk_slots = grounding_targets(scenes, object_masks, ids, tokenizer, latent_hw, objects)
+        masks.append(chunk_masks)
+        slots.append(chunk_slots)
     return (torch.cat(means), torch.cat(stds), torch.cat(contexts), torch.cat(masks), torch.cat(slots),
             empty_context(text_encoder, tokenizer, device).float())
 

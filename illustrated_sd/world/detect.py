@@ -200,7 +200,8 @@ def invented_marks(round_trips, originals, masks, clearance: int = 4, threshold:
 def darkest_addition(round_trips, originals, masks, clearance: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """How much darker a round trip draws its darkest 5×5 patch more than ``clearance`` pixels from every object (and 3
     from the edge), in grey levels: ``([N] levels, [N, 2] (row, column) of the patch's centre)``. The faint marks
-    below :func:`invented_marks`' threshold, measured rather than counted (same arguments)."""
+    below :func:`invented_marks`' threshold, measured rather than counted (same arguments). A picture with no pixel
+    that far from its objects gets ``-inf`` (at row 0, column 0)."""
     darker = _patch_mean(-(round_trips.float() - originals.float()).mean(1) * 127.5)  # [N, H, W]
     darker = darker.masked_fill(~_away_from_objects(masks, clearance), float("-inf")).flatten(1)
     levels, where = darker.max(1)
