@@ -99,6 +99,9 @@ def test_grounded_attention_is_the_models_own_and_keeps_the_image_to_text_probab
     sum(p[:, :, 3].sum() for p in store.values()).backward()  # a loss on one word's column …
     assert transformer.transformer_blocks[0].attn.to_q.weight.grad.abs().sum() > 0  # … reaches the image queries' weights
     assert all(attn.processor is originals[name] for name, attn in layers.items())  # the model's own are back
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), grounded_attention(transformer, T) as store:
+        transformer(**inputs)  # under autocast (as on a GPU), the probabilities are still computed in float32
+    assert {p.dtype for p in store.values()} == {torch.float32}
 
 
 def test_the_flux_stage_trains_with_the_token_loss_and_refuses_negative_weights(tmp_path, capsys):

@@ -211,8 +211,10 @@ class GroundedAttention(FluxRecordingProcessor):
         self.store, self.text_len = store, text_len
 
     def joint_attention(self, query, key, value):
-        # the logits in float32 even under autocast (the fused kernels keep their scores in float32 too)
-        probs = (query.float() @ key.float().transpose(-1, -2) * query.shape[-1] ** -0.5).softmax(-1)  # [B, heads, L, L], text first
+        # the logits in float32 even under autocast, which would run this matmul in bfloat16 (the fused kernels keep
+        # their scores in float32 too)
+        with torch.autocast(query.device.type, enabled=False):
+            probs = (query.float() @ key.float().transpose(-1, -2) * query.shape[-1] ** -0.5).softmax(-1)  # [B, heads, L, L], text first
         self.store[self.name] = probs[:, :, self.text_len:, :self.text_len].flatten(0, 1)  # image rows, text columns
         return probs.to(value.dtype) @ value
 
