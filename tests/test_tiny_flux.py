@@ -123,6 +123,30 @@ def test_the_flux_stage_trains_with_the_token_loss_and_refuses_negative_weights(
     assert "it needs --stages flux" in capsys.readouterr().err
 
 
+def test_the_flux_stage_can_train_t5s_encoder_with_the_transformer(tmp_path, capsys):
+    """--tune-t5: the flow-matching loss reaches T5's encoder, whose weights go back into the checkpoint's t5 (read by
+    t5_encoder and the export); the decoder, which Flux does not keep, stays as the t5 stage left it."""
+    if not TINY_SD.is_dir():
+        pytest.skip("the embedded tiny-sd is not in this copy")
+    from illustrated_sd.train.flux import new_t5
+    from illustrated_sd.trace.files import load_weights
+
+    ckpt = tmp_path / "fc"
+    assert train_main(["run", "--smoke", "--stages", "t5", "--minutes", "1", "--out", str(ckpt)]) == 0
+    before = new_t5(world_t5_tokenizer())
+    load_weights(before, ckpt, "t5")
+    assert train_main(["run", "--smoke", "--stages", "flux", "--minutes", "1", "--out", str(ckpt), "--tune-t5"]) == 0
+    after = new_t5(world_t5_tokenizer())
+    assert load_weights(after, ckpt, "t5")
+    old, new = before.state_dict(), after.state_dict()
+    assert not torch.equal(old["encoder.block.0.layer.0.SelfAttention.q.weight"], new["encoder.block.0.layer.0.SelfAttention.q.weight"])
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith("decoder.block."))
+    assert train_main(["export", str(ckpt), str(tmp_path / "model")]) == 0  # the transformer's weights load as before
+    capsys.readouterr()
+    assert train_main(["run", "--smoke", "--stages", "t5", "--minutes", "1", "--out", str(ckpt), "--tune-t5"]) == 2
+    assert "--tune-t5 trains T5 with tiny-flux's transformer: it needs --stages flux" in capsys.readouterr().err
+
+
 def test_the_export_ships_only_what_tiny_flux_does_not_share(smoke_tiny_flux):
     names = {p.name for p in smoke_tiny_flux.iterdir()}
     assert {"transformer", "text_encoder_2", "tokenizer_2", "scheduler", "model_index.json"} <= names

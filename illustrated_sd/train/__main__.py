@@ -73,6 +73,9 @@ def main(argv=None) -> int:
     run.add_argument("--dataset-size", type=checks.positive_int, default=None,
                      help="unet, flux, ground: how many scenes to draw and encode once for the stage (default: the stage's own, "
                           "100,000 for the unet and flux, 50,000 for ground)")
+    run.add_argument("--tune-t5", action="store_true",
+                     help="flux: train T5's encoder with the transformer (the flow-matching loss teaches it which words belong "
+                          "together, which span corruption on the world's captions cannot; see train/flux.py)")
     run.add_argument("--compile", action="store_true", help="unet, flux: torch.compile the UNet or the transformer (GPU; faster after a minute of compiling)")
     run.add_argument("--max-steps", type=checks.positive_int, default=None,
                      help="stop each stage after this many steps, if its --minutes do not end it first (the same steps on "
@@ -161,6 +164,8 @@ def run_stages(args) -> None:
             raise ValueError(f"--{option.replace('_', '-')} is a loss weight, ≥ 0 (got {getattr(args, option):g})")
     if args.token_loss and "flux" not in [stage for stage, _ in plan]:
         raise ValueError("--token-loss grounds tiny-flux's words: it needs --stages flux (the ground stage weighs its own token loss)")
+    if args.tune_t5 and "flux" not in [stage for stage, _ in plan]:
+        raise ValueError("--tune-t5 trains T5 with tiny-flux's transformer: it needs --stages flux (the t5 stage always trains T5)")
     if args.clean_grey and not args.clean:
         raise ValueError("--clean-grey weighs part of the --clean term: add --clean W (say 1)")
     if (args.colour_reference is not None or args.bank_size is not None) and not args.keep_generated:
@@ -196,7 +201,7 @@ def run_stages(args) -> None:
         if stage in ("ground", "flux"):
             extra.update(binding=args.binding, two_objects=args.two_objects, name_backgrounds=args.name_backgrounds, name_all=args.name_all)
         if stage == "flux":
-            extra["token_loss"] = args.token_loss
+            extra.update(token_loss=args.token_loss, tune_t5=args.tune_t5)
         if args.smoke and stage in ("unet", "ground", "flux"):
             extra["dataset_size"] = 12
         steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20, **extra)

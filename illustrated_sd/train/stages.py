@@ -130,15 +130,17 @@ def _run(stage, step_fn, params, lr, ckpt, budget, log_every, warmup=200, after_
 
 
 def _run_averaged(stage: str, step_fn, module: torch.nn.Module, weights: str, lr: float, ckpt: Path, budget: Budget, log_every: int,
-                  ema_decay: float, **options) -> int:
+                  ema_decay: float, write=None, **options) -> int:
     """:func:`_run` on ``module``'s parameters while an :class:`EMA` averages its weights; then the averaged weights
-    (what ships: they sample better than the last step's) are loaded back and saved as ``weights``. The steps taken."""
+    (what ships: they sample better than the last step's) are loaded back and saved as ``weights``. The steps taken.
+    ``write(state_dict)``, if given, saves instead (a module of several parts, each kept under its own name)."""
+    write = write or (lambda state: save_weights(state, ckpt, weights))
     ema = EMA(module, ema_decay)
     steps = _run(stage, step_fn, list(module.parameters()), lr, ckpt, budget, log_every, after_step=ema.update,
-                 save=lambda: save_weights(ema.weights, ckpt, weights), **options)
+                 save=lambda: write(ema.weights), **options)
     if steps:
         module.load_state_dict(ema.weights)
-    save_weights(module, ckpt, weights)
+    write(module.state_dict())
     return steps
 
 
