@@ -3,7 +3,7 @@ same components, the model's own steps and guidance (tiny-sd 2: 25 steps, guidan
 CFG 4), rounds alternating, the order reversed every other round.
 
     python benchmarks/cpu_speed.py --threads 2 --out docs/cpu_speed.json
-    python benchmarks/cpu_speed.py --model tiny-flux --untrained --rounds 20 --out docs/cpu_speed_tiny_flux.json
+    python benchmarks/cpu_speed.py --model tiny-flux --rounds 20 --out docs/cpu_speed_tiny_flux.json
     python benchmarks/cpu_speed.py --model tiny-flux-fast --untrained --steps 1 --rounds 20 --out docs/cpu_speed_tiny_flux_fast.json
 
 ``--untrained`` times a model the package has not shipped yet (tiny-flux, tiny-flux-fast before their training) with

@@ -2,6 +2,7 @@
 it shares with tiny-sd 2, and load_pipeline putting them back (equal to plain diffusers)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,7 +289,6 @@ def test_the_filmstrip_draws_a_flow_trace_by_sigma(smoke_tiny_flux):
 
 def test_the_side_by_side_script_measures_both_models_on_the_same_prompts(smoke_tiny_flux, tmp_path):
     import runpy
-    from pathlib import Path
 
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "compare_denoisers.py"))
     out = tmp_path / "denoisers.json"
@@ -324,3 +324,22 @@ def test_attention_at_scale_also_scores_where_a_transformers_words_read_the_pict
     for table in (result, result["text_to_image"]):
         for kind in ("colour", "shape", "position"):
             assert table[kind]["words"] == 2 and table[kind]["pointing"] == 1
+
+
+def test_t5_binding_tells_a_bag_of_words_from_an_encoder_that_reads_context():
+    """scripts/t5_binding.py: an encoder that gives each word its own vector whatever surrounds it (an embedding table)
+    hands the transformer the same vectors for a prompt and its colour-swapped twin (cosines 1); CLIP's causal tower
+    writes the words before a word into it (cosines below 1)."""
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "t5_binding.py"))
+    prompts = script["pair_prompts"](6)
+    prompt, swapped, shape_1, shape_2 = prompts[0]
+    assert sorted(prompt.split()) == sorted(swapped.split()) and prompt != swapped and shape_1 in prompt and shape_2 in prompt
+    sd = isd.load_pipeline().pipeline
+    table = torch.nn.Embedding.from_pretrained(sd.text_encoder.get_input_embeddings().weight)
+    bag = script["word_cosines"](sd.tokenizer, lambda ids: (table(ids),), prompts)
+    clip = script["word_cosines"](sd.tokenizer, sd.text_encoder, prompts)
+    assert len(bag["shape"]) == len(bag["colour"]) == 12
+    assert min(bag["shape"] + bag["colour"]) > 0.9999
+    assert max(clip["colour"]) < 0.99 and np.mean(clip["shape"]) < 0.99

@@ -29,9 +29,12 @@ Two stages, as Flux was built (its text encoders were trained by others, then fr
    the words as a *set*: which colour belongs to which shape must already be written into T5's vectors. Span
    corruption on the world's captions does not write it, because the world's colours and shapes are drawn
    independently: no word of a caption predicts another, so T5 learns each word's vector alone. Measured on the
-   part-2 model: the vector of "circle" in "a red circle … and a blue square …" and in "a blue circle … and a red
-   square …" had a cosine of 1.000, so the transformer was given one and the same set of vectors for both prompts
-   (and drew the colours on either side at random: pairs 1.7%). Real T5 learned such binding from the internet's text.
+   part-2 model (``scripts/t5_binding.py`` → docs/t5_binding.json): the vector of "circle" in "a red circle … and a
+   blue square …" and in "a blue circle … and a red square …" had a cosine of 0.999, and "red" of the circle against
+   "red" of the square 0.997, so the transformer was handed nearly one set of vectors for both prompts (and drew the
+   colours on either side at random: pairs 1.7%). Tuned with the transformer, T5 writes each colour's place in the
+   sentence into the colour word (0.69) and the pairs are drawn right (93%). Real T5 learned its context from the
+   internet's text; the world's captions hold none to learn.
 
     python -m illustrated_sd.train run --stages t5,flux --minutes 2,8 --world 2 --out checkpoints/tiny-flux
     python -m illustrated_sd.train export checkpoints/tiny-flux illustrated_sd/assets/tiny-flux
