@@ -102,3 +102,33 @@ def test_paste_kept_refuses_what_does_not_fit(start, right_half, args, error, me
              "small mask": right_half.resize((64, 64)), "not a picture": "not a picture"}
     with pytest.raises(error, match=message):
         isd.paste_kept(*(given[a] for a in args))
+
+
+def test_the_decoders_reach_is_measured_path_by_path_and_the_decoder_is_left_as_it_was():
+    """lessons.decoder_reach: a latent decoded against itself moves nothing, whatever is switched; the GroupNorm
+    statistics of the original carry most of a spliced latent's change into the kept half (the embedded decoder); the
+    middle attention switched off changes the decoding; and after each call the decoder decodes as before."""
+    from illustrated_sd.lessons.decoder_reach import kept_change
+    from illustrated_sd.lessons.latent_space import to_latent, to_pixels
+    from illustrated_sd.world import render, sample_scenes
+
+    vae = isd.load_pipeline().vae
+    images, _ = render(sample_scenes([3, 1], 4, version=2))
+    with torch.no_grad():
+        latents = to_latent(vae, images)  # [4, 4, 16, 16]
+        plain = to_pixels(vae, latents[:2])
+    original, other = latents[:2], latents[2:]
+    painted = original.clone()
+    painted[..., 8:] = other[..., 8:]  # the right half repainted
+    kept = torch.zeros(128, 128, dtype=torch.bool)
+    kept[:, :56] = True  # the left half, a latent pixel back from the cut
+    for switches in ({}, {"mid_attention": False}, {"norms_of_original": True}):
+        assert kept_change(vae, original, original, kept, **switches).max() < 1e-3
+    change = {name: float(kept_change(vae, painted, original, kept, **switches).mean())
+              for name, switches in (("decoded", {}), ("statistics of the original", {"norms_of_original": True}))}
+    assert change["statistics of the original"] < change["decoded"] / 3, change
+    with torch.no_grad():
+        assert torch.equal(to_pixels(vae, latents[:2]), plain)  # every hook is gone
+        from illustrated_sd.lessons.decoder_reach import _switches
+        with _switches(vae, mid_attention=False):
+            assert not torch.allclose(to_pixels(vae, latents[:2]), plain, atol=1e-3)

@@ -1,0 +1,87 @@
+"""Why an inpainted picture's kept half still moves: what in the VAE decoder carries one half of a latent into the
+pixels of the other.
+
+Inpainting keeps the kept half's *latent* exactly, yet its pixels change. Three parts of the decoder could carry the
+painted half across:
+
+- the convolutions, each of which reaches a few latent pixels across the mask's edge (so only near it);
+- the middle block's self-attention, where every pixel reads every latent pixel;
+- every GroupNorm, which divides a feature map by the mean and variance of the *whole* picture's features (per group
+  of channels): paint a navy background on the right and the statistics the left half is normalised by change too.
+
+:func:`kept_change` decodes a painted latent and its original with the middle attention switched off, or with every
+GroupNorm's statistics taken from the original's decoding, so a notebook can measure which path carries the change.
+The switches are forward hooks installed for one call; the decoder's weights and modules are never touched.
+
+    change = kept_change(pipe.vae, painted, original, kept)                          # [K] grey levels, as decoded
+    change = kept_change(pipe.vae, painted, original, kept, mid_attention=False)     # without the middle attention
+    change = kept_change(pipe.vae, painted, original, kept, norms_of_original=True)  # statistics of the original
+"""
+
+from contextlib import contextmanager
+
+import torch
+
+from .latent_space import to_pixels
+
+
+def _group_statistics(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and variance GroupNorm divides by: over each group's channels and every position, ``[N, groups, 1]``."""
+    flat = x.reshape(len(x), groups, -1)
+    return flat.mean(-1, keepdim=True), flat.var(-1, unbiased=False, keepdim=True)
+
+
+@contextmanager
+def _switches(vae, mid_attention: bool = True, norms=None):
+    """Hooks on ``vae.decoder`` for one ``with`` block. ``mid_attention=False``: the middle block's attention returns its
+    input (it adds its own residual, so this skips it whole). ``norms``: ``None`` leaves the GroupNorms alone; a list
+    records each GroupNorm's statistics into it (in call order); a filled list makes each use the recorded ones."""
+    handles = []
+    try:
+        if not mid_attention:
+            for attention in vae.decoder.mid_block.attentions:
+                if attention is not None:
+                    handles.append(attention.register_forward_hook(lambda module, args, output: args[0]))
+        if norms is not None:
+            replaying, calls = bool(norms), iter(range(10**9))
+
+            def hook(module, args, output):
+                x = args[0]
+                if not replaying:
+                    norms.append(_group_statistics(x, module.num_groups))
+                    return output
+                mean, var = norms[next(calls)]
+                y = ((x.reshape(len(x), module.num_groups, -1) - mean) / torch.sqrt(var + module.eps)).reshape(x.shape)
+                shape = (1, -1) + (1,) * (x.dim() - 2)  # the channel axis: 4-d feature maps, or the attention's [N, C, HW]
+                return y * module.weight.view(shape) + module.bias.view(shape) if module.affine else y
+
+            for module in vae.decoder.modules():
+                if isinstance(module, torch.nn.GroupNorm):
+                    handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def kept_change(vae, painted: torch.Tensor, original: torch.Tensor, kept: torch.Tensor, mid_attention: bool = True,
+                norms_of_original: bool = False) -> torch.Tensor:
+    """How far the kept pixels move when ``painted`` is decoded instead of ``original``, in grey levels (0–255).
+
+    Args:
+        vae: an ``AutoencoderKL``.
+        painted, original: scaled latents ``[N, C, h, w]`` (as the UNet sees them) that agree where ``kept`` is true.
+        kept: ``[H, W]`` booleans at pixel resolution: the pixels to compare.
+        mid_attention: ``False`` decodes both without the decoder's middle self-attention.
+        norms_of_original: decode ``painted`` with every GroupNorm's statistics taken from ``original``'s decoding.
+    Returns:
+        ``[N·K]``: for each kept pixel, the largest change of its R, G and B.
+    """
+    norms = [] if norms_of_original else None
+    with _switches(vae, mid_attention, norms):
+        before = to_pixels(vae, original)  # with norms_of_original, this decoding records the statistics …
+    with _switches(vae, mid_attention, norms):
+        after = to_pixels(vae, painted)  # … and this one uses them
+    grey = lambda x: (x.clamp(-1, 1) + 1) * 127.5  # noqa: E731  [-1, 1] → grey levels
+    return (grey(after) - grey(before)).abs().amax(1)[:, kept.to(after.device)].flatten()
