@@ -6,7 +6,10 @@ A's (left | right and top | bottom), decode, and compare A's side with A's own d
 than ``--seam`` latent pixels (8 px each). Reported in grey levels (0-255): the mean, the 99th percentile and the
 largest change, over every kept pixel of every pair. Notebook 07 shows one such case (an inpainting).
 
-    python scripts/decoder_locality.py [--model FOLDER] [--pairs 64] [--out docs/decoder_locality.json]
+    python scripts/decoder_locality.py [--model FOLDER] [--pairs 64] [--paths] [--out docs/decoder_locality.json]
+
+``--paths`` also measures which part of the decoder carries the change (``illustrated_sd.lessons.decoder_reach``): the
+middle block's attention switched off, or every GroupNorm dividing by the kept picture's own statistics.
 """
 
 import argparse
@@ -17,40 +20,49 @@ import numpy as np
 import torch
 
 import illustrated_sd as isd
+from illustrated_sd.lessons.decoder_reach import kept_change
 from illustrated_sd.world import render, sample_scenes
 
 
+PATHS = {"as decoded": {}, "middle attention off": {"mid_attention": False},
+         "GroupNorm statistics of the kept picture": {"norms_of_original": True}}
+
+
 @torch.no_grad()
-def measure(model: str | None, pairs: int, seam: int, device: str) -> dict:
+def measure(model: str | None, pairs: int, seam: int, device: str, paths: bool = False) -> dict:
     pipe = isd.load_pipeline(model) if model else isd.load_pipeline()
     vae = pipe.vae.to(device).float().eval()
     images, _ = render(sample_scenes([2026, 12, 5], 2 * pairs, held_out=True, version=2), device=device)
-    latents = vae.encode(images).latent_dist.mean  # [2P, 4, h, w]
+    latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor  # [2P, 4, h, w], scaled as the UNet's
     a, b = latents[:pairs], latents[pairs:]
-    grey = lambda x: ((x.clamp(-1, 1) + 1) * 127.5)  # noqa: E731  [-1, 1] → grey levels
-    own = grey(vae.decode(a).sample)
     h, w = a.shape[-2:]
     scale = images.shape[-1] // w
-    changes = []
+    changes = {name: [] for name in (PATHS if paths else ["as decoded"])}
     for cut in ("left | right", "top | bottom"):
         beyond = torch.zeros(1, 1, h, w, device=device)
         if cut == "left | right":
             beyond[..., w // 2:] = 1
         else:
             beyond[..., h // 2:, :] = 1
-        spliced = grey(vae.decode(a * (1 - beyond) + b * beyond).sample)
         kept = torch.zeros(h, w, dtype=torch.bool, device=device)
         if cut == "left | right":
             kept[:, :w // 2 - seam] = True
         else:
             kept[:h // 2 - seam] = True
         kept = kept.repeat_interleave(scale, 0).repeat_interleave(scale, 1)  # latent pixels → image pixels
-        changes.append((spliced - own).abs().amax(1)[:, kept].flatten())  # the largest change of R, G, B per pixel
-    change = torch.cat(changes).cpu().numpy()
-    return {"model": model or "tiny-sd 2 (embedded)", "pairs": pairs, "cuts": ["left | right", "top | bottom"], "seam_latent_pixels": seam,
-            "kept_pixels": int(change.size), "grey_levels": {"mean": round(float(change.mean()), 2),
-                                                             "p99": round(float(np.percentile(change, 99)), 1),
-                                                             "max": round(float(change.max()), 1)},
+        for name in changes:  # the largest change of R, G, B per kept pixel (lessons.decoder_reach)
+            changes[name].append(kept_change(vae, a * (1 - beyond) + b * beyond, a, kept, **PATHS[name]))
+    summary = {name: grades(torch.cat(change).cpu().numpy()) for name, change in changes.items()}
+    result = {"model": model or "tiny-sd 2 (embedded)", "pairs": pairs, "cuts": ["left | right", "top | bottom"], "seam_latent_pixels": seam,
+              **summary.pop("as decoded")}
+    if paths:  # which part of the decoder carries the painted half across: each switched off, or fed the kept picture's
+        result["paths"] = summary
+    return result
+
+
+def grades(change: np.ndarray) -> dict:
+    return {"kept_pixels": int(change.size), "grey_levels": {"mean": round(float(change.mean()), 2), "p99": round(float(np.percentile(change, 99)), 1),
+                                                          "max": round(float(change.max()), 1)},
             "share_within_4_levels": round(float((change <= 4).mean()), 4)}
 
 
@@ -59,9 +71,11 @@ def main():
     parser.add_argument("--model", default=None, help="a pipeline folder (default: the embedded tiny-sd 2)")
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--seam", type=int, default=1, help="latent pixels next to the cut left out (default: %(default)s)")
+    parser.add_argument("--paths", action="store_true", help="also decode with the middle attention off, and with every GroupNorm "
+                        "dividing by the kept picture's own statistics (which part carries the change across)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    result = measure(args.model, args.pairs, args.seam, "cuda" if torch.cuda.is_available() else "cpu")
+    result = measure(args.model, args.pairs, args.seam, "cuda" if torch.cuda.is_available() else "cpu", args.paths)
     print(json.dumps(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
