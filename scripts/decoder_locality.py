@@ -21,6 +21,7 @@ import torch
 
 import illustrated_sd as isd
 from illustrated_sd.lessons.decoder_reach import kept_change
+from illustrated_sd.lessons.latent_space import to_latent
 from illustrated_sd.world import render, sample_scenes
 
 
@@ -33,7 +34,7 @@ def measure(model: str | None, pairs: int, seam: int, device: str, paths: bool =
     pipe = isd.load_pipeline(model) if model else isd.load_pipeline()
     vae = pipe.vae.to(device).float().eval()
     images, _ = render(sample_scenes([2026, 12, 5], 2 * pairs, held_out=True, version=2), device=device)
-    latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor  # [2P, 4, h, w], scaled as the UNet's
+    latents = to_latent(vae, images, centre=True)  # [2P, 4, h, w]: the posterior's centre, scaled as the UNet's
     a, b = latents[:pairs], latents[pairs:]
     h, w = a.shape[-2:]
     scale = images.shape[-1] // w

@@ -26,38 +26,35 @@ import torch
 import torch.nn.functional as F
 
 import illustrated_sd as isd
-from illustrated_sd.world import COLORS, POSITIONS, SHAPES_2
-
-SIDES = [("left", "right"), ("top", "bottom"), ("top left", "bottom right"), ("top right", "bottom left")]
-
+from illustrated_sd.models.transformers import TINY_FLUX
+from illustrated_sd.world import COLORS, SHAPES_2
+from illustrated_sd.world.scenes import with_articles
+from illustrated_sd.world.vocabulary import PAIRS, POSITION_PHRASES
 
 def pair_prompts(n: int, seed: int = 0) -> list[tuple[str, str, str, str]]:
-    """``n`` pairs of prompts ``(prompt, swapped, shape_1, shape_2)``: two objects of different colours and shapes, and
-    the same prompt with the two colours swapped."""
+    """``n`` pairs of prompts ``(prompt, swapped, shape_1, shape_2)``: two objects of different colours and shapes at a
+    pair of the world's places, and the same prompt with the two colours swapped."""
     rng = np.random.default_rng(seed)
-    where = {p: "in the center" if p == "center" else f"on the {p}" if p in ("left", "right") else f"at the {p}" if p in ("top", "bottom")
-             else f"in the {p} corner" for p in POSITIONS}
     out = []
     for _ in range(n):
         c1, c2 = rng.choice(list(COLORS), 2, replace=False)
         s1, s2 = rng.choice(list(SHAPES_2), 2, replace=False)
-        p1, p2 = SIDES[rng.integers(len(SIDES))]
-        text = lambda a, b: f"{article(a)} {a} {s1} {where[p1]} and {article(b)} {b} {s2} {where[p2]}"  # noqa: E731
+        p1, p2 = PAIRS[rng.integers(len(PAIRS))]
+        text = lambda a, b: with_articles(f"a {a} {s1} {POSITION_PHRASES[p1][0]} and a {b} {s2} {POSITION_PHRASES[p2][0]}")  # noqa: E731
         out.append((text(c1, c2), text(c2, c1), str(s1), str(s2)))
     return out
 
 
-def article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
 @torch.no_grad()
-def word_cosines(tokenizer, encoder, prompts) -> dict[str, list[float]]:
+def word_cosines(tokenizer, encoder, prompts, length: int) -> dict[str, list[float]]:
     """``{"shape": [...], "colour": [...]}``: the cosine of each shape word's vector in a prompt and in its swapped twin
-    (both shapes of every pair), and of each colour word's vector in the prompt and where the twin puts it."""
+    (both shapes of every pair), and of each colour word's vector in the prompt and where the twin puts it. Each prompt
+    is padded to ``length`` slots with no attention mask, as the pipelines hand it to their encoders (a bidirectional
+    encoder reads the padding too)."""
     cosines = {"shape": [], "colour": []}
     for prompt, swapped, *shapes in prompts:
-        ids = [tokenizer(text, return_tensors="pt").input_ids for text in (prompt, swapped)]
+        ids = [tokenizer(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+               for text in (prompt, swapped)]
         states = [encoder(i)[0][0] for i in ids]
         tokens = [[t.lstrip("▁").removesuffix("</w>") for t in tokenizer.convert_ids_to_tokens(i[0])] for i in ids]
         for shape in shapes:  # the world's words are one piece each
@@ -87,10 +84,10 @@ def main(argv=None) -> int:
     result = {"prompts": len(prompts), "example": prompts[0][:2], "t5": {}}
     for name, folder in models.items():
         pipe = isd.load_pipeline(folder).pipeline
-        result["t5"][name] = summary(word_cosines(pipe.tokenizer_2, pipe.text_encoder_2, prompts))
+        result["t5"][name] = summary(word_cosines(pipe.tokenizer_2, pipe.text_encoder_2, prompts, TINY_FLUX["max_sequence_length"]))
         print(f"T5 ({name}): {result['t5'][name]}", flush=True)
     sd = isd.load_pipeline().pipeline
-    result["clip_tiny_sd"] = summary(word_cosines(sd.tokenizer, sd.text_encoder, prompts))
+    result["clip_tiny_sd"] = summary(word_cosines(sd.tokenizer, sd.text_encoder, prompts, sd.tokenizer.model_max_length))
     print(f"CLIP (tiny-sd 2): {result['clip_tiny_sd']}", flush=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

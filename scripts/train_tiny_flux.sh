@@ -33,15 +33,15 @@
 #           probabilities), at batches of 1,024; its logged loss includes the grounding terms (not comparable with the
 #           parts before). Session 26 (one H100, beside tiny-sd 2's decoder part 15 in the same call): 4,093 steps in
 #           6.4 minutes (14 a second), loss 0.889 with the terms. Its pictures: pairs' colours still on either side at
-#           random. The reason was in T5, not the attention: T5's vector for "circle" was the same (cosine 0.999) after
-#           "red" as after "blue", and "red" the same (0.997) before "circle" as before "square" (scripts/t5_binding.py);
+#           random. The reason was in T5, not the attention: T5's vector for "circle" was the same (cosine 1.000) after
+#           "red" as after "blue", and "red" the same (0.998) before "circle" as before "square" (scripts/t5_binding.py);
 #           Flux gives every text token the same RoPE position, so the transformer was handed nearly one set of vectors
 #           for "a red circle … and a blue square …" and "a blue circle … and a red square …". Span corruption cannot
 #           teach binding in a world whose colours and shapes are drawn independently. So:
 #   part 4  CHECKPOINT_DIR trained on as part 3, and T5's encoder with it (--tune-t5: the flow-matching loss teaches
 #           T5 which words belong together; train/flux.py). Not in `all` either. Session 26 (one H100, alone): 5,333
 #           steps of 1,024 in 5.7 minutes from part 3's checkpoint, loss 0.862 → 0.851 with the terms. The shipped
-#           tiny-flux (model card): pairs 93.3%, pointing 91.0%; T5's colour words now differ by their place (0.69).
+#           tiny-flux (model card): pairs 93.3%, pointing 91.0%; T5's colour words now differ by their place (0.70).
 #           The whole of it, from nothing: parts 1, 2, 2, 3, 4 (five device calls).
 # MODEL_DIR must sit beside tiny-sd's folder (illustrated_sd/assets/tiny-flux beside illustrated_sd/assets/tiny-sd):
 # tiny-flux ships no VAE, CLIP tower or CLIP tokenizer of its own; it takes tiny-sd's.

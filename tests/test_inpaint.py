@@ -115,7 +115,7 @@ def test_the_decoders_reach_is_measured_path_by_path_and_the_decoder_is_left_as_
     vae = isd.load_pipeline().vae
     images, _ = render(sample_scenes([3, 1], 4, version=2))
     with torch.no_grad():
-        latents = to_latent(vae, images)  # [4, 4, 16, 16]
+        latents = to_latent(vae, images, centre=True)  # [4, 4, 16, 16]
         plain = to_pixels(vae, latents[:2])
     original, other = latents[:2], latents[2:]
     painted = original.clone()

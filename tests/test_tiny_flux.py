@@ -129,7 +129,7 @@ def test_the_flux_stage_can_train_t5s_encoder_with_the_transformer(tmp_path, cap
     t5_encoder and the export); the decoder, which Flux does not keep, stays as the t5 stage left it."""
     if not TINY_SD.is_dir():
         pytest.skip("the embedded tiny-sd is not in this copy")
-    from illustrated_sd.train.flux import new_t5
+    from illustrated_sd.train.flux import new_t5, t5_encoder
     from illustrated_sd.trace.files import load_weights
 
     ckpt = tmp_path / "fc"
@@ -141,7 +141,10 @@ def test_the_flux_stage_can_train_t5s_encoder_with_the_transformer(tmp_path, cap
     assert load_weights(after, ckpt, "t5")
     old, new = before.state_dict(), after.state_dict()
     assert not torch.equal(old["encoder.block.0.layer.0.SelfAttention.q.weight"], new["encoder.block.0.layer.0.SelfAttention.q.weight"])
+    assert not torch.equal(old["shared.weight"], new["shared.weight"])  # the tuned token table survives T5's tied names
     assert all(torch.equal(old[k], new[k]) for k in old if k.startswith("decoder.block."))
+    encoder = t5_encoder(ckpt).state_dict()  # what the export and the next run read
+    assert all(torch.equal(encoder[k], new[k].float()) for k in encoder)
     assert train_main(["export", str(ckpt), str(tmp_path / "model")]) == 0  # the transformer's weights load as before
     capsys.readouterr()
     assert train_main(["run", "--smoke", "--stages", "t5", "--minutes", "1", "--out", str(ckpt), "--tune-t5"]) == 2
@@ -338,8 +341,8 @@ def test_t5_binding_tells_a_bag_of_words_from_an_encoder_that_reads_context():
     assert sorted(prompt.split()) == sorted(swapped.split()) and prompt != swapped and shape_1 in prompt and shape_2 in prompt
     sd = isd.load_pipeline().pipeline
     table = torch.nn.Embedding.from_pretrained(sd.text_encoder.get_input_embeddings().weight)
-    bag = script["word_cosines"](sd.tokenizer, lambda ids: (table(ids),), prompts)
-    clip = script["word_cosines"](sd.tokenizer, sd.text_encoder, prompts)
+    bag = script["word_cosines"](sd.tokenizer, lambda ids: (table(ids),), prompts, 77)
+    clip = script["word_cosines"](sd.tokenizer, sd.text_encoder, prompts, 77)
     assert len(bag["shape"]) == len(bag["colour"]) == 12
     assert min(bag["shape"] + bag["colour"]) > 0.9999
     assert max(clip["colour"]) < 0.99 and np.mean(clip["shape"]) < 0.99

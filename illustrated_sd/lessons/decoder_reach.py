@@ -4,7 +4,8 @@ pixels of the other.
 Inpainting keeps the kept half's *latent* exactly, yet its pixels change. Three parts of the decoder could carry the
 painted half across:
 
-- the convolutions, each of which reaches a few latent pixels across the mask's edge (so only near it);
+- the convolutions: each reaches one pixel further, and stacked (a dozen at the latent's own 16 × 16 alone) they could
+  reach across most of the latent;
 - the middle block's self-attention, where every pixel reads every latent pixel;
 - every GroupNorm, which divides a feature map by the mean and variance of the *whole* picture's features (per group
   of channels): paint a navy background on the right and the statistics the left half is normalised by change too.
@@ -13,7 +14,7 @@ painted half across:
 GroupNorm's statistics taken from the original's decoding, so a notebook can measure which path carries the change.
 The switches are forward hooks installed for one call; the decoder's weights and modules are never touched.
 
-    change = kept_change(pipe.vae, painted, original, kept)                          # [K] grey levels, as decoded
+    change = kept_change(pipe.vae, painted, original, kept)                          # [N·K] grey levels, as decoded
     change = kept_change(pipe.vae, painted, original, kept, mid_attention=False)     # without the middle attention
     change = kept_change(pipe.vae, painted, original, kept, norms_of_original=True)  # statistics of the original
 """

@@ -162,8 +162,8 @@ def build_random_sd3(layout: str = "tiny-sd3", seed: int = 0) -> StableDiffusion
 # the repository, on tiny-sd 2's latents (4 channels × 16 × 16 at 128², packed 2×2 into an 8×8 grid of 16-value tokens)
 # and its CLIP tower's pooled vector (128 values); the token sequence from a tiny T5 trained on the world's captions.
 TINY_FLUX = dict(
-    # width 96 (3 heads of 32: RoPE turns 8 of each head's dimensions by the text position, 12 by the row, 12 by the
-    # column), 2 double-stream blocks then 3 single-stream ones: 1.17 M parameters, 2.3 MB in float16 (the repository
+    # width 96 (3 heads of 32: RoPE turns 8 of each head's dimensions by the first id, which Flux leaves 0 for every token, text and image, 12 by
+    # the row, 12 by the column), 2 double-stream blocks then 3 single-stream ones: 1.17 M parameters, 2.3 MB in float16 (the repository
     # keeps to 60 MB; Flux-dev: width 3,072, 19 + 38 blocks, 11.9 B)
     transformer=dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=3, attention_head_dim=32, num_attention_heads=3,
                      joint_attention_dim=96, pooled_projection_dim=128, guidance_embeds=False, axes_dims_rope=(8, 12, 12)),

@@ -13,7 +13,7 @@ Two stages, as Flux was built (its text encoders were trained by others, then fr
        x_σ = (1 − σ)·x₀ + σ·ε,      v = dx_σ/dσ = ε − x₀,      loss = ‖v̂(x_σ, σ, text) − v‖²,
 
    on tiny-sd 2's latents (its VAE encoder frozen, so the decoder is shared), with T5's token sequence and the
-   pooled vector of tiny-sd 2's CLIP tower (both frozen), as FluxPipeline hands them to the transformer. 10% of
+   pooled vector of tiny-sd 2's CLIP tower (both frozen unless ``tune_t5``), as FluxPipeline hands them to the transformer. 10% of
    captions are dropped to "" so that classifier-free guidance works (``true_cfg_scale``). σ is drawn
    logit-normal (SD3's choice: most training where the middle noise levels are hard), then bent toward the noise
    by the same μ as the sampler's schedule.
@@ -27,13 +27,13 @@ Two stages, as Flux was built (its text encoders were trained by others, then fr
    With ``tune_t5`` the flow-matching loss trains T5's encoder too (the pictures teach it what span corruption
    could not). Flux gives every text token the same RoPE position (``txt_ids`` are zeros), so the transformer reads
    the words as a *set*: which colour belongs to which shape must already be written into T5's vectors. Span
-   corruption on the world's captions does not write it, because the world's colours and shapes are drawn
-   independently: no word of a caption predicts another, so T5 learns each word's vector alone. Measured on the
+   corruption on the world's captions does not write it, because the world draws colours and shapes independently:
+   a caption's colour says nothing about the shape beside it, so T5 has no reason to mix them into each other's vectors. Measured on the
    part-2 model (``scripts/t5_binding.py`` → docs/t5_binding.json): the vector of "circle" in "a red circle … and a
-   blue square …" and in "a blue circle … and a red square …" had a cosine of 0.999, and "red" of the circle against
-   "red" of the square 0.997, so the transformer was handed nearly one set of vectors for both prompts (and drew the
+   blue square …" and in "a blue circle … and a red square …" had a cosine of 1.000, and "red" of the circle against
+   "red" of the square 0.998, so the transformer was handed nearly one set of vectors for both prompts (and drew the
    colours on either side at random: pairs 1.7%). Tuned with the transformer, T5 writes each colour's place in the
-   sentence into the colour word (0.69) and the pairs are drawn right (93%). Real T5 learned its context from the
+   sentence into the colour word (0.70) and the pairs are drawn right (93%). Real T5 learned its context from the
    internet's text; the world's captions hold none to learn.
 
     python -m illustrated_sd.train run --stages t5,flux --minutes 2,8 --world 2 --out checkpoints/tiny-flux
@@ -180,7 +180,7 @@ def tiny_flux_pipeline(ckpt: Path, seed: int = 0) -> FluxPipeline:
 def encode_world_flux(pipe: FluxPipeline, seed: int, n: int, device, world: int = 2, chunk: int = 1000, grounded: bool = False,
                       two_objects: float | None = None, name_backgrounds: float | None = None, name_all: float | None = None) -> dict:
     """Draw ``n`` scenes once and keep what the transformer needs, on ``device``: the VAE posterior of each picture
-    (``mean``, ``std`` ``[n, 4, 16, 16]``), and its caption as FluxPipeline encodes a prompt: T5's ``text [n, 64, 128]``
+    (``mean``, ``std`` ``[n, 4, 16, 16]``), and its caption as FluxPipeline encodes a prompt: T5's ``text [n, 64, 96]``
     and CLIP's ``pooled [n, 128]``; plus the empty prompt's (``empty_text``, ``empty_pooled``) for dropped captions.
     ``ids [n, 64]`` are the T5 token ids behind ``text`` (``empty_ids [1, 64]`` the empty prompt's), for a stage that
     runs T5 itself. ``grounded`` adds each scene's object ``masks [n, 4, 16, 16]`` (at latent resolution) and where each object's
@@ -330,18 +330,24 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
 
 def _write_with_t5(ckpt: Path):
     """A ``write`` for :func:`_run_averaged` of ``{transformer, t5}``: the transformer's weights as ``transformer``, the
-    encoder's merged into the full T5 the t5 stage saved (so :func:`t5_encoder` and the t5 stage read them back)."""
+    encoder's put into the full T5 the t5 stage saved (so :func:`t5_encoder` and the t5 stage read them back).
+
+    T5 ties one token table to four names (``shared``, both ``embed_tokens`` and the ``lm_head``): the table is copied
+    into the module, whose tie carries it to every name, rather than into a state dict, where the untouched names would
+    keep the old table and overwrite the new one when the checkpoint is loaded. (Session 26's part 4 was saved before
+    this was mended: its shipped T5 has part 3's table under part 4's blocks, and was graded as it is.) The two
+    components are written one after the other, each atomically."""
     full = new_t5(world_t5_tokenizer())
     load_weights(full, ckpt, "t5")
-    full_state = full.state_dict()
 
     def write(state: dict) -> None:
-        parts = {"transformer": {}, "t5": dict(full_state)}
-        for key, value in state.items():
-            part, name = key.split(".", 1)
-            parts[part][name] = value
-        for part, weights in parts.items():
-            save_weights(weights, ckpt, part)
+        transformer = {key.removeprefix("transformer."): value for key, value in state.items() if key.startswith("transformer.")}
+        encoder = {key.removeprefix("t5."): value for key, value in state.items() if key.startswith("t5.")}
+        with torch.no_grad():
+            full.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in encoder.items() if k.startswith("encoder.")})
+            full.shared.weight.copy_(encoder["shared.weight"])  # last: the tie carries it to every name
+        save_weights(full, ckpt, "t5")
+        save_weights(transformer, ckpt, "transformer")
 
     return write
 

@@ -42,6 +42,11 @@ class Scene:
         return [o for o in self.objects if o.said is None or o.said]
 
 
+
+def with_articles(text: str) -> str:
+    """English's article before a vowel: ``"a orange star"`` → ``"an orange star"`` (every caption goes through this)."""
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
 def _pick(rng, options):
     return options[rng.integers(len(options))]
 
@@ -87,7 +92,7 @@ def _object_phrase(obj: WorldObject, rng, with_size: bool) -> str:
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:
     """A caption for ``scene`` in one of the world's sentence forms (sizes are said half the time)."""
-    return re.sub(r"\ba (?=[aeiou])", "an ", _caption(scene, rng))  # "a orange" → "an orange"
+    return with_articles(_caption(scene, rng))
 
 
 def _caption(scene: Scene, rng: np.random.Generator) -> str:
@@ -216,4 +221,4 @@ def caption_2(scene: Scene, rng: np.random.Generator, say_all: bool = False, say
         words = [PATTERNS[scene.pattern]] * (say != 0) + [scene.background] * (say != 1)
         text += f" on a {' '.join(words)} background"
         scene.mentioned["background"] = True
-    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+    return with_articles(text)
