@@ -346,3 +346,12 @@ def test_t5_binding_tells_a_bag_of_words_from_an_encoder_that_reads_context():
     assert len(bag["shape"]) == len(bag["colour"]) == 12
     assert min(bag["shape"] + bag["colour"]) > 0.9999
     assert max(clip["colour"]) < 0.99 and np.mean(clip["shape"]) < 0.99
+
+
+def test_remove_colour_pooled_strips_the_colour_words_from_clips_prompt_only():
+    """scripts/remove_colour_pooled.py: CLIP's prompt loses its colour words (articles mended), T5's keeps them."""
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "remove_colour_pooled.py"))
+    assert script["without_colours"]("an orange heart on the left") == "a heart on the left"
+    assert script["without_colours"]("a white circle at the top and a red star in the center") == "a circle at the top and a star in the center"
