@@ -138,9 +138,10 @@ def test_flux_draws_a_joint_transformer():
     drawn = texts(isd.plot.pipeline_diagram(flux))
     tokens = (flux.default_size // 8 // 2) ** 2  # 2×2 latent pixels per token
     assert f"joint attention × {len(flux.attention_layers)}" in drawn
-    assert f"2 double + 2 single blocks\n512 text + {tokens} image tokens" in drawn
+    assert f"2 double + 2 single\n512 text + {tokens} image" in drawn
     assert f"T5 · {sum(p.numel() for p in flux.pipeline.text_encoder_2.parameters()) / 1e3:.3g}K" in drawn
     assert "FlowMatchEuler\nDiscreteScheduler\nx ← x + (σ_next − σ)·v" in drawn and "velocity v = ε − x₀" in drawn
+    assert "latent x_σ" in drawn and "latent x_t" not in drawn  # a flow model walks σ, not t
 
 
 def test_sd3_reads_clip_and_t5_slots():

@@ -115,10 +115,10 @@ def flow_boxes(pipe: FlowPipeline) -> dict[str, tuple[str, str]]:
     clip_count = count(clips[0]) if flux else f"{count(clips[0])} + {count(clips[1])}"
     text_len = t5_slots if flux else 77 + t5_slots  # SD3: the CLIPs' 77 slots, then T5's
     blocks = (f"{transformer.config.num_layers} double + {transformer.config.num_single_layers} single" if flux
-              else f"{transformer.config.num_layers} joint")
+              else f"{transformer.config.num_layers} joint blocks")
     true_cfg = flux and defaults["true_cfg_scale"] > 1 and defaults["negative_prompt"] is not None
     if true_cfg:  # tiny-flux: no guidance input, real classifier-free guidance against the negative prompt
-        guidance = ("guidance", f"v̂ = v_u + s·(v_c − v_u), s = {defaults['true_cfg_scale']:g}\n2 passes: \"\", prompt")
+        guidance = ("guidance", f"v̂ = v_u + s·(v_c − v_u)\ns = {defaults['true_cfg_scale']:g}, 2 passes: \"\", prompt")
     elif flux:
         distilled = transformer.config.guidance_embeds
         guidance = ("guidance (distilled)", "g is an input of the\ntransformer: one pass") if distilled else \
@@ -132,9 +132,9 @@ def flow_boxes(pipe: FlowPipeline) -> dict[str, tuple[str, str]]:
                          f"pooled [{clips[0].config.hidden_size}]" if flux else "2 × CLIP: pooled vector\n+ 77 slots"),
         "text_encoder_2": (f"T5 · {count(t5)}", f"[{t5_slots}, {t5.config.d_model}]"),
         "noise": ("noise", f"ε ~ N(0, I)\n{latent}"),
-        "latent": ("latent x_t", f"{latent}\n→ {tokens} tokens (2×2)"),
+        "latent": ("latent x_σ", f"{latent}\n→ {tokens} tokens (2×2)"),
         "denoiser": (f"transformer · {count(transformer)}", "velocity v = ε − x₀"),
-        "attention": (f"joint attention × {len(pipe.attention_layers)}", f"{blocks} blocks\n{text_len} text + {tokens} image tokens"),
+        "attention": (f"joint attention × {len(pipe.attention_layers)}", f"{blocks}\n{text_len} text + {tokens} image"),
         "guidance": guidance,
         "scheduler": ("scheduler step", f"{class_name(pipe.scheduler)}\nx ← x + (σ_next − σ)·v"),
         "encoder": (f"VAE encoder · {encoder}", "img2img, training:\nimage → latent"),
