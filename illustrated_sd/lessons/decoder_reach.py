@@ -7,8 +7,9 @@ painted half across:
 - the convolutions: each reaches one pixel further, and stacked (a dozen at the latent's own 16 × 16 alone) they could
   reach across most of the latent;
 - the middle block's self-attention, where every pixel reads every latent pixel;
-- every GroupNorm, which divides a feature map by the mean and variance of the *whole* picture's features (per group
-  of channels): paint a navy background on the right and the statistics the left half is normalised by change too.
+- every GroupNorm, which subtracts the mean of the *whole* picture's features and divides by their standard deviation
+  (per group of channels): paint a navy background on the right and the statistics the left half is normalised by
+  change too.
 
 :func:`kept_change` decodes a painted latent and its original with the middle attention switched off, or with every
 GroupNorm's statistics taken from the original's decoding, so a notebook can measure which path carries the change.

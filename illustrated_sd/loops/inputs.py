@@ -111,8 +111,8 @@ def paste_kept(picture: Image.Image, original: Image.Image, mask: Image.Image) -
     ``padding_mask_crop``).
 
     Latent blending keeps the kept region's *latent* exactly, yet its decoded pixels can move: the VAE decoder reads
-    the whole latent at once (its convolutions reach across, its middle block attends over every latent pixel), so what
-    is painted in the mask leaks into the rest. Pasting the original pixels back makes the kept region exact; the
+    the whole latent at once (above all its GroupNorms, which normalise every feature map by the whole picture's
+    statistics: ``lessons.decoder_reach`` measures it), so what is painted in the mask leaks into the rest. Pasting the original pixels back makes the kept region exact; the
     seam sits on the mask's edge. ``picture``, ``original``, ``mask``: PIL images of one size; returns an RGB image.
 
     Example:
