@@ -22,7 +22,8 @@ Two stages, as Flux was built (its text encoders were trained by others, then fr
    (TokenCompose's token loss, :mod:`.grounding`): the world knows every object's mask, so the share of an object word's
    image→text attention (the picture's tokens reading that word, in every joint-attention layer) that falls inside
    the object's mask is pushed toward 1. Flux's own attention is never told where a word's object is; without this
-   tiny-flux's pictures read their words from the right places only about a third of the time (model card).
+   tiny-flux's pictures read their words from the right places only about a third of the time on single objects and
+   one time in twelve on pairs (before part 3; model card).
 
    With ``tune_t5`` the flow-matching loss trains T5's encoder too (the pictures teach it what span corruption
    could not). Flux gives every text token the same RoPE position (``txt_ids`` are zeros), so the transformer reads
