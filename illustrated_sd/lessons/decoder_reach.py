@@ -20,6 +20,7 @@ The switches are forward hooks installed for one call; the decoder's weights and
     change = kept_change(pipe.vae, painted, original, kept, norms_of_original=True)  # statistics of the original
 """
 
+import itertools
 from contextlib import contextmanager
 
 import torch
@@ -45,7 +46,7 @@ def _switches(vae, mid_attention: bool = True, norms=None):
                 if attention is not None:
                     handles.append(attention.register_forward_hook(lambda module, args, output: args[0]))
         if norms is not None:
-            replaying, calls = bool(norms), iter(range(10**9))
+            replaying, calls = bool(norms), itertools.count()  # the n-th GroupNorm call replays the n-th recorded
 
             def hook(module, args, output):
                 x = args[0]
