@@ -114,6 +114,7 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
                 "color": d is not None and d.color == color,
                 "shape": d is not None and d.shape == shape,
                 "position": d is not None and d.position == position,
+                "read": None if d is None else [d.color, d.shape],  # what the detector saw there: a wrong grade's why
                 "points": {w: d is not None and points_inside(trace.cross_attention(w), d.mask) for w in (color, shape)},
                 **({"reads": {w: d is not None and points_inside(trace.text_to_image(w), d.mask) for w in (color, shape)}}
                    if reads_the_picture(trace) else {}),

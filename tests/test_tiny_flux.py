@@ -355,3 +355,17 @@ def test_remove_colour_pooled_strips_the_colour_words_from_clips_prompt_only():
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "remove_colour_pooled.py"))
     assert script["without_colours"]("an orange heart on the left") == "a heart on the left"
     assert script["without_colours"]("a white circle at the top and a red star in the center") == "a circle at the top and a star in the center"
+
+
+def test_held_out_reading_tallies_what_was_drawn_and_what_the_decoder_returns(smoke_tiny_flux, tmp_path):
+    """scripts/held_out_reading.py: for each held-out pair asked, what the detector read in the drawn pictures and in
+    the VAE's round trips of rendered ones; every picture counted once, the file written as returned."""
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "held_out_reading.py"))
+    out = tmp_path / "reading.json"
+    result = script["main"](["--model", str(smoke_tiny_flux), "--seeds", "2", "--prompts", "2", "--scenes", "8", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert sum(sum(read.values()) for read in result["drawn"].values()) == 2 * 2
+    assert sum(sum(read.values()) for read in result["round_trip"].values()) == 8
+    assert set(result["round_trip"]) <= set(result["held_out"]) and set(result["drawn"]) <= set(result["held_out"])
