@@ -47,9 +47,14 @@ def test_unknown_words_warn_and_list_the_known_ones(pipe):
 def test_evaluation_grades_generated_images(pipe):
     cases = prompt_set()
     assert len({c[0] for c in cases}) == len(cases)
-    result = evaluate(pipe, cases[:2] + [c for c in cases if len(c[1]) == 2][:1], steps=10)
+    chosen = cases[:2] + [c for c in cases if len(c[1]) == 2][:1]
+    result = evaluate(pipe, chosen, steps=10)
     summary = result["summary"]
     assert summary["single_prompts"] == 2 and summary["pair_prompts"] == 1
+    for row, (_, objects, _) in zip(result["cases"], chosen):  # each grade agrees with what the detector read there
+        for graded, (color, shape, _) in zip(row["objects"], objects):
+            read = graded["read"] or [None, None]
+            assert (graded["color"], graded["shape"]) == (read[0] == color, read[1] == shape)
     for key in ("single_color_accuracy", "single_shape_accuracy", "pointing_game"):
         assert 0 <= summary[key] <= 1
 
