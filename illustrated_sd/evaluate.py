@@ -97,6 +97,13 @@ def evaluate(pipe, cases, steps: int = 25, guidance: float = 7.5, seed: int = 0,
     Case ``i`` is drawn with seed ``seed + i``; with ``seeds`` = k > 1 every case is drawn k times (seeds
     ``seed + i + 10_000·j``), so that the figures rest on k× as many pictures. Pictures are read with the
     detector of the world the model learned (:func:`world_of`).
+
+    Returns:
+        ``{"summary": {figure: rate}, "settings": {…}, "cases": rows}``. ``rows`` holds every case for the first seed,
+        then every case again for the next; each row is ``{"prompt", "held_out", "seed", "objects"}``, one entry per
+        object asked: ``color``, ``shape``, ``position`` (read right?), ``read`` (``[colour, shape]`` the detector
+        read where the object should be, or ``None``), ``points`` (does each word's image→text map point inside it)
+        and, for a diffusion transformer, ``reads`` (the same for the word's text→image map).
     """
     world = world_of(pipe)
     if seeds < 1:
@@ -527,15 +534,19 @@ def vae_psnr(pipe, n: int = 256, seed: int = 424242) -> dict:
             "originals_objects_right": round(float(np.mean(right_originals)), 4)}
 
 
+def objects_read(scenes, images: torch.Tensor, world: int) -> list[tuple]:
+    """For each object of ``scenes``, in order: ``(object, detection)``, what the detector read where it should be in
+    ``images`` ``[B, 3, H, W]`` in [-1, 1] (``detection`` is ``None`` where it found nothing there)."""
+    read = []
+    for scene, picture in zip(scenes, as_uint8(images), strict=True):
+        found = detect(picture, version=world)
+        read += [(obj, match_object(found, obj.position, len(scene.objects), world)) for obj in scene.objects]
+    return read
+
+
 def _objects_read_right(scenes, images: torch.Tensor, world: int) -> list[bool]:
     """For each object of ``scenes``: does the detector read its colour and shape in ``images`` ``[B, 3, H, W]`` in [-1, 1]?"""
-    right = []
-    for scene, picture in zip(scenes, as_uint8(images)):
-        found = detect(picture, version=world)
-        for obj in scene.objects:
-            d = match_object(found, obj.position, len(scene.objects), world)
-            right.append(d is not None and (d.color, d.shape) == (obj.color, obj.shape))
-    return right
+    return [d is not None and (d.color, d.shape) == (obj.color, obj.shape) for obj, d in objects_read(scenes, images, world)]
 
 
 def main(argv=None) -> int:

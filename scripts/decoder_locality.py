@@ -6,10 +6,18 @@ A's (left | right and top | bottom), decode, and compare A's side with A's own d
 than ``--seam`` latent pixels (8 px each). Reported in grey levels (0-255): the mean, the 99th percentile and the
 largest change, over every kept pixel of every pair. Notebook 07 shows one such case (an inpainting).
 
-    python scripts/decoder_locality.py [--model FOLDER] [--pairs 64] [--paths] [--out docs/decoder_locality.json]
+    python scripts/decoder_locality.py [--model FOLDER] [--pairs 64] [--paths] [--inpaint N] [--out docs/decoder_locality.json]
 
 ``--paths`` also measures which part of the decoder carries the change (``illustrated_sd.lessons.decoder_reach``): the
 middle block's attention switched off, or every GroupNorm dividing by the kept picture's own statistics.
+
+``--inpaint N`` also measures the case notebook 07 shows: N inpaintings by the pipeline's own ``inpaint`` (20 steps),
+each a rendered held-out picture whose right half is repainted to another scene's caption (a world-2 caption: it may
+name objects on either side), and how far the kept half's pixels (the seam left out, as above) move from the encoded
+picture's own decoding: the leak through the decoder, where the model painted the new half to fit the kept one
+rather than splicing a stranger in. Unlike the splices, ``inpaint`` encodes with a sample of the posterior (as
+diffusers does), and the baseline is that latent's decoding. Beside it, how far the repainted half moved: the change
+the leak is set against.
 """
 
 import argparse
@@ -20,9 +28,10 @@ import numpy as np
 import torch
 
 import illustrated_sd as isd
+from illustrated_sd.evaluate import world_of
 from illustrated_sd.lessons.decoder_reach import kept_change
 from illustrated_sd.lessons.latent_space import to_latent
-from illustrated_sd.world import render, sample_scenes
+from illustrated_sd.world import as_uint8, render, sample_scenes
 
 
 PATHS = {"as decoded": {}, "middle attention off": {"mid_attention": False},
@@ -50,7 +59,7 @@ def measure(model: str | None, pairs: int, seam: int, device: str, paths: bool =
             kept[:, :w // 2 - seam] = True
         else:
             kept[:h // 2 - seam] = True
-        kept = kept.repeat_interleave(scale, 0).repeat_interleave(scale, 1)  # latent pixels → image pixels
+        kept = at_pixels(kept, scale)
         for name in changes:  # the largest change of R, G, B per kept pixel (lessons.decoder_reach)
             changes[name].append(kept_change(vae, a * (1 - beyond) + b * beyond, a, kept, **PATHS[name]))
     summary = {name: grades(torch.cat(change).cpu().numpy()) for name, change in changes.items()}
@@ -59,6 +68,40 @@ def measure(model: str | None, pairs: int, seam: int, device: str, paths: bool =
     if paths:  # which part of the decoder carries the painted half across: each switched off, or fed the kept picture's
         result["paths"] = summary
     return result
+
+
+def at_pixels(latent_mask: torch.Tensor, scale: int) -> torch.Tensor:
+    """A ``[h, w]`` mask of latent pixels as the ``[h·scale, w·scale]`` mask of the image pixels they decode to."""
+    return latent_mask.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+
+
+@torch.no_grad()
+def inpainted(model: str | None, n: int, seam: int, device: str = "cpu", steps: int = 20) -> dict:
+    """The kept half's leak over ``n`` of the pipeline's own inpaintings (the right half repainted; see the module).
+
+    Returns ``{"inpaintings", "steps", "kept_pixels", "grey_levels": {"mean", "p99", "max"}, "share_within_4_levels",
+    "repainted": {"grey_levels": {…}}}``: grades (0–255) of every kept pixel's largest R, G or B change, and beside
+    them the same for the repainted half's pixels."""
+    from PIL import Image
+
+    pipe = isd.load_pipeline(model, device=device)
+    scenes = sample_scenes([2026, 12, 7], 2 * n, held_out=True, version=world_of(pipe))
+    images, _ = render(scenes[:n])
+    size = images.shape[-1]
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (size // 2, 0, size, size))  # white = repaint: the right half
+    kept, repainted = [], []
+    for i, (picture, scene) in enumerate(zip(as_uint8(images), scenes[n:])):
+        trace = pipe.inpaint(scene.caption, Image.fromarray(picture), mask, num_inference_steps=steps, seed=i, progress=False,
+                             record=isd.RecordOptions(cross_attention=False))
+        keep = trace.mask == 0  # [h, w], the pipeline's own kept region at latent resolution
+        seam_away = keep.clone()
+        seam_away[:, keep.shape[1] // 2 - seam:] = False  # leave out the seam beside the cut, as the splices above
+        painted, original = (x[None].to(pipe.device) for x in (trace.latents[-1], trace.init_latents))
+        kept.append(kept_change(pipe.vae, painted, original, at_pixels(seam_away, pipe.vae_scale_factor)))
+        repainted.append(kept_change(pipe.vae, painted, original, at_pixels(~keep, pipe.vae_scale_factor)))
+    return {"inpaintings": n, "steps": steps, **grades(torch.cat(kept).cpu().numpy()),
+            "repainted": {"grey_levels": grades(torch.cat(repainted).cpu().numpy())["grey_levels"]}}
 
 
 def grades(change: np.ndarray) -> dict:
@@ -74,9 +117,12 @@ def main():
     parser.add_argument("--seam", type=int, default=1, help="latent pixels next to the cut left out (default: %(default)s)")
     parser.add_argument("--paths", action="store_true", help="also decode with the middle attention off, and with every GroupNorm "
                         "dividing by the kept picture's own statistics (which part carries the change across)")
+    parser.add_argument("--inpaint", type=int, default=0, help="also N of the pipeline's own inpaintings (default: none)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     result = measure(args.model, args.pairs, args.seam, "cuda" if torch.cuda.is_available() else "cpu", args.paths)
+    if args.inpaint:
+        result["inpainting"] = inpainted(args.model, args.inpaint, args.seam, "cuda" if torch.cuda.is_available() else "cpu")
     print(json.dumps(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -51,6 +51,7 @@ def test_evaluation_grades_generated_images(pipe):
     result = evaluate(pipe, chosen, steps=10)
     summary = result["summary"]
     assert summary["single_prompts"] == 2 and summary["pair_prompts"] == 1
+    assert len(result["cases"]) == len(chosen)
     for row, (_, objects, _) in zip(result["cases"], chosen):  # each grade agrees with what the detector read there
         for graded, (color, shape, _) in zip(row["objects"], objects):
             read = graded["read"] or [None, None]

@@ -146,3 +146,17 @@ def test_decoder_locality_script_measures_the_paths_beside_the_decoders_own_chan
     assert both["grey_levels"] == plain["grey_levels"] and plain["kept_pixels"] == 2 * 2 * 128 * 56
     norms = both["paths"]["GroupNorm statistics of the kept picture"]["grey_levels"]["mean"]
     assert norms < plain["grey_levels"]["mean"] / 3
+
+
+def test_decoder_locality_script_grades_the_pipelines_own_inpaintings():
+    """scripts/decoder_locality.py --inpaint N: N inpaintings of the right half, the kept half's leak over every kept
+    pixel (the left half less the seam), in grey levels."""
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "decoder_locality.py"))
+    result = script["inpainted"](None, 2, 1, steps=2)
+    kept, repainted = result["grey_levels"], result["repainted"]["grey_levels"]
+    assert result["inpaintings"] == 2 and result["kept_pixels"] == 2 * 128 * 56
+    assert 0 <= kept["p99"] <= kept["max"] <= 255 and 0 <= kept["mean"] <= kept["max"] and 0 <= result["share_within_4_levels"] <= 1
+    assert kept["mean"] < repainted["mean"]  # the half that was painted anew moved more than the half that was kept
