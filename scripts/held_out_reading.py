@@ -4,7 +4,7 @@ The held-out grade (``python -m illustrated_sd.evaluate --only held-out``) says 
 detector read where the object should be. Two readings of the four pairs training never drew together:
 
 - **drawn**: the held-out prompts, drawn and graded as the evaluator does (its prompts and seeds), tallied by what
-  was read (``{"orange heart": {"orange heart": 23, "yellow heart": 3, …}}``);
+  was read (``{"orange heart": {"orange heart": n, "yellow heart": m, …}}``);
 - **round trip**: rendered pictures of the same pairs, encoded and decoded by the model's VAE with no denoiser at
   all: what the decoder returns of a latent its encoder made (a reference, not a ceiling: a denoiser's latents are
   not the encoder's). Beside it, the same reading of the rendered **originals**: what the detector itself misreads
