@@ -243,7 +243,11 @@ def test_guidance_option_names_the_option_each_model_reads(smoke_tiny_flux):
 
 
 def test_reflow_distills_a_student_that_starts_as_the_teacher_and_loads_as_tiny_flux_fast(smoke_tiny_flux):
-    from illustrated_sd.train.distill import student_transformer, teacher_pairs
+    from safetensors.torch import load_file
+    from torch.nn.utils import parametrize
+
+    from illustrated_sd.trace.files import load_weights
+    from illustrated_sd.train.distill import RANK, student_transformer, teacher_pairs
 
     root = smoke_tiny_flux.parent
     teacher = isd.load_pipeline(smoke_tiny_flux)
@@ -270,10 +274,41 @@ def test_reflow_distills_a_student_that_starts_as_the_teacher_and_loads_as_tiny_
     info = json.loads((root / "tiny-flux-fast" / "illustrated_sd.json").read_text())
     assert info["shares"]["text_encoder_2"] == "tiny-flux" and info["shares"]["vae"] == "tiny-sd"
     assert {p.name for p in (root / "tiny-flux-fast").iterdir()} >= {"transformer", "scheduler", "model_index.json"}
+    # it ships a correction of tiny-flux's transformer, not a transformer: B·A per linear layer and the guidance embedder
+    shipped = load_file(root / "tiny-flux-fast" / "transformer" / "low_rank.safetensors")
+    assert not list((root / "tiny-flux-fast" / "transformer").glob("diffusion_pytorch_model*"))
+    assert info["corrects"] == {"transformer": "tiny-flux"}
+    corrected = {k[: -len(".lora_A.weight")] for k in shipped if k.endswith(".lora_A.weight")}
+    assert "transformer_blocks.0.attn.to_q" in corrected and "single_transformer_blocks.2.proj_out" in corrected
+    assert all(shipped[f"{n}.lora_A.weight"].shape[0] == RANK == shipped[f"{n}.lora_B.weight"].shape[1] for n in corrected)
+    assert any(k.startswith("time_text_embed.guidance_embedder.") for k in shipped)
+    assert sum(v.numel() for v in shipped.values()) < 0.5 * sum(p.numel() for p in teacher.transformer.parameters())
     fast = isd.load_pipeline(root / "tiny-flux-fast")
     assert fast.transformer.config.guidance_embeds and fast.guidance_option(2.0) == {"guidance_scale": 2.0}
+    assert not any(parametrize.is_parametrized(m) for m in fast.transformer.modules())  # fused: a plain diffusers model
+    # the fused model computes what the trained student computed (float16 storage aside)
+    trained = student_transformer(teacher.transformer)
+    load_weights(trained, ckpt, "transformer")
+    assert any(v.abs().max() > 0 for k, v in trained.state_dict().items() if k.endswith("lora_B"))  # training moved it
+    with torch.no_grad():
+        got, want = fast.transformer(**args, guidance=torch.tensor([3.0]))[0], trained(**args, guidance=torch.tensor([3.0]))[0]
+    assert torch.allclose(got, want, atol=2e-3), (got - want).abs().max()
     trace = fast("a red circle on the left", seed=0, progress=False)
     assert trace.num_steps == 4 and trace.image.size == (128, 128)  # its defaults: 4 steps, one pass each
+
+
+def test_a_low_rank_correction_adds_b_times_a_into_its_layer_and_names_what_is_wrong():
+    from illustrated_sd.models.low_rank import fuse_low_rank
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    before = model[0].weight.detach().clone()
+    a, b = torch.randn(2, 4), torch.randn(3, 2)
+    fuse_low_rank(model, {"0.lora_A.weight": a, "0.lora_B.weight": b, "1.bias": torch.ones(2)})
+    assert torch.allclose(model[0].weight, before + b @ a) and torch.equal(model[1].bias, torch.ones(2))
+    with pytest.raises(KeyError, match="0.lora_B.weight is missing"):
+        fuse_low_rank(model, {"0.lora_A.weight": a})
+    with pytest.raises(KeyError, match="tensors this model lacks"):
+        fuse_low_rank(model, {"2.weight": a})
 
 
 def test_the_filmstrip_draws_a_flow_trace_by_sigma(smoke_tiny_flux):

@@ -114,3 +114,28 @@ def sigma_schedule(pipe, steps: int, size: int) -> np.ndarray:
     scheduler = copy.deepcopy(_flux(pipe).scheduler)
     scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
     return scheduler.sigmas.numpy().astype(np.float64)
+
+
+def straightness(latents: torch.Tensor) -> float:
+    """How straight a generation's path is: the distance from its start to its end over the length walked,
+    ``|x_S − x_0| / Σ_k |x_{k+1} − x_k|`` over ``latents [S + 1, …]`` (a trace's ``latents``). 1 for a straight line;
+    reflow's student walks nearer 1 than its teacher, whose velocity turns as the picture becomes clear."""
+    x = latents.flatten(1).double()
+    return float((x[-1] - x[0]).norm() / (x[1:] - x[:-1]).norm(dim=1).sum())
+
+
+def path_in_a_plane(latents: torch.Tensor) -> np.ndarray:
+    """A path drawn flat: each point of ``latents [S + 1, …]`` as ``(along, across)`` ``[S + 1, 2]``: ``along`` its
+    distance along the chord from start to end, ``across`` its distance from that chord in the direction the path strays
+    most (the first principal direction of what is left). A straight path lies on ``across = 0``; lengths are true
+    along the chord and never more than true across it."""
+    x = latents.flatten(1).double()
+    x = x - x[0]
+    chord = x[-1] / x[-1].norm()
+    along = x @ chord
+    rest = x - along[:, None] * chord
+    _, _, v = torch.linalg.svd(rest, full_matrices=False)
+    across = rest @ v[0]
+    if across.abs().max() > 0 and across[across.abs().argmax()] < 0:
+        across = -across  # the side it strays to is drawn up
+    return torch.stack([along, across], dim=1).numpy()

@@ -14,6 +14,7 @@ import transformers
 from diffusers import (DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline,
                        StableDiffusionXLPipeline)
 
+from .low_rank import load_corrected
 from .unet import build_random_pipeline
 from .. import checks
 from ..loops.unet import SCHEDULERS, IllustratedPipeline
@@ -226,19 +227,23 @@ def _folder_info(path: Path) -> dict:
 def _shared_components(path: Path, dtype: torch.dtype) -> dict:
     """The components a folder takes from a sibling model instead of shipping its own (tiny-flux takes tiny-sd's VAE,
     CLIP tower and tokenizer: ``"shares": {"vae": "tiny-sd", …}`` in its ``illustrated_sd.json``), loaded with the classes
-    that its ``model_index.json`` names; they go to ``from_pretrained`` as keyword arguments, the diffusers way."""
-    shares = _folder_info(path).get("shares", {})
-    if not shares:
+    that its ``model_index.json`` names; they go to ``from_pretrained`` as keyword arguments, the diffusers way.
+    A folder may also ship a part as a low-rank correction of a sibling's (tiny-flux-fast's transformer is tiny-flux's plus
+    ``B·A`` per layer: ``"corrects": {"transformer": "tiny-flux"}``; :mod:`illustrated_sd.models.low_rank`)."""
+    info = _folder_info(path)
+    shares, corrects = info.get("shares", {}), info.get("corrects", {})
+    if not shares and not corrects:
         return {}
     index = json.loads((path / "model_index.json").read_text())
     parts = {}
-    for name, sibling in shares.items():
+    for name, sibling in {**shares, **corrects}.items():
         folder = path.parent / sibling / name
         if not folder.is_dir():
             raise ModelLoadError(f"{path} takes its {name} from {folder}, which is missing; "
                                  f"keep the {sibling} folder beside it (the package ships both)")
         library, class_name = index[name]
-        part = getattr(importlib.import_module(library), class_name).from_pretrained(folder)
+        cls = getattr(importlib.import_module(library), class_name)
+        part = load_corrected(cls, path / name, folder) if name in corrects else cls.from_pretrained(folder)
         parts[name] = part.to(dtype) if isinstance(part, torch.nn.Module) else part
     return parts
 

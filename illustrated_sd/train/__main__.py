@@ -68,6 +68,10 @@ def main(argv=None) -> int:
                      help=f"decoder, with --keep-generated: how many of the UNet's latents to draw and keep (default: {BANK})")
     run.add_argument("--teacher", type=Path, default=None,
                      help="pairs: the tiny-flux folder to distill (default: the shipped illustrated_sd/assets/tiny-flux)")
+    run.add_argument("--rank", type=checks.positive_int, default=16,
+                     help="reflow: the rank r of each layer's correction B·A in a new student (default: %(default)s)")
+    run.add_argument("--init", type=Path, default=None,
+                     help="reflow: start a new student from this tiny-flux-fast folder's correction (its rank ≤ --rank)")
     run.add_argument("--world", type=int, choices=(1, 2), default=None,
                      help="the world to learn: 1 (tiny-sd) or 2 (tiny-sd 2); default: the checkpoint's, or 1 for a new one")
     run.add_argument("--dataset-size", type=checks.positive_int, default=None,
@@ -193,6 +197,8 @@ def run_stages(args) -> None:
             extra["dataset_size"] = args.dataset_size
         if stage == "pairs":
             extra["teacher"] = args.teacher
+        if stage == "reflow":
+            extra.update(rank=args.rank, init=args.init)
         if stage == "decoder":
             extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean, clean_grey=args.clean_grey,
                          object_colour=args.object_colour,

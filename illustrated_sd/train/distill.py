@@ -12,7 +12,13 @@ Two things ride along:
   ``SCALES`` (two passes per step); the student gets s as an *input* (diffusers' ``guidance_embeds``, as Flux-dev),
   and learns in one pass what the teacher needed two for;
 - **initialised from the teacher**: the student is tiny-flux's transformer with a guidance embedder added, its last
-  layer zero, so before training it *is* the teacher (at any s); training bends it straight.
+  layer zero, so before training it *is* the teacher (at any s); training bends it straight;
+- **a low-rank correction**: the teacher's weights stay frozen; each linear layer learns only ``W + B·A`` with thin
+  ``B [out, r]`` and ``A [r, in]`` (LoRA; ``B`` starts at zero), as LCM-LoRA and the Flux turbo LoRAs distil. The
+  export ships ``A``, ``B`` and the guidance embedder, a fraction of a transformer (``illustrated_sd.models.low_rank``
+  adds them into tiny-flux's weights at load): a fast model *is* a small correction of the slow one;
+- **asked where it will be asked**: half of each batch sits at the σ's of the 1-, 2- and 4-step schedules (the points
+  the student is sampled at), half anywhere on the line.
 
 Stages, in a checkpoint of its own (the teacher is the shipped ``illustrated_sd/assets/tiny-flux``):
 
@@ -28,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import FluxPipeline, FluxTransformer2DModel
 from safetensors.torch import load_file, save_file
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from ..models.low_rank import A, B, LOW_RANK_FILE
 from ..models.transformers import TINY_FLUX
 from ..paths import TINY_FLUX as TEACHER
 from ..trace.files import atomic_write, load_weights
@@ -42,6 +50,9 @@ from .stages import Budget, _autocast, _run_averaged
 SCALES = (1.0, 8.0)  # the teacher's guidance scales are drawn uniformly from this range; the student reads s as an input
 TEACHER_STEPS = 25  # the teacher's own sampling: 25 guided Euler steps
 PAIRS_FILE = "pairs.safetensors"
+RANK = 16  # the rank r of each layer's correction B·A
+STUDENT_STEPS = (1, 2, 4)  # the step counts the student is meant for: half of each batch sits at their σ's
+GUIDANCE_EMBEDDER = "time_text_embed.guidance_embedder"
 
 
 def teacher_folder(ckpt: Path, asked: Path | None = None) -> Path:
@@ -62,16 +73,64 @@ def teacher_pipeline(teacher: Path = TEACHER) -> FluxPipeline:
     return load_pipeline(teacher).pipeline
 
 
-def student_transformer(teacher: FluxTransformer2DModel) -> FluxTransformer2DModel:
-    """tiny-flux's transformer with a guidance input: the teacher's weights, and a guidance embedder whose last layer is
+class LowRankDelta(torch.nn.Module):
+    """A linear layer's weight ``W [out, in]`` read as ``W + B·A`` (a ``torch.nn.utils.parametrize`` parametrization:
+    the layer stays diffusers' own ``Linear``, its weight is computed). ``B [out, r]`` starts at zero, so the layer starts
+    as it was; ``A [r, in]`` is random, as in LoRA, so that ``B``'s first gradients point somewhere."""
+
+    def __init__(self, weight: torch.Tensor, rank: int, generator: torch.Generator):
+        super().__init__()
+        out_features, in_features = weight.shape
+        self.lora_A = torch.nn.Parameter(torch.randn(rank, in_features, generator=generator) / in_features ** 0.5)
+        self.lora_B = torch.nn.Parameter(torch.zeros(out_features, rank))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.lora_B @ self.lora_A
+
+
+def student_transformer(teacher: FluxTransformer2DModel, rank: int = RANK) -> FluxTransformer2DModel:
+    """tiny-flux's transformer with a guidance input, ready to distil: the teacher's weights, frozen, each linear layer
+    read as ``W + B·A`` (:class:`LowRankDelta`, ``B`` zero) and a guidance embedder (trained whole) whose last layer is
     zero, so that the student starts as the teacher whatever guidance it is given."""
     student = FluxTransformer2DModel(**{**teacher.config, "guidance_embeds": True})
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("time_text_embed.guidance_embedder.") for k in missing), (missing, unexpected)
+    assert not unexpected and all(k.startswith(GUIDANCE_EMBEDDER + ".") for k in missing), (missing, unexpected)
     last = student.time_text_embed.guidance_embedder.linear_2
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.zeros_(last.bias)
+    guidance = set(student.time_text_embed.guidance_embedder.modules())
+    student.requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    for name, layer in list(student.named_modules()):
+        if isinstance(layer, torch.nn.Linear) and layer not in guidance:
+            parametrize.register_parametrization(layer, "weight", LowRankDelta(layer.weight, rank, generator))
+    student.time_text_embed.guidance_embedder.requires_grad_(True)
     return student
+
+
+def low_rank_state(student: FluxTransformer2DModel) -> dict[str, torch.Tensor]:
+    """What tiny-flux-fast ships of a :func:`student_transformer`: ``NAME.lora_A.weight [r, in]`` and
+    ``NAME.lora_B.weight [out, r]`` per corrected layer, and the guidance embedder's tensors (what
+    :func:`~illustrated_sd.models.low_rank.fuse_low_rank` adds to tiny-flux's transformer)."""
+    state = {}
+    for name, layer in student.named_modules():
+        if parametrize.is_parametrized(layer, "weight"):
+            delta = layer.parametrizations.weight[0]
+            state[name + A], state[name + B] = delta.lora_A.detach(), delta.lora_B.detach()
+    for key, value in student.time_text_embed.guidance_embedder.state_dict().items():
+        state[f"{GUIDANCE_EMBEDDER}.{key}"] = value.detach()
+    return state
+
+
+def student_sigmas(pipe: FluxPipeline, n: int, generator: torch.Generator, device) -> torch.Tensor:
+    """``n`` noise levels σ ``[n]`` to train at: the first half drawn from the σ's the 1-, 2- and 4-step schedules visit
+    (Euler on the shifted schedule, as the pipeline samples), the rest logit-normal and shifted, as tiny-flux trained."""
+    mu = mu_at(pipe, SIZE)
+    visited = torch.cat([shifted(torch.linspace(1.0, 1.0 / k, k), mu) for k in STUDENT_STEPS]).to(device)
+    half = n // 2
+    chosen = visited[torch.randint(0, len(visited), (half,), generator=generator, device=device)]
+    anywhere = shifted(torch.sigmoid(torch.randn(n - half, generator=generator, device=device)), mu)
+    return torch.cat([chosen, anywhere])
 
 
 @torch.no_grad()
@@ -130,60 +189,94 @@ def make_pairs(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
     return step
 
 
+def start_from(student: FluxTransformer2DModel, state: dict[str, torch.Tensor]) -> None:
+    """Start a :func:`student_transformer` from an exported correction (:func:`low_rank_state`) of rank r₀ ≤ its rank r:
+    its ``A`` and ``B`` fill the first r₀ ranks (the rest keep ``B`` = 0), so the student starts as that model; a
+    ``ValueError`` if r₀ > r."""
+    for name, layer in student.named_modules():
+        if parametrize.is_parametrized(layer, "weight"):
+            delta, a, b = layer.parametrizations.weight[0], state[name + A], state[name + B]
+            if len(a) > len(delta.lora_A):
+                raise ValueError(f"the correction to start from has rank {len(a)}, more than the student's {len(delta.lora_A)}: "
+                                 f"pass --rank {len(a)} or more")
+            with torch.no_grad():
+                delta.lora_A[: len(a)] = a
+                delta.lora_B[:, : len(a)] = b
+    guidance = {k[len(GUIDANCE_EMBEDDER) + 1:]: v for k, v in state.items() if k.startswith(GUIDANCE_EMBEDDER + ".")}
+    student.time_text_embed.guidance_embedder.load_state_dict(guidance)
+
+
 def train_reflow(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
-                 ema_decay=0.999, anneal: bool = True, world: int = 2):
-    """Stage ``reflow``: the student learns the straight lines between the teacher's pairs (see the module)."""
+                 ema_decay=0.999, anneal: bool = True, world: int = 2, rank: int = RANK, init: Path | None = None):
+    """Stage ``reflow``: the student learns the straight lines between the teacher's pairs (see the module). A new
+    student has corrections of rank ``rank``, started from ``init`` (a tiny-flux-fast folder) if given; a checkpoint's
+    student goes on with its own."""
     path = Path(ckpt) / PAIRS_FILE
     if not path.is_file():
         raise RuntimeError(f"{ckpt} has no teacher pairs yet: run the pairs stage first (--stages pairs)")
     pairs = {k: v.to(device) for k, v in load_file(path).items()}
     pipe = teacher_pipeline(teacher_folder(ckpt))
-    student = student_transformer(pipe.transformer)
-    load_weights(student, ckpt, "transformer")
+    log = read_log(Path(ckpt))
+    rank = log.get("student", {}).get("rank", rank)  # a checkpoint keeps the rank it began with
+    student = student_transformer(pipe.transformer, rank)
+    if not load_weights(student, ckpt, "transformer") and init is not None:
+        start_from(student, load_file(Path(init) / "transformer" / LOW_RANK_FILE))
+        earlier = Path(init) / "train_log.json"  # the history of what it starts from travels with it
+        log["student"] = {"rank": rank, "started_from": str(init),
+                          "earlier_log": json.loads(earlier.read_text()) if earlier.is_file() else None}
+    log.setdefault("student", {"rank": rank})
+    write_log(Path(ckpt), log)
     student = student.to(device).float().train()
     side = SIZE // pipe.vae_scale_factor
     image_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, device, torch.float32)
     text_ids = torch.zeros(TINY_FLUX["max_sequence_length"], 3, device=device)
-    mu = mu_at(pipe, SIZE)
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 17 + len(read_log(ckpt).get("reflow", {}).get("step", [])))
 
     def step_fn(step):
         idx = torch.randint(0, len(pairs["noise"]), (batch_size,), generator=gen, device=device)
         noise, x0 = pairs["noise"][idx], pairs["x0"][idx]
-        sigma = shifted(torch.sigmoid(torch.randn(batch_size, generator=gen, device=device)), mu)[:, None, None]
+        sigma = student_sigmas(pipe, batch_size, gen, device)[:, None, None]
         x_sigma = (1 - sigma) * x0 + sigma * noise  # the straight line between *this* noise and *its* picture
-        with _autocast(device):
-            v = student(hidden_states=x_sigma, encoder_hidden_states=pairs["text"][idx], pooled_projections=pairs["pooled"][idx],
+        # float32, not bfloat16: the correction B·A is small beside the weight W it is added to, and W + B·A rounded to
+        # bfloat16's 8 bits would lose it (and tiny-flux is small enough that float32 costs little)
+        v = student(hidden_states=x_sigma, encoder_hidden_states=pairs["text"][idx], pooled_projections=pairs["pooled"][idx],
                         timestep=sigma[:, 0, 0], guidance=pairs["scale"][idx], img_ids=image_ids, txt_ids=text_ids,
                         return_dict=False)[0]
         return F.mse_loss(v.float(), noise - x0)
 
-    return _run_averaged("reflow", step_fn, student, "transformer", 1e-4, ckpt, Budget(minutes, max_steps), log_every, ema_decay,
+    # a low-rank correction learns at LoRA's usual rate, higher than a whole network's
+    return _run_averaged("reflow", step_fn, student, "transformer", 4e-4, ckpt, Budget(minutes, max_steps), log_every, ema_decay,
                          warmup=50, anneal=anneal)
 
 
 def export_fast(ckpt: Path, folder: Path) -> None:
-    """Write tiny-flux-fast's folder: ``transformer/`` (the student, float16), ``scheduler/``, ``model_index.json``;
-    every other part is tiny-flux's (``illustrated_sd.json`` says so)."""
+    """Write tiny-flux-fast's folder: ``transformer/`` (its config and ``low_rank.safetensors``, float16: the student's
+    correction of tiny-flux's transformer), ``scheduler/``, ``model_index.json``; every other part is tiny-flux's
+    (``illustrated_sd.json`` says so: ``shares`` and ``corrects``)."""
     from .export import write_atomically
 
     teacher = teacher_folder(ckpt)
     pipe = teacher_pipeline(teacher)
-    student = student_transformer(pipe.transformer)
+    student = student_transformer(pipe.transformer, read_log(Path(ckpt)).get("student", {}).get("rank", RANK))
     if not load_weights(student, ckpt, "transformer"):
         raise FileNotFoundError(f"{ckpt} has no student weights; run the reflow stage first (--stages reflow)")
+    correction = {k: v.to(torch.float16).contiguous() for k, v in low_rank_state(student).items()}
     # the teacher's own shared parts (tiny-sd's VAE and CLIP), and its T5: the folder goes beside both
     shared = {**json.loads((teacher / "illustrated_sd.json").read_text())["shares"], "text_encoder_2": teacher.name,
               "tokenizer_2": teacher.name}
-    fast = FluxPipeline(**{**pipe.components, "transformer": student})
+    plain = FluxTransformer2DModel(**{**pipe.transformer.config, "guidance_embeds": True})  # what the folder's config says
+    fast = FluxPipeline(**{**pipe.components, "transformer": plain})
 
     def write(tmp: Path) -> None:
-        fast.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        fast.save_pretrained(tmp, safe_serialization=True)
         for name in shared:
             shutil.rmtree(tmp / name)
+        for weights in (tmp / "transformer").glob("*.safetensors"):
+            weights.unlink()  # the transformer's weights are tiny-flux's plus the correction
+        save_file(correction, tmp / "transformer" / LOW_RANK_FILE)
         shutil.copy(Path(ckpt) / "train_log.json", tmp / "train_log.json")
         info = {"known_words": known_words_2(), "held_out": HELD_OUT, "image_size": SIZE, "world": 2,
-                "shares": shared,
+                "shares": shared, "corrects": {"transformer": teacher.name},
                 "defaults": {"num_inference_steps": 4, "guidance_scale": 4.0,
                              "max_sequence_length": TINY_FLUX["max_sequence_length"]}}
         (tmp / "illustrated_sd.json").write_text(json.dumps(info, indent=1))
