@@ -26,7 +26,7 @@ import illustrated_sd as isd
 from illustrated_sd import checks
 from illustrated_sd.evaluate import diversity, draw, match_object, prompt_group, prompt_set
 from illustrated_sd.lessons.flow_matching import straightness
-from illustrated_sd.models.loading import model_defaults
+from illustrated_sd.models.loading import model_defaults, weights_sha256
 from illustrated_sd.world.detect import detect
 
 
@@ -69,7 +69,8 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     everything = prompt_set(world=2)
     groups = {name: prompt_group(everything, name)[: args.limit] for name in args.groups.split(",")}
-    result = {"settings": {"steps": steps, "seeds": args.seeds, "device": str(args.device), "prompts": {k: len(v) for k, v in groups.items()}}}
+    result = {"settings": {"steps": steps, "seeds": args.seeds, "device": str(args.device), "prompts": {k: len(v) for k, v in groups.items()}},
+              "weights_sha256": {name: weights_sha256(name) for name in args.models.split(",")}}  # which weights were graded
     start = time.time()
     for name in args.models.split(","):
         pipe = isd.load_pipeline(name, device=args.device)

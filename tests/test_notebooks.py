@@ -12,7 +12,7 @@ EXECUTED = ROOT / "build" / "notebooks"  # the docs site shows these copies, so 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 COURSE = ["00_quickstart", "01_text_encoder", "02_vae_latent_space", "03_forward_diffusion_training", "04_unet_cross_attention",
           "04b_interventions", "05_sampling_loop", "06_classifier_free_guidance", "07_img2img_inpainting", "08_real_stable_diffusion",
-          "09_textual_inversion", "10_unet_to_transformer", "11_flow_matching"]
+          "09_textual_inversion", "10_unet_to_transformer", "11_flow_matching", "12_jumping_to_the_end"]
 
 
 def test_the_course_has_every_notebook():

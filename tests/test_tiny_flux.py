@@ -2,6 +2,7 @@
 it shares with tiny-sd 2, and load_pipeline putting them back (equal to plain diffusers)."""
 
 import json
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +248,8 @@ def test_reflow_distills_a_student_that_starts_as_the_teacher_and_loads_as_tiny_
     from torch.nn.utils import parametrize
 
     from illustrated_sd.trace.files import load_weights
-    from illustrated_sd.train.distill import RANK, student_transformer, teacher_pairs
+    from illustrated_sd.models.loading import weights_sha256
+    from illustrated_sd.train.distill import RANK, start_from, student_transformer, teacher_pairs
 
     root = smoke_tiny_flux.parent
     teacher = isd.load_pipeline(smoke_tiny_flux)
@@ -295,6 +297,26 @@ def test_reflow_distills_a_student_that_starts_as_the_teacher_and_loads_as_tiny_
     assert torch.allclose(got, want, atol=2e-3), (got - want).abs().max()
     trace = fast("a red circle on the left", seed=0, progress=False)
     assert trace.num_steps == 4 and trace.image.size == (128, 128)  # its defaults: 4 steps, one pass each
+    # a wider student started from the shipped correction computes what it computes (its extra ranks start at B = 0)
+    wider = student_transformer(teacher.transformer, rank=RANK + 4)
+    start_from(wider, shipped)
+    with torch.no_grad():
+        assert torch.allclose(wider(**args, guidance=torch.tensor([3.0]))[0], got, atol=2e-3)
+    with pytest.raises(ValueError, match=f"pass --rank {RANK} or more"):
+        start_from(student_transformer(teacher.transformer, rank=2), shipped)
+    assert train_main(["run", "--smoke", "--stages", "pairs,reflow", "--minutes", "1,1", "--rank", "2", "--init",
+                       str(root / "tiny-flux-fast"), "--out", str(root / "too-narrow")]) == 2
+    # the grading script of notebook 12, on both: its figures, and which weights it saw
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "jump_grades.py"))
+    out = root / "jump.json"
+    result = script["main"](["--models", f"{smoke_tiny_flux},{root / 'tiny-flux-fast'}", "--limit", "1", "--seeds", "2",
+                             "--steps", "1", "--paths", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    for name in (str(smoke_tiny_flux), str(root / "tiny-flux-fast")):
+        grades = result[name]["held-out"]["1"]
+        assert grades["pictures"] == 2 and 0 <= grades["color"] <= 1 and 0 < grades["diversity"] <= 1
+        assert 0 < result[name]["straightness_25_steps"] <= 1 and result["weights_sha256"][name] == weights_sha256(name)
+    assert (result[str(smoke_tiny_flux)]["passes_per_step"], result[str(root / "tiny-flux-fast")]["passes_per_step"]) == (2, 1)
 
 
 def test_a_low_rank_correction_adds_b_times_a_into_its_layer_and_names_what_is_wrong():
@@ -408,3 +430,33 @@ def test_held_out_reading_tallies_what_was_drawn_and_what_the_decoder_returns(sm
         assert set(result[reading]) <= set(result["held_out"])
     # rendered originals are read as what they are (the detector's own misreadings are not the decoder's)
     assert all(read == {asked: sum(read.values())} for asked, read in result["originals"].items())
+
+
+def test_a_straight_path_measures_one_and_lies_flat_and_a_bent_one_strays_to_the_drawn_side():
+    from illustrated_sd.lessons.flow_matching import path_in_a_plane, straightness
+
+    start, end = torch.randn(4, 4, 4), torch.randn(4, 4, 4)
+    line = torch.stack([start + t * (end - start) for t in torch.linspace(0, 1, 6)])  # [6, 4, 4, 4]
+    assert straightness(line) == pytest.approx(1.0)
+    flat = path_in_a_plane(line)
+    assert flat.shape == (6, 2) and np.allclose(flat[:, 1], 0, atol=1e-5)
+    assert flat[-1, 0] == pytest.approx(float((end - start).norm()), rel=1e-5)
+    corner = torch.zeros(3, 2)
+    corner[1] = torch.tensor([1.0, 0.0])
+    corner[2] = torch.tensor([1.0, 1.0])  # two sides of a unit square: √2 straight over 2 walked
+    assert straightness(corner) == pytest.approx(2 ** 0.5 / 2)
+    assert path_in_a_plane(corner)[1, 1] == pytest.approx(2 ** 0.5 / 2)  # the corner, √2/2 off the chord, drawn up
+
+
+def test_weights_sha256_names_the_weights_a_figure_was_measured_with(tmp_path):
+    from safetensors.torch import save_file
+
+    from illustrated_sd.models.loading import weights_sha256
+
+    (tmp_path / "m" / "transformer").mkdir(parents=True)
+    save_file({"w": torch.zeros(3)}, tmp_path / "m" / "transformer" / "a.safetensors")
+    first = weights_sha256(tmp_path / "m")
+    save_file({"w": torch.ones(3)}, tmp_path / "m" / "transformer" / "a.safetensors")
+    assert weights_sha256(tmp_path / "m") != first and len(first) == 64
+    with pytest.raises(FileNotFoundError, match="no denoiser weights"):
+        weights_sha256(tmp_path)

@@ -1,5 +1,6 @@
 """Getting a pipeline: the embedded default, a local diffusers folder, or a Hugging Face Hub id."""
 
+import hashlib
 import importlib
 import json
 import os
@@ -67,6 +68,20 @@ def model_defaults(model: str | os.PathLike | None = None) -> dict:
     except (OSError, ValueError, AttributeError):
         pass
     return {"steps": 25, "guidance": 7.5}
+
+
+def weights_sha256(model: str | os.PathLike) -> str:
+    """One SHA-256 over the weight files of ``model``'s denoiser (``transformer/`` or ``unet/``: every ``.safetensors``,
+    in name order): which weights a measurement saw, so that a notebook can check a file of figures against the model it
+    loads. ``FileNotFoundError`` if the folder has none."""
+    folder = model_folder(model)
+    files = sorted(f for part in ("transformer", "unet") for f in (folder / part).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no denoiser weights (transformer/ or unet/ *.safetensors) in {folder}")
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
 
 
 class ModelLoadError(RuntimeError):
