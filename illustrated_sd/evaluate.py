@@ -491,9 +491,9 @@ def attention_at_scale(folder, world: int = 2, threshold: float = 0.4) -> dict:
 def vae_sha256(model_folder) -> str:
     """The SHA-256 of a pipeline folder's VAE weights file: which decoder a stored measurement was made with (notebook
     02 checks that ``docs/decoder_marks.json`` measured the embedded decoder, not one shipped before it)."""
-    import hashlib
+    from .models.loading import weights_sha256
 
-    return hashlib.sha256((Path(model_folder) / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
+    return weights_sha256(model_folder, "vae")
 
 
 @torch.no_grad()

@@ -24,30 +24,30 @@ from tqdm.auto import tqdm
 
 import illustrated_sd as isd
 from illustrated_sd import checks
-from illustrated_sd.evaluate import diversity, draw, match_object, prompt_group, prompt_set
+from illustrated_sd.evaluate import adherence, diversity, draw, match_object, prompt_group, prompt_set, world_of
+from illustrated_sd.trace.files import atomic_write
 from illustrated_sd.lessons.flow_matching import straightness
 from illustrated_sd.models.loading import model_defaults, weights_sha256
 from illustrated_sd.world.detect import detect
 
 
 def grade(pipe, cases, steps: int, guidance: float, seeds: int, seed: int = 0) -> dict:
-    """Every case drawn ``seeds`` times (seed ``seed + i + 10_000·j``): the share of objects read with the right colour,
-    shape and place, of prompts with every object right, and the mean diversity of a prompt's pictures."""
+    """Every case drawn ``seeds`` times (seed ``seed + i + 10_000·j``, as ``evaluate`` draws): the share of objects read
+    with the right colour, shape and place, of pictures with every object right (``evaluate.adherence``), and the mean
+    diversity of a prompt's pictures."""
+    world = world_of(pipe)
     right = {"color": [], "shape": [], "position": []}
     whole, spread = [], []
     for i, (text, objects, _) in enumerate(tqdm(cases, desc=f"{pipe.name}, {steps} steps", leave=False)):
         images = []
         for j in range(seeds):
             image = draw(pipe, text, steps, guidance, seed + i + 10_000 * j).image
-            found = detect(image, version=2)
-            ok = True
+            found = detect(image, version=world)
             for color, shape, position in objects:
-                d = match_object(found, position, len(objects), 2)
+                d = match_object(found, position, len(objects), world)
                 for key, want in (("color", color), ("shape", shape), ("position", position)):
-                    hit = d is not None and getattr(d, key) == want
-                    right[key].append(hit)
-                    ok &= hit
-            whole.append(ok)
+                    right[key].append(d is not None and getattr(d, key) == want)
+            whole.append(adherence(found, objects, world)[0])
             images.append(image)
         spread.append(diversity(images))
     return {**{key: round(float(np.mean(v)), 4) for key, v in right.items()}, "all_right": round(float(np.mean(whole)), 4),
@@ -58,14 +58,15 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny-flux,tiny-flux-fast", help="names or folders, comma-separated (default: %(default)s)")
     parser.add_argument("--groups", default="held-out,pairs", help="prompt groups (default: %(default)s)")
-    parser.add_argument("--steps", default="1,2,4,25", help="step counts for both models (default: %(default)s)")
+    parser.add_argument("--steps", type=lambda text: [checks.positive_int(k) for k in text.split(",")], default=[1, 2, 4, 25],
+                        help="step counts for both models, comma-separated (default: 1,2,4,25)")
     parser.add_argument("--seeds", type=checks.positive_int, default=3, help="pictures per prompt (default: %(default)s)")
     parser.add_argument("--limit", type=checks.positive_int, default=None, help="the first N prompts of each group (a quick check)")
     parser.add_argument("--paths", type=checks.positive_int, default=12, help="prompts whose 25-step paths are measured (default: %(default)s)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("docs/jump.json"))
     args = parser.parse_args(argv)
-    steps = [checks.positive_int(s) for s in args.steps.split(",")]
+    steps = args.steps
     torch.manual_seed(0)
     everything = prompt_set(world=2)
     groups = {name: prompt_group(everything, name)[: args.limit] for name in args.groups.split(",")}
@@ -82,8 +83,8 @@ def main(argv=None) -> dict:
         result[name]["straightness_25_steps"] = round(float(np.median(
             [straightness(draw(pipe, text, 25, guidance, i).latents) for i, (text, _, _) in enumerate(paths)])), 4)
     result["seconds"] = round(time.time() - start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    with atomic_write(args.out, "grades") as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return result
 

@@ -102,3 +102,21 @@ def test_shifted_sigma_bends_toward_the_noise_and_keeps_the_ends_and_mu_grows_wi
     assert mu_at(pipe, 128) < mu_at(pipe, 512) < mu_at(pipe, 1024)
     # the schedule is evenly spaced σ bent by that μ
     np.testing.assert_allclose(sigma_schedule(pipe, 4, 512)[:-1], shifted(np.linspace(1, 0.25, 4), mu_at(pipe, 512)), atol=1e-6)
+
+
+def test_a_straight_path_measures_one_and_lies_flat_and_a_bent_one_strays_to_the_drawn_side():
+    from illustrated_sd.lessons.flow_matching import path_in_a_plane, straightness
+
+    start, end = torch.randn(4, 4, 4), torch.randn(4, 4, 4)
+    line = torch.stack([start + t * (end - start) for t in torch.linspace(0, 1, 6)])  # [6, 4, 4, 4]
+    assert straightness(line) == pytest.approx(1.0)
+    flat = path_in_a_plane(line)
+    assert flat.shape == (6, 2) and np.allclose(flat[:, 1], 0, atol=1e-5)
+    assert flat[-1, 0] == pytest.approx(float((end - start).norm()), rel=1e-5)
+    corner = torch.zeros(3, 2)
+    corner[1] = torch.tensor([1.0, 0.0])
+    corner[2] = torch.tensor([1.0, 1.0])  # two sides of a unit square: √2 straight over 2 walked
+    assert straightness(corner) == pytest.approx(2 ** 0.5 / 2)
+    assert path_in_a_plane(corner)[1, 1] == pytest.approx(2 ** 0.5 / 2)  # the corner, √2/2 off the chord, drawn up
+    with pytest.raises(ValueError, match="never move"):
+        straightness(torch.zeros(3, 4))

@@ -75,3 +75,48 @@ def test_hub_id_without_network_says_to_pass_a_local_folder(monkeypatch, tmp_pat
 def test_bad_loading_requests_name_the_fix(kwargs, error, message):
     with pytest.raises(error, match=message):
         isd.load_pipeline(**kwargs)
+
+
+def test_weights_sha256_names_the_weights_a_figure_was_measured_with(tmp_path):
+    from safetensors.torch import save_file
+
+    from illustrated_sd.models.loading import weights_sha256
+
+    (tmp_path / "m" / "transformer").mkdir(parents=True)
+    save_file({"w": torch.zeros(3)}, tmp_path / "m" / "transformer" / "a.safetensors")
+    first = weights_sha256(tmp_path / "m")
+    save_file({"w": torch.ones(3)}, tmp_path / "m" / "transformer" / "a.safetensors")
+    assert weights_sha256(tmp_path / "m") != first and len(first) == 64
+    with pytest.raises(FileNotFoundError, match="no weights \\(transformer or unet"):
+        weights_sha256(tmp_path)
+    # a part shipped as a correction is named by its base's weights too: a retrained base changes the figure
+    (tmp_path / "base" / "transformer").mkdir(parents=True)
+    (tmp_path / "fast" / "transformer").mkdir(parents=True)
+    (tmp_path / "fast" / "illustrated_sd.json").write_text('{"corrects": {"transformer": "base"}}')
+    save_file({"w": torch.zeros(3)}, tmp_path / "fast" / "transformer" / "low_rank.safetensors")
+    save_file({"w": torch.zeros(3)}, tmp_path / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    corrected = weights_sha256(tmp_path / "fast")
+    save_file({"w": torch.ones(3)}, tmp_path / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert weights_sha256(tmp_path / "fast") != corrected
+
+
+def test_a_low_rank_correction_adds_b_times_a_into_its_layer_and_names_what_is_wrong():
+    from illustrated_sd.models.low_rank import fuse_low_rank
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    before = model[0].weight.detach().clone()
+    a, b = torch.randn(2, 4), torch.randn(3, 2)
+    fuse_low_rank(model, {"0.lora_A.weight": a, "0.lora_B.weight": b, "1.bias": torch.ones(2)})
+    assert torch.allclose(model[0].weight, before + b @ a) and torch.equal(model[1].bias, torch.ones(2))
+    with pytest.raises(KeyError, match="one half of its correction"):
+        fuse_low_rank(model, {"0.lora_A.weight": a})
+    with pytest.raises(KeyError, match="tensors this model lacks"):
+        fuse_low_rank(model, {"2.weight": a})
+    with pytest.raises(KeyError, match="one half of its correction"):
+        fuse_low_rank(model, {"0.lora_B.weight": b})
+    with pytest.raises(KeyError, match="a layer this model lacks"):
+        fuse_low_rank(model, {"5.lora_A.weight": a, "5.lora_B.weight": b})
+    kept = model[0].weight.detach().clone()
+    with pytest.raises(ValueError, match="does not make its weight's shape"):
+        fuse_low_rank(model, {"0.lora_A.weight": a, "0.lora_B.weight": b, "1.lora_A.weight": a, "1.lora_B.weight": b})
+    assert torch.equal(model[0].weight, kept)  # checked before anything changed: no layer half-fused

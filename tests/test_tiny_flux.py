@@ -243,7 +243,7 @@ def test_guidance_option_names_the_option_each_model_reads(smoke_tiny_flux):
     assert "T5 64 slots" in boxes["tokenizer"][1] and "s = 4" in boxes["guidance"][1]
 
 
-def test_reflow_distills_a_student_that_starts_as_the_teacher_and_loads_as_tiny_flux_fast(smoke_tiny_flux):
+def test_reflow_distills_a_student_that_starts_as_the_teacher_and_loads_as_tiny_flux_fast(smoke_tiny_flux, capsys):
     from safetensors.torch import load_file
     from torch.nn.utils import parametrize
 
@@ -304,8 +304,17 @@ def test_reflow_distills_a_student_that_starts_as_the_teacher_and_loads_as_tiny_
         assert torch.allclose(wider(**args, guidance=torch.tensor([3.0]))[0], got, atol=2e-3)
     with pytest.raises(ValueError, match=f"pass --rank {RANK} or more"):
         start_from(student_transformer(teacher.transformer, rank=2), shipped)
-    assert train_main(["run", "--smoke", "--stages", "pairs,reflow", "--minutes", "1,1", "--rank", "2", "--init",
-                       str(root / "tiny-flux-fast"), "--out", str(root / "too-narrow")]) == 2
+    # the options that shape a student are checked before any minute is spent, and a checkpoint keeps its own
+    bad = {"narrower than the correction": (["--rank", "2", "--init", str(root / "tiny-flux-fast")], "pass --rank 16 or more"),
+           "no reflow stage": (["--rank", "8"], "need --stages reflow"),
+           "another rank for a begun student": (["--rank", "8"], "was begun at rank 16"),
+           "a start for a begun student": (["--init", str(root / "tiny-flux-fast")], "already has a student")}
+    for what, (options, message) in bad.items():
+        stages = ["pairs"] if what == "no reflow stage" else ["reflow"]
+        out = str(root / "too-narrow") if what == "narrower than the correction" else str(ckpt)
+        assert train_main(["run", "--smoke", "--stages", *stages, "--minutes", "1", "--teacher", str(smoke_tiny_flux), *options,
+                           "--out", out]) == 2, what
+        assert message in capsys.readouterr().err, what
     # the grading script of notebook 12, on both: its figures, and which weights it saw
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "jump_grades.py"))
     out = root / "jump.json"
@@ -317,20 +326,6 @@ def test_reflow_distills_a_student_that_starts_as_the_teacher_and_loads_as_tiny_
         assert grades["pictures"] == 2 and 0 <= grades["color"] <= 1 and 0 < grades["diversity"] <= 1
         assert 0 < result[name]["straightness_25_steps"] <= 1 and result["weights_sha256"][name] == weights_sha256(name)
     assert (result[str(smoke_tiny_flux)]["passes_per_step"], result[str(root / "tiny-flux-fast")]["passes_per_step"]) == (2, 1)
-
-
-def test_a_low_rank_correction_adds_b_times_a_into_its_layer_and_names_what_is_wrong():
-    from illustrated_sd.models.low_rank import fuse_low_rank
-
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
-    before = model[0].weight.detach().clone()
-    a, b = torch.randn(2, 4), torch.randn(3, 2)
-    fuse_low_rank(model, {"0.lora_A.weight": a, "0.lora_B.weight": b, "1.bias": torch.ones(2)})
-    assert torch.allclose(model[0].weight, before + b @ a) and torch.equal(model[1].bias, torch.ones(2))
-    with pytest.raises(KeyError, match="0.lora_B.weight is missing"):
-        fuse_low_rank(model, {"0.lora_A.weight": a})
-    with pytest.raises(KeyError, match="tensors this model lacks"):
-        fuse_low_rank(model, {"2.weight": a})
 
 
 def test_the_filmstrip_draws_a_flow_trace_by_sigma(smoke_tiny_flux):
@@ -430,33 +425,3 @@ def test_held_out_reading_tallies_what_was_drawn_and_what_the_decoder_returns(sm
         assert set(result[reading]) <= set(result["held_out"])
     # rendered originals are read as what they are (the detector's own misreadings are not the decoder's)
     assert all(read == {asked: sum(read.values())} for asked, read in result["originals"].items())
-
-
-def test_a_straight_path_measures_one_and_lies_flat_and_a_bent_one_strays_to_the_drawn_side():
-    from illustrated_sd.lessons.flow_matching import path_in_a_plane, straightness
-
-    start, end = torch.randn(4, 4, 4), torch.randn(4, 4, 4)
-    line = torch.stack([start + t * (end - start) for t in torch.linspace(0, 1, 6)])  # [6, 4, 4, 4]
-    assert straightness(line) == pytest.approx(1.0)
-    flat = path_in_a_plane(line)
-    assert flat.shape == (6, 2) and np.allclose(flat[:, 1], 0, atol=1e-5)
-    assert flat[-1, 0] == pytest.approx(float((end - start).norm()), rel=1e-5)
-    corner = torch.zeros(3, 2)
-    corner[1] = torch.tensor([1.0, 0.0])
-    corner[2] = torch.tensor([1.0, 1.0])  # two sides of a unit square: √2 straight over 2 walked
-    assert straightness(corner) == pytest.approx(2 ** 0.5 / 2)
-    assert path_in_a_plane(corner)[1, 1] == pytest.approx(2 ** 0.5 / 2)  # the corner, √2/2 off the chord, drawn up
-
-
-def test_weights_sha256_names_the_weights_a_figure_was_measured_with(tmp_path):
-    from safetensors.torch import save_file
-
-    from illustrated_sd.models.loading import weights_sha256
-
-    (tmp_path / "m" / "transformer").mkdir(parents=True)
-    save_file({"w": torch.zeros(3)}, tmp_path / "m" / "transformer" / "a.safetensors")
-    first = weights_sha256(tmp_path / "m")
-    save_file({"w": torch.ones(3)}, tmp_path / "m" / "transformer" / "a.safetensors")
-    assert weights_sha256(tmp_path / "m") != first and len(first) == 64
-    with pytest.raises(FileNotFoundError, match="no denoiser weights"):
-        weights_sha256(tmp_path)

@@ -118,10 +118,14 @@ def sigma_schedule(pipe, steps: int, size: int) -> np.ndarray:
 
 def straightness(latents: torch.Tensor) -> float:
     """How straight a generation's path is: the distance from its start to its end over the length walked,
-    ``|x_S − x_0| / Σ_k |x_{k+1} − x_k|`` over ``latents [S + 1, …]`` (a trace's ``latents``). 1 for a straight line;
+    ``|x_S − x_0| / Σ_k |x_{k+1} − x_k|`` over ``latents [S + 1, …]`` (a trace's ``latents``, every step kept: a compact
+    trace skips steps, and a path with corners cut measures straighter). 1 for a straight line;
     reflow's student walks nearer 1 than its teacher, whose velocity turns as the picture becomes clear."""
     x = latents.flatten(1).double()
-    return float((x[-1] - x[0]).norm() / (x[1:] - x[:-1]).norm(dim=1).sum())
+    walked = (x[1:] - x[:-1]).norm(dim=1).sum()
+    if len(x) < 2 or walked == 0:
+        raise ValueError(f"a path needs at least two different points; got {len(x)} point(s) that never move")
+    return float((x[-1] - x[0]).norm() / walked)
 
 
 def path_in_a_plane(latents: torch.Tensor) -> np.ndarray:
@@ -131,6 +135,8 @@ def path_in_a_plane(latents: torch.Tensor) -> np.ndarray:
     along the chord and never more than true across it."""
     x = latents.flatten(1).double()
     x = x - x[0]
+    if x[-1].norm() == 0:
+        raise ValueError("the path ends where it starts: it has no chord to draw it along")
     chord = x[-1] / x[-1].norm()
     along = x @ chord
     rest = x - along[:, None] * chord

@@ -70,17 +70,26 @@ def model_defaults(model: str | os.PathLike | None = None) -> dict:
     return {"steps": 25, "guidance": 7.5}
 
 
-def weights_sha256(model: str | os.PathLike) -> str:
-    """One SHA-256 over the weight files of ``model``'s denoiser (``transformer/`` or ``unet/``: every ``.safetensors``,
-    in name order): which weights a measurement saw, so that a notebook can check a file of figures against the model it
-    loads. ``FileNotFoundError`` if the folder has none."""
+def weights_sha256(model: str | os.PathLike, part: str | None = None) -> str:
+    """One SHA-256 over the weight files of one part of ``model`` (``part``: ``"vae"``, ``"unet"``, …; default the
+    denoiser, ``transformer/`` or ``unet/``): every ``.safetensors`` in name order, and for a part shipped as a
+    low-rank correction (``corrects``) its base's files first. It names which weights a measurement saw, so that a
+    notebook can check a file of figures against the model it loads. ``FileNotFoundError`` if there are none."""
     folder = model_folder(model)
-    files = sorted(f for part in ("transformer", "unet") for f in (folder / part).glob("*.safetensors"))
+    parts = [part] if part else ["transformer", "unet"]
+    corrects = _folder_info(folder).get("corrects", {})
+    files = []
+    for name in parts:
+        if name in corrects:
+            files += sorted((folder.parent / corrects[name] / name).glob("*.safetensors"))
+        files += sorted((folder / name).glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no denoiser weights (transformer/ or unet/ *.safetensors) in {folder}")
+        raise FileNotFoundError(f"no weights ({' or '.join(parts)}/*.safetensors) in {folder}")
     digest = hashlib.sha256()
     for f in files:
-        digest.update(f.read_bytes())
+        with open(f, "rb") as stream:  # in chunks: a real model's file is gigabytes
+            for chunk in iter(lambda: stream.read(1 << 24), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

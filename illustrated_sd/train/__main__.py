@@ -12,7 +12,7 @@ from ..models.loading import ModelLoadError
 from .checkpoint import read_log, write_log
 from .export import export, import_folder
 from .decoder import BANK, train_decoder
-from .distill import make_pairs, train_reflow
+from .distill import RANK, correction_rank, make_pairs, train_reflow
 from .flux import train_flux, train_t5
 from .grounding import train_grounding
 from .stages import train_clip, train_unet, train_vae
@@ -68,8 +68,8 @@ def main(argv=None) -> int:
                      help=f"decoder, with --keep-generated: how many of the UNet's latents to draw and keep (default: {BANK})")
     run.add_argument("--teacher", type=Path, default=None,
                      help="pairs: the tiny-flux folder to distill (default: the shipped illustrated_sd/assets/tiny-flux)")
-    run.add_argument("--rank", type=checks.positive_int, default=16,
-                     help="reflow: the rank r of each layer's correction B·A in a new student (default: %(default)s)")
+    run.add_argument("--rank", type=checks.positive_int, default=None,
+                     help=f"reflow: the rank r of each layer's correction B·A in a new student (default: {RANK})")
     run.add_argument("--init", type=Path, default=None,
                      help="reflow: start a new student from this tiny-flux-fast folder's correction (its rank ≤ --rank)")
     run.add_argument("--world", type=int, choices=(1, 2), default=None,
@@ -187,6 +187,11 @@ def run_stages(args) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if (args.rank or args.init) and "reflow" not in [stage for stage, _ in plan]:
+        raise ValueError("--rank and --init shape a new tiny-flux-fast student: they need --stages reflow")
+    if args.init is not None and correction_rank(args.init) > (args.rank or RANK):  # before the pairs' minutes are spent
+        raise ValueError(f"--init {args.init} has a correction of rank {correction_rank(args.init)}: pass --rank "
+                         f"{correction_rank(args.init)} or more")
     batch, max_steps = (4, args.max_steps or 3) if args.smoke else (args.batch_size, args.max_steps)
     for stage, budget in plan:
         extra = {"anneal": args.anneal} if stage in ("unet", "ground", "flux", "reflow") else {}

@@ -7,7 +7,7 @@ the pairs the trained model itself makes, ε → x₀ = (25 guided Euler steps f
 straight lines between *those*: x_σ = (1 − σ)·x₀ + σ·ε, v = ε − x₀. Each ε now has one picture, the line to it is
 the path, and one Euler step of size 1 lands on it.
 
-Two things ride along:
+Four things ride along:
 - **guidance distillation**: the teacher's pairs are drawn with real classifier-free guidance at a scale s from
   ``SCALES`` (two passes per step); the student gets s as an *input* (diffusers' ``guidance_embeds``, as Flux-dev),
   and learns in one pass what the teacher needed two for;
@@ -37,13 +37,14 @@ from safetensors.torch import load_file, save_file
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from ..models.loading import weights_sha256
 from ..models.low_rank import A, B, LOW_RANK_FILE
 from ..models.transformers import TINY_FLUX
 from ..paths import TINY_FLUX as TEACHER
 from ..trace.files import atomic_write, load_weights
 from ..world import HELD_OUT, known_words_2, sample_scenes
 from .checkpoint import read_log, write_log
-from ..lessons.flow_matching import mu_at, shifted
+from ..lessons.flow_matching import mu_at, shifted, sigma_schedule
 from .flux import SIZE
 from .stages import Budget, _autocast, _run_averaged
 
@@ -122,15 +123,31 @@ def low_rank_state(student: FluxTransformer2DModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def student_sigmas(pipe: FluxPipeline, n: int, generator: torch.Generator, device) -> torch.Tensor:
-    """``n`` noise levels σ ``[n]`` to train at: the first half drawn from the σ's the 1-, 2- and 4-step schedules visit
-    (Euler on the shifted schedule, as the pipeline samples), the rest logit-normal and shifted, as tiny-flux trained."""
-    mu = mu_at(pipe, SIZE)
-    visited = torch.cat([shifted(torch.linspace(1.0, 1.0 / k, k), mu) for k in STUDENT_STEPS]).to(device)
+def visited_sigmas(pipe: FluxPipeline) -> torch.Tensor:
+    """The σ's the student's own schedules visit: those of 1, 2 and 4 Euler steps (``STUDENT_STEPS``), ``[7]``. σ = 1
+    starts all three, so it is 3 of the 7: the one-step jump gets the most practice."""
+    return torch.cat([torch.as_tensor(sigma_schedule(pipe, k, SIZE)[:-1], dtype=torch.float32) for k in STUDENT_STEPS])
+
+
+def student_sigmas(visited: torch.Tensor, mu: float, n: int, generator: torch.Generator, device) -> torch.Tensor:
+    """``n`` noise levels σ ``[n]`` to train at: the first half drawn from ``visited`` (:func:`visited_sigmas`, on
+    ``device``), the rest logit-normal and shifted by ``mu``, as tiny-flux trained."""
     half = n // 2
     chosen = visited[torch.randint(0, len(visited), (half,), generator=generator, device=device)]
     anywhere = shifted(torch.sigmoid(torch.randn(n - half, generator=generator, device=device)), mu)
     return torch.cat([chosen, anywhere])
+
+
+def correction_rank(folder: Path) -> int:
+    """The rank r of a tiny-flux-fast folder's correction (its ``A`` matrices are ``[r, in]``); ``FileNotFoundError``
+    naming the file if the folder has none."""
+    from safetensors import safe_open
+
+    path = Path(folder) / "transformer" / LOW_RANK_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"--init: {path} is missing; pass an exported tiny-flux-fast folder")
+    with safe_open(path, "pt") as f:
+        return next(f.get_slice(k).get_shape()[0] for k in f.keys() if k.endswith(A))
 
 
 @torch.no_grad()
@@ -145,8 +162,7 @@ def teacher_pairs(pipe: FluxPipeline, captions: list[str], scales: torch.Tensor,
     side = SIZE // pipe.vae_scale_factor
     image_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, device, text.dtype)
     noise = torch.randn(batch, (side // 2) ** 2, pipe.transformer.config.in_channels, generator=generator, device=device)
-    sigmas = shifted(torch.linspace(1.0, 1.0 / steps, steps, device=device), mu_at(pipe, SIZE))
-    sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
+    sigmas = torch.as_tensor(sigma_schedule(pipe, steps, SIZE), dtype=torch.float32, device=device)  # [steps + 1], to 0
     both_text, both_pooled = torch.cat([text, empty.expand_as(text)]), torch.cat([pooled, empty_pooled.expand_as(pooled)])
     x, s = noise.clone(), scales.to(device)[:, None, None]
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
@@ -192,9 +208,11 @@ def make_pairs(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
 def start_from(student: FluxTransformer2DModel, state: dict[str, torch.Tensor]) -> None:
     """Start a :func:`student_transformer` from an exported correction (:func:`low_rank_state`) of rank r₀ ≤ its rank r:
     its ``A`` and ``B`` fill the first r₀ ranks (the rest keep ``B`` = 0), so the student starts as that model; a
-    ``ValueError`` if r₀ > r."""
+    ``ValueError`` if r₀ > r or if the correction lacks one of the student's layers."""
     for name, layer in student.named_modules():
         if parametrize.is_parametrized(layer, "weight"):
+            if name + A not in state:
+                raise ValueError(f"the correction to start from corrects no {name}: it was made for another transformer layout")
             delta, a, b = layer.parametrizations.weight[0], state[name + A], state[name + B]
             if len(a) > len(delta.lora_A):
                 raise ValueError(f"the correction to start from has rank {len(a)}, more than the student's {len(delta.lora_A)}: "
@@ -207,41 +225,54 @@ def start_from(student: FluxTransformer2DModel, state: dict[str, torch.Tensor]) 
 
 
 def train_reflow(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
-                 ema_decay=0.999, anneal: bool = True, world: int = 2, rank: int = RANK, init: Path | None = None):
+                 ema_decay=0.999, anneal: bool = True, world: int = 2, rank: int | None = None, init: Path | None = None):
     """Stage ``reflow``: the student learns the straight lines between the teacher's pairs (see the module). A new
-    student has corrections of rank ``rank``, started from ``init`` (a tiny-flux-fast folder) if given; a checkpoint's
-    student goes on with its own."""
+    student has corrections of rank ``rank`` (default ``RANK``), started from ``init`` (a tiny-flux-fast folder
+    distilled from the same teacher) if given; a checkpoint's student goes on at its own rank (``ValueError`` if
+    ``rank`` or ``init`` asks for another: distil into a new folder)."""
     path = Path(ckpt) / PAIRS_FILE
     if not path.is_file():
         raise RuntimeError(f"{ckpt} has no teacher pairs yet: run the pairs stage first (--stages pairs)")
-    pairs = {k: v.to(device) for k, v in load_file(path).items()}
-    pipe = teacher_pipeline(teacher_folder(ckpt))
+    teacher = teacher_folder(ckpt)
     log = read_log(Path(ckpt))
-    rank = log.get("student", {}).get("rank", rank)  # a checkpoint keeps the rank it began with
+    begun = log.get("student", {}).get("rank")
+    if begun is not None and rank is not None and rank != begun:
+        raise ValueError(f"{ckpt}'s student was begun at rank {begun}; distil rank {rank} into a new --out folder")
+    rank = begun or rank or RANK
+    pipe = teacher_pipeline(teacher)
     student = student_transformer(pipe.transformer, rank)
-    if not load_weights(student, ckpt, "transformer") and init is not None:
+    if load_weights(student, ckpt, "transformer"):
+        if init is not None:
+            raise ValueError(f"{ckpt} already has a student; --init starts a new one: pass a new --out folder")
+    elif init is not None:
+        info = json.loads((Path(init) / "illustrated_sd.json").read_text())
+        if info.get("teacher_sha256", weights_sha256(teacher)) != weights_sha256(teacher):
+            raise ValueError(f"{init} was distilled from another teacher than {teacher}: start from a correction of this one")
         start_from(student, load_file(Path(init) / "transformer" / LOW_RANK_FILE))
         earlier = Path(init) / "train_log.json"  # the history of what it starts from travels with it
         log["student"] = {"rank": rank, "started_from": str(init),
                           "earlier_log": json.loads(earlier.read_text()) if earlier.is_file() else None}
     log.setdefault("student", {"rank": rank})
     write_log(Path(ckpt), log)
+    pairs = {k: v.to(device) for k, v in load_file(path).items()}
     student = student.to(device).float().train()
     side = SIZE // pipe.vae_scale_factor
     image_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, device, torch.float32)
     text_ids = torch.zeros(TINY_FLUX["max_sequence_length"], 3, device=device)
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 17 + len(read_log(ckpt).get("reflow", {}).get("step", [])))
+    visited, mu = visited_sigmas(pipe).to(device), mu_at(pipe, SIZE)
 
     def step_fn(step):
         idx = torch.randint(0, len(pairs["noise"]), (batch_size,), generator=gen, device=device)
         noise, x0 = pairs["noise"][idx], pairs["x0"][idx]
-        sigma = student_sigmas(pipe, batch_size, gen, device)[:, None, None]
+        sigma = student_sigmas(visited, mu, batch_size, gen, device)[:, None, None]
         x_sigma = (1 - sigma) * x0 + sigma * noise  # the straight line between *this* noise and *its* picture
-        # float32, not bfloat16: the correction B·A is small beside the weight W it is added to, and W + B·A rounded to
-        # bfloat16's 8 bits would lose it (and tiny-flux is small enough that float32 costs little)
+        # float32, not bfloat16 autocast: early on B·A is tiny beside the weight W it is added to, and W + B·A cast to
+        # bfloat16's 8 bits of mantissa would hide it from the forward pass (a first run in bfloat16 also failed in
+        # cuBLAS on the H100); tiny-flux is small enough that float32 costs little
         v = student(hidden_states=x_sigma, encoder_hidden_states=pairs["text"][idx], pooled_projections=pairs["pooled"][idx],
-                        timestep=sigma[:, 0, 0], guidance=pairs["scale"][idx], img_ids=image_ids, txt_ids=text_ids,
-                        return_dict=False)[0]
+                    timestep=sigma[:, 0, 0], guidance=pairs["scale"][idx], img_ids=image_ids, txt_ids=text_ids,
+                    return_dict=False)[0]
         return F.mse_loss(v.float(), noise - x0)
 
     # a low-rank correction learns at LoRA's usual rate, higher than a whole network's
@@ -276,7 +307,7 @@ def export_fast(ckpt: Path, folder: Path) -> None:
         save_file(correction, tmp / "transformer" / LOW_RANK_FILE)
         shutil.copy(Path(ckpt) / "train_log.json", tmp / "train_log.json")
         info = {"known_words": known_words_2(), "held_out": HELD_OUT, "image_size": SIZE, "world": 2,
-                "shares": shared, "corrects": {"transformer": teacher.name},
+                "shares": shared, "corrects": {"transformer": teacher.name}, "teacher_sha256": weights_sha256(teacher),
                 "defaults": {"num_inference_steps": 4, "guidance_scale": 4.0,
                              "max_sequence_length": TINY_FLUX["max_sequence_length"]}}
         (tmp / "illustrated_sd.json").write_text(json.dumps(info, indent=1))
