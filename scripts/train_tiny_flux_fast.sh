@@ -7,8 +7,8 @@
 #           layer and a guidance embedder on the straight lines between them (float32, batches of 512); exported to
 #           MODEL_DIR. Session 28 (2026-12-06, one H100): pairs 106 s a call; the call before had drawn its 61,440
 #           pairs into the same checkpoint on the same machine before its reflow failed (in bfloat16, since float32),
-#           so part 1 learned from 122,880; reflow 6,959 steps in 4.6 minutes (25 a second), loss 0.136 → 0.088 (its
-#           own σ mix). Held-out, 1 / 2 / 4 steps (3 seeds): colour 77.8 / 81.5 / 85.2%, shape
+#           so part 1 learned from 122,880; reflow 6,959 steps in 4.6 minutes (25 a second), loss 0.336 → 0.090 (first
+#           and last logged, on its own σ mix). Held-out, 1 / 2 / 4 steps (3 seeds): colour 77.8 / 81.5 / 85.2%, shape
 #           81.5 / 89.8 / 88.9%, position 97.2 / 99.1 / 99.1% (the teacher at 25 steps: 92.6 / 94.4 / 100). Not shipped:
 #   part 2  new pairs (seed 1), and a rank-32 student started from part 1's rank-16 one (its A and B fill the first 16
 #           ranks; the rest start at B = 0), trained on: PART1_DIR is part 1's export. Session 28 (one H100): 61,440
