@@ -224,6 +224,11 @@ def start_from(student: FluxTransformer2DModel, state: dict[str, torch.Tensor]) 
     student.time_text_embed.guidance_embedder.load_state_dict(guidance)
 
 
+def student_rank(ckpt: Path) -> int | None:
+    """The rank a checkpoint's student was begun at (its log says), or ``None`` before the reflow stage first ran."""
+    return read_log(Path(ckpt)).get("student", {}).get("rank")
+
+
 def train_reflow(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
                  ema_decay=0.999, anneal: bool = True, world: int = 2, rank: int | None = None, init: Path | None = None):
     """Stage ``reflow``: the student learns the straight lines between the teacher's pairs (see the module). A new
@@ -235,7 +240,7 @@ def train_reflow(ckpt: Path, minutes: float, batch_size: int, device, seed: int,
         raise RuntimeError(f"{ckpt} has no teacher pairs yet: run the pairs stage first (--stages pairs)")
     teacher = teacher_folder(ckpt)
     log = read_log(Path(ckpt))
-    begun = log.get("student", {}).get("rank")
+    begun = student_rank(ckpt)
     if begun is not None and rank is not None and rank != begun:
         raise ValueError(f"{ckpt}'s student was begun at rank {begun}; distil rank {rank} into a new --out folder")
     rank = begun or rank or RANK
@@ -245,8 +250,8 @@ def train_reflow(ckpt: Path, minutes: float, batch_size: int, device, seed: int,
         if init is not None:
             raise ValueError(f"{ckpt} already has a student; --init starts a new one: pass a new --out folder")
     elif init is not None:
-        info = json.loads((Path(init) / "illustrated_sd.json").read_text())
-        if info.get("teacher_sha256", weights_sha256(teacher)) != weights_sha256(teacher):
+        known = json.loads((Path(init) / "illustrated_sd.json").read_text()).get("teacher_sha256")
+        if known is not None and known != weights_sha256(teacher):
             raise ValueError(f"{init} was distilled from another teacher than {teacher}: start from a correction of this one")
         start_from(student, load_file(Path(init) / "transformer" / LOW_RANK_FILE))
         earlier = Path(init) / "train_log.json"  # the history of what it starts from travels with it
@@ -288,7 +293,7 @@ def export_fast(ckpt: Path, folder: Path) -> None:
 
     teacher = teacher_folder(ckpt)
     pipe = teacher_pipeline(teacher)
-    student = student_transformer(pipe.transformer, read_log(Path(ckpt)).get("student", {}).get("rank", RANK))
+    student = student_transformer(pipe.transformer, student_rank(ckpt) or RANK)
     if not load_weights(student, ckpt, "transformer"):
         raise FileNotFoundError(f"{ckpt} has no student weights; run the reflow stage first (--stages reflow)")
     correction = {k: v.to(torch.float16).contiguous() for k, v in low_rank_state(student).items()}
