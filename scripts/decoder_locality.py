@@ -9,7 +9,8 @@ largest change, over every kept pixel of every pair. Notebook 07 shows one such 
     python scripts/decoder_locality.py [--model FOLDER] [--pairs 64] [--paths] [--inpaint N] [--out docs/decoder_locality.json]
 
 ``--paths`` also measures which part of the decoder carries the change (``illustrated_sd.lessons.decoder_reach``): the
-middle block's attention switched off, or every GroupNorm dividing by the kept picture's own statistics.
+middle block's attention switched off, or every GroupNorm dividing by the kept picture's own statistics, or only the
+GroupNorms whose groups hold one channel each (instance norms: tiny-sd 2's full-resolution layers), or only the others.
 
 ``--inpaint N`` also measures the case notebook 07 shows: N inpaintings by the pipeline's own ``inpaint`` (20 steps),
 each a rendered held-out picture whose right half is repainted to another scene's caption (a world-2 caption: it may
@@ -35,7 +36,9 @@ from illustrated_sd.world import as_uint8, render, sample_scenes
 
 
 PATHS = {"as decoded": {}, "middle attention off": {"mid_attention": False},
-         "GroupNorm statistics of the kept picture": {"norms_of_original": True}}
+         "GroupNorm statistics of the kept picture": {"norms_of_original": True},
+         "… in the single-channel GroupNorms only": {"norms_of_original": True, "which_norms": "single-channel"},
+         "… in the multi-channel GroupNorms only": {"norms_of_original": True, "which_norms": "multi-channel"}}
 
 
 @torch.no_grad()

@@ -88,7 +88,11 @@
 #           weight 1, lost orange: held-out colour 85.2%). Exported to MODEL_DIR.15 for scripts/grade_decoder.sh.
 #           First run (session 26, one H100, beside tiny-flux part 3; DECODER_MINUTES=6.5): 373 steps; locality 73.6 →
 #           17.3 grey levels, but held-out colour 91.7% → 86.1% (orange 22 → 18 of 27): not shipped (model card).
-# PART is 1 to 15 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
+#   part 16 (one GPU; run alone, not by all): the locality a third way: part 14's decoder (the shipped one) trained on
+#           with part 15's terms, but each spliced side held to the *starting decoder's own picture* of it
+#           (--local-teacher: what scripts/decoder_locality.py measures, and nothing else), the UNet's latents spliced
+#           too. LOCAL (default 1) weighs the splicing term; BANK_SIZE (default 1,024) UNet latents are drawn first. Exported to MODEL_DIR.16 for scripts/grade_decoder.sh.
+# PART is 1 to 16 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,
 # not from the new export: delete CHECKPOINT_DIR.N of the parts to redo.
@@ -202,6 +206,12 @@ if [[ $part == 13 ]]; then
   train --out "$ckpt.13" --stages decoder --minutes "${DECODER_MINUTES:-7}" --equal-objects --local 1 --clean 1 --clean-grey 1 \
     --object-colour 1 --keep-generated 1
   "$python" -m illustrated_sd.train export "$ckpt.13" "${model%/}.13" --force
+fi
+if [[ $part == 16 ]]; then
+  start "$model" "$ckpt.16"
+  train --out "$ckpt.16" --stages decoder --minutes "${DECODER_MINUTES:-7}" --equal-objects --local "${LOCAL:-1}" --local-teacher \
+    --clean 1 --clean-grey 1 --object-colour 3 --keep-generated 3 --bank-size "${BANK_SIZE:-1024}"
+  "$python" -m illustrated_sd.train export "$ckpt.16" "${model%/}.16" --force
 fi
 if [[ $part == 15 ]]; then
   start "$model" "$ckpt.15"

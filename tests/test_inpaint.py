@@ -127,6 +127,12 @@ def test_the_decoders_reach_is_measured_path_by_path_and_the_decoder_is_left_as_
     change = {name: float(kept_change(vae, painted, original, kept, **switches).mean())
               for name, switches in (("decoded", {}), ("statistics of the original", {"norms_of_original": True}))}
     assert change["statistics of the original"] < change["decoded"] / 3, change
+    # the four full-resolution instance norms (a group per channel) held still keep more than the 18 grouped ones do
+    split = {which: float(kept_change(vae, painted, original, kept, norms_of_original=True, which_norms=which).mean())
+             for which in ("single-channel", "multi-channel")}
+    assert split["single-channel"] < split["multi-channel"], (split, change)
+    with pytest.raises(ValueError, match="which_norms is one of 'all', 'single-channel', 'multi-channel'"):
+        kept_change(vae, painted, original, kept, norms_of_original=True, which_norms="instance")
     with torch.no_grad():
         assert torch.equal(to_pixels(vae, latents[:2]), plain)  # every hook is gone
         from illustrated_sd.lessons.decoder_reach import _switches

@@ -35,8 +35,8 @@ def test_smoke_run_resume_and_export(tmp_path):
                        "--out", str(ckpt)]) == 0  # fine-tunes
     assert json.loads((ckpt / "train_log.json").read_text())["ground"]["total_steps"] == 3
     before = load_file(ckpt / "vae-0.safetensors")
-    assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--local", "1", "--clean", "1", "--clean-grey", "1",
-                       "--object-colour", "1", "--keep-generated", "1", "--out", str(ckpt)]) == 0
+    assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--local", "1", "--local-teacher", "--clean", "1",
+                       "--clean-grey", "1", "--object-colour", "1", "--keep-generated", "1", "--out", str(ckpt)]) == 0
     after = load_file(ckpt / "vae-0.safetensors")
     assert train_main(["export", str(ckpt), str(folder)]) == 0  # a folder whose decoder draws the kept colours
     assert train_main(["run", "--smoke", "--stages", "decoder", "--minutes", "1", "--keep-generated", "1", "--colour-reference", str(folder),
@@ -344,8 +344,9 @@ def refused(argv, capsys) -> str:
     (["run", "--out", "{tmp}/c", "--name-backgrounds", "1.5"], "--name-backgrounds is a share of scenes, in \\[0, 1\\]"),
     (["run", "--out", "{tmp}/c", "--name-all=-0.5"], "--name-all is a share of scenes, in \\[0, 1\\]"),
     (["run", "--out", "{tmp}/c", "--keep-generated=-1"], "--keep-generated is a loss weight, ≥ 0"),
-    (["run", "--out", "{tmp}/c", "--colour-reference", "{tmp}"], "choose what --keep-generated keeps: add --keep-generated W"),
-    (["run", "--out", "{tmp}/c", "--bank-size", "64"], "choose what --keep-generated keeps"),
+    (["run", "--out", "{tmp}/c", "--colour-reference", "{tmp}"], "chooses what --keep-generated or --local-teacher keeps: add --keep-generated W"),
+    (["run", "--out", "{tmp}/c", "--bank-size", "64"], "chooses what --keep-generated keeps"),
+    (["run", "--out", "{tmp}/c", "--local-teacher"], "--local-teacher chooses the targets of the --local term: add --local W"),
     (["run", "--out", "{tmp}/c", "--keep-generated", "1", "--colour-reference", "{tmp}"], "has no vae/config.json: pass an exported pipeline folder"),
     (["run", "--out", "{tmp}/c", "--bank-size", "0"], "argument --bank-size: must be ≥ 1"),
     (["run", "--out", "{tmp}/c", "--max-steps", "0"], "argument --max-steps: must be ≥ 1"),
@@ -515,6 +516,27 @@ def test_colour_reference_draws_the_bank_with_its_own_decoder(checkpoint, tmp_pa
     assert not all(torch.equal(own[k], wanted[k]) for k in wanted)
 
 
+def test_local_teacher_holds_each_spliced_side_to_the_starting_decoders_picture(checkpoint, tmp_path, monkeypatch):
+    """--local-teacher: what a spliced half is held to is the starting decoder's own picture of that side (what
+    scripts/decoder_locality.py measures), not the world's picture; without it, the world's picture."""
+    import illustrated_sd.train.decoder as decoder
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, ckpt)
+    start = isd.build_random_pipeline("tiny-sd", seed=0).vae
+    assert load_weights(start, ckpt, "vae")
+    start.float().eval()
+    calls, real = [], decoder.spliced
+    monkeypatch.setattr(decoder, "spliced", lambda latents, images, *rest: calls.append((latents, images)) or real(latents, images, *rest))
+    for teacher in (True, False):
+        train_decoder(ckpt, 1, 2, torch.device("cpu"), 0, max_steps=1, local=1.0, local_teacher=teacher)
+    (latents, taught), (_, plain) = calls
+    with torch.no_grad():
+        wanted = start.decode(latents).sample.clamp(-1, 1)
+    assert torch.allclose(taught, wanted, atol=1e-5)
+    assert not torch.allclose(plain.float(), wanted, atol=0.1)  # the world's pictures: not what the decoder draws
+
+
 def test_the_decoder_stage_counts_drawing_its_bank_in_its_minutes(checkpoint, tmp_path, monkeypatch):
     """--minutes is the stage's whole wall time: a bank that takes longer than the budget leaves no time to train (a
     device call cut part 10 off before its export when the bank's minutes came on top)."""
@@ -541,7 +563,7 @@ def test_decoder_learning_rate_shrinks_with_the_batch():
     assert decoder_lr(16) == pytest.approx(5e-5)  # 16 times smaller: gradients 4 times noisier, a step 4 times shorter
 
 
-@pytest.mark.parametrize("part", [2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15])
+@pytest.mark.parametrize("part", [2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16])
 def test_training_script_starts_a_part_again_from_its_own_checkpoint(tmp_path, part):
     # PYTHON=echo prints each command the script would run. A part imports the pipeline folder into its checkpoint only
     # while it has none; started again, it trains on from that checkpoint (and says so), then exports it.

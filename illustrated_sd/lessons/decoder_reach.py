@@ -34,11 +34,22 @@ def _group_statistics(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch
     return flat.mean(-1, keepdim=True), flat.var(-1, unbiased=False, keepdim=True)
 
 
+# Which GroupNorms replay the original's statistics, by how many channels share one group's statistics. A group of one
+# channel (tiny-sd 2's 32-channel layers at full resolution, with 32 groups) is an *instance* norm: its statistics are
+# that one feature map's over the whole picture. A group of several can be held still by one channel the decoder keeps
+# large and constant, which no single channel can do for itself.
+WHICH_NORMS = {"all": lambda per_group: True, "single-channel": lambda per_group: per_group == 1,
+               "multi-channel": lambda per_group: per_group > 1}
+
+
 @contextmanager
-def _switches(vae, mid_attention: bool = True, norms=None):
+def _switches(vae, mid_attention: bool = True, norms=None, which_norms: str = "all"):
     """Hooks on ``vae.decoder`` for one ``with`` block. ``mid_attention=False``: the middle block's attention returns its
     input (it adds its own residual, so this skips it whole). ``norms``: ``None`` leaves the GroupNorms alone; a list
-    records each GroupNorm's statistics into it (in call order); a filled list makes each use the recorded ones."""
+    records each GroupNorm's statistics into it (in call order); a filled list makes the GroupNorms ``which_norms``
+    chooses (see :func:`kept_change`) use the recorded ones."""
+    if which_norms not in WHICH_NORMS:
+        raise ValueError(f"which_norms is one of {', '.join(map(repr, WHICH_NORMS))} (got {which_norms!r})")
     handles = []
     try:
         if not mid_attention:
@@ -54,6 +65,8 @@ def _switches(vae, mid_attention: bool = True, norms=None):
                     norms.append(_group_statistics(x, module.num_groups))
                     return output
                 mean, var = norms[next(calls)]
+                if not WHICH_NORMS[which_norms](module.num_channels // module.num_groups):
+                    return output
                 y = ((x.reshape(len(x), module.num_groups, -1) - mean) / torch.sqrt(var + module.eps)).reshape(x.shape)
                 shape = (1, -1) + (1,) * (x.dim() - 2)  # the channel axis: 4-d feature maps, or the attention's [N, C, HW]
                 return y * module.weight.view(shape) + module.bias.view(shape) if module.affine else y
@@ -69,7 +82,7 @@ def _switches(vae, mid_attention: bool = True, norms=None):
 
 @torch.no_grad()
 def kept_change(vae, painted: torch.Tensor, original: torch.Tensor, kept: torch.Tensor, mid_attention: bool = True,
-                norms_of_original: bool = False) -> torch.Tensor:
+                norms_of_original: bool = False, which_norms: str = "all") -> torch.Tensor:
     """How far the kept pixels move when ``painted`` is decoded instead of ``original``, in grey levels (0–255).
 
     Args:
@@ -78,13 +91,15 @@ def kept_change(vae, painted: torch.Tensor, original: torch.Tensor, kept: torch.
         kept: ``[H, W]`` booleans at pixel resolution: the pixels to compare.
         mid_attention: ``False`` decodes both without the decoder's middle self-attention.
         norms_of_original: decode ``painted`` with every GroupNorm's statistics taken from ``original``'s decoding.
+        which_norms: with ``norms_of_original``, which GroupNorms take them: ``"all"``, ``"single-channel"`` (those
+            whose groups hold one channel each: instance norms) or ``"multi-channel"`` (the rest).
     Returns:
         ``[N·K]``: for each kept pixel, the largest change of its R, G and B.
     """
     norms = [] if norms_of_original else None
     with _switches(vae, mid_attention, norms):
         before = to_pixels(vae, original)  # with norms_of_original, this decoding records the statistics …
-    with _switches(vae, mid_attention, norms):
+    with _switches(vae, mid_attention, norms, which_norms):
         after = to_pixels(vae, painted)  # … and this one uses them
     grey = lambda x: (x.clamp(-1, 1) + 1) * 127.5  # noqa: E731  [-1, 1] → grey levels
     return (grey(after) - grey(before)).abs().amax(1)[:, kept.to(after.device)].flatten()

@@ -51,6 +51,9 @@ def main(argv=None) -> int:
                      help="decoder: a small object weighs as much in the loss as a big one (its pixels up to 4× more)")
     run.add_argument("--local", type=checks.finite_float, default=0.0,
                      help="decoder: weight of the loss on spliced latents that keeps the decoder local (default: %(default)s, off)")
+    run.add_argument("--local-teacher", action="store_true",
+                     help="decoder, with --local: the spliced halves' targets are the starting decoder's own pictures (or "
+                          "--colour-reference's), and with --keep-generated the UNet's latents are spliced too")
     run.add_argument("--clean", type=checks.finite_float, default=0.0,
                      help="decoder: weight of the loss on faint colour marks away from the objects, the ghost smudges (default: %(default)s, off)")
     run.add_argument("--clean-grey", type=checks.finite_float, default=0.0,
@@ -170,10 +173,14 @@ def run_stages(args) -> None:
         raise ValueError("--token-loss grounds tiny-flux's words: it needs --stages flux (the ground stage weighs its own token loss)")
     if args.tune_t5 and "flux" not in [stage for stage, _ in plan]:
         raise ValueError("--tune-t5 trains T5 with tiny-flux's transformer: it needs --stages flux (the t5 stage always trains T5)")
+    if args.local_teacher and not args.local:
+        raise ValueError("--local-teacher chooses the targets of the --local term: add --local W (say 1)")
     if args.clean_grey and not args.clean:
         raise ValueError("--clean-grey weighs part of the --clean term: add --clean W (say 1)")
-    if (args.colour_reference is not None or args.bank_size is not None) and not args.keep_generated:
-        raise ValueError("--colour-reference and --bank-size choose what --keep-generated keeps: add --keep-generated W (say 1)")
+    if args.bank_size is not None and not args.keep_generated:
+        raise ValueError("--bank-size chooses what --keep-generated keeps: add --keep-generated W (say 1)")
+    if args.colour_reference is not None and not (args.keep_generated or args.local_teacher):
+        raise ValueError("--colour-reference chooses what --keep-generated or --local-teacher keeps: add --keep-generated W (say 1)")
     if args.colour_reference is not None and not (args.colour_reference / "vae" / "config.json").is_file():
         raise ValueError(f"--colour-reference {args.colour_reference} has no vae/config.json: pass an exported pipeline folder "
                          "(say illustrated_sd/assets/tiny-sd)")
@@ -207,7 +214,7 @@ def run_stages(args) -> None:
         if stage == "decoder":
             extra.update(equal_objects=args.equal_objects, local=args.local, clean=args.clean, clean_grey=args.clean_grey,
                          object_colour=args.object_colour,
-                         keep_generated=args.keep_generated, colour_reference=args.colour_reference,
+                         keep_generated=args.keep_generated, colour_reference=args.colour_reference, local_teacher=args.local_teacher,
                          bank_size=4 if args.smoke else args.bank_size or BANK)
         if stage in ("ground", "flux"):
             extra.update(binding=args.binding, two_objects=args.two_objects, name_backgrounds=args.name_backgrounds, name_all=args.name_all)

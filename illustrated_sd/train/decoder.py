@@ -43,8 +43,18 @@ decodes part of the bank and prices each object's mean colour against the starti
 (``object_colour_error``), while the other terms mend the rest. With ``colour_reference`` the bank's pictures come from
 another folder's decoder instead: a decoder that already mends the rest (part 8's) can then take its colours from one
 that draws them right (part 7's), rather than keep its own.
+
+With ``local_teacher`` the spliced half's targets are the *starting decoder's own pictures* of each side (or the
+``colour_reference``'s), not the world's pictures: exactly what ``scripts/decoder_locality.py`` measures (a kept side
+should look as it did before the splice), so the term asks for locality and nothing else. With the world's pictures as
+targets (parts 8, 13 and 15) it also asked for every other change at once, and each such decoder lost orange. With
+``keep_generated`` the bank's latents are spliced too, their targets the bank's pictures: the UNet's latents, where
+orange was lost, are where the decoder is held hardest. Why a decoder leaks at all: each GroupNorm divides by statistics
+of the whole picture (notebook 07, ``lessons.decoder_reach``), so the decoder must learn features whose statistics a
+stranger's half does not move.
 """
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +182,8 @@ BANK = 1024  # generated latents kept for keep_generated (250 MB with their pict
 
 def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20,
                   anneal: bool = True, world: int = 1, equal_objects: bool = False, local: float = 0.0, clean: float = 0.0,
-                  clean_grey: float = 0.0, object_colour: float = 0.0, keep_generated: float = 0.0, bank_size: int = BANK, colour_reference: Path | None = None):
+                  clean_grey: float = 0.0, object_colour: float = 0.0, keep_generated: float = 0.0, bank_size: int = BANK, colour_reference: Path | None = None,
+                  local_teacher: bool = False):
     """Fine-tune ``vae.decoder`` and ``vae.post_quant_conv`` on world pictures; the encoder stays frozen.
 
     Each step encodes a fresh batch, *samples* a latent from the posterior (the UNet's latents are never
@@ -183,6 +194,8 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
     0 = off). ``keep_generated``: the weight of the term that keeps the colours of the UNet's own latents (see
     ``generated_bank``; 0 = off): ``bank_size`` of them, a quarter of a batch decoded each step. ``colour_reference``: a
     pipeline folder whose VAE draws the bank's pictures (default: the decoder being trained, as it starts).
+    ``local_teacher``: the spliced half's targets are that same decoder's pictures of each side, and with
+    ``keep_generated`` the bank is spliced too (see the module's docstring).
     """
     # The clock starts before the bank is drawn: ``minutes`` is the stage's whole wall time, as a machine lent for a
     # fixed time needs it (part 10 drew its bank of 1,024 for about 2.5 minutes on an H100, outside its 6, and a device
@@ -208,6 +221,10 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
         vae.train()
         for frozen in (vae.encoder, vae.quant_conv):
             frozen.eval()
+    teacher = None
+    if local_teacher:  # the decoder as the stage begins (or the colour reference's): what each spliced side should look like
+        source = AutoencoderKL.from_pretrained(Path(colour_reference) / "vae") if colour_reference is not None else vae
+        teacher = copy.deepcopy(source).to(device).float().eval().requires_grad_(False)
     budget.begin_steps()
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 5 + len(read_log(ckpt).get("decoder", {}).get("step", [])))
 
@@ -219,7 +236,8 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
             if not local:
                 recon = vae.decode(latents).sample.float()
             else:
-                mixed, targets, target_masks, far = spliced(latents, images, masks, gen)
+                wanted = images if teacher is None else teacher.decode(latents).sample.float().clamp(-1, 1)
+                mixed, targets, target_masks, far = spliced(latents, wanted, masks, gen)
                 recon, recon_mixed = vae.decode(torch.cat([latents, mixed])).sample.float().chunk(2)
         loss = decoder_loss(recon, images, object_weights(masks, equal_objects))
         if local:
@@ -233,6 +251,11 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
             with _autocast(device):
                 kept = vae.decode(bank[0][pick]).sample.float()
             loss = loss + keep_generated * object_colour_error(kept, bank[1][pick], bank[2][pick])
+            if teacher is not None:  # the UNet's latents spliced too, each side held to the bank's picture of it
+                bank_mixed, bank_targets, bank_masks, bank_far = spliced(bank[0][pick], bank[1][pick], bank[2][pick], gen)
+                with _autocast(device):
+                    bank_recon = vae.decode(bank_mixed).sample.float()
+                loss = loss + local * decoder_loss(bank_recon, bank_targets, bank_far * object_weights(bank_masks, equal_objects))
         return loss
 
     steps = _run("decoder", step_fn, params, decoder_lr(batch_size), ckpt, budget, log_every, anneal=anneal,
