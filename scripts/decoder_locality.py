@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 import illustrated_sd as isd
-from illustrated_sd.evaluate import world_of
+from illustrated_sd.evaluate import vae_sha256, world_of
 from illustrated_sd.lessons.decoder_reach import kept_change
 from illustrated_sd.lessons.latent_space import to_latent
+from illustrated_sd.paths import TINY_SD
 from illustrated_sd.world import as_uint8, render, sample_scenes
 
 
@@ -66,7 +67,7 @@ def measure(model: str | None, pairs: int, seam: int, device: str, paths: bool =
         for name in changes:  # the largest change of R, G, B per kept pixel (lessons.decoder_reach)
             changes[name].append(kept_change(vae, a * (1 - beyond) + b * beyond, a, kept, **PATHS[name]))
     summary = {name: grades(torch.cat(change).cpu().numpy()) for name, change in changes.items()}
-    result = {"model": model or "tiny-sd 2 (embedded)", "pairs": pairs, "cuts": ["left | right", "top | bottom"], "seam_latent_pixels": seam,
+    result = {"model": model or "tiny-sd 2 (embedded)", "vae_sha256": vae_sha256(model or TINY_SD), "pairs": pairs, "cuts": ["left | right", "top | bottom"], "seam_latent_pixels": seam,
               **summary.pop("as decoded")}
     if paths:  # which part of the decoder carries the painted half across: each switched off, or fed the kept picture's
         result["paths"] = summary

@@ -5,6 +5,8 @@ from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
 from PIL import Image, ImageDraw
 
 import illustrated_sd as isd
+from illustrated_sd.evaluate import vae_sha256
+from illustrated_sd.paths import TINY_SD
 
 PROMPT = "a red circle on the left and a blue star on the right"
 
@@ -148,10 +150,13 @@ def test_decoder_locality_script_measures_the_paths_beside_the_decoders_own_chan
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "decoder_locality.py"))
     plain = script["measure"](None, 2, 1, "cpu")
     both = script["measure"](None, 2, 1, "cpu", paths=True)
-    assert "paths" not in plain and set(both["paths"]) == {"middle attention off", "GroupNorm statistics of the kept picture"}
+    assert "paths" not in plain and set(both["paths"]) == {"middle attention off", "GroupNorm statistics of the kept picture",
+                                                           "… in the single-channel GroupNorms only", "… in the multi-channel GroupNorms only"}
     assert both["grey_levels"] == plain["grey_levels"] and plain["kept_pixels"] == 2 * 2 * 128 * 56
-    norms = both["paths"]["GroupNorm statistics of the kept picture"]["grey_levels"]["mean"]
-    assert norms < plain["grey_levels"]["mean"] / 3
+    mean = lambda path: both["paths"][path]["grey_levels"]["mean"]  # noqa: E731
+    assert mean("GroupNorm statistics of the kept picture") < plain["grey_levels"]["mean"] / 3
+    assert mean("… in the single-channel GroupNorms only") > mean("GroupNorm statistics of the kept picture")  # one kind: less
+    assert plain["vae_sha256"] == vae_sha256(TINY_SD)  # which decoder the figures are of
 
 
 def test_decoder_locality_script_grades_the_pipelines_own_inpaintings():
