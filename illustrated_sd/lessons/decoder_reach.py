@@ -4,7 +4,7 @@ pixels of the other.
 Inpainting keeps the kept half's *latent* exactly, yet its pixels change. Three parts of the decoder could carry the
 painted half across:
 
-- the convolutions: each reaches one pixel further, and stacked (a dozen at the latent's own 16 × 16 alone) they could
+- the convolutions: each reaches one pixel further, and stacked (nine at the latent's own 16 × 16 alone) they could
   reach across most of the latent;
 - the middle block's self-attention, where every pixel reads every latent pixel;
 - every GroupNorm, which subtracts the mean of the *whole* picture's features and divides by their standard deviation
