@@ -660,3 +660,43 @@ def test_the_ema_follows_its_recurrence_and_keeps_counters_as_they_are():
         if v.is_floating_point():
             torch.testing.assert_close(ema.weights[k], v, rtol=1e-6, atol=1e-6)
     assert ema.weights["1.num_batches_tracked"] == 6  # a counter is not averaged: the latest count
+
+
+def test_regrouped_copies_every_weight_into_fewer_groups_and_refuses_a_grouping_that_does_not_divide():
+    """train.regroup.regrouped: diffusers' own AutoencoderKL with another norm_num_groups, every weight copied (a
+    GroupNorm's scale and shift are per channel), yet another function (each norm pools other channels' statistics)."""
+    from illustrated_sd.train.regroup import posterior_loss, regrouped
+
+    vae = isd.build_random_pipeline("tiny-sd", seed=0).vae.eval()
+    copy = regrouped(vae, 16).eval()
+    assert copy.config.norm_num_groups == 16 and vae.config.norm_num_groups == 32
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), copy.state_dict().values()))
+    assert {m.num_channels // m.num_groups for m in copy.decoder.modules() if isinstance(m, torch.nn.GroupNorm)} == {2, 4, 8}
+    images = torch.rand(2, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        assert posterior_loss(vae, vae, images) == 0
+        assert posterior_loss(copy, vae, images) > 0
+        latents = torch.randn(2, 4, 16, 16)
+        assert not torch.allclose(copy.decode(latents).sample, vae.decode(latents).sample, atol=1e-3)
+    with pytest.raises(ValueError, match=r"--groups 3 must divide every GroupNorm's channels \(32, 64, 128\): try one of \[1, 2, 4, 8, 16, 32\]"):
+        regrouped(vae, 3)
+
+
+def test_regroup_vae_writes_the_pipeline_with_its_vae_regrouped_and_never_over_a_folder(tmp_path):
+    """python -m illustrated_sd.train.regroup: OUT is SOURCE with a regrouped, trained VAE (loadable by diffusers as it
+    is) and the run's losses in its train_log.json; an existing OUT is refused before anything is trained."""
+    from illustrated_sd.train.regroup import main as regroup_main
+
+    source, out = tmp_path / "source", tmp_path / "out"
+    isd.build_random_pipeline("tiny-sd", seed=0).save_pretrained(source)
+    argv = [str(source), str(out), "--groups", "8", "--max-steps", "2", "--batch-size", "2", "--bank-size", "2"]
+    assert regroup_main(argv) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, requires_safety_checker=False)
+    assert pipe.vae.config.norm_num_groups == 8
+    before = load_file(source / "vae" / "diffusion_pytorch_model.safetensors")
+    after = load_file(out / "vae" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(before[k].float(), after[k].float()) for k in before if k.startswith("encoder."))
+    assert any(not torch.equal(before[k].float(), after[k].float()) for k in before if k.startswith("decoder."))
+    assert read_log(out)["regroup"]["total_steps"] == 2
+    with pytest.raises(FileExistsError, match="exists: choose a new folder"):
+        regroup_main(argv)

@@ -1,0 +1,132 @@
+"""Rebuild tiny-sd 2's VAE with fewer GroupNorm groups, and train it back to the same latents and pictures.
+
+Why: the decoder is not local (notebook 07; ``lessons.decoder_reach``): every GroupNorm divides by statistics of the
+whole picture, so what an inpainting paints on the right moves the pixels it keeps on the left. Fine-tuning the
+decoder to be local (``decoder.py``'s ``local`` term, parts 8 to 16 in the model card) got the kept half from 74 grey
+levels down to 12-17, and each time cost orange. One reason may be its four full-resolution GroupNorms: their 32
+groups hold one channel each (instance norms). A group of several channels can be held still by one of them that
+the decoder keeps large and constant, whatever the picture (its share then sets the group's mean and spread); a
+channel alone cannot hold itself still. So give every group several channels.
+
+How, keeping diffusers' own class and the latent space every denoiser learned:
+1. Build an ``AutoencoderKL`` like the source's, but for ``norm_num_groups`` (32 → ``groups``), and copy every weight
+   across: a GroupNorm's scale and shift are per channel, so they fit any grouping. The copy is *not* the same
+   function (each norm now pools other channels' statistics): at 16 groups its round trip is off by about 60 grey levels.
+2. Train the copy's encoder to give the source encoder's posterior (mean and log-variance) for the world's pictures,
+   so that the UNet's and tiny-flux's latents keep their meaning;
+3. and at the same time its decoder to draw the source decoder's picture of each latent (the encoder's, and the
+   UNet's own from a bank drawn first: ``decoder.generated_bank``), and of a spliced latent each side's own picture
+   (``decoder.spliced``): what ``scripts/decoder_locality.py`` measures. The source decoder is the teacher: its
+   colours (orange included) are what the copy is held to, so a locality that costs colour shows as a loss that
+   does not fall.
+
+    python -m illustrated_sd.train.regroup SOURCE OUT [--groups 16] [--minutes 4] [--batch-size 128] [--local 1]
+
+SOURCE is a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd); OUT becomes a copy of it whose ``vae/`` is the
+regrouped one, with the run's losses in its ``train_log.json`` (``regroup``). Graded like any decoder candidate
+(``scripts/grade_decoder.sh OUT NAME``).
+"""
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+from .. import checks
+from ..world import render, sample_scenes
+from .decoder import decoder_loss, decoder_lr, generated_bank, object_weights, spliced
+from .stages import Budget, _autocast, _run
+
+LOGVAR_WEIGHT = 0.1  # the posterior's spread matters less than its centre: the UNet learned the centres' space
+
+
+def regrouped(vae: AutoencoderKL, groups: int) -> AutoencoderKL:
+    """A copy of ``vae`` whose GroupNorms have ``groups`` groups, every weight copied (not the same function: see the
+    module). ``ValueError`` if a layer's channels do not split into ``groups``."""
+    widths = sorted({m.num_channels for m in vae.modules() if isinstance(m, torch.nn.GroupNorm)})
+    if groups < 1 or any(width % groups for width in widths):
+        raise ValueError(f"--groups {groups} must divide every GroupNorm's channels ({', '.join(map(str, widths))}): "
+                         f"try one of {[g for g in (1, 2, 4, 8, 16, 32, 64) if all(w % g == 0 for w in widths)]}")
+    copy = AutoencoderKL.from_config({**vae.config, "norm_num_groups": groups})
+    copy.load_state_dict(vae.state_dict())  # same names and shapes: a GroupNorm's affine weights are per channel
+    return copy
+
+
+def posterior_loss(new: AutoencoderKL, old: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """How far ``new``'s encoder is from ``old``'s on ``images`` ``[B, 3, H, W]``: the squared error of the posterior's
+    mean, plus ``LOGVAR_WEIGHT`` times that of its log-variance (each ``[B, 4, h, w]``), averaged → a scalar."""
+    with torch.no_grad():
+        want_mean, want_logvar = old.quant_conv(old.encoder(images)).chunk(2, dim=1)
+    mean, logvar = new.quant_conv(new.encoder(images)).chunk(2, dim=1)
+    return F.mse_loss(mean.float(), want_mean.float()) + LOGVAR_WEIGHT * F.mse_loss(logvar.float(), want_logvar.float())
+
+
+def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size: int, device, seed: int = 0,
+                local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20) -> int:
+    """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
+    module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken."""
+    source, out = Path(source), Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
+    budget = Budget(minutes, max_steps)
+    pipe = StableDiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False).to(device)
+    old = pipe.vae.float().eval().requires_grad_(False)
+    new = regrouped(old, groups).to(device).train()
+    # the UNet's own latents, and the source decoder's pictures of them (its colours: what the copy is held to)
+    bank = generated_bank(pipe, old, bank_size, device, seed, world=2)
+    gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 17)
+    shutil.copytree(source, out)  # the log goes with the folder from the first save on
+    budget.begin_steps()
+
+    def step_fn(step):
+        images, masks = render(sample_scenes([seed, 17, step], batch_size, version=2), device=device)
+        pick = torch.randint(0, bank_size, (max(1, batch_size // 4),), generator=gen, device=device)
+        with _autocast(device):
+            encoder = posterior_loss(new, old, images)
+            with torch.no_grad():  # the source's latents (the space the denoisers learned) and its pictures of them
+                latents = old.encode(images).latent_dist.sample(generator=gen)
+                wanted = old.decode(latents).sample.float().clamp(-1, 1)
+            mixed, targets, target_masks, far = spliced(latents, wanted, masks, gen)
+            bank_mixed, bank_targets, bank_masks, bank_far = spliced(bank[0][pick], bank[1][pick], bank[2][pick], gen)
+            recon, recon_mixed, from_bank, from_bank_mixed = new.decode(
+                torch.cat([latents, mixed, bank[0][pick], bank_mixed])).sample.float().split([len(latents)] * 2 + [len(pick)] * 2)
+        weigh = lambda m: object_weights(m, equal_objects=True)  # noqa: E731
+        decoder = (decoder_loss(recon, wanted, weigh(masks)) + decoder_loss(from_bank, bank[1][pick], weigh(bank[2][pick]))
+                   + local * decoder_loss(recon_mixed, targets, far * weigh(target_masks))
+                   + local * decoder_loss(from_bank_mixed, bank_targets, bank_far * weigh(bank_masks)))
+        return encoder + decoder
+
+    def save():
+        new.save_pretrained(out / "vae")
+
+    steps = _run("regroup", step_fn, list(new.parameters()), decoder_lr(batch_size), out, budget, log_every, warmup=50,
+                 anneal=True, save=save)
+    save()
+    return steps
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m illustrated_sd.train.regroup", description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd)")
+    parser.add_argument("out", type=Path, help="a new folder: the pipeline with the regrouped VAE")
+    parser.add_argument("--groups", type=checks.positive_int, default=16, help="GroupNorm groups (default: %(default)s; the source has 32)")
+    parser.add_argument("--minutes", type=checks.finite_float, default=4.0)
+    parser.add_argument("--max-steps", type=checks.positive_int, default=None)
+    parser.add_argument("--batch-size", type=checks.positive_int, default=128)
+    parser.add_argument("--local", type=checks.finite_float, default=1.0, help="weight of the spliced latents' loss (default: %(default)s)")
+    parser.add_argument("--bank-size", type=checks.positive_int, default=256, help="the UNet's latents drawn first (default: %(default)s)")
+    parser.add_argument("--seed", type=checks.natural_int, default=0)
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    steps = regroup_vae(args.source, args.out, args.groups, args.minutes, args.batch_size, device, args.seed, args.local,
+                        args.bank_size, args.max_steps)
+    print(f"regroup: {steps} steps on {device.type}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
