@@ -38,6 +38,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 from .. import checks
 from ..world import render, sample_scenes
 from .decoder import decoder_loss, decoder_lr, generated_bank, object_weights, spliced
+from .export import write_atomically
 from .stages import Budget, _autocast, _run
 
 LOGVAR_WEIGHT = 0.1  # the posterior's spread matters less than its centre: the UNet learned the centres' space
@@ -55,43 +56,47 @@ def regrouped(vae: AutoencoderKL, groups: int) -> AutoencoderKL:
     return copy
 
 
-def posterior_loss(new: AutoencoderKL, old: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
-    """How far ``new``'s encoder is from ``old``'s on ``images`` ``[B, 3, H, W]``: the squared error of the posterior's
-    mean, plus ``LOGVAR_WEIGHT`` times that of its log-variance (each ``[B, 4, h, w]``), averaged → a scalar."""
-    with torch.no_grad():
-        want_mean, want_logvar = old.quant_conv(old.encoder(images)).chunk(2, dim=1)
-    mean, logvar = new.quant_conv(new.encoder(images)).chunk(2, dim=1)
-    return F.mse_loss(mean.float(), want_mean.float()) + LOGVAR_WEIGHT * F.mse_loss(logvar.float(), want_logvar.float())
+def posterior_loss(new: AutoencoderKL, wanted, images: torch.Tensor) -> torch.Tensor:
+    """How far ``new``'s encoder is from a posterior ``wanted`` (the source encoder's ``latent_dist`` of the same
+    ``images`` ``[B, 3, H, W]``): the squared error of the mean, plus ``LOGVAR_WEIGHT`` times that of the log-variance
+    (each ``[B, 4, h, w]``), averaged → a scalar."""
+    posterior = new.encode(images).latent_dist
+    return (F.mse_loss(posterior.mean.float(), wanted.mean.float())
+            + LOGVAR_WEIGHT * F.mse_loss(posterior.logvar.float(), wanted.logvar.float()))
 
 
 def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size: int, device, seed: int = 0,
                 local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20) -> int:
     """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
-    module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken."""
-    source, out = Path(source), Path(out)
+    module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
+
+    The run cannot resume: it trains in a scratch folder beside ``out`` and puts it in ``out``'s place only at the end
+    (float16, as every shipped weight), so a run cut short leaves no ``out`` that looks finished. Memory: a batch of 128
+    holds about 30 GB of activations on a GPU (256 fits one H100 only alone)."""
+    source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
     budget = Budget(minutes, max_steps)
-    pipe = StableDiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32, safety_checker=None,
+    pipe = StableDiffusionPipeline.from_pretrained(source, dtype=torch.float32, safety_checker=None,
                                                    requires_safety_checker=False).to(device)
     old = pipe.vae.float().eval().requires_grad_(False)
     new = regrouped(old, groups).to(device).train()
     # the UNet's own latents, and the source decoder's pictures of them (its colours: what the copy is held to)
     bank = generated_bank(pipe, old, bank_size, device, seed, world=2)
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 17)
-    shutil.copytree(source, out)  # the log goes with the folder from the first save on
     budget.begin_steps()
 
     def step_fn(step):
         images, masks = render(sample_scenes([seed, 17, step], batch_size, version=2), device=device)
         pick = torch.randint(0, bank_size, (max(1, batch_size // 4),), generator=gen, device=device)
+        with torch.no_grad():  # the source's posterior, a latent from it (the denoisers' space) and its picture, in float32
+            posterior = old.encode(images).latent_dist
+            latents = posterior.sample(generator=gen)
+            wanted = old.decode(latents).sample.clamp(-1, 1)
+        mixed, targets, target_masks, far = spliced(latents, wanted, masks, gen)
+        bank_mixed, bank_targets, bank_masks, bank_far = spliced(bank[0][pick], bank[1][pick], bank[2][pick], gen)
         with _autocast(device):
-            encoder = posterior_loss(new, old, images)
-            with torch.no_grad():  # the source's latents (the space the denoisers learned) and its pictures of them
-                latents = old.encode(images).latent_dist.sample(generator=gen)
-                wanted = old.decode(latents).sample.float().clamp(-1, 1)
-            mixed, targets, target_masks, far = spliced(latents, wanted, masks, gen)
-            bank_mixed, bank_targets, bank_masks, bank_far = spliced(bank[0][pick], bank[1][pick], bank[2][pick], gen)
+            encoder = posterior_loss(new, posterior, images)
             recon, recon_mixed, from_bank, from_bank_mixed = new.decode(
                 torch.cat([latents, mixed, bank[0][pick], bank_mixed])).sample.float().split([len(latents)] * 2 + [len(pick)] * 2)
         weigh = lambda m: object_weights(m, equal_objects=True)  # noqa: E731
@@ -100,12 +105,17 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
                    + local * decoder_loss(from_bank_mixed, bank_targets, bank_far * weigh(bank_masks)))
         return encoder + decoder
 
-    def save():
-        new.save_pretrained(out / "vae")
+    steps = 0
 
-    steps = _run("regroup", step_fn, list(new.parameters()), decoder_lr(batch_size), out, budget, log_every, warmup=50,
-                 anneal=True, save=save)
-    save()
+    def write(tmp: Path):
+        nonlocal steps
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        steps = _run("regroup", step_fn, list(new.parameters()), decoder_lr(batch_size), tmp, budget, log_every, warmup=50,
+                     anneal=True)
+        shutil.rmtree(tmp / "vae")
+        new.to(torch.float16).save_pretrained(tmp / "vae")  # its last use: float16, as every shipped weight
+
+    write_atomically(out, write)
     return steps
 
 
@@ -114,13 +124,15 @@ def main(argv=None) -> int:
     parser.add_argument("source", type=Path, help="a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd)")
     parser.add_argument("out", type=Path, help="a new folder: the pipeline with the regrouped VAE")
     parser.add_argument("--groups", type=checks.positive_int, default=16, help="GroupNorm groups (default: %(default)s; the source has 32)")
-    parser.add_argument("--minutes", type=checks.finite_float, default=4.0)
+    parser.add_argument("--minutes", type=checks.positive_float, default=4.0, help="the whole run's wall time, the bank's drawing included")
     parser.add_argument("--max-steps", type=checks.positive_int, default=None)
     parser.add_argument("--batch-size", type=checks.positive_int, default=128)
     parser.add_argument("--local", type=checks.finite_float, default=1.0, help="weight of the spliced latents' loss (default: %(default)s)")
     parser.add_argument("--bank-size", type=checks.positive_int, default=256, help="the UNet's latents drawn first (default: %(default)s)")
     parser.add_argument("--seed", type=checks.natural_int, default=0)
     args = parser.parse_args(argv)
+    if args.local < 0:
+        parser.error(f"--local is a loss weight, ≥ 0 (got {args.local:g})")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     steps = regroup_vae(args.source, args.out, args.groups, args.minutes, args.batch_size, device, args.seed, args.local,
                         args.bank_size, args.max_steps)
