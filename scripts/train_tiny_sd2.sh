@@ -92,7 +92,12 @@
 #           with part 15's terms, but each spliced side held to the *starting decoder's own picture* of it
 #           (--local-teacher: what scripts/decoder_locality.py measures, and nothing else), the UNet's latents spliced
 #           too. LOCAL (default 1) weighs the splicing term; BANK_SIZE (default 1,024) UNet latents are drawn first. Exported to MODEL_DIR.16 for scripts/grade_decoder.sh.
-# PART is 1 to 16 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
+#   part 17 (one GPU; run alone, not by all; not run yet): the VAE rebuilt with 16 GroupNorm groups instead of 32, so that
+#           no group holds a single channel (notebook 07: the four full-resolution instance norms carry most of a
+#           splice's leak), its encoder trained back to the shipped posterior and its decoder to the shipped decoder's
+#           pictures and to locality (python -m illustrated_sd.train.regroup: not a checkpoint stage; it writes
+#           MODEL_DIR.17 whole; NORM_GROUPS chooses the groups). On 2 CPU cores a step of 16 takes 13 s: this part needs the GPU.
+# PART is 1 to 17 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,
 # not from the new export: delete CHECKPOINT_DIR.N of the parts to redo.
@@ -207,15 +212,18 @@ if [[ $part == 13 ]]; then
     --object-colour 1 --keep-generated 1
   "$python" -m illustrated_sd.train export "$ckpt.13" "${model%/}.13" --force
 fi
+if [[ $part == 15 ]]; then
+  start "$model" "$ckpt.15"
+  train --out "$ckpt.15" --stages decoder --minutes "${DECODER_MINUTES:-7}" --equal-objects --local 1 --clean 1 --clean-grey 1 \
+    --object-colour 3 --keep-generated 3
+  "$python" -m illustrated_sd.train export "$ckpt.15" "${model%/}.15" --force
+fi
 if [[ $part == 16 ]]; then
   start "$model" "$ckpt.16"
   train --out "$ckpt.16" --stages decoder --minutes "${DECODER_MINUTES:-7}" --equal-objects --local "${LOCAL:-1}" --local-teacher \
     --clean 1 --clean-grey 1 --object-colour 3 --keep-generated 3 --bank-size "${BANK_SIZE:-1024}"
   "$python" -m illustrated_sd.train export "$ckpt.16" "${model%/}.16" --force
 fi
-if [[ $part == 15 ]]; then
-  start "$model" "$ckpt.15"
-  train --out "$ckpt.15" --stages decoder --minutes "${DECODER_MINUTES:-7}" --equal-objects --local 1 --clean 1 --clean-grey 1 \
-    --object-colour 3 --keep-generated 3
-  "$python" -m illustrated_sd.train export "$ckpt.15" "${model%/}.15" --force
+if [[ $part == 17 ]]; then
+  "$python" -m illustrated_sd.train.regroup "$model" "${model%/}.17" --groups "${NORM_GROUPS:-16}" --minutes "${DECODER_MINUTES:-7}"
 fi

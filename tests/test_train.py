@@ -344,7 +344,7 @@ def refused(argv, capsys) -> str:
     (["run", "--out", "{tmp}/c", "--name-backgrounds", "1.5"], "--name-backgrounds is a share of scenes, in \\[0, 1\\]"),
     (["run", "--out", "{tmp}/c", "--name-all=-0.5"], "--name-all is a share of scenes, in \\[0, 1\\]"),
     (["run", "--out", "{tmp}/c", "--keep-generated=-1"], "--keep-generated is a loss weight, ≥ 0"),
-    (["run", "--out", "{tmp}/c", "--colour-reference", "{tmp}"], "chooses what --keep-generated or --local-teacher keeps: add --keep-generated W"),
+    (["run", "--out", "{tmp}/c", "--colour-reference", "{tmp}"], "whose pictures --keep-generated or --local-teacher hold to: add --keep-generated W \\(say 1\\), or --local W --local-teacher"),
     (["run", "--out", "{tmp}/c", "--bank-size", "64"], "chooses what --keep-generated keeps"),
     (["run", "--out", "{tmp}/c", "--local-teacher"], "--local-teacher chooses the targets of the --local term: add --local W"),
     (["run", "--out", "{tmp}/c", "--keep-generated", "1", "--colour-reference", "{tmp}"], "has no vae/config.json: pass an exported pipeline folder"),
@@ -528,13 +528,13 @@ def test_local_teacher_holds_each_spliced_side_to_the_starting_decoders_picture(
     start.float().eval()
     calls, real = [], decoder.spliced
     monkeypatch.setattr(decoder, "spliced", lambda latents, images, *rest: calls.append((latents, images)) or real(latents, images, *rest))
-    for teacher in (True, False):
-        train_decoder(ckpt, 1, 2, torch.device("cpu"), 0, max_steps=1, local=1.0, local_teacher=teacher)
-    (latents, taught), (_, plain) = calls
-    with torch.no_grad():
-        wanted = start.decode(latents).sample.clamp(-1, 1)
-    assert torch.allclose(taught, wanted, atol=1e-5)
-    assert not torch.allclose(plain.float(), wanted, atol=0.1)  # the world's pictures: not what the decoder draws
+    train_decoder(ckpt, 1, 2, torch.device("cpu"), 0, max_steps=2, local=1.0, local_teacher=True)
+    train_decoder(ckpt, 1, 2, torch.device("cpu"), 0, max_steps=1, local=1.0)
+    with torch.no_grad():  # both steps held to the decoder as it started (a frozen copy), not as it trains
+        for latents, taught in calls[:2]:
+            assert torch.equal(taught, start.decode(latents).sample.clamp(-1, 1))
+        latents, plain = calls[2]
+        assert not torch.allclose(plain.float(), start.decode(latents).sample, atol=0.1)  # the world's pictures instead
 
 
 def test_the_decoder_stage_counts_drawing_its_bank_in_its_minutes(checkpoint, tmp_path, monkeypatch):

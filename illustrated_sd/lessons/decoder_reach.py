@@ -96,6 +96,10 @@ def kept_change(vae, painted: torch.Tensor, original: torch.Tensor, kept: torch.
     Returns:
         ``[N·K]``: for each kept pixel, the largest change of its R, G and B.
     """
+    if which_norms not in WHICH_NORMS:
+        raise ValueError(f"which_norms is one of {', '.join(map(repr, WHICH_NORMS))} (got {which_norms!r})")
+    if which_norms != "all" and not norms_of_original:
+        raise ValueError(f"which_norms={which_norms!r} chooses which GroupNorms take the original's statistics: add norms_of_original=True")
     norms = [] if norms_of_original else None
     with _switches(vae, mid_attention, norms):
         before = to_pixels(vae, original)  # with norms_of_original, this decoding records the statistics …

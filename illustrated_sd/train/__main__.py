@@ -180,7 +180,8 @@ def run_stages(args) -> None:
     if args.bank_size is not None and not args.keep_generated:
         raise ValueError("--bank-size chooses what --keep-generated keeps: add --keep-generated W (say 1)")
     if args.colour_reference is not None and not (args.keep_generated or args.local_teacher):
-        raise ValueError("--colour-reference chooses what --keep-generated or --local-teacher keeps: add --keep-generated W (say 1)")
+        raise ValueError("--colour-reference chooses the decoder whose pictures --keep-generated or --local-teacher hold to: "
+                         "add --keep-generated W (say 1), or --local W --local-teacher")
     if args.colour_reference is not None and not (args.colour_reference / "vae" / "config.json").is_file():
         raise ValueError(f"--colour-reference {args.colour_reference} has no vae/config.json: pass an exported pipeline folder "
                          "(say illustrated_sd/assets/tiny-sd)")

@@ -45,9 +45,12 @@ another folder's decoder instead: a decoder that already mends the rest (part 8'
 that draws them right (part 7's), rather than keep its own.
 
 With ``local_teacher`` the spliced half's targets are the *starting decoder's own pictures* of each side (or the
-``colour_reference``'s), not the world's pictures: exactly what ``scripts/decoder_locality.py`` measures (a kept side
-should look as it did before the splice), so the term asks for locality and nothing else. With the world's pictures as
-targets (parts 8, 13 and 15) it also asked for every other change at once, and each such decoder lost orange. With
+``colour_reference``'s), not the world's pictures: what ``scripts/decoder_locality.py`` measures (a kept side should
+look as the starting decoder drew it before the splice). The plain term still asks for the world's pictures, so the
+spliced term is the one that holds the decoder to its starting colours. With the world's pictures as targets (parts
+8, 13 and 15) the spliced term asked for every other change too, and each such decoder lost orange. The starting
+decoder is the checkpoint's as the stage begins: a part started again from its own checkpoint is held to its partly
+trained decoder (pass ``colour_reference`` to pin one). With
 ``keep_generated`` the bank's latents are spliced too, their targets the bank's pictures: the UNet's latents, where
 orange was lost, are where the decoder is held hardest. It did not keep orange either: part 16 (2026-12-06, 314 steps on
 an H100, the term weighed 3) took the locality from 73.6 to 15.5 grey levels and held-out colour from 91.7% to 86.1%,
@@ -227,6 +230,12 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
     if local_teacher:  # the decoder as the stage begins (or the colour reference's): what each spliced side should look like
         source = AutoencoderKL.from_pretrained(Path(colour_reference) / "vae") if colour_reference is not None else vae
         teacher = copy.deepcopy(source).to(device).float().eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def pictured(latents):  # the teacher's pictures, in float32 outside autocast, as decoder_locality.py decodes
+        with torch.autocast(device.type, enabled=False):
+            return teacher.decode(latents.float()).sample.clamp(-1, 1)
+
     budget.begin_steps()
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 5 + len(read_log(ckpt).get("decoder", {}).get("step", [])))
 
@@ -238,8 +247,7 @@ def train_decoder(ckpt: Path, minutes: float, batch_size: int, device, seed: int
             if not local:
                 recon = vae.decode(latents).sample.float()
             else:
-                wanted = images if teacher is None else teacher.decode(latents).sample.float().clamp(-1, 1)
-                mixed, targets, target_masks, far = spliced(latents, wanted, masks, gen)
+                mixed, targets, target_masks, far = spliced(latents, images if teacher is None else pictured(latents), masks, gen)
                 recon, recon_mixed = vae.decode(torch.cat([latents, mixed])).sample.float().chunk(2)
         loss = decoder_loss(recon, images, object_weights(masks, equal_objects))
         if local:

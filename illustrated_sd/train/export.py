@@ -112,6 +112,11 @@ def import_folder(folder: Path, ckpt: Path) -> Path:
     if ckpt.exists() and not ckpt.is_dir():
         raise ValueError(f"{ckpt} is a file; the checkpoint is a folder: choose a new folder name")
     pipe = load_pipeline(folder).pipeline
+    built = build_random_pipeline("tiny-sd").vae.config.norm_num_groups  # what the training stages rebuild it as
+    if pipe.vae.config.norm_num_groups != built:  # same weight shapes, another function: it would load without a word
+        raise ValueError(f"{folder}'s VAE has {pipe.vae.config.norm_num_groups} GroupNorm groups (python -m "
+                         f"illustrated_sd.train.regroup), the training stages build {built}: train it on with "
+                         "illustrated_sd.train.regroup, not with train run")
     for module, name in ((pipe.text_encoder, "text_encoder"), (pipe.vae, "vae"), (pipe.unet, "unet")):
         save_weights(module, ckpt, name)
     for path in (folder / "clip").glob("*.safetensors"):
