@@ -701,5 +701,8 @@ def test_regroup_vae_writes_the_pipeline_with_its_vae_regrouped_and_never_over_a
     assert {t.dtype for t in after.values()} == {torch.float16}  # as every shipped weight (the source here is float32)
     assert read_log(out)["regroup"]["total_steps"] == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no scratch folder left behind
+    from illustrated_sd.train.export import import_folder
+    with pytest.raises(ValueError, match="VAE has 8 GroupNorm groups .* the training stages build 32: train it on with illustrated_sd.train.regroup"):
+        import_folder(out, tmp_path / "ckpt")  # train run would rebuild it with 32 groups: another function, silently
     with pytest.raises(FileExistsError, match="exists: choose a new folder"):
         regroup_main(argv)
