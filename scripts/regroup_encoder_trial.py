@@ -5,7 +5,7 @@ posterior mean compared with the shipped encoder's on 32 held-out pictures (the 
     python scripts/regroup_encoder_trial.py [--groups 16] [--seconds 300]
 
 Session 29 (2026-12-06, this project's 2-core CPU): 0.289 at the start, 0.053 after 50 steps, 0.035 after 266 (5
-minutes). The encoder is the easy half; the decoder's step is about 13 s on the same CPU, so its half needs a GPU.
+minutes). The encoder is the easy half; a whole regroup step of 16 took 13 s on the same CPU, so the decoder needs a GPU.
 """
 
 import argparse

@@ -54,9 +54,10 @@ trained decoder (pass ``colour_reference`` to pin one). With
 ``keep_generated`` the bank's latents are spliced too, their targets the bank's pictures: the UNet's latents, where
 orange was lost, are where the decoder is held hardest. It did not keep orange either: part 16 (2026-12-06, 314 steps on
 an H100, the term weighed 3) took the locality from 73.6 to 15.5 grey levels and held-out colour from 91.7% to 86.1%,
-as parts 13 and 15 had done (model card). Why a decoder leaks at all: each GroupNorm divides by statistics of the whole
-picture (notebook 07, ``lessons.decoder_reach``), so the decoder must learn features whose statistics a stranger's half
-does not move, and its four full-resolution GroupNorms hold one channel per group, which no other channel can steady.
+as part 15 had done (17.3, 86.1%; part 13 lost orange too). Why a decoder leaks at all: each GroupNorm divides by
+statistics of the whole picture (notebook 07, ``lessons.decoder_reach``), so the decoder must learn features whose
+statistics a stranger's half does not move, and four of its five full-resolution GroupNorms hold one channel per group,
+which no other channel can steady.
 """
 
 import copy

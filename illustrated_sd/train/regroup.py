@@ -2,16 +2,16 @@
 
 Why: the decoder is not local (notebook 07; ``lessons.decoder_reach``): every GroupNorm divides by statistics of the
 whole picture, so what an inpainting paints on the right moves the pixels it keeps on the left. Fine-tuning the
-decoder to be local (``decoder.py``'s ``local`` term, parts 8 to 16 in the model card) got the kept half from 74 grey
-levels down to 12-17, and each time cost orange. One reason may be its four full-resolution GroupNorms: their 32
-groups hold one channel each (instance norms). A group of several channels can be held still by one of them that
+decoder to be local (``decoder.py``'s ``local`` term, parts 8, 13, 15 and 16 in the model card) got the kept half
+from about 73 grey levels down to 12-17, and each time cost orange. One reason may be four of its five
+full-resolution GroupNorms: their 32 groups hold one channel each (instance norms). A group of several channels can be held still by one of them that
 the decoder keeps large and constant, whatever the picture (its share then sets the group's mean and spread); a
 channel alone cannot hold itself still. So give every group several channels.
 
 How, keeping diffusers' own class and the latent space every denoiser learned:
 1. Build an ``AutoencoderKL`` like the source's, but for ``norm_num_groups`` (32 → ``groups``), and copy every weight
    across: a GroupNorm's scale and shift are per channel, so they fit any grouping. The copy is *not* the same
-   function (each norm now pools other channels' statistics): at 16 groups its round trip is off by about 60 grey levels.
+   function (each norm now pools other channels' statistics), and its pictures are far off until trained back.
 2. Train the copy's encoder to give the source encoder's posterior (mean and log-variance) for the world's pictures,
    so that the UNet's and tiny-flux's latents keep their meaning;
 3. and at the same time its decoder to draw the source decoder's picture of each latent (the encoder's, and the
@@ -71,8 +71,7 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
     The run cannot resume: it trains in a scratch folder beside ``out`` and puts it in ``out``'s place only at the end
-    (float16, as every shipped weight), so a run cut short leaves no ``out`` that looks finished. Memory: a batch of 128
-    holds about 30 GB of activations on a GPU (256 fits one H100 only alone)."""
+    (float16, as every shipped weight), so a run cut short leaves no ``out`` that looks finished."""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
