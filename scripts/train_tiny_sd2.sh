@@ -96,11 +96,13 @@
 #           First run (session 29, one H100, LOCAL=3 DECODER_MINUTES=5.5, beside a LOCAL=1 run that ran out of memory):
 #           314 steps; locality 73.6 → 15.5 grey levels, held-out colour 91.7% → 86.1% (orange 22 → 18 of 27): not
 #           shipped (model card).
-#   part 17 (one GPU; run alone, not by all; not run yet): the VAE rebuilt with 16 GroupNorm groups instead of 32, so that
+#   part 17 (one GPU; run alone, not by all): the VAE rebuilt with 16 GroupNorm groups instead of 32, so that
 #           no group holds a single channel (notebook 07: the four full-resolution instance norms carry most of a
 #           splice's leak), its encoder trained back to the shipped posterior and its decoder to the shipped decoder's
 #           pictures and to locality (python -m illustrated_sd.train.regroup: not a checkpoint stage; it writes
 #           MODEL_DIR.17 whole; NORM_GROUPS chooses the groups). On 2 CPU cores a step of 16 took 13 s: this part needs the GPU.
+#           A first run on 2 CPU cores (session 29, --batch-size 8 --bank-size 32 --minutes 33: 555 steps): locality 73.6
+#           → 15.8 grey levels with orange kept, but the round trip not back yet (29.5 dB against 33.4): not shipped.
 # PART is 1 to 17 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,
