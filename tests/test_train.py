@@ -706,3 +706,30 @@ def test_regroup_vae_writes_the_pipeline_with_its_vae_regrouped_and_never_over_a
         import_folder(out, tmp_path / "ckpt")  # train run would rebuild it with 32 groups: another function, silently
     with pytest.raises(FileExistsError, match="exists: choose a new folder"):
         regroup_main(argv)
+
+
+def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_path, monkeypatch):
+    """``--start`` begins from an earlier run's regrouped weights (another model's weights are refused), and
+    ``--colour`` adds the objects' mean-colour term: the same first step (same seed) costs more with it."""
+    from illustrated_sd.train import regroup
+
+    source = tmp_path / "source"
+    isd.build_random_pipeline("tiny-sd", seed=0).save_pretrained(source)
+    earlier = tmp_path / "earlier.safetensors"
+    real_save_file({k: v.half().contiguous() for k, v in regroup.regrouped(
+        isd.build_random_pipeline("tiny-sd", seed=1).vae, 16).state_dict().items()}, earlier)
+    losses = []
+
+    def one_step(name, step_fn, params, *args, **kwargs):  # stands in for the training loop: one loss, no update
+        losses.append(step_fn(0).item())
+        return 0
+
+    monkeypatch.setattr(regroup, "_run", one_step)
+    for i, colour in enumerate((0.0, 10.0)):
+        regroup.regroup_vae(source, tmp_path / f"out{i}", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=colour)
+    written = load_file(tmp_path / "out0" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(written[k], v) for k, v in load_file(earlier).items())  # no step taken: the start, unchanged
+    assert losses[1] > losses[0] > 0
+    with pytest.raises(RuntimeError, match="Missing key"):  # strict: another model's weights are refused
+        regroup.regroup_vae(source, tmp_path / "out2", 16, 1.0, 2, "cpu", bank_size=2,
+                            start=source / "unet" / "diffusion_pytorch_model.safetensors")

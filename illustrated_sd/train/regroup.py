@@ -36,10 +36,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline
+from safetensors.torch import load_file
 
 from .. import checks
 from ..world import render, sample_scenes
-from .decoder import decoder_loss, decoder_lr, generated_bank, object_weights, spliced
+from .decoder import decoder_loss, decoder_lr, generated_bank, object_colour_error, object_weights, spliced
 from .export import write_atomically
 from .stages import Budget, _autocast, _run
 
@@ -68,7 +69,8 @@ def posterior_loss(new: AutoencoderKL, wanted, images: torch.Tensor) -> torch.Te
 
 
 def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size: int, device, seed: int = 0,
-                local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20) -> int:
+                local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20,
+                start: Path | None = None, colour: float = 0.0) -> int:
     """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
@@ -81,7 +83,10 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     pipe = StableDiffusionPipeline.from_pretrained(source, dtype=torch.float32, safety_checker=None,
                                                    requires_safety_checker=False).to(device)
     old = pipe.vae.float().eval().requires_grad_(False)
-    new = regrouped(old, groups).to(device).train()
+    new = regrouped(old, groups)
+    if start is not None:  # an earlier run's weights; strict, so a VAE of another shape is refused by name
+        new.load_state_dict(load_file(start))
+    new = new.to(device).train()
     # the UNet's own latents, and the source decoder's pictures of them (its colours: what the copy is held to)
     bank = generated_bank(pipe, old, bank_size, device, seed, world=2)
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 17)
@@ -104,6 +109,9 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
         decoder = (decoder_loss(recon, wanted, weigh(masks)) + decoder_loss(from_bank, bank[1][pick], weigh(bank[2][pick]))
                    + local * decoder_loss(recon_mixed, targets, far * weigh(target_masks))
                    + local * decoder_loss(from_bank_mixed, bank_targets, bank_far * weigh(bank_masks)))
+        if colour:  # a few levels on one channel of a whole object: little per pixel, another colour word
+            decoder = decoder + colour * (object_colour_error(recon, wanted, masks)
+                                          + object_colour_error(from_bank, bank[1][pick], bank[2][pick]))
         return encoder + decoder
 
     steps = 0
@@ -131,12 +139,18 @@ def main(argv=None) -> int:
     parser.add_argument("--local", type=checks.finite_float, default=1.0, help="weight of the spliced latents' loss (default: %(default)s)")
     parser.add_argument("--bank-size", type=checks.positive_int, default=256, help="the UNet's latents drawn first (default: %(default)s)")
     parser.add_argument("--seed", type=checks.natural_int, default=0)
+    parser.add_argument("--start", type=Path, default=None,
+                        help="train on from an earlier run's regrouped weights (its vae/diffusion_pytorch_model.safetensors)")
+    parser.add_argument("--colour", type=checks.finite_float, default=0.0,
+                        help="weight of the objects' mean colours held to the source decoder's (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.local < 0:
-        parser.error(f"--local is a loss weight, ≥ 0 (got {args.local:g})")
+    for name in ("local", "colour"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} is a loss weight, ≥ 0 (got {getattr(args, name):g})")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     steps = regroup_vae(args.source, args.out, args.groups, args.minutes, args.batch_size, device, args.seed, args.local,
-                        args.bank_size, args.max_steps)
+                        args.bank_size, args.max_steps, start=args.start,
+                        colour=args.colour)
     print(f"regroup: {steps} steps on {device.type}; wrote {args.out}")
     return 0
 
