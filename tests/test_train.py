@@ -487,6 +487,21 @@ def test_the_generated_bank_holds_the_unets_latents_and_what_the_decoder_draws_f
     assert object_colour_error(again, pictures, masks) < 1e-10
 
 
+def test_a_bank_with_colours_gives_half_its_captions_to_them(monkeypatch):
+    """generated_bank(colours=…): half the captions name one of the colours, none a held-out pair."""
+    from illustrated_sd.models.unet import build_random_pipeline
+    from illustrated_sd.train import decoder
+    from illustrated_sd.world import HELD_OUT
+
+    pipe = build_random_pipeline("tiny-sd", seed=0)
+    asked = []
+    real_call = type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, prompts, **kw: asked.extend(prompts) or real_call(self, prompts, **kw))
+    decoder.generated_bank(pipe, pipe.vae, 8, torch.device("cpu"), seed=0, world=2, batch=8, steps=1, colours=("orange",))
+    assert len(asked) == 8 and sum("orange" in p.split() for p in asked[4:]) == 4
+    assert not any(f"{c} {s}" in p for p in asked for c, s in HELD_OUT)
+
+
 def empty_bank(n: int) -> tuple:
     """A stand-in for decoder.generated_bank's ``n`` latents, pictures and masks (zeros, of the tiny world's shapes)."""
     return torch.zeros(n, 4, 16, 16), torch.zeros(n, 3, 128, 128), torch.zeros(n, 4, 128, 128)

@@ -150,16 +150,21 @@ def object_colour_error(recon: torch.Tensor, images: torch.Tensor, masks: torch.
     return (((mean(recon) - mean(images)) ** 2).sum(-1) * present).sum() / present.sum().clamp(min=1)
 
 
-def generated_bank(pipe, vae, n: int, device, seed: int, world: int, batch: int = 128, steps: int = 20) -> tuple:
+def generated_bank(pipe, vae, n: int, device, seed: int, world: int, batch: int = 128, steps: int = 20,
+                   colours: tuple[str, ...] = ()) -> tuple:
     """What the UNet of ``pipe`` (a trained tiny-sd pipeline) makes for ``n`` world captions, guided (7.5, DDIM with
     ``steps`` steps), and how ``vae``'s decoder (the one being trained, as it starts, or a ``colour_reference``) draws it: ``latents [n, 4, h, w]`` (unscaled, as the
     decoder takes them), ``pictures [n, 3, H, W]`` in [-1, 1] and the detector's object masks in them ``[n, 4, H, W]``
-    (zeros where fewer objects were found)."""
+    (zeros where fewer objects were found). With ``colours`` (say ``("orange", "yellow")``) half the captions name one
+    of them: more of the bank where two colours lie close and a decoder most easily moves one into the other."""
     from ..world.detect import detect  # (the detector reads numpy pictures; only this bank needs it)
 
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     scenes = sample_scenes([seed, 11], n, version=world)
+    if colours:  # never the held-out pairs: sample_scenes leaves them out
+        naming = [s for s in sample_scenes([seed, 12], 20 * n, version=world) if set(s.caption.split()) & set(colours)]
+        scenes = scenes[:n - n // 2] + naming[:n // 2]
     latents, pictures = [], []
     for start in range(0, n, batch):
         generator = torch.Generator(device).manual_seed(seed * 1_000_003 + start)

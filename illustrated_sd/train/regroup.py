@@ -39,7 +39,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from .. import checks
-from ..world import render, sample_scenes
+from ..world import COLORS, render, sample_scenes
 from .decoder import decoder_loss, decoder_lr, generated_bank, object_colour_error, object_weights, spliced
 from .export import write_atomically
 from .stages import Budget, _autocast, _run
@@ -70,7 +70,7 @@ def posterior_loss(new: AutoencoderKL, wanted, images: torch.Tensor) -> torch.Te
 
 def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size: int, device, seed: int = 0,
                 local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20,
-                start: Path | None = None, colour: float = 0.0) -> int:
+                start: Path | None = None, colour: float = 0.0, bank_colours: tuple[str, ...] = ()) -> int:
     """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
@@ -88,7 +88,7 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
         new.load_state_dict(load_file(start))
     new = new.to(device).train()
     # the UNet's own latents, and the source decoder's pictures of them (its colours: what the copy is held to)
-    bank = generated_bank(pipe, old, bank_size, device, seed, world=2)
+    bank = generated_bank(pipe, old, bank_size, device, seed, world=2, colours=bank_colours)
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 17)
     budget.begin_steps()
 
@@ -143,14 +143,18 @@ def main(argv=None) -> int:
                         help="train on from an earlier run's regrouped weights (its vae/diffusion_pytorch_model.safetensors)")
     parser.add_argument("--colour", type=checks.finite_float, default=0.0,
                         help="weight of the objects' mean colours held to the source decoder's (default: %(default)s)")
+    parser.add_argument("--bank-colours", default="", help="comma-separated colours half the bank's captions name (say orange,yellow)")
     args = parser.parse_args(argv)
     for name in ("local", "colour"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} is a loss weight, ≥ 0 (got {getattr(args, name):g})")
+    bank_colours = tuple(c for c in args.bank_colours.split(",") if c)
+    if unknown := [c for c in bank_colours if c not in COLORS]:
+        parser.error(f"--bank-colours: {', '.join(unknown)} not among the world's colours ({', '.join(COLORS)})")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     steps = regroup_vae(args.source, args.out, args.groups, args.minutes, args.batch_size, device, args.seed, args.local,
                         args.bank_size, args.max_steps, start=args.start,
-                        colour=args.colour)
+                        colour=args.colour, bank_colours=bank_colours)
     print(f"regroup: {steps} steps on {device.type}; wrote {args.out}")
     return 0
 
