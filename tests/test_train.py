@@ -602,6 +602,16 @@ def test_training_script_starts_a_part_again_from_its_own_checkpoint(tmp_path, p
     assert again == first[1:] and "training on from it" in said
 
 
+def test_training_script_part_17_regroups_the_model_with_the_options_it_is_given(tmp_path):
+    script = Path(__file__).parents[1] / "scripts" / "train_tiny_sd2.sh"
+    model = tmp_path / "model"
+    run = subprocess.run(["bash", str(script), str(tmp_path / "ckpt"), str(model), "", "17"], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHON": "echo", "REGROUP_ARGS": "--colour 10 --bank-colours orange,yellow"},
+                         check=True)
+    assert run.stdout.split() == ["-m", "illustrated_sd.train.regroup", str(model), f"{model}.17", "--groups", "16", "--minutes", "7",
+                                  "--colour", "10", "--bank-colours", "orange,yellow"]
+
+
 def test_import_writes_the_log_that_marks_a_checkpoint_whole(tmp_path):
     # the training script takes a checkpoint with a train_log.json as started (its start() above)
     assert train_main(["import", str(TINY_SD), str(tmp_path / "ckpt")]) == 0
