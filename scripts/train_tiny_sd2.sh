@@ -236,5 +236,5 @@ if [[ $part == 16 ]]; then
 fi
 if [[ $part == 17 ]]; then
   "$python" -m illustrated_sd.train.regroup "$model" "${model%/}.17" --groups "${NORM_GROUPS:-16}" --minutes "${DECODER_MINUTES:-7}" \
-    ${REGROUP_ARGS:-}  # say REGROUP_ARGS="--start FILE --colour 10 --bank-colours orange,yellow" (word-split on purpose)
+    ${REGROUP_ARGS:-}  # say REGROUP_ARGS="--start FILE --seed 1 --colour 10" (split at spaces on purpose: no spaces in paths)
 fi

@@ -491,15 +491,19 @@ def test_a_bank_with_colours_gives_half_its_captions_to_them(monkeypatch):
     """generated_bank(colours=…): half the captions name one of the colours, none a held-out pair."""
     from illustrated_sd.models.unet import build_random_pipeline
     from illustrated_sd.train import decoder
-    from illustrated_sd.world import HELD_OUT
+    from illustrated_sd.world import HELD_OUT, sample_scenes
 
     pipe = build_random_pipeline("tiny-sd", seed=0)
     asked = []
     real_call = type(pipe).__call__
     monkeypatch.setattr(type(pipe), "__call__", lambda self, prompts, **kw: asked.extend(prompts) or real_call(self, prompts, **kw))
     decoder.generated_bank(pipe, pipe.vae, 8, torch.device("cpu"), seed=0, world=2, batch=8, steps=1, colours=("orange",))
-    assert len(asked) == 8 and sum("orange" in p.split() for p in asked[4:]) == 4
+    plain = [scene.caption for scene in sample_scenes([0, 11], 8, version=2)]
+    assert len(asked) == 8 and asked[:4] == plain[:4] and asked[4:] != plain[4:]  # the first half as without colours
+    assert all("orange" in p.split() for p in asked[4:])
     assert not any(f"{c} {s}" in p for p in asked for c, s in HELD_OUT)
+    with pytest.raises(ValueError, match="world captions name"):
+        decoder.generated_bank(pipe, pipe.vae, 8, torch.device("cpu"), seed=0, world=2, colours=("teal",))
 
 
 def empty_bank(n: int) -> tuple:
@@ -743,18 +747,34 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
     earlier = tmp_path / "earlier.safetensors"
     real_save_file({k: v.half().contiguous() for k, v in regroup.regrouped(
         isd.build_random_pipeline("tiny-sd", seed=1).vae, 16).state_dict().items()}, earlier)
-    losses = []
+    losses, priced = [], []
 
     def one_step(name, step_fn, params, *args, **kwargs):  # stands in for the training loop: one loss, no update
         losses.append(step_fn(0).item())
         return 0
 
+    def spy(recon, images, masks):  # the colour term, as regroup calls it
+        value = object_colour_error(recon, images, masks)
+        priced.append(value.item())
+        return value
+
     monkeypatch.setattr(regroup, "_run", one_step)
-    for i, colour in enumerate((0.0, 10.0)):
-        regroup.regroup_vae(source, tmp_path / f"out{i}", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=colour)
+    regroup.regroup_vae(source, tmp_path / "out0", 16, 1.0, 2, "cpu", bank_size=2, start=earlier)
+    monkeypatch.setattr(regroup, "object_colour_error", spy)
+    monkeypatch.setattr(regroup, "_run", one_step)
+    regroup.regroup_vae(source, tmp_path / "out1", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0)
     written = load_file(tmp_path / "out0" / "vae" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(written[k], v) for k, v in load_file(earlier).items())  # no step taken: the start, unchanged
-    assert losses[1] > losses[0] > 0
-    with pytest.raises(RuntimeError, match="Missing key"):  # strict: another model's weights are refused
+    assert len(priced) == 2 and min(priced) > 0  # the encoder's latents and the UNet's, each priced
+    assert losses[1] - losses[0] == pytest.approx(10 * sum(priced), rel=1e-4)
+    (tmp_path / "config.json").write_text(json.dumps({"norm_num_groups": 8}))  # beside `earlier`: trained with 8 groups
+    with pytest.raises(ValueError, match="trained with 8 GroupNorm groups, not 16: pass --groups 8"):
+        regroup.regroup_vae(source, tmp_path / "out3", 16, 1.0, 2, "cpu", bank_size=2, start=earlier)
+    with pytest.raises(ValueError, match="is a UNet2DConditionModel's weights, not a VAE's"):
         regroup.regroup_vae(source, tmp_path / "out2", 16, 1.0, 2, "cpu", bank_size=2,
                             start=source / "unet" / "diffusion_pytorch_model.safetensors")
+    alone = tmp_path / "alone" / "weights.safetensors"  # no config beside it: the strict load refuses it by name
+    alone.parent.mkdir()
+    shutil.copy(source / "unet" / "diffusion_pytorch_model.safetensors", alone)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        regroup.regroup_vae(source, tmp_path / "out4", 16, 1.0, 2, "cpu", bank_size=2, start=alone)

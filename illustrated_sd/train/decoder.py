@@ -162,8 +162,11 @@ def generated_bank(pipe, vae, n: int, device, seed: int, world: int, batch: int 
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     scenes = sample_scenes([seed, 11], n, version=world)
-    if colours:  # never the held-out pairs: sample_scenes leaves them out
-        naming = [s for s in sample_scenes([seed, 12], 20 * n, version=world) if set(s.caption.split()) & set(colours)]
+    if colours:  # an object whose caption names its colour (never a held-out pair: sample_scenes leaves them out)
+        naming = [s for s in sample_scenes([seed, 12], 20 * n, version=world)
+                  if any(o.color in colours and "color" in (o.said or ()) for o in s.objects)]
+        if len(naming) < n // 2:
+            raise ValueError(f"only {len(naming)} of {20 * n} world captions name {', '.join(colours)}: fewer than half a bank of {n}")
         scenes = scenes[:n - n // 2] + naming[:n // 2]
     latents, pictures = [], []
     for start in range(0, n, batch):

@@ -23,6 +23,7 @@ How, keeping diffusers' own class and the latent space every denoiser learned:
    does not fall.
 
     python -m illustrated_sd.train.regroup SOURCE OUT [--groups 16] [--minutes 4] [--batch-size 128] [--local 1]
+        [--start EARLIER/vae/diffusion_pytorch_model.safetensors --seed 1] [--colour 10] [--bank-colours orange,yellow]
 
 SOURCE is a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd); OUT becomes a copy of it whose ``vae/`` is the
 regrouped one, with the run's losses in its ``train_log.json`` (``regroup``). Graded like any decoder candidate
@@ -30,6 +31,7 @@ regrouped one, with the run's losses in its ``train_log.json`` (``regroup``). Gr
 """
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -75,7 +77,15 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
     The run cannot resume: it trains in a scratch folder beside ``out`` and puts it in ``out``'s place only at the end
-    (float16, as every shipped weight), so a run cut short leaves no ``out`` that looks finished."""
+    (float16, as every shipped weight), so a run cut short leaves no ``out`` that looks finished. To train on, pass
+    ``start``: an earlier run's regrouped VAE weights (its ``vae/diffusion_pytorch_model.safetensors``; the
+    ``config.json`` beside them, when there is one, must have ``groups`` groups); the teacher stays ``source``'s VAE.
+    With the earlier run's ``seed`` the batches replay its own: give another.
+
+    ``colour`` weighs a term that holds each object's mean colour to the source decoder's (``object_colour_error``, on
+    the encoder's latents and the UNet's): part 17's first GPU run (2026-12-06) without it drew the UNet's orange
+    objects yellower (``scripts/decoder_colour_shift.py``) while its per-pixel loss hardly noticed. ``bank_colours``
+    gives half the UNet bank to captions asking for those colours (``generated_bank``)."""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
@@ -84,8 +94,14 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
                                                    requires_safety_checker=False).to(device)
     old = pipe.vae.float().eval().requires_grad_(False)
     new = regrouped(old, groups)
-    if start is not None:  # an earlier run's weights; strict, so a VAE of another shape is refused by name
-        new.load_state_dict(load_file(start))
+    if start is not None:
+        config = Path(start).parent / "config.json"  # the groups live only there: the weights load into any grouping
+        config = json.loads(config.read_text()) if config.exists() else {}
+        if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+            raise ValueError(f"--start {start} is a {config['_class_name']}'s weights, not a VAE's")
+        if (was := config.get("norm_num_groups", groups)) != groups:
+            raise ValueError(f"--start {start} was trained with {was} GroupNorm groups, not {groups}: pass --groups {was}")
+        new.load_state_dict(load_file(start))  # strict: another model's weights are refused by name
     new = new.to(device).train()
     # the UNet's own latents, and the source decoder's pictures of them (its colours: what the copy is held to)
     bank = generated_bank(pipe, old, bank_size, device, seed, world=2, colours=bank_colours)
@@ -148,6 +164,8 @@ def main(argv=None) -> int:
     for name in ("local", "colour"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} is a loss weight, ≥ 0 (got {getattr(args, name):g})")
+    if args.start is not None and not args.start.is_file():
+        parser.error(f"--start {args.start} is not a file: give an earlier run's vae/diffusion_pytorch_model.safetensors")
     bank_colours = tuple(c for c in args.bank_colours.split(",") if c)
     if unknown := [c for c in bank_colours if c not in COLORS]:
         parser.error(f"--bank-colours: {', '.join(unknown)} not among the world's colours ({', '.join(COLORS)})")
