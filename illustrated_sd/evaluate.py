@@ -673,6 +673,7 @@ def run(args) -> None:
         result["interventions"] = {**intervention_effects(pipe, chosen, steps=args.steps, guidance=args.guidance, seed=args.seed),
                                    "seconds": round(time.time() - start, 1)}
     result["settings"]["torch_threads"] = torch.get_num_threads()
+    result["settings"]["device"] = str(device)  # cuda and the CPU draw the same pictures but for rare pixels
     with atomic_write(args.out, "--out file") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     shown = {key: result[key] for key in ("summary", "phenomena", "interventions", "attention_at_scale", "colour_removal", "background_obedience") if key in result}

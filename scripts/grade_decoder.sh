@@ -4,7 +4,7 @@
 #   bash scripts/grade_decoder.sh MODEL_DIR NAME [OUT_DIR]     (PYTHON=.venv/bin/python to choose the interpreter)
 # MODEL_DIR is a whole pipeline folder (the shipped UNet with the candidate's vae/); the grades go to
 # OUT_DIR/NAME-{smudges,marks,held-out,pairs,backgrounds,locality,single}.json (OUT_DIR: docs/decoder_candidates).
-# REFERENCE=FILE (another decoder's vae safetensors) measures the marks of every kind beside that decoder's.
+# REFERENCE=DIR (another VAE's folder: config.json and weights) measures the marks of every kind beside that VAE's.
 # About 30 minutes on 2 CPU cores, the quick grades first: the smudges (what the decoder is trained against) and
 # the held-out prompts (what it most easily loses) tell within 6 minutes whether the rest is worth waiting for.
 # Each grade is skipped when its file exists, so a run cut short goes on where it stopped.

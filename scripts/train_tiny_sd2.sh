@@ -107,6 +107,10 @@
 #           levels (54% within 4), round trip 32.8 dB, held-out colour 91.7% → 85.2% (orange hearts yellow 10 of 27,
 #           against 5): not shipped. regroup's --start (train on from a run's weights), --colour (each object's mean
 #           colour held to the source decoder's) and --bank-colours orange,yellow are for the next run.
+#           That run (session 31, one H100, 7 minutes: 1894 steps of 128 from the CPU runs' end, REGROUP_ARGS="--start …
+#           --seed 3 --colour 10 --bank-colours orange,yellow" and a bank of 512): held-out colour 92.6% (shipped 91.7%),
+#           locality 5.64, but a faint mark beside the objects in 97% of plain round trips (shipped 4%): every part 17
+#           run so far drew them, since nothing priced them. --clean 3 (decoder.stray_colour, as part 14) now does.
 # PART is 1 to 17 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,

@@ -245,3 +245,4 @@ def test_a_measurement_asked_alone_writes_its_settings_and_time(tmp_path, monkey
     written = json.loads(out.read_text())
     assert seen == {"n": 24, "seeds": 3} and written["ghost_smudges"]["with_marks"] == 0.5
     assert written["settings"]["steps"] == 4 and written["settings"]["world"] == 2 and "seconds" in written["ghost_smudges"]
+    assert written["settings"]["device"] == "cpu"  # where the pictures were drawn: cuda's differ in rare pixels

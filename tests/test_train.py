@@ -656,6 +656,26 @@ def test_blend_decoders_mixes_the_two_decoders_weight_by_weight(tmp_path):
         blend.blend(tmp_path / "a", tmp_path / "c", tmp_path / "new", 0.5)
 
 
+def test_decoder_marks_builds_its_reference_from_the_references_own_config(tmp_path):
+    """scripts/decoder_marks.py --reference: a VAE of 16 groups and one of 32 share every weight's shape, so the
+    reference is built from its own folder's config.json (not loaded into the measured VAE's grouping), and weights
+    without a config beside them are refused, naming where to get it."""
+    import importlib.util
+
+    from illustrated_sd.train.regroup import regrouped
+
+    spec = importlib.util.spec_from_file_location("marks", Path(__file__).parents[1] / "scripts" / "decoder_marks.py")
+    marks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(marks)
+    regrouped(isd.build_random_pipeline("tiny-sd", seed=0).vae, 16).save_pretrained(tmp_path / "vae")
+    for given in (tmp_path / "vae", tmp_path / "vae" / "diffusion_pytorch_model.safetensors"):  # the folder or its weights
+        assert marks.reference_vae(given).config.norm_num_groups == 16
+    (tmp_path / "bare").mkdir()
+    shutil.copy(tmp_path / "vae" / "diffusion_pytorch_model.safetensors", tmp_path / "bare")
+    with pytest.raises(SystemExit, match="no config.json in .*bare; give the VAE's folder .*git show COMMIT"):
+        marks.reference_vae(tmp_path / "bare" / "diffusion_pytorch_model.safetensors")
+
+
 def test_budget_begin_steps_keeps_the_deadline_and_starts_the_anneal_again():
     from illustrated_sd.train.stages import Budget
 
@@ -767,6 +787,17 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
     assert all(torch.equal(written[k], v) for k, v in load_file(earlier).items())  # no step taken: the start, unchanged
     assert len(priced) == 2 and min(priced) > 0  # the encoder's latents and the UNet's, each priced
     assert losses[1] - losses[0] == pytest.approx(10 * sum(priced), rel=1e-4)
+    marks = []
+
+    def stray_spy(recon, images, masks, grey):  # the marks term, as regroup calls it: against the world's original
+        value = stray_colour(recon, images, masks, grey=grey)
+        marks.append((value.item(), grey))
+        return value
+
+    monkeypatch.setattr(regroup, "stray_colour", stray_spy)
+    regroup.regroup_vae(source, tmp_path / "out5", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, clean=3.0)
+    assert len(marks) == 1 and marks[0][0] > 0 and marks[0][1] == 1.0  # grey marks priced too, as part 14's
+    assert losses[2] - losses[1] == pytest.approx(3 * marks[0][0], rel=1e-4)
     (tmp_path / "config.json").write_text(json.dumps({"norm_num_groups": 8}))  # beside `earlier`: trained with 8 groups
     with pytest.raises(ValueError, match="trained with 8 GroupNorm groups, not 16: pass --groups 8"):
         regroup.regroup_vae(source, tmp_path / "out3", 16, 1.0, 2, "cpu", bank_size=2, start=earlier)

@@ -24,6 +24,7 @@ How, keeping diffusers' own class and the latent space every denoiser learned:
 
     python -m illustrated_sd.train.regroup SOURCE OUT [--groups 16] [--minutes 4] [--batch-size 128] [--local 1]
         [--start EARLIER/vae/diffusion_pytorch_model.safetensors --seed 1] [--colour 10] [--bank-colours orange,yellow]
+        [--clean 3]
 
 SOURCE is a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd); OUT becomes a copy of it whose ``vae/`` is the
 regrouped one, with the run's losses in its ``train_log.json`` (``regroup``). Graded like any decoder candidate
@@ -42,7 +43,7 @@ from safetensors.torch import load_file
 
 from .. import checks
 from ..world import COLORS, render, sample_scenes
-from .decoder import decoder_loss, decoder_lr, generated_bank, object_colour_error, object_weights, spliced
+from .decoder import decoder_loss, decoder_lr, generated_bank, object_colour_error, object_weights, spliced, stray_colour
 from .export import write_atomically
 from .stages import Budget, _autocast, _run
 
@@ -72,7 +73,7 @@ def posterior_loss(new: AutoencoderKL, wanted, images: torch.Tensor) -> torch.Te
 
 def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size: int, device, seed: int = 0,
                 local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20,
-                start: Path | None = None, colour: float = 0.0, bank_colours: tuple[str, ...] = ()) -> int:
+                start: Path | None = None, colour: float = 0.0, bank_colours: tuple[str, ...] = (), clean: float = 0.0) -> int:
     """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
@@ -85,7 +86,10 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     ``colour`` weighs a term that holds each object's mean colour to the source decoder's (``object_colour_error``, on
     the encoder's latents and the UNet's): part 17's first GPU run (2026-12-06) without it drew the UNet's orange
     objects yellower (``scripts/decoder_colour_shift.py``) while its per-pixel loss hardly noticed. ``bank_colours``
-    gives half the UNet bank to captions asking for those colours (``generated_bank``)."""
+    gives half the UNet bank to captions asking for those colours (``generated_bank``). ``clean`` weighs the faint marks
+    away from the objects, coloured or grey (``stray_colour`` against the world's original, as part 14): the colour
+    run of session 31, trained without it, drew a mark beside the objects in nearly every plain round trip
+    (``scripts/decoder_marks.py``), in the background the object-weighted loss hardly looks at."""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
@@ -128,6 +132,8 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
         if colour:  # a few levels on one channel of a whole object: little per pixel, another colour word
             decoder = decoder + colour * (object_colour_error(recon, wanted, masks)
                                           + object_colour_error(from_bank, bank[1][pick], bank[2][pick]))
+        if clean:  # a faint mark beside an object costs little per pixel: price it as the world's detector sees it
+            decoder = decoder + clean * stray_colour(recon, images, masks, grey=1.0)  # against the world's clean original
         return encoder + decoder
 
     steps = 0
@@ -159,9 +165,12 @@ def main(argv=None) -> int:
                         help="train on from an earlier run's regrouped weights (its vae/diffusion_pytorch_model.safetensors)")
     parser.add_argument("--colour", type=checks.finite_float, default=0.0,
                         help="weight of the objects' mean colours held to the source decoder's (default: %(default)s)")
+    parser.add_argument("--clean", type=checks.finite_float, default=0.0,
+                        help="weight of the faint marks away from the objects, coloured or grey, against the world's "
+                             "originals (decoder.stray_colour; part 14 used 1; default: %(default)s)")
     parser.add_argument("--bank-colours", default="", help="comma-separated colours half the bank's captions name (say orange,yellow)")
     args = parser.parse_args(argv)
-    for name in ("local", "colour"):
+    for name in ("local", "colour", "clean"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} is a loss weight, ≥ 0 (got {getattr(args, name):g})")
     if args.start is not None and not args.start.is_file():
@@ -172,7 +181,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     steps = regroup_vae(args.source, args.out, args.groups, args.minutes, args.batch_size, device, args.seed, args.local,
                         args.bank_size, args.max_steps, start=args.start,
-                        colour=args.colour, bank_colours=bank_colours)
+                        colour=args.colour, bank_colours=bank_colours, clean=args.clean)
     print(f"regroup: {steps} steps on {device.type}; wrote {args.out}")
     return 0
 
