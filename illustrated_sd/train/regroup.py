@@ -87,7 +87,8 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     the encoder's latents and the UNet's): part 17's first GPU run (2026-12-06) without it drew the UNet's orange
     objects yellower (``scripts/decoder_colour_shift.py``) while its per-pixel loss hardly noticed. ``bank_colours``
     gives half the UNet bank to captions asking for those colours (``generated_bank``). ``clean`` weighs the faint marks
-    away from the objects, coloured or grey (``stray_colour`` against the world's original, as part 14): the colour
+    away from the objects, coloured or grey (``stray_colour`` against the world's original, as part 14, and on the UNet's
+    latents against the source decoder's picture, which has few): the colour
     run of session 31, trained without it, drew a mark beside the objects in nearly every plain round trip
     (``scripts/decoder_marks.py``), in the background the object-weighted loss hardly looks at."""
     source, out, device = Path(source), Path(out), torch.device(device)
@@ -132,8 +133,10 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
         if colour:  # a few levels on one channel of a whole object: little per pixel, another colour word
             decoder = decoder + colour * (object_colour_error(recon, wanted, masks)
                                           + object_colour_error(from_bank, bank[1][pick], bank[2][pick]))
-        if clean:  # a faint mark beside an object costs little per pixel: price it as the world's detector sees it
-            decoder = decoder + clean * stray_colour(recon, images, masks, grey=1.0)  # against the world's clean original
+        if clean:  # a faint mark beside an object costs little per pixel: price it as the world's detector sees it,
+            # against the world's clean original, and on the UNet's latents against the source decoder's picture
+            decoder = decoder + clean * (stray_colour(recon, images, masks, grey=1.0)
+                                         + stray_colour(from_bank, bank[1][pick], bank[2][pick], grey=1.0))
         return encoder + decoder
 
     steps = 0
