@@ -169,8 +169,9 @@ def main(argv=None) -> int:
     parser.add_argument("--colour", type=checks.finite_float, default=0.0,
                         help="weight of the objects' mean colours held to the source decoder's (default: %(default)s)")
     parser.add_argument("--clean", type=checks.finite_float, default=0.0,
-                        help="weight of the faint marks away from the objects, coloured or grey, against the world's "
-                             "originals (decoder.stray_colour; part 14 used 1; default: %(default)s)")
+                        help="weight of the faint marks away from the objects, coloured or grey: against the world's "
+                             "originals, and on the UNet's latents against the source decoder's pictures "
+                             "(decoder.stray_colour; part 14 used 1; default: %(default)s)")
     parser.add_argument("--bank-colours", default="", help="comma-separated colours half the bank's captions name (say orange,yellow)")
     args = parser.parse_args(argv)
     for name in ("local", "colour", "clean"):
