@@ -29,15 +29,14 @@ import illustrated_sd as isd
 from illustrated_sd import checks
 from illustrated_sd.evaluate import match_object, prompt_set
 from illustrated_sd.trace.files import atomic_write
+from illustrated_sd.train.regroup import saved_grouping
 from illustrated_sd.world import as_uint8, render, sample_scenes
 from illustrated_sd.world.detect import detect
 
 
 def candidate_vae(weights: Path, shipped: AutoencoderKL, groups: int) -> AutoencoderKL:
     """The candidate decoder: ``shipped``'s config with the weights' folder's ``norm_num_groups`` (or ``groups``)."""
-    config = weights.parent / "config.json"
-    groups = json.loads(config.read_text())["norm_num_groups"] if config.exists() else groups
-    vae = AutoencoderKL.from_config({**shipped.config, "norm_num_groups": groups})
+    vae = AutoencoderKL.from_config({**shipped.config, "norm_num_groups": saved_grouping(weights) or groups})
     vae.load_state_dict(load_file(weights))
     return vae.float().eval()
 

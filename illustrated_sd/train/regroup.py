@@ -62,6 +62,19 @@ def regrouped(vae: AutoencoderKL, groups: int) -> AutoencoderKL:
     return copy
 
 
+def saved_grouping(weights: Path) -> int | None:
+    """The GroupNorm groups a VAE's ``weights`` (its safetensors file) were trained with: the ``norm_num_groups`` of the
+    ``config.json`` beside them, or None when there is none. Only the config can tell, since the weights fit any
+    grouping (see ``regrouped``). ``ValueError`` if that config is another model's."""
+    config = Path(weights).parent / "config.json"
+    if not config.exists():
+        return None
+    config = json.loads(config.read_text())
+    if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+        raise ValueError(f"{weights} is a {config['_class_name']}'s weights, not a VAE's")
+    return config.get("norm_num_groups", 32)  # diffusers' default, when the config leaves it out
+
+
 def posterior_loss(new: AutoencoderKL, wanted, images: torch.Tensor) -> torch.Tensor:
     """How far ``new``'s encoder is from a posterior ``wanted`` (the source encoder's ``latent_dist`` of the same
     ``images`` ``[B, 3, H, W]``): the squared error of the mean, plus ``LOGVAR_WEIGHT`` times that of the log-variance
@@ -100,11 +113,7 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     old = pipe.vae.float().eval().requires_grad_(False)
     new = regrouped(old, groups)
     if start is not None:
-        config = Path(start).parent / "config.json"  # the groups live only there: the weights load into any grouping
-        config = json.loads(config.read_text()) if config.exists() else {}
-        if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
-            raise ValueError(f"--start {start} is a {config['_class_name']}'s weights, not a VAE's")
-        if (was := config.get("norm_num_groups", groups)) != groups:
+        if (was := saved_grouping(start) or groups) != groups:  # no config beside them: --groups is taken on trust
             raise ValueError(f"--start {start} was trained with {was} GroupNorm groups, not {groups}: pass --groups {was}")
         new.load_state_dict(load_file(start))  # strict: another model's weights are refused by name
     new = new.to(device).train()
