@@ -111,6 +111,13 @@
 #           --seed 3 --colour 10 --bank-colours orange,yellow" and a bank of 512): held-out colour 92.6% (shipped 91.7%),
 #           locality 5.64, but a faint mark beside the objects in 97% of plain round trips (shipped 4%): every part 17
 #           run so far drew them, since nothing priced them. --clean 3 (decoder.stray_colour, as part 14) now does.
+#           Two CPU runs with --clean (470 steps of 8 at --clean 3, then 432 at --clean 4 with the UNet bank priced too:
+#           checkpoints kept out of the repository), then the run that ships (session 32, one H100, 6 minutes:
+#           checkpoints/gpu_job_s31.sh, 1604 steps of 128, REGROUP_ARGS="--start … --seed 8 --colour 10 --bank-colours
+#           orange,yellow --clean 4" and a bank of 512): far coloured marks in 0.8% of plain round trips (part 14: 3.7%),
+#           held-out colour 91.7% (the same), locality 7.47 (part 14: 73.6). Shipped 2026-12-07: tiny-sd 2's VAE has
+#           16 groups since, and so does models/unet.py's layout: the training stages build 16, and `train import`
+#           refuses a folder of 32 (a historical MODEL_DIR named above must go through regroup first).
 # PART is 1 to 17 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,

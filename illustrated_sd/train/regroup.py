@@ -11,7 +11,7 @@ run, on 2 CPU cores, 555 steps of 8: 15.8 grey levels with orange kept, the roun
 model card's part 17.)
 
 How, keeping diffusers' own class and the latent space every denoiser learned:
-1. Build an ``AutoencoderKL`` like the source's, but for ``norm_num_groups`` (32 → ``groups``), and copy every weight
+1. Build an ``AutoencoderKL`` like the source's, but for ``norm_num_groups`` (SD's 32 → ``groups``), and copy every weight
    across: a GroupNorm's scale and shift are per channel, so they fit any grouping. The copy is *not* the same
    function (each norm now pools other channels' statistics), and its pictures are far off until trained back.
 2. Train the copy's encoder to give the source encoder's posterior (mean and log-variance) for the world's pictures,
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m illustrated_sd.train.regroup", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd)")
     parser.add_argument("out", type=Path, help="a new folder: the pipeline with the regrouped VAE")
-    parser.add_argument("--groups", type=checks.positive_int, default=16, help="GroupNorm groups (default: %(default)s; the source has 32)")
+    parser.add_argument("--groups", type=checks.positive_int, default=16, help="GroupNorm groups (default: %(default)s, the shipped decoder's; SD and part 7's decoder have 32)")
     parser.add_argument("--minutes", type=checks.positive_float, default=4.0, help="the whole run's wall time, the bank's drawing included")
     parser.add_argument("--max-steps", type=checks.positive_int, default=None)
     parser.add_argument("--batch-size", type=checks.positive_int, default=128)
