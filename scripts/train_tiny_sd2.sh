@@ -113,7 +113,7 @@
 #           run so far drew them, since nothing priced them. --clean 3 (decoder.stray_colour, as part 14) now does.
 #           Two CPU runs with --clean (470 steps of 8 at --clean 3, then 432 at --clean 4 with the UNet bank priced too:
 #           checkpoints kept out of the repository), then the run that ships (session 32, one H100, 6 minutes:
-#           checkpoints/gpu_job_s31.sh, 1604 steps of 128, REGROUP_ARGS="--start … --seed 8 --colour 10 --bank-colours
+#           scripts/regroup_on_gpu.sh, 1604 steps of 128, REGROUP_ARGS="--start … --seed 8 --colour 10 --bank-colours
 #           orange,yellow --clean 4" and a bank of 512): far coloured marks in 0.8% of plain round trips (part 14: 3.7%),
 #           held-out colour 91.7% (the same), locality 7.47 (part 14: 73.6). Shipped 2026-12-07: tiny-sd 2's VAE has
 #           16 groups since, and so does models/unet.py's layout: the training stages build 16, and `train import`
