@@ -9,12 +9,12 @@
 # illustrated_sd/assets/tiny-flux{,-fast} aside for the call; carry [".whl"] (a diffusers wheel archive,
 # .whl/diffusers-0.42.1.tar.xz). MIN=6.6 fits one 600 s call with the grades (GRADE=0 skips them). Its ship rule then:
 # marks ≤ the shipped decoder's, guided smudges ≤ ~4-6%, held-out colour ≥ the shipped one's on the same device,
-# locality ≲ 8. After shipping: scripts/regrade_decoder_on_gpu.sh.
+# locality ≲ 8. After shipping: scripts/regrade_decoder_on_gpu.sh. LOCAL=W weighs the splices (regroup --local).
 set -eo pipefail
 mkdir -p /tmp/site && tar xJf .whl/diffusers-0.42.1.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:.:benchmarks
 rm -rf /tmp/rg; T0=$(date +%s)
-python -m illustrated_sd.train.regroup illustrated_sd/assets/tiny-sd /tmp/rg --groups 16 --minutes ${MIN:-6.6} --batch-size 128 --bank-size 512 --seed ${SEED:-8} --start vae_start.safetensors --colour 10 --bank-colours orange,yellow --clean ${CLEAN:-4} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/train.log
+python -m illustrated_sd.train.regroup illustrated_sd/assets/tiny-sd /tmp/rg --groups 16 --minutes ${MIN:-6.6} --batch-size 128 --bank-size 512 --seed ${SEED:-8} --start vae_start.safetensors --colour 10 --bank-colours orange,yellow --clean ${CLEAN:-4} --local ${LOCAL:-1} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/train.log
 echo "trained at $(( $(date +%s) - T0 )) s"
 cp /tmp/rg/vae/diffusion_pytorch_model.safetensors $OUT/vae_rg.safetensors
 cp /tmp/rg/train_log.json $OUT/train_log.json
