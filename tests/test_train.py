@@ -17,7 +17,8 @@ from illustrated_sd.paths import TINY_SD
 from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.trace.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
-from illustrated_sd.train.decoder import SEAM, decoder_loss, object_colour_error, object_weights, spliced, stray_colour, train_decoder
+from illustrated_sd.train.decoder import (SEAM, decoder_loss, impossible_colour, object_colour_error, object_weights, spliced, stray_colour,
+                                         train_decoder)
 from illustrated_sd.train.stages import clip_loss
 
 
@@ -229,6 +230,32 @@ def test_stray_colour_prices_a_faint_coloured_patch_away_from_the_objects_only()
     texture = images.clone()
     texture[0, :, 64:, 64:] += 0.0625 * (torch.arange(64).view(-1, 1) + torch.arange(64)).remainder(2).mul(2).sub(1)
     assert stray_colour(texture, images, masks, grey=1) < dark / 2
+
+
+def test_impossible_colour_prices_colours_beside_an_object_that_are_neither_its_blend_nor_its_shadow():
+    """decoder.impossible_colour: beside a red square on grey, a darker grey (a shadow) or a red-grey blend (its soft
+    edge) costs nothing, a green patch does; far from the object, or beside a grey object (no plane), nothing is asked."""
+    masks = torch.zeros(1, 2, 64, 64)
+    masks[0, 0, 20:30, 20:30] = 1  # a red square
+    grey, red = torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.8, -0.8, -0.8])  # in [-1, 1]
+    picture = grey.view(1, 3, 1, 1).repeat(1, 1, 64, 64)
+    picture[..., 20:30, 20:30] = red.view(3, 1, 1)
+
+    def beside(rgb, y=31, x=31, size=3):  # a patch of colour rgb just below right of the square (its shadow's place)
+        out = picture.clone()
+        out[0, :, y:y + size, x:x + size] = torch.tensor(rgb).view(3, 1, 1)
+        return out
+    assert impossible_colour(picture, picture, masks) == pytest.approx(0, abs=1e-6)
+    assert impossible_colour(beside([-0.4, -0.4, -0.4]), picture, masks) == pytest.approx(0, abs=1e-6)  # a shadow
+    assert impossible_colour(beside([0.4, -0.4, -0.4]), picture, masks) == pytest.approx(0, abs=1e-6)  # a blend
+    green = impossible_colour(beside([-0.4, 0.4, -0.4]), picture, masks)
+    assert green > 0.05
+    assert impossible_colour(beside([-0.4, 0.4, -0.4], y=50, x=50), picture, masks) == 0  # beyond NEAR_REACH: stray_colour's
+    masks[0, 0] = 0
+    masks[0, 1, 20:30, 20:30] = 1
+    grey_square = picture.clone()
+    grey_square[..., 20:30, 20:30] = 0.5  # a light grey square on grey: its colours lie on the background's line
+    assert impossible_colour(beside([-0.4, 0.4, -0.4]), grey_square, masks) == 0
 
 
 def test_spliced_latents_ask_each_side_of_the_cut_for_its_own_picture():
@@ -799,6 +826,17 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
     assert len(marks) == 2 and min(v for v, _ in marks) > 0  # the encoder's latents and the UNet's, each priced
     assert {grey for _, grey in marks} == {1.0}  # grey marks priced too, as part 14's
     assert losses[2] - losses[1] == pytest.approx(3 * sum(v for v, _ in marks), rel=1e-4)
+    near = []
+
+    def near_spy(recon, images, masks):  # the near-object term, as regroup calls it
+        value = impossible_colour(recon, images, masks)
+        near.append(value.item())
+        return value
+
+    monkeypatch.setattr(regroup, "impossible_colour", near_spy)
+    regroup.regroup_vae(source, tmp_path / "out6", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, clean=3.0, near=5.0)
+    assert len(near) == 2 and near[0] > 0  # the encoder's latents (the world's pictures, their objects known) and the UNet's
+    assert losses[3] - losses[2] == pytest.approx(5 * sum(near), rel=1e-4)
     (tmp_path / "config.json").write_text(json.dumps({"norm_num_groups": 8}))  # beside `earlier`: trained with 8 groups
     with pytest.raises(ValueError, match="trained with 8 GroupNorm groups, not 16: pass --groups 8"):
         regroup.regroup_vae(source, tmp_path / "out3", 16, 1.0, 2, "cpu", bank_size=2, start=earlier)

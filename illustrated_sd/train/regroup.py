@@ -43,7 +43,8 @@ from safetensors.torch import load_file
 
 from .. import checks
 from ..world import COLORS, render, sample_scenes
-from .decoder import decoder_loss, decoder_lr, generated_bank, object_colour_error, object_weights, spliced, stray_colour
+from .decoder import (decoder_loss, decoder_lr, generated_bank, impossible_colour, object_colour_error, object_weights, spliced,
+                      stray_colour)
 from .export import write_atomically
 from .stages import Budget, _autocast, _run
 
@@ -86,7 +87,8 @@ def posterior_loss(new: AutoencoderKL, wanted, images: torch.Tensor) -> torch.Te
 
 def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size: int, device, seed: int = 0,
                 local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20,
-                start: Path | None = None, colour: float = 0.0, bank_colours: tuple[str, ...] = (), clean: float = 0.0) -> int:
+                start: Path | None = None, colour: float = 0.0, bank_colours: tuple[str, ...] = (), clean: float = 0.0,
+                near: float = 0.0) -> int:
     """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
@@ -103,7 +105,10 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     away from the objects, coloured or grey (``stray_colour`` against the world's original, as part 14, and on the UNet's
     latents against the source decoder's picture, which has few): the colour
     run of session 31, trained without it, drew a mark beside the objects in nearly every plain round trip
-    (``scripts/decoder_marks.py``), in the background the object-weighted loss hardly looks at."""
+    (``scripts/decoder_marks.py``), in the background the object-weighted loss hardly looks at. ``near`` weighs the
+    smudges that stay: speckled green-and-purple patches at an object's lower edge, where the world draws its shadow,
+    which the source decoder draws from the UNet's latents too (so holding to it keeps them) and part 7's drew a few
+    pixels farther out; ``impossible_colour`` prices them with no target, as colours the world never puts there."""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
@@ -146,6 +151,10 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
             # against the world's clean original, and on the UNet's latents against the source decoder's picture
             decoder = decoder + clean * (stray_colour(recon, images, masks, grey=1.0)
                                          + stray_colour(from_bank, bank[1][pick], bank[2][pick], grey=1.0))
+        if near:  # the speckled smudge at an object's edge, which the teacher draws too: priced as a colour the world
+            # never puts beside an object (off the plane of its blends and shadows), with no target to copy
+            decoder = decoder + near * (impossible_colour(recon, images, masks)
+                                        + impossible_colour(from_bank, bank[1][pick], bank[2][pick]))
         return encoder + decoder
 
     steps = 0
@@ -181,9 +190,12 @@ def main(argv=None) -> int:
                         help="weight of the faint marks away from the objects, coloured or grey: against the world's "
                              "originals, and on the UNet's latents against the source decoder's pictures "
                              "(decoder.stray_colour; part 14 used 1; default: %(default)s)")
+    parser.add_argument("--near", type=checks.finite_float, default=0.0,
+                        help="weight of the smudges at the objects' edges: colours off the plane of an object's blends with "
+                             "the background and its shadow (decoder.impossible_colour; default: %(default)s)")
     parser.add_argument("--bank-colours", default="", help="comma-separated colours half the bank's captions name (say orange,yellow)")
     args = parser.parse_args(argv)
-    for name in ("local", "colour", "clean"):
+    for name in ("local", "colour", "clean", "near"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} is a loss weight, ≥ 0 (got {getattr(args, name):g})")
     if args.start is not None and not args.start.is_file():
@@ -194,7 +206,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     steps = regroup_vae(args.source, args.out, args.groups, args.minutes, args.batch_size, device, args.seed, args.local,
                         args.bank_size, args.max_steps, start=args.start,
-                        colour=args.colour, bank_colours=bank_colours, clean=args.clean)
+                        colour=args.colour, bank_colours=bank_colours, clean=args.clean, near=args.near)
     print(f"regroup: {steps} steps on {device.type}; wrote {args.out}")
     return 0
 

@@ -1,0 +1,78 @@
+"""Whose are the smudges at the objects' edges: the UNet's latents or the decoder's drawing of them?
+
+The guided pictures of ``evaluate --smudges`` (24 single-object prompts spread over the evaluation's, seed 30,000 + i,
+25 DDIM steps, guidance 7.5) are drawn once by tiny-sd 2's UNet; each final latent is then decoded by several VAE
+decoders, and the detector counts, per decoder, the pictures with a coloured mark within 2 px of an object
+(``stray_marks(clearance=2)``, the count ``ghost_smudges`` reports as ``near_objects``) and more than 4 px away (its
+default). The same latents through another decoder: a mark every decoder draws is in the latents.
+
+    python scripts/near_marks_decoders.py --decoder part7=FOLDER --decoder part14=FOLDER [--sheet out.png] [--out out.json]
+
+Each ``FOLDER`` holds a VAE's ``config.json`` and ``diffusion_pytorch_model.safetensors`` (part 7's: ``git show
+6c041c6:illustrated_sd/assets/tiny-sd/vae/…``); the shipped decoder is always the first column. ``--sheet`` writes
+six of the pictures, each decoder's drawing side by side, at 2×.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
+
+import illustrated_sd as isd
+from illustrated_sd.evaluate import NEAR, prompt_group, prompt_set
+from illustrated_sd.world import as_uint8
+from illustrated_sd.world.detect import stray_marks
+
+SHOWN = (2, 3, 12, 13, 17, 21)  # cases on grey and white backgrounds, where the marks are easiest to see
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decoder", action="append", default=[], metavar="NAME=FOLDER", help="another VAE to decode with")
+    parser.add_argument("--sheet", type=Path, help="a PNG of six pictures, each decoder's side by side")
+    parser.add_argument("--out", type=Path, help="the counts as JSON")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    pipe = isd.load_pipeline()
+    decoders = {"shipped": pipe.vae.float().eval()}
+    for spec in args.decoder:
+        name, _, folder = spec.partition("=")
+        if not (Path(folder) / "config.json").is_file():
+            parser.error(f"--decoder {spec}: no config.json in {folder} (give NAME=FOLDER, the VAE's own folder)")
+        decoders[name] = AutoencoderKL.from_pretrained(folder).float().eval()  # each with its own grouping (config.json)
+    single = prompt_group(prompt_set(world=2), "single")
+    cases = single[:: max(1, len(single) // 24)][:24]
+    near, far, shown = dict.fromkeys(decoders, 0), dict.fromkeys(decoders, 0), []
+    for i, case in enumerate(cases):
+        trace = pipe(case[0], num_inference_steps=25, guidance_scale=7.5, seed=30_000 + i, progress=False)
+        latent = trace.latents[-1].float()[None] / pipe.vae.config.scaling_factor  # [1, 4, h, w], as the decoder takes it
+        row = []
+        for name, vae in decoders.items():
+            with torch.no_grad():
+                picture = as_uint8(vae.decode(latent).sample.clamp(-1, 1))[0]
+            near[name] += len(stray_marks(picture, version=2, clearance=NEAR)) > 0
+            far[name] += len(stray_marks(picture, version=2)) > 0
+            row.append(Image.fromarray(np.asarray(picture)))
+        if i in SHOWN:
+            shown.append(row)
+    result = {"written_by": "scripts/near_marks_decoders.py", "pictures": len(cases), "decoders": list(decoders),
+              "with_marks_within_2px": near, "with_marks_beyond_4px": far}
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.sheet:
+        size = 256
+        sheet = Image.new("RGB", (size * len(decoders), size * len(shown)), "white")
+        for r, row in enumerate(shown):
+            for c, picture in enumerate(row):
+                sheet.paste(picture.resize((size, size), Image.NEAREST), (c * size, r * size))
+        sheet.save(args.sheet)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
