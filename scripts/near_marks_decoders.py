@@ -4,7 +4,9 @@ The guided pictures of ``evaluate --smudges`` (24 single-object prompts spread o
 25 DDIM steps, guidance 7.5) are drawn once by tiny-sd 2's UNet; each final latent is then decoded by several VAE
 decoders, and the detector counts, per decoder, the pictures with a coloured mark within 2 px of an object
 (``stray_marks(clearance=2)``, the count ``ghost_smudges`` reports as ``near_objects``) and more than 4 px away (its
-default). The same latents through another decoder: a mark every decoder draws is in the latents.
+default). The same latents through another decoder: a mark every decoder draws is in the latents. Where the shipped
+decoder's marks lie: each one's offset from its picture's first detected object's centre (of its bounding box), in
+pixels, x to the right and y down; the world's photo style draws an object's soft shadow 6 px below right.
 
     python scripts/near_marks_decoders.py --decoder part7=FOLDER --decoder part14=FOLDER [--sheet out.png] [--out out.json]
 
@@ -25,7 +27,7 @@ from PIL import Image
 import illustrated_sd as isd
 from illustrated_sd.evaluate import NEAR, prompt_group, prompt_set
 from illustrated_sd.world import as_uint8
-from illustrated_sd.world.detect import stray_marks
+from illustrated_sd.world.detect import detect, stray_marks
 
 SHOWN = (2, 3, 12, 13, 17, 21)  # cases on grey and white backgrounds, where the marks are easiest to see
 
@@ -46,7 +48,7 @@ def main(argv=None) -> int:
         decoders[name] = AutoencoderKL.from_pretrained(folder).float().eval()  # each with its own grouping (config.json)
     single = prompt_group(prompt_set(world=2), "single")
     cases = single[:: max(1, len(single) // 24)][:24]
-    near, far, shown = dict.fromkeys(decoders, 0), dict.fromkeys(decoders, 0), []
+    near, far, shown, offsets = dict.fromkeys(decoders, 0), dict.fromkeys(decoders, 0), [], []
     for i, case in enumerate(cases):
         trace = pipe(case[0], num_inference_steps=25, guidance_scale=7.5, seed=30_000 + i, progress=False)
         latent = trace.latents[-1].float()[None] / pipe.vae.config.scaling_factor  # [1, 4, h, w], as the decoder takes it
@@ -54,13 +56,23 @@ def main(argv=None) -> int:
         for name, vae in decoders.items():
             with torch.no_grad():
                 picture = as_uint8(vae.decode(latent).sample.clamp(-1, 1))[0]
-            near[name] += len(stray_marks(picture, version=2, clearance=NEAR)) > 0
+            marks = stray_marks(picture, version=2, clearance=NEAR)
+            near[name] += len(marks) > 0
+            if name == "shipped" and (objects := detect(np.asarray(picture), version=2)):
+                ys, xs = np.nonzero(objects[0].mask)
+                size = np.asarray(picture).shape[0]
+                offsets += [(x * size - (xs.min() + xs.max() + 1) / 2, y * size - (ys.min() + ys.max() + 1) / 2) for _, (x, y) in marks]
             far[name] += len(stray_marks(picture, version=2)) > 0
             row.append(Image.fromarray(np.asarray(picture)))
         if i in SHOWN:
             shown.append(row)
     result = {"written_by": "scripts/near_marks_decoders.py", "pictures": len(cases), "decoders": list(decoders),
               "with_marks_within_2px": near, "with_marks_beyond_4px": far}
+    if offsets:
+        xy = np.array(offsets)
+        result["shipped_marks_within_2px"] = {"marks": len(xy), "mean_offset_px": [round(float(v), 1) for v in xy.mean(0)],
+                                              "share_below_centre": round(float((xy[:, 1] > 0).mean()), 3),
+                                              "share_right_of_centre": round(float((xy[:, 0] > 0).mean()), 3)}
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
