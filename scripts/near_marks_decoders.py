@@ -9,10 +9,13 @@ decoder's marks lie: each one's offset from its picture's first detected object'
 pixels, x to the right and y down; the world's photo style draws an object's soft shadow 6 px below right.
 
     python scripts/near_marks_decoders.py --decoder part7=FOLDER --decoder part14=FOLDER [--sheet out.png] [--out out.json]
+    python scripts/near_marks_decoders.py --style photo     # each prompt asking for a style ("a photo of a red heart …")
 
 Each ``FOLDER`` holds a VAE's ``config.json`` and ``diffusion_pytorch_model.safetensors`` (part 7's: ``git show
 6c041c6:illustrated_sd/assets/tiny-sd/vae/…``); the shipped decoder is always the first column. ``--sheet`` writes
-six of the pictures, each decoder's drawing side by side, at 2×.
+six of the pictures, each decoder's drawing side by side, at 2×. ``--style`` puts the world's caption prefix for a
+style before each prompt (``world.vocabulary.STYLES``: flat → "a picture of", photo → "a photo of", …); the evaluation's
+prompts name none, which leaves open whether the scene is a photo, the one style with a shadow.
 """
 
 import argparse
@@ -28,6 +31,7 @@ import illustrated_sd as isd
 from illustrated_sd.evaluate import NEAR, prompt_group, prompt_set
 from illustrated_sd.world import as_uint8
 from illustrated_sd.world.detect import detect, stray_marks
+from illustrated_sd.world.vocabulary import STYLES
 
 SHOWN = (2, 3, 12, 13, 17, 21)  # cases on grey and white backgrounds, where the marks are easiest to see
 
@@ -37,6 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--decoder", action="append", default=[], metavar="NAME=FOLDER", help="another VAE to decode with")
     parser.add_argument("--sheet", type=Path, help="a PNG of six pictures, each decoder's side by side")
     parser.add_argument("--out", type=Path, help="the counts as JSON")
+    parser.add_argument("--style", choices=sorted(STYLES), help="ask every prompt for this style (default: none named)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     pipe = isd.load_pipeline()
@@ -50,7 +55,8 @@ def main(argv=None) -> int:
     cases = single[:: max(1, len(single) // 24)][:24]
     near, far, shown, offsets = dict.fromkeys(decoders, 0), dict.fromkeys(decoders, 0), [], []
     for i, case in enumerate(cases):
-        trace = pipe(case[0], num_inference_steps=25, guidance_scale=7.5, seed=30_000 + i, progress=False)
+        prompt = f"{STYLES[args.style]} {case[0]}" if args.style else case[0]
+        trace = pipe(prompt, num_inference_steps=25, guidance_scale=7.5, seed=30_000 + i, progress=False)
         latent = trace.latents[-1].float()[None] / pipe.vae.config.scaling_factor  # [1, 4, h, w], as the decoder takes it
         row = []
         for name, vae in decoders.items():
@@ -66,7 +72,7 @@ def main(argv=None) -> int:
             row.append(Image.fromarray(np.asarray(picture)))
         if i in SHOWN:
             shown.append(row)
-    result = {"written_by": "scripts/near_marks_decoders.py", "pictures": len(cases), "decoders": list(decoders),
+    result = {"written_by": "scripts/near_marks_decoders.py", "pictures": len(cases), "style": args.style, "decoders": list(decoders),
               "with_marks_within_2px": near, "with_marks_beyond_4px": far}
     if offsets:
         xy = np.array(offsets)
