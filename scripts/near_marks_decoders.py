@@ -10,6 +10,8 @@ pixels, x to the right and y down; the world's photo style draws an object's sof
 
     python scripts/near_marks_decoders.py --decoder part7=FOLDER --decoder part14=FOLDER [--sheet out.png] [--out out.json]
     python scripts/near_marks_decoders.py --style photo     # each prompt asking for a style ("a photo of a red heart …")
+    python scripts/near_marks_decoders.py --model tiny-flux # another denoiser's latents, the same decoder (its own steps
+                                                            # and guidance; no --decoder: its latents are packed)
 
 Each ``FOLDER`` holds a VAE's ``config.json`` and ``diffusion_pytorch_model.safetensors`` (part 7's: ``git show
 6c041c6:illustrated_sd/assets/tiny-sd/vae/…``); the shipped decoder is always the first column. ``--sheet`` writes
@@ -28,7 +30,8 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 import illustrated_sd as isd
-from illustrated_sd.evaluate import NEAR, prompt_group, prompt_set
+from illustrated_sd.evaluate import NEAR, draw, prompt_group, prompt_set
+from illustrated_sd.models.loading import model_defaults
 from illustrated_sd.world import as_uint8
 from illustrated_sd.world.detect import detect, stray_marks
 from illustrated_sd.world.vocabulary import STYLES
@@ -41,10 +44,14 @@ def main(argv=None) -> int:
     parser.add_argument("--decoder", action="append", default=[], metavar="NAME=FOLDER", help="another VAE to decode with")
     parser.add_argument("--sheet", type=Path, help="a PNG of six pictures, each decoder's side by side")
     parser.add_argument("--out", type=Path, help="the counts as JSON")
+    parser.add_argument("--model", default="tiny-sd", help="the denoiser whose latents are decoded (default: %(default)s)")
     parser.add_argument("--style", choices=sorted(STYLES), help="ask every prompt for this style (default: none named)")
     args = parser.parse_args(argv)
+    if args.decoder and args.model != "tiny-sd":
+        parser.error("--decoder decodes tiny-sd 2's latents; with --model only the pipeline's own picture is counted")
     torch.set_num_threads(2)
-    pipe = isd.load_pipeline()
+    pipe = isd.load_pipeline(args.model)
+    defaults = model_defaults(args.model)
     decoders = {"shipped": pipe.vae.float().eval()}
     for spec in args.decoder:
         name, _, folder = spec.partition("=")
@@ -56,12 +63,15 @@ def main(argv=None) -> int:
     near, far, shown, offsets = dict.fromkeys(decoders, 0), dict.fromkeys(decoders, 0), [], []
     for i, case in enumerate(cases):
         prompt = f"{STYLES[args.style]} {case[0]}" if args.style else case[0]
-        trace = pipe(prompt, num_inference_steps=25, guidance_scale=7.5, seed=30_000 + i, progress=False)
-        latent = trace.latents[-1].float()[None] / pipe.vae.config.scaling_factor  # [1, 4, h, w], as the decoder takes it
+        trace = draw(pipe, prompt, defaults["steps"], defaults["guidance"], 30_000 + i)
         row = []
         for name, vae in decoders.items():
-            with torch.no_grad():
-                picture = as_uint8(vae.decode(latent).sample.clamp(-1, 1))[0]
+            if name == "shipped":  # the pipeline's own picture
+                picture = trace.image.convert("RGB")
+            else:
+                latent = trace.latents[-1].float()[None] / pipe.vae.config.scaling_factor  # [1, 4, h, w], as decoders take it
+                with torch.no_grad():
+                    picture = as_uint8(vae.decode(latent).sample.clamp(-1, 1))[0]
             marks = stray_marks(picture, version=2, clearance=NEAR)
             near[name] += len(marks) > 0
             if name == "shipped" and (objects := detect(np.asarray(picture), version=2)):
@@ -72,7 +82,7 @@ def main(argv=None) -> int:
             row.append(Image.fromarray(np.asarray(picture)))
         if i in SHOWN:
             shown.append(row)
-    result = {"written_by": "scripts/near_marks_decoders.py", "pictures": len(cases), "style": args.style, "decoders": list(decoders),
+    result = {"written_by": "scripts/near_marks_decoders.py", "model": args.model, "pictures": len(cases), "style": args.style, "decoders": list(decoders),
               "with_marks_within_2px": near, "with_marks_beyond_4px": far}
     if offsets:
         xy = np.array(offsets)
