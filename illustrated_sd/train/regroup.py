@@ -106,9 +106,10 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     latents against the source decoder's picture, which has few): the colour
     run of session 31, trained without it, drew a mark beside the objects in nearly every plain round trip
     (``scripts/decoder_marks.py``), in the background the object-weighted loss hardly looks at. ``near`` weighs the
-    smudges that stay: speckled green-and-purple patches at an object's lower edge, where the world draws its shadow,
-    which the source decoder draws from the UNet's latents too (so holding to it keeps them) and part 7's drew a few
-    pixels farther out; ``impossible_colour`` prices them with no target, as colours the world never puts there."""
+    smudges that stay: speckled green-and-purple patches at an object's lower edge (in every style, and in tiny-flux's
+    pictures too: they come with the latents), which the source decoder draws too (so holding to it keeps them) and
+    part 7's drew a few pixels farther out; ``impossible_colour`` prices them with no target, as colours the world
+    never puts there. (Part 19 in the model card: the speckle turned grey, and stayed.)"""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
