@@ -759,7 +759,7 @@ def test_regrouped_copies_every_weight_into_fewer_groups_and_refuses_a_grouping_
         regrouped(vae, 3)
 
 
-def test_regroup_vae_writes_the_pipeline_with_its_vae_regrouped_and_never_over_a_folder(tmp_path):
+def test_regroup_vae_writes_the_pipeline_with_its_vae_regrouped_and_never_over_a_folder(tmp_path, capsys):
     """python -m illustrated_sd.train.regroup: OUT is SOURCE with a regrouped, trained VAE (loadable by diffusers as it
     is) and the run's losses in its train_log.json; an existing OUT is refused before anything is trained."""
     from illustrated_sd.train.regroup import main as regroup_main
@@ -782,6 +782,9 @@ def test_regroup_vae_writes_the_pipeline_with_its_vae_regrouped_and_never_over_a
         import_folder(out, tmp_path / "ckpt")  # train run would rebuild it with 16 groups: another function, silently
     with pytest.raises(FileExistsError, match="exists: choose a new folder"):
         regroup_main(argv)
+    with pytest.raises(SystemExit):
+        regroup_main(argv[:2] + ["--splice-colour", "-1"])
+    assert "--splice-colour is a loss weight, ≥ 0" in capsys.readouterr().err
 
 
 def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_path, monkeypatch):
@@ -837,6 +840,11 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
     regroup.regroup_vae(source, tmp_path / "out6", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, clean=3.0, near=5.0)
     assert len(near) == 2 and near[0] > 0  # the encoder's latents (the world's pictures, their objects known) and the UNet's
     assert losses[3] - losses[2] == pytest.approx(5 * sum(near), rel=1e-4)
+    priced.clear()  # the colours on the spliced latents too: two more terms, each side against its own picture
+    regroup.regroup_vae(source, tmp_path / "out7", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0,
+                        splice_colour=7.0)
+    assert len(priced) == 4 and min(priced) > 0
+    assert losses[4] - losses[1] == pytest.approx(7 * sum(priced[2:]), rel=1e-4)
     (tmp_path / "config.json").write_text(json.dumps({"norm_num_groups": 8}))  # beside `earlier`: trained with 8 groups
     with pytest.raises(ValueError, match="trained with 8 GroupNorm groups, not 16: pass --groups 8"):
         regroup.regroup_vae(source, tmp_path / "out3", 16, 1.0, 2, "cpu", bank_size=2, start=earlier)
