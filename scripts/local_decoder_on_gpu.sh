@@ -11,23 +11,25 @@
 # MIN=4.2 LIMIT=250, then VARIANTS=16:10 MIN=5 LIMIT=200. Part 20: SPLICE_COLOUR=10 (each object's mean colour held on
 # the spliced latents too: regroup --splice-colour), VARIANTS=16:10 MIN=5 LIMIT=220 FLUX=1. With FLUX=1 (one variant)
 # the candidate's VAE is put into this copy's illustrated_sd/assets/tiny-sd/vae after training, and tiny-flux, which
-# shares it, is graded on its held-out prompts too (flux-held-out.json).
+# shares it, is graded on its held-out prompts too (flux-held-out.json). Part 21: DROPLET=1 (regroup --droplet: the
+# spikes in the decoder's full-resolution features that draw the speckle at objects' edges), VARIANTS=16:1 FLUX=1;
+# the speckle is counted by scripts/near_marks_decoders.py (near.json) on the same 24 latents as the shipped decoder.
 set -o pipefail
 mkdir -p /tmp/site && tar xJf .whl/diffusers-0.42.1.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:.:benchmarks OMP_NUM_THREADS=2
 T0=$(date +%s)
 VARIANTS=${VARIANTS:-"16:10"}
 for v in $VARIANTS; do
-  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}; mkdir -p $OUT/$name; rm -rf /tmp/rg_$name
+  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}; mkdir -p $OUT/$name; rm -rf /tmp/rg_$name
   ( python -m illustrated_sd.train.regroup illustrated_sd/assets/tiny-sd /tmp/rg_$name --groups $g --minutes ${MIN:-4.5} \
       --batch-size 128 --bank-size 512 --seed ${SEED:-9} --colour 10 --bank-colours orange,yellow --clean ${CLEAN:-4} \
-      --local $l --splice-colour ${SPLICE_COLOUR:-0} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/$name/train.log ) &
+      --local $l --splice-colour ${SPLICE_COLOUR:-0} --droplet ${DROPLET:-0} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/$name/train.log ) &
 done
 wait
 echo "trained at $(( $(date +%s) - T0 )) s"
 L=${LIMIT:-270}
 for v in $VARIANTS; do
-  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}; M=/tmp/rg_$name; R=$OUT/$name
+  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}; M=/tmp/rg_$name; R=$OUT/$name
   [[ -f $M/vae/diffusion_pytorch_model.safetensors ]] || { echo "$name: no weights"; continue; }
   cp $M/vae/diffusion_pytorch_model.safetensors $R/vae.safetensors; cp $M/train_log.json $R/
   grep "steps on" $R/train.log
@@ -35,6 +37,7 @@ for v in $VARIANTS; do
   timeout $L python scripts/decoder_marks.py --model $M --out $R/marks.json > $R/marks.log 2>&1 &
   timeout $L python -m illustrated_sd.evaluate --model $M --only held-out --device cuda --out $R/held-out.json > $R/held-out.log 2>&1 &
   timeout $L python -m illustrated_sd.evaluate --model $M --smudges 2 --device cuda --out $R/smudges.json > $R/smudges.log 2>&1 &
+  timeout $L python scripts/near_marks_decoders.py --decoder candidate=$M/vae --out $R/near.json > $R/near.log 2>&1 &
   if [[ -n $FLUX ]]; then  # tiny-flux reads tiny-sd 2's VAE from the package's folder: this copy's, swapped
     cp $M/vae/* illustrated_sd/assets/tiny-sd/vae/
     timeout $L python -m illustrated_sd.evaluate --model tiny-flux --only held-out --device cuda --out $R/flux-held-out.json > $R/flux.log 2>&1 &
@@ -43,7 +46,7 @@ done
 wait
 echo "graded at $(( $(date +%s) - T0 )) s"; nvidia-smi --query-gpu=name --format=csv,noheader
 for v in $VARIANTS; do
-  g=${v%%:*}; l=${v##*:}; R=$OUT/g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}
+  g=${v%%:*}; l=${v##*:}; R=$OUT/g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}
   python - "$R" <<'EOF'
 import collections, json, sys
 from pathlib import Path
@@ -51,6 +54,7 @@ r = Path(sys.argv[1]); read = lambda n: json.loads((r / n).read_text()) if (r / 
 print(r.name)
 if loc := read("locality.json"): print("  locality", loc["grey_levels"], loc["share_within_4_levels"])
 if mk := read("marks.json"): print("  marks", mk["decoders"])
+if nr := read("near.json"): print("  near marks (of 24)", nr["with_marks_within_2px"], "far", nr["with_marks_beyond_4px"])
 if sm := read("smudges.json"): print("  smudges", {k: v for k, v in sm["ghost_smudges"].items() if not isinstance(v, (list, dict))})
 for name in ("held-out.json", "flux-held-out.json"):
     if ho := read(name):

@@ -24,7 +24,7 @@ How, keeping diffusers' own class and the latent space every denoiser learned:
 
     python -m illustrated_sd.train.regroup SOURCE OUT [--groups 16] [--minutes 4] [--batch-size 128] [--local 1]
         [--start EARLIER/vae/diffusion_pytorch_model.safetensors --seed 1] [--colour 10] [--bank-colours orange,yellow]
-        [--clean 3] [--near 10] [--splice-colour 10]
+        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1]
 
 SOURCE is a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd); OUT becomes a copy of it whose ``vae/`` is the
 regrouped one, with the run's losses in its ``train_log.json`` (``regroup``). Graded like any decoder candidate
@@ -43,8 +43,8 @@ from safetensors.torch import load_file
 
 from .. import checks
 from ..world import COLORS, render, sample_scenes
-from .decoder import (decoder_loss, decoder_lr, generated_bank, impossible_colour, object_colour_error, object_weights, spliced,
-                      stray_colour)
+from .decoder import (DropletProbe, decoder_loss, decoder_lr, droplet_loss, generated_bank, impossible_colour,
+                      object_colour_error, object_weights, spliced, stray_colour)
 from .export import write_atomically
 from .stages import Budget, _autocast, _run
 
@@ -88,7 +88,7 @@ def posterior_loss(new: AutoencoderKL, wanted, images: torch.Tensor) -> torch.Te
 def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size: int, device, seed: int = 0,
                 local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20,
                 start: Path | None = None, colour: float = 0.0, bank_colours: tuple[str, ...] = (), clean: float = 0.0,
-                near: float = 0.0, splice_colour: float = 0.0) -> int:
+                near: float = 0.0, splice_colour: float = 0.0, droplet: float = 0.0) -> int:
     """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
@@ -112,7 +112,8 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     never puts there. (Part 19 in the model card: the speckle turned grey, and stayed.) ``splice_colour`` holds each
     object's mean colour on the spliced latents too, each side's to its own picture (beyond the seam): a decoder
     trained to be local must tell orange from yellow without the rest of the picture, and every local candidate so far
-    (parts 13 to 18) drew orange yellower; this prices it where locality is asked."""
+    (parts 13 to 18) drew orange yellower; this prices it where locality is asked. ``droplet`` weighs the spikes in
+    the decoder's full-resolution features that draw the speckle (``decoder.droplet_loss``: StyleGAN's droplets)."""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
@@ -140,7 +141,7 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
             wanted = old.decode(latents).sample.clamp(-1, 1)
         mixed, targets, target_masks, far = spliced(latents, wanted, masks, gen)
         bank_mixed, bank_targets, bank_masks, bank_far = spliced(bank[0][pick], bank[1][pick], bank[2][pick], gen)
-        with _autocast(device):
+        with _autocast(device), DropletProbe(new.decoder) as probe:
             encoder = posterior_loss(new, posterior, images)
             recon, recon_mixed, from_bank, from_bank_mixed = new.decode(
                 torch.cat([latents, mixed, bank[0][pick], bank_mixed])).sample.float().split([len(latents)] * 2 + [len(pick)] * 2)
@@ -154,6 +155,8 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
         if splice_colour:  # each side's objects, beyond the seam, in their own picture's colours
             decoder = decoder + splice_colour * (object_colour_error(recon_mixed, targets, target_masks * far)
                                                  + object_colour_error(from_bank_mixed, bank_targets, bank_masks * bank_far))
+        if droplet:  # a spike that dominates a GroupNorm's statistics, drawn as speckle where it sits
+            decoder = decoder + droplet * droplet_loss(probe.features)
         if clean:  # a faint mark beside an object costs little per pixel: price it as the world's detector sees it,
             # against the world's clean original, and on the UNet's latents against the source decoder's picture
             decoder = decoder + clean * (stray_colour(recon, images, masks, grey=1.0)
@@ -203,9 +206,12 @@ def main(argv=None) -> int:
     parser.add_argument("--splice-colour", type=checks.finite_float, default=0.0,
                         help="weight of the objects' mean colours on the spliced latents, each side held to its own "
                              "picture (default: %(default)s)")
+    parser.add_argument("--droplet", type=checks.finite_float, default=0.0,
+                        help="weight of the spikes in the decoder's full-resolution features that draw the speckle at "
+                             "objects' edges (decoder.droplet_loss; default: %(default)s)")
     parser.add_argument("--bank-colours", default="", help="comma-separated colours half the bank's captions name (say orange,yellow)")
     args = parser.parse_args(argv)
-    for name in ("local", "colour", "clean", "near", "splice_colour"):
+    for name in ("local", "colour", "clean", "near", "splice_colour", "droplet"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} is a loss weight, ≥ 0 (got {getattr(args, name):g})")
     if args.start is not None and not args.start.is_file():
@@ -217,7 +223,7 @@ def main(argv=None) -> int:
     steps = regroup_vae(args.source, args.out, args.groups, args.minutes, args.batch_size, device, args.seed, args.local,
                         args.bank_size, args.max_steps, start=args.start,
                         colour=args.colour, bank_colours=bank_colours, clean=args.clean, near=args.near,
-                        splice_colour=args.splice_colour)
+                        splice_colour=args.splice_colour, droplet=args.droplet)
     print(f"regroup: {steps} steps on {device.type}; wrote {args.out}")
     return 0
 
