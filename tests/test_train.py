@@ -17,8 +17,8 @@ from illustrated_sd.paths import TINY_SD
 from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.trace.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
-from illustrated_sd.train.decoder import (SEAM, decoder_loss, impossible_colour, object_colour_error, object_weights, spliced, stray_colour,
-                                         train_decoder)
+from illustrated_sd.train.decoder import (SEAM, DropletProbe, decoder_loss, droplet_loss, impossible_colour, object_colour_error,
+                                         object_weights, spliced, stray_colour, train_decoder)
 from illustrated_sd.train.stages import clip_loss
 
 
@@ -256,6 +256,26 @@ def test_impossible_colour_prices_colours_beside_an_object_that_are_neither_its_
     grey_square = picture.clone()
     grey_square[..., 20:30, 20:30] = 0.5  # a light grey square on grey: its colours lie on the background's line
     assert impossible_colour(beside([-0.4, 0.4, -0.4]), grey_square, masks) == 0
+
+
+def test_droplet_loss_prices_one_spike_that_dominates_a_picture_not_an_object_edge():
+    """decoder.droplet_loss: a feature map whose peak norm is a few times its mean (an object's edge) costs nothing, one
+    strong local spike (StyleGAN's droplet) does, and a stronger one more; DropletProbe holds the decoder's last two up
+    blocks' outputs for one decode and leaves no hook behind."""
+    smooth = torch.ones(2, 8, 32, 32)
+    smooth[:, :, 10:20, 10] = 4.0  # an edge: 4 times the mean or less
+    spike = smooth.clone()
+    spike[1, :, 25, 25] = 300.0  # picture 1 draws a droplet
+    stronger = smooth.clone()
+    stronger[1, :, 25, 25] = 600.0
+    assert droplet_loss([smooth, smooth]) == 0
+    assert droplet_loss([smooth, spike]) > 0
+    assert droplet_loss([smooth, stronger]) > droplet_loss([smooth, spike])
+    vae = isd.build_random_pipeline("tiny-sd", seed=0).vae.eval()
+    with torch.no_grad(), DropletProbe(vae.decoder) as probe:
+        picture = vae.decode(torch.randn(2, 4, 8, 8)).sample
+    assert [f.shape[-1] for f in probe.features] == [picture.shape[-1] // 2, picture.shape[-1]]  # the full-resolution end
+    assert all(not block._forward_hooks for block in vae.decoder.up_blocks)
 
 
 def test_spliced_latents_ask_each_side_of_the_cut_for_its_own_picture():
@@ -845,6 +865,19 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
                         splice_colour=7.0)
     assert len(priced) == 4 and min(priced) > 0
     assert losses[4] - losses[1] == pytest.approx(7 * sum(priced[2:]), rel=1e-4)
+    spikes = []
+
+    def droplet_spy(features):  # the droplet term, as regroup calls it: on the features of its one decode call
+        value = droplet_loss(features, limits=(1.0, 1.0))  # limits a random decoder surely passes: the term is > 0
+        spikes.append((len(features), value.item()))
+        return value
+
+    monkeypatch.setattr(regroup, "droplet_loss", droplet_spy)
+    regroup.regroup_vae(source, tmp_path / "out8", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, droplet=3.0)
+    assert spikes[0][0] == 2 and spikes[0][1] > 0  # the last two up blocks
+    assert losses[5] - losses[1] == pytest.approx(3 * spikes[0][1], rel=1e-4)
+    regroup.regroup_vae(source, tmp_path / "out9", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, truth=True)
+    assert losses[6] != pytest.approx(losses[1], rel=1e-3)  # the world's pictures as targets, not the source decoder's
     (tmp_path / "config.json").write_text(json.dumps({"norm_num_groups": 8}))  # beside `earlier`: trained with 8 groups
     with pytest.raises(ValueError, match="trained with 8 GroupNorm groups, not 16: pass --groups 8"):
         regroup.regroup_vae(source, tmp_path / "out3", 16, 1.0, 2, "cpu", bank_size=2, start=earlier)

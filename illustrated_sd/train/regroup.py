@@ -24,7 +24,7 @@ How, keeping diffusers' own class and the latent space every denoiser learned:
 
     python -m illustrated_sd.train.regroup SOURCE OUT [--groups 16] [--minutes 4] [--batch-size 128] [--local 1]
         [--start EARLIER/vae/diffusion_pytorch_model.safetensors --seed 1] [--colour 10] [--bank-colours orange,yellow]
-        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1]
+        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--truth]
 
 SOURCE is a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd); OUT becomes a copy of it whose ``vae/`` is the
 regrouped one, with the run's losses in its ``train_log.json`` (``regroup``). Graded like any decoder candidate
@@ -44,7 +44,7 @@ from safetensors.torch import load_file
 from .. import checks
 from ..world import COLORS, render, sample_scenes
 from .decoder import (DropletProbe, decoder_loss, decoder_lr, droplet_loss, generated_bank, impossible_colour,
-                      object_colour_error, object_weights, spliced, stray_colour)
+                      NEAR_REACH, object_colour_error, object_weights, spliced, stray_colour)
 from .export import write_atomically
 from .stages import Budget, _autocast, _run
 
@@ -88,7 +88,7 @@ def posterior_loss(new: AutoencoderKL, wanted, images: torch.Tensor) -> torch.Te
 def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size: int, device, seed: int = 0,
                 local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20,
                 start: Path | None = None, colour: float = 0.0, bank_colours: tuple[str, ...] = (), clean: float = 0.0,
-                near: float = 0.0, splice_colour: float = 0.0, droplet: float = 0.0) -> int:
+                near: float = 0.0, splice_colour: float = 0.0, droplet: float = 0.0, truth: bool = False) -> int:
     """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
@@ -113,7 +113,10 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     object's mean colour on the spliced latents too, each side's to its own picture (beyond the seam): a decoder
     trained to be local must tell orange from yellow without the rest of the picture, and every local candidate so far
     (parts 13 to 18) drew orange yellower; this prices it where locality is asked. ``droplet`` weighs the spikes in
-    the decoder's full-resolution features that draw the speckle (``decoder.droplet_loss``: StyleGAN's droplets)."""
+    the decoder's full-resolution features that draw the speckle (``decoder.droplet_loss``: StyleGAN's droplets).
+    The source decoder draws that speckle too, so holding the copy to its pictures holds the speckle: with ``truth``
+    the encoder's latents (whole and spliced) are held to the world's own pictures instead, and the UNet's (which have
+    no original) to the source decoder's pictures but for the ring around each object where it draws the speckle."""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
@@ -139,6 +142,8 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
             posterior = old.encode(images).latent_dist
             latents = posterior.sample(generator=gen)
             wanted = old.decode(latents).sample.clamp(-1, 1)
+        if truth:  # the world's picture, not the source decoder's (which draws the speckle)
+            wanted = images
         mixed, targets, target_masks, far = spliced(latents, wanted, masks, gen)
         bank_mixed, bank_targets, bank_masks, bank_far = spliced(bank[0][pick], bank[1][pick], bank[2][pick], gen)
         with _autocast(device), DropletProbe(new.decoder) as probe:
@@ -146,7 +151,10 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
             recon, recon_mixed, from_bank, from_bank_mixed = new.decode(
                 torch.cat([latents, mixed, bank[0][pick], bank_mixed])).sample.float().split([len(latents)] * 2 + [len(pick)] * 2)
         weigh = lambda m: object_weights(m, equal_objects=True)  # noqa: E731
-        decoder = (decoder_loss(recon, wanted, weigh(masks)) + decoder_loss(from_bank, bank[1][pick], weigh(bank[2][pick]))
+        bank_weights = weigh(bank[2][pick])
+        if truth:  # the source decoder's speckle is not a target: its ring around the objects is left out
+            bank_weights = bank_weights * ~speckle_ring(bank[2][pick])
+        decoder = (decoder_loss(recon, wanted, weigh(masks)) + decoder_loss(from_bank, bank[1][pick], bank_weights)
                    + local * decoder_loss(recon_mixed, targets, far * weigh(target_masks))
                    + local * decoder_loss(from_bank_mixed, bank_targets, bank_far * weigh(bank_masks)))
         if colour:  # a few levels on one channel of a whole object: little per pixel, another colour word
@@ -181,6 +189,13 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     return steps
 
 
+def speckle_ring(masks: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, H, W]`` bool: the background within ``NEAR_REACH`` pixels of an object (coverage ``masks`` ``[B, K, H, W]``),
+    where the source decoder draws its speckle."""
+    inside = masks.amax(1, keepdim=True) > 0
+    return (F.max_pool2d(masks.amax(1, keepdim=True), 2 * NEAR_REACH + 1, stride=1, padding=NEAR_REACH) > 0) & ~inside
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m illustrated_sd.train.regroup", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd)")
@@ -209,6 +224,9 @@ def main(argv=None) -> int:
     parser.add_argument("--droplet", type=checks.finite_float, default=0.0,
                         help="weight of the spikes in the decoder's full-resolution features that draw the speckle at "
                              "objects' edges (decoder.droplet_loss; default: %(default)s)")
+    parser.add_argument("--truth", action="store_true",
+                        help="hold the encoder's latents to the world's pictures, not the source decoder's (which draw "
+                             "the speckle), and leave the speckle's ring out of the UNet bank's targets")
     parser.add_argument("--bank-colours", default="", help="comma-separated colours half the bank's captions name (say orange,yellow)")
     args = parser.parse_args(argv)
     for name in ("local", "colour", "clean", "near", "splice_colour", "droplet"):
@@ -223,7 +241,7 @@ def main(argv=None) -> int:
     steps = regroup_vae(args.source, args.out, args.groups, args.minutes, args.batch_size, device, args.seed, args.local,
                         args.bank_size, args.max_steps, start=args.start,
                         colour=args.colour, bank_colours=bank_colours, clean=args.clean, near=args.near,
-                        splice_colour=args.splice_colour, droplet=args.droplet)
+                        splice_colour=args.splice_colour, droplet=args.droplet, truth=args.truth)
     print(f"regroup: {steps} steps on {device.type}; wrote {args.out}")
     return 0
 
