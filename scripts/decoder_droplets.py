@@ -1,0 +1,92 @@
+"""Where the decoder draws its speckle, do its features spike? (StyleGAN's "water droplets", in tiny-sd 2's VAE.)
+
+Karras et al. (StyleGAN2, 2020, section 2) traced blob-shaped artefacts to instance normalisation: a generator that
+wants to set a picture's overall strength can draw one strong, local spike that dominates the norm's statistics, and
+the spike shows as a blob. tiny-sd 2's decoder normalises with GroupNorms over the whole picture, and draws a few
+pixels of green-and-purple speckle at an object's lower edge (the model card's "edge marks"). This script renders
+single objects on plain backgrounds (the world's own styles), sends each through the VAE (the shipped encoder's
+posterior mean, then each decoder), and per picture records whether the detector finds a coloured mark more than 2 px
+from the object (``stray_marks(clearance=2)``), and, for the decoder's last two up blocks (full resolution), the peak
+of the per-pixel feature norm over its mean and where the peak lies.
+
+    python scripts/decoder_droplets.py [--decoder NAME=FOLDER ...] [--scenes 64] [--out docs/decoder_droplets.json]
+
+The limits ``decoder.DROPLET_LIMITS`` (what ``regroup --droplet`` prices) were read off this script's output.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+
+import illustrated_sd as isd
+from illustrated_sd.evaluate import NEAR
+from illustrated_sd.train.decoder import DROPLET_LIMITS, DropletProbe
+from illustrated_sd.world import as_uint8, render, sample_scenes
+from illustrated_sd.world.detect import stray_marks
+
+
+def droplets(vae, latents: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Decode ``latents [B, 4, h, w]``: the pictures ``[B, H, W, 3]`` uint8, and per probed block the peak-over-mean
+    ratio ``[B]`` and the peak's (x, y) in pixels ``[B, 2]``."""
+    with torch.no_grad(), DropletProbe(vae.decoder) as probe:
+        pictures = as_uint8(vae.decode(latents).sample.clamp(-1, 1))
+    ratios, peaks = [], []
+    for f in probe.features:
+        norm = f.float().norm(dim=1)  # [B, h, w]
+        flat = norm.flatten(1)
+        ratios.append((flat.amax(1) / flat.mean(1)).numpy())
+        y, x = np.divmod(flat.argmax(1).numpy(), norm.shape[-1])
+        peaks.append(np.stack([x + 0.5, y + 0.5], 1) * pictures.shape[1] / norm.shape[-1])
+    return pictures, ratios, peaks
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decoder", action="append", default=[], metavar="NAME=FOLDER", help="another VAE to decode with")
+    parser.add_argument("--scenes", type=int, default=64, help="single objects on plain backgrounds (default: %(default)s)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    shipped = isd.load_pipeline("tiny-sd").vae.float().eval()
+    decoders = {"shipped": shipped}
+    for spec in args.decoder:
+        name, _, folder = spec.partition("=")
+        if not (Path(folder) / "config.json").is_file():
+            parser.error(f"--decoder {spec}: no config.json in {folder} (give NAME=FOLDER, the VAE's own folder)")
+        decoders[name] = AutoencoderKL.from_pretrained(folder).float().eval()
+    scenes = [s for s in sample_scenes([5, 1], 20 * args.scenes, version=2, n_objects=1) if s.pattern == "plain"][: args.scenes]
+    images, _ = render(scenes)
+    with torch.no_grad():
+        latents = shipped.encode(images).latent_dist.mean  # the latent space both denoisers learned
+    result = {"written_by": "scripts/decoder_droplets.py", "pictures": len(scenes), "limits": list(DROPLET_LIMITS), "decoders": {}}
+    for name, vae in decoders.items():
+        pictures, ratios, peaks = droplets(vae, latents)
+        marks = [stray_marks(p, version=2, clearance=NEAR) for p in pictures]
+        marked = np.array([len(m) > 0 for m in marks])
+        # how far the last block's peak lies from the nearest mark's centre, in pixels (marked pictures only)
+        size = pictures.shape[1]
+        distance = [min(np.hypot(x * size - peaks[-1][i][0], y * size - peaks[-1][i][1]) for _, (x, y) in marks[i])
+                    for i in np.flatnonzero(marked)]
+        last = ratios[-1]
+        spiked = last > DROPLET_LIMITS[-1]
+        result["decoders"][name] = {
+            "with_marks": int(marked.sum()),
+            "last_block_peak_over_mean": {"median_with_marks": round(float(np.median(last[marked])), 1) if marked.any() else None,
+                                          "median_without": round(float(np.median(last[~marked])), 1) if (~marked).any() else None},
+            "spiked_pictures": int(spiked.sum()),
+            "marked_pictures_spiked": int((marked & spiked).sum()),
+            "marks_within_4px_of_the_peak": int(sum(d <= 4 for d in distance)),
+            "ratios": [[round(float(r), 1) for r in block] for block in ratios]}
+        summary = {k: v for k, v in result["decoders"][name].items() if k != "ratios"}
+        print(name, json.dumps(summary))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
