@@ -7,7 +7,9 @@ pixels of green-and-purple speckle at an object's lower edge (the model card's "
 single objects on plain backgrounds (the world's own styles), sends each through the VAE (the shipped encoder's
 posterior mean, then each decoder), and per picture records whether the detector finds a coloured mark more than 2 px
 from the object (``stray_marks(clearance=2)``), and, for the decoder's last two up blocks (full resolution), the peak
-of the per-pixel feature norm over its mean and where the peak lies.
+of the per-pixel feature norm over its mean and where the peak lies. And the latent itself: each channel's z-score
+(over all the pictures' latents), the largest |z| per picture and where it lies: whether the encoder writes an
+outlier where the decoder draws the speckle.
 
     python scripts/decoder_droplets.py [--decoder NAME=FOLDER ...] [--scenes 64] [--out docs/decoder_droplets.json]
 
@@ -62,6 +64,9 @@ def main(argv=None) -> int:
     images, _ = render(scenes)
     with torch.no_grad():
         latents = shipped.encode(images).latent_dist.mean  # the latent space both denoisers learned
+    z = ((latents - latents.mean((0, 2, 3), keepdim=True)) / latents.std((0, 2, 3), keepdim=True)).abs().amax(1)  # [B, h, w]
+    outlier = z.flatten(1).amax(1).numpy()  # each picture's most extreme latent value, in standard deviations
+    oy, ox = np.divmod(z.flatten(1).argmax(1).numpy(), z.shape[-1])
     result = {"written_by": "scripts/decoder_droplets.py", "pictures": len(scenes), "limits": list(DROPLET_LIMITS), "decoders": {}}
     for name, vae in decoders.items():
         pictures, ratios, peaks = droplets(vae, latents)
@@ -71,6 +76,9 @@ def main(argv=None) -> int:
         size = pictures.shape[1]
         distance = [min(np.hypot(x * size - peaks[-1][i][0], y * size - peaks[-1][i][1]) for _, (x, y) in marks[i])
                     for i in np.flatnonzero(marked)]
+        scale = size / z.shape[-1]  # pixels per latent pixel
+        near_outlier = [min(np.hypot(x * size - (ox[i] + 0.5) * scale, y * size - (oy[i] + 0.5) * scale) for _, (x, y) in marks[i])
+                        for i in np.flatnonzero(marked)]
         last = ratios[-1]
         spiked = last > DROPLET_LIMITS[-1]
         result["decoders"][name] = {
@@ -80,6 +88,9 @@ def main(argv=None) -> int:
             "spiked_pictures": int(spiked.sum()),
             "marked_pictures_spiked": int((marked & spiked).sum()),
             "marks_within_4px_of_the_peak": int(sum(d <= 4 for d in distance)),
+            "latent_outlier_z": {"median_with_marks": round(float(np.median(outlier[marked])), 1) if marked.any() else None,
+                                 "median_without": round(float(np.median(outlier[~marked])), 1) if (~marked).any() else None},
+            "marks_within_one_latent_pixel_of_the_outlier": int(sum(d <= 1.5 * scale for d in near_outlier)),
             "ratios": [[round(float(r), 1) for r in block] for block in ratios]}
         summary = {k: v for k, v in result["decoders"][name].items() if k != "ratios"}
         print(name, json.dumps(summary))
