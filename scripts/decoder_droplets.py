@@ -31,11 +31,26 @@ from illustrated_sd.world import as_uint8, render, sample_scenes
 from illustrated_sd.world.detect import stray_marks
 
 
-def droplets(vae, latents: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """Decode ``latents [B, 4, h, w]``: the pictures ``[B, H, W, 3]`` uint8, and per probed block the peak-over-mean
-    ratio ``[B]`` and the peak's (x, y) in pixels ``[B, 2]``."""
-    with torch.no_grad(), DropletProbe(vae.decoder) as probe:
-        pictures = as_uint8(vae.decode(latents).sample.clamp(-1, 1))
+def peak_over_mean(x: torch.Tensor) -> np.ndarray:
+    """``x [B, C, H, W]`` → ``[B]``: the per-pixel norm over channels, its peak over its mean."""
+    norm = x.float().norm(dim=1).flatten(1)
+    return (norm.amax(1) / norm.mean(1)).numpy()
+
+
+def droplets(vae, latents: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], dict]:
+    """Decode ``latents [B, 4, h, w]``: the pictures ``[B, H, W, 3]`` uint8, per probed block the peak-over-mean
+    ratio ``[B]`` and the peak's (x, y) in pixels ``[B, 2]``, and the same ratio of the input of every GroupNorm of
+    the decoder's full-resolution blocks (``{name: [B]}``: where the spike builds up)."""
+    inputs, hooks = {}, []
+    for name, module in vae.decoder.named_modules():
+        if isinstance(module, torch.nn.GroupNorm) and name.startswith(("up_blocks.2", "up_blocks.3", "conv_norm_out")):
+            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: inputs.__setitem__(name, peak_over_mean(i[0]))))
+    try:
+        with torch.no_grad(), DropletProbe(vae.decoder) as probe:
+            pictures = as_uint8(vae.decode(latents).sample.clamp(-1, 1))
+    finally:
+        for h in hooks:
+            h.remove()
     ratios, peaks = [], []
     for f in probe.features:
         norm = f.float().norm(dim=1)  # [B, h, w]
@@ -43,7 +58,7 @@ def droplets(vae, latents: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], 
         ratios.append((flat.amax(1) / flat.mean(1)).numpy())
         y, x = np.divmod(flat.argmax(1).numpy(), norm.shape[-1])
         peaks.append(np.stack([x + 0.5, y + 0.5], 1) * pictures.shape[1] / norm.shape[-1])
-    return pictures, ratios, peaks
+    return pictures, ratios, peaks, inputs
 
 
 def main(argv=None) -> int:
@@ -62,14 +77,17 @@ def main(argv=None) -> int:
         decoders[name] = AutoencoderKL.from_pretrained(folder).float().eval()
     scenes = [s for s in sample_scenes([5, 1], 20 * args.scenes, version=2, n_objects=1) if s.pattern == "plain"][: args.scenes]
     images, _ = render(scenes)
+    in_render = np.array([len(stray_marks(p, version=2, clearance=NEAR)) > 0 for p in as_uint8(images)])  # shadows, strokes
+    renders_marked = int(in_render.sum())
     with torch.no_grad():
         latents = shipped.encode(images).latent_dist.mean  # the latent space both denoisers learned
     z = ((latents - latents.mean((0, 2, 3), keepdim=True)) / latents.std((0, 2, 3), keepdim=True)).abs().amax(1)  # [B, h, w]
     outlier = z.flatten(1).amax(1).numpy()  # each picture's most extreme latent value, in standard deviations
     oy, ox = np.divmod(z.flatten(1).argmax(1).numpy(), z.shape[-1])
-    result = {"written_by": "scripts/decoder_droplets.py", "pictures": len(scenes), "limits": list(DROPLET_LIMITS), "decoders": {}}
+    result = {"written_by": "scripts/decoder_droplets.py", "pictures": len(scenes), "limits": list(DROPLET_LIMITS),
+              "renders_with_marks": int(renders_marked), "decoders": {}}
     for name, vae in decoders.items():
-        pictures, ratios, peaks = droplets(vae, latents)
+        pictures, ratios, peaks, inputs = droplets(vae, latents)
         marks = [stray_marks(p, version=2, clearance=NEAR) for p in pictures]
         marked = np.array([len(m) > 0 for m in marks])
         # how far the last block's peak lies from the nearest mark's centre, in pixels (marked pictures only)
@@ -83,6 +101,7 @@ def main(argv=None) -> int:
         spiked = last > DROPLET_LIMITS[-1]
         result["decoders"][name] = {
             "with_marks": int(marked.sum()),
+            "with_marks_the_render_lacks": int((marked & ~in_render).sum()),
             "last_block_peak_over_mean": {"median_with_marks": round(float(np.median(last[marked])), 1) if marked.any() else None,
                                           "median_without": round(float(np.median(last[~marked])), 1) if (~marked).any() else None},
             "spiked_pictures": int(spiked.sum()),
@@ -91,9 +110,13 @@ def main(argv=None) -> int:
             "latent_outlier_z": {"median_with_marks": round(float(np.median(outlier[marked])), 1) if marked.any() else None,
                                  "median_without": round(float(np.median(outlier[~marked])), 1) if (~marked).any() else None},
             "marks_within_one_latent_pixel_of_the_outlier": int(sum(d <= 1.5 * scale for d in near_outlier)),
+            "groupnorm_inputs_peak_over_mean": {n: {"median_with_marks": round(float(np.median(r[marked])), 1),
+                                                    "median_without": round(float(np.median(r[~marked])), 1)}
+                                                for n, r in inputs.items() if marked.any() and (~marked).any()},
             "ratios": [[round(float(r), 1) for r in block] for block in ratios]}
-        summary = {k: v for k, v in result["decoders"][name].items() if k != "ratios"}
+        summary = {k: v for k, v in result["decoders"][name].items() if k not in ("ratios", "groupnorm_inputs_peak_over_mean")}
         print(name, json.dumps(summary))
+    print("renders with a mark:", renders_marked, "of", len(scenes))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
