@@ -9,7 +9,8 @@ posterior mean, then each decoder), and per picture records whether the detector
 from the object (``stray_marks(clearance=2)``), and, for the decoder's last two up blocks (full resolution), the peak
 of the per-pixel feature norm over its mean and where the peak lies. And the latent itself: each channel's z-score
 (over all the pictures' latents), the largest |z| per picture and where it lies: whether the encoder writes an
-outlier where the decoder draws the speckle.
+outlier where the decoder draws the speckle, and whether clamping the latent's outliers (each channel to 5, 4, 3 of its
+standard deviations) before the shipped decoder takes the speckle away.
 
     python scripts/decoder_droplets.py [--decoder NAME=FOLDER ...] [--scenes 64] [--out docs/decoder_droplets.json]
 
@@ -116,6 +117,14 @@ def main(argv=None) -> int:
             "ratios": [[round(float(r), 1) for r in block] for block in ratios]}
         summary = {k: v for k, v in result["decoders"][name].items() if k not in ("ratios", "groupnorm_inputs_peak_over_mean")}
         print(name, json.dumps(summary))
+    mean, spread = latents.mean((0, 2, 3), keepdim=True), latents.std((0, 2, 3), keepdim=True)
+    result["shipped_with_latents_clamped"] = {}
+    for k in (5, 4, 3):
+        with torch.no_grad():
+            clamped = shipped.decode(mean + ((latents - mean) / spread).clamp(-k, k) * spread).sample.clamp(-1, 1)
+        result["shipped_with_latents_clamped"][f"{k} sd"] = {
+            "with_marks": int(sum(len(stray_marks(p, version=2, clearance=NEAR)) > 0 for p in as_uint8(clamped)))}
+    print("shipped decoder, latents clamped:", result["shipped_with_latents_clamped"])
     print("renders with a mark:", renders_marked, "of", len(scenes))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
