@@ -10,7 +10,10 @@ from the object (``stray_marks(clearance=2)``), and, for the decoder's last two 
 of the per-pixel feature norm over its mean and where the peak lies. And the latent itself: each channel's z-score
 (over all the pictures' latents), the largest |z| per picture and where it lies: whether the encoder writes an
 outlier where the decoder draws the speckle, and whether clamping the latent's outliers (each channel to 5, 4, 3 of its
-standard deviations) before the shipped decoder takes the speckle away.
+standard deviations) before the shipped decoder takes the speckle away. Whether the spike dominates the statistics a
+GroupNorm divides by: the share of each full-resolution GroupNorm's spread (its input's squared deviation from the
+group's mean, the largest share over the groups) that the 5×5 pixels around the last block's peak supply (25 of
+16,384 pixels: 0.15% if they were like any others).
 
     python scripts/decoder_droplets.py [--decoder NAME=FOLDER ...] [--scenes 64] [--out docs/decoder_droplets.json]
 
@@ -38,14 +41,39 @@ def peak_over_mean(x: torch.Tensor) -> np.ndarray:
     return (norm.amax(1) / norm.mean(1)).numpy()
 
 
-def droplets(vae, latents: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], dict]:
+def group_deviation(norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """A GroupNorm's input ``x [B, C, H, W]`` → ``[B, G, H, W]``: each pixel's squared deviation from its group's mean,
+    summed over the group's channels. Summed over the picture it is what the norm's spread is taken from."""
+    b, c, h, w = x.shape
+    x = x.float().view(b, norm.num_groups, c // norm.num_groups, h, w)
+    return (x - x.mean((2, 3, 4), keepdim=True)).pow(2).sum(2)
+
+
+def share_at(deviation: torch.Tensor, where: np.ndarray, reach: int = 2) -> np.ndarray:
+    """``deviation [B, G, H, W]`` (:func:`group_deviation`) and one (x, y) pixel per picture ``[B, 2]`` → ``[B]``: the
+    largest share, over the groups, of a group's spread that comes from the (2·reach+1)² pixels around that pixel."""
+    shares = []
+    for d, (x, y) in zip(deviation, where.astype(int)):
+        window = d[:, max(0, y - reach):y + reach + 1, max(0, x - reach):x + reach + 1].sum((1, 2))
+        shares.append((window / d.sum((1, 2)).clamp(min=1e-12)).amax().item())
+    return np.array(shares)
+
+
+def droplets(vae, latents: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], dict, dict]:
     """Decode ``latents [B, 4, h, w]``: the pictures ``[B, H, W, 3]`` uint8, per probed block the peak-over-mean
-    ratio ``[B]`` and the peak's (x, y) in pixels ``[B, 2]``, and the same ratio of the input of every GroupNorm of
-    the decoder's full-resolution blocks (``{name: [B]}``: where the spike builds up)."""
-    inputs, hooks = {}, []
+    ratio ``[B]`` and the peak's (x, y) in pixels ``[B, 2]``, the same ratio of the input of every GroupNorm of the
+    decoder's last two up blocks (``{name: [B]}``: where the spike builds up), and for the full-resolution GroupNorms
+    the share of their spread that the 5×5 pixels around the last block's peak supply (``{name: [B]}``: whether the
+    spike dominates the statistics the norm divides by)."""
+    inputs, deviations, hooks = {}, {}, []
+
+    def watch(module, args, output, name):
+        inputs[name] = peak_over_mean(args[0])
+        if args[0].shape[-1] == latents.shape[-1] * 8:  # full resolution
+            deviations[name] = group_deviation(module, args[0])
     for name, module in vae.decoder.named_modules():
         if isinstance(module, torch.nn.GroupNorm) and name.startswith(("up_blocks.2", "up_blocks.3", "conv_norm_out")):
-            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: inputs.__setitem__(name, peak_over_mean(i[0]))))
+            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: watch(m, i, o, name)))
     try:
         with torch.no_grad(), DropletProbe(vae.decoder) as probe:
             pictures = as_uint8(vae.decode(latents).sample.clamp(-1, 1))
@@ -59,7 +87,8 @@ def droplets(vae, latents: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], 
         ratios.append((flat.amax(1) / flat.mean(1)).numpy())
         y, x = np.divmod(flat.argmax(1).numpy(), norm.shape[-1])
         peaks.append(np.stack([x + 0.5, y + 0.5], 1) * pictures.shape[1] / norm.shape[-1])
-    return pictures, ratios, peaks, inputs
+    shares = {name: share_at(d, peaks[-1]) for name, d in deviations.items()}
+    return pictures, ratios, peaks, inputs, shares
 
 
 def main(argv=None) -> int:
@@ -88,7 +117,7 @@ def main(argv=None) -> int:
     result = {"written_by": "scripts/decoder_droplets.py", "pictures": len(scenes), "limits": list(DROPLET_LIMITS),
               "renders_with_marks": int(renders_marked), "decoders": {}}
     for name, vae in decoders.items():
-        pictures, ratios, peaks, inputs = droplets(vae, latents)
+        pictures, ratios, peaks, inputs, shares = droplets(vae, latents)
         marks = [stray_marks(p, version=2, clearance=NEAR) for p in pictures]
         marked = np.array([len(m) > 0 for m in marks])
         # how far the last block's peak lies from the nearest mark's centre, in pixels (marked pictures only)
@@ -114,8 +143,11 @@ def main(argv=None) -> int:
             "groupnorm_inputs_peak_over_mean": {n: {"median_with_marks": round(float(np.median(r[marked])), 1),
                                                     "median_without": round(float(np.median(r[~marked])), 1)}
                                                 for n, r in inputs.items() if marked.any() and (~marked).any()},
+            "spread_share_at_the_peak": {n: {"median_with_marks": round(float(np.median(r[marked])), 3),
+                                             "median_without": round(float(np.median(r[~marked])), 3)}
+                                         for n, r in shares.items() if marked.any() and (~marked).any()},
             "ratios": [[round(float(r), 1) for r in block] for block in ratios]}
-        summary = {k: v for k, v in result["decoders"][name].items() if k not in ("ratios", "groupnorm_inputs_peak_over_mean")}
+        summary = {k: v for k, v in result["decoders"][name].items() if k not in ("ratios", "groupnorm_inputs_peak_over_mean", "spread_share_at_the_peak")}
         print(name, json.dumps(summary))
     mean, spread = latents.mean((0, 2, 3), keepdim=True), latents.std((0, 2, 3), keepdim=True)
     result["shipped_with_latents_clamped"] = {}
