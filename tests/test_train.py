@@ -17,8 +17,9 @@ from illustrated_sd.paths import TINY_SD
 from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.trace.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
-from illustrated_sd.train.decoder import (SEAM, DropletProbe, decoder_loss, droplet_loss, impossible_colour, object_colour_error,
-                                         object_weights, spliced, stray_colour, train_decoder)
+from illustrated_sd.train.decoder import (SEAM, DropletProbe, GroupNormProbe, decoder_loss, droplet_loss, impossible_colour,
+                                         object_colour_error, object_weights, spliced, spread_loss, spread_share, stray_colour,
+                                         train_decoder)
 from illustrated_sd.train.stages import clip_loss
 
 
@@ -276,6 +277,26 @@ def test_droplet_loss_prices_one_spike_that_dominates_a_picture_not_an_object_ed
         picture = vae.decode(torch.randn(2, 4, 8, 8)).sample
     assert [f.shape[-1] for f in probe.features] == [picture.shape[-1]] * 2  # both at full resolution
     assert all(not block._forward_hooks for block in vae.decoder.up_blocks)
+
+
+def test_spread_loss_prices_a_few_pixels_that_supply_a_groups_spread():
+    """decoder.spread_share / spread_loss: in a group whose deviation is spread over the picture the 25 pixels deviating
+    most supply little of its spread and cost nothing; one spike in one group's channels supplies most of that group's
+    spread (not the others') and costs; GroupNormProbe holds every GroupNorm input of the last two up blocks and
+    conv_norm_out for one decode and leaves no hook behind."""
+    norm = torch.nn.GroupNorm(2, 4)
+    x = torch.randn(1, 4, 128, 128, generator=torch.Generator().manual_seed(0))
+    assert spread_share(norm, x).amax() < 0.02  # noise: 25 of 16,384 pixels supply about their share
+    spiked = x.clone()
+    spiked[0, 2, 60:62, 60:62] = 500.0  # a droplet in the second group's first channel
+    share = spread_share(norm, spiked)
+    assert share[0, 1] > 0.9 and share[0, 0] < 0.02
+    assert spread_loss([(norm, x)]) == 0 and spread_loss([(norm, spiked)]) > 0
+    vae = isd.build_random_pipeline("tiny-sd", seed=0).vae.eval()
+    with torch.no_grad(), GroupNormProbe(vae.decoder) as probe:
+        vae.decode(torch.randn(1, 4, 8, 8))
+    assert len(probe.inputs) == len(probe.norms) > 1 and probe.inputs[-1][0] is vae.decoder.conv_norm_out
+    assert all(not n._forward_hooks for n in probe.norms)
 
 
 def test_spliced_latents_ask_each_side_of_the_cut_for_its_own_picture():
@@ -878,6 +899,17 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
     assert losses[5] - losses[1] == pytest.approx(3 * spikes[0][1], rel=1e-4)
     regroup.regroup_vae(source, tmp_path / "out9", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, truth=True)
     assert losses[6] != pytest.approx(losses[1], rel=1e-3)  # the world's pictures as targets, not the source decoder's
+    spreads = []
+
+    def spread_spy(inputs):  # the spread term, as regroup calls it: on every probed GroupNorm's input of its one decode
+        value = spread_loss(inputs, limit=0.0)  # a limit a random decoder surely passes: the term is > 0
+        spreads.append((len(inputs), value.item()))
+        return value
+
+    monkeypatch.setattr(regroup, "spread_loss", spread_spy)
+    regroup.regroup_vae(source, tmp_path / "out10", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, spread=4.0)
+    assert spreads[0][0] > 1 and spreads[0][1] > 0
+    assert losses[7] - losses[1] == pytest.approx(4 * spreads[0][1], rel=1e-4)
     (tmp_path / "config.json").write_text(json.dumps({"norm_num_groups": 8}))  # beside `earlier`: trained with 8 groups
     with pytest.raises(ValueError, match="trained with 8 GroupNorm groups, not 16: pass --groups 8"):
         regroup.regroup_vae(source, tmp_path / "out3", 16, 1.0, 2, "cpu", bank_size=2, start=earlier)

@@ -85,6 +85,8 @@ NEAR_REACH = 6  # pixels around each object that impossible_colour looks at: its
 # second-to-last and last up blocks: with the decoder shipped on 2026-12-07, 64 round trips of rendered objects gave
 # 7-9 and 19.5-23 where no spike was drawn, 13-22 and 47-73 where one was (the speckle)
 DROPLET_LIMITS = (10.0, 25.0)
+SPREAD_PIXELS = 25 / 128**2  # the share of a picture's pixels (25 at 128²) whose part of a group's spread spread_loss weighs
+SPREAD_LIMIT = 0.1  # ... and the part of the spread they may supply before it costs (at 128², 25 pixels like any others: 0.15%)
 SEAM = 1  # latent pixels on each side of a cut where the decoder may blend the two pictures (8 px each side at 128²)
 
 
@@ -210,6 +212,45 @@ def droplet_loss(features: list[torch.Tensor], limits: tuple[float, ...] = DROPL
         norm = f.float().norm(dim=1).flatten(1)  # [B, H·W]
         costs.append(F.relu(norm.amax(1) / norm.mean(1).clamp(min=1e-6) / limit - 1).pow(2).mean())
     return torch.stack(costs).mean()
+
+
+class GroupNormProbe:
+    """Holds the inputs ``[B, C, H, W]`` of the GroupNorms in the decoder's last two up blocks and its ``conv_norm_out``
+    while installed (``with GroupNormProbe(vae.decoder) as probe: vae.decode(z)``), each with its norm, for
+    :func:`spread_loss`: what those norms divide by, where the decoder's spike builds up."""
+
+    def __init__(self, decoder):
+        self.norms = [m for block in (*decoder.up_blocks[-2:], decoder.conv_norm_out) for m in block.modules()
+                      if isinstance(m, torch.nn.GroupNorm)]
+        self.inputs, self._hooks = [], []
+
+    def __enter__(self):
+        self.inputs.clear()
+        self._hooks = [n.register_forward_hook(lambda m, args, out: self.inputs.append((m, args[0]))) for n in self.norms]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._hooks:
+            h.remove()
+
+
+def spread_share(norm: torch.nn.GroupNorm, x: torch.Tensor, pixels: float = SPREAD_PIXELS) -> torch.Tensor:
+    """A GroupNorm's input ``x [B, C, H, W]`` → ``[B, G]``: the share of each group's spread (its squared deviation
+    from the group's mean, summed over the picture) that its ``pixels`` share of pixels deviating most supply. A
+    droplet is a few pixels that supply most of it, and so set what every other pixel is divided by."""
+    b, c, h, w = x.shape
+    x = x.float().view(b, norm.num_groups, c // norm.num_groups, h * w)
+    deviation = (x - x.mean((2, 3), keepdim=True)).pow(2).sum(2)  # [B, G, H·W]
+    top = deviation.topk(max(1, round(pixels * h * w)), dim=-1).values.sum(-1)
+    return top / deviation.sum(-1).clamp(min=1e-12)
+
+
+def spread_loss(inputs: list, limit: float = SPREAD_LIMIT) -> torch.Tensor:
+    """The spread loss: a :class:`GroupNormProbe`'s ``(norm, input)`` pairs → a scalar. Per picture, norm and group,
+    the :func:`spread_share` beyond ``limit``, squared, averaged. Unlike :func:`droplet_loss`, which reads the norm
+    over all channels, it reads what each group's statistics are taken from: a spike in one group's channels, small
+    beside the other channels, still costs."""
+    return torch.stack([F.relu(spread_share(norm, x) - limit).pow(2).mean() for norm, x in inputs]).mean()
 
 
 def object_colour_error(recon: torch.Tensor, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

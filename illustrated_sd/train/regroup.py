@@ -24,7 +24,7 @@ How, keeping diffusers' own class and the latent space every denoiser learned:
 
     python -m illustrated_sd.train.regroup SOURCE OUT [--groups 16] [--minutes 4] [--batch-size 128] [--local 1]
         [--start EARLIER/vae/diffusion_pytorch_model.safetensors --seed 1] [--colour 10] [--bank-colours orange,yellow]
-        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--truth]
+        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--spread 1] [--truth]
 
 SOURCE is a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd); OUT becomes a copy of it whose ``vae/`` is the
 regrouped one, with the run's losses in its ``train_log.json`` (``regroup``). Graded like any decoder candidate
@@ -43,8 +43,8 @@ from safetensors.torch import load_file
 
 from .. import checks
 from ..world import COLORS, render, sample_scenes
-from .decoder import (DropletProbe, decoder_loss, decoder_lr, droplet_loss, generated_bank, impossible_colour,
-                      NEAR_REACH, object_colour_error, object_weights, spliced, stray_colour)
+from .decoder import (NEAR_REACH, DropletProbe, GroupNormProbe, decoder_loss, decoder_lr, droplet_loss, generated_bank,
+                      impossible_colour, object_colour_error, object_weights, spliced, spread_loss, stray_colour)
 from .export import write_atomically
 from .stages import Budget, _autocast, _run
 
@@ -88,7 +88,8 @@ def posterior_loss(new: AutoencoderKL, wanted, images: torch.Tensor) -> torch.Te
 def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size: int, device, seed: int = 0,
                 local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20,
                 start: Path | None = None, colour: float = 0.0, bank_colours: tuple[str, ...] = (), clean: float = 0.0,
-                near: float = 0.0, splice_colour: float = 0.0, droplet: float = 0.0, truth: bool = False) -> int:
+                near: float = 0.0, splice_colour: float = 0.0, droplet: float = 0.0, truth: bool = False,
+                spread: float = 0.0) -> int:
     """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
@@ -116,7 +117,10 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     the decoder's full-resolution features that draw the speckle (``decoder.droplet_loss``: StyleGAN's droplets).
     The source decoder draws that speckle too, so holding the copy to its pictures holds the speckle: with ``truth``
     the encoder's latents (whole and spliced) are held to the world's own pictures instead, and the UNet's (which have
-    no original) to the source decoder's pictures but for the ring around each object where it draws the speckle."""
+    no original) to the source decoder's pictures but for the ring around each object where it draws the speckle.
+    ``spread`` weighs the share of each GroupNorm group's spread, in the last two up blocks and ``conv_norm_out``, that
+    a few pixels supply (``decoder.spread_loss``): the droplet as the norm sees it. (Part 21 priced ``droplet``: the
+    peak came down, and 25 pixels still supplied half of a group's spread.)"""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
@@ -146,7 +150,7 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
             wanted = images
         mixed, targets, target_masks, far = spliced(latents, wanted, masks, gen)
         bank_mixed, bank_targets, bank_masks, bank_far = spliced(bank[0][pick], bank[1][pick], bank[2][pick], gen)
-        with _autocast(device), DropletProbe(new.decoder) as probe:
+        with _autocast(device), DropletProbe(new.decoder) as probe, GroupNormProbe(new.decoder) as norms:
             encoder = posterior_loss(new, posterior, images)
             recon, recon_mixed, from_bank, from_bank_mixed = new.decode(
                 torch.cat([latents, mixed, bank[0][pick], bank_mixed])).sample.float().split([len(latents)] * 2 + [len(pick)] * 2)
@@ -165,6 +169,8 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
                                                  + object_colour_error(from_bank_mixed, bank_targets, bank_masks * bank_far))
         if droplet:  # a spike that dominates a GroupNorm's statistics, drawn as speckle where it sits
             decoder = decoder + droplet * droplet_loss(probe.features)
+        if spread:  # a few pixels that supply most of what a GroupNorm divides every pixel by
+            decoder = decoder + spread * spread_loss(norms.inputs)
         if clean:  # a faint mark beside an object costs little per pixel: price it as the world's detector sees it,
             # against the world's clean original, and on the UNet's latents against the source decoder's picture
             decoder = decoder + clean * (stray_colour(recon, images, masks, grey=1.0)
@@ -224,12 +230,15 @@ def main(argv=None) -> int:
     parser.add_argument("--droplet", type=checks.finite_float, default=0.0,
                         help="weight of the spikes in the decoder's full-resolution features that draw the speckle at "
                              "objects' edges (decoder.droplet_loss; default: %(default)s)")
+    parser.add_argument("--spread", type=checks.finite_float, default=0.0,
+                        help="weight of the share of each full-resolution GroupNorm group's spread that a few pixels "
+                             "supply (decoder.spread_loss; default: %(default)s)")
     parser.add_argument("--truth", action="store_true",
                         help="hold the encoder's latents to the world's pictures, not the source decoder's (which draw "
                              "the speckle), and leave the speckle's ring out of the UNet bank's targets")
     parser.add_argument("--bank-colours", default="", help="comma-separated colours half the bank's captions name (say orange,yellow)")
     args = parser.parse_args(argv)
-    for name in ("local", "colour", "clean", "near", "splice_colour", "droplet"):
+    for name in ("local", "colour", "clean", "near", "splice_colour", "droplet", "spread"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} is a loss weight, ≥ 0 (got {getattr(args, name):g})")
     if args.start is not None and not args.start.is_file():
@@ -241,7 +250,8 @@ def main(argv=None) -> int:
     steps = regroup_vae(args.source, args.out, args.groups, args.minutes, args.batch_size, device, args.seed, args.local,
                         args.bank_size, args.max_steps, start=args.start,
                         colour=args.colour, bank_colours=bank_colours, clean=args.clean, near=args.near,
-                        splice_colour=args.splice_colour, droplet=args.droplet, truth=args.truth)
+                        splice_colour=args.splice_colour, droplet=args.droplet, truth=args.truth,
+                        spread=args.spread)
     print(f"regroup: {steps} steps on {device.type}; wrote {args.out}")
     return 0
 
