@@ -215,30 +215,25 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=checks.natural_int, default=0)
     parser.add_argument("--start", type=Path, default=None,
                         help="train on from an earlier run's regrouped weights (its vae/diffusion_pytorch_model.safetensors)")
-    parser.add_argument("--colour", type=checks.finite_float, default=0.0,
-                        help="weight of the objects' mean colours held to the source decoder's (default: %(default)s)")
-    parser.add_argument("--clean", type=checks.finite_float, default=0.0,
-                        help="weight of the faint marks away from the objects, coloured or grey: against the world's "
-                             "originals, and on the UNet's latents against the source decoder's pictures "
-                             "(decoder.stray_colour; part 14 used 1; default: %(default)s)")
-    parser.add_argument("--near", type=checks.finite_float, default=0.0,
-                        help="weight of the smudges at the objects' edges: colours off the plane of an object's blends with "
-                             "the background and its shadow (decoder.impossible_colour; default: %(default)s)")
-    parser.add_argument("--splice-colour", type=checks.finite_float, default=0.0,
-                        help="weight of the objects' mean colours on the spliced latents, each side held to its own "
-                             "picture (default: %(default)s)")
-    parser.add_argument("--droplet", type=checks.finite_float, default=0.0,
-                        help="weight of the spikes in the decoder's full-resolution features that draw the speckle at "
-                             "objects' edges (decoder.droplet_loss; default: %(default)s)")
-    parser.add_argument("--spread", type=checks.finite_float, default=0.0,
-                        help="weight of the share of each full-resolution GroupNorm group's spread that a few pixels "
-                             "supply (decoder.spread_loss; default: %(default)s)")
+    weights = {  # the optional terms, each a loss weight (0, the default, leaves it out)
+        "colour": "the objects' mean colours held to the source decoder's",
+        "clean": "the faint marks away from the objects, coloured or grey: against the world's originals, and on the "
+                 "UNet's latents against the source decoder's pictures (decoder.stray_colour; part 14 used 1)",
+        "near": "the smudges at the objects' edges: colours off the plane of an object's blends with the background and "
+                "its shadow (decoder.impossible_colour)",
+        "splice_colour": "the objects' mean colours on the spliced latents, each side held to its own picture",
+        "droplet": "the spikes in the decoder's full-resolution features that draw the speckle at objects' edges "
+                   "(decoder.droplet_loss)",
+        "spread": "the share of each full-resolution GroupNorm group's spread that a few pixels supply (decoder.spread_loss)"}
+    for name, what in weights.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=checks.finite_float, default=0.0,
+                            help=f"weight of {what} (default: %(default)s)")
     parser.add_argument("--truth", action="store_true",
                         help="hold the encoder's latents to the world's pictures, not the source decoder's (which draw "
                              "the speckle), and leave the speckle's ring out of the UNet bank's targets")
     parser.add_argument("--bank-colours", default="", help="comma-separated colours half the bank's captions name (say orange,yellow)")
     args = parser.parse_args(argv)
-    for name in ("local", "colour", "clean", "near", "splice_colour", "droplet", "spread"):
+    for name in ("local", *weights):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} is a loss weight, ≥ 0 (got {getattr(args, name):g})")
     if args.start is not None and not args.start.is_file():
@@ -248,10 +243,8 @@ def main(argv=None) -> int:
         parser.error(f"--bank-colours: {', '.join(unknown)} not among the world's colours ({', '.join(COLORS)})")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     steps = regroup_vae(args.source, args.out, args.groups, args.minutes, args.batch_size, device, args.seed, args.local,
-                        args.bank_size, args.max_steps, start=args.start,
-                        colour=args.colour, bank_colours=bank_colours, clean=args.clean, near=args.near,
-                        splice_colour=args.splice_colour, droplet=args.droplet, truth=args.truth,
-                        spread=args.spread)
+                        args.bank_size, args.max_steps, start=args.start, bank_colours=bank_colours, truth=args.truth,
+                        **{name: getattr(args, name) for name in weights})
     print(f"regroup: {steps} steps on {device.type}; wrote {args.out}")
     return 0
 
