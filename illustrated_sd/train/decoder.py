@@ -179,22 +179,18 @@ def impossible_colour(recon: torch.Tensor, pictures: torch.Tensor, masks: torch.
     return off.amax(1).flatten(1).topk(NEAR_WORST, dim=1).values.mean()
 
 
-class DropletProbe:
-    """Holds the decoder's full-resolution feature maps (the outputs of its last two up blocks, ``[B, C, H, W]``) while
-    installed (``with DropletProbe(vae.decoder) as probe: vae.decode(z)``), for :func:`droplet_loss`.
+class _Probe:
+    """Forward hooks on ``modules`` for one ``with`` block, keeping ``keep(module, args, output)`` of every call in
+    ``held``; removed on leaving, so the model is the library's own again (the recorders' way: observe, change
+    nothing)."""
 
-    Why: a GroupNorm divides every pixel of a group by statistics of the whole picture, so a network that wants to
-    set a picture's overall strength can do it by drawing one strong, local spike that dominates those statistics:
-    StyleGAN's "water droplets" (Karras et al. 2020, section 2), which they traced to instance normalisation. tiny-sd
-    2's decoder does the same: where it draws the green-and-purple speckle at an object's lower edge, the norm of its
-    last up block's features is 60-90 times its median over the picture (about 22 where it draws none)."""
-
-    def __init__(self, decoder):
-        self.blocks, self.features, self._hooks = decoder.up_blocks[-2:], [], []
+    def __init__(self, modules, keep):
+        self.modules, self._keep, self.held, self._hooks = list(modules), keep, [], []
 
     def __enter__(self):
-        self.features.clear()
-        self._hooks = [b.register_forward_hook(lambda m, i, out: self.features.append(out)) for b in self.blocks]
+        self.held.clear()
+        self._hooks = [m.register_forward_hook(lambda m, args, out: self.held.append(self._keep(m, args, out)))
+                       for m in self.modules]
         return self
 
     def __exit__(self, *exc):
@@ -202,11 +198,32 @@ class DropletProbe:
             h.remove()
 
 
+class DropletProbe(_Probe):
+    """Holds the decoder's full-resolution feature maps (the outputs of its last two up blocks, ``[B, C, H, W]``, in
+    ``features``) while installed (``with DropletProbe(vae.decoder) as probe: vae.decode(z)``), for :func:`droplet_loss`.
+
+    Why: a GroupNorm divides every pixel of a group by statistics of the whole picture, so a network that wants to
+    set a picture's overall strength can do it by drawing one strong, local spike that dominates those statistics:
+    StyleGAN's "water droplets" (Karras et al. 2020, section 2), which they traced to instance normalisation. tiny-sd
+    2's decoder spikes where it draws the green-and-purple speckle at an object's lower edge: its last up block's
+    feature norm peaks at a median 56 times its mean in round trips with a mark, 21 in those without
+    (``scripts/decoder_droplets.py``). Pricing that peak (part 21) brought it down and left the marks: a lead, not
+    yet the cause."""
+
+    def __init__(self, decoder):
+        super().__init__(decoder.up_blocks[-2:], lambda module, args, out: out)
+
+    @property
+    def features(self) -> list[torch.Tensor]:
+        return self.held
+
+
 def droplet_loss(features: list[torch.Tensor], limits: tuple[float, ...] = DROPLET_LIMITS) -> torch.Tensor:
     """The droplet loss: a :class:`DropletProbe`'s feature maps ``[B, C, H, W]`` (one list entry per up block and
     decode call, in order) → a scalar. Per picture and map, the norm over channels at each pixel; its peak over its
-    mean, as a share beyond the block's limit (2 = twice the limit), squared; averaged over pictures and maps. A spike that carries a picture's strength
-    past the GroupNorms costs; an object's edge, a few times the mean, costs nothing."""
+    mean, as a share beyond the block's limit (2 = twice the limit), squared; averaged over pictures and maps. A
+    spike that carries a picture's strength past the GroupNorms costs; an object's edge, a few times the mean, costs
+    nothing."""
     costs = []
     for f, limit in zip(features, limits * (len(features) // len(limits))):
         norm = f.float().norm(dim=1).flatten(1)  # [B, H·W]
@@ -214,24 +231,23 @@ def droplet_loss(features: list[torch.Tensor], limits: tuple[float, ...] = DROPL
     return torch.stack(costs).mean()
 
 
-class GroupNormProbe:
-    """Holds the inputs ``[B, C, H, W]`` of the GroupNorms in the decoder's last two up blocks and its ``conv_norm_out``
-    while installed (``with GroupNormProbe(vae.decoder) as probe: vae.decode(z)``), each with its norm, for
+class GroupNormProbe(_Probe):
+    """Holds ``(norm, input [B, C, H, W])`` for each GroupNorm in the decoder's last two up blocks and its
+    ``conv_norm_out`` (``inputs``) while installed (``with GroupNormProbe(vae.decoder) as probe: vae.decode(z)``), for
     :func:`spread_loss`: what those norms divide by, where the decoder's spike builds up."""
 
     def __init__(self, decoder):
-        self.norms = [m for block in (*decoder.up_blocks[-2:], decoder.conv_norm_out) for m in block.modules()
-                      if isinstance(m, torch.nn.GroupNorm)]
-        self.inputs, self._hooks = [], []
+        norms = [m for block in (*decoder.up_blocks[-2:], decoder.conv_norm_out) for m in block.modules()
+                 if isinstance(m, torch.nn.GroupNorm)]
+        super().__init__(norms, lambda module, args, out: (module, args[0]))
 
-    def __enter__(self):
-        self.inputs.clear()
-        self._hooks = [n.register_forward_hook(lambda m, args, out: self.inputs.append((m, args[0]))) for n in self.norms]
-        return self
+    @property
+    def norms(self) -> list[torch.nn.GroupNorm]:
+        return self.modules
 
-    def __exit__(self, *exc):
-        for h in self._hooks:
-            h.remove()
+    @property
+    def inputs(self) -> list[tuple]:
+        return self.held
 
 
 def spread_share(norm: torch.nn.GroupNorm, x: torch.Tensor, pixels: float = SPREAD_PIXELS) -> torch.Tensor:
