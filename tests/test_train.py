@@ -574,6 +574,27 @@ def test_a_bank_with_colours_gives_half_its_captions_to_them(monkeypatch):
         decoder.generated_bank(pipe, pipe.vae, 8, torch.device("cpu"), seed=0, world=2, colours=("teal",))
 
 
+def test_the_flux_bank_holds_tiny_fluxs_latents_in_the_unets_latent_space_and_the_decoders_pictures_of_them():
+    """decoder.flux_bank: a Flux pipeline's latents, unpacked from its tokens and unscaled as the decoder takes them
+    [n, 4, h, w], with the decoder's pictures of them and the detector's masks; the captions are others than the UNet
+    bank's, and with colours half of them name one."""
+    from illustrated_sd.models.transformers import build_random_flux
+    from illustrated_sd.train.decoder import bank_captions, flux_bank
+
+    flux, vae = build_random_flux("tiny-flux", seed=0), isd.build_random_pipeline("tiny-sd", seed=0).vae
+    asked = []
+    real_call = type(flux).__call__
+    spy = lambda self, prompt, **kw: asked.extend(prompt) or real_call(self, prompt=prompt, **kw)  # noqa: E731
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(flux), "__call__", spy)
+        latents, pictures, masks = flux_bank(flux, vae, 3, torch.device("cpu"), seed=0, world=2, batch=2, steps=2)
+    assert latents.shape == (3, 4, 16, 16) and pictures.shape == (3, 3, 128, 128) and masks.shape == (3, 4, 128, 128)
+    assert asked == bank_captions(3, 1, 2) and asked != bank_captions(3, 0, 2)
+    with torch.no_grad():  # the decoder as it starts draws the bank's pictures
+        torch.testing.assert_close(vae.decode(latents).sample.float().clamp(-1, 1), pictures)
+    assert all("orange" in c.split() for c in bank_captions(8, 1, 2, ("orange",))[4:])
+
+
 def empty_bank(n: int) -> tuple:
     """A stand-in for decoder.generated_bank's ``n`` latents, pictures and masks (zeros, of the tiny world's shapes)."""
     return torch.zeros(n, 4, 16, 16), torch.zeros(n, 3, 128, 128), torch.zeros(n, 4, 128, 128)
@@ -910,6 +931,14 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
     regroup.regroup_vae(source, tmp_path / "out10", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, spread=4.0)
     assert spreads[0][0] > 1 and spreads[0][1] > 0
     assert losses[7] - losses[1] == pytest.approx(4 * spreads[0][1], rel=1e-4)
+    from illustrated_sd.models.transformers import build_random_flux
+    build_random_flux("tiny-flux", seed=0).save_pretrained(tmp_path / "flux")
+    drawn = []
+    real_flux_bank = regroup.flux_bank
+    monkeypatch.setattr(regroup, "flux_bank", lambda *a, **kw: drawn.append(a[2]) or real_flux_bank(*a, **kw, steps=1))
+    regroup.regroup_vae(source, tmp_path / "out11", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0,
+                        flux_bank_size=3, flux_model=tmp_path / "flux")
+    assert drawn == [3] and losses[8] != pytest.approx(losses[1], rel=1e-3)  # the bank holds 2 + 3 latents to pick from
     (tmp_path / "config.json").write_text(json.dumps({"norm_num_groups": 8}))  # beside `earlier`: trained with 8 groups
     with pytest.raises(ValueError, match="trained with 8 GroupNorm groups, not 16: pass --groups 8"):
         regroup.regroup_vae(source, tmp_path / "out3", 16, 1.0, 2, "cpu", bank_size=2, start=earlier)

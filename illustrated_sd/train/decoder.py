@@ -279,38 +279,68 @@ def object_colour_error(recon: torch.Tensor, images: torch.Tensor, masks: torch.
     return (((mean(recon) - mean(images)) ** 2).sum(-1) * present).sum() / present.sum().clamp(min=1)
 
 
-def generated_bank(pipe, vae, n: int, device, seed: int, world: int, batch: int = 128, steps: int = 20,
-                   colours: tuple[str, ...] = ()) -> tuple:
-    """What the UNet of ``pipe`` (a trained tiny-sd pipeline) makes for ``n`` world captions, guided (7.5, DDIM with
-    ``steps`` steps), and how ``vae``'s decoder (the one being trained, as it starts, or a ``colour_reference``) draws it: ``latents [n, 4, h, w]`` (unscaled, as the
-    decoder takes them), ``pictures [n, 3, H, W]`` in [-1, 1] and the detector's object masks in them ``[n, 4, H, W]``
-    (zeros where fewer objects were found). With ``colours`` (say ``("orange", "yellow")``) half the captions name one
-    of them: more of the bank where two colours lie close and a decoder most easily moves one into the other."""
-    from ..world.detect import detect  # (the detector reads numpy pictures; only this bank needs it)
-
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
+def bank_captions(n: int, seed: int, world: int, colours: tuple[str, ...] = ()) -> list[str]:
+    """``n`` world captions for a bank of generated latents; with ``colours`` (say ``("orange", "yellow")``) half of them
+    name one of those colours: more of the bank where two colours lie close and a decoder most easily moves one into
+    the other. Never a held-out pair (``sample_scenes`` leaves them out). ``ValueError`` if too few captions name them."""
     scenes = sample_scenes([seed, 11], n, version=world)
-    if colours:  # an object whose caption names its colour (never a held-out pair: sample_scenes leaves them out)
+    if colours:  # an object whose caption names its colour
         naming = [s for s in sample_scenes([seed, 12], 20 * n, version=world)
                   if any(o.color in colours and "color" in (o.said or ()) for o in s.objects)]
         if len(naming) < n // 2:
             raise ValueError(f"only {len(naming)} of {20 * n} world captions name {', '.join(colours)}: fewer than half a bank of {n}")
         scenes = scenes[:n - n // 2] + naming[:n // 2]
-    latents, pictures = [], []
-    for start in range(0, n, batch):
-        generator = torch.Generator(device).manual_seed(seed * 1_000_003 + start)
-        with torch.no_grad():
-            made = pipe([scene.caption for scene in scenes[start:start + batch]], num_inference_steps=steps, guidance_scale=7.5,
-                        generator=generator, output_type="latent").images / vae.config.scaling_factor
-            latents.append(made)
-            pictures.append(vae.decode(made).sample.float().clamp(-1, 1))
-    latents, pictures = torch.cat(latents), torch.cat(pictures)
-    masks = np.zeros((n, 4, *pictures.shape[-2:]), dtype=np.float32)
+    return [scene.caption for scene in scenes]
+
+
+@torch.no_grad()
+def _bank(latents: torch.Tensor, vae, world: int) -> tuple:
+    """A bank from generated ``latents`` ``[n, 4, h, w]`` (unscaled): ``(latents, pictures [n, 3, H, W] in [-1, 1] as
+    ``vae`` draws them, the detector's object masks in those pictures [n, 4, H, W])`` (zeros where fewer were found)."""
+    from ..world.detect import detect  # (the detector reads numpy pictures; only the banks need it)
+
+    pictures = torch.cat([vae.decode(chunk).sample.float().clamp(-1, 1) for chunk in latents.split(128)])
+    masks = np.zeros((len(latents), 4, *pictures.shape[-2:]), dtype=np.float32)
     for i, picture in enumerate(as_uint8(pictures)):
         for j, found in enumerate(detect(picture, version=world)[:4]):
             masks[i, j] = found.mask
-    return latents, pictures, torch.from_numpy(masks).to(device)
+    return latents, pictures, torch.from_numpy(masks).to(latents.device)
+
+
+def generated_bank(pipe, vae, n: int, device, seed: int, world: int, batch: int = 128, steps: int = 20,
+                   colours: tuple[str, ...] = ()) -> tuple:
+    """What the UNet of ``pipe`` (a trained tiny-sd pipeline) makes for ``n`` world captions (``bank_captions``), guided
+    (7.5, DDIM with ``steps`` steps), and how ``vae``'s decoder (the one being trained, as it starts, or a
+    ``colour_reference``) draws it: ``latents [n, 4, h, w]`` (unscaled, as the decoder takes them), ``pictures [n, 3, H, W]``
+    in [-1, 1] and the detector's object masks in them ``[n, 4, H, W]`` (zeros where fewer objects were found)."""
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    captions, latents = bank_captions(n, seed, world, colours), []
+    for start in range(0, n, batch):
+        generator = torch.Generator(device).manual_seed(seed * 1_000_003 + start)
+        with torch.no_grad():
+            latents.append(pipe(captions[start:start + batch], num_inference_steps=steps, guidance_scale=7.5,
+                                generator=generator, output_type="latent").images / vae.config.scaling_factor)
+    return _bank(torch.cat(latents), vae, world)
+
+
+def flux_bank(flux, vae, n: int, device, seed: int, world: int, batch: int = 64, steps: int = 25, guidance: float = 4.0,
+              size: int = 128, colours: tuple[str, ...] = ()) -> tuple:
+    """As ``generated_bank``, from tiny-flux's transformer (``flux``: a diffusers ``FluxPipeline`` whose latents are
+    tiny-sd 2's), drawn as its pipeline draws them (``steps`` Euler steps, real CFG ``guidance`` against ""), ``size`` px
+    a side: the same triple. Why a second bank: tiny-flux shares the decoder, and its latents sit elsewhere than the
+    UNet's; every local decoder held to the UNet's bank alone (parts 13 to 20) drew tiny-flux's orange yellower."""
+    flux.set_progress_bar_config(disable=True)
+    captions, latents = bank_captions(n, seed + 1, world, colours), []  # other captions than the UNet bank's
+    shift = vae.config.shift_factor or 0.0  # SD 1/2's VAE has none; Flux's pipeline reads (z − shift)·scale
+    for start in range(0, n, batch):
+        prompts = captions[start:start + batch]
+        generator = torch.Generator(device).manual_seed(seed * 1_000_003 + start)
+        with torch.no_grad():
+            packed = flux(prompt=prompts, negative_prompt=[""] * len(prompts), true_cfg_scale=guidance, num_inference_steps=steps,
+                          height=size, width=size, generator=generator, output_type="latent", max_sequence_length=64).images
+        latents.append(flux._unpack_latents(packed, size, size, flux.vae_scale_factor) / vae.config.scaling_factor + shift)
+    return _bank(torch.cat(latents).to(vae.dtype), vae, world)
 
 
 def decoder_lr(batch_size: int) -> float:

@@ -24,7 +24,7 @@ How, keeping diffusers' own class and the latent space every denoiser learned:
 
     python -m illustrated_sd.train.regroup SOURCE OUT [--groups 16] [--minutes 4] [--batch-size 128] [--local 1]
         [--start EARLIER/vae/diffusion_pytorch_model.safetensors --seed 1] [--colour 10] [--bank-colours orange,yellow]
-        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--spread 1] [--truth]
+        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--spread 1] [--truth] [--flux-bank 512]
 
 SOURCE is a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd); OUT becomes a copy of it whose ``vae/`` is the
 regrouped one, with the run's losses in its ``train_log.json`` (``regroup``). Graded like any decoder candidate
@@ -43,8 +43,8 @@ from safetensors.torch import load_file
 
 from .. import checks
 from ..world import COLORS, render, sample_scenes
-from .decoder import (NEAR_REACH, DropletProbe, GroupNormProbe, decoder_loss, decoder_lr, droplet_loss, generated_bank,
-                      impossible_colour, object_colour_error, object_weights, spliced, spread_loss, stray_colour)
+from .decoder import (NEAR_REACH, DropletProbe, GroupNormProbe, decoder_loss, decoder_lr, droplet_loss, flux_bank,
+                      generated_bank, impossible_colour, object_colour_error, object_weights, spliced, spread_loss, stray_colour)
 from .export import write_atomically
 from .stages import Budget, _autocast, _run
 
@@ -89,7 +89,7 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
                 local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20,
                 start: Path | None = None, colour: float = 0.0, bank_colours: tuple[str, ...] = (), clean: float = 0.0,
                 near: float = 0.0, splice_colour: float = 0.0, droplet: float = 0.0, truth: bool = False,
-                spread: float = 0.0) -> int:
+                spread: float = 0.0, flux_bank_size: int = 0, flux_model: str | Path = "tiny-flux") -> int:
     """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
@@ -120,7 +120,9 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     no original) to the source decoder's pictures but for the ring around each object where it draws the speckle.
     ``spread`` weighs the share of each GroupNorm group's spread, in the last two up blocks and ``conv_norm_out``, that
     a few pixels supply (``decoder.spread_loss``): the droplet as the norm sees it. (Part 21 priced ``droplet``: the
-    peak came down, and 25 pixels still supplied half of a group's spread.)"""
+    peak came down, and 25 pixels still supplied half of a group's spread.) ``flux_bank_size`` adds that many of
+    ``flux_model``'s latents to the bank (``decoder.flux_bank``, its captions naming ``bank_colours`` as the UNet's do):
+    tiny-flux shares the decoder, and every local decoder held to the UNet's latents alone drew its orange yellower."""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
@@ -136,12 +138,19 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     new = new.to(device).train()
     # the UNet's own latents, and the source decoder's pictures of them (its colours: what the copy is held to)
     bank = generated_bank(pipe, old, bank_size, device, seed, world=2, colours=bank_colours)
+    if flux_bank_size:  # tiny-flux's latents too, drawn by its own pipeline (it reads tiny-sd 2's latent space)
+        from ..models.loading import load_pipeline
+
+        flux = load_pipeline(flux_model, device=device).pipeline.to(dtype=torch.float32)
+        more = flux_bank(flux, old, flux_bank_size, device, seed, world=2, colours=bank_colours)
+        bank = tuple(torch.cat(pair) for pair in zip(bank, more, strict=True))
+        del flux
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 17)
     budget.begin_steps()
 
     def step_fn(step):
         images, masks = render(sample_scenes([seed, 17, step], batch_size, version=2), device=device)
-        pick = torch.randint(0, bank_size, (max(1, batch_size // 4),), generator=gen, device=device)
+        pick = torch.randint(0, len(bank[0]), (max(1, batch_size // 4),), generator=gen, device=device)
         with torch.no_grad():  # the source's posterior, a latent from it (the denoisers' space) and its picture, in float32
             posterior = old.encode(images).latent_dist
             latents = posterior.sample(generator=gen)
@@ -231,6 +240,9 @@ def main(argv=None) -> int:
     parser.add_argument("--truth", action="store_true",
                         help="hold the encoder's latents to the world's pictures, not the source decoder's (which draw "
                              "the speckle), and leave the speckle's ring out of the UNet bank's targets")
+    parser.add_argument("--flux-bank", type=checks.natural_int, default=0,
+                        help="also hold the decoder to this many of tiny-flux's latents (its pictures, as the source decoder draws them)")
+    parser.add_argument("--flux-model", default="tiny-flux", help="the Flux model the --flux-bank latents come from (default: %(default)s)")
     parser.add_argument("--bank-colours", default="", help="comma-separated colours half the bank's captions name (say orange,yellow)")
     args = parser.parse_args(argv)
     for name in ("local", *weights):
@@ -244,6 +256,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     steps = regroup_vae(args.source, args.out, args.groups, args.minutes, args.batch_size, device, args.seed, args.local,
                         args.bank_size, args.max_steps, start=args.start, bank_colours=bank_colours, truth=args.truth,
+                        flux_bank_size=args.flux_bank, flux_model=args.flux_model,
                         **{name: getattr(args, name) for name in weights})
     print(f"regroup: {steps} steps on {device.type}; wrote {args.out}")
     return 0
