@@ -46,6 +46,13 @@
 #           steps, loss 0.845 → 0.835 → 0.830 with the terms. That is the shipped tiny-flux (model card): pairs 95.8%,
 #           held-out shape 88.9% → 94.4%, colour 94.4% → 92.6%.
 #           The whole of it, from nothing: parts 1, 2, 2, 3, 4, 4, 4 (seven device calls).
+#   part 5  from the shipped folder (train import, when CHECKPOINT_DIR holds no checkpoint yet: FROM, default
+#           illustrated_sd/assets/tiny-flux), part 4's command with --t5-consistency (CONSISTENCY, default 1): each colour
+#           word's T5 vector held the same whichever shape word follows it. Why: tiny-flux's held-out colours slipped
+#           (90.7%; orange hearts drawn yellow) and scripts/held_out_text_swap.py found where: with T5 reading "an orange
+#           circle" for "an orange heart" (CLIP still reading the heart) the held-out colours were right in 97.2% (CLIP
+#           reading the seen pair instead: 93.5%). The tuned T5 writes the shape into the colour word, and a shape it
+#           never saw beside that colour moves the colour. Run by scripts/tiny_flux_on_gpu.sh, which grades it.
 # MODEL_DIR must sit beside tiny-sd's folder (illustrated_sd/assets/tiny-flux beside illustrated_sd/assets/tiny-sd):
 # tiny-flux ships no VAE, CLIP tower or CLIP tokenizer of its own; it takes tiny-sd's.
 # Every stage resumes from its checkpoint, so a part cut short can be started again with the same command.
@@ -67,6 +74,12 @@ fi
 if [[ $part == 3 ]]; then  # not in all: asked for by name until it has been run and graded
   train --out "$ckpt" --stages flux --minutes "${FLUX_MINUTES:-6.5}" --batch-size 1024 --dataset-size 50000 --anneal \
     --token-loss 0.1 --binding 0.1 --two-objects 0.5 --name-backgrounds 0.5
+  "$python" -m illustrated_sd.train export "$ckpt" "$model" --force
+fi
+if [[ $part == 5 ]]; then  # not in all, as part 3
+  [[ -f $ckpt/train_log.json ]] || "$python" -m illustrated_sd.train import "${FROM:-illustrated_sd/assets/tiny-flux}" "$ckpt"
+  train --out "$ckpt" --stages flux --minutes "${FLUX_MINUTES:-5}" --batch-size 1024 --dataset-size 50000 --anneal --tune-t5 \
+    --token-loss 0.1 --binding 0.1 --two-objects 0.5 --name-backgrounds 0.5 --t5-consistency "${CONSISTENCY:-1}"
   "$python" -m illustrated_sd.train export "$ckpt" "$model" --force
 fi
 if [[ $part == 4 ]]; then  # not in all, as part 3

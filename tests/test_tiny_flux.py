@@ -425,3 +425,63 @@ def test_held_out_reading_tallies_what_was_drawn_and_what_the_decoder_returns(sm
         assert set(result[reading]) <= set(result["held_out"])
     # rendered originals are read as what they are (the detector's own misreadings are not the decoder's)
     assert all(read == {asked: sum(read.values())} for asked, read in result["originals"].items())
+
+
+def test_shape_swapped_changes_only_shape_words_never_into_a_held_out_pair_and_marks_the_colours_before_them():
+    from illustrated_sd.train.flux import shape_swapped
+    from illustrated_sd.world import HELD_OUT
+
+    tokenizer = world_t5_tokenizer()
+    caption = "an orange circle and a red star on a plain white background"
+    ids = torch.tensor([tokenizer(caption).input_ids] * 200)
+    generator = torch.Generator().manual_seed(0)
+    swapped, slots = shape_swapped(ids, tokenizer, generator)
+    words = caption.split()
+    assert [words[i] for i in slots[0].nonzero().flatten().tolist()] == ["orange", "red"]  # "white" is not before a shape
+    changed = (swapped != ids).any(0).nonzero().flatten().tolist()
+    assert [words[i] for i in changed] == ["circle", "star"]  # the shapes, and nothing else
+    read = {tokenizer.decode(row) for row in swapped}
+    assert len(read) > 20 and not any(f"{c} {s}" in text for text in read for c, s in HELD_OUT)
+
+
+def test_colour_consistency_is_zero_for_a_t5_that_ignores_the_next_word_and_positive_for_one_that_reads_it():
+    from illustrated_sd.train.flux import colour_consistency, new_t5
+
+    tokenizer = world_t5_tokenizer()
+    ids = torch.tensor([tokenizer("a big red circle at the top left").input_ids])
+    t5 = new_t5(tokenizer).encoder.eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        assert colour_consistency(t5, ids, t5(ids)[0], tokenizer, generator) > 0  # attention reads the next word
+        word_by_word = lambda x: (t5.embed_tokens(x),)  # noqa: E731  no attention: a word's vector is its own
+        assert colour_consistency(word_by_word, ids, word_by_word(ids)[0], tokenizer, generator) == 0
+        no_colour = torch.tensor([tokenizer("a circle at the top left").input_ids])
+        assert colour_consistency(t5, no_colour, t5(no_colour)[0], tokenizer, generator) == 0
+
+
+def test_import_makes_a_checkpoint_of_the_shipped_tiny_flux_that_the_flux_stage_trains_on(tmp_path, capsys):
+    """train import on tiny-flux's folder: the transformer and the T5 encoder as shipped (a fresh T5 decoder), which
+    the flux stage then trains on, here with --tune-t5 and --t5-consistency (which needs --tune-t5)."""
+    folder = TINY_SD.parent / "tiny-flux"
+    if not folder.is_dir():
+        pytest.skip("the embedded tiny-flux is not in this copy")
+    from illustrated_sd.train.flux import t5_encoder
+    from illustrated_sd.trace.files import load_weights
+
+    ckpt = tmp_path / "fc"
+    assert train_main(["import", str(folder), str(ckpt)]) == 0
+    shipped = isd.load_pipeline("tiny-flux").pipeline
+    transformer = type(shipped.transformer).from_config(shipped.transformer.config)
+    assert load_weights(transformer, ckpt, "transformer")
+    assert all(torch.equal(v, shipped.transformer.state_dict()[k]) for k, v in transformer.state_dict().items())
+    tokens = torch.tensor([world_t5_tokenizer()("an orange heart on the left").input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(t5_encoder(ckpt)(tokens)[0], shipped.text_encoder_2(tokens)[0])
+    assert json.loads((ckpt / "train_log.json").read_text())["flux"] == json.loads((folder / "train_log.json").read_text())["flux"]
+    argv = ["run", "--smoke", "--stages", "flux", "--minutes", "1", "--out", str(ckpt), "--tune-t5"]
+    assert train_main(argv + ["--t5-consistency", "1"]) == 0
+    with torch.no_grad():
+        assert not torch.allclose(t5_encoder(ckpt)(tokens)[0], shipped.text_encoder_2(tokens)[0])  # T5 trained on
+    capsys.readouterr()
+    assert train_main(argv[:-1] + ["--t5-consistency", "1"]) == 2
+    assert "--t5-consistency shapes the T5 that --tune-t5 trains: add --tune-t5" in capsys.readouterr().err

@@ -83,6 +83,9 @@ def main(argv=None) -> int:
     run.add_argument("--tune-t5", action="store_true",
                      help="flux: train T5's encoder with the transformer (the flow-matching loss teaches it which words belong "
                           "together, which span corruption on the world's captions cannot; see train/flux.py)")
+    run.add_argument("--t5-consistency", type=checks.finite_float, default=0.0,
+                     help="flux, with --tune-t5: weight of a term that keeps each colour word's T5 vector the same whichever "
+                          "shape word follows it (train/flux.py's colour_consistency; default: %(default)s, off)")
     run.add_argument("--compile", action="store_true", help="unet, flux: torch.compile the UNet or the transformer (GPU; faster after a minute of compiling)")
     run.add_argument("--max-steps", type=checks.positive_int, default=None,
                      help="stop each stage after this many steps, if its --minutes do not end it first (the same steps on "
@@ -166,13 +169,15 @@ def run_stages(args) -> None:
         share = getattr(args, option)
         if share is not None and not 0 <= share <= 1:
             raise ValueError(f"--{option.replace('_', '-')} is a share of scenes, in [0, 1] (got {share:g})")
-    for option in ("binding", "token_loss", "local", "clean", "clean_grey", "object_colour", "keep_generated"):
+    for option in ("binding", "token_loss", "local", "clean", "clean_grey", "object_colour", "keep_generated", "t5_consistency"):
         if getattr(args, option) < 0:
             raise ValueError(f"--{option.replace('_', '-')} is a loss weight, ≥ 0 (got {getattr(args, option):g})")
     if args.token_loss and "flux" not in [stage for stage, _ in plan]:
         raise ValueError("--token-loss grounds tiny-flux's words: it needs --stages flux (the ground stage weighs its own token loss)")
     if args.tune_t5 and "flux" not in [stage for stage, _ in plan]:
         raise ValueError("--tune-t5 trains T5 with tiny-flux's transformer: it needs --stages flux (the t5 stage always trains T5)")
+    if args.t5_consistency and not args.tune_t5:
+        raise ValueError("--t5-consistency shapes the T5 that --tune-t5 trains: add --tune-t5")
     if args.local_teacher and not args.local:
         raise ValueError("--local-teacher chooses the targets of the --local term: add --local W (say 1)")
     if args.clean_grey and not args.clean:
@@ -220,7 +225,7 @@ def run_stages(args) -> None:
         if stage in ("ground", "flux"):
             extra.update(binding=args.binding, two_objects=args.two_objects, name_backgrounds=args.name_backgrounds, name_all=args.name_all)
         if stage == "flux":
-            extra.update(token_loss=args.token_loss, tune_t5=args.tune_t5)
+            extra.update(token_loss=args.token_loss, tune_t5=args.tune_t5, t5_consistency=args.t5_consistency)
         if args.smoke and stage in ("unet", "ground", "flux"):
             extra["dataset_size"] = 12
         steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20, **extra)

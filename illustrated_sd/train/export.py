@@ -100,7 +100,8 @@ def _write_folder(pipe, ckpt: Path, tmp: Path) -> None:
 
 
 def import_folder(folder: Path, ckpt: Path) -> Path:
-    """The inverse of :func:`export`: a checkpoint to resume training from, made from a pipeline folder."""
+    """The inverse of :func:`export`: a checkpoint to resume training from, made from a pipeline folder (tiny-sd's, or
+    tiny-flux's: :func:`.flux.import_flux`)."""
     from ..models.loading import load_pipeline
 
     folder, ckpt = Path(folder), Path(ckpt)
@@ -111,6 +112,10 @@ def import_folder(folder: Path, ckpt: Path) -> Path:
         raise ValueError(f"{folder} has no train_log.json, so it was not written by export; only those can be trained further")
     if ckpt.exists() and not ckpt.is_dir():
         raise ValueError(f"{ckpt} is a file; the checkpoint is a folder: choose a new folder name")
+    if json.loads((folder / "model_index.json").read_text()).get("_class_name") == "FluxPipeline":
+        from .flux import import_flux  # tiny-flux: its transformer and T5
+
+        return import_flux(folder, ckpt)
     pipe = load_pipeline(folder).pipeline
     built = build_random_pipeline("tiny-sd").vae.config.norm_num_groups  # what the training stages rebuild it as
     if pipe.vae.config.norm_num_groups != built:  # same weight shapes, another function: it would load without a word

@@ -37,6 +37,12 @@ Two stages, as Flux was built (its text encoders were trained by others, then fr
    sentence into the colour word (0.70) and the pairs are drawn right (93%). Real T5 learned its context from the
    internet's text; the world's captions hold none to learn.
 
+   With ``t5_consistency`` > 0 (and ``tune_t5``) T5 is also asked to keep each colour word's vector the same whichever
+   shape word follows it (:func:`colour_consistency`). The binding needs the colour's *place* in the sentence (first
+   object or second), not the shape beside it; yet the tuned T5 wrote the shape into the colour too, and a held-out
+   pair's colour then slipped: drawn with T5 reading "an orange circle" where the prompt says "an orange heart" (CLIP
+   still reading the heart), the held-out colours are right far more often (``scripts/held_out_text_swap.py``).
+
     python -m illustrated_sd.train run --stages t5,flux --minutes 2,8 --world 2 --out checkpoints/tiny-flux
     python -m illustrated_sd.train export checkpoints/tiny-flux illustrated_sd/assets/tiny-flux
 """
@@ -59,7 +65,7 @@ from ..models.transformers import TINY_FLUX, t5_style_tokenizer
 from ..paths import TINY_SD
 from ..recording.joint_attention import FluxRecordingProcessor, joint_layers
 from ..trace.files import load_weights
-from ..world import HELD_OUT, known_words, known_words_2, render, sample_scenes
+from ..world import COLORS, HELD_OUT, SHAPES_2, known_words, known_words_2, render, sample_scenes
 from ..world.vocabulary import MAX_OBJECTS_2
 from .checkpoint import read_log, save_weights
 from .grounding import binding_loss, grounding_loss, grounding_targets
@@ -272,10 +278,40 @@ def flow_matching_loss(transformer, x0: torch.Tensor, text: torch.Tensor, pooled
     return F.mse_loss(velocity.float(), noise - x0)
 
 
+def shape_swapped(ids: torch.Tensor, tokenizer, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5 token ids ``[B, T]`` with every shape word replaced by a shape drawn at random (kept where the draw would make
+    a held-out pair with the colour word before it: no caption training reads may name one), and ``[B, T]`` booleans
+    marking the colour words that stand right before a shape word: the slots whose next word changed."""
+    word = lambda w: tokenizer(w, add_special_tokens=False).input_ids[0]  # noqa: E731  (one piece per world word)
+    shapes = torch.tensor([word(s) for s in SHAPES_2], device=ids.device)
+    colours = torch.tensor([word(c) for c in COLORS], device=ids.device)
+    drawn = shapes[torch.randint(0, len(shapes), ids.shape, generator=generator, device=ids.device)]
+    before = F.pad(ids, (1, 0))[:, :-1]  # the word before each slot
+    held_out = torch.zeros_like(ids, dtype=torch.bool)
+    for colour, shape in HELD_OUT:
+        held_out |= (before == word(colour)) & (drawn == word(shape))
+    is_shape = torch.isin(ids, shapes)
+    swapped = torch.where(is_shape & ~held_out, drawn, ids)
+    after = F.pad(is_shape, (0, 1))[:, 1:]  # is the next word a shape?
+    return swapped, torch.isin(ids, colours) & after
+
+
+def colour_consistency(t5, ids: torch.Tensor, states: torch.Tensor, tokenizer, generator: torch.Generator) -> torch.Tensor:
+    """How much T5's colour-word vectors depend on the shape word that follows: the captions' ids ``[B, T]`` (their
+    encoder ``states [B, T, D]``, already computed) read again with their shapes swapped (:func:`shape_swapped`), and
+    at every colour word before a shape, ‖h − h_swapped‖² / ‖h‖², averaged → a scalar (0 when no caption has one)."""
+    swapped, slots = shape_swapped(ids, tokenizer, generator)
+    if not slots.any():
+        return states.sum() * 0
+    again = t5(swapped)[0]
+    here, there = states[slots].float(), again[slots].float()
+    return ((here - there).pow(2).sum(-1) / here.pow(2).sum(-1).clamp_min(1e-6)).mean()
+
+
 def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20, ema_decay=0.999,
                dataset_size: int = 100_000, drop_caption: float = 0.1, anneal: bool = False, world: int = 2, compile: bool = False,
                token_loss: float = 0.0, binding: float = 0.0, two_objects: float | None = None, name_backgrounds: float | None = None,
-               name_all: float | None = None, tune_t5: bool = False):
+               name_all: float | None = None, tune_t5: bool = False, t5_consistency: float = 0.0):
     """Stage ``flux``: the transformer learns the velocity on ``dataset_size`` scenes encoded once (see the module).
 
     ``token_loss`` and ``binding`` weigh the grounding terms of :mod:`.grounding` on the image→text attention of every
@@ -284,7 +320,11 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
     Grounding computes the attention in the open (its probabilities are needed), so it runs uncompiled.
     ``tune_t5`` trains T5's encoder with the transformer (same optimiser, same average of weights) and saves it back
     into the checkpoint's ``t5`` weights (the decoder, which Flux does not keep, is left as the t5 stage left it).
+    ``t5_consistency`` (with ``tune_t5``) weighs :func:`colour_consistency`: a colour word's vector kept whichever shape
+    follows it.
     """
+    if t5_consistency and not tune_t5:
+        raise ValueError("--t5-consistency shapes the T5 that --tune-t5 trains: add --tune-t5")
     grounded = token_loss > 0 or binding > 0
     pipe = tiny_flux_pipeline(ckpt, seed=seed).to(device)
     data = encode_world_flux(pipe, seed, dataset_size, device, world=world, grounded=grounded, two_objects=two_objects,
@@ -313,10 +353,13 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
             pooled = torch.where(dropped[:, None], data["empty_pooled"], data["pooled"][idx])
             with _autocast(device), sdpa_kernel(TRAIN_ATTENTION):  # the backward pass uses the kernel chosen here
                 if tune_t5:  # T5 reads the caption afresh each step, as FluxPipeline calls it: ids in, last states out
-                    text = t5(torch.where(dropped[:, None], data["empty_ids"], data["ids"][idx]))[0]
+                    ids = torch.where(dropped[:, None], data["empty_ids"], data["ids"][idx])
+                    text = t5(ids)[0]
                 else:
                     text = torch.where(dropped[:, None, None], data["empty_text"], data["text"][idx])
                 loss = flow_matching_loss(forward, x0, text, pooled, image_ids, text_ids, mu, gen)
+                if t5_consistency:  # a colour word's vector, whichever shape follows it
+                    loss = loss + t5_consistency * colour_consistency(t5, ids, text, pipe.tokenizer_2, gen)
                 if grounded:
                     words = data["slots"][idx].masked_fill(dropped[:, None, None], -1)  # a dropped caption has no words
                     masks = data["masks"][idx]
@@ -351,6 +394,25 @@ def _write_with_t5(ckpt: Path):
         save_weights(transformer, ckpt, "transformer")
 
     return write
+
+
+def import_flux(folder: Path, ckpt: Path) -> Path:
+    """The inverse of :func:`export_flux`: a checkpoint the flux stage trains on from, made from an exported tiny-flux
+    folder (its transformer, and its T5 encoder put into a full T5 whose decoder starts afresh: Flux keeps no decoder,
+    and only the t5 stage would train one). The optimiser starts afresh too; the log is the folder's."""
+    from .checkpoint import write_log
+    from ..models.loading import load_pipeline
+
+    pipe = load_pipeline(folder).pipeline
+    full = new_t5(world_t5_tokenizer())
+    with torch.no_grad():  # the encoder's blocks by name, the token table last (the tie carries it to every name)
+        full.encoder.load_state_dict({k.removeprefix("encoder."): v.float() for k, v in pipe.text_encoder_2.state_dict().items()
+                                      if k.startswith("encoder.")})
+        full.shared.weight.copy_(pipe.text_encoder_2.shared.weight.float())
+    save_weights(full, ckpt, "t5")
+    save_weights(pipe.transformer.float(), ckpt, "transformer")
+    write_log(ckpt, read_log(folder))
+    return ckpt
 
 
 def export_flux(ckpt: Path, folder: Path) -> None:

@@ -1,0 +1,94 @@
+"""Which of tiny-flux's two text encoders loses a held-out pair's colour?
+
+tiny-flux reads a prompt twice: T5's token vectors (the joint attention) and CLIP's pooled vector (every block's
+shift, scale and gate). A held-out pair ("an orange heart") was never in a training caption, so each encoder meets a
+sentence it never read. Here the held-out prompts are drawn as ``python -m illustrated_sd.evaluate --model tiny-flux
+--only held-out`` draws them (the same prompts and seeds), with one encoder reading a *seen* pair instead: the held-out
+shape word replaced by a shape that colour was trained with ("an orange circle"), while the other encoder reads the
+prompt as it is. Whichever encoder then stops the colour slipping is the one that loses it. (The shape follows
+whichever encoder decides it: read the shape grade too.) Also: CLIP reading the prompt without the held-out colour.
+
+    python scripts/held_out_text_swap.py [--seeds 3] [--out docs/flux_candidates/part4x2-cpu-text-swap.json]
+"""
+
+import argparse
+import collections
+import json
+import re
+from pathlib import Path
+
+import torch
+
+import illustrated_sd as isd
+from illustrated_sd.evaluate import evaluate, prompt_group, prompt_set
+from illustrated_sd.models.loading import model_defaults
+from illustrated_sd.world import HELD_OUT
+
+SEEN_SHAPE = {"star": "circle", "heart": "circle", "triangle": "square", "circle": "square"}  # each pair's colour is trained with these
+
+
+def seen_pair(text: str) -> str:
+    """``"an orange heart on the left"`` → ``"an orange circle on the left"``: the held-out pair made a trained one."""
+    for colour, shape in HELD_OUT:
+        text = text.replace(f"{colour} {shape}", f"{colour} {SEEN_SHAPE[shape]}")
+    return text
+
+
+def without_colour(text: str) -> str:
+    """``"an orange heart on the left"`` → ``"a heart on the left"``."""
+    for colour, shape in HELD_OUT:
+        text = re.sub(rf"\ban? {colour} {shape}", f"a {shape}", text)
+    return text
+
+
+def readers(encode, clip, t5):
+    """FluxPipeline's ``encode`` (its ``encode_prompt``: CLIP reads ``prompt``, T5 ``prompt_2``) with CLIP reading
+    ``clip(prompt)`` and T5 reading ``t5(prompt)``."""
+    def each(change, prompt):
+        return [change(p) for p in prompt] if isinstance(prompt, list) else change(prompt)
+
+    def encode_prompt(prompt, prompt_2=None, **kwargs):
+        return encode(prompt=each(clip, prompt), prompt_2=each(t5, prompt if prompt_2 is None else prompt_2), **kwargs)
+    return encode_prompt
+
+
+def as_is(text: str) -> str:
+    return text
+
+
+VARIANTS = {"as the pipeline reads it": (as_is, as_is), "CLIP reads a seen pair": (seen_pair, as_is),
+            "T5 reads a seen pair": (as_is, seen_pair), "CLIP reads it without the colour": (without_colour, as_is)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("docs/flux_candidates/part4x2-cpu-text-swap.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    pipe = isd.load_pipeline("tiny-flux")
+    defaults = {key: model_defaults("tiny-flux")[key] for key in ("steps", "guidance")}
+    cases = prompt_group(prompt_set(world=2), "held-out")
+    flux = pipe.pipeline
+    encode = flux.encode_prompt
+    result = {"command": "python scripts/held_out_text_swap.py", "seeds": args.seeds, "torch_threads": torch.get_num_threads()}
+    try:
+        for name, (clip, t5) in VARIANTS.items():
+            flux.encode_prompt = readers(encode, clip, t5)
+            rows = evaluate(pipe, cases, seeds=args.seeds, **defaults)
+            missed = collections.Counter(f"{c['prompt'].split()[1]} → {(o['read'] or ['nothing'])[0]}"
+                                         for c in rows["cases"] for o in c["objects"] if not o["color"])
+            summary = rows["summary"]
+            result[name] = {"colour": summary["held_out_color_accuracy"], "shape": summary["held_out_shape_accuracy"],
+                            "pictures": summary["held_out_prompts"], "colours_missed": dict(missed.most_common())}
+            print(f"{name:34s} colour {summary['held_out_color_accuracy']:.1%}  shape {summary['held_out_shape_accuracy']:.1%}  "
+                  f"missed {dict(missed.most_common())}", flush=True)
+    finally:
+        flux.encode_prompt = encode
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
