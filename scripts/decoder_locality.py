@@ -6,11 +6,14 @@ A's (left | right and top | bottom), decode, and compare A's side with A's own d
 than ``--seam`` latent pixels (8 px each). Reported in grey levels (0-255): the mean, the 99th percentile and the
 largest change, over every kept pixel of every pair. Notebook 07 shows one such case (an inpainting).
 
-    python scripts/decoder_locality.py [--model FOLDER] [--pairs 64] [--paths] [--inpaint N] [--out docs/decoder_locality.json]
+    python scripts/decoder_locality.py [--model FOLDER] [--pairs 64] [--paths] [--by-distance] [--inpaint N] [--out docs/decoder_locality.json]
 
 ``--paths`` also measures which part of the decoder carries the change (``illustrated_sd.lessons.decoder_reach``): the
 middle block's attention switched off, or every GroupNorm dividing by the kept picture's own statistics, or only the
-GroupNorms whose groups hold one channel each (instance norms: tiny-sd 2's full-resolution layers), or only the others.
+GroupNorms whose groups hold one channel each (instance norms, as SD's 32 groups make its full-resolution layers), or
+only the others; or every GroupNorm taking only the kept picture's means, or only its spreads.
+``--by-distance`` also grades the kept side strip by strip away from the cut: a change that stays as large far from
+the cut is carried by the statistics, not by the convolutions' reach.
 
 ``--inpaint N`` also measures the case notebook 07 shows: N inpaintings by the pipeline's own ``inpaint`` (20 steps),
 each a rendered held-out picture whose right half is repainted to another scene's caption (a world-2 caption: it may
@@ -39,11 +42,14 @@ from illustrated_sd.world import as_uint8, render, sample_scenes
 PATHS = {"as decoded": {}, "middle attention off": {"mid_attention": False},
          "GroupNorm statistics of the kept picture": {"norms_of_original": True},
          "… in the single-channel GroupNorms only": {"norms_of_original": True, "which_norms": "single-channel"},
-         "… in the multi-channel GroupNorms only": {"norms_of_original": True, "which_norms": "multi-channel"}}
+         "… in the multi-channel GroupNorms only": {"norms_of_original": True, "which_norms": "multi-channel"},
+         "… the means only (each its own spread)": {"norms_of_original": True, "statistics": "mean"},
+         "… the spreads only (each its own mean)": {"norms_of_original": True, "statistics": "spread"}}
+BANDS = ((1, 2), (2, 3), (3, 4), (4, 8))  # latent pixels from the cut, for --by-distance
 
 
 @torch.no_grad()
-def measure(model: str | None, pairs: int, seam: int, device: str, paths: bool = False) -> dict:
+def measure(model: str | None, pairs: int, seam: int, device: str, paths: bool = False, by_distance: bool = False) -> dict:
     pipe = isd.load_pipeline(model) if model else isd.load_pipeline()
     vae = pipe.vae.to(device).float().eval()
     images, _ = render(sample_scenes([2026, 12, 5], 2 * pairs, held_out=True, version=2), device=device)
@@ -52,6 +58,7 @@ def measure(model: str | None, pairs: int, seam: int, device: str, paths: bool =
     h, w = a.shape[-2:]
     scale = images.shape[-1] // w
     changes = {name: [] for name in (PATHS if paths else ["as decoded"])}
+    bands = {f"{near}-{far}": [] for near, far in BANDS} if by_distance else {}
     for cut in ("left | right", "top | bottom"):
         beyond = torch.zeros(1, 1, h, w, device=device)
         if cut == "left | right":
@@ -66,11 +73,20 @@ def measure(model: str | None, pairs: int, seam: int, device: str, paths: bool =
         kept = at_pixels(kept, scale)
         for name in changes:  # the largest change of R, G, B per kept pixel (lessons.decoder_reach)
             changes[name].append(kept_change(vae, a * (1 - beyond) + b * beyond, a, kept, **PATHS[name]))
+        for near, far in BANDS if by_distance else ():  # a strip of the kept side, parallel to the cut
+            strip = torch.zeros(h, w, dtype=torch.bool, device=device)
+            if cut == "left | right":
+                strip[:, w // 2 - far:w // 2 - near] = True
+            else:
+                strip[h // 2 - far:h // 2 - near] = True
+            bands[f"{near}-{far}"].append(kept_change(vae, a * (1 - beyond) + b * beyond, a, at_pixels(strip, scale)))
     summary = {name: grades(torch.cat(change).cpu().numpy()) for name, change in changes.items()}
     result = {"model": model or "tiny-sd 2 (embedded)", "vae_sha256": vae_sha256(model or TINY_SD), "pairs": pairs, "cuts": ["left | right", "top | bottom"], "seam_latent_pixels": seam,
               **summary.pop("as decoded")}
     if paths:  # which part of the decoder carries the painted half across: each switched off, or fed the kept picture's
         result["paths"] = summary
+    if by_distance:  # near the cut the convolutions reach across; a change as large far from it is the statistics'
+        result["by_latent_pixels_from_the_cut"] = {band: grades(torch.cat(c).cpu().numpy()) for band, c in bands.items()}
     return result
 
 
@@ -121,10 +137,12 @@ def main():
     parser.add_argument("--seam", type=int, default=1, help="latent pixels next to the cut left out (default: %(default)s)")
     parser.add_argument("--paths", action="store_true", help="also decode with the middle attention off, and with every GroupNorm "
                         "dividing by the kept picture's own statistics (which part carries the change across)")
+    parser.add_argument("--by-distance", action="store_true",
+                        help="also grade the kept side in strips by their distance from the cut (1-2, 2-3, 3-4, 4-8 latent pixels)")
     parser.add_argument("--inpaint", type=int, default=0, help="also N of the pipeline's own inpaintings (default: none)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    result = measure(args.model, args.pairs, args.seam, "cuda" if torch.cuda.is_available() else "cpu", args.paths)
+    result = measure(args.model, args.pairs, args.seam, "cuda" if torch.cuda.is_available() else "cpu", args.paths, args.by_distance)
     if args.inpaint:
         result["inpainting"] = inpainted(args.model, args.inpaint, args.seam, "cuda" if torch.cuda.is_available() else "cpu")
     print(json.dumps(result))

@@ -56,25 +56,51 @@ def as_is(text: str) -> str:
     return text
 
 
+def colour_from_seen_pair(encode, tokenizer):
+    """FluxPipeline's ``encode`` with one T5 vector changed: the held-out pair's colour word takes its vector from the
+    seen pair's prompt (``seen_pair``), every other vector (the shape's included) and CLIP's pooled vector as they are.
+    This isolates the colour word: swapping the whole prompt for T5 also swaps the shape it draws."""
+    held_out = [(tokenizer(c, add_special_tokens=False).input_ids[0], tokenizer(s, add_special_tokens=False).input_ids[0])
+                for c, s in HELD_OUT]
+
+    def encode_prompt(prompt, prompt_2=None, **kwargs):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        embeds, pooled, text_ids = encode(prompt=prompt, prompt_2=prompt_2, **kwargs)
+        seen = encode(prompt=prompt, prompt_2=[seen_pair(p) for p in prompts], **kwargs)[0]
+        embeds = embeds.clone()
+        for row, text in enumerate(prompts):
+            ids = tokenizer(text).input_ids
+            for i in range(len(ids) - 1):
+                if (ids[i], ids[i + 1]) in held_out:
+                    embeds[row, i] = seen[row, i]
+        return embeds, pooled, text_ids
+    return encode_prompt
+
+
 VARIANTS = {"as the pipeline reads it": (as_is, as_is), "CLIP reads a seen pair": (seen_pair, as_is),
-            "T5 reads a seen pair": (as_is, seen_pair), "CLIP reads it without the colour": (without_colour, as_is)}
+            "T5 reads a seen pair": (as_is, seen_pair), "CLIP reads it without the colour": (without_colour, as_is),
+            "T5's colour word alone from a seen pair": (None, None)}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--model", default="tiny-flux", help="an embedded model's name or a tiny-flux folder (beside tiny-sd's)")
+    parser.add_argument("--only", default=None, help="one variant's name (default: all)")
     parser.add_argument("--out", type=Path, default=Path("docs/flux_candidates/part4x2-cpu-text-swap.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    pipe = isd.load_pipeline("tiny-flux")
+    pipe = isd.load_pipeline(args.model)
     defaults = {key: model_defaults("tiny-flux")[key] for key in ("steps", "guidance")}
     cases = prompt_group(prompt_set(world=2), "held-out")
     flux = pipe.pipeline
     encode = flux.encode_prompt
-    result = {"command": "python scripts/held_out_text_swap.py", "seeds": args.seeds, "torch_threads": torch.get_num_threads()}
+    result = {"command": "python scripts/held_out_text_swap.py", "model": args.model, "seeds": args.seeds, "torch_threads": torch.get_num_threads()}
     try:
         for name, (clip, t5) in VARIANTS.items():
-            flux.encode_prompt = readers(encode, clip, t5)
+            if args.only not in (None, name):
+                continue
+            flux.encode_prompt = readers(encode, clip, t5) if clip else colour_from_seen_pair(encode, flux.tokenizer_2)
             rows = evaluate(pipe, cases, seeds=args.seeds, **defaults)
             missed = collections.Counter(f"{c['prompt'].split()[1]} → {(o['read'] or ['nothing'])[0]}"
                                          for c in rows["cases"] for o in c["objects"] if not o["color"])

@@ -48,11 +48,12 @@
 #           The whole of it, from nothing: parts 1, 2, 2, 3, 4, 4, 4 (seven device calls).
 #   part 5  from the shipped folder (train import, when CHECKPOINT_DIR holds no checkpoint yet: FROM, default
 #           illustrated_sd/assets/tiny-flux), part 4's command with --t5-consistency (CONSISTENCY, default 1): each colour
-#           word's T5 vector held the same whichever shape word follows it. Why: tiny-flux's held-out colours slipped
-#           (90.7%; orange hearts drawn yellow) and scripts/held_out_text_swap.py found where: with T5 reading "an orange
-#           circle" for "an orange heart" (CLIP still reading the heart) the held-out colours were right in 97.2% (CLIP
-#           reading the seen pair instead: 93.5%). The tuned T5 writes the shape into the colour word, and a shape it
-#           never saw beside that colour moves the colour. Run by scripts/tiny_flux_on_gpu.sh, which grades it.
+#           word's T5 vector held the same whichever shape word follows it. Why it was tried: tiny-flux's held-out
+#           colours slip (90.7%; orange hearts drawn yellow), and with T5 reading "an orange circle" for "an orange heart"
+#           (CLIP still reading the heart) they were right in 97.2% (scripts/held_out_text_swap.py). But that drew circles:
+#           with T5's colour word *alone* from the seen pair the colours hardly moved (91.7%), a measurement made after
+#           the run. Session 35 ran it once (one H100, scripts/tiny_flux_on_gpu.sh, which grades it): 3,247 steps, held-out
+#           colour 87.0% (docs/flux_candidates/part5-h100-t5-consistency1.json): not shipped, not in all.
 # MODEL_DIR must sit beside tiny-sd's folder (illustrated_sd/assets/tiny-flux beside illustrated_sd/assets/tiny-sd):
 # tiny-flux ships no VAE, CLIP tower or CLIP tokenizer of its own; it takes tiny-sd's.
 # Every stage resumes from its checkpoint, so a part cut short can be started again with the same command.

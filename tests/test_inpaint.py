@@ -148,6 +148,18 @@ def test_the_decoders_reach_is_measured_path_by_path_and_the_decoder_is_left_as_
     assert held["single-channel"] not in (held[None], held["all"]), held
     with pytest.raises(ValueError, match="which_norms is one of 'all', 'single-channel', 'multi-channel'"):
         kept_change(vae, painted, original, kept, norms_of_original=True, which_norms="instance")
+    # one statistic at a time: the original's mean with the painting's own spread, and the other way round; neither is
+    # the whole of the statistics' path (the trained norms compensate for each other)
+    one = {which: float(kept_change(vae, painted, original, kept, norms_of_original=True, statistics=which).mean())
+           for which in ("mean", "spread")}
+    for which in ("mean", "spread"):
+        assert kept_change(vae, original, original, kept, norms_of_original=True, statistics=which).max() < 0.01
+        assert one[which] != pytest.approx(change["statistics of the original"], rel=1e-3), (one, change)
+    assert one["mean"] != pytest.approx(one["spread"], rel=1e-3)
+    with pytest.raises(ValueError, match="statistics is one of 'both', 'mean', 'spread'"):
+        kept_change(vae, painted, original, kept, norms_of_original=True, statistics="variance")
+    with pytest.raises(ValueError, match="add norms_of_original=True"):
+        kept_change(vae, painted, original, kept, statistics="mean")
     with torch.no_grad():
         assert torch.equal(to_pixels(vae, latents[:2]), plain)  # every hook is gone
         from illustrated_sd.lessons.decoder_reach import _switches
@@ -162,9 +174,13 @@ def test_decoder_locality_script_measures_the_paths_beside_the_decoders_own_chan
 
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "decoder_locality.py"))
     plain = script["measure"](None, 2, 1, "cpu")
-    both = script["measure"](None, 2, 1, "cpu", paths=True)
+    both = script["measure"](None, 2, 1, "cpu", paths=True, by_distance=True)
     assert "paths" not in plain and set(both["paths"]) == {"middle attention off", "GroupNorm statistics of the kept picture",
-                                                           "… in the single-channel GroupNorms only", "… in the multi-channel GroupNorms only"}
+                                                           "… in the single-channel GroupNorms only", "… in the multi-channel GroupNorms only",
+                                                           "… the means only (each its own spread)", "… the spreads only (each its own mean)"}
+    strips = both["by_latent_pixels_from_the_cut"]  # strips of 1, 1, 1 and 4 latent pixels (8 px each) along both cuts
+    assert [s["kept_pixels"] for s in strips.values()] == [2 * 2 * 128 * 8 * n for n in (1, 1, 1, 4)]
+    assert "by_latent_pixels_from_the_cut" not in plain
     assert both["grey_levels"] == plain["grey_levels"] and plain["kept_pixels"] == 2 * 2 * 128 * 56
     mean = lambda path: both["paths"][path]["grey_levels"]["mean"]  # noqa: E731
     assert mean("GroupNorm statistics of the kept picture") < plain["grey_levels"]["mean"]

@@ -485,3 +485,24 @@ def test_import_makes_a_checkpoint_of_the_shipped_tiny_flux_that_the_flux_stage_
     capsys.readouterr()
     assert train_main(argv[:-1] + ["--t5-consistency", "1"]) == 2
     assert "--t5-consistency shapes the T5 that --tune-t5 trains: add --tune-t5" in capsys.readouterr().err
+
+
+def test_held_out_text_swap_changes_only_what_each_variant_says(smoke_tiny_flux):
+    """scripts/held_out_text_swap.py: a held-out pair made a seen one, its colour taken out, and T5's colour word alone
+    taken from the seen pair's prompt (every other T5 vector and CLIP's pooled vector as they are)."""
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "held_out_text_swap.py"))
+    assert script["seen_pair"]("an orange heart on the left") == "an orange circle on the left"
+    assert script["without_colour"]("an orange heart on the left") == "a heart on the left"
+    assert script["seen_pair"]("a red heart on the left") == "a red heart on the left"  # a seen pair stays
+    pipe = isd.load_pipeline(smoke_tiny_flux).pipeline
+    encode, prompt = pipe.encode_prompt, "an orange heart on the left"
+    options = dict(device="cpu", max_sequence_length=16)
+    with torch.no_grad():
+        plain, pooled, _ = encode(prompt=prompt, prompt_2=None, **options)
+        seen = encode(prompt=prompt, prompt_2="an orange circle on the left", **options)[0]
+        spliced, pooled_too, _ = script["colour_from_seen_pair"](encode, pipe.tokenizer_2)(prompt=prompt, **options)
+    orange = pipe.tokenizer_2(prompt).input_ids.index(pipe.tokenizer_2("orange", add_special_tokens=False).input_ids[0])
+    assert (spliced != plain).any(-1)[0].nonzero().flatten().tolist() == [orange]
+    assert torch.equal(spliced[0, orange], seen[0, orange]) and torch.equal(pooled_too, pooled)

@@ -40,14 +40,18 @@ def _group_statistics(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch
 # large and constant, which no single channel can do for itself.
 WHICH_NORMS = {"all": lambda per_group: True, "single-channel": lambda per_group: per_group == 1,
                "multi-channel": lambda per_group: per_group > 1}
+# Which of a replaying GroupNorm's two statistics are the original's: the mean it subtracts, the spread it divides by,
+# or both. (In the trained decoder the norms compensate for each other: holding one statistic, or some norms, can move
+# the kept half further than holding none.)
+STATISTICS = ("both", "mean", "spread")
 
 
 @contextmanager
-def _switches(vae, mid_attention: bool = True, norms=None, which_norms: str = "all"):
+def _switches(vae, mid_attention: bool = True, norms=None, which_norms: str = "all", statistics: str = "both"):
     """Hooks on ``vae.decoder`` for one ``with`` block. ``mid_attention=False``: the middle block's attention returns its
     input (it adds its own residual, so this skips it whole). ``norms``: ``None`` leaves the GroupNorms alone; a list
     records each GroupNorm's statistics into it (in call order); a filled list makes the GroupNorms ``which_norms``
-    chooses (see :func:`kept_change`) use the recorded ones."""
+    chooses (see :func:`kept_change`) use the recorded ones (``statistics``: both, or only the mean or the spread)."""
     if which_norms not in WHICH_NORMS:
         raise ValueError(f"which_norms is one of {', '.join(map(repr, WHICH_NORMS))} (got {which_norms!r})")
     handles = []
@@ -67,6 +71,8 @@ def _switches(vae, mid_attention: bool = True, norms=None, which_norms: str = "a
                 mean, var = norms[next(calls)]
                 if not WHICH_NORMS[which_norms](module.num_channels // module.num_groups):
                     return output
+                own_mean, own_var = _group_statistics(x, module.num_groups)
+                mean, var = (mean, own_var) if statistics == "mean" else (own_mean, var) if statistics == "spread" else (mean, var)
                 y = ((x.reshape(len(x), module.num_groups, -1) - mean) / torch.sqrt(var + module.eps)).reshape(x.shape)
                 shape = (1, -1) + (1,) * (x.dim() - 2)  # the channel axis: 4-d feature maps, or the attention's [N, C, HW]
                 return y * module.weight.view(shape) + module.bias.view(shape) if module.affine else y
@@ -82,7 +88,7 @@ def _switches(vae, mid_attention: bool = True, norms=None, which_norms: str = "a
 
 @torch.no_grad()
 def kept_change(vae, painted: torch.Tensor, original: torch.Tensor, kept: torch.Tensor, mid_attention: bool = True,
-                norms_of_original: bool = False, which_norms: str = "all") -> torch.Tensor:
+                norms_of_original: bool = False, which_norms: str = "all", statistics: str = "both") -> torch.Tensor:
     """How far the kept pixels move when ``painted`` is decoded instead of ``original``, in grey levels (0–255).
 
     Args:
@@ -93,17 +99,22 @@ def kept_change(vae, painted: torch.Tensor, original: torch.Tensor, kept: torch.
         norms_of_original: decode ``painted`` with every GroupNorm's statistics taken from ``original``'s decoding.
         which_norms: with ``norms_of_original``, which GroupNorms take them: ``"all"``, ``"single-channel"`` (those
             whose groups hold one channel each: instance norms) or ``"multi-channel"`` (the rest).
+        statistics: with ``norms_of_original``, which of them the original gives: ``"both"``, or only the ``"mean"`` (the
+            spread is the painted picture's own) or the ``"spread"``.
     Returns:
         ``[N·K]``: for each kept pixel, the largest change of its R, G and B.
     """
     if which_norms not in WHICH_NORMS:
         raise ValueError(f"which_norms is one of {', '.join(map(repr, WHICH_NORMS))} (got {which_norms!r})")
-    if which_norms != "all" and not norms_of_original:
-        raise ValueError(f"which_norms={which_norms!r} chooses which GroupNorms take the original's statistics: add norms_of_original=True")
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics is one of {', '.join(map(repr, STATISTICS))} (got {statistics!r})")
+    if (which_norms != "all" or statistics != "both") and not norms_of_original:
+        raise ValueError(f"which_norms={which_norms!r} and statistics={statistics!r} choose what the GroupNorms take from the "
+                         "original: add norms_of_original=True")
     norms = [] if norms_of_original else None
     with _switches(vae, mid_attention, norms):
         before = to_pixels(vae, original)  # with norms_of_original, this decoding records the statistics …
-    with _switches(vae, mid_attention, norms, which_norms):
+    with _switches(vae, mid_attention, norms, which_norms, statistics):
         after = to_pixels(vae, painted)  # … and this one uses them
     grey = lambda x: (x.clamp(-1, 1) + 1) * 127.5  # noqa: E731  [-1, 1] → grey levels
     return (grey(after) - grey(before)).abs().amax(1)[:, kept.to(after.device)].flatten()
