@@ -10,10 +10,10 @@ largest change, over every kept pixel of every pair. Notebook 07 shows one such 
 
 ``--paths`` also measures which part of the decoder carries the change (``illustrated_sd.lessons.decoder_reach``): the
 middle block's attention switched off, or every GroupNorm dividing by the kept picture's own statistics, or only the
-GroupNorms whose groups hold one channel each (instance norms, as SD's 32 groups make its full-resolution layers), or
-only the others; or every GroupNorm taking only the kept picture's means, or only its spreads.
-``--by-distance`` also grades the kept side strip by strip away from the cut: a change that stays as large far from
-the cut is carried by the statistics, not by the convolutions' reach.
+GroupNorms whose groups hold one channel each (instance norms: tiny-sd 2's 32-channel full-resolution layers had them
+with SD's 32 groups), or only the others; or every GroupNorm taking only the kept picture's means, or only its spreads.
+``--by-distance`` also grades the kept side strip by strip away from the cut: a change that stays large far from the
+cut is carried by something global (the norms' statistics, the middle attention), not by the convolutions' reach alone.
 
 ``--inpaint N`` also measures the case notebook 07 shows: N inpaintings by the pipeline's own ``inpaint`` (20 steps),
 each a rendered held-out picture whose right half is repainted to another scene's caption (a world-2 caption: it may

@@ -1,14 +1,20 @@
-"""Which of tiny-flux's two text encoders loses a held-out pair's colour?
+"""Where does tiny-flux lose a held-out pair's colour? Its text encoders read swapped prompts.
 
 tiny-flux reads a prompt twice: T5's token vectors (the joint attention) and CLIP's pooled vector (every block's
 shift, scale and gate). A held-out pair ("an orange heart") was never in a training caption, so each encoder meets a
 sentence it never read. Here the held-out prompts are drawn as ``python -m illustrated_sd.evaluate --model tiny-flux
---only held-out`` draws them (the same prompts and seeds), with one encoder reading a *seen* pair instead: the held-out
-shape word replaced by a shape that colour was trained with ("an orange circle"), while the other encoder reads the
-prompt as it is. Whichever encoder then stops the colour slipping is the one that loses it. (The shape follows
-whichever encoder decides it: read the shape grade too.) Also: CLIP reading the prompt without the held-out colour.
+--only held-out`` draws them (the same prompts and seeds) with one reading changed:
 
-    python scripts/held_out_text_swap.py [--seeds 3] [--out docs/flux_candidates/part4x2-cpu-text-swap.json]
+- CLIP reads a *seen* pair (the held-out shape word replaced by a shape that colour was trained with: "an orange
+  circle"), T5 the prompt as it is; or CLIP reads the prompt without the held-out colour;
+- T5 reads the seen pair: the shape follows T5, so this draws the seen pair's shape too, and a better colour then
+  says little about where the held-out one slips;
+- T5's colour word *alone* takes its vector from the seen pair's prompt, every other vector (the shape word's, CLIP's
+  pooled one) as it is: what the colour word's own vector does.
+
+A variant that stops the colour slipping points at what it changed, as long as it changed nothing else.
+
+    python scripts/held_out_text_swap.py [--model tiny-flux] [--seeds 3] [--only VARIANT] [--out docs/flux_candidates/part4x2-cpu-text-swap.json]
 """
 
 import argparse

@@ -50,7 +50,8 @@
 #           illustrated_sd/assets/tiny-flux), part 4's command with --t5-consistency (CONSISTENCY, default 1): each colour
 #           word's T5 vector held the same whichever shape word follows it. Why it was tried: tiny-flux's held-out
 #           colours slip (90.7%; orange hearts drawn yellow), and with T5 reading "an orange circle" for "an orange heart"
-#           (CLIP still reading the heart) they were right in 97.2% (scripts/held_out_text_swap.py). But that drew circles:
+#           (CLIP still reading the heart) they were right in 97.2% (scripts/held_out_text_swap.py). But that drew the seen
+#           pairs' shapes:
 #           with T5's colour word *alone* from the seen pair the colours hardly moved (91.7%), a measurement made after
 #           the run. Session 35 ran it once (one H100, scripts/tiny_flux_on_gpu.sh, which grades it): 3,247 steps, held-out
 #           colour 87.0% (docs/flux_candidates/part5-h100-t5-consistency1.json): not shipped, not in all.

@@ -41,8 +41,8 @@ def _group_statistics(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch
 WHICH_NORMS = {"all": lambda per_group: True, "single-channel": lambda per_group: per_group == 1,
                "multi-channel": lambda per_group: per_group > 1}
 # Which of a replaying GroupNorm's two statistics are the original's: the mean it subtracts, the spread it divides by,
-# or both. (In the trained decoder the norms compensate for each other: holding one statistic, or some norms, can move
-# the kept half further than holding none.)
+# or both. (In the shipped decoder holding only one of the two moves the kept half further than holding none:
+# scripts/decoder_locality.py --paths.)
 STATISTICS = ("both", "mean", "spread")
 
 

@@ -41,9 +41,9 @@ Two stages, as Flux was built (its text encoders were trained by others, then fr
    shape word follows it (:func:`colour_consistency`). The binding needs the colour's *place* in the sentence (first
    object or second), not the shape beside it. It was tried (part 5, session 35) on a lead that did not hold:
    with T5 reading "an orange circle" where the prompt says "an orange heart", tiny-flux drew the held-out colours
-   right far more often, but it also drew circles; with T5's colour word alone taken from the seen pair, the colours
-   hardly moved (``scripts/held_out_text_swap.py``). The colour slips in the transformer, not in T5's colour word,
-   and part 5 drew the held-out colours worse (model card).
+   right far more often, but it also drew the seen pair's shape; with T5's colour word alone taken from the seen
+   pair, the colours hardly moved (``scripts/held_out_text_swap.py``). T5's colour word alone is not where the colour
+   slips, and part 5 (3,247 more steps with the term) drew the held-out colours no better (model card).
 
     python -m illustrated_sd.train run --stages t5,flux --minutes 2,8 --world 2 --out checkpoints/tiny-flux
     python -m illustrated_sd.train export checkpoints/tiny-flux illustrated_sd/assets/tiny-flux
