@@ -49,6 +49,7 @@ Two stages, as Flux was built (its text encoders were trained by others, then fr
     python -m illustrated_sd.train export checkpoints/tiny-flux illustrated_sd/assets/tiny-flux
 """
 
+import functools
 import json
 import shutil
 from contextlib import contextmanager, nullcontext
@@ -280,18 +281,25 @@ def flow_matching_loss(transformer, x0: torch.Tensor, text: torch.Tensor, pooled
     return F.mse_loss(velocity.float(), noise - x0)
 
 
+@functools.lru_cache(maxsize=4)
+def _world_word_ids(tokenizer) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """The token ids of the world's shape words, its colour words and its held-out (colour, shape) pairs: one piece per
+    world word (``world_t5_tokenizer``). Cached: the flux stage asks every step."""
+    word = lambda w: tokenizer(w, add_special_tokens=False).input_ids[0]  # noqa: E731
+    return [word(s) for s in SHAPES_2], [word(c) for c in COLORS], [(word(c), word(s)) for c, s in HELD_OUT]
+
+
 def shape_swapped(ids: torch.Tensor, tokenizer, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """T5 token ids ``[B, T]`` with every shape word replaced by a shape drawn at random (kept where the draw would make
     a held-out pair with the colour word before it: no caption training reads may name one), and ``[B, T]`` booleans
     marking the colour words that stand right before a shape word: the slots whose next word changed."""
-    word = lambda w: tokenizer(w, add_special_tokens=False).input_ids[0]  # noqa: E731  (one piece per world word)
-    shapes = torch.tensor([word(s) for s in SHAPES_2], device=ids.device)
-    colours = torch.tensor([word(c) for c in COLORS], device=ids.device)
+    shape_ids, colour_ids, held_out_ids = _world_word_ids(tokenizer)
+    shapes, colours = torch.tensor(shape_ids, device=ids.device), torch.tensor(colour_ids, device=ids.device)
     drawn = shapes[torch.randint(0, len(shapes), ids.shape, generator=generator, device=ids.device)]
     before = F.pad(ids, (1, 0))[:, :-1]  # the word before each slot
     held_out = torch.zeros_like(ids, dtype=torch.bool)
-    for colour, shape in HELD_OUT:
-        held_out |= (before == word(colour)) & (drawn == word(shape))
+    for colour, shape in held_out_ids:
+        held_out |= (before == colour) & (drawn == shape)
     is_shape = torch.isin(ids, shapes)
     swapped = torch.where(is_shape & ~held_out, drawn, ids)
     after = F.pad(is_shape, (0, 1))[:, 1:]  # is the next word a shape?
