@@ -16,23 +16,24 @@
 # TRUTH=1 adds regroup --truth (the world's pictures as targets, not the shipped decoder's, which draw the speckle);
 # the speckle is counted by scripts/near_marks_decoders.py (near.json) on the same 24 latents as the shipped decoder.
 # Part 22: FLUX_BANK=512 (regroup --flux-bank: tiny-flux's own latents in the bank too, their colours held), with
-# part 20's terms: SPLICE_COLOUR=10 VARIANTS=16:10 MIN=5 LIMIT=200 FLUX=1.
+# part 20's terms: SPLICE_COLOUR=10 VARIANTS=16:10 MIN=5 LIMIT=200 FLUX=1. Part 23: STEADY=5 (regroup --steady: every
+# GroupNorm's statistics held the same from picture to picture) with part 22's terms.
 set -o pipefail
 mkdir -p /tmp/site && tar xJf .whl/diffusers-0.42.1.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:.:benchmarks OMP_NUM_THREADS=2
 T0=$(date +%s)
 VARIANTS=${VARIANTS:-"16:10"}
 for v in $VARIANTS; do
-  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}; mkdir -p $OUT/$name; rm -rf /tmp/rg_$name
+  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}; mkdir -p $OUT/$name; rm -rf /tmp/rg_$name
   ( python -m illustrated_sd.train.regroup illustrated_sd/assets/tiny-sd /tmp/rg_$name --groups $g --minutes ${MIN:-4.5} \
       --batch-size 128 --bank-size 512 --seed ${SEED:-9} --colour 10 --bank-colours orange,yellow --clean ${CLEAN:-4} \
-      --local $l --splice-colour ${SPLICE_COLOUR:-0} --droplet ${DROPLET:-0} ${TRUTH:+--truth} --flux-bank ${FLUX_BANK:-0} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/$name/train.log ) &
+      --local $l --splice-colour ${SPLICE_COLOUR:-0} --droplet ${DROPLET:-0} ${TRUTH:+--truth} --flux-bank ${FLUX_BANK:-0} --steady ${STEADY:-0} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/$name/train.log ) &
 done
 wait
 echo "trained at $(( $(date +%s) - T0 )) s"
 L=${LIMIT:-270}
 for v in $VARIANTS; do
-  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}; M=/tmp/rg_$name; R=$OUT/$name
+  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}; M=/tmp/rg_$name; R=$OUT/$name
   [[ -f $M/vae/diffusion_pytorch_model.safetensors ]] || { echo "$name: no weights"; continue; }
   cp $M/vae/diffusion_pytorch_model.safetensors $R/vae.safetensors; cp $M/train_log.json $R/
   grep "steps on" $R/train.log
@@ -49,7 +50,7 @@ done
 wait
 echo "graded at $(( $(date +%s) - T0 )) s"; nvidia-smi --query-gpu=name --format=csv,noheader
 for v in $VARIANTS; do
-  g=${v%%:*}; l=${v##*:}; R=$OUT/g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}
+  g=${v%%:*}; l=${v##*:}; R=$OUT/g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}
   python - "$R" <<'EOF'
 import collections, json, sys
 from pathlib import Path

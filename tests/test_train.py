@@ -18,7 +18,7 @@ from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.trace.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
 from illustrated_sd.train.decoder import (SEAM, DropletProbe, GroupNormProbe, decoder_loss, droplet_loss, impossible_colour,
-                                         object_colour_error, object_weights, spliced, spread_loss, spread_share, stray_colour,
+                                         object_colour_error, object_weights, spliced, spread_loss, spread_share, steady_loss, stray_colour,
                                          train_decoder)
 from illustrated_sd.train.stages import clip_loss
 
@@ -277,6 +277,29 @@ def test_droplet_loss_prices_one_spike_that_dominates_a_picture_not_an_object_ed
         picture = vae.decode(torch.randn(2, 4, 8, 8)).sample
     assert [f.shape[-1] for f in probe.features] == [picture.shape[-1]] * 2  # both at full resolution
     assert all(not block._forward_hooks for block in vae.decoder.up_blocks)
+
+
+def test_steady_loss_prices_statistics_that_differ_between_pictures():
+    """decoder.steady_loss: pictures whose groups share one mean and spread cost nothing, whatever their content; a
+    picture whose group mean moves, or whose spread doubles, costs (the mean's move measured against the spread, so
+    scaling a layer changes nothing); GroupNormProbe(everywhere=True) holds every GroupNorm of the decoder."""
+    norm = torch.nn.GroupNorm(2, 4)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 4, 16, 16, generator=gen)
+    flat = x.reshape(4, 2, -1)
+    same = ((flat - flat.mean(-1, keepdim=True)) / flat.std(-1, unbiased=False, keepdim=True)).reshape(x.shape)
+    assert steady_loss([(norm, same)]).item() == pytest.approx(0, abs=1e-8)  # four pictures, one set of statistics
+    shifted, doubled = same.clone(), same.clone()
+    shifted[0, :2] += 1.0  # the first picture's first group moved by one spread
+    doubled[0, 2:] *= 2.0  # its second group's spread doubled
+    assert steady_loss([(norm, shifted)]) > 0.1 and steady_loss([(norm, doubled)]) > 0.1
+    assert steady_loss([(norm, 10 * shifted)]).item() == pytest.approx(steady_loss([(norm, shifted)]).item(), rel=1e-4)
+    vae = isd.build_random_pipeline("tiny-sd", seed=0).vae.eval()
+    with torch.no_grad(), GroupNormProbe(vae.decoder, everywhere=True) as probe:
+        vae.decode(torch.randn(2, 4, 8, 8))
+    every = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert probe.norms == every and len(probe.inputs) == len(every) and steady_loss(probe.inputs) > 0
+    assert all(not n._forward_hooks for n in every)
 
 
 def test_spread_loss_prices_a_few_pixels_that_supply_a_groups_spread():
@@ -931,6 +954,17 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
     regroup.regroup_vae(source, tmp_path / "out10", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, spread=4.0)
     assert spreads[0][0] > 1 and spreads[0][1] > 0
     assert losses[7] - losses[1] == pytest.approx(4 * spreads[0][1], rel=1e-4)
+    steadies = []
+
+    def steady_spy(inputs):  # the steady term, as regroup calls it: every GroupNorm of the decoder, one decode
+        value = steady_loss(inputs)
+        steadies.append((len(inputs), value.item()))
+        return value
+
+    monkeypatch.setattr(regroup, "steady_loss", steady_spy)
+    regroup.regroup_vae(source, tmp_path / "out10b", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, steady=2.0)
+    assert steadies[0][0] > spreads[0][0] and steadies[0][1] > 0  # more norms than the spread term's
+    assert losses[8] - losses[1] == pytest.approx(2 * steadies[0][1], rel=1e-4)
     from illustrated_sd.models.transformers import build_random_flux
     build_random_flux("tiny-flux", seed=0).save_pretrained(tmp_path / "flux")
     drawn = []
@@ -938,7 +972,7 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
     monkeypatch.setattr(regroup, "flux_bank", lambda *a, **kw: drawn.append(a[2]) or real_flux_bank(*a, **kw, steps=1))
     regroup.regroup_vae(source, tmp_path / "out11", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0,
                         flux_bank_size=3, flux_model=tmp_path / "flux")
-    assert drawn == [3] and losses[8] != pytest.approx(losses[1], rel=1e-3)  # the bank holds 2 + 3 latents to pick from
+    assert drawn == [3] and losses[9] != pytest.approx(losses[1], rel=1e-3)  # the bank holds 2 + 3 latents to pick from
     (tmp_path / "config.json").write_text(json.dumps({"norm_num_groups": 8}))  # beside `earlier`: trained with 8 groups
     with pytest.raises(ValueError, match="trained with 8 GroupNorm groups, not 16: pass --groups 8"):
         regroup.regroup_vae(source, tmp_path / "out3", 16, 1.0, 2, "cpu", bank_size=2, start=earlier)

@@ -234,11 +234,13 @@ def droplet_loss(features: list[torch.Tensor], limits: tuple[float, ...] = DROPL
 class GroupNormProbe(_Probe):
     """Holds ``(norm, input [B, C, H, W])`` for each GroupNorm in the decoder's last two up blocks and its
     ``conv_norm_out`` (``inputs``) while installed (``with GroupNormProbe(vae.decoder) as probe: vae.decode(z)``), for
-    :func:`spread_loss`: what those norms divide by, where the decoder's spike builds up."""
+    :func:`spread_loss`: what those norms divide by, where the decoder's spike builds up. ``everywhere=True`` holds
+    every GroupNorm of the decoder instead (the middle attention's input ``[B, C, H·W]`` among them), for
+    :func:`steady_loss`."""
 
-    def __init__(self, decoder):
-        norms = [m for block in (*decoder.up_blocks[-2:], decoder.conv_norm_out) for m in block.modules()
-                 if isinstance(m, torch.nn.GroupNorm)]
+    def __init__(self, decoder, everywhere: bool = False):
+        blocks = (decoder,) if everywhere else (*decoder.up_blocks[-2:], decoder.conv_norm_out)
+        norms = [m for block in blocks for m in block.modules() if isinstance(m, torch.nn.GroupNorm)]
         super().__init__(norms, lambda module, args, out: (module, args[0]))
 
     @property
@@ -267,6 +269,26 @@ def spread_loss(inputs: list, limit: float = SPREAD_LIMIT) -> torch.Tensor:
     over all channels, it reads what each group's statistics are taken from: a spike in one group's channels, small
     beside the other channels, still costs."""
     return torch.stack([F.relu(spread_share(norm, x) - limit).pow(2).mean() for norm, x in inputs]).mean()
+
+
+def steady_loss(inputs: list) -> torch.Tensor:
+    """The steady loss: a :class:`GroupNormProbe`'s ``(norm, input [B, C, …])`` pairs (``everywhere=True``) → a scalar:
+    how much each group's statistics differ from picture to picture in the batch. Per norm and group, the variance
+    over the batch of the group's mean (divided by the group's average spread, so a layer's scale does not matter)
+    plus that of the log of its spread; averaged.
+
+    Why: a GroupNorm's statistics are the whole picture's, which is how an inpainting's painted half moves the kept
+    half (``lessons.decoder_reach``: with every norm given the kept picture's statistics, the splices' kept half
+    moves half as much). A decoder whose statistics were the same for every picture would normalise each one by the
+    same numbers: the norms would be fixed per-channel scales and shifts, and could carry nothing across. Pricing
+    the statistics' variation asks for that directly, at every norm, where the splicing term (``spliced``) asks it
+    only of the output."""
+    terms = []
+    for norm, x in inputs:
+        flat = x.float().reshape(len(x), norm.num_groups, -1)
+        mean, var = flat.mean(-1), flat.var(-1, unbiased=False)  # [B, G]
+        terms.append((mean.var(0) / var.mean(0).clamp(min=1e-6)).mean() + torch.log(var + 1e-6).var(0).mean())
+    return torch.stack(terms).mean()
 
 
 def object_colour_error(recon: torch.Tensor, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ How, keeping diffusers' own class and the latent space every denoiser learned:
 
     python -m illustrated_sd.train.regroup SOURCE OUT [--groups 16] [--minutes 4] [--batch-size 128] [--local 1]
         [--start EARLIER/vae/diffusion_pytorch_model.safetensors --seed 1] [--colour 10] [--bank-colours orange,yellow]
-        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--spread 1] [--truth] [--flux-bank 512]
+        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--spread 1] [--steady 1] [--truth] [--flux-bank 512]
 
 SOURCE is a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd); OUT becomes a copy of it whose ``vae/`` is the
 regrouped one, with the run's losses in its ``train_log.json`` (``regroup``). Graded like any decoder candidate
@@ -44,7 +44,8 @@ from safetensors.torch import load_file
 from .. import checks
 from ..world import COLORS, render, sample_scenes
 from .decoder import (NEAR_REACH, DropletProbe, GroupNormProbe, decoder_loss, decoder_lr, droplet_loss, flux_bank,
-                      generated_bank, impossible_colour, object_colour_error, object_weights, spliced, spread_loss, stray_colour)
+                      generated_bank, impossible_colour, object_colour_error, object_weights, spliced, spread_loss, steady_loss,
+                      stray_colour)
 from .export import write_atomically
 from .stages import Budget, _autocast, _run
 
@@ -89,7 +90,7 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
                 local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20,
                 start: Path | None = None, colour: float = 0.0, bank_colours: tuple[str, ...] = (), clean: float = 0.0,
                 near: float = 0.0, splice_colour: float = 0.0, droplet: float = 0.0, truth: bool = False,
-                spread: float = 0.0, flux_bank_size: int = 0, flux_model: str | Path = "tiny-flux") -> int:
+                spread: float = 0.0, flux_bank_size: int = 0, flux_model: str | Path = "tiny-flux", steady: float = 0.0) -> int:
     """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
@@ -122,7 +123,9 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     a few pixels supply (``decoder.spread_loss``): the droplet as the norm sees it. (Part 21 priced ``droplet``: the
     peak came down, and 25 pixels still supplied half of a group's spread.) ``flux_bank_size`` adds that many of
     ``flux_model``'s latents to the bank (``decoder.flux_bank``, its captions naming ``bank_colours`` as the UNet's do):
-    tiny-flux shares the decoder, and every local decoder held to the UNet's latents alone drew its orange yellower."""
+    tiny-flux shares the decoder, and every local decoder held to the UNet's latents alone drew its orange yellower.
+    ``steady`` weighs how much every GroupNorm's statistics differ between the batch's pictures (``decoder.steady_loss``):
+    the leak's carrier priced where it is computed, not only in the spliced output."""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
@@ -159,7 +162,8 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
             wanted = images
         mixed, targets, target_masks, far = spliced(latents, wanted, masks, gen)
         bank_mixed, bank_targets, bank_masks, bank_far = spliced(bank[0][pick], bank[1][pick], bank[2][pick], gen)
-        with _autocast(device), DropletProbe(new.decoder) as probe, GroupNormProbe(new.decoder) as norms:
+        with (_autocast(device), DropletProbe(new.decoder) as probe, GroupNormProbe(new.decoder) as norms,
+              GroupNormProbe(new.decoder, everywhere=True) as every_norm):
             encoder = posterior_loss(new, posterior, images)
             recon, recon_mixed, from_bank, from_bank_mixed = new.decode(
                 torch.cat([latents, mixed, bank[0][pick], bank_mixed])).sample.float().split([len(latents)] * 2 + [len(pick)] * 2)
@@ -180,6 +184,8 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
             decoder = decoder + droplet * droplet_loss(probe.features)
         if spread:  # a few pixels that supply most of what a GroupNorm divides every pixel by
             decoder = decoder + spread * spread_loss(norms.inputs)
+        if steady:  # every norm's statistics the same whatever the picture: then nothing painted elsewhere moves them
+            decoder = decoder + steady * steady_loss(every_norm.inputs)
         if clean:  # a faint mark beside an object costs little per pixel: price it as the world's detector sees it,
             # against the world's clean original, and on the UNet's latents against the source decoder's picture
             decoder = decoder + clean * (stray_colour(recon, images, masks, grey=1.0)
@@ -233,7 +239,8 @@ def main(argv=None) -> int:
         "splice_colour": "the objects' mean colours on the spliced latents, each side held to its own picture",
         "droplet": "the spikes in the decoder's full-resolution features that draw the speckle at objects' edges "
                    "(decoder.droplet_loss)",
-        "spread": "the share of each full-resolution GroupNorm group's spread that a few pixels supply (decoder.spread_loss)"}
+        "spread": "the share of each full-resolution GroupNorm group's spread that a few pixels supply (decoder.spread_loss)",
+        "steady": "how much every GroupNorm's statistics differ between pictures (decoder.steady_loss)"}
     for name, what in weights.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=checks.finite_float, default=0.0,
                             help=f"weight of {what} (default: %(default)s)")
