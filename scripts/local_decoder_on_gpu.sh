@@ -17,31 +17,39 @@
 # the speckle is counted by scripts/near_marks_decoders.py (near.json) on the same 24 latents as the shipped decoder.
 # Part 22: FLUX_BANK=512 (regroup --flux-bank: tiny-flux's own latents in the bank too, their colours held), with
 # part 20's terms: SPLICE_COLOUR=10 VARIANTS=16:10 MIN=5 LIMIT=200 FLUX=1. Part 23: STEADY=5 (regroup --steady: every
-# GroupNorm's statistics held the same from picture to picture) with part 22's terms.
+# GroupNorm's statistics held the same from picture to picture) with part 22's terms. Part 24: WORST=2 TRUTH=1
+# VARIANTS=16:1 SPECKLE=1 (regroup --worst: each picture's worst pixels against the world's own; SPECKLE=1 grades the
+# speckle on 64 rendered objects' round trips, scripts/decoder_droplets.py, and brings back near_marks' sheet instead
+# of the smudges grade).
 set -o pipefail
 mkdir -p /tmp/site && tar xJf .whl/diffusers-0.42.1.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:.:benchmarks OMP_NUM_THREADS=2
 T0=$(date +%s)
 VARIANTS=${VARIANTS:-"16:10"}
 for v in $VARIANTS; do
-  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}; mkdir -p $OUT/$name; rm -rf /tmp/rg_$name
+  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}${WORST:+-w$WORST}; mkdir -p $OUT/$name; rm -rf /tmp/rg_$name
   ( python -m illustrated_sd.train.regroup illustrated_sd/assets/tiny-sd /tmp/rg_$name --groups $g --minutes ${MIN:-4.5} \
       --batch-size 128 --bank-size 512 --seed ${SEED:-9} --colour 10 --bank-colours orange,yellow --clean ${CLEAN:-4} \
-      --local $l --splice-colour ${SPLICE_COLOUR:-0} --droplet ${DROPLET:-0} ${TRUTH:+--truth} --flux-bank ${FLUX_BANK:-0} --steady ${STEADY:-0} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/$name/train.log ) &
+      --local $l --splice-colour ${SPLICE_COLOUR:-0} --droplet ${DROPLET:-0} ${TRUTH:+--truth} --flux-bank ${FLUX_BANK:-0} --steady ${STEADY:-0} --worst ${WORST:-0} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/$name/train.log ) &
 done
 wait
 echo "trained at $(( $(date +%s) - T0 )) s"
 L=${LIMIT:-270}
 for v in $VARIANTS; do
-  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}; M=/tmp/rg_$name; R=$OUT/$name
+  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}${WORST:+-w$WORST}; M=/tmp/rg_$name; R=$OUT/$name
   [[ -f $M/vae/diffusion_pytorch_model.safetensors ]] || { echo "$name: no weights"; continue; }
   cp $M/vae/diffusion_pytorch_model.safetensors $R/vae.safetensors; cp $M/train_log.json $R/
   grep "steps on" $R/train.log
   timeout $L python scripts/decoder_locality.py --model $M --pairs 64 --out $R/locality.json > $R/locality.log 2>&1 &
   timeout $L python scripts/decoder_marks.py --model $M --out $R/marks.json > $R/marks.log 2>&1 &
   timeout $L python -m illustrated_sd.evaluate --model $M --only held-out --device cuda --out $R/held-out.json > $R/held-out.log 2>&1 &
-  timeout $L python -m illustrated_sd.evaluate --model $M --smudges 2 --device cuda --out $R/smudges.json > $R/smudges.log 2>&1 &
-  timeout $L python scripts/near_marks_decoders.py --decoder candidate=$M/vae --out $R/near.json > $R/near.log 2>&1 &
+  if [[ -n $SPECKLE ]]; then  # the speckle up close: round trips of rendered objects, and the guided pictures' sheet
+    timeout $L python scripts/decoder_droplets.py --decoder candidate=$M/vae --out $R/droplets.json > $R/droplets.log 2>&1 &
+    timeout $L python scripts/near_marks_decoders.py --decoder candidate=$M/vae --out $R/near.json --sheet $R/near.png > $R/near.log 2>&1 &
+  else
+    timeout $L python -m illustrated_sd.evaluate --model $M --smudges 2 --device cuda --out $R/smudges.json > $R/smudges.log 2>&1 &
+    timeout $L python scripts/near_marks_decoders.py --decoder candidate=$M/vae --out $R/near.json > $R/near.log 2>&1 &
+  fi
   if [[ -n $FLUX ]]; then  # tiny-flux reads tiny-sd 2's VAE from the package's folder: this copy's, swapped
     cp $M/vae/* illustrated_sd/assets/tiny-sd/vae/
     timeout $L python -m illustrated_sd.evaluate --model tiny-flux --only held-out --device cuda --out $R/flux-held-out.json > $R/flux.log 2>&1 &
@@ -50,7 +58,7 @@ done
 wait
 echo "graded at $(( $(date +%s) - T0 )) s"; nvidia-smi --query-gpu=name --format=csv,noheader
 for v in $VARIANTS; do
-  g=${v%%:*}; l=${v##*:}; R=$OUT/g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}
+  g=${v%%:*}; l=${v##*:}; R=$OUT/g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}${WORST:+-w$WORST}
   python - "$R" <<'EOF'
 import collections, json, sys
 from pathlib import Path
@@ -59,6 +67,7 @@ print(r.name)
 if loc := read("locality.json"): print("  locality", loc["grey_levels"], loc["share_within_4_levels"])
 if mk := read("marks.json"): print("  marks", mk["decoders"])
 if nr := read("near.json"): print("  near marks (of 24)", nr["with_marks_within_2px"], "far", nr["with_marks_beyond_4px"])
+if dr := read("droplets.json"): print("  droplets", {k: v for k, v in dr.items() if not isinstance(v, (list, dict))}, {k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if not isinstance(vv, (list, dict))}) for k, v in dr.get("decoders", {}).items()})
 if sm := read("smudges.json"): print("  smudges", {k: v for k, v in sm["ghost_smudges"].items() if not isinstance(v, (list, dict))})
 for name in ("held-out.json", "flux-held-out.json"):
     if ho := read(name):

@@ -18,7 +18,7 @@ from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.trace.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
 from illustrated_sd.train.decoder import (SEAM, DropletProbe, GroupNormProbe, decoder_loss, droplet_loss, impossible_colour,
-                                         object_colour_error, object_weights, spliced, spread_loss, spread_share, steady_loss, stray_colour,
+                                         object_colour_error, object_weights, spliced, spread_loss, spread_share, steady_loss, stray_colour, worst_error,
                                          train_decoder)
 from illustrated_sd.train.stages import clip_loss
 
@@ -277,6 +277,18 @@ def test_droplet_loss_prices_one_spike_that_dominates_a_picture_not_an_object_ed
         picture = vae.decode(torch.randn(2, 4, 8, 8)).sample
     assert [f.shape[-1] for f in probe.features] == [picture.shape[-1]] * 2  # both at full resolution
     assert all(not block._forward_hooks for block in vae.decoder.up_blocks)
+
+
+def test_worst_error_prices_a_few_pixels_the_per_pixel_loss_averages_away():
+    """decoder.worst_error: a twenty-pixel mark, far off, costs nearly its whole error (the per-pixel loss a hundredth
+    of it); the same error spread thinly over the picture costs next to nothing; a perfect picture costs nothing."""
+    target = torch.zeros(2, 3, 128, 128)
+    marked = target.clone()
+    marked[0, 1, 60:64, 60:65] = 0.8  # 20 pixels of one picture, one channel 0.8 off
+    assert worst_error(target, target) == 0
+    assert worst_error(marked, target).item() == pytest.approx(0.4)  # the marked picture's worst 20: 0.8; the other's: 0
+    assert decoder_loss(marked, target, torch.ones(2, 1, 128, 128)) < worst_error(marked, target) / 100
+    assert worst_error(target + 0.01, target).item() == pytest.approx(0.01)
 
 
 def test_steady_loss_prices_statistics_that_differ_between_pictures():
@@ -965,6 +977,17 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
     regroup.regroup_vae(source, tmp_path / "out10b", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, steady=2.0)
     assert steadies[0][0] > spreads[0][0] and steadies[0][1] > 0  # more norms than the spread term's
     assert losses[8] - losses[1] == pytest.approx(2 * steadies[0][1], rel=1e-4)
+    worsts = []
+
+    def worst_spy(recon, target):  # the worst-pixels term, as regroup calls it: the encoder's latents, their targets
+        value = worst_error(recon, target)
+        worsts.append((len(recon), value.item()))
+        return value
+
+    monkeypatch.setattr(regroup, "worst_error", worst_spy)
+    regroup.regroup_vae(source, tmp_path / "out10c", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, worst=3.0)
+    assert worsts == [(2, pytest.approx(worsts[0][1]))] and worsts[0][1] > 0  # one term, on the batch's 2 pictures
+    assert losses[9] - losses[1] == pytest.approx(3 * worsts[0][1], rel=1e-4)
     from illustrated_sd.models.transformers import build_random_flux
     build_random_flux("tiny-flux", seed=0).save_pretrained(tmp_path / "flux")
     drawn = []
@@ -972,7 +995,7 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
     monkeypatch.setattr(regroup, "flux_bank", lambda *a, **kw: drawn.append(a[2]) or real_flux_bank(*a, **kw, steps=1))
     regroup.regroup_vae(source, tmp_path / "out11", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0,
                         flux_bank_size=3, flux_model=tmp_path / "flux")
-    assert drawn == [3] and losses[9] != pytest.approx(losses[1], rel=1e-3)  # the bank holds 2 + 3 latents to pick from
+    assert drawn == [3] and losses[10] != pytest.approx(losses[1], rel=1e-3)  # the bank holds 2 + 3 latents to pick from
     (tmp_path / "config.json").write_text(json.dumps({"norm_num_groups": 8}))  # beside `earlier`: trained with 8 groups
     with pytest.raises(ValueError, match="trained with 8 GroupNorm groups, not 16: pass --groups 8"):
         regroup.regroup_vae(source, tmp_path / "out3", 16, 1.0, 2, "cpu", bank_size=2, start=earlier)

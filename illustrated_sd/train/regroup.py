@@ -24,7 +24,7 @@ How, keeping diffusers' own class and the latent space every denoiser learned:
 
     python -m illustrated_sd.train.regroup SOURCE OUT [--groups 16] [--minutes 4] [--batch-size 128] [--local 1]
         [--start EARLIER/vae/diffusion_pytorch_model.safetensors --seed 1] [--colour 10] [--bank-colours orange,yellow]
-        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--spread 1] [--steady 1] [--truth] [--flux-bank 512]
+        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--spread 1] [--steady 1] [--worst 1] [--truth] [--flux-bank 512]
 
 SOURCE is a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd); OUT becomes a copy of it whose ``vae/`` is the
 regrouped one, with the run's losses in its ``train_log.json`` (``regroup``). Graded like any decoder candidate
@@ -45,7 +45,7 @@ from .. import checks
 from ..world import COLORS, render, sample_scenes
 from .decoder import (NEAR_REACH, DropletProbe, GroupNormProbe, decoder_loss, decoder_lr, droplet_loss, flux_bank,
                       generated_bank, impossible_colour, object_colour_error, object_weights, spliced, spread_loss, steady_loss,
-                      stray_colour)
+                      stray_colour, worst_error)
 from .export import write_atomically
 from .stages import Budget, _autocast, _run
 
@@ -90,7 +90,8 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
                 local: float = 1.0, bank_size: int = 256, max_steps: int | None = None, log_every: int = 20,
                 start: Path | None = None, colour: float = 0.0, bank_colours: tuple[str, ...] = (), clean: float = 0.0,
                 near: float = 0.0, splice_colour: float = 0.0, droplet: float = 0.0, truth: bool = False,
-                spread: float = 0.0, flux_bank_size: int = 0, flux_model: str | Path = "tiny-flux", steady: float = 0.0) -> int:
+                spread: float = 0.0, flux_bank_size: int = 0, flux_model: str | Path = "tiny-flux", steady: float = 0.0,
+                worst: float = 0.0) -> int:
     """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
@@ -125,7 +126,9 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     ``flux_model``'s latents to the bank (``decoder.flux_bank``, its captions naming ``bank_colours`` as the UNet's do):
     tiny-flux shares the decoder, and every local decoder held to the UNet's latents alone drew its orange yellower.
     ``steady`` weighs how much every GroupNorm's statistics differ between the batch's pictures (``decoder.steady_loss``):
-    the leak's carrier priced where it is computed, not only in the spliced output."""
+    the leak's carrier priced where it is computed, not only in the spliced output. ``worst`` weighs each encoder
+    latent's worst pixels against its target (``decoder.worst_error``; with ``truth`` the world's picture, which has no
+    speckle): the speckle as a loss of its own, not a few percent of the per-pixel one."""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
@@ -186,6 +189,8 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
             decoder = decoder + spread * spread_loss(norms.inputs)
         if steady:  # every norm's statistics the same whatever the picture: then nothing painted elsewhere moves them
             decoder = decoder + steady * steady_loss(every_norm.inputs)
+        if worst:  # the few pixels a mark spoils, which the per-pixel loss averages away, against the encoder's targets
+            decoder = decoder + worst * worst_error(recon, wanted)
         if clean:  # a faint mark beside an object costs little per pixel: price it as the world's detector sees it,
             # against the world's clean original, and on the UNet's latents against the source decoder's picture
             decoder = decoder + clean * (stray_colour(recon, images, masks, grey=1.0)
@@ -240,7 +245,8 @@ def main(argv=None) -> int:
         "droplet": "the spikes in the decoder's full-resolution features that draw the speckle at objects' edges "
                    "(decoder.droplet_loss)",
         "spread": "the share of each full-resolution GroupNorm group's spread that a few pixels supply (decoder.spread_loss)",
-        "steady": "how much every GroupNorm's statistics differ between pictures (decoder.steady_loss)"}
+        "steady": "how much every GroupNorm's statistics differ between pictures (decoder.steady_loss)",
+        "worst": "each picture's 20 worst pixels against its target (decoder.worst_error; with --truth, the world's picture)"}
     for name, what in weights.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=checks.finite_float, default=0.0,
                             help=f"weight of {what} (default: %(default)s)")
