@@ -6,7 +6,7 @@ A's (left | right and top | bottom), decode, and compare A's side with A's own d
 than ``--seam`` latent pixels (8 px each). Reported in grey levels (0-255): the mean, the 99th percentile and the
 largest change, over every kept pixel of every pair. Notebook 07 shows one such case (an inpainting).
 
-    python scripts/decoder_locality.py [--model FOLDER] [--pairs 64] [--paths] [--by-distance] [--inpaint N] [--out docs/decoder_locality.json]
+    python scripts/decoder_locality.py [--model FOLDER] [--pairs 64] [--paths] [--by-distance] [--inpaint N] [--issue-example SEEDS] [--out docs/decoder_locality.json]
 
 ``--paths`` also measures which part of the decoder carries the change (``illustrated_sd.lessons.decoder_reach``): the
 middle block's attention switched off, or every GroupNorm dividing by the kept picture's own statistics, or only the
@@ -14,6 +14,8 @@ GroupNorms whose groups hold one channel each (instance norms: tiny-sd 2's 32-ch
 with SD's 32 groups), or only the others; or every GroupNorm taking only the kept picture's means, or only its spreads.
 ``--by-distance`` also grades the kept side strip by strip away from the cut: a change that stays large far from the
 cut is carried by something global (the norms' statistics, the middle attention), not by the convolutions' reach alone.
+With ``--paths`` it also reports ``statistics_between_pictures``: how much the decoder's GroupNorm statistics differ
+between the pairs' first pictures (``illustrated_sd.train.decoder.steady_loss``, what ``regroup --steady`` prices).
 
 ``--inpaint N`` also measures the case notebook 07 shows: N inpaintings by the pipeline's own ``inpaint`` (20 steps),
 each a rendered held-out picture whose right half is repainted to another scene's caption (a world-2 caption: it may
@@ -22,6 +24,10 @@ picture's own decoding: the leak through the decoder, where the model painted th
 rather than splicing a stranger in. Unlike the splices, ``inpaint`` encodes with a sample of the posterior (as
 diffusers does), and the baseline is that latent's decoding. Beside it, how far the repainted half moved: the change
 the leak is set against.
+
+``--issue-example SEEDS`` measures the case issue 35 reported (the kept half then moved by about 50 grey levels): a red
+circle on the left, its left half repainted to a blue square, 8 steps each, the kept half against the drawn picture
+as the user sees it; and how much of that change is one uniform shift of the whole kept half (a tint).
 """
 
 import argparse
@@ -36,6 +42,7 @@ from illustrated_sd.evaluate import vae_sha256, world_of
 from illustrated_sd.lessons.decoder_reach import kept_change
 from illustrated_sd.lessons.latent_space import to_latent
 from illustrated_sd.paths import TINY_SD
+from illustrated_sd.train.decoder import GroupNormProbe, steady_loss
 from illustrated_sd.world import as_uint8, render, sample_scenes
 
 
@@ -85,6 +92,10 @@ def measure(model: str | None, pairs: int, seam: int, device: str, paths: bool =
               **summary.pop("as decoded")}
     if paths:  # which part of the decoder carries the painted half across: each switched off, or fed the kept picture's
         result["paths"] = summary
+        # and how much the norms' statistics differ from picture to picture (what regroup --steady prices)
+        with GroupNormProbe(vae.decoder, everywhere=True) as probe:
+            vae.decode(a / vae.config.scaling_factor)
+        result["statistics_between_pictures"] = round(float(steady_loss(probe.inputs)), 4)
     if by_distance:  # near the cut the convolutions reach across; a change as large far from it is the statistics'
         result["by_latent_pixels_from_the_cut"] = {band: grades(torch.cat(c).cpu().numpy()) for band, c in bands.items()}
     return result
@@ -124,6 +135,37 @@ def inpainted(model: str | None, n: int, seam: int, device: str = "cpu", steps: 
             "repainted": {"grey_levels": grades(torch.cat(repainted).cpu().numpy())["grey_levels"]}}
 
 
+@torch.no_grad()
+def issue_example(model: str | None, seeds: int, device: str = "cpu", steps: int = 8) -> dict:
+    """The case issue 35 reported (about 50 grey levels then): "a red circle on the left" drawn, its left half repainted
+    to "a blue square on the left", ``steps`` steps each, one picture per seed. The kept (right) half, seam and all,
+    against the drawn picture: how far what the user kept moves.
+
+    Returns ``{"seeds", "steps", "kept_pixels", "grey_levels", "share_within_4_levels", "per_picture_mean",
+    "tint", "beyond_the_tint"}``: the grades of every kept pixel's largest R, G or B change; each picture's mean; the
+    size of each picture's uniform shift (the kept half's signed mean change, per channel, the largest of R, G and
+    B), averaged over the pictures; and the mean change left once each picture's uniform shift is taken away."""
+    from PIL import Image
+
+    pipe = isd.load_pipeline(model, device=device)
+    pixels = lambda im: torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32))  # noqa: E731  [H, W, 3]
+    changes, means, tints, rest = [], [], [], []
+    for seed in range(seeds):
+        start = pipe("a red circle on the left", num_inference_steps=steps, seed=seed, progress=False).image
+        mask = Image.new("L", start.size, 0)
+        mask.paste(255, (0, 0, start.size[0] // 2, start.size[1]))  # white = repaint: the left half
+        trace = pipe.inpaint("a blue square on the left", start, mask, num_inference_steps=steps, seed=seed, progress=False,
+                             record=isd.RecordOptions(cross_attention=False))
+        change = (pixels(trace.image) - pixels(start))[:, start.size[0] // 2:]  # [H, W/2, 3], signed
+        tint = change.mean((0, 1))  # [3]: the kept half's uniform shift
+        changes.append(change.abs().amax(-1).flatten())
+        means.append(round(float(changes[-1].mean()), 2))
+        tints.append(float(tint.abs().max()))
+        rest.append(float((change - tint).abs().amax(-1).mean()))
+    return {"seeds": seeds, "steps": steps, **grades(torch.cat(changes).numpy()), "per_picture_mean": means,
+            "tint": round(float(np.mean(tints)), 2), "beyond_the_tint": round(float(np.mean(rest)), 2)}
+
+
 def grades(change: np.ndarray) -> dict:
     return {"kept_pixels": int(change.size), "grey_levels": {"mean": round(float(change.mean()), 2), "p99": round(float(np.percentile(change, 99)), 1),
                                                           "max": round(float(change.max()), 1)},
@@ -140,11 +182,15 @@ def main():
     parser.add_argument("--by-distance", action="store_true",
                         help="also grade the kept side in strips by their distance from the cut (1-2, 2-3, 3-4, 4-8 latent pixels)")
     parser.add_argument("--inpaint", type=int, default=0, help="also N of the pipeline's own inpaintings (default: none)")
+    parser.add_argument("--issue-example", type=int, default=0, metavar="SEEDS",
+                        help="also issue 35's own case on SEEDS seeds: a red circle's left half repainted to a blue square (8 steps)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     result = measure(args.model, args.pairs, args.seam, "cuda" if torch.cuda.is_available() else "cpu", args.paths, args.by_distance)
     if args.inpaint:
         result["inpainting"] = inpainted(args.model, args.inpaint, args.seam, "cuda" if torch.cuda.is_available() else "cpu")
+    if args.issue_example:
+        result["issue_example"] = issue_example(args.model, args.issue_example, "cuda" if torch.cuda.is_available() else "cpu")
     print(json.dumps(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

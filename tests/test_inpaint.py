@@ -201,3 +201,16 @@ def test_decoder_locality_script_grades_the_pipelines_own_inpaintings():
     assert result["inpaintings"] == 2 and result["kept_pixels"] == 2 * 128 * 56
     assert 0 <= kept["p99"] <= kept["max"] <= 255 and 0 <= kept["mean"] <= kept["max"] and 0 <= result["share_within_4_levels"] <= 1
     assert kept["mean"] < repainted["mean"]  # the half that was painted anew moved more than the half that was kept
+
+
+def test_decoder_locality_script_grades_the_issues_own_example():
+    """scripts/decoder_locality.py --issue-example N: issue 35's case (a red circle's left half repainted to a blue
+    square), the whole kept right half against the drawn picture, and how much of it is one uniform tint."""
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "decoder_locality.py"))
+    result = script["issue_example"](None, 2, steps=2)
+    assert result["seeds"] == 2 and result["kept_pixels"] == 2 * 128 * 64 and len(result["per_picture_mean"]) == 2
+    assert result["grey_levels"]["mean"] == pytest.approx(sum(result["per_picture_mean"]) / 2, abs=0.01)
+    assert 0 <= result["tint"] <= result["grey_levels"]["max"] and 0 <= result["beyond_the_tint"] <= result["grey_levels"]["max"]
