@@ -506,3 +506,22 @@ def test_held_out_text_swap_changes_only_what_each_variant_says(smoke_tiny_flux)
     orange = pipe.tokenizer_2(prompt).input_ids.index(pipe.tokenizer_2("orange", add_special_tokens=False).input_ids[0])
     assert (spliced != plain).any(-1)[0].nonzero().flatten().tolist() == [orange]
     assert torch.equal(spliced[0, orange], seen[0, orange]) and torch.equal(pooled_too, pooled)
+
+
+def test_held_out_decision_reads_every_steps_x0_of_the_grades_pictures():
+    """scripts/held_out_decision.py: the held-out prompts asking for a colour, drawn with the grade's seeds, each step's
+    x̂₀ read as one of two colours; the last step reads as the picture; a seen shape swapped in; a colour no held-out
+    pair has is refused with the ones to ask for."""
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "held_out_decision.py"))
+    result = script["decisions"]("tiny-flux", "orange", "yellow", seeds=1, prompts=2)
+    assert result["steps"] == 25 and result["runs"] + result["left_out"] == 2 and len(result["prompts"]) == 2
+    assert all("orange heart" in p for p in result["prompts"])
+    assert len(result["decided_at"]["asked"]) + len(result["decided_at"]["other"]) == result["runs"]
+    if result["runs"]:
+        assert result["share_matching_the_end"][-1] == 1.0 and len(result["share_matching_the_end"]) == 25
+    seen = script["decisions"]("tiny-flux", "orange", "yellow", seeds=1, seen="circle", prompts=1)
+    assert seen["prompts"] == [result["prompts"][0].replace("heart", "circle")]
+    with pytest.raises(ValueError, match="ask for one of the held-out pairs' colours .*orange"):
+        script["decisions"]("tiny-flux", "red", "yellow", seeds=1)
