@@ -7,7 +7,9 @@ so this asks at which step the choice is made. Each held-out prompt asking for `
 grade draws it (``python -m illustrated_sd.evaluate --only held-out``: its prompts, seeds, steps and guidance); every
 step's x̂₀ is decoded and the final object's pixels (the detector's mask on the final picture) are read as the
 nearer of ``--colour`` and ``--against`` in the green channel, where the world's orange and yellow differ most
-(135 against 210). A run's colour is *decided* at the first step from which every later x̂₀ reads as its picture does.
+(135 against 210). A run's colour has *settled* after n steps when the x̂₀ of every later step reads as the finished
+picture does (the picture read by the detector, as the grade reads it). When the outcome is fixed is not measured
+here (that would take resampling from each step): only when the x̂₀ stops changing its reading.
 
     python scripts/held_out_decision.py [--model tiny-flux] [--colour orange] [--against yellow] [--seeds 9] [--seen circle] [--out docs/flux_candidates/held-out-decision.json]
 """
@@ -33,7 +35,8 @@ def decisions(model: str, colour: str, against: str, seeds: int, seen: str | Non
     Returns ``{"runs", "read_as_asked", "left_out", "share_matching_the_end" [S] (per step, the runs whose x̂₀
     already reads as their final picture), "median_green_by_step": {"asked", "other"} [S] (the object's green level in
     each step's x̂₀, the median over each group's runs), "decided_at": {"asked": [step, …], "other": [step, …]}, "steps"}``:
-    ``asked`` holds the runs whose picture ended in ``colour``, ``other`` those that ended in ``against``; runs whose
+    ``decided_at`` counts the steps after which a run settled (see the module; 0: every x̂₀ read as the picture, S: not even
+    the last); ``asked`` holds the runs whose picture the detector read as ``colour``, ``other`` those read as ``against``; runs whose
     object the detector did not find, or read in a third colour, are left out (``left_out`` counts them). ``seen``
     (a shape, say ``"circle"``) draws each prompt with its held-out shape word replaced by it, the same seeds: a pair
     training drew, for comparison. ``prompts`` keeps the first so many prompts."""
@@ -48,11 +51,12 @@ def decisions(model: str, colour: str, against: str, seeds: int, seen: str | Non
                          f"({', '.join(sorted({c for c, _ in HELD_OUT}))})")
     midpoint = (COLORS[colour][1] + COLORS[against][1]) / 2  # the green level halfway between the two colours
     asked_is_greener = COLORS[colour][1] > COLORS[against][1]
-    reads, greens, others = [], [], 0
+    reads, greens, ended, others = [], [], [], 0
     for j in range(seeds):
         for i, text in cases:  # case i of the grade, drawn with the grade's seed
-            trace = draw(pipe, text, defaults["steps"], defaults["guidance"], i + 10_000 * j,
-                         record=isd.RecordOptions(cross_attention=False))
+            # recorded as the grade records (its attention too): the pictures are the grade's to the last bit, which
+            # matters here, where a run hovering between two colours can be tipped by a rounding difference
+            trace = draw(pipe, text, defaults["steps"], defaults["guidance"], i + 10_000 * j)
             found = detect(trace.image, version=world)
             if not found or found[0].color not in (colour, against):
                 others += 1  # drawn in a third colour, or not found: not a choice between the two
@@ -62,10 +66,11 @@ def decisions(model: str, colour: str, against: str, seeds: int, seen: str | Non
             green = np.array([np.asarray(f.convert("RGB"), dtype=float)[..., 1][mask.numpy()].mean() for f in frames])
             greens.append(green)
             reads.append((green > midpoint) == asked_is_greener)  # [S]: True where the x̂₀ reads as the asked colour
-    reads = np.array(reads)  # [runs, S]
-    final = reads[:, -1]
-    matching = reads == final[:, None]
-    decided = [int(len(row) - np.argmin(row[::-1])) if not row.all() else 0 for row in matching]  # first step of the final run of matches
+            ended.append(found[0].color == colour)  # the picture as the grade reads it (the detector)
+    reads, final = np.array(reads), np.array(ended)  # [runs, S], [runs]
+    matching = reads == final[:, None]  # [runs, S]: the x̂₀ already reads as the finished picture does
+    # settled after n steps: the x̂₀ of step n + 1 and every later one read as the picture (n = S: not even the last)
+    decided = [0 if row.all() else len(row) if not row[-1] else int(len(row) - np.argmin(row[::-1])) for row in matching]
     return {"model": model, "colour": colour, "against": against, "seeds": seeds, "seen_shape": seen, "steps": int(reads.shape[1]),
             "prompts": [text for _, text in cases], "runs": int(len(reads)), "read_as_asked": int(final.sum()), "left_out": others,
             "share_matching_the_end": [round(float(x), 3) for x in matching.mean(0)],
