@@ -128,7 +128,7 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     ``steady`` weighs how much every GroupNorm's statistics differ between the batch's pictures (``decoder.steady_loss``):
     the leak's carrier priced where it is computed, not only in the spliced output. ``worst`` weighs each encoder
     latent's worst pixels against its target (``decoder.worst_error``; with ``truth`` the world's picture, which has no
-    speckle): the speckle as a loss of its own, not a few percent of the per-pixel one."""
+    speckle): the speckle as a loss of its own, not a sliver of the per-pixel one."""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
