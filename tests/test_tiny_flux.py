@@ -58,6 +58,24 @@ def test_flow_matching_loss_is_zero_for_the_true_velocity_and_positive_otherwise
     assert flow_matching_loss(wrong, x0, generator=torch.Generator().manual_seed(0), **args) > 0.5
 
 
+def test_flow_matching_loss_draws_sigma_around_its_location():
+    """--sigma-location moves the logit-normal draw: below 0 the noise levels trained on are lower, same draw otherwise."""
+    seen = {}
+
+    def record(hidden_states, timestep, **_):  # keeps the σ each call was handed
+        seen.setdefault("sigma", []).append(timestep)
+        return (torch.zeros_like(hidden_states),)
+
+    x0, args = torch.randn(512, 4, 2), dict(text=torch.zeros(512, 2, 2), pooled=torch.zeros(512, 2), image_ids=torch.zeros(4, 3),
+                                            text_ids=torch.zeros(2, 3), mu=0.4675)
+    for location in (0.0, -0.5, 0.0):
+        flow_matching_loss(record, x0, generator=torch.Generator().manual_seed(1), location=location, **args)
+    plain, low, again = seen["sigma"]
+    torch.testing.assert_close(plain, again)  # location 0 is SD3's draw, unchanged
+    assert (low < plain).all()  # the same normal draws, moved: every σ lower
+    assert 0.58 < plain.median() < 0.65 and 0.46 < low.median() < 0.53  # shifted(sigmoid(0), μ) ≈ 0.61; at -0.5 ≈ 0.49
+
+
 @pytest.fixture(scope="module")
 def smoke_tiny_flux(tmp_path_factory):
     """A tiny-flux trained for 3 smoke steps per stage and exported beside (a link to) the shipped tiny-sd."""
@@ -485,6 +503,9 @@ def test_import_makes_a_checkpoint_of_the_shipped_tiny_flux_that_the_flux_stage_
     capsys.readouterr()
     assert train_main(argv[:-1] + ["--t5-consistency", "1"]) == 2
     assert "--t5-consistency shapes the T5 that --tune-t5 trains: add --tune-t5" in capsys.readouterr().err
+    assert train_main(argv[:-1] + ["--sigma-location", "-0.5"]) == 0  # σ drawn lower: the flux stage trains on
+    assert train_main(["run", "--smoke", "--stages", "unet", "--minutes", "1", "--out", str(tmp_path / "u"), "--sigma-location", "-0.5"]) == 2
+    assert "--sigma-location moves where tiny-flux's noise levels are drawn: it needs --stages flux" in capsys.readouterr().err
 
 
 def test_held_out_text_swap_changes_only_what_each_variant_says(smoke_tiny_flux):

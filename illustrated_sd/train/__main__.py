@@ -86,6 +86,9 @@ def main(argv=None) -> int:
     run.add_argument("--t5-consistency", type=checks.finite_float, default=0.0,
                      help="flux, with --tune-t5: weight of a term that keeps each colour word's T5 vector the same whichever "
                           "shape word follows it (train/flux.py's colour_consistency; default: %(default)s, off)")
+    run.add_argument("--sigma-location", type=checks.finite_float, default=0.0,
+                     help="flux: the centre of the logit-normal draw of σ (SD3's is 0); below 0 trains more at the lower "
+                          "noise levels, where tiny-flux settles its held-out colours (default: %(default)s)")
     run.add_argument("--compile", action="store_true", help="unet, flux: torch.compile the UNet or the transformer (GPU; faster after a minute of compiling)")
     run.add_argument("--max-steps", type=checks.positive_int, default=None,
                      help="stop each stage after this many steps, if its --minutes do not end it first (the same steps on "
@@ -174,6 +177,8 @@ def run_stages(args) -> None:
             raise ValueError(f"--{option.replace('_', '-')} is a loss weight, ≥ 0 (got {getattr(args, option):g})")
     if args.token_loss and "flux" not in [stage for stage, _ in plan]:
         raise ValueError("--token-loss grounds tiny-flux's words: it needs --stages flux (the ground stage weighs its own token loss)")
+    if args.sigma_location and "flux" not in [stage for stage, _ in plan]:
+        raise ValueError("--sigma-location moves where tiny-flux's noise levels are drawn: it needs --stages flux")
     if args.tune_t5 and "flux" not in [stage for stage, _ in plan]:
         raise ValueError("--tune-t5 trains T5 with tiny-flux's transformer: it needs --stages flux (the t5 stage always trains T5)")
     if args.t5_consistency and not args.tune_t5:
@@ -225,7 +230,8 @@ def run_stages(args) -> None:
         if stage in ("ground", "flux"):
             extra.update(binding=args.binding, two_objects=args.two_objects, name_backgrounds=args.name_backgrounds, name_all=args.name_all)
         if stage == "flux":
-            extra.update(token_loss=args.token_loss, tune_t5=args.tune_t5, t5_consistency=args.t5_consistency)
+            extra.update(token_loss=args.token_loss, tune_t5=args.tune_t5, t5_consistency=args.t5_consistency,
+                         sigma_location=args.sigma_location)
         if args.smoke and stage in ("unet", "ground", "flux"):
             extra["dataset_size"] = 12
         steps = STAGES[stage](args.out, budget, batch, device, args.seed, max_steps=max_steps, log_every=1 if args.smoke else 20, **extra)

@@ -269,11 +269,15 @@ def grounded_attention(transformer, text_len: int):
 
 
 def flow_matching_loss(transformer, x0: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor, image_ids: torch.Tensor,
-                       text_ids: torch.Tensor, mu: float, generator: torch.Generator) -> torch.Tensor:
+                       text_ids: torch.Tensor, mu: float, generator: torch.Generator, location: float = 0.0) -> torch.Tensor:
     """One flow-matching step's loss: packed clean latents ``x0 [B, N, 16]``, T5 states ``text [B, T, D]``, CLIP's
-    ``pooled [B, P]``, RoPE ids ``image_ids [N, 3]``, ``text_ids [T, 3]`` → the scalar ‖v̂ − (ε − x₀)‖² (mean)."""
+    ``pooled [B, P]``, RoPE ids ``image_ids [N, 3]``, ``text_ids [T, 3]`` → the scalar ‖v̂ − (ε − x₀)‖² (mean).
+
+    σ = shifted(sigmoid(n), μ) with n ~ N(``location``, 1): SD3's logit-normal (location 0), and below 0 more of the
+    training at the lower noise levels where a picture's details (and, for held-out pairs, its colour) are settled."""
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    sigma = shifted(torch.sigmoid(torch.randn(len(x0), generator=generator, device=x0.device)), mu)  # logit-normal, bent
+    logit = location + torch.randn(len(x0), generator=generator, device=x0.device)
+    sigma = shifted(torch.sigmoid(logit), mu)  # logit-normal, bent toward the noise as the sampler's schedule is
     s = sigma[:, None, None]
     x_sigma = (1 - s) * x0 + s * noise  # the straight path, one jump
     velocity = transformer(hidden_states=x_sigma, encoder_hidden_states=text, pooled_projections=pooled, timestep=sigma,
@@ -321,7 +325,8 @@ def colour_consistency(t5, ids: torch.Tensor, states: torch.Tensor, tokenizer, g
 def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, max_steps=None, log_every=20, ema_decay=0.999,
                dataset_size: int = 100_000, drop_caption: float = 0.1, anneal: bool = False, world: int = 2, compile: bool = False,
                token_loss: float = 0.0, binding: float = 0.0, two_objects: float | None = None, name_backgrounds: float | None = None,
-               name_all: float | None = None, tune_t5: bool = False, t5_consistency: float = 0.0):
+               name_all: float | None = None, tune_t5: bool = False, t5_consistency: float = 0.0,
+               sigma_location: float = 0.0):
     """Stage ``flux``: the transformer learns the velocity on ``dataset_size`` scenes encoded once (see the module).
 
     ``token_loss`` and ``binding`` weigh the grounding terms of :mod:`.grounding` on the image→text attention of every
@@ -331,7 +336,7 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
     ``tune_t5`` trains T5's encoder with the transformer (same optimiser, same average of weights) and saves it back
     into the checkpoint's ``t5`` weights (the decoder, which Flux does not keep, is left as the t5 stage left it).
     ``t5_consistency`` (with ``tune_t5``) weighs :func:`colour_consistency`: a colour word's vector kept whichever shape
-    follows it.
+    follows it. ``sigma_location`` moves the logit-normal draw of σ (:func:`flow_matching_loss`; 0: SD3's).
     """
     if t5_consistency and not tune_t5:
         raise ValueError("--t5-consistency shapes the T5 that --tune-t5 trains: add --tune-t5")
@@ -367,7 +372,7 @@ def train_flux(ckpt: Path, minutes: float, batch_size: int, device, seed: int, m
                     text = t5(ids)[0]
                 else:
                     text = torch.where(dropped[:, None, None], data["empty_text"], data["text"][idx])
-                loss = flow_matching_loss(forward, x0, text, pooled, image_ids, text_ids, mu, gen)
+                loss = flow_matching_loss(forward, x0, text, pooled, image_ids, text_ids, mu, gen, sigma_location)
                 if t5_consistency:  # a colour word's vector, whichever shape follows it
                     loss = loss + t5_consistency * colour_consistency(t5, ids, text, pipe.tokenizer_2, gen)
                 if grounded:
