@@ -546,3 +546,43 @@ def test_held_out_decision_reads_every_steps_x0_of_the_grades_pictures():
     assert seen["prompts"] == [result["prompts"][0].replace("heart", "circle")]
     with pytest.raises(ValueError, match="ask for one of the held-out pairs' colours .*orange"):
         script["decisions"]("tiny-flux", "red", "yellow", seeds=1)
+
+
+def test_rebase_moves_tiny_flux_fast_onto_a_retrained_tiny_flux_and_loading_refuses_a_stale_correction(tmp_path, capsys):
+    """A correction fits the base it was made for: after tiny-flux changes, loading tiny-flux-fast names the fix, and
+    `train rebase` (here on a base changed by a rank-1 step and a bias, which the SVD start undoes exactly) gives back
+    the student it was, with the same rank, and loads again."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from illustrated_sd.models.loading import ModelLoadError, weights_sha256
+    from illustrated_sd.paths import TINY_FLUX, TINY_FLUX_FAST
+    from illustrated_sd.train.distill import correction_rank, rebase_correction
+
+    if not TINY_FLUX_FAST.is_dir():
+        pytest.skip("the embedded tiny-flux-fast is not in this copy")
+    assets, old = tmp_path / "assets", tmp_path / "old" / "tiny-flux"
+    assets.mkdir()
+    (assets / "tiny-sd").symlink_to(TINY_SD)
+    shutil.copytree(TINY_FLUX, assets / "tiny-flux")
+    shutil.copytree(TINY_FLUX_FAST, assets / "tiny-flux-fast")
+    shutil.copytree(TINY_FLUX, old)
+    before = isd.load_pipeline(assets / "tiny-flux-fast").transformer.state_dict()
+    weights = assets / "tiny-flux" / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    g = torch.Generator().manual_seed(0)
+    name = "transformer_blocks.0.attn.to_q"
+    state[name + ".weight"] = state[name + ".weight"] + 0.05 * torch.randn(96, 1, generator=g).half() @ torch.randn(1, 96, generator=g).half()
+    state[name + ".bias"] = state[name + ".bias"] + 0.1  # a whole tensor: shipped as the student had it
+    save_file(state, weights)
+    with pytest.raises(ModelLoadError, match="rebase"):
+        isd.load_pipeline(assets / "tiny-flux-fast")
+    log = rebase_correction(assets / "tiny-flux-fast", old, minutes=0.02, batch_size=4, samples=8)
+    after = isd.load_pipeline(assets / "tiny-flux-fast").transformer.state_dict()
+    assert correction_rank(assets / "tiny-flux-fast") == correction_rank(TINY_FLUX_FAST)
+    assert max((after[k].float() - v.float()).abs().max().item() for k, v in before.items()) < 2e-3  # float16's rounding
+    assert log["gap_before"][1] < 0.01 and set(log["gap_after"]) == {1, 2, 4}
+    info = json.loads((assets / "tiny-flux-fast" / "illustrated_sd.json").read_text())
+    assert info["bases_sha256"]["transformer"] == weights_sha256(assets / "tiny-flux")
+    assert json.loads((assets / "tiny-flux-fast" / "train_log.json").read_text())["rebased"][-1]["from"] == str(old)

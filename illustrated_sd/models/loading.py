@@ -224,8 +224,9 @@ def _load_folder(path: Path, dtype: torch.dtype) -> StableDiffusionPipeline | St
     except (json.JSONDecodeError, AttributeError) as err:
         raise ModelLoadError(f"{path}/model_index.json is not a JSON object ({err}); re-download or re-export the pipeline") from err
     cls = _pipeline_class(class_name, path)
+    shared = _shared_components(path, dtype)  # its own errors already say what to do
     try:
-        pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, **_class_kwargs(cls), **_shared_components(path, dtype))
+        pipe = cls.from_pretrained(path, dtype=dtype, local_files_only=True, **_class_kwargs(cls), **shared)
     except Exception as err:  # diffusers raises OSError, ValueError, safetensors errors, … for a damaged folder
         raise ModelLoadError(
             f"could not load the pipeline in {path}: {type(err).__name__}: {err}. "
@@ -258,6 +259,7 @@ def _shared_components(path: Path, dtype: torch.dtype) -> dict:
     shares, corrects = info.get("shares", {}), info.get("corrects", {})
     if not shares and not corrects:
         return {}
+    _check_bases(path, info)
     index = json.loads((path / "model_index.json").read_text())
     parts = {}
     for name, sibling in {**shares, **corrects}.items():
@@ -270,6 +272,20 @@ def _shared_components(path: Path, dtype: torch.dtype) -> dict:
         part = load_corrected(cls, path / name, folder) if name in corrects else cls.from_pretrained(folder)
         parts[name] = part.to(dtype) if isinstance(part, torch.nn.Module) else part
     return parts
+
+
+def _check_bases(path: Path, info: dict) -> None:
+    """A correction fits only the weights it was made for (as a LoRA fits one checkpoint): ``ModelLoadError`` naming
+    the fix if a part that ``bases_sha256`` (or, in an older folder, ``teacher_sha256`` for the corrected
+    transformer) names has other weights beside ``path`` now, e.g. after tiny-flux was retrained."""
+    siblings = {**info.get("shares", {}), **info.get("corrects", {})}
+    bases = info.get("bases_sha256") or ({"transformer": info["teacher_sha256"]} if "teacher_sha256" in info else {})
+    for part, expected in bases.items():
+        sibling = path.parent / siblings.get(part, "")
+        if (sibling / part).is_dir() and weights_sha256(sibling, part) != expected:
+            raise ModelLoadError(f"{path.name} was made for other {sibling.name} weights ({part}) than those beside it: move its "
+                                 f"correction onto them with `python -m illustrated_sd.train rebase OLD_{sibling.name.upper().replace('-', '_')}_FOLDER "
+                                 f"--fast {path}`, or train it again (scripts/train_tiny_flux_fast.sh)")
 
 
 def _load_hub(model_id: str, dtype: torch.dtype) -> StableDiffusionPipeline | StableDiffusionXLPipeline:

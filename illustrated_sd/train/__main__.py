@@ -12,7 +12,8 @@ from ..models.loading import ModelLoadError
 from .checkpoint import read_log, write_log
 from .export import export, import_folder
 from .decoder import BANK, train_decoder
-from .distill import RANK, correction_rank, make_pairs, train_reflow
+from ..paths import TINY_FLUX_FAST
+from .distill import RANK, correction_rank, make_pairs, rebase_correction, train_reflow
 from .flux import train_flux, train_t5
 from .grounding import train_grounding
 from .stages import train_clip, train_unet, train_vae
@@ -101,12 +102,20 @@ def main(argv=None) -> int:
     imp = sub.add_parser("import", help="make a checkpoint from a pipeline folder, to train it further")
     imp.add_argument("folder", type=Path)
     imp.add_argument("checkpoint", type=Path)
+    reb = sub.add_parser("rebase", help="move tiny-flux-fast's low-rank correction onto a retrained tiny-flux (train/distill.py)")
+    reb.add_argument("old_base", type=Path, help="the tiny-flux folder the correction was made for (e.g. from git archive)")
+    reb.add_argument("--fast", type=Path, default=TINY_FLUX_FAST, help="the tiny-flux-fast folder, rewritten in place (default: the shipped one)")
+    reb.add_argument("--minutes", type=checks.positive_float, default=5.0, help="CPU minutes of matching (default: %(default)s)")
     args = parse(parser, argv)
     if isinstance(args, int):
         return args
     try:
         if args.command == "import":
             print(f"wrote {import_folder(args.folder, args.checkpoint)}")
+        elif args.command == "rebase":
+            log = rebase_correction(args.fast, args.old_base, args.minutes)
+            print(f"rebased {args.fast}: the pictures' gap to the student it was (RMS, latents, 1/2/4 steps) "
+                  f"{log['gap_before']} with the SVD alone, {log['gap_after']} after {log['step'][-1] if log['step'] else 0} steps")
         elif args.command == "export":
             print(f"wrote {export(args.checkpoint, args.folder, force=args.force)}")
         else:

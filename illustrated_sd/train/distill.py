@@ -318,3 +318,153 @@ def export_fast(ckpt: Path, folder: Path) -> None:
         (tmp / "illustrated_sd.json").write_text(json.dumps(info, indent=1))
 
     write_atomically(folder, write)
+
+
+def svd_correction(target: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best rank-``rank`` product ``B [out, r] · A [r, in]`` for a matrix ``target [out, in]`` (Eckart–Young: its
+    truncated SVD, √S shared between the two halves; exact, padded with zeros, where the matrix has fewer than
+    ``rank`` singular values)."""
+    u, s, vh = torch.linalg.svd(target.float(), full_matrices=False)
+    k = min(rank, len(s))
+    root = s[:k].sqrt()
+    b, a = target.new_zeros(target.shape[0], rank), target.new_zeros(rank, target.shape[1])
+    b[:, :k], a[:k] = u[:, :k] * root, root[:, None] * vh[:k]
+    return b, a
+
+
+@torch.no_grad()
+def _fast_pictures(transformer, pipe: FluxPipeline, text, pooled, noise, scales, steps: int) -> torch.Tensor:
+    """A guidance-distilled transformer's pictures (packed latents ``[B, 64, 16]``) from ``noise`` by ``steps`` Euler
+    steps, one pass a step, each row at its own guidance input ``scales [B]``."""
+    side = SIZE // pipe.vae_scale_factor
+    image_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, noise.device, noise.dtype)
+    text_ids = torch.zeros(text.shape[1], 3, device=noise.device)
+    sigmas = torch.as_tensor(sigma_schedule(pipe, steps, SIZE), dtype=torch.float32, device=noise.device)
+    x = noise.clone()
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        v = transformer(hidden_states=x, encoder_hidden_states=text, pooled_projections=pooled, timestep=sigma.expand(len(x)),
+                        guidance=scales, img_ids=image_ids, txt_ids=text_ids, return_dict=False)[0]
+        x = x + (sigma_next - sigma) * v
+    return x
+
+
+def rebase_correction(fast: Path, old_base: Path, minutes: float = 5.0, batch_size: int = 64, samples: int = 1024,
+                      seed: int = 0) -> dict:
+    """Move a tiny-flux-fast folder's correction onto the tiny-flux beside it, when that tiny-flux was retrained.
+
+    A low-rank correction is tied to the weights it was trained on, as a LoRA is to its checkpoint: ``W_old + B·A`` is
+    the student, and ``W_new + B·A`` is not. This finds ``B'·A'`` (same rank, same file size) with ``W_new + B'·A'`` acting
+    as the student did, without its teacher's pairs or a GPU: it starts from the truncated SVD of
+    ``W_old + B·A − W_new`` (:func:`svd_correction`), ships the few whole tensors that are not corrected (biases, norms)
+    as the student had them, and then trains ``A'``, ``B'`` so that the new model's velocity, reading the new T5, matches
+    the old student's, reading its own T5, on the states reflow trains on (the lines between fresh noise and the old
+    student's 4-step pictures of world captions; half at the σ's of the 1-, 2- and 4-step schedules). ``old_base``: the
+    tiny-flux folder the correction was made for (say, ``git archive`` of an earlier commit). The folder's
+    ``illustrated_sd.json`` records the new bases' hashes (``bases_sha256``), which ``load_pipeline`` checks.
+    Returns the log: the loss, and the RMS gap between the old and the new model's 1-, 2- and 4-step pictures (latents)
+    on the held-out prompts, before training (SVD alone) and after."""
+    from transformers import T5EncoderModel
+
+    from ..evaluate import prompt_group, prompt_set
+    from ..models.loading import load_pipeline
+    from ..models.low_rank import load_corrected
+    from .export import write_atomically
+
+    fast, old_base = Path(fast), Path(old_base)
+    info = json.loads((fast / "illustrated_sd.json").read_text())
+    new_base = fast.parent / info["corrects"]["transformer"]
+    rank = correction_rank(fast)
+    old = load_corrected(FluxTransformer2DModel, fast / "transformer", old_base / "transformer").float().eval()
+    old_t5 = T5EncoderModel.from_pretrained(old_base / "text_encoder_2").float().eval()
+    pipe = load_pipeline(new_base).pipeline  # the new tiny-flux: its transformer, its T5, tiny-sd's CLIP
+    was = old.state_dict()  # the student as it was: its base's weights with the correction added in
+    student = student_transformer(pipe.transformer.float(), rank)
+    corrected = {name for name, layer in student.named_modules() if parametrize.is_parametrized(layer, "weight")}
+    with torch.no_grad():  # start: B'·A' from the SVD of what the new weights lack, every other tensor as the student had it
+        for name, layer in student.named_modules():
+            if name in corrected:
+                delta = layer.parametrizations.weight[0]
+                b, a = svd_correction(was[name + ".weight"] - layer.parametrizations.weight.original, rank)
+                delta.lora_B.copy_(b), delta.lora_A.copy_(a)
+        whole = {k: v for k, v in was.items() if k[: -len(".weight")] not in corrected}  # biases, norms, the guidance embedder
+        student.load_state_dict(whole, strict=False)
+    student.requires_grad_(False)
+    lora = [p for n, p in student.named_parameters() if n.endswith(("lora_A", "lora_B"))]
+    for p in lora:
+        p.requires_grad_(True)
+
+    def encode(captions, t5):  # (T5 states, CLIP pooled) as FluxPipeline makes them, with the T5 asked for
+        own, pipe.text_encoder_2 = pipe.text_encoder_2, t5
+        try:
+            text, pooled, _ = pipe.encode_prompt(captions, prompt_2=None, max_sequence_length=TINY_FLUX["max_sequence_length"])
+        finally:
+            pipe.text_encoder_2 = own
+        return text, pooled
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # the states to match on, drawn once: fresh noise, world captions, the old student's pictures
+        captions = [s.caption for s in sample_scenes([seed, 21], samples, version=2)]
+        captions = [c if torch.rand(1, generator=gen) > 0.1 else "" for c in captions]  # some unguided, as reflow's teacher
+        data = {k: [] for k in ("noise", "x0", "old_text", "new_text", "pooled", "scale")}
+        for i in tqdm(range(0, samples, 128), desc="the old student's pictures", unit="batch"):
+            old_text, pooled = encode(captions[i:i + 128], old_t5)
+            new_text, _ = encode(captions[i:i + 128], pipe.text_encoder_2)
+            noise = torch.randn(len(old_text), 64, 16, generator=gen)
+            scale = SCALES[0] + (SCALES[1] - SCALES[0]) * torch.rand(len(old_text), generator=gen)
+            x0 = _fast_pictures(old, pipe, old_text, pooled, noise, scale, 4)
+            for key, value in zip(data, (noise, x0, old_text, new_text, pooled, scale)):
+                data[key].append(value)
+        data = {k: torch.cat(v) for k, v in data.items()}
+        prompts = [prompt for prompt, _, _ in prompt_group(prompt_set(world=2), "held-out")]
+        check = dict(zip(("old_text", "pooled"), encode(prompts, old_t5)), new_text=encode(prompts, pipe.text_encoder_2)[0],
+                     noise=torch.randn(len(prompts), 64, 16, generator=gen), scale=torch.full((len(prompts),), 4.0))
+
+    def gap() -> dict[int, float]:  # RMS between the old and the new model's pictures (latents) of the held-out prompts
+        with torch.no_grad():
+            return {k: round(float((_fast_pictures(old, pipe, check["old_text"], check["pooled"], check["noise"], check["scale"], k)
+                                    - _fast_pictures(student, pipe, check["new_text"], check["pooled"], check["noise"],
+                                                     check["scale"], k)).pow(2).mean().sqrt()), 4) for k in STUDENT_STEPS}
+
+    log = {"from": str(old_base), "rank": rank, "gap_before": gap(), "step": [], "loss": []}
+    side = SIZE // pipe.vae_scale_factor
+    image_ids = pipe._prepare_latent_image_ids(1, side // 2, side // 2, "cpu", torch.float32)
+    text_ids = torch.zeros(TINY_FLUX["max_sequence_length"], 3)
+    visited, mu = visited_sigmas(pipe), mu_at(pipe, SIZE)
+    optimiser = torch.optim.Adam(lora, lr=2e-4)
+    budget, step = Budget(minutes, None), 0
+    bar = tqdm(desc="rebase", unit="step")
+    while budget.more(step):
+        idx = torch.randint(0, samples, (batch_size,), generator=gen)
+        sigma = student_sigmas(visited, mu, batch_size, gen, "cpu")
+        x = (1 - sigma[:, None, None]) * data["x0"][idx] + sigma[:, None, None] * data["noise"][idx]
+        common = dict(hidden_states=x, pooled_projections=data["pooled"][idx], timestep=sigma, guidance=data["scale"][idx],
+                      img_ids=image_ids, txt_ids=text_ids, return_dict=False)
+        with torch.no_grad():
+            target = old(encoder_hidden_states=data["old_text"][idx], **common)[0]
+        loss = F.mse_loss(student(encoder_hidden_states=data["new_text"][idx], **common)[0], target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        step += 1
+        bar.update()
+        if step % 20 == 0:
+            log["step"].append(step), log["loss"].append(round(loss.item(), 6))
+            bar.set_postfix(loss=f"{loss.item():.5f}")
+    bar.close()
+    student.eval()
+    log["gap_after"] = gap()
+    correction = {k: v.to(torch.float16).contiguous() for k, v in low_rank_state(student).items()}
+    correction.update({k: v.to(torch.float16).contiguous() for k, v in whole.items()})  # the student's own, not the new base's
+
+    def write(tmp: Path) -> None:
+        shutil.copytree(fast, tmp, dirs_exist_ok=True)
+        save_file(correction, tmp / "transformer" / LOW_RANK_FILE)
+        bases = {"transformer": weights_sha256(new_base), "text_encoder_2": weights_sha256(new_base, "text_encoder_2")}
+        (tmp / "illustrated_sd.json").write_text(json.dumps({**info, "bases_sha256": bases}, indent=1))
+        train_log = json.loads((fast / "train_log.json").read_text())
+        train_log.setdefault("rebased", []).append(log)
+        (tmp / "train_log.json").write_text(json.dumps(train_log, indent=1))
+
+    write_atomically(fast, write)
+    return log
+
