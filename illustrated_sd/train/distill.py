@@ -349,7 +349,7 @@ def _fast_pictures(transformer, pipe: FluxPipeline, text, pooled, noise, scales,
 
 
 def rebase_correction(fast: Path, old_base: Path, minutes: float = 5.0, batch_size: int = 64, samples: int = 1024,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, max_steps: int | None = None) -> dict:
     """Move a tiny-flux-fast folder's correction onto the tiny-flux beside it, when that tiny-flux was retrained.
 
     A low-rank correction is tied to the weights it was trained on, as a LoRA is to its checkpoint: ``W_old + B·A`` is
@@ -431,7 +431,7 @@ def rebase_correction(fast: Path, old_base: Path, minutes: float = 5.0, batch_si
     text_ids = torch.zeros(TINY_FLUX["max_sequence_length"], 3)
     visited, mu = visited_sigmas(pipe), mu_at(pipe, SIZE)
     optimiser = torch.optim.Adam(lora, lr=2e-4)
-    budget, step = Budget(minutes, None), 0
+    budget, step = Budget(minutes, max_steps), 0
     bar = tqdm(desc="rebase", unit="step")
     while budget.more(step):
         idx = torch.randint(0, samples, (batch_size,), generator=gen)
