@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         elif args.command == "rebase":
             log = rebase_correction(args.fast, args.old_base, args.minutes)
             print(f"rebased {args.fast}: the pictures' gap to the student it was (RMS, latents, 1/2/4 steps) "
-                  f"{log['gap_before']} with the SVD alone, {log['gap_after']} after {log['step'][-1] if log['step'] else 0} steps")
+                  f"{log['gap_before']} with the SVD alone, {log['gap_after']} after {log['total_steps']} steps")
         elif args.command == "export":
             print(f"wrote {export(args.checkpoint, args.folder, force=args.force)}")
         else:

@@ -452,7 +452,7 @@ def rebase_correction(fast: Path, old_base: Path, minutes: float = 5.0, batch_si
             bar.set_postfix(loss=f"{loss.item():.5f}")
     bar.close()
     student.eval()
-    log["gap_after"] = gap()
+    log["total_steps"], log["gap_after"] = step, gap()
     correction = {k: v.to(torch.float16).contiguous() for k, v in low_rank_state(student).items()}
     correction.update({k: v.to(torch.float16).contiguous() for k, v in whole.items()})  # the student's own, not the new base's
 
