@@ -100,6 +100,27 @@ def test_weights_sha256_names_the_weights_a_figure_was_measured_with(tmp_path):
     assert weights_sha256(tmp_path / "fast") != corrected
 
 
+def test_a_correction_is_refused_when_the_weights_it_corrects_have_changed(tmp_path):
+    """tiny-flux-fast's correction fits one tiny-flux: the folder names its base's hash (``bases_sha256``, or an older
+    folder's ``teacher_sha256``), and a changed base is refused before any weights are read, naming `train rebase`."""
+    from safetensors.torch import save_file
+
+    from illustrated_sd.models.loading import _check_bases, weights_sha256
+
+    (tmp_path / "base" / "transformer").mkdir(parents=True)
+    save_file({"w": torch.zeros(3)}, tmp_path / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    made_for = weights_sha256(tmp_path / "base")
+    for info in ({"corrects": {"transformer": "base"}, "bases_sha256": {"transformer": made_for}},
+                 {"corrects": {"transformer": "base"}, "teacher_sha256": made_for}):
+        _check_bases(tmp_path / "fast", info)  # the weights it was made for: nothing to say
+    save_file({"w": torch.ones(3)}, tmp_path / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    for info in ({"corrects": {"transformer": "base"}, "bases_sha256": {"transformer": made_for}},
+                 {"corrects": {"transformer": "base"}, "teacher_sha256": made_for}):
+        with pytest.raises(ModelLoadError, match="made for other base weights .*train rebase OLD_BASE_FOLDER"):
+            _check_bases(tmp_path / "fast", info)
+    _check_bases(tmp_path / "fast", {"corrects": {"transformer": "base"}})  # a folder that names no hash is not checked
+
+
 def test_a_low_rank_correction_adds_b_times_a_into_its_layer_and_names_what_is_wrong():
     from illustrated_sd.models.low_rank import fuse_low_rank
 
