@@ -591,3 +591,21 @@ def test_rebase_moves_tiny_flux_fast_onto_a_retrained_tiny_flux_and_loading_refu
     info = json.loads((assets / "tiny-flux-fast" / "illustrated_sd.json").read_text())
     assert info["bases_sha256"]["transformer"] == weights_sha256(assets / "tiny-flux")
     assert json.loads((assets / "tiny-flux-fast" / "train_log.json").read_text())["rebased"][-1]["from"] == str(old)
+
+
+def test_a_start_for_reflow_must_correct_this_teachers_weights(tmp_path):
+    """--init: a correction fits the teacher it was distilled from, or, once moved, the weights it was moved onto."""
+    from safetensors.torch import save_file
+
+    from illustrated_sd.models.loading import weights_sha256
+    from illustrated_sd.train.distill import corrects_weights_of
+
+    (tmp_path / "teacher" / "transformer").mkdir(parents=True)
+    save_file({"w": torch.zeros(3)}, tmp_path / "teacher" / "transformer" / "diffusion_pytorch_model.safetensors")
+    this, other = weights_sha256(tmp_path / "teacher"), "0" * 64
+    (tmp_path / "fast").mkdir()
+    for meta, fits in (({"teacher_sha256": this}, True), ({"teacher_sha256": other}, False),
+                       ({"teacher_sha256": other, "bases_sha256": {"transformer": this}}, True),  # moved onto this teacher
+                       ({"teacher_sha256": this, "bases_sha256": {"transformer": other}}, False), ({}, True)):
+        (tmp_path / "fast" / "illustrated_sd.json").write_text(json.dumps(meta))
+        assert corrects_weights_of(tmp_path / "fast", tmp_path / "teacher") is fits, meta

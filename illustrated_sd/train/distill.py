@@ -224,6 +224,14 @@ def start_from(student: FluxTransformer2DModel, state: dict[str, torch.Tensor]) 
     student.time_text_embed.guidance_embedder.load_state_dict(guidance)
 
 
+def corrects_weights_of(folder: Path, teacher: Path) -> bool:
+    """Whether a tiny-flux-fast ``folder``'s correction fits ``teacher``'s transformer: the weights it was moved onto
+    (``bases_sha256``), else the teacher it was distilled from (``teacher_sha256``); ``True`` if it names neither."""
+    meta = json.loads((Path(folder) / "illustrated_sd.json").read_text())
+    known = meta.get("bases_sha256", {}).get("transformer", meta.get("teacher_sha256"))
+    return known is None or known == weights_sha256(teacher)
+
+
 def student_rank(ckpt: Path) -> int | None:
     """The rank a checkpoint's student was begun at (its log says), or ``None`` before the reflow stage first ran."""
     return read_log(Path(ckpt)).get("student", {}).get("rank")
@@ -250,9 +258,9 @@ def train_reflow(ckpt: Path, minutes: float, batch_size: int, device, seed: int,
         if init is not None:
             raise ValueError(f"{ckpt} already has a student; --init starts a new one: pass a new --out folder")
     elif init is not None:
-        known = json.loads((Path(init) / "illustrated_sd.json").read_text()).get("teacher_sha256")
-        if known is not None and known != weights_sha256(teacher):
-            raise ValueError(f"{init} was distilled from another teacher than {teacher}: start from a correction of this one")
+        if not corrects_weights_of(init, teacher):
+            raise ValueError(f"{init} corrects other weights than {teacher}'s: start from a correction of this teacher "
+                             f"(or move it onto them first: python -m illustrated_sd.train rebase)")
         start_from(student, load_file(Path(init) / "transformer" / LOW_RANK_FILE))
         earlier = Path(init) / "train_log.json"  # the history of what it starts from travels with it
         log["student"] = {"rank": rank, "started_from": str(init),
