@@ -274,13 +274,19 @@ def _shared_components(path: Path, dtype: torch.dtype) -> dict:
     return parts
 
 
+def correction_bases(info: dict) -> dict[str, str]:
+    """``{part: SHA-256}`` of the sibling weights a folder's correction was made for, from its ``illustrated_sd.json``
+    (``info``): ``bases_sha256`` once moved onto new weights (``train rebase``), else, in a folder as distilled, its
+    ``teacher_sha256`` for the transformer; ``{}`` if it names neither."""
+    return info.get("bases_sha256") or ({"transformer": info["teacher_sha256"]} if "teacher_sha256" in info else {})
+
+
 def _check_bases(path: Path, info: dict) -> None:
     """A correction fits only the weights it was made for (as a LoRA fits one checkpoint): ``ModelLoadError`` naming
-    the fix if a part that ``bases_sha256`` (or, in an older folder, ``teacher_sha256`` for the corrected
-    transformer) names has other weights beside ``path`` now, e.g. after tiny-flux was retrained."""
+    the fix if a part that :func:`correction_bases` names has other weights beside ``path`` now, e.g. after tiny-flux
+    was retrained."""
     siblings = {**info.get("shares", {}), **info.get("corrects", {})}
-    bases = info.get("bases_sha256") or ({"transformer": info["teacher_sha256"]} if "teacher_sha256" in info else {})
-    for part, expected in bases.items():
+    for part, expected in correction_bases(info).items():
         sibling = path.parent / siblings.get(part, "")
         if (sibling / part).is_dir() and weights_sha256(sibling, part) != expected:
             raise ModelLoadError(f"{path.name} was made for other {sibling.name} weights ({part}) than those beside it: move its "

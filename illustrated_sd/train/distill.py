@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from ..models.loading import weights_sha256
+from ..models.loading import correction_bases, weights_sha256
 from ..models.low_rank import A, B, LOW_RANK_FILE
 from ..models.transformers import TINY_FLUX
 from ..paths import TINY_FLUX as TEACHER
@@ -227,8 +227,7 @@ def start_from(student: FluxTransformer2DModel, state: dict[str, torch.Tensor]) 
 def corrects_weights_of(folder: Path, teacher: Path) -> bool:
     """Whether a tiny-flux-fast ``folder``'s correction fits ``teacher``'s transformer: the weights it was moved onto
     (``bases_sha256``), else the teacher it was distilled from (``teacher_sha256``); ``True`` if it names neither."""
-    meta = json.loads((Path(folder) / "illustrated_sd.json").read_text())
-    known = meta.get("bases_sha256", {}).get("transformer", meta.get("teacher_sha256"))
+    known = correction_bases(json.loads((Path(folder) / "illustrated_sd.json").read_text())).get("transformer")
     return known is None or known == weights_sha256(teacher)
 
 
