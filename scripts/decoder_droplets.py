@@ -13,7 +13,9 @@ outlier where the decoder draws the speckle, and whether clamping the latent's o
 standard deviations) before the shipped decoder takes the speckle away. Whether the spike dominates the statistics a
 GroupNorm divides by: the share of each full-resolution GroupNorm's spread (its input's squared deviation from the
 group's mean, the largest share over the groups) that the 5×5 pixels around the last block's peak supply (25 of
-16,384 pixels: 0.15% if they were like any others).
+16,384 pixels: 0.15% if they were like any others). And how else a group can set its spread: the share that its
+channels' own means supply (``decoder.constant_share``: a channel held large and constant, no spike needed), beside
+the share its 25 most deviating pixels supply (``decoder.spread_share``), per GroupNorm with its channels per group.
 
     python scripts/decoder_droplets.py [--decoder NAME=FOLDER ...] [--scenes 64] [--out docs/decoder_droplets.json]
 
@@ -30,7 +32,7 @@ from diffusers import AutoencoderKL
 
 import illustrated_sd as isd
 from illustrated_sd.evaluate import NEAR
-from illustrated_sd.train.decoder import DROPLET_LIMITS, DropletProbe
+from illustrated_sd.train.decoder import DROPLET_LIMITS, DropletProbe, constant_share, spread_share
 from illustrated_sd.world import as_uint8, render, sample_scenes
 from illustrated_sd.world.detect import stray_marks
 
@@ -59,16 +61,20 @@ def share_at(deviation: torch.Tensor, where: np.ndarray, reach: int = 2) -> np.n
     return np.array(shares)
 
 
-def droplets(vae, latents: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], dict, dict]:
+def droplets(vae, latents: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], dict, dict, dict]:
     """Decode ``latents [B, 4, h, w]``: the pictures ``[B, H, W, 3]`` uint8, per probed block the peak-over-mean
     ratio ``[B]`` and the peak's (x, y) in pixels ``[B, 2]``, the same ratio of the input of every GroupNorm of the
     decoder's last two up blocks (``{name: [B]}``: where the spike builds up), and for the full-resolution GroupNorms
     the share of their spread that the 5×5 pixels around the last block's peak supply (``{name: [B]}``: whether the
-    spike dominates the statistics the norm divides by)."""
-    inputs, deviations, hooks = {}, {}, []
+    spike dominates the statistics the norm divides by), and per GroupNorm how its groups set their spread
+    (``{name: {"channels_per_group", "constant_share", "top_pixels_share"}}``, medians over pictures and groups)."""
+    inputs, deviations, how, hooks = {}, {}, {}, []
 
     def watch(module, args, output, name):
         inputs[name] = peak_over_mean(args[0])
+        how[name] = {"channels_per_group": args[0].shape[1] // module.num_groups,
+                     "constant_share": round(constant_share(module, args[0]).median().item(), 3),
+                     "top_pixels_share": round(spread_share(module, args[0]).median().item(), 3)}
         if args[0].shape[-1] == latents.shape[-1] * 8:  # full resolution
             deviations[name] = group_deviation(module, args[0])
     for name, module in vae.decoder.named_modules():
@@ -88,7 +94,7 @@ def droplets(vae, latents: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], 
         y, x = np.divmod(flat.argmax(1).numpy(), norm.shape[-1])
         peaks.append(np.stack([x + 0.5, y + 0.5], 1) * pictures.shape[1] / norm.shape[-1])
     shares = {name: share_at(d, peaks[-1]) for name, d in deviations.items()}
-    return pictures, ratios, peaks, inputs, shares
+    return pictures, ratios, peaks, inputs, shares, how
 
 
 def main(argv=None) -> int:
@@ -117,7 +123,7 @@ def main(argv=None) -> int:
     result = {"written_by": "scripts/decoder_droplets.py", "pictures": len(scenes), "limits": list(DROPLET_LIMITS),
               "renders_with_marks": int(renders_marked), "decoders": {}}
     for name, vae in decoders.items():
-        pictures, ratios, peaks, inputs, shares = droplets(vae, latents)
+        pictures, ratios, peaks, inputs, shares, how = droplets(vae, latents)
         marks = [stray_marks(p, version=2, clearance=NEAR) for p in pictures]
         marked = np.array([len(m) > 0 for m in marks])
         # how far the last block's peak lies from the nearest mark's centre, in pixels (marked pictures only)
@@ -146,8 +152,9 @@ def main(argv=None) -> int:
             "spread_share_at_the_peak": {n: {"median_with_marks": round(float(np.median(r[marked])), 3),
                                              "median_without": round(float(np.median(r[~marked])), 3)}
                                          for n, r in shares.items() if marked.any() and (~marked).any()},
+            "how_groups_set_their_spread": how,
             "ratios": [[round(float(r), 1) for r in block] for block in ratios]}
-        summary = {k: v for k, v in result["decoders"][name].items() if k not in ("ratios", "groupnorm_inputs_peak_over_mean", "spread_share_at_the_peak")}
+        summary = {k: v for k, v in result["decoders"][name].items() if k not in ("ratios", "groupnorm_inputs_peak_over_mean", "spread_share_at_the_peak", "how_groups_set_their_spread")}
         print(name, json.dumps(summary))
     mean, spread = latents.mean((0, 2, 3), keepdim=True), latents.std((0, 2, 3), keepdim=True)
     result["shipped_with_latents_clamped"] = {}

@@ -18,7 +18,7 @@ from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.trace.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
 from illustrated_sd.train.decoder import (SEAM, DropletProbe, GroupNormProbe, decoder_loss, droplet_loss, impossible_colour,
-                                         object_colour_error, object_weights, spliced, spread_loss, spread_share, steady_loss, stray_colour, worst_error,
+                                         object_colour_error, object_weights, spliced, spread_loss, spread_share, constant_share, steady_loss, stray_colour, worst_error,
                                          train_decoder)
 from illustrated_sd.train.stages import clip_loss
 
@@ -332,6 +332,20 @@ def test_spread_loss_prices_a_few_pixels_that_supply_a_groups_spread():
         vae.decode(torch.randn(1, 4, 8, 8))
     assert len(probe.inputs) == len(probe.norms) > 1 and probe.inputs[-1][0] is vae.decoder.conv_norm_out
     assert all(not n._forward_hooks for n in probe.norms)
+
+
+def test_constant_share_tells_a_channel_held_constant_from_a_spike():
+    """decoder.constant_share: a group whose spread comes from one channel held at a constant level, far from its
+    partner's, gets nearly all of it from the channels' means, where a spike's group (same spread, one pixel) gets
+    almost none; noise gets almost none either; the spike is what spread_share sees instead."""
+    norm = torch.nn.GroupNorm(2, 4)
+    x = torch.randn(1, 4, 128, 128, generator=torch.Generator().manual_seed(0))
+    x[0, 0] += 30.0  # first group: one channel held large and constant
+    x[0, 2, 60, 60] = 3000.0  # second group: a spike
+    share = constant_share(norm, x)
+    assert share.shape == (1, 2) and share[0, 0] > 0.99 and share[0, 1] < 0.01
+    assert spread_share(norm, x)[0, 1] > 0.9 and spread_share(norm, x)[0, 0] < 0.02
+    assert constant_share(norm, torch.randn(2, 4, 32, 32)).amax() < 0.01
 
 
 def test_spliced_latents_ask_each_side_of_the_cut_for_its_own_picture():

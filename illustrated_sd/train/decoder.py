@@ -275,6 +275,19 @@ def spread_share(norm: torch.nn.GroupNorm, x: torch.Tensor, pixels: float = SPRE
     return top / deviation.sum(-1).clamp(min=1e-12)
 
 
+def constant_share(norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """A GroupNorm's input ``x [B, C, H, W]`` → ``[B, G]``: the share of each group's spread that its channels' own
+    means supply (how far each channel's mean over the picture lies from the group's mean), the rest being how each
+    channel varies across the picture. A channel held large and constant sets its group's spread as a droplet does,
+    with no spike to draw: the shipped decoder's groups of 4 channels and more hold a third to a half of their spread
+    that way, its groups of 2 almost none (``scripts/decoder_droplets.py``)."""
+    b, c, h, w = x.shape
+    x = x.float().view(b, norm.num_groups, c // norm.num_groups, h * w)
+    channel_means = x.mean(-1)  # [B, G, C/G]
+    between = (channel_means - channel_means.mean(-1, keepdim=True)).pow(2).mean(-1)
+    return between / x.var((2, 3), unbiased=False).clamp(min=1e-12)
+
+
 def spread_loss(inputs: list, limit: float = SPREAD_LIMIT) -> torch.Tensor:
     """The spread loss: a :class:`GroupNormProbe`'s ``(norm, input)`` pairs → a scalar. Per picture, norm and group,
     the :func:`spread_share` beyond ``limit``, squared, averaged. Unlike :func:`droplet_loss`, which reads the norm
