@@ -15,7 +15,8 @@ GroupNorm divides by: the share of each full-resolution GroupNorm's spread (its 
 group's mean, the largest share over the groups) that the 5×5 pixels around the last block's peak supply (25 of
 16,384 pixels: 0.15% if they were like any others). And how else a group can set its spread: the share that its
 channels' own means supply (``decoder.constant_share``: a channel held large and constant, no spike needed), beside
-the share its 25 most deviating pixels supply (``decoder.spread_share``), per GroupNorm with its channels per group.
+the share its 25 most deviating pixels supply (``decoder.spread_share``), per GroupNorm with its channels per group
+(and the same for the shipped encoder's GroupNorms).
 
     python scripts/decoder_droplets.py [--decoder NAME=FOLDER ...] [--scenes 64] [--out docs/decoder_droplets.json]
 
@@ -115,13 +116,24 @@ def main(argv=None) -> int:
     images, _ = render(scenes)
     in_render = np.array([len(stray_marks(p, version=2, clearance=NEAR)) > 0 for p in as_uint8(images)])  # shadows, strokes
     renders_marked = int(in_render.sum())
-    with torch.no_grad():
-        latents = shipped.encode(images).latent_dist.mean  # the latent space both denoisers learned
+    encoder_groups, hooks = {}, []  # the same reading of the encoder's GroupNorms: does it droplet too?
+    for name, module in shipped.encoder.named_modules():
+        if isinstance(module, torch.nn.GroupNorm):
+            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: encoder_groups.__setitem__(name, {
+                "channels_per_group": i[0].shape[1] // m.num_groups,
+                "constant_share": round(constant_share(m, i[0]).median().item(), 3),
+                "top_pixels_share": round(spread_share(m, i[0]).median().item(), 3)}) if i[0].ndim == 4 else None))
+    try:
+        with torch.no_grad():
+            latents = shipped.encode(images).latent_dist.mean  # the latent space both denoisers learned
+    finally:
+        for h in hooks:
+            h.remove()
     z = ((latents - latents.mean((0, 2, 3), keepdim=True)) / latents.std((0, 2, 3), keepdim=True)).abs().amax(1)  # [B, h, w]
     outlier = z.flatten(1).amax(1).numpy()  # each picture's most extreme latent value, in standard deviations
     oy, ox = np.divmod(z.flatten(1).argmax(1).numpy(), z.shape[-1])
     result = {"written_by": "scripts/decoder_droplets.py", "pictures": len(scenes), "limits": list(DROPLET_LIMITS),
-              "renders_with_marks": int(renders_marked), "decoders": {}}
+              "renders_with_marks": int(renders_marked), "shipped_encoder_groups": encoder_groups, "decoders": {}}
     for name, vae in decoders.items():
         pictures, ratios, peaks, inputs, shares, how = droplets(vae, latents)
         marks = [stray_marks(p, version=2, clearance=NEAR) for p in pictures]

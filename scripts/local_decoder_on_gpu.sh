@@ -21,10 +21,15 @@
 # VARIANTS=16:1 SPECKLE=1 (regroup --worst: each picture's worst pixels against the world's own; SPECKLE=1 grades the
 # speckle on 64 rendered objects' round trips, scripts/decoder_droplets.py, and brings back near_marks' sheet instead
 # of the smudges grade). Part 25: SPREAD=3 (regroup --spread: the share of each full-resolution GroupNorm group's spread
-# that its 25 most deviating pixels supply, the droplet as the norm sees it) with TRUTH=1, VARIANTS="8:1 4:1" (4 and 8
-# channels a group at full resolution, where the shipped decoder has 2: its groups of 4 and more hold a third to a
-# half of their spread in channels kept large and constant, those of 2 in a spike; scripts/decoder_droplets.py's
-# sink share) SERIAL=1 (the variants one after the other, each with all of the GPU).
+# that its 25 most deviating pixels supply, the droplet as the norm sees it) with TRUTH=1 SPECKLE=1 FLUX=1,
+# VARIANTS=4:1 MIN=6.3 LIMIT=150 (8 channels a group at full resolution, where the shipped decoder has 2: its groups of
+# 4 and more hold a third to two thirds of their spread in channels kept large and constant, those of 2 in a spike;
+# scripts/decoder_droplets.py's constant share). SERIAL=1 runs several variants one after the other, each with all of
+# the GPU (as planned for part 25: VARIANTS="8:1 4:1" MIN=3.25, which found no GPU).
+# Part 25 trained on (planned): START=part25/vae.safetensors (untracked; carried by making room: the travelling tree
+# is capped at 64 MiB), with part 25's terms, SEED=10 COLOUR=20; FLUX=1 now grades tiny-flux after the grades that read the
+# shipped decoder from the package's folder (in part 25 the swap came first, and its droplets and near grades read the
+# candidate twice).
 set -o pipefail
 mkdir -p /tmp/site && tar xJf .whl/diffusers-0.42.1.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:.:benchmarks OMP_NUM_THREADS=2
@@ -33,8 +38,8 @@ VARIANTS=${VARIANTS:-"16:10"}
 for v in $VARIANTS; do
   g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}${WORST:+-w$WORST}${SPREAD:+-sp$SPREAD}; mkdir -p $OUT/$name; rm -rf /tmp/rg_$name
   ( python -m illustrated_sd.train.regroup illustrated_sd/assets/tiny-sd /tmp/rg_$name --groups $g --minutes ${MIN:-4.5} \
-      --batch-size 128 --bank-size 512 --seed ${SEED:-9} --colour 10 --bank-colours orange,yellow --clean ${CLEAN:-4} \
-      --local $l --splice-colour ${SPLICE_COLOUR:-0} --droplet ${DROPLET:-0} ${TRUTH:+--truth} --flux-bank ${FLUX_BANK:-0} --steady ${STEADY:-0} --worst ${WORST:-0} --spread ${SPREAD:-0} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/$name/train.log ) &
+      --batch-size 128 --bank-size 512 --seed ${SEED:-9} --colour ${COLOUR:-10} --bank-colours orange,yellow --clean ${CLEAN:-4} \
+      --local $l --splice-colour ${SPLICE_COLOUR:-0} --droplet ${DROPLET:-0} ${TRUTH:+--truth} --flux-bank ${FLUX_BANK:-0} --steady ${STEADY:-0} --worst ${WORST:-0} --spread ${SPREAD:-0} ${START:+--start $START} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/$name/train.log ) &
   [[ -n $SERIAL ]] && wait
 done
 wait
@@ -55,12 +60,13 @@ for v in $VARIANTS; do
     timeout $L python -m illustrated_sd.evaluate --model $M --smudges 2 --device cuda --out $R/smudges.json > $R/smudges.log 2>&1 &
     timeout $L python scripts/near_marks_decoders.py --decoder candidate=$M/vae --out $R/near.json > $R/near.log 2>&1 &
   fi
-  if [[ -n $FLUX ]]; then  # tiny-flux reads tiny-sd 2's VAE from the package's folder: this copy's, swapped
-    cp $M/vae/* illustrated_sd/assets/tiny-sd/vae/
-    timeout $L python -m illustrated_sd.evaluate --model tiny-flux --only held-out --device cuda --out $R/flux-held-out.json > $R/flux.log 2>&1 &
-  fi
 done
 wait
+if [[ -n $FLUX ]]; then  # tiny-flux reads tiny-sd 2's VAE from the package's folder: this copy's, swapped only now,
+  # after the grades that read the shipped decoder from that folder (decoder_droplets.py, near_marks_decoders.py) are done
+  cp $M/vae/* illustrated_sd/assets/tiny-sd/vae/
+  timeout $L python -m illustrated_sd.evaluate --model tiny-flux --only held-out --device cuda --out $R/flux-held-out.json > $R/flux.log 2>&1
+fi
 echo "graded at $(( $(date +%s) - T0 )) s"; nvidia-smi --query-gpu=name --format=csv,noheader
 for v in $VARIANTS; do
   g=${v%%:*}; l=${v##*:}; R=$OUT/g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}${WORST:+-w$WORST}${SPREAD:+-sp$SPREAD}
@@ -81,8 +87,6 @@ for name in ("held-out.json", "flux-held-out.json"):
 EOF
 done
 rm -f $OUT/*/*.log  # a call brings back at most 8 files: the weights, train_log.json and the grades
-if (( $(echo $VARIANTS | wc -w) > 1 )); then  # several variants: each one's JSON files packed into one, grades.json
-  for r in $OUT/*/; do
-    python -c "import json,sys,pathlib; r=pathlib.Path(sys.argv[1]); fs=sorted(r.glob('*.json')); (r/'grades.json').write_text(json.dumps({f.stem: json.loads(f.read_text()) for f in fs})); [f.unlink() for f in fs]" $r
-  done
-fi
+for r in $OUT/*/; do  # each variant's JSON files packed into one, grades.json: its weights, grades and sheet are 3 files
+  python -c "import json,sys,pathlib; r=pathlib.Path(sys.argv[1]); fs=sorted(r.glob('*.json')); (r/'grades.json').write_text(json.dumps({f.stem: json.loads(f.read_text()) for f in fs})); [f.unlink() for f in fs]" $r
+done

@@ -219,8 +219,10 @@ class DropletProbe(_Probe):
     StyleGAN's "water droplets" (Karras et al. 2020, section 2), which they traced to instance normalisation. tiny-sd
     2's decoder spikes where it draws the green-and-purple speckle at an object's lower edge: its last up block's
     feature norm peaks at a median 56 times its mean in round trips with a mark, 21 in those without
-    (``scripts/decoder_droplets.py``). Pricing that peak (part 21) brought it down and left the marks: a lead, not
-    yet the cause."""
+    (``scripts/decoder_droplets.py``). Pricing that peak (part 21) brought it down and left the marks. The spike
+    lives in the full-resolution groups of 2 channels, too few to hold one channel large and constant instead
+    (:func:`constant_share`); regrouped to 4 groups (part 25) the decoder draws none, and most of the green-and-purple
+    speckle goes with it, while marks tied to the encoder's latent outliers stay."""
 
     def __init__(self, decoder):
         super().__init__(decoder.up_blocks[-2:], lambda module, args, out: out)
