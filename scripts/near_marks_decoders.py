@@ -18,6 +18,8 @@ Each ``FOLDER`` holds a VAE's ``config.json`` and ``diffusion_pytorch_model.safe
 six of the pictures, each decoder's drawing side by side, at 2×. ``--style`` puts the world's caption prefix for a
 style before each prompt (``world.vocabulary.STYLES``: flat → "a picture of", photo → "a photo of", …); the evaluation's
 prompts name none, which leaves open whether the scene is a photo, the one style with a shadow.
+Per decoder also the off-plane colour around the objects (``speckle_colour``): the detector counts a soft grey shade
+and the green-and-purple speckle alike, this only the speckle.
 """
 
 import argparse
@@ -32,11 +34,29 @@ from PIL import Image
 import illustrated_sd as isd
 from illustrated_sd.evaluate import NEAR, draw, prompt_group, prompt_set
 from illustrated_sd.models.loading import model_defaults
+from illustrated_sd.train.decoder import impossible_colour
 from illustrated_sd.world import as_uint8
 from illustrated_sd.world.detect import detect, stray_marks
 from illustrated_sd.world.vocabulary import STYLES
 
 SHOWN = (2, 3, 12, 13, 17, 21)  # cases on grey and white backgrounds, where the marks are easiest to see
+
+
+SPECKLE = 0.04  # off-plane colour (speckle_colour) that counts as speckle: midway between impossible_colour's 0.020
+# on pictures without a mark near an object and 0.067 on those with one (its docstring)
+
+
+def speckle_colour(picture) -> float:
+    """One decoded ``picture`` (PIL, RGB) → how far the colours around its objects lie off the plane the world draws
+    there (``decoder.impossible_colour``, with the detector's masks and the picture's own border and object colours as
+    reference): a soft grey shadow or a blended edge reads near 0, the green-and-purple speckle high. The detector's
+    marks count both; this tells them apart."""
+    objects = detect(np.asarray(picture), version=2)
+    if not objects:
+        return 0.0
+    x = torch.from_numpy(np.asarray(picture)).permute(2, 0, 1)[None].float() / 127.5 - 1  # [1, 3, H, W] in [-1, 1]
+    masks = torch.from_numpy(np.stack([o.mask for o in objects]))[None].float()  # [1, K, H, W]
+    return float(impossible_colour(x, x, masks))
 
 
 def main(argv=None) -> int:
@@ -61,6 +81,7 @@ def main(argv=None) -> int:
     single = prompt_group(prompt_set(world=2), "single")
     cases = single[:: max(1, len(single) // 24)][:24]
     near, far, shown, offsets = dict.fromkeys(decoders, 0), dict.fromkeys(decoders, 0), [], []
+    off_plane = {name: [] for name in decoders}
     for i, case in enumerate(cases):
         prompt = f"{STYLES[args.style]} {case[0]}" if args.style else case[0]
         trace = draw(pipe, prompt, defaults["steps"], defaults["guidance"], 30_000 + i)
@@ -74,6 +95,7 @@ def main(argv=None) -> int:
                     picture = as_uint8(vae.decode(latent).sample.clamp(-1, 1))[0]
             marks = stray_marks(picture, version=2, clearance=NEAR)
             near[name] += len(marks) > 0
+            off_plane[name].append(speckle_colour(picture))
             if name == "shipped" and (objects := detect(np.asarray(picture), version=2)):
                 ys, xs = np.nonzero(objects[0].mask)
                 size = np.asarray(picture).shape[0]
@@ -83,7 +105,9 @@ def main(argv=None) -> int:
         if i in SHOWN:
             shown.append(row)
     result = {"written_by": "scripts/near_marks_decoders.py", "model": args.model, "pictures": len(cases), "style": args.style, "decoders": list(decoders),
-              "with_marks_within_2px": near, "with_marks_beyond_4px": far}
+              "with_marks_within_2px": near, "with_marks_beyond_4px": far,
+              "off_plane_colour": {name: {"mean": round(float(np.mean(v)), 4), f"pictures_over_{SPECKLE}": int(np.sum(np.array(v) > SPECKLE))}
+                                   for name, v in off_plane.items()}}
     if offsets:
         xy = np.array(offsets)
         result["shipped_marks_within_2px"] = {"marks": len(xy), "mean_offset_px": [round(float(v), 1) for v in xy.mean(0)],

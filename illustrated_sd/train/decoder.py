@@ -221,8 +221,8 @@ class DropletProbe(_Probe):
     feature norm peaks at a median 56 times its mean in round trips with a mark, 21 in those without
     (``scripts/decoder_droplets.py``). Pricing that peak (part 21) brought it down and left the marks. The spike
     lives in the full-resolution groups of 2 channels, too few to hold one channel large and constant instead
-    (:func:`constant_share`); regrouped to 4 groups (part 25) the decoder draws none, and most of the green-and-purple
-    speckle goes with it, while marks tied to the encoder's latent outliers stay."""
+    (:func:`constant_share`); regrouped to 4 groups (part 25) the decoder draws none, and the green-and-purple speckle
+    pales (a quarter less colour off the plane around the objects) while marks tied to the encoder's latent outliers stay."""
 
     def __init__(self, decoder):
         super().__init__(decoder.up_blocks[-2:], lambda module, args, out: out)
