@@ -62,6 +62,14 @@ def share_at(deviation: torch.Tensor, where: np.ndarray, reach: int = 2) -> np.n
     return np.array(shares)
 
 
+def how_groups_set_their_spread(norm: torch.nn.GroupNorm, x: torch.Tensor) -> dict:
+    """A GroupNorm's input ``x [B, C, H, W]`` → its channels per group and the medians, over pictures and groups, of
+    the share of a group's spread its channels' means supply (``constant_share``) and its top pixels (``spread_share``)."""
+    return {"channels_per_group": x.shape[1] // norm.num_groups,
+            "constant_share": round(constant_share(norm, x).median().item(), 3),
+            "top_pixels_share": round(spread_share(norm, x).median().item(), 3)}
+
+
 def droplets(vae, latents: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], dict, dict, dict]:
     """Decode ``latents [B, 4, h, w]``: the pictures ``[B, H, W, 3]`` uint8, per probed block the peak-over-mean
     ratio ``[B]`` and the peak's (x, y) in pixels ``[B, 2]``, the same ratio of the input of every GroupNorm of the
@@ -73,9 +81,7 @@ def droplets(vae, latents: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray], 
 
     def watch(module, args, output, name):
         inputs[name] = peak_over_mean(args[0])
-        how[name] = {"channels_per_group": args[0].shape[1] // module.num_groups,
-                     "constant_share": round(constant_share(module, args[0]).median().item(), 3),
-                     "top_pixels_share": round(spread_share(module, args[0]).median().item(), 3)}
+        how[name] = how_groups_set_their_spread(module, args[0])
         if args[0].shape[-1] == latents.shape[-1] * 8:  # full resolution
             deviations[name] = group_deviation(module, args[0])
     for name, module in vae.decoder.named_modules():
@@ -117,12 +123,13 @@ def main(argv=None) -> int:
     in_render = np.array([len(stray_marks(p, version=2, clearance=NEAR)) > 0 for p in as_uint8(images)])  # shadows, strokes
     renders_marked = int(in_render.sum())
     encoder_groups, hooks = {}, []  # the same reading of the encoder's GroupNorms: does it droplet too?
+
+    def read_encoder(module, args, output, name):
+        if args[0].ndim == 4:  # not the middle attention's norm, whose input is [B, C, H·W]
+            encoder_groups[name] = how_groups_set_their_spread(module, args[0])
     for name, module in shipped.encoder.named_modules():
         if isinstance(module, torch.nn.GroupNorm):
-            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: encoder_groups.__setitem__(name, {
-                "channels_per_group": i[0].shape[1] // m.num_groups,
-                "constant_share": round(constant_share(m, i[0]).median().item(), 3),
-                "top_pixels_share": round(spread_share(m, i[0]).median().item(), 3)}) if i[0].ndim == 4 else None))
+            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: read_encoder(m, i, o, name)))
     try:
         with torch.no_grad():
             latents = shipped.encode(images).latent_dist.mean  # the latent space both denoisers learned
