@@ -281,7 +281,7 @@ def constant_share(norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     """A GroupNorm's input ``x [B, C, H, W]`` → ``[B, G]``: the share of each group's spread that its channels' own
     means supply (how far each channel's mean over the picture lies from the group's mean), the rest being how each
     channel varies across the picture. A channel held large and constant sets its group's spread as a droplet does,
-    with no spike to draw: the shipped decoder's groups of 4 channels and more hold a third to a half of their spread
+    with no spike to draw: the shipped decoder's groups of 4 channels and more hold a third to two thirds of their spread
     that way, its groups of 2 almost none (``scripts/decoder_droplets.py``)."""
     b, c, h, w = x.shape
     x = x.float().view(b, norm.num_groups, c // norm.num_groups, h * w)
