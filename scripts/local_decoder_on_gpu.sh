@@ -30,13 +30,20 @@
 # is capped at 64 MiB), with part 25's terms, SEED=10 COLOUR=20; FLUX=1 now grades tiny-flux after the grades that read the
 # shipped decoder from the package's folder (in part 25 the swap came first, and its droplets and near grades read the
 # candidate twice).
+# Part 26 (session 39): part 25's terms with colour weighed 20, over two calls: the first only trains (NOGRADE=1,
+# VARIANTS=4:1 SPREAD=3 TRUTH=1 COLOUR=20 MIN=8.6: its weights and config come back), the second trains on from them
+# (START=build/part26/vae/diffusion_pytorch_model.safetensors, carried; SEED=10 MIN=6.3 LIMIT=150 SPECKLE=1 FLUX=1).
+# The folder names carry the colour weight (-c20) and a trained-on run (-on).
 set -o pipefail
 mkdir -p /tmp/site && tar xJf .whl/diffusers-0.42.1.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:.:benchmarks OMP_NUM_THREADS=2
 T0=$(date +%s)
 VARIANTS=${VARIANTS:-"16:10"}
+name_of() {  # GROUPS:LOCAL → the variant's folder name, with every term it was trained with
+  echo g${1%%:*}-local${1##*:}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}${WORST:+-w$WORST}${SPREAD:+-sp$SPREAD}${COLOUR:+-c$COLOUR}${START:+-on}
+}
 for v in $VARIANTS; do
-  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}${WORST:+-w$WORST}${SPREAD:+-sp$SPREAD}; mkdir -p $OUT/$name; rm -rf /tmp/rg_$name
+  g=${v%%:*}; l=${v##*:}; name=$(name_of $v); mkdir -p $OUT/$name; rm -rf /tmp/rg_$name
   ( python -m illustrated_sd.train.regroup illustrated_sd/assets/tiny-sd /tmp/rg_$name --groups $g --minutes ${MIN:-4.5} \
       --batch-size 128 --bank-size 512 --seed ${SEED:-9} --colour ${COLOUR:-10} --bank-colours orange,yellow --clean ${CLEAN:-4} \
       --local $l --splice-colour ${SPLICE_COLOUR:-0} --droplet ${DROPLET:-0} ${TRUTH:+--truth} --flux-bank ${FLUX_BANK:-0} --steady ${STEADY:-0} --worst ${WORST:-0} --spread ${SPREAD:-0} ${START:+--start $START} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/$name/train.log ) &
@@ -44,11 +51,18 @@ for v in $VARIANTS; do
 done
 wait
 echo "trained at $(( $(date +%s) - T0 )) s"
+if [[ -n $NOGRADE ]]; then  # a first call that only trains: its weights (with their config) come back, to START the next
+  for v in $VARIANTS; do
+    M=/tmp/rg_$(name_of $v); cp $M/vae/* $OUT/$(name_of $v)/ && cp $M/train_log.json $OUT/$(name_of $v)/; grep "steps on" $OUT/$(name_of $v)/train.log
+  done
+  rm -f $OUT/*/*.log; exit 0
+fi
 L=${LIMIT:-270}
 for v in $VARIANTS; do
-  g=${v%%:*}; l=${v##*:}; name=g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}${WORST:+-w$WORST}${SPREAD:+-sp$SPREAD}; M=/tmp/rg_$name; R=$OUT/$name
+  name=$(name_of $v); M=/tmp/rg_$name; R=$OUT/$name
   [[ -f $M/vae/diffusion_pytorch_model.safetensors ]] || { echo "$name: no weights"; continue; }
-  cp $M/vae/diffusion_pytorch_model.safetensors $R/vae.safetensors; cp $M/train_log.json $R/
+  cp $M/vae/diffusion_pytorch_model.safetensors $R/vae.safetensors; cp $M/vae/config.json $R/vae.config;  # the weights with their grouping (not a .json: those are packed below)
+  cp $M/train_log.json $R/
   grep "steps on" $R/train.log
   timeout $L python scripts/decoder_locality.py --model $M --pairs 64 --out $R/locality.json > $R/locality.log 2>&1 &
   timeout $L python scripts/decoder_marks.py --model $M --out $R/marks.json > $R/marks.log 2>&1 &
@@ -69,7 +83,7 @@ if [[ -n $FLUX ]]; then  # tiny-flux reads tiny-sd 2's VAE from the package's fo
 fi
 echo "graded at $(( $(date +%s) - T0 )) s"; nvidia-smi --query-gpu=name --format=csv,noheader
 for v in $VARIANTS; do
-  g=${v%%:*}; l=${v##*:}; R=$OUT/g${g}-local${l}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}${WORST:+-w$WORST}${SPREAD:+-sp$SPREAD}
+  R=$OUT/$(name_of $v)
   python - "$R" <<'EOF'
 import collections, json, sys
 from pathlib import Path

@@ -4,14 +4,15 @@
 # earlier decoder's). Put the new VAE into illustrated_sd/assets/tiny-sd/vae first; carry [".whl"] (the tree stays
 # under 64 MiB: same-size weights). ≤ LIMIT s each, results in one tarball. Afterwards, on the CPU:
 # scripts/decoder_marks.py --reference PART7_VAE_FOLDER (part 7's VAE from commit 6c041c6) --out docs/decoder_marks.json;
-# the notebooks (ISD_CLAIMS=survey lists every sentence to revisit); both model cards.
+# the notebooks (ISD_CLAIMS=survey lists every sentence to revisit); both model cards. ONLY="smudges backgrounds …" runs
+# just the jobs named (part 26, session 39: all but evaluation and interventions, LIMIT=430).
 set -o pipefail
 mkdir -p /tmp/site && tar xJf .whl/diffusers-0.42.1.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:.:benchmarks OMP_NUM_THREADS=1
 R=/tmp/res; rm -rf $R; mkdir -p $R; T0=$(date +%s)
 E="python -m illustrated_sd.evaluate --device cuda"
 L=${LIMIT:-530}
-j() { local name=$1; shift; ( timeout $L "$@" > $R/$name.log 2>&1; echo "$name rc=$? at $(( $(date +%s) - T0 )) s" >> $R/done.txt ) & }
+j() { local name=$1; shift; [[ -z $ONLY || " $ONLY " == *" $name "* ]] || return 0; ( timeout $L "$@" > $R/$name.log 2>&1; echo "$name rc=$? at $(( $(date +%s) - T0 )) s" >> $R/done.txt ) & }
 j evaluation bash -c "DEVICE=cuda THREADS=1 PYTHON=python bash scripts/evaluate_side_by_side.sh $R/evaluation.json"
 j interventions $E --interventions 100 --interventions-only --out $R/interventions.json
 j smudges $E --smudges 2 --out $R/ghost_smudges.json

@@ -118,6 +118,13 @@
 #           held-out colour 91.7% (the same), locality 7.47 (part 14: 73.6). Shipped 2026-12-07: tiny-sd 2's VAE has
 #           16 groups since, and so does models/unet.py's layout: the training stages build 16, and `train import`
 #           refuses a folder of 32 (a historical MODEL_DIR named above must go through regroup first).
+#   part 26 (one GPU, two device calls; not a stage of this script): the VAE regrouped again, from part 17's 16 groups
+#           to 4 (8 channels a group at full resolution, where part 17's had 2: small groups let the decoder set a
+#           group's spread with a spike of a few pixels, drawn as the speckle at objects' lower edges; model card,
+#           parts 21 to 26), trained to the world's own pictures (--truth) with --spread 3 --colour 20:
+#           scripts/local_decoder_on_gpu.sh, NOGRADE=1 VARIANTS=4:1 SPREAD=3 TRUTH=1 COLOUR=20 MIN=8.6 from part 17's
+#           decoder (commit cd7d325; 1853 steps of 128), then START=<its weights> SEED=10 MIN=6.3 SPECKLE=1 FLUX=1
+#           (1361 more, graded in the same call). Shipped 2026-12-07 (session 39): the layout says 4 groups since.
 # PART is 1 to 17 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,

@@ -133,7 +133,7 @@ def test_the_decoders_reach_is_measured_path_by_path_and_the_decoder_is_left_as_
     change = {name: float(kept_change(vae, painted, original, kept, **switches).mean())
               for name, switches in (("decoded", {}), ("statistics of the original", {"norms_of_original": True}))}
     assert change["statistics of the original"] < change["decoded"], change
-    # the shipped decoder's GroupNorms all pool two channels or more (16 groups): holding its single-channel ones holds
+    # the shipped decoder's GroupNorms all pool two channels or more (4 groups: 8 to 32): holding its single-channel ones holds
     # none, holding its multi-channel ones holds all
     split = {which: float(kept_change(vae, painted, original, kept, norms_of_original=True, which_norms=which).mean())
              for which in ("single-channel", "multi-channel")}

@@ -805,7 +805,7 @@ def test_decoder_marks_builds_its_reference_from_the_references_own_config(tmp_p
     spec = importlib.util.spec_from_file_location("marks", Path(__file__).parents[1] / "scripts" / "decoder_marks.py")
     marks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(marks)
-    regrouped(isd.build_random_pipeline("tiny-sd", seed=0).vae, 8).save_pretrained(tmp_path / "vae")  # tiny-sd has 16
+    regrouped(isd.build_random_pipeline("tiny-sd", seed=0).vae, 8).save_pretrained(tmp_path / "vae")  # tiny-sd has 4
     for given in (tmp_path / "vae", tmp_path / "vae" / "diffusion_pytorch_model.safetensors"):  # the folder or its weights
         assert marks.reference_vae(given).config.norm_num_groups == 8
     (tmp_path / "bare").mkdir()
@@ -856,7 +856,7 @@ def test_regrouped_copies_every_weight_into_fewer_groups_and_refuses_a_grouping_
 
     vae = isd.build_random_pipeline("tiny-sd", seed=0).vae.eval()
     copy = regrouped(vae, 8).eval()
-    assert copy.config.norm_num_groups == 8 and vae.config.norm_num_groups == 16
+    assert copy.config.norm_num_groups == 8 and vae.config.norm_num_groups == 4
     assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), copy.state_dict().values()))
     assert {m.num_channels // m.num_groups for m in copy.decoder.modules() if isinstance(m, torch.nn.GroupNorm)} == {4, 8, 16}
     images = torch.rand(2, 3, 128, 128) * 2 - 1
@@ -889,8 +889,8 @@ def test_regroup_vae_writes_the_pipeline_with_its_vae_regrouped_and_never_over_a
     assert read_log(out)["regroup"]["total_steps"] == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no scratch folder left behind
     from illustrated_sd.train.export import import_folder
-    with pytest.raises(ValueError, match="VAE has 8 GroupNorm groups .* the training stages build 16: train it on with illustrated_sd.train.regroup"):
-        import_folder(out, tmp_path / "ckpt")  # train run would rebuild it with 16 groups: another function, silently
+    with pytest.raises(ValueError, match="VAE has 8 GroupNorm groups .* the training stages build 4: train it on with illustrated_sd.train.regroup"):
+        import_folder(out, tmp_path / "ckpt")  # train run would rebuild it with 4 groups: another function, silently
     with pytest.raises(FileExistsError, match="exists: choose a new folder"):
         regroup_main(argv)
     with pytest.raises(SystemExit):
