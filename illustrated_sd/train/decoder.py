@@ -217,12 +217,12 @@ class DropletProbe(_Probe):
     Why: a GroupNorm divides every pixel of a group by statistics of the whole picture, so a network that wants to
     set a picture's overall strength can do it by drawing one strong, local spike that dominates those statistics:
     StyleGAN's "water droplets" (Karras et al. 2020, section 2), which they traced to instance normalisation. tiny-sd
-    2's decoder spikes where it draws the green-and-purple speckle at an object's lower edge: its last up block's
+    2's decoder of part 17 spiked where it drew the green-and-purple speckle at an object's lower edge: its last up block's
     feature norm peaks at a median 56 times its mean in round trips with a mark, 21 in those without
     (``scripts/decoder_droplets.py``). Pricing that peak (part 21) brought it down and left the marks. The spike
-    lives in the full-resolution groups of 2 channels, too few to hold one channel large and constant instead
-    (:func:`constant_share`); regrouped to 4 groups (part 25) the decoder draws none, and the green-and-purple speckle
-    pales (a quarter less colour off the plane around the objects) while marks tied to the encoder's latent outliers stay."""
+    lived in the full-resolution groups of 2 channels, too few to hold one channel large and constant instead
+    (:func:`constant_share`); regrouped to 4 groups (parts 25 and 26; part 26 ships) the decoder draws none, and the
+    green-and-purple speckle pales (a third less colour off the plane around the objects) without going."""
 
     def __init__(self, decoder):
         super().__init__(decoder.up_blocks[-2:], lambda module, args, out: out)
@@ -281,7 +281,7 @@ def constant_share(norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     """A GroupNorm's input ``x [B, C, H, W]`` → ``[B, G]``: the share of each group's spread that its channels' own
     means supply (how far each channel's mean over the picture lies from the group's mean), the rest being how each
     channel varies across the picture. A channel held large and constant sets its group's spread as a droplet does,
-    with no spike to draw: the shipped decoder's groups of 4 channels and more hold a third to two thirds of their spread
+    with no spike to draw: part 17's decoder's groups of 4 channels and more held a third to two thirds of their spread
     that way, its groups of 2 almost none (``scripts/decoder_droplets.py``)."""
     b, c, h, w = x.shape
     x = x.float().view(b, norm.num_groups, c // norm.num_groups, h * w)
