@@ -46,6 +46,13 @@ SPECKLE = 0.04  # off-plane colour (speckle_colour) that counts as speckle: midw
 # on pictures without a mark near an object and 0.067 on those with one (its docstring)
 
 
+def guided_cases() -> list:
+    """The 24 single-object evaluation cases (``(prompt, scene)``) whose guided pictures this script decodes, spread over
+    the evaluation's single-object prompts as ``evaluate --smudges`` spreads its own."""
+    single = prompt_group(prompt_set(world=2), "single")
+    return single[:: max(1, len(single) // 24)][:24]
+
+
 def speckle_colour(picture) -> float:
     """One decoded ``picture`` (PIL, RGB) → how far the colours around its objects lie off the plane the world draws
     there (``decoder.impossible_colour``, with the detector's masks and the picture's own border and object colours as
@@ -78,8 +85,7 @@ def main(argv=None) -> int:
         if not (Path(folder) / "config.json").is_file():
             parser.error(f"--decoder {spec}: no config.json in {folder} (give NAME=FOLDER, the VAE's own folder)")
         decoders[name] = AutoencoderKL.from_pretrained(folder).float().eval()  # each with its own grouping (config.json)
-    single = prompt_group(prompt_set(world=2), "single")
-    cases = single[:: max(1, len(single) // 24)][:24]
+    cases = guided_cases()
     near, far, shown, offsets = dict.fromkeys(decoders, 0), dict.fromkeys(decoders, 0), [], []
     off_plane = {name: [] for name in decoders}
     for i, case in enumerate(cases):

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # near_marks_decoders, beside this script
-from near_marks_decoders import speckle_colour  # noqa: E402
+from near_marks_decoders import guided_cases, speckle_colour  # noqa: E402
 
 import illustrated_sd as isd  # noqa: E402
-from illustrated_sd.evaluate import draw, prompt_group, prompt_set  # noqa: E402
+from illustrated_sd.evaluate import draw  # noqa: E402
 from illustrated_sd.models.loading import model_defaults  # noqa: E402
 from illustrated_sd.world import as_uint8  # noqa: E402
 
@@ -52,8 +52,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     pipe = isd.load_pipeline("tiny-sd")
     defaults, vae = model_defaults("tiny-sd"), pipe.vae.float().eval()
-    single = prompt_group(prompt_set(world=2), "single")
-    cases = single[:: max(1, len(single) // 24)][:24]  # the 24 of near_marks_decoders.py
+    cases = guided_cases()  # the 24 of near_marks_decoders.py
     z = torch.stack([draw(pipe, case[0], defaults["steps"], defaults["guidance"], 30_000 + i).latents[-1].float()
                      for i, case in enumerate(cases)]) / vae.config.scaling_factor  # [24, 4, h, w], as the decoder takes it
     read = {"as drawn": speckle(vae, z), "clamped to 4 std": speckle(vae, clamped(z, 4)), "clamped to 3 std": speckle(vae, clamped(z, 3))}
