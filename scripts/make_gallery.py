@@ -85,7 +85,7 @@ def heatmaps_against_masks(pipe):
 
 
 def explorer_screenshot(trace, pipe):
-    """The explorer of the same trace, at step 8 with "heart" picked and the mouse on the triangle."""
+    """The explorer of the same trace, at step 7 (of steps 0–24, as the page counts) with "heart" picked and the mouse on the triangle."""
     from playwright.sync_api import sync_playwright
 
     from illustrated_sd.plot.report import write_report
@@ -113,7 +113,7 @@ def explorer_screenshot(trace, pipe):
     # docs/gallery.md says what the screenshot shows: checked here, so a retrained model cannot make it false
     from illustrated_sd.claims import claim
 
-    heat = {i: trace.cross_attention(i, step=7) for i in range(len(trace.tokens))}  # [h, w] per slot, step 8 as the page counts
+    heat = {i: trace.cross_attention(i, step=7) for i in range(len(trace.tokens))}  # [h, w] per slot, the step the page shows
     h, w = heat[0].shape
     ranked = sorted(heat, key=lambda i: -float(heat[i][int(0.5 * h), int(0.25 * w)]))
     claim("the triangle's pixel asks about 'yellow' first after the start marker",
