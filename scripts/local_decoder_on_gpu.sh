@@ -34,19 +34,24 @@
 # VARIANTS=4:1 SPREAD=3 TRUTH=1 COLOUR=20 MIN=8.6: its weights and config come back), the second trains on from them
 # (START=build/part26/vae/diffusion_pytorch_model.safetensors, carried; SEED=10 MIN=6.3 LIMIT=150 SPECKLE=1 FLUX=1).
 # The folder names carry the colour weight (-c20) and a trained-on run (-on).
+# Part 27 (session 40): the shipped decoder (part 26's, already 4 groups: the regroup is a plain copy) trained on with
+# part 26's terms and two aimed at the blots it still draws beside the objects: RING=2 (regroup --ring: the worst pixels
+# of the ring beyond each object's soft edge, against a picture with only background there) and NEAR=10 (regroup
+# --near: colours off the plane of an object's blends and shadow), SEED=11 VARIANTS=4:1 SPREAD=3 TRUTH=1 COLOUR=20
+# MIN=6.3 LIMIT=150 SPECKLE=1 FLUX=1.
 set -o pipefail
 mkdir -p /tmp/site && tar xJf .whl/diffusers-0.42.1.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:.:benchmarks OMP_NUM_THREADS=2
 T0=$(date +%s)
 VARIANTS=${VARIANTS:-"16:10"}
 name_of() {  # GROUPS:LOCAL → the variant's folder name, with every term it was trained with
-  echo g${1%%:*}-local${1##*:}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}${WORST:+-w$WORST}${SPREAD:+-sp$SPREAD}${COLOUR:+-c$COLOUR}${START:+-on}
+  echo g${1%%:*}-local${1##*:}${SPLICE_COLOUR:+-sc$SPLICE_COLOUR}${DROPLET:+-d$DROPLET}${TRUTH:+-truth}${FLUX_BANK:+-fb$FLUX_BANK}${STEADY:+-st$STEADY}${WORST:+-w$WORST}${SPREAD:+-sp$SPREAD}${COLOUR:+-c$COLOUR}${NEAR:+-n$NEAR}${RING:+-r$RING}${START:+-on}
 }
 for v in $VARIANTS; do
   g=${v%%:*}; l=${v##*:}; name=$(name_of $v); mkdir -p $OUT/$name; rm -rf /tmp/rg_$name
   ( python -m illustrated_sd.train.regroup illustrated_sd/assets/tiny-sd /tmp/rg_$name --groups $g --minutes ${MIN:-4.5} \
       --batch-size 128 --bank-size 512 --seed ${SEED:-9} --colour ${COLOUR:-10} --bank-colours orange,yellow --clean ${CLEAN:-4} \
-      --local $l --splice-colour ${SPLICE_COLOUR:-0} --droplet ${DROPLET:-0} ${TRUTH:+--truth} --flux-bank ${FLUX_BANK:-0} --steady ${STEADY:-0} --worst ${WORST:-0} --spread ${SPREAD:-0} ${START:+--start $START} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/$name/train.log ) &
+      --local $l --splice-colour ${SPLICE_COLOUR:-0} --droplet ${DROPLET:-0} ${TRUTH:+--truth} --flux-bank ${FLUX_BANK:-0} --steady ${STEADY:-0} --worst ${WORST:-0} --spread ${SPREAD:-0} --near ${NEAR:-0} --ring ${RING:-0} ${START:+--start $START} 2>&1 | tr '\r' '\n' | grep -v "step/s\]" > $OUT/$name/train.log ) &
   [[ -n $SERIAL ]] && wait
 done
 wait

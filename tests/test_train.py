@@ -18,8 +18,8 @@ from illustrated_sd.train.__main__ import main as train_main
 from illustrated_sd.trace.files import load_weights
 from illustrated_sd.train.checkpoint import read_log, save_weights, write_log
 from illustrated_sd.train.decoder import (SEAM, DropletProbe, GroupNormProbe, decoder_loss, droplet_loss, impossible_colour,
-                                         object_colour_error, object_weights, spliced, spread_loss, spread_share, constant_share, steady_loss, stray_colour, worst_error,
-                                         train_decoder)
+                                         object_colour_error, object_weights, ring_error, ring_fill, speckle_ring, spliced, spread_loss,
+                                         spread_share, constant_share, steady_loss, stray_colour, worst_error, train_decoder)
 from illustrated_sd.train.stages import clip_loss
 
 
@@ -289,6 +289,36 @@ def test_worst_error_prices_a_few_pixels_the_per_pixel_loss_averages_away():
     assert worst_error(marked, target).item() == pytest.approx(0.4)  # the marked picture's worst 20: 0.8; the other's: 0
     assert decoder_loss(marked, target, torch.ones(2, 1, 128, 128)) < worst_error(marked, target) / 100
     assert worst_error(target + 0.01, target).item() == pytest.approx(0.01)
+
+
+def test_ring_fill_paints_a_blot_out_of_the_ring_and_trusts_only_a_background_it_can_continue():
+    """decoder.ring_fill: beside a red square on a grey gradient, a dark blot at its lower left is painted over with
+    the gradient (a few levels off at most), a photo's shadow below right is not priced, a striped background is not
+    trusted at all; ring_error then prices the blot against the target (the per-pixel loss a small fraction of it),
+    and a picture that matches its target costs nothing."""
+    size = 64
+    ramp = torch.linspace(-0.15, 0.15, size)  # 0.6 grey levels a pixel: the world's steepest gradients are gentler
+    picture = ramp.view(1, 1, 1, size).repeat(1, 3, size, 1)  # a grey gradient, left to right
+    masks = torch.zeros(1, 2, size, size)
+    masks[0, 0, 20:32, 24:36] = 1
+    picture[..., 20:32, 24:36] = torch.tensor([0.8, -0.8, -0.8]).view(3, 1, 1)
+    blotted = picture.clone()
+    blotted[..., 34:37, 20:23] -= 0.5  # a dark blot 2-4 pixels beyond the square's lower-left corner
+    target, where = ring_fill(blotted, masks)
+    assert where.any() and not where[..., 20:32, 24:36].any()  # the ring only
+    assert (target - picture).abs().amax() < 4 / 127.5  # the blot painted over; the gradient continued
+    assert ring_error(blotted, target, where) > 0.2
+    assert decoder_loss(blotted, target, torch.ones(1, 1, size, size)) < ring_error(blotted, target, where) / 20
+    assert ring_error(target, target, where) == 0
+    shadowed = picture.clone()
+    shadowed[..., 33:36, 27:39] -= 0.3  # a shadow cast down and right, as the photo style draws it
+    clean = ring_error(picture, *ring_fill(picture, masks)).item()  # the gradient painted in: a level or two off at worst
+    assert clean < 3 / 127.5
+    assert ring_error(shadowed, *ring_fill(shadowed, masks)).item() == pytest.approx(clean, abs=1e-4)  # the shadow: not asked away
+    striped = picture.clone()
+    striped[..., ::4, :] += 0.2  # a pattern: continuing the background from beyond would erase it
+    assert not ring_fill(striped, masks)[1].any()
+    assert speckle_ring(masks, reach=6, edge=2).sum() < speckle_ring(masks, reach=6).sum()  # the soft edge left out
 
 
 def test_steady_loss_prices_statistics_that_differ_between_pictures():
@@ -1003,6 +1033,17 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
     regroup.regroup_vae(source, tmp_path / "out10c", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, worst=3.0)
     assert worsts == [(2, pytest.approx(worsts[0][1]))] and worsts[0][1] > 0  # one term, on the batch's 2 pictures
     assert losses[9] - losses[1] == pytest.approx(3 * worsts[0][1], rel=1e-4)
+    rings = []
+
+    def ring_spy(recon, target, where):  # the ring term, as regroup calls it: the encoder's latents, then the UNet's
+        value = ring_error(recon, target, where)
+        rings.append((len(recon), value.item()))
+        return value
+
+    monkeypatch.setattr(regroup, "ring_error", ring_spy)
+    regroup.regroup_vae(source, tmp_path / "out10d", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0, ring=2.0)
+    assert [n for n, _ in rings] == [2, 1] and rings[0][1] > 0  # a random decoder's ring is no background
+    assert losses[10] - losses[1] == pytest.approx(2 * sum(v for _, v in rings), rel=1e-4, abs=1e-6)
     from illustrated_sd.models.transformers import build_random_flux
     build_random_flux("tiny-flux", seed=0).save_pretrained(tmp_path / "flux")
     drawn = []
@@ -1010,7 +1051,7 @@ def test_regroup_trains_on_from_start_and_its_colour_term_adds_to_the_loss(tmp_p
     monkeypatch.setattr(regroup, "flux_bank", lambda *a, **kw: drawn.append(a[2]) or real_flux_bank(*a, **kw, steps=1))
     regroup.regroup_vae(source, tmp_path / "out11", 16, 1.0, 2, "cpu", bank_size=2, start=earlier, colour=10.0,
                         flux_bank_size=3, flux_model=tmp_path / "flux")
-    assert drawn == [3] and losses[10] != pytest.approx(losses[1], rel=1e-3)  # the bank holds 2 + 3 latents to pick from
+    assert drawn == [3] and losses[11] != pytest.approx(losses[1], rel=1e-3)  # the bank holds 2 + 3 latents to pick from
     (tmp_path / "config.json").write_text(json.dumps({"norm_num_groups": 8}))  # beside `earlier`: trained with 8 groups
     with pytest.raises(ValueError, match="trained with 8 GroupNorm groups, not 16: pass --groups 8"):
         regroup.regroup_vae(source, tmp_path / "out3", 16, 1.0, 2, "cpu", bank_size=2, start=earlier)

@@ -81,6 +81,9 @@ MAX_BOOST = 4.0  # ...up to this factor (a small object covers about 200 pixels)
 STRAY_SHARE = 0.01  # the share of each picture's background pixels (the worst) that the stray_colour term averages
 NEAR_WORST = 20  # the pixels per picture (the worst) that impossible_colour averages: about one smudge's
 NEAR_REACH = 6  # pixels around each object that impossible_colour looks at: its soft edge and its shadow (6 px below right)
+RING_TRUST = 6 / 127.5  # how far (6 grey levels) a background painted in may miss the picture for ring_fill to trust it
+RING_EDGE = 2  # pixels next to an object that the ring loss leaves out: its soft edge, which decoders blur a little
+SHADOW_SHIFT, SHADOW_BLUR = 3, 3  # at 128 px, the photo style's shadow: cast 3 px down and right, blurred (world.render)
 # per picture, a feature map's peak norm over its mean above which droplet_loss prices it, for the decoder's
 # second-to-last and last up blocks: with the decoder shipped on 2026-12-07, 64 round trips of rendered objects gave
 # 7-9 and 19.5-23 where no spike was drawn, 13-22 and 47-73 where one was (the speckle)
@@ -189,6 +192,70 @@ def impossible_colour(recon: torch.Tensor, pictures: torch.Tensor, masks: torch.
     off = torch.einsum("bchw,bkc->bkhw", x, normal / length.clamp(min=1e-6)).abs()  # the distance from each plane
     off = F.avg_pool2d(off * ring * valid[..., None, None], 3, stride=1, padding=1)  # [B, K, H, W]
     return off.amax(1).flatten(1).topk(NEAR_WORST, dim=1).values.mean()
+
+
+def speckle_ring(masks: torch.Tensor, reach: int = NEAR_REACH, edge: int = 0) -> torch.Tensor:
+    """``[B, 1, H, W]`` bool: the background within ``reach`` pixels of an object (coverage ``masks`` ``[B, K, H, W]``),
+    where the decoders draw their speckle, less the ``edge`` pixels next to the object."""
+    grown = lambda by: F.max_pool2d(masks.amax(1, keepdim=True), 2 * by + 1, stride=1, padding=by) > 0  # noqa: E731
+    return grown(reach) & ~grown(edge)
+
+
+def _fill(pictures: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """``pictures`` ``[B, 3, H, W]`` with the pixels not ``known`` (``[B, 1, H, W]`` bool) painted in from their known
+    neighbours, one ring of pixels a step, each the mean of the 3×3 pixels already painted or known (an onion peel:
+    a smooth background, gradients included, is continued; a pattern or a shadow is not), until every pixel is."""
+    value, weight = pictures * known, known.float()
+    for _ in range(max(pictures.shape[-2:])):  # a pixel in a hollow between objects may lie far from the known ones
+        total, count = F.avg_pool2d(value, 3, stride=1, padding=1), F.avg_pool2d(weight, 3, stride=1, padding=1)
+        new = (weight == 0) & (count > 0)
+        if not new.any():
+            break
+        value = torch.where(new, total / count.clamp(min=1e-6), value)
+        weight = torch.where(new, torch.ones_like(weight), weight)
+    return value
+
+
+def ring_fill(pictures: torch.Tensor, masks: torch.Tensor, reach: int = NEAR_REACH, edge: int = RING_EDGE) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clean target for the ring around the objects of pictures that have no clean original (the UNet's latents as a
+    decoder draws them): ``pictures`` ``[B, 3, H, W]`` in [-1, 1] and the detector's object ``masks`` ``[B, K, H, W]`` →
+    ``(target [B, 3, H, W], where [B, 1, H, W] bool)``: the pixels where the target can be trusted.
+
+    In the world nothing of an object reaches past its soft edge but the photo style's shadow, cast 3 pixels down and
+    right and blurred over 2 more (``world.render``): the rest of the ring of ``reach`` pixels around it is plain
+    background. So the target there is the background beyond the ring, painted in (``_fill``), and ``where`` is the
+    ring less the pixels a shadow may darken and the ``edge`` pixels next to the object (the detector's mask may
+    leave out an object's soft edge, and the target would then ask to erase it); elsewhere the target is the picture. Whether the background beyond
+    is smooth enough to be continued is tested on the picture: the band of ``reach`` pixels beyond the ring is painted
+    in the same way from farther out, and a picture where any 3×3 patch of that band comes out more than ``RING_TRUST``
+    off (a pattern, or a mark) has no ``where``; a gradient passes."""
+    inside = masks.amax(1, keepdim=True) > 0
+    ring = speckle_ring(masks, reach)
+    near = speckle_ring(masks, 2 * reach) | inside
+    band = near & ~ring & ~inside
+    tried = _fill(pictures, ~near)
+    miss = F.avg_pool2d((tried - pictures).abs().amax(1, keepdim=True), 3, stride=1, padding=1) * band  # [B, 1, H, W]
+    trusted = miss.flatten(1).amax(1) < RING_TRUST  # [B]
+    cast = F.pad(masks.amax(1, keepdim=True), (SHADOW_SHIFT, 0, SHADOW_SHIFT, 0))[..., :masks.shape[-2], :masks.shape[-1]]
+    shadow = F.max_pool2d(cast, 2 * SHADOW_BLUR + 1, stride=1, padding=SHADOW_BLUR) > 0
+    target = torch.where(ring, _fill(pictures, ~ring & ~inside), pictures)
+    return target, speckle_ring(masks, reach, edge) & ~shadow & trusted[:, None, None, None]
+
+
+def ring_error(recon: torch.Tensor, target: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """The ring loss: decoded ``recon`` against a ``target`` ``[B, 3, H, W]`` that is clean on the pixels ``where``
+    (``[B, 1, H, W]`` bool: the ring around the objects, ``speckle_ring``, against the world's own picture, or
+    ``ring_fill``'s) → a scalar: per picture, the mean of its ``NEAR_WORST`` worst pixels there (each pixel's largest
+    error over R, G and B, averaged over 3×3 pixels), averaged over the pictures that have any such pixel.
+
+    Why: what stays of the speckle (part 26's decoder) is a soft dark or pink blot of about twenty pixels at one
+    corner of an object: a few pixels among sixteen thousand for the per-pixel loss, grey for ``impossible_colour``
+    (a darker background lies on its plane), and in the ring that ``stray_colour`` leaves to the objects. Here the
+    ring alone is priced, against a picture that has no blot."""
+    error = F.avg_pool2d((recon - target).abs().amax(1, keepdim=True), 3, stride=1, padding=1) * where
+    worst = error.flatten(1).topk(min(NEAR_WORST, error[0].numel()), dim=1).values.mean(1)  # [B]
+    keep = where.flatten(1).any(1).float()
+    return (worst * keep).sum() / keep.sum().clamp(min=1)
 
 
 class _Probe:

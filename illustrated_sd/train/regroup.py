@@ -25,7 +25,8 @@ How, keeping diffusers' own class and the latent space every denoiser learned:
 
     python -m illustrated_sd.train.regroup SOURCE OUT [--groups 16] [--minutes 4] [--batch-size 128] [--local 1]
         [--start EARLIER/vae/diffusion_pytorch_model.safetensors --seed 1] [--colour 10] [--bank-colours orange,yellow]
-        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--spread 1] [--steady 1] [--worst 1] [--truth] [--flux-bank 512]
+        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--spread 1] [--steady 1] [--worst 1] [--ring 4] [--truth]
+        [--flux-bank 512]
 
 SOURCE is a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd); OUT becomes a copy of it whose ``vae/`` is the
 regrouped one, with the run's losses in its ``train_log.json`` (``regroup``). Graded like any decoder candidate
@@ -44,9 +45,9 @@ from safetensors.torch import load_file
 
 from .. import checks
 from ..world import COLORS, render, sample_scenes
-from .decoder import (NEAR_REACH, DropletProbe, GroupNormProbe, decoder_loss, decoder_lr, droplet_loss, flux_bank,
-                      generated_bank, impossible_colour, object_colour_error, object_weights, spliced, spread_loss, steady_loss,
-                      stray_colour, worst_error)
+from .decoder import (RING_EDGE, DropletProbe, GroupNormProbe, decoder_loss, decoder_lr, droplet_loss, flux_bank,
+                      generated_bank, impossible_colour, object_colour_error, object_weights, ring_error, ring_fill,
+                      speckle_ring, spliced, spread_loss, steady_loss, stray_colour, worst_error)
 from .export import write_atomically
 from .stages import Budget, _autocast, _run
 
@@ -92,7 +93,7 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
                 start: Path | None = None, colour: float = 0.0, bank_colours: tuple[str, ...] = (), clean: float = 0.0,
                 near: float = 0.0, splice_colour: float = 0.0, droplet: float = 0.0, truth: bool = False,
                 spread: float = 0.0, flux_bank_size: int = 0, flux_model: str | Path = "tiny-flux", steady: float = 0.0,
-                worst: float = 0.0) -> int:
+                worst: float = 0.0, ring: float = 0.0) -> int:
     """Write ``out``: the ``source`` pipeline folder with its VAE regrouped to ``groups`` and trained back (see the
     module) for ``minutes`` (the bank's drawing included) or ``max_steps``. Returns the steps taken.
 
@@ -129,7 +130,12 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     ``steady`` weighs how much every GroupNorm's statistics differ between the batch's pictures (``decoder.steady_loss``):
     the leak's carrier priced where it is computed, not only in the spliced output. ``worst`` weighs each encoder
     latent's worst pixels against its target (``decoder.worst_error``; with ``truth`` the world's picture, which has no
-    speckle): the speckle as a loss of its own, not a sliver of the per-pixel one."""
+    speckle): the speckle as a loss of its own, not a sliver of the per-pixel one. ``ring`` weighs the worst pixels of
+    the ring around each object beyond its soft edge (``decoder.ring_error``), where the world draws nothing but
+    background: for the encoder's latents against the world's picture, for the UNet's against the source decoder's
+    picture with that ring painted in from the background beyond (``decoder.ring_fill``; pictures whose background is
+    patterned, and the pixels a photo's shadow may reach, left out). Part 26's decoder still draws a soft dark or pink
+    blot at one corner of an object in a fifth of the guided pictures, grey for ``near`` and left out by ``--truth``."""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
@@ -152,6 +158,9 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
         more = flux_bank(flux, old, flux_bank_size, device, seed, world=2, colours=bank_colours)
         bank = tuple(torch.cat(pair) for pair in zip(bank, more, strict=True))
         del flux
+    if ring:  # each bank picture's ring painted clean once: the target the UNet's latents are held to there
+        ring_targets, ring_where = (torch.cat(parts) for parts in zip(*(
+            ring_fill(pictures, masks) for pictures, masks in zip(bank[1].split(128), bank[2].split(128)))))
     gen = torch.Generator(device).manual_seed(seed * 1_000_003 + 17)
     budget.begin_steps()
 
@@ -192,6 +201,9 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
             decoder = decoder + steady * steady_loss(every_norm.inputs)
         if worst:  # the few pixels a mark spoils, which the per-pixel loss averages away, against the encoder's targets
             decoder = decoder + worst * worst_error(recon, wanted)
+        if ring:  # a blot beside an object, beyond its soft edge, where the world draws only background
+            decoder = decoder + ring * (ring_error(recon, images, speckle_ring(masks, edge=RING_EDGE))
+                                        + ring_error(from_bank, ring_targets[pick], ring_where[pick]))
         if clean:  # a faint mark beside an object costs little per pixel: price it as the world's detector sees it,
             # against the world's clean original, and on the UNet's latents against the source decoder's picture
             decoder = decoder + clean * (stray_colour(recon, images, masks, grey=1.0)
@@ -214,13 +226,6 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
 
     write_atomically(out, write)
     return steps
-
-
-def speckle_ring(masks: torch.Tensor) -> torch.Tensor:
-    """``[B, 1, H, W]`` bool: the background within ``NEAR_REACH`` pixels of an object (coverage ``masks`` ``[B, K, H, W]``),
-    where the source decoder draws its speckle."""
-    inside = masks.amax(1, keepdim=True) > 0
-    return (F.max_pool2d(masks.amax(1, keepdim=True), 2 * NEAR_REACH + 1, stride=1, padding=NEAR_REACH) > 0) & ~inside
 
 
 def main(argv=None) -> int:
@@ -247,7 +252,9 @@ def main(argv=None) -> int:
                    "(decoder.droplet_loss)",
         "spread": "the share of each full-resolution GroupNorm group's spread that a few pixels supply (decoder.spread_loss)",
         "steady": "how much every GroupNorm's statistics differ between pictures (decoder.steady_loss)",
-        "worst": "each picture's 20 worst pixels against its target (decoder.worst_error; with --truth, the world's picture)"}
+        "worst": "each picture's 20 worst pixels against its target (decoder.worst_error; with --truth, the world's picture)",
+        "ring": "the worst pixels of the ring around each object beyond its soft edge, against a picture with nothing there "
+                "but background (decoder.ring_error)"}
     for name, what in weights.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=checks.finite_float, default=0.0,
                             help=f"weight of {what} (default: %(default)s)")
