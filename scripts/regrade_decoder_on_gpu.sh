@@ -5,7 +5,8 @@
 # under 64 MiB: same-size weights). ≤ LIMIT s each, results in one tarball. Afterwards, on the CPU:
 # scripts/decoder_marks.py --reference PART7_VAE_FOLDER (part 7's VAE from commit 6c041c6) --out docs/decoder_marks.json;
 # the notebooks (ISD_CLAIMS=survey lists every sentence to revisit); both model cards. ONLY="smudges backgrounds …" runs
-# just the jobs named (part 26, session 39: all but evaluation and interventions, LIMIT=430).
+# just the jobs named (part 26, session 39: all but evaluation and interventions, LIMIT=430; part 27, session 40: all,
+# LIMIT=490, where evaluation, interventions, jump and single did not finish, then ONLY="jump single" LIMIT=430: single).
 set -o pipefail
 mkdir -p /tmp/site && tar xJf .whl/diffusers-0.42.1.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:.:benchmarks OMP_NUM_THREADS=1

@@ -125,6 +125,11 @@
 #           scripts/local_decoder_on_gpu.sh, NOGRADE=1 VARIANTS=4:1 SPREAD=3 TRUTH=1 COLOUR=20 MIN=8.6 from part 17's
 #           decoder (commit cd7d325; 1853 steps of 128), then START=<its weights> SEED=10 MIN=6.3 SPECKLE=1 FLUX=1
 #           (1361 more, graded in the same call). Shipped 2026-12-07 (session 39): the layout says 4 groups since.
+#   part 27 (one GPU, one device call; not a stage of this script): part 26's decoder trained on with --ring 2 --near 10
+#           (the ring beyond each object's soft edge priced against a picture with only background there, and colours
+#           off the plane of an object's blends and shadow): scripts/local_decoder_on_gpu.sh, SEED=11 VARIANTS=4:1
+#           SPREAD=3 TRUTH=1 COLOUR=20 RING=2 NEAR=10 MIN=6.3 LIMIT=150 SPECKLE=1 FLUX=1 (1363 steps of 128).
+#           Shipped 2026-12-08 (session 40).
 # PART is 1 to 17 or all (default; all stops at 10). Every part resumes from its own checkpoint, so a run cut short can be
 # started again with the same command (a stage that already ran trains on for its budget once more). Each part exports
 # over MODEL_DIR as it ends, so run again from an earlier part, the later parts train on from their old checkpoints,

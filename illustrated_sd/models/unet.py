@@ -27,7 +27,7 @@ LAYOUTS = {
                   down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
         text=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, hidden_act="quick_gelu"),
-        # 4 groups, not SD's 32: the shipped VAE was regrouped (train/regroup.py; 16 in part 17, 4 in part 26) so that
+        # 4 groups, not SD's 32: the shipped VAE was regrouped (train/regroup.py; 16 in part 17, 4 in parts 26 and 27) so that
         # its full-resolution norms pool 8 channels: an inpainting's new half moves the kept half less (notebook 07), and
         # no group is so small that a few pixels' spike must set its spread (the speckle at objects' edges: model card)
         vae=dict(block_out_channels=(32, 64, 128, 128), norm_num_groups=4),

@@ -288,8 +288,9 @@ class DropletProbe(_Probe):
     feature norm peaks at a median 56 times its mean in round trips with a mark, 21 in those without
     (``scripts/decoder_droplets.py``). Pricing that peak (part 21) brought it down and left the marks. The spike
     lived in the full-resolution groups of 2 channels, too few to hold one channel large and constant instead
-    (:func:`constant_share`); regrouped to 4 groups (parts 25 and 26; part 26 ships) the decoder draws none, and the
-    green-and-purple speckle pales (a third less colour off the plane around the objects) without going."""
+    (:func:`constant_share`); regrouped to 4 groups (parts 25 and 26) the decoder draws none, and the
+    green-and-purple speckle pales (a third less colour off the plane around the objects) without going; what stayed
+    went with the ring around each object priced (part 27, which ships: :func:`ring_error`)."""
 
     def __init__(self, decoder):
         super().__init__(decoder.up_blocks[-2:], lambda module, args, out: out)

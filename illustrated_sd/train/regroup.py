@@ -9,7 +9,9 @@ held still by one of them that the decoder keeps large and constant, whatever th
 group's mean and spread); a channel alone cannot hold itself still. So give every group several channels. (A first
 run, on 2 CPU cores, 555 steps of 8: 15.8 grey levels with orange kept, the round trip not trained back yet; the
 model card's part 17. This module trained the 16-group decoder shipped from session 32, 7.5 grey levels, and the
-4-group one shipped since session 39, part 26: 6.9 grey levels, and a third fewer marks at the objects' edges.)
+4-group one of session 39, part 26: 6.9 grey levels, and a third fewer marks at the objects' edges; part 27, that
+decoder trained on with ``ring`` and ``near`` (session 40), ships since: the blots beside the objects gone from most
+pictures.)
 
 How, keeping diffusers' own class and the latent space every denoiser learned:
 1. Build an ``AutoencoderKL`` like the source's, but for ``norm_num_groups`` (SD's 32 → ``groups``), and copy every weight
@@ -134,8 +136,9 @@ def regroup_vae(source: Path, out: Path, groups: int, minutes: float, batch_size
     the ring around each object beyond its soft edge (``decoder.ring_error``), where the world draws nothing but
     background: for the encoder's latents against the world's picture, for the UNet's against the source decoder's
     picture with that ring painted in from the background beyond (``decoder.ring_fill``; pictures whose background is
-    patterned, and the pixels a photo's shadow may reach, left out). Part 26's decoder still draws a soft dark or pink
-    blot at one corner of an object in a fifth of the guided pictures, grey for ``near`` and left out by ``--truth``."""
+    patterned, and the pixels a photo's shadow may reach, left out). Part 26's decoder still drew a soft dark or pink
+    blot at one corner of an object in a fifth of the guided pictures, grey for ``near`` and left out by ``--truth``;
+    part 27 (``--ring 2 --near 10`` on from it, the model card) drew none in the sheet's six."""
     source, out, device = Path(source), Path(out), torch.device(device)
     if out.exists():
         raise FileExistsError(f"{out} exists: choose a new folder (the regrouped pipeline is written there whole)")
