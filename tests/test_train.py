@@ -321,6 +321,28 @@ def test_ring_fill_paints_a_blot_out_of_the_ring_and_trusts_only_a_background_it
     assert speckle_ring(masks, reach=6, edge=2).sum() < speckle_ring(masks, reach=6).sum()  # the soft edge left out
 
 
+def test_edge_darkening_script_puts_a_dark_patch_in_its_band_and_refuses_a_folder_without_a_vae(tmp_path, capsys):
+    """scripts/edge_darkening.py: a patch darkened 1-2 px from a square shows most in the 0-2 px band (the 5×5 mean
+    carries some of it 2 px further), not beyond 8 px; a lighter one
+    counts as no darkening; a --decoder that is not a VAE folder is refused, naming what to give."""
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "edge_darkening.py"))
+    masks = torch.zeros(1, 2, 64, 64)
+    masks[0, 0, 20:30, 20:30] = 1
+    original = torch.zeros(1, 3, 64, 64)
+    darker = original.clone()
+    darker[..., 30:32, 22:27] -= 0.4  # 2 rows just below the square (1-2 px out), 51 grey levels darker
+    bands = script["darkest_by_band"](darker, original, masks)
+    assert list(bands) == ["0-2 px", "2-4 px", "4-8 px", "beyond 8 px"]
+    assert bands["0-2 px"][0] > 15 and bands["0-2 px"][0] >= bands["2-4 px"][0] > bands["4-8 px"][0]
+    assert bands["beyond 8 px"][0] == 0
+    assert max(script["darkest_by_band"](original + 0.2, original, masks)["0-2 px"]) < 0  # lighter, not darker
+    with pytest.raises(SystemExit):
+        script["main"](["--decoder", f"x={tmp_path}"])
+    assert "a folder with a VAE's config.json" in capsys.readouterr().err
+
+
 def test_steady_loss_prices_statistics_that_differ_between_pictures():
     """decoder.steady_loss: pictures whose groups share one mean and spread cost nothing, whatever their content; a
     picture whose group mean moves, or whose spread doubles, costs (the mean's move measured against the spread, so
