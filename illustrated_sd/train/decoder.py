@@ -224,11 +224,13 @@ def ring_fill(pictures: torch.Tensor, masks: torch.Tensor, reach: int = NEAR_REA
     In the world nothing of an object reaches past its soft edge but the photo style's shadow, cast 3 pixels down and
     right and blurred over 2 more (``world.render``): the rest of the ring of ``reach`` pixels around it is plain
     background. So the target there is the background beyond the ring, painted in (``_fill``), and ``where`` is the
-    ring less the pixels a shadow may darken and the ``edge`` pixels next to the object (the detector's mask may
-    leave out an object's soft edge, and the target would then ask to erase it); elsewhere the target is the picture. Whether the background beyond
-    is smooth enough to be continued is tested on the picture: the band of ``reach`` pixels beyond the ring is painted
-    in the same way from farther out, and a picture where any 3×3 patch of that band comes out more than ``RING_TRUST``
-    off (a pattern, or a mark) has no ``where``; a gradient passes."""
+    ring less the pixels a shadow may darken and the ``edge`` pixels next to the object (the detector's mask may leave
+    out an object's soft edge, and the target would then ask to erase it); elsewhere the target is the picture.
+    Whether the background beyond is smooth enough to be continued is tested on the picture: the band of ``reach``
+    pixels beyond the ring is painted in the same way from farther out, and a picture where any 3×3 patch of that band
+    comes out more than ``RING_TRUST`` off (a pattern, or a mark) has no ``where``; a gradient passes. (Part 27's
+    decoder, trained with it, moved some of the ring's error into those ``edge`` pixels: a slightly darker rim hugging
+    each outline, ``scripts/edge_darkening.py``.)"""
     inside = masks.amax(1, keepdim=True) > 0
     ring = speckle_ring(masks, reach)
     near = speckle_ring(masks, 2 * reach) | inside

@@ -27,7 +27,7 @@ How, keeping diffusers' own class and the latent space every denoiser learned:
 
     python -m illustrated_sd.train.regroup SOURCE OUT [--groups 16] [--minutes 4] [--batch-size 128] [--local 1]
         [--start EARLIER/vae/diffusion_pytorch_model.safetensors --seed 1] [--colour 10] [--bank-colours orange,yellow]
-        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--spread 1] [--steady 1] [--worst 1] [--ring 4] [--truth]
+        [--clean 3] [--near 10] [--splice-colour 10] [--droplet 1] [--spread 1] [--steady 1] [--worst 1] [--ring 2] [--truth]
         [--flux-bank 512]
 
 SOURCE is a tiny-sd pipeline folder (say illustrated_sd/assets/tiny-sd); OUT becomes a copy of it whose ``vae/`` is the
